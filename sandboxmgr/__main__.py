@@ -1,0 +1,3 @@
+from sandboxmgr.cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""The Debian family (Debian, Ubuntu): debootstrap or mmdebstrap, then apt inside."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sandboxmgr import commands, distros
+from sandboxmgr.builders import BuildContext, Builder
+from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.profile import Profile
+
+DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
+
+# Build-only files: daemons must not start, and dpkg need not fsync every file
+# (an image is published by a rename after the build, so a crash never leaves
+# a half-written image that looks complete).
+_BUILD_ONLY = {
+    "usr/sbin/policy-rc.d": "#!/bin/sh\n# sandboxmgr: no daemons start while an image is built\nexit 101\n",
+    "etc/dpkg/dpkg.cfg.d/sandboxmgr-unsafe-io": "force-unsafe-io\n",
+}
+_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"}
+
+_STEP = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) (\S+?)(\.\.\.)?(\s|$)")
+
+
+class DebootstrapProgress:
+    """Turns debootstrap/mmdebstrap output into short progress lines."""
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+        self.counts: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        if line.startswith(("E: ", "W: Failure")):
+            self.errors.append(line[3:].strip())
+        match = _STEP.match(line)
+        if match and match.group(2) not in ("the", "required", "base"):
+            verb, package = match.group(1).lower(), match.group(2)
+            self.counts[verb] = self.counts.get(verb, 0) + 1
+            self.context.progress(f"bootstrap: {verb} {package} ({self.counts[verb]})")
+        elif line.startswith("I: "):
+            self.context.progress(f"bootstrap: {line[3:].strip().rstrip('.')}")
+
+
+def _check_common(profile: Profile, tool: str) -> None:
+    commands.require(tool)
+    keyring = Path(profile.bootstrap.keyring)
+    if not keyring.is_file():
+        package = "debian-archive-keyring" if profile.distro == "debian" else "the keyring file"
+        raise SandboxError(
+            f"the archive keyring {keyring} does not exist, so signatures cannot be checked",
+            hint=f"install {package}, or set bootstrap.keyring in {profile.path}",
+        )
+    host = distros.host_arch()
+    if profile.arch != host:
+        raise SandboxError(
+            f"profile {profile.name} is for {profile.arch}, but this machine is {host}",
+            hint=f"set 'arch: {host}' (foreign architectures need qemu-user and are not supported yet)",
+        )
+
+
+def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
+                      progress: DebootstrapProgress, exc: commands.ProcessExecutionError) -> BuildError:
+    reason = progress.errors[-1] if progress.errors else f"{tool} exited with status {exc.retcode}"
+    hint = f"full log: {context.log_file}"
+    text = " ".join(progress.errors).lower()
+    if "release" in text and ("fail" in text or "couldn't" in text or "download" in text):
+        hint = (f"check that {profile.bootstrap.mirror} is reachable and carries "
+                f"'{profile.release}'; full log: {context.log_file}")
+    elif "signature" in text or "gpg" in text or "key" in text:
+        hint = f"the mirror's signature did not verify against {profile.bootstrap.keyring}; full log: {context.log_file}"
+    return BuildError(f"{tool} failed for {profile.name}: {reason}", hint=hint)
+
+
+class _DebianFamily(Builder):
+    tool = ""
+
+    def preflight(self, profile: Profile) -> None:
+        _check_common(profile, self.tool)
+
+    def bootstrap_argv(self, profile: Profile, rootfs: Path) -> list[str]:
+        raise NotImplementedError
+
+    def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+        progress = DebootstrapProgress(context)
+        context.progress(f"bootstrap: {self.tool} {profile.release} from {profile.bootstrap.mirror}")
+        try:
+            commands.run(self.bootstrap_argv(profile, rootfs), log_file=context.log_file,
+                         on_line=progress, private_mounts=True)
+        except commands.ProcessExecutionError as exc:
+            raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
+
+    def install(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+        for relative, text in _BUILD_ONLY.items():
+            path = rootfs / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(0o755)
+        # The package lists stay in the image, so 'apt-get install' works in a
+        # sandbox without an 'apt-get update' first.
+        context.progress("packages: apt-get update")
+        if context.run_inside(rootfs, ["apt-get", "update"], _APT_ENV) != 0:
+            raise BuildError(f"apt-get update failed in {profile.name}",
+                             hint=f"check the mirror; full log: {context.log_file}")
+        if not profile.packages:
+            return
+        context.progress(f"packages: installing {', '.join(profile.packages)}")
+        argv = ["apt-get", "install", "-y", "--no-install-recommends", *profile.packages]
+        if context.run_inside(rootfs, argv, _APT_ENV) != 0:
+            tail = context.log_tail(40)
+            missing = re.findall(r"Unable to locate package (\S+)", tail)
+            if missing:
+                raise BuildError(
+                    f"package {', '.join(missing)} does not exist in {profile.distro} {profile.release}",
+                    hint=f"fix 'packages:' in {profile.path}; full log: {context.log_file}",
+                )
+            raise BuildError(f"installing packages failed in {profile.name}",
+                             hint=f"full log: {context.log_file}")
+
+    def finish(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+        context.progress("finishing: apt-get clean")
+        context.run_inside(rootfs, ["apt-get", "clean"], _APT_ENV)
+        for relative in _BUILD_ONLY:
+            (rootfs / relative).unlink(missing_ok=True)
+
+
+class DebootstrapBuilder(_DebianFamily):
+    method = "debootstrap"
+    tool = "debootstrap"
+
+    def bootstrap_argv(self, profile: Profile, rootfs: Path) -> list[str]:
+        boot = profile.bootstrap
+        argv = ["debootstrap", f"--arch={profile.arch}", f"--components={','.join(boot.components)}",
+                f"--keyring={boot.keyring}"]
+        if boot.variant != "default":
+            argv.append(f"--variant={boot.variant}")
+        if boot.include:
+            argv.append(f"--include={','.join(boot.include)}")
+        if boot.exclude:
+            argv.append(f"--exclude={','.join(boot.exclude)}")
+        argv += [*boot.extra_args, profile.release, str(rootfs), boot.mirror]
+        script = debootstrap_script(profile)
+        if script is not None:
+            argv.append(str(script))
+        return argv
+
+
+def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) -> Path | None:
+    """The script for a release this debootstrap does not know, else None.
+
+    Within a family the per-release scripts are aliases of one script (Debian's
+    are all 'sid', Ubuntu's all 'gutsy'), so an older debootstrap can build a
+    newer release with its family's script.
+    """
+    if (scripts / profile.release).exists():
+        return None
+    fallback = scripts / distros.DISTROS[profile.distro].debootstrap_script
+    return fallback if fallback.exists() else None
+
+
+class MmdebstrapBuilder(_DebianFamily):
+    method = "mmdebstrap"
+    tool = "mmdebstrap"
+
+    def preflight(self, profile: Profile) -> None:
+        super().preflight(profile)
+        if profile.bootstrap.exclude:
+            raise SandboxError(
+                f"{profile.path}: bootstrap.exclude is a debootstrap option; mmdebstrap has no equivalent",
+                hint="use 'method: debootstrap', or drop 'exclude'",
+            )
+
+    def bootstrap_argv(self, profile: Profile, rootfs: Path) -> list[str]:
+        boot = profile.bootstrap
+        argv = ["mmdebstrap", "--mode=root", f"--arch={profile.arch}",
+                f"--components={','.join(boot.components)}", f"--keyring={boot.keyring}"]
+        if boot.variant != "default":
+            argv.append(f"--variant={boot.variant}")
+        if boot.include:
+            argv.append(f"--include={','.join(boot.include)}")
+        argv += [*boot.extra_args, profile.release, str(rootfs), boot.mirror]
+        return argv

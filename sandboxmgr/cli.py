@@ -1,0 +1,541 @@
+"""The command line: parse, call the library, print. Errors become exit codes.
+
+Exit codes (as ``docker run``): the command's own status; 125 when sandboxmgr
+fails (bad usage, bad profile, failed build, busy, not root); 126 when the
+command cannot be run; 127 when it is not found; 128+N when it was killed by
+signal N; 130 on Ctrl-C during a build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+
+if TYPE_CHECKING:
+    from sandboxmgr.images import Progress
+    from sandboxmgr.profile import Profile, ProfileRegistry
+    from sandboxmgr.sandbox import RunOptions
+    from sandboxmgr.store import ImageRecord, Store
+
+
+# --- shared state ---------------------------------------------------------------------------
+
+
+@dataclass
+class App:
+    store_path: Path | None = None
+    configs: tuple[str, ...] = ()
+    quiet: bool = False
+    debug: bool = False
+    _registry: ProfileRegistry | None = field(default=None, repr=False)
+    _store: Store | None = field(default=None, repr=False)
+
+    @property
+    def registry(self) -> ProfileRegistry:
+        if self._registry is None:
+            from sandboxmgr.locations import profile_dirs
+            from sandboxmgr.profile import ProfileRegistry
+
+            self._registry = ProfileRegistry(profile_dirs(self.configs))
+        return self._registry
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from sandboxmgr.locations import default_store
+            from sandboxmgr.store import Store
+
+            self._store = Store(self.store_path or default_store())
+        return self._store
+
+    def progress(self, label: str) -> Progress:
+        return ProgressLine(label, quiet=self.quiet)
+
+    def image_for(self, profile: Profile) -> ImageRecord:
+        from sandboxmgr.images import ensure_image
+
+        line = self.progress(profile.name)
+        try:
+            return ensure_image(self.store, profile, line)
+        finally:
+            line.done()
+
+
+pass_app = click.make_pass_decorator(App)
+_COUNTED = re.compile(r"\(\d+\)$")
+
+
+class ProgressLine:
+    """One updating status line on a terminal; phase changes only otherwise."""
+
+    def __init__(self, label: str, quiet: bool = False) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last_phase = ""
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
+            sys.stderr.write(f"\r\x1b[K[{self.label}] {message}"[: width + 4])
+            sys.stderr.flush()
+            self.shown = True
+            return
+        # Off a terminal, per-package lines ("... (12)") would be a wall of log.
+        if _COUNTED.search(message) or message == self.last_phase:
+            return
+        self.last_phase = message
+        print(f"[{self.label}] {message}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.shown = False
+
+
+# --- output helpers ---------------------------------------------------------------------------
+
+
+def human_size(size: int | float | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{value:.1f}TB"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for row in [list(headers), *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- the command group ------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="SANDBOXMGR_STORE",
+              help="The store directory (default: sandboxes/ in a checkout, else /var/lib/sandboxmgr).")
+@click.option("--configs", multiple=True, type=click.Path(file_okay=False),
+              help="An extra profile directory (repeatable; also SANDBOXMGR_CONFIGS, colon-separated).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show every external command line and full tracebacks.")
+@click.version_option(package_name="sandboxmgr")
+@click.pass_context
+def cli(ctx: click.Context, store_path: Path | None, configs: tuple[str, ...], quiet: bool, debug: bool) -> None:
+    """Chroot-style sandboxes over distro root filesystems built from YAML profiles.
+
+    An image is a distribution's userland (files and binaries) built from a
+    profile; a sandbox is an overlay over it, entered with Linux namespaces.
+    It runs on the host's kernel: `uname -r` inside prints the host's.
+    """
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="sandboxmgr: debug: %(message)s")
+    ctx.obj = App(store_path=store_path, configs=configs, quiet=quiet, debug=debug)
+
+
+def _require_root(action: str) -> None:
+    from sandboxmgr.images import require_root
+
+    require_root(action)
+
+
+# --- profiles and images ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def profiles(app: App, as_json: bool) -> None:
+    """List profiles: the shipped ones, then system, user and --configs ones."""
+    from sandboxmgr.profile import Profile
+
+    rows = []
+    for name, item in app.registry.load_all():
+        if isinstance(item, Profile):
+            built = app.store.image(item.image_key()) is not None
+            rows.append({"name": name, "distro": item.distro, "release": item.release,
+                         "arch": item.arch, "aliases": list(item.aliases), "built": built,
+                         "key": item.image_key(), "description": item.description,
+                         "path": str(item.path), "error": None})
+        else:
+            rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],
+                         "built": False, "key": None, "description": "",
+                         "path": str(app.registry.files()[name]), "error": item.message})
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
+        [[r["name"], r["distro"], r["release"], r["arch"], "yes" if r["built"] else "no",
+          ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
+         for r in rows],
+    )
+
+
+@cli.command()
+@click.argument("profile")
+@click.option("--rebuild", is_flag=True, help="Build again even if the image exists.")
+@pass_app
+def build(app: App, profile: str, rebuild: bool) -> None:
+    """Build the image of PROFILE (run and create do it when needed)."""
+    from sandboxmgr.images import ensure_image
+
+    _require_root("build")
+    loaded = app.registry.load(profile)
+    line = app.progress(loaded.name)
+    try:
+        if rebuild:
+            key = loaded.image_key()
+            users = [s.name for s in app.store.sandboxes() if s.meta.get("image") == key]
+            if users:
+                raise SandboxError(f"cannot rebuild {loaded.name}: sandbox {', '.join(users)} uses its image",
+                                   hint=f"remove them first: sandboxmgr rm {' '.join(users)}")
+        record = ensure_image(app.store, loaded, line, rebuild=rebuild)
+    finally:
+        line.done()
+    if not app.quiet:
+        click.echo(f"{loaded.name}: image {record.key} ({human_size(record.meta.get('size'))})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def images(app: App, as_json: bool) -> None:
+    """List built images."""
+    records = app.store.images()
+    newest: dict[str, str] = {}
+    for record in records:
+        built = str(record.meta.get("built_at", ""))
+        if built > newest.get(record.profile, ""):
+            newest[record.profile] = built
+    rows = []
+    for record in records:
+        meta = dict(record.meta)
+        meta.pop("inputs", None)
+        meta["path"] = str(record.path)
+        meta["outdated"] = str(record.meta.get("built_at", "")) != newest[record.profile]
+        rows.append(meta)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "BUILT AT", "KEY"],
+        [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
+          human_size(r.get("size")), r.get("built_at", "?"), r["key"]] for r in rows],
+    )
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True)
+@pass_app
+def rmi(app: App, refs: tuple[str, ...]) -> None:
+    """Remove the images of profiles (or image keys)."""
+    from sandboxmgr.images import find_images
+
+    _require_root("rmi")
+    for ref in refs:
+        found = find_images(app.store, ref)
+        if not found:
+            try:
+                found = find_images(app.store, app.registry.load(ref).name)
+            except SandboxError:
+                found = []
+        if not found:
+            raise SandboxError(f"no image of {ref!r} in the store", hint="see 'sandboxmgr images'")
+        for record in found:
+            app.store.remove_image(record)
+            if not app.quiet:
+                click.echo(f"removed image {record.key} ({record.profile})")
+
+
+# --- running ----------------------------------------------------------------------------------
+
+_COMMAND_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+def _run_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("-e", "--env", "env", multiple=True, metavar="K=V",
+                     help="Set an environment variable (K alone: the host's value)."),
+        click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
+        click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user (name or uid)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _sandbox_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+                     help="Bind-mount a host path (read-only with :ro)."),
+        click.option("--hostname", metavar="NAME", help="Host name inside."),
+        click.option("--network", type=click.Choice(["host", "none"]),
+                     help="host: the host's network (default); none: only loopback."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _binds(volumes: tuple[str, ...]) -> tuple[Any, ...]:
+    from sandboxmgr.mounts import BindMount
+
+    binds = []
+    for volume in volumes:
+        try:
+            binds.append(BindMount.parse(volume))
+        except ValueError as exc:
+            raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
+    return tuple(binds)
+
+
+def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir: str | None,
+             user: str | None, hostname: str | None = None, network: str | None = None,
+             volumes: tuple[str, ...] = (), isolation: str = "pivot_root") -> RunOptions:
+    from sandboxmgr.sandbox import RunOptions
+
+    if command[:1] == ("--",):
+        command = command[1:]
+    if workdir is not None and not workdir.startswith("/"):
+        raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
+                           hint="write -w /path/inside")
+    if tty and not sys.stdin.isatty():
+        raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
+                           hint="drop -t when piping input or running from a script")
+    return RunOptions(argv=command, tty=tty, env=env, workdir=workdir, hostname=hostname,
+                      user=user, network=network, binds=_binds(volumes), isolation=isolation)
+
+
+@cli.command(context_settings=_COMMAND_SETTINGS)
+@click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility: stdin always passes through.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
+@click.option("--name", metavar="NAME", help="Keep the sandbox under this name instead of discarding it.")
+@click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
+              show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT).")
+@_sandbox_options
+@_run_options
+@click.argument("profile")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def run(app: App, interactive: bool, tty: bool, name: str | None, isolation: str, volumes: tuple[str, ...],
+        hostname: str | None, network: str | None, env: tuple[str, ...], workdir: str | None,
+        user: str | None, profile: str, command: tuple[str, ...]) -> int:
+    """Run COMMAND in a new sandbox over PROFILE's image (built first if needed).
+
+    The sandbox is discarded when the command exits, unless --name keeps it.
+    Without a COMMAND, the image's shell starts. Put `--` before a command
+    whose options could be taken for sandboxmgr's.
+    """
+    from sandboxmgr import sandbox
+
+    _require_root("run")
+    options = _options(command, tty, env, workdir, user, hostname, network, volumes, isolation)
+    if name is not None:
+        from sandboxmgr.profile import check_name
+
+        check_name(name, "sandbox name")
+    loaded = app.registry.load(profile)
+    image = app.image_for(loaded)
+    if name is None:
+        return sandbox.run_ephemeral(app.store, image, loaded, options)
+    record = sandbox.create(app.store, name, image, loaded, options)
+    return sandbox.run_in(app.store, record, sandbox.RunOptions(argv=options.argv, tty=options.tty,
+                                                                 isolation=isolation))
+
+
+@cli.command()
+@click.argument("profile")
+@click.option("--name", metavar="NAME", help="The sandbox's name (default: PROFILE-<random>).")
+@_sandbox_options
+@_run_options
+@pass_app
+def create(app: App, profile: str, name: str | None, volumes: tuple[str, ...], hostname: str | None,
+           network: str | None, env: tuple[str, ...], workdir: str | None, user: str | None) -> None:
+    """Create a persistent sandbox over PROFILE's image; print its name."""
+    import secrets
+
+    from sandboxmgr import sandbox
+    from sandboxmgr.profile import check_name
+
+    _require_root("create")
+    if name is not None:
+        check_name(name, "sandbox name")
+    options = _options((), False, env, workdir, user, hostname, network, volumes)
+    loaded = app.registry.load(profile)
+    name = name or f"{loaded.name}-{secrets.token_hex(3)}"
+    if (app.store.sandboxes_dir / name).exists():
+        raise SandboxError(f"a sandbox named {name!r} already exists",
+                           hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
+    image = app.image_for(loaded)
+    record = sandbox.create(app.store, name, image, loaded, options)
+    click.echo(record.name)
+
+
+@cli.command(name="exec", context_settings=_COMMAND_SETTINGS)
+@click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@_run_options
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_app
+def exec_(app: App, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None,
+          user: str | None, name: str, command: tuple[str, ...]) -> int:
+    """Run COMMAND in the named sandbox NAME; its changes stay there."""
+    from sandboxmgr import sandbox
+
+    _require_root("exec")
+    options = _options(command, tty, env, workdir, user)
+    return sandbox.run_in(app.store, app.store.sandbox(name), options)
+
+
+@cli.command()
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Log in as this user.")
+@click.argument("name")
+@pass_app
+def shell(app: App, user: str | None, name: str) -> int:
+    """Start an interactive shell in the named sandbox NAME."""
+    from sandboxmgr import sandbox
+
+    _require_root("shell")
+    options = _options((), sys.stdin.isatty(), (), None, user)
+    return sandbox.run_in(app.store, app.store.sandbox(name), options)
+
+
+# --- sandboxes --------------------------------------------------------------------------------
+
+
+def _sandbox_info(app: App, name: str) -> dict[str, Any]:
+    from sandboxmgr.store import is_locked, tree_size
+
+    record = app.store.sandbox(name)
+    info = dict(record.meta)
+    info["path"] = str(record.path)
+    info["changes_size"] = tree_size(record.upper)
+    info["in_use"] = is_locked(app.store.locks_dir / f"sandbox-{name}.lock")
+    info["image_present"] = app.store.image(record.image_key) is not None
+    return info
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def ls_(app: App, as_json: bool) -> None:
+    """List named sandboxes."""
+    rows = [_sandbox_info(app, record.name) for record in app.store.sandboxes()]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
+        [[r["name"], r["profile"], r["image"], r["created"], human_size(r["changes_size"]),
+          "running" if r["in_use"] else "idle"] for r in rows],
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the default output is JSON too).")
+@click.argument("name")
+@pass_app
+def inspect(app: App, as_json: bool, name: str) -> None:
+    """Show a sandbox's (or else an image's) metadata as JSON."""
+    from sandboxmgr.errors import NotFoundError
+    from sandboxmgr.images import find_images
+
+    try:
+        print_json(_sandbox_info(app, name))
+        return
+    except NotFoundError as missing:
+        found = find_images(app.store, name)
+        if not found:
+            try:
+                found = find_images(app.store, app.registry.load(name).name)
+            except SandboxError:
+                raise missing from None
+        if not found:
+            raise missing from None
+    print_json([{**r.meta, "path": str(r.path)} for r in found])
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def rm(app: App, names: tuple[str, ...]) -> None:
+    """Remove named sandboxes and their changes (never what is mounted into them)."""
+    _require_root("rm")
+    for name in names:
+        app.store.remove_sandbox(app.store.sandbox(name))
+        if not app.quiet:
+            click.echo(f"removed {name}")
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _raise_exit(signum: int, _frame: object) -> NoReturn:
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so builds remove their temporary trees.
+    raise SystemExit(128 + signum)
+
+
+def _error(message: str, hint: str | None) -> None:
+    click.echo(f"sandboxmgr: error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        status = cli.main(args=argv, prog_name="sandboxmgr", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = "see 'sandboxmgr --help'"
+        if exc.ctx is not None:
+            hint = f"see '{exc.ctx.command_path} --help'"
+        _error(exc.format_message(), hint)
+        sys.exit(EXIT_MANAGER)
+    except click.ClickException as exc:
+        _error(exc.format_message(), None)
+        sys.exit(EXIT_MANAGER)
+    except SandboxError as exc:
+        _error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("sandboxmgr: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc}",
+               "run again with --debug for the traceback, and report it")
+        sys.exit(EXIT_MANAGER)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -1,0 +1,110 @@
+"""The one place that runs external programs (debootstrap, mmdebstrap, ...).
+
+Commands are argv lists, never shell strings. Their output is streamed line by
+line into a log file and to a callback (the progress display); the full argv
+is logged at debug level (``--debug``). A program that is not installed
+becomes one error with the package to install; a failure is plumbum's
+:class:`ProcessExecutionError`, which already carries argv, exit code and
+output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from plumbum import local
+from plumbum.commands.processes import CommandNotFound, ProcessExecutionError
+
+from sandboxmgr import linux
+from sandboxmgr.errors import SandboxError
+
+log = logging.getLogger("sandboxmgr")
+
+# Program -> the Debian/Ubuntu package that provides it.
+PACKAGES = {
+    "debootstrap": "debootstrap",
+    "mmdebstrap": "mmdebstrap",
+    "gpgv": "gpgv",
+}
+
+__all__ = ["ProcessExecutionError", "require", "run"]
+
+
+def require(program: str) -> str:
+    """The full path of ``program``, or an error that says what to install."""
+    try:
+        return str(local.which(program))
+    except CommandNotFound:
+        package = PACKAGES.get(program, program)
+        raise SandboxError(
+            f"{program} is not installed",
+            hint=f"install it: apt-get install {package} (or run 'make deps')",
+        ) from None
+
+
+def _private_child() -> None:  # pragma: no cover - runs between fork and exec
+    # The child gets a private mount namespace, so whatever it mounts (debootstrap
+    # mounts /proc and /sys inside the target) vanishes with it, even after kill -9,
+    # and it dies with the manager.
+    linux.unshare(linux.CLONE_NEWNS)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def run(
+    argv: Sequence[str],
+    log_file: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    private_mounts: bool = False,
+) -> None:
+    """Run ``argv`` to completion, streaming its combined output.
+
+    Raises :class:`ProcessExecutionError` with the last lines of output when
+    it exits non-zero.
+    """
+    path = require(argv[0])
+    log.debug("running: %s", shlex.join(argv))
+    command = local[path][list(argv[1:])]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    tail: deque[str] = deque(maxlen=40)
+    handle = open(log_file, "a") if log_file is not None else None  # noqa: SIM115
+    try:
+        if handle is not None:
+            handle.write(f"$ {shlex.join(argv)}\n")
+            handle.flush()
+        process = command.popen(
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            preexec_fn=_private_child if private_mounts else None,
+        )
+        try:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                tail.append(line)
+                if handle is not None:
+                    handle.write(line + "\n")
+                if on_line is not None:
+                    on_line(line)
+            code = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    finally:
+        if handle is not None:
+            handle.close()
+    if code != 0:
+        raise ProcessExecutionError(list(argv), code, "\n".join(tail), "")

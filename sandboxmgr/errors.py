@@ -1,0 +1,58 @@
+"""One error type for everything sandboxmgr reports to a user.
+
+Every failure a user can cause or fix is a :class:`SandboxError`: one line that
+says what is wrong, an optional hint that says what to do, and the exit code the
+CLI returns. Exit codes follow ``docker run``: 125 when sandboxmgr itself fails,
+126 when the command cannot be invoked, 127 when it is not found; any other
+status is the command's own.
+"""
+
+from __future__ import annotations
+
+EXIT_MANAGER = 125
+EXIT_CANNOT_INVOKE = 126
+EXIT_NOT_FOUND = 127
+
+
+class SandboxError(Exception):
+    """An error with a message for the user, a hint, and an exit code."""
+
+    exit_code: int = EXIT_MANAGER
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotRootError(SandboxError):
+    """The operation needs root (namespaces, mounts, debootstrap)."""
+
+
+class ProfileError(SandboxError):
+    """A profile cannot be found, parsed or validated."""
+
+
+class BuildError(SandboxError):
+    """A builder failed; the half-made image was discarded."""
+
+
+class BusyError(SandboxError):
+    """Another sandboxmgr process holds the lock on an image or sandbox."""
+
+
+class NotFoundError(SandboxError):
+    """No image or sandbox of that name."""
+
+
+class UnsafeRemovalError(SandboxError):
+    """Removal refused because something is still mounted inside the tree."""
+
+
+class CommandFailed(SandboxError):
+    """The command inside the sandbox could not be started (126/127)."""

@@ -1,0 +1,150 @@
+"""Thin ctypes layer over the Linux syscalls Python 3.11 does not expose.
+
+Every wrapper raises :class:`OSError` with errno and a message that names the
+call and its arguments, so a failed mount reads as
+``mount('overlay', '/x', 'overlay') failed: No such file or directory``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from pathlib import Path
+
+# <sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+# <sys/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# pivot_root has no libc wrapper in glibc < 2.36; its number differs by arch.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what} failed: {os.strerror(err)}")
+    return result
+
+
+def _b(path: str | Path | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns({fd}, {nstype:#x})")
+
+
+def mount(
+    source: str | Path | None,
+    target: str | Path,
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    result = _libc.mount(
+        _b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)
+    )
+    _check(result, f"mount({str(source)!r}, {str(target)!r}, {fstype!r}, {flags:#x}, {data!r})")
+
+
+def umount2(target: str | Path, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount2({str(target)!r}, {flags})")
+
+
+def pivot_root(new_root: str | Path, put_old: str | Path) -> None:
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
+    result = _libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old))
+    _check(result, f"pivot_root({str(new_root)!r}, {str(put_old)!r})")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
+    return _check(_libc.prctl(ctypes.c_int(option), *args), f"prctl({option}, {arg2})")
+
+
+def last_cap() -> int:
+    return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def limit_capabilities(keep: frozenset[int]) -> None:
+    """Cut the bounding, ambient, effective, permitted and inheritable sets to ``keep``.
+
+    The bounding set is what matters across ``execve`` for root: a root process's
+    new permitted set is its bounding set, so dropping there is permanent.
+    """
+    for cap in range(last_cap() + 1):
+        if cap not in keep:
+            prctl(PR_CAPBSET_DROP, cap)
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass  # kernels before 4.3 have no ambient set; nothing to clear.
+    mask = 0
+    for cap in keep:
+        mask |= 1 << cap
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = word
+        data[i].permitted = word
+        data[i].inheritable = 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset()")
+
+
+def capability_sets(pid: int | str = "self") -> dict[str, int]:
+    """The Cap* lines of /proc/PID/status as integers (used by tests and inspect)."""
+    result: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cap"):
+            key, value = line.split(":", 1)
+            result[key] = int(value.strip(), 16)
+    return result

@@ -1,0 +1,112 @@
+"""The mount plan of a sandbox, as data.
+
+:func:`plan` turns the options of one run into an ordered list of
+:class:`MountStep`; :mod:`sandboxmgr.enter` carries them out inside the new
+mount namespace. Keeping the plan as data lets it be tested without root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxmgr import linux
+
+NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
+NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host path shown inside the sandbox (``-v SRC:DST[:ro]``)."""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> BindMount:
+        """``SRC:DST[:ro|rw]`` as ``docker run -v`` takes it."""
+        parts = spec.split(":")
+        readonly = False
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            readonly = parts[2] == "ro"
+            parts = parts[:2]
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise ValueError(f"{spec!r} is not SRC:DST or SRC:DST:ro")
+        source, target = parts
+        if not target.startswith("/"):
+            raise ValueError(f"{spec!r}: the target {target!r} must be an absolute path")
+        return cls(Path(source).expanduser().absolute(), target, readonly)
+
+
+@dataclass(frozen=True)
+class MountStep:
+    """One mount inside the sandbox.
+
+    ``target`` is a path inside the sandbox; ``source`` is a host path for binds
+    (``fstype`` None) and the device name otherwise.
+    """
+
+    target: str
+    fstype: str | None
+    source: str
+    flags: int = 0
+    data: str | None = None
+    # What to create as the mount point when it is missing: a directory or a file.
+    is_file: bool = False
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    major: int
+    minor: int
+    mode: int = 0o666
+
+
+# The minimal /dev: what a userland expects, and nothing that reaches hardware.
+DEVICES = (
+    Device("null", 1, 3),
+    Device("zero", 1, 5),
+    Device("full", 1, 7),
+    Device("random", 1, 8),
+    Device("urandom", 1, 9),
+    Device("tty", 5, 0),
+)
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+
+# The default mounts, in order: later ones land inside earlier ones.
+DEFAULT_MOUNTS = (
+    MountStep("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC),
+    MountStep("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | linux.MS_RDONLY),
+    MountStep("/dev", "tmpfs", "tmpfs", linux.MS_NOSUID, "mode=755,size=65536k"),
+    MountStep("/dev/pts", "devpts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    MountStep("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+    MountStep("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC),
+    MountStep("/tmp", "tmpfs", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    MountStep("/run", "tmpfs", "tmpfs", NOSUID_NODEV, "mode=755"),
+)
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
+    """The ordered mounts of one sandbox run."""
+    steps = list(DEFAULT_MOUNTS)
+    if network == "host" and RESOLV_CONF.exists():
+        steps.append(MountStep("/etc/resolv.conf", None, str(RESOLV_CONF.resolve()),
+                               is_file=True, readonly=True))
+    # Like Docker: shallower targets first, so /a is mounted before /a/b.
+    for bind in sorted(binds, key=lambda b: len(Path(b.target).parts)):
+        steps.append(MountStep(bind.target, None, str(bind.source),
+                               is_file=not bind.source.is_dir(), readonly=bind.readonly))
+    return steps

@@ -1,0 +1,585 @@
+"""Profiles: YAML recipes for an image, validated into frozen dataclasses.
+
+A profile file is read with a safe YAML loader only. Every problem in a file is
+collected and reported at once, each naming ``file:line``, the key, and a "did
+you mean" when a known key or value is close.
+
+``extends: NAME`` inherits another profile. The merge rules:
+
+* scalars (``distro``, ``release``, ``hostname``, ``bootstrap.mirror`` ...):
+  the child's value wins;
+* maps (``bootstrap``, ``env``): merged key by key, the child's keys win;
+* lists (``packages``, ``setup``, ``mounts``, ``bootstrap.include`` ...): the
+  parent's items, then the child's, duplicates dropped;
+* ``aliases`` are never inherited (an alias names exactly one profile).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sandboxmgr import distros
+from sandboxmgr.errors import ProfileError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+METHODS = ("debootstrap", "mmdebstrap")
+DEBOOTSTRAP_VARIANTS = ("minbase", "buildd", "fakechroot", "default")
+MMDEBSTRAP_VARIANTS = (
+    "extract", "custom", "essential", "apt", "required", "minbase",
+    "buildd", "important", "debootstrap", "standard", "default",
+)
+NETWORKS = ("host", "none")
+
+# Bumped when the meaning of a build input changes, so old images are not reused.
+BUILD_FORMAT = 1
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Refuse a name that could escape a directory before anything touches disk."""
+    if not NAME_RE.match(name) or len(name) > 128:
+        raise ProfileError(
+            f"invalid {what} {name!r}: {NAME_RULE}",
+            hint="pick a name like 'debian-bookworm' or 'work-1'",
+        )
+    return name
+
+
+def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = close_matches(word, candidates)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    method: str
+    variant: str
+    mirror: str
+    components: tuple[str, ...]
+    keyring: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    description: str
+    distro: str
+    release: str
+    arch: str
+    bootstrap: Bootstrap
+    aliases: tuple[str, ...] = ()
+    extends: tuple[str, ...] = ()  # the chain of parents, nearest first
+    packages: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    workdir: str | None = None
+    user: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    network: str = "host"
+
+    @property
+    def family(self) -> str:
+        return distros.DISTROS[self.distro].family
+
+    def build_inputs(self) -> dict[str, Any]:
+        """Everything that decides the image's content, and nothing else."""
+        keyring = Path(self.bootstrap.keyring)
+        try:
+            keyring_digest = hashlib.sha256(keyring.read_bytes()).hexdigest()
+        except OSError:
+            keyring_digest = "missing:" + str(keyring)
+        return {
+            "format": BUILD_FORMAT,
+            "distro": self.distro,
+            "release": self.release,
+            "arch": self.arch,
+            "bootstrap": {
+                "method": self.bootstrap.method,
+                "variant": self.bootstrap.variant,
+                "mirror": self.bootstrap.mirror,
+                "components": list(self.bootstrap.components),
+                "keyring_sha256": keyring_digest,
+                "include": list(self.bootstrap.include),
+                "exclude": list(self.bootstrap.exclude),
+                "extra_args": list(self.bootstrap.extra_args),
+            },
+            "packages": list(self.packages),
+            "setup": list(self.setup),
+        }
+
+    def image_key(self) -> str:
+        text = json.dumps(self.build_inputs(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# --- reading YAML with line numbers -------------------------------------------------
+
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass
+class _Raw:
+    """One file's parsed mapping, with the line of every key path."""
+
+    path: Path
+    data: dict[str, Any]
+    lines: dict[tuple[str, ...], int]
+    errors: list[str]
+
+    def line(self, keys: tuple[str, ...]) -> int:
+        while keys and keys not in self.lines:
+            keys = keys[:-1]
+        return self.lines.get(keys, 1)
+
+    def error(self, keys: tuple[str, ...], message: str) -> None:
+        where = ".".join(keys) if keys else "(top level)"
+        self.errors.append(f"{self.path}:{self.line(keys)}: {where}: {message}")
+
+
+def _to_python(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], raw: _Raw) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str):
+                raw.lines[keys] = key_node.start_mark.line + 1
+                raw.error(keys, f"keys must be strings, not {key!r}")
+                continue
+            path = keys + (key,)
+            raw.lines[path] = key_node.start_mark.line + 1
+            if key in result:
+                raw.error(path, "appears twice; keep one")
+            result[key] = _to_python(loader, value_node, path, raw)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            path = keys + (str(index),)
+            raw.lines[path] = item.start_mark.line + 1
+            items.append(_to_python(loader, item, path, raw))
+        return items
+    return loader.construct_object(node)
+
+
+def _read(path: Path) -> _Raw:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    raw = _Raw(path=path, data={}, lines={}, errors=[])
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = {} if node is None else _to_python(loader, node, (), raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ProfileError(
+            f"{path}:{line}: not valid YAML: {problem}",
+            hint="check the indentation and quoting around that line",
+        ) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}:1: a profile is a YAML mapping of keys to values")
+    raw.data = data
+    return raw
+
+
+# --- validating one file ---------------------------------------------------------------
+
+TOP_KEYS = (
+    "description", "distro", "release", "arch", "aliases", "extends", "bootstrap",
+    "packages", "setup", "env", "hostname", "workdir", "user", "mounts", "network",
+)
+BOOTSTRAP_KEYS = (
+    "method", "variant", "mirror", "components", "keyring", "include", "exclude", "extra_args",
+)
+MOUNT_KEYS = ("source", "target", "readonly")
+
+
+def _check_keys(raw: _Raw, data: dict[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            raw.error(keys + (key,), f"unknown key{_did_you_mean(key, allowed)}")
+
+
+def _scalar(raw: _Raw, data: dict[str, Any], keys: tuple[str, ...], numbers: bool = False) -> str | None:
+    value = data.get(keys[-1])
+    if value is None:
+        return None
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raw.error(keys, f"must be a string, not {_type_name(value)}")
+        return None
+    return value
+
+
+def _string_list(raw: _Raw, data: dict[str, Any], keys: tuple[str, ...]) -> list[str] | None:
+    value = data.get(keys[-1])
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raw.error(keys, "must be a list of strings; write it as a YAML list (- item)")
+        return None
+    if not isinstance(value, list):
+        raw.error(keys, f"must be a list of strings, not {_type_name(value)}")
+        return None
+    items = []
+    for index, item in enumerate(value):
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str):
+            raw.error(keys + (str(index),), f"must be a string, not {_type_name(item)}")
+            continue
+        items.append(item)
+    return items
+
+
+def _choice(raw: _Raw, keys: tuple[str, ...], value: str | None, choices: Iterable[str]) -> None:
+    choices = list(choices)
+    if value is not None and value not in choices:
+        raw.error(keys, f"{value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}")
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number",
+            float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _validate(raw: _Raw) -> dict[str, Any]:
+    """Check one file's types and values; return the cleaned fields it sets."""
+    data = raw.data
+    out: dict[str, Any] = {}
+    _check_keys(raw, data, (), TOP_KEYS)
+    for key in ("description", "hostname", "workdir", "extends"):
+        value = _scalar(raw, data, (key,))
+        if value is not None:
+            out[key] = value
+    for key in ("release", "user"):
+        value = _scalar(raw, data, (key,), numbers=True)
+        if value is not None:
+            out[key] = value
+    distro = _scalar(raw, data, ("distro",))
+    if distro is not None:
+        _choice(raw, ("distro",), distro, distros.known_distros())
+        out["distro"] = distro
+    arch = _scalar(raw, data, ("arch",))
+    if arch is not None:
+        out["arch"] = arch
+    network = _scalar(raw, data, ("network",))
+    if network is not None:
+        _choice(raw, ("network",), network, NETWORKS)
+        out["network"] = network
+    if out.get("hostname") is not None and not HOSTNAME_RE.match(out["hostname"]):
+        raw.error(("hostname",), f"{out['hostname']!r} is not a valid host name")
+    if out.get("workdir") is not None and not out["workdir"].startswith("/"):
+        raw.error(("workdir",), "must be an absolute path inside the sandbox, like /src")
+    for key in ("aliases", "packages", "setup"):
+        items = _string_list(raw, data, (key,))
+        if items is not None:
+            out[key] = items
+    for index, alias in enumerate(out.get("aliases", [])):
+        if not NAME_RE.match(alias):
+            raw.error(("aliases", str(index)), f"{alias!r} is not a valid name: {NAME_RULE}")
+    if "env" in data:
+        out["env"] = _validate_env(raw, data["env"])
+    if "mounts" in data:
+        out["mounts"] = _validate_mounts(raw, data["mounts"])
+    if "bootstrap" in data:
+        out["bootstrap"] = _validate_bootstrap(raw, data["bootstrap"])
+    return out
+
+
+def _validate_env(raw: _Raw, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raw.error(("env",), f"must be a mapping of NAME: value, not {_type_name(value)}")
+        return {}
+    env = {}
+    for key, item in value.items():
+        if not ENV_KEY_RE.match(key):
+            raw.error(("env", key), "is not a valid environment variable name")
+        elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
+            env[key] = str(item)
+        else:
+            raw.error(("env", key), f"must be a string or number, not {_type_name(item)}")
+    return env
+
+
+def _validate_mounts(raw: _Raw, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raw.error(("mounts",), f"must be a list of {{source, target, readonly}}, not {_type_name(value)}")
+        return []
+    mounts = []
+    for index, item in enumerate(value):
+        keys = ("mounts", str(index))
+        if not isinstance(item, dict):
+            raw.error(keys, f"must be a mapping with source and target, not {_type_name(item)}")
+            continue
+        _check_keys(raw, item, keys, MOUNT_KEYS)
+        source = _scalar(raw, item, keys + ("source",))
+        target = _scalar(raw, item, keys + ("target",))
+        readonly = item.get("readonly", False)
+        if not isinstance(readonly, bool):
+            raw.error(keys + ("readonly",), f"must be true or false, not {_type_name(readonly)}")
+            readonly = False
+        if source is None or target is None:
+            raw.error(keys, "needs both source and target")
+            continue
+        if not target.startswith("/"):
+            raw.error(keys + ("target",), "must be an absolute path inside the sandbox")
+            continue
+        source_path = Path(source).expanduser()
+        if not source_path.is_absolute():
+            source_path = raw.path.parent / source_path
+        mounts.append({"source": str(source_path), "target": target, "readonly": readonly})
+    return mounts
+
+
+def _validate_bootstrap(raw: _Raw, value: Any) -> dict[str, Any]:
+    keys = ("bootstrap",)
+    if not isinstance(value, dict):
+        raw.error(keys, f"must be a mapping (method, mirror, ...), not {_type_name(value)}")
+        return {}
+    _check_keys(raw, value, keys, BOOTSTRAP_KEYS)
+    out: dict[str, Any] = {}
+    method = _scalar(raw, value, keys + ("method",))
+    if method is not None:
+        _choice(raw, keys + ("method",), method, METHODS)
+        out["method"] = method
+    variant = _scalar(raw, value, keys + ("variant",))
+    if variant is not None:
+        allowed = DEBOOTSTRAP_VARIANTS if method == "debootstrap" else MMDEBSTRAP_VARIANTS
+        if method is None:
+            allowed = tuple(dict.fromkeys(DEBOOTSTRAP_VARIANTS + MMDEBSTRAP_VARIANTS))
+        _choice(raw, keys + ("variant",), variant, allowed)
+        out["variant"] = variant
+    mirror = _scalar(raw, value, keys + ("mirror",))
+    if mirror is not None:
+        if not re.match(r"^(https?|file)://", mirror):
+            raw.error(keys + ("mirror",), f"{mirror!r} is not an http://, https:// or file:// URL")
+        out["mirror"] = mirror
+    keyring = _scalar(raw, value, keys + ("keyring",))
+    if keyring is not None:
+        keyring_path = Path(keyring).expanduser()
+        if not keyring_path.is_absolute():
+            keyring_path = raw.path.parent / keyring_path
+        out["keyring"] = str(keyring_path)
+    for key in ("components", "include", "exclude", "extra_args"):
+        items = _string_list(raw, value, keys + (key,))
+        if items is not None:
+            out[key] = items
+    return out
+
+
+# --- merging and building ----------------------------------------------------------------
+
+
+def _union(first: list[Any], second: list[Any]) -> list[Any]:
+    result = list(first)
+    for item in second:
+        if item not in result:
+            result.append(item)
+    return result
+
+
+def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Merge two validated field sets by the rules in this module's docstring."""
+    result = {key: value for key, value in parent.items() if key != "aliases"}
+    for key, value in child.items():
+        old = result.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            result[key] = merge(old, value)
+        elif isinstance(value, list) and isinstance(old, list) and key != "aliases":
+            result[key] = _union(old, value)
+        else:
+            result[key] = value
+    return result
+
+
+def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ...]) -> Profile:
+    missing = [key for key in ("distro", "release") if not fields.get(key)]
+    if missing:
+        raise ProfileError(
+            f"{path}: profile {name!r} does not set {' and '.join(missing)}",
+            hint="add e.g. 'distro: debian' and 'release: bookworm', or 'extends: debian-bookworm'",
+        )
+    distro = distros.DISTROS[fields["distro"]]
+    boot = fields.get("bootstrap", {})
+    method = boot.get("method", "debootstrap")
+    if method not in distro.methods:
+        raise ProfileError(
+            f"{path}: bootstrap.method {method!r} cannot build {distro.name}",
+            hint=f"use one of: {', '.join(distro.methods)}",
+        )
+    variant = boot.get("variant", "minbase")
+    allowed = DEBOOTSTRAP_VARIANTS if method == "debootstrap" else MMDEBSTRAP_VARIANTS
+    if variant not in allowed:
+        raise ProfileError(
+            f"{path}: bootstrap.variant {variant!r} is not a {method} variant",
+            hint=f"use one of: {', '.join(allowed)}",
+        )
+    arch = fields.get("arch") or distros.host_arch()
+    bootstrap = Bootstrap(
+        method=method,
+        variant=variant,
+        mirror=boot.get("mirror") or distro.mirror_for(arch),
+        components=tuple(boot.get("components") or distro.default_components),
+        keyring=boot.get("keyring") or distro.keyring_path(),
+        include=tuple(boot.get("include", ())),
+        exclude=tuple(boot.get("exclude", ())),
+        extra_args=tuple(boot.get("extra_args", ())),
+    )
+    return Profile(
+        name=name,
+        path=path,
+        description=fields.get("description", ""),
+        distro=distro.name,
+        release=fields["release"],
+        arch=arch,
+        bootstrap=bootstrap,
+        aliases=tuple(fields.get("aliases", ())),
+        extends=parents,
+        packages=tuple(fields.get("packages", ())),
+        setup=tuple(fields.get("setup", ())),
+        env=dict(fields.get("env", {})),
+        hostname=fields.get("hostname"),
+        workdir=fields.get("workdir"),
+        user=fields.get("user"),
+        mounts=tuple(Mount(**m) for m in fields.get("mounts", ())),
+        network=fields.get("network", "host"),
+    )
+
+
+# --- finding profiles ----------------------------------------------------------------------
+
+
+def is_path_ref(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml"))
+
+
+class ProfileRegistry:
+    """Profiles found in a list of directories; a later directory wins a name clash."""
+
+    def __init__(self, dirs: Iterable[Path]) -> None:
+        self.dirs = list(dirs)
+        self._files: dict[str, Path] | None = None
+        self._aliases: dict[str, str] | None = None
+
+    def files(self) -> dict[str, Path]:
+        if self._files is None:
+            found: dict[str, Path] = {}
+            for directory in self.dirs:
+                if not directory.is_dir():
+                    continue
+                for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+                    if NAME_RE.match(path.stem):
+                        found[path.stem] = path
+            self._files = found
+        return self._files
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> profile name. Reads every profile, so only used when a name misses."""
+        if self._aliases is None:
+            table: dict[str, str] = {}
+            for name, path in self.files().items():
+                try:
+                    raw = _read(path)
+                except ProfileError:
+                    continue
+                for alias in _string_list(raw, raw.data, ("aliases",)) or []:
+                    if alias not in self.files():
+                        table.setdefault(alias, name)
+            self._aliases = table
+        return self._aliases
+
+    def resolve(self, ref: str) -> Path:
+        """A profile reference (name, alias or path to a .yaml file) -> its file."""
+        if is_path_ref(ref):
+            path = Path(ref).expanduser()
+            if not path.is_file():
+                raise ProfileError(f"no profile file {ref}", hint="check the path")
+            check_name(path.stem, "profile name (the file's name)")
+            return path.resolve()
+        check_name(ref, "profile name")
+        files = self.files()
+        if ref in files:
+            return files[ref]
+        aliases = self.aliases()
+        if ref in aliases:
+            return files[aliases[ref]]
+        close = close_matches(ref, list(files) + list(aliases))
+        hint = f"did you mean {', '.join(close)}?" if close else "see 'sandboxmgr profiles'"
+        raise ProfileError(f"no profile named {ref!r}", hint=hint)
+
+    def load(self, ref: str) -> Profile:
+        path = self.resolve(ref)
+        fields, parents = self._load_chain(path, [])
+        return _build(path.stem, path, fields, parents)
+
+    def _load_chain(self, path: Path, seen: list[Path]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        if path in seen:
+            chain = " -> ".join(p.stem for p in seen + [path])
+            raise ProfileError(f"{path}: extends forms a cycle: {chain}",
+                               hint="remove one of the extends")
+        raw = _read(path)
+        fields = _validate(raw)
+        if raw.errors:
+            count = len(raw.errors)
+            raise ProfileError(
+                f"{count} problem{'s' if count > 1 else ''} in {path}:\n  " + "\n  ".join(raw.errors),
+                hint="fix the keys named above; the README lists every profile field",
+            )
+        parent_ref = fields.pop("extends", None)
+        if parent_ref is None:
+            return fields, ()
+        if is_path_ref(parent_ref) and not Path(parent_ref).is_absolute():
+            parent_ref = str(path.parent / parent_ref)
+        try:
+            parent_path = self.resolve(parent_ref)
+        except ProfileError as exc:
+            raise ProfileError(f"{path}:{raw.line(('extends',))}: extends: {exc.message}",
+                               hint=exc.hint) from None
+        parent_fields, grand = self._load_chain(parent_path, seen + [path])
+        return merge(parent_fields, fields), (parent_path.stem,) + grand
+
+    def load_all(self) -> list[tuple[str, Profile | ProfileError]]:
+        result: list[tuple[str, Profile | ProfileError]] = []
+        for name in sorted(self.files()):
+            try:
+                result.append((name, self.load(name)))
+            except ProfileError as exc:
+                result.append((name, exc))
+        return result

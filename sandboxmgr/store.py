@@ -1,0 +1,425 @@
+"""The store: images, sandboxes, temporary trees and locks on disk.
+
+Layout::
+
+    STORE/images/KEY/rootfs        an image: read-only once published
+    STORE/images/KEY/image.json    its metadata; an image without it is not built
+    STORE/sandboxes/NAME/          a named sandbox: upper/, work/, root/, sandbox.json
+    STORE/tmp/ID/                  builds and ephemeral sandboxes in progress
+    STORE/locks/*.lock             flock(2) locks: image-KEY, sandbox-NAME, tmp-ID
+    STORE/logs/                    build logs
+
+Everything is created in ``tmp/`` and renamed into place when complete, so a
+crash never leaves a half-made image or sandbox that looks finished. A tmp
+entry whose lock nobody holds is a leftover of a dead process and is removed
+by the next command. Removal goes through :func:`remove_tree`, which never
+deletes through a mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandboxmgr import linux, mountinfo
+from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, UnsafeRemovalError
+from sandboxmgr.profile import check_name
+
+_UNSAFE_CHARS = set(",:\\\n\t ")
+
+
+# --- safe removal ---------------------------------------------------------------------
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything below it, never through a mount.
+
+    Anything mounted at or under the tree (a bind mount that a crash left, a
+    mount of a killed build) is first unmounted with a detached unmount, which
+    removes the mount without touching what it shows. If something is still
+    mounted after that, nothing is deleted. The walk itself never follows a
+    symlink and never enters a directory on another device.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path)
+        return
+    for point in mountinfo.mounts_under(path):
+        try:
+            linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
+        except OSError:
+            pass
+    left = mountinfo.mounts_under(path)
+    if left:
+        raise UnsafeRemovalError(
+            f"refusing to delete {path}: {left[0]} is still mounted inside it",
+            hint=f"unmount it (umount -l {left[0]}) and try again; nothing was deleted",
+        )
+    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _remove_contents(top, info.st_dev, str(path))
+    finally:
+        os.close(top)
+    os.rmdir(path)
+
+
+def _remove_contents(dir_fd: int, device: int, where: str) -> None:
+    with os.scandir(dir_fd) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        if info.st_dev != device:
+            raise UnsafeRemovalError(
+                f"refusing to delete {where}/{name}: it is on another filesystem",
+                hint="something is mounted there; unmount it and try again",
+            )
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            _remove_contents(child, device, f"{where}/{name}")
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes used by the files of a tree (hard links counted once), like du."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_blocks * 512
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(entry.path)
+    return total
+
+
+# --- locks ---------------------------------------------------------------------------------
+
+
+class Lock:
+    """An flock(2) on a file in the store's locks/ directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def acquire(self, wait: bool, busy_message: str, hint: str) -> None:
+        if self.try_acquire():
+            return
+        if not wait:
+            raise BusyError(busy_message + self.holder_text(), hint=hint)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.fd = fd
+
+    def holder_text(self) -> str:
+        try:
+            pid = self.path.read_text().strip()
+        except OSError:
+            return ""
+        return f" (held by pid {pid})" if pid else ""
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    key: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def profile(self) -> str:
+        return str(self.meta.get("profile", "?"))
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    name: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root"
+
+    @property
+    def image_key(self) -> str:
+        return str(self.meta["image"])
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.rename(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+        if _UNSAFE_CHARS & set(str(self.root)):
+            raise SandboxError(
+                f"the store path {self.root} contains a character overlayfs options cannot carry",
+                hint="use a path without spaces, commas, colons or backslashes (--store DIR)",
+            )
+        self.images_dir = self.root / "images"
+        self.sandboxes_dir = self.root / "sandboxes"
+        self.tmp_dir = self.root / "tmp"
+        self.locks_dir = self.root / "locks"
+        self.logs_dir = self.root / "logs"
+
+    def ensure(self) -> None:
+        for directory in (self.images_dir, self.sandboxes_dir, self.tmp_dir, self.locks_dir, self.logs_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except PermissionError:
+                raise SandboxError(f"cannot create the store at {self.root}: permission denied",
+                                   hint="run as root, or point --store at a directory you own") from None
+
+    # -- locks
+    def lock(self, kind: str, name: str) -> Lock:
+        return Lock(self.locks_dir / f"{kind}-{name}.lock")
+
+    # -- temporary trees
+    @contextmanager
+    def temporary(self, purpose: str) -> Iterator[Path]:
+        """A fresh directory in tmp/, locked while in use, removed afterwards."""
+        self.ensure()
+        ident = f"{purpose}-{secrets.token_hex(6)}"
+        lock = self.lock("tmp", ident)
+        if not lock.try_acquire():  # pragma: no cover - random names do not clash
+            raise BusyError(f"temporary directory {ident} is in use")
+        path = self.tmp_dir / ident
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            try:
+                remove_tree(path)
+            finally:
+                lock.release()
+                lock.path.unlink(missing_ok=True)
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove tmp/ entries of processes that died (their lock is free)."""
+        removed: list[Path] = []
+        if not self.tmp_dir.is_dir():
+            return removed
+        for entry in sorted(self.tmp_dir.iterdir()):
+            lock = self.lock("tmp", entry.name)
+            if not lock.try_acquire():
+                continue
+            try:
+                remove_tree(entry)
+                removed.append(entry)
+            finally:
+                lock.release()
+                lock.path.unlink(missing_ok=True)
+        return removed
+
+    # -- images
+    def image(self, key: str) -> ImageRecord | None:
+        path = self.images_dir / key
+        meta_path = path / "image.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            return ImageRecord(key, path, _read_json(meta_path))
+        except (OSError, ValueError):
+            return None
+
+    def images(self) -> list[ImageRecord]:
+        if not self.images_dir.is_dir():
+            return []
+        records = [self.image(entry.name) for entry in sorted(self.images_dir.iterdir())]
+        return sorted((r for r in records if r is not None),
+                      key=lambda r: (r.profile, str(r.meta.get("built_at", ""))))
+
+    def publish_image(self, tmp: Path, key: str, meta: dict[str, Any]) -> ImageRecord:
+        """Rename a finished build into place: the only moment an image appears."""
+        _write_json(tmp / "image.json", meta)
+        target = self.images_dir / key
+        old = None
+        if target.exists():  # a rebuild: the old image makes way only now
+            old = self.tmp_dir / f"replaced-{key}-{secrets.token_hex(4)}"
+            os.rename(target, old)
+        os.rename(tmp, target)
+        if old is not None:
+            remove_tree(old)
+        return ImageRecord(key, target, meta)
+
+    def remove_image(self, record: ImageRecord) -> None:
+        users = [s.name for s in self.sandboxes() if s.meta.get("image") == record.key]
+        if users:
+            raise SandboxError(
+                f"image {record.key} ({record.profile}) is used by sandbox {', '.join(users)}",
+                hint=f"remove the sandbox first: sandboxmgr rm {' '.join(users)}",
+            )
+        lock = self.lock("image", record.key)
+        lock.acquire(False, f"image {record.key} is busy", "wait for the build to finish")
+        with lock:
+            # Move it out of images/ first, so a crash mid-delete leaves a tmp leftover, not a broken image.
+            doomed = self.tmp_dir / f"rmi-{record.key}-{secrets.token_hex(4)}"
+            self.ensure()
+            os.rename(record.path, doomed)
+            remove_tree(doomed)
+
+    # -- sandboxes
+    def sandbox(self, name: str) -> SandboxRecord:
+        check_name(name, "sandbox name")
+        path = self.sandboxes_dir / name
+        meta_path = path / "sandbox.json"
+        if not meta_path.is_file():
+            close = [s.name for s in self.sandboxes() if s.name.startswith(name[:3])]
+            hint = f"did you mean {', '.join(close[:3])}?" if close else "see 'sandboxmgr ls'"
+            raise NotFoundError(f"no sandbox named {name!r}", hint=hint)
+        return SandboxRecord(name, path, _read_json(meta_path))
+
+    def sandboxes(self) -> list[SandboxRecord]:
+        if not self.sandboxes_dir.is_dir():
+            return []
+        result = []
+        for entry in sorted(self.sandboxes_dir.iterdir()):
+            meta_path = entry / "sandbox.json"
+            if meta_path.is_file():
+                try:
+                    result.append(SandboxRecord(entry.name, entry, _read_json(meta_path)))
+                except (OSError, ValueError):
+                    continue
+        return result
+
+    def create_sandbox(self, name: str, meta: dict[str, Any]) -> SandboxRecord:
+        check_name(name, "sandbox name")
+        self.ensure()
+        target = self.sandboxes_dir / name
+        if target.exists():
+            raise SandboxError(f"a sandbox named {name!r} already exists",
+                               hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
+        ident = f"create-{name}-{secrets.token_hex(4)}"
+        lock = self.lock("tmp", ident)
+        lock.try_acquire()
+        tmp = self.tmp_dir / ident
+        try:
+            tmp.mkdir()
+            for sub in ("upper", "work", "root"):
+                (tmp / sub).mkdir()
+            _write_json(tmp / "sandbox.json", meta)
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise SandboxError(f"a sandbox named {name!r} already exists",
+                                       hint="pick another --name") from None
+                raise
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
+            lock.release()
+            lock.path.unlink(missing_ok=True)
+        return SandboxRecord(name, target, meta)
+
+    def remove_sandbox(self, record: SandboxRecord) -> None:
+        lock = self.lock("sandbox", record.name)
+        lock.acquire(False, f"sandbox {record.name!r} is in use",
+                     "wait for the command running in it to finish, then try again")
+        with lock:
+            self.ensure()
+            doomed = self.tmp_dir / f"rm-{record.name}-{secrets.token_hex(4)}"
+            os.rename(record.path, doomed)
+            remove_tree(doomed)
+        lock.path.unlink(missing_ok=True)
+
+
+def warn(message: str) -> None:
+    print(f"sandboxmgr: warning: {message}", file=sys.stderr)
