@@ -24,7 +24,6 @@ import click
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
 
 if TYPE_CHECKING:
-    from sandboxmgr.images import Progress
     from sandboxmgr.profile import Profile, ProfileRegistry
     from sandboxmgr.sandbox import RunOptions
     from sandboxmgr.store import ImageRecord, Store
@@ -60,7 +59,7 @@ class App:
             self._store = Store(self.store_path or default_store())
         return self._store
 
-    def progress(self, label: str) -> Progress:
+    def progress(self, label: str) -> ProgressLine:
         return ProgressLine(label, quiet=self.quiet)
 
     def image_for(self, profile: Profile) -> ImageRecord:
@@ -159,10 +158,12 @@ def cli(ctx: click.Context, store_path: Path | None, configs: tuple[str, ...], q
     ctx.obj = App(store_path=store_path, configs=configs, quiet=quiet, debug=debug)
 
 
-def _require_root(action: str) -> None:
+def _require_root(app: App, action: str) -> None:
+    """Root check for commands that change the store; also removes what dead runs left."""
     from sandboxmgr.images import require_root
 
     require_root(action)
+    app.store.clean_leftovers()
 
 
 # --- profiles and images ---------------------------------------------------------------------
@@ -175,7 +176,7 @@ def profiles(app: App, as_json: bool) -> None:
     """List profiles: the shipped ones, then system, user and --configs ones."""
     from sandboxmgr.profile import Profile
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, item in app.registry.load_all():
         if isinstance(item, Profile):
             built = app.store.image(item.image_key()) is not None
@@ -206,7 +207,7 @@ def build(app: App, profile: str, rebuild: bool) -> None:
     """Build the image of PROFILE (run and create do it when needed)."""
     from sandboxmgr.images import ensure_image
 
-    _require_root("build")
+    _require_root(app, "build")
     loaded = app.registry.load(profile)
     line = app.progress(loaded.name)
     try:
@@ -258,7 +259,7 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
     """Remove the images of profiles (or image keys)."""
     from sandboxmgr.images import find_images
 
-    _require_root("rmi")
+    _require_root(app, "rmi")
     for ref in refs:
         found = find_images(app.store, ref)
         if not found:
@@ -332,7 +333,8 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
 
 
 @cli.command(context_settings=_COMMAND_SETTINGS)
-@click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility: stdin always passes through.")
+@click.option("-i", "--interactive", is_flag=True,
+              help="Accepted for docker compatibility: stdin always passes through.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
 @click.option("--name", metavar="NAME", help="Keep the sandbox under this name instead of discarding it.")
 @click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
@@ -353,7 +355,7 @@ def run(app: App, interactive: bool, tty: bool, name: str | None, isolation: str
     """
     from sandboxmgr import sandbox
 
-    _require_root("run")
+    _require_root(app, "run")
     options = _options(command, tty, env, workdir, user, hostname, network, volumes, isolation)
     if name is not None:
         from sandboxmgr.profile import check_name
@@ -382,7 +384,7 @@ def create(app: App, profile: str, name: str | None, volumes: tuple[str, ...], h
     from sandboxmgr import sandbox
     from sandboxmgr.profile import check_name
 
-    _require_root("create")
+    _require_root(app, "create")
     if name is not None:
         check_name(name, "sandbox name")
     options = _options((), False, env, workdir, user, hostname, network, volumes)
@@ -408,7 +410,7 @@ def exec_(app: App, interactive: bool, tty: bool, env: tuple[str, ...], workdir:
     """Run COMMAND in the named sandbox NAME; its changes stay there."""
     from sandboxmgr import sandbox
 
-    _require_root("exec")
+    _require_root(app, "exec")
     options = _options(command, tty, env, workdir, user)
     return sandbox.run_in(app.store, app.store.sandbox(name), options)
 
@@ -421,7 +423,7 @@ def shell(app: App, user: str | None, name: str) -> int:
     """Start an interactive shell in the named sandbox NAME."""
     from sandboxmgr import sandbox
 
-    _require_root("shell")
+    _require_root(app, "shell")
     options = _options((), sys.stdin.isatty(), (), None, user)
     return sandbox.run_in(app.store, app.store.sandbox(name), options)
 
@@ -486,7 +488,7 @@ def inspect(app: App, as_json: bool, name: str) -> None:
 @pass_app
 def rm(app: App, names: tuple[str, ...]) -> None:
     """Remove named sandboxes and their changes (never what is mounted into them)."""
-    _require_root("rm")
+    _require_root(app, "rm")
     for name in names:
         app.store.remove_sandbox(app.store.sandbox(name))
         if not app.quiet:

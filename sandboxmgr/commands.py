@@ -49,13 +49,16 @@ def require(program: str) -> str:
         ) from None
 
 
-def _private_child() -> None:  # pragma: no cover - runs between fork and exec
-    # The child gets a private mount namespace, so whatever it mounts (debootstrap
-    # mounts /proc and /sys inside the target) vanishes with it, even after kill -9,
-    # and it dies with the manager.
-    linux.unshare(linux.CLONE_NEWNS)
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+def _die_with_manager() -> None:  # pragma: no cover - runs between fork and exec
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# util-linux unshare(1) runs the program as PID 1 of a new PID namespace, with a
+# private mount namespace: whatever it mounts (debootstrap mounts /proc and /sys
+# in the target) vanishes with it, and when it dies - or unshare(1) dies, which
+# dies with the manager - every process it started dies too. A killed build
+# leaves no mount and no process behind, only a tmp/ tree the next command removes.
+CONTAINED = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private", "--")
 
 
 def run(
@@ -63,16 +66,17 @@ def run(
     log_file: Path | None = None,
     on_line: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
-    private_mounts: bool = False,
+    contained: bool = False,
 ) -> None:
     """Run ``argv`` to completion, streaming its combined output.
 
     Raises :class:`ProcessExecutionError` with the last lines of output when
     it exits non-zero.
     """
-    path = require(argv[0])
-    log.debug("running: %s", shlex.join(argv))
-    command = local[path][list(argv[1:])]
+    require(argv[0])
+    full_argv = [*CONTAINED, *argv] if contained else list(argv)
+    log.debug("running: %s", shlex.join(full_argv))
+    command = local[require(full_argv[0])][full_argv[1:]]
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -80,19 +84,20 @@ def run(
     handle = open(log_file, "a") if log_file is not None else None  # noqa: SIM115
     try:
         if handle is not None:
-            handle.write(f"$ {shlex.join(argv)}\n")
+            handle.write(f"$ {shlex.join(full_argv)}\n")
             handle.flush()
         process = command.popen(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=_private_child if private_mounts else None,
+            preexec_fn=_die_with_manager,
         )
         try:
             assert process.stdout is not None
             for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip("\n")
+                text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+                line = text.rstrip("\n")
                 tail.append(line)
                 if handle is not None:
                     handle.write(line + "\n")

@@ -23,6 +23,7 @@ it then also drops ``CAP_SYS_CHROOT`` so that escape is closed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -146,10 +147,8 @@ def enter(spec: EnterSpec) -> int:
 def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
                tty_child: socket.socket | None) -> int:
     def forward(signum: int, _frame: FrameType | None) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     master = None
@@ -223,7 +222,7 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
     except SandboxError as exc:
         _fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
-    except Exception as exc:  # noqa: BLE001 - every setup failure is reported, then exit
+    except Exception as exc:
         _fail(err_write, EXIT_MANAGER, f"cannot set up the sandbox: {exc}")
     child = os.fork()
     if child == 0:
@@ -294,7 +293,7 @@ def resolve_in_root(root: Path, path: str, create: bool = False, is_file: bool =
             parts = [p for p in link.split("/") if p not in ("", ".")] + parts
             continue
         if parts and not stat.S_ISDIR(info.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, f"{'/'.join(resolved + [name])} is not a directory in {root}")
+            raise NotADirectoryError(errno.ENOTDIR, f"{'/'.join([*resolved, name])} is not a directory in {root}")
         resolved.append(name)
     return root.joinpath(*resolved)
 
@@ -354,10 +353,8 @@ def _reap(child: int) -> None:
     """Forward signals to the command, reap every orphan, exit with the command's status."""
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
-        except ProcessLookupError:
-            pass
 
     for sig in _FORWARDED:
         signal.signal(sig, forward)
@@ -393,7 +390,7 @@ def _read_table(path: str) -> list[list[str]]:
         return []
 
 
-def lookup_user(spec: str | None, passwd: str = "/etc/passwd", group: str = "/etc/group") -> _User:
+def lookup_user(spec: str | None, passwd: str = "/etc/passwd", group: str = "/etc/group") -> _User:  # noqa: S107
     """``user[:group]`` (names or numbers) in the sandbox's own user database."""
     if spec is None or spec == "":
         spec = "0"
@@ -466,7 +463,7 @@ def _exec(spec: EnterSpec, err_write: int, pty_number: int | None) -> None:
     except SandboxError as exc:
         _fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
         return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(err_write, EXIT_MANAGER, f"cannot start the command: {exc}")
         return
     try:

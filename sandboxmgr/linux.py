@@ -7,6 +7,7 @@ call and its arguments, so a failed mount reads as
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -123,10 +124,8 @@ def limit_capabilities(keep: frozenset[int]) -> None:
     for cap in range(last_cap() + 1):
         if cap not in keep:
             prctl(PR_CAPBSET_DROP, cap)
-    try:
+    with contextlib.suppress(OSError):  # kernels before 4.3 have no ambient set
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    except OSError:
-        pass  # kernels before 4.3 have no ambient set; nothing to clear.
     mask = 0
     for cap in keep:
         mask |= 1 << cap

@@ -173,7 +173,7 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], 
                 raw.lines[keys] = key_node.start_mark.line + 1
                 raw.error(keys, f"keys must be strings, not {key!r}")
                 continue
-            path = keys + (key,)
+            path = (*keys, key)
             raw.lines[path] = key_node.start_mark.line + 1
             if key in result:
                 raw.error(path, "appears twice; keep one")
@@ -182,7 +182,7 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], 
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
-            path = keys + (str(index),)
+            path = (*keys, str(index))
             raw.lines[path] = item.start_mark.line + 1
             items.append(_to_python(loader, item, path, raw))
         return items
@@ -230,7 +230,7 @@ MOUNT_KEYS = ("source", "target", "readonly")
 def _check_keys(raw: _Raw, data: dict[str, Any], keys: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
-            raw.error(keys + (key,), f"unknown key{_did_you_mean(key, allowed)}")
+            raw.error((*keys, key), f"unknown key{_did_you_mean(key, allowed)}")
 
 
 def _scalar(raw: _Raw, data: dict[str, Any], keys: tuple[str, ...], numbers: bool = False) -> str | None:
@@ -256,11 +256,12 @@ def _string_list(raw: _Raw, data: dict[str, Any], keys: tuple[str, ...]) -> list
         raw.error(keys, f"must be a list of strings, not {_type_name(value)}")
         return None
     items = []
-    for index, item in enumerate(value):
+    for index, value_item in enumerate(value):
+        item = value_item
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             item = str(item)
         if not isinstance(item, str):
-            raw.error(keys + (str(index),), f"must be a string, not {_type_name(item)}")
+            raw.error((*keys, str(index)), f"must be a string, not {_type_name(item)}")
             continue
         items.append(item)
     return items
@@ -349,17 +350,17 @@ def _validate_mounts(raw: _Raw, value: Any) -> list[dict[str, Any]]:
             raw.error(keys, f"must be a mapping with source and target, not {_type_name(item)}")
             continue
         _check_keys(raw, item, keys, MOUNT_KEYS)
-        source = _scalar(raw, item, keys + ("source",))
-        target = _scalar(raw, item, keys + ("target",))
+        source = _scalar(raw, item, (*keys, "source"))
+        target = _scalar(raw, item, (*keys, "target"))
         readonly = item.get("readonly", False)
         if not isinstance(readonly, bool):
-            raw.error(keys + ("readonly",), f"must be true or false, not {_type_name(readonly)}")
+            raw.error((*keys, "readonly"), f"must be true or false, not {_type_name(readonly)}")
             readonly = False
         if source is None or target is None:
             raw.error(keys, "needs both source and target")
             continue
         if not target.startswith("/"):
-            raw.error(keys + ("target",), "must be an absolute path inside the sandbox")
+            raw.error((*keys, "target"), "must be an absolute path inside the sandbox")
             continue
         source_path = Path(source).expanduser()
         if not source_path.is_absolute():
@@ -375,30 +376,30 @@ def _validate_bootstrap(raw: _Raw, value: Any) -> dict[str, Any]:
         return {}
     _check_keys(raw, value, keys, BOOTSTRAP_KEYS)
     out: dict[str, Any] = {}
-    method = _scalar(raw, value, keys + ("method",))
+    method = _scalar(raw, value, (*keys, "method"))
     if method is not None:
-        _choice(raw, keys + ("method",), method, METHODS)
+        _choice(raw, (*keys, "method"), method, METHODS)
         out["method"] = method
-    variant = _scalar(raw, value, keys + ("variant",))
+    variant = _scalar(raw, value, (*keys, "variant"))
     if variant is not None:
-        allowed = DEBOOTSTRAP_VARIANTS if method == "debootstrap" else MMDEBSTRAP_VARIANTS
+        allowed: tuple[str, ...] = DEBOOTSTRAP_VARIANTS if method == "debootstrap" else MMDEBSTRAP_VARIANTS
         if method is None:
             allowed = tuple(dict.fromkeys(DEBOOTSTRAP_VARIANTS + MMDEBSTRAP_VARIANTS))
-        _choice(raw, keys + ("variant",), variant, allowed)
+        _choice(raw, (*keys, "variant"), variant, allowed)
         out["variant"] = variant
-    mirror = _scalar(raw, value, keys + ("mirror",))
+    mirror = _scalar(raw, value, (*keys, "mirror"))
     if mirror is not None:
         if not re.match(r"^(https?|file)://", mirror):
-            raw.error(keys + ("mirror",), f"{mirror!r} is not an http://, https:// or file:// URL")
+            raw.error((*keys, "mirror"), f"{mirror!r} is not an http://, https:// or file:// URL")
         out["mirror"] = mirror
-    keyring = _scalar(raw, value, keys + ("keyring",))
+    keyring = _scalar(raw, value, (*keys, "keyring"))
     if keyring is not None:
         keyring_path = Path(keyring).expanduser()
         if not keyring_path.is_absolute():
             keyring_path = raw.path.parent / keyring_path
         out["keyring"] = str(keyring_path)
     for key in ("components", "include", "exclude", "extra_args"):
-        items = _string_list(raw, value, keys + (key,))
+        items = _string_list(raw, value, (*keys, key))
         if items is not None:
             out[key] = items
     return out
@@ -551,7 +552,7 @@ class ProfileRegistry:
 
     def _load_chain(self, path: Path, seen: list[Path]) -> tuple[dict[str, Any], tuple[str, ...]]:
         if path in seen:
-            chain = " -> ".join(p.stem for p in seen + [path])
+            chain = " -> ".join(p.stem for p in [*seen, path])
             raise ProfileError(f"{path}: extends forms a cycle: {chain}",
                                hint="remove one of the extends")
         raw = _read(path)
@@ -572,8 +573,8 @@ class ProfileRegistry:
         except ProfileError as exc:
             raise ProfileError(f"{path}:{raw.line(('extends',))}: extends: {exc.message}",
                                hint=exc.hint) from None
-        parent_fields, grand = self._load_chain(parent_path, seen + [path])
-        return merge(parent_fields, fields), (parent_path.stem,) + grand
+        parent_fields, grand = self._load_chain(parent_path, [*seen, path])
+        return merge(parent_fields, fields), (parent_path.stem, *grand)
 
     def load_all(self) -> list[tuple[str, Profile | ProfileError]]:
         result: list[tuple[str, Profile | ProfileError]] = []

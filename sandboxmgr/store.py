@@ -27,7 +27,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,10 +59,8 @@ def remove_tree(path: Path) -> None:
         os.unlink(path)
         return
     for point in mountinfo.mounts_under(path):
-        try:
+        with suppress(OSError):
             linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
-        except OSError:
-            pass
     left = mountinfo.mounts_under(path)
     if left:
         raise UnsafeRemovalError(

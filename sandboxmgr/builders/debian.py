@@ -70,7 +70,8 @@ def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
         hint = (f"check that {profile.bootstrap.mirror} is reachable and carries "
                 f"'{profile.release}'; full log: {context.log_file}")
     elif "signature" in text or "gpg" in text or "key" in text:
-        hint = f"the mirror's signature did not verify against {profile.bootstrap.keyring}; full log: {context.log_file}"
+        hint = (f"the mirror's signature did not verify against {profile.bootstrap.keyring}; "
+                f"full log: {context.log_file}")
     return BuildError(f"{tool} failed for {profile.name}: {reason}", hint=hint)
 
 
@@ -88,7 +89,7 @@ class _DebianFamily(Builder):
         context.progress(f"bootstrap: {self.tool} {profile.release} from {profile.bootstrap.mirror}")
         try:
             commands.run(self.bootstrap_argv(profile, rootfs), log_file=context.log_file,
-                         on_line=progress, private_mounts=True)
+                         on_line=progress, contained=True)
         except commands.ProcessExecutionError as exc:
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
 

@@ -1,0 +1,44 @@
+# sandboxmgr: the two commands a user starts with are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Host tools: the builders, the Debian keyring, util-linux's unshare, a venv.
+APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv
+
+.PHONY: deps venv demo test unit integration lint clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(BIN)/sandboxmgr: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: deps $(BIN)/sandboxmgr
+
+demo: venv
+	$(BIN)/sandboxmgr run debian -- sh -c '. /etc/os-release; echo "userland: $$PRETTY_NAME"; echo "kernel:   $$(uname -r) (the host'"'"'s)"'
+	@echo
+	@echo "sandboxmgr is installed in $(VENV): run '. $(VENV)/bin/activate' to put it on PATH."
+
+lint: venv
+	$(BIN)/ruff check sandboxmgr tests
+	$(BIN)/mypy --strict sandboxmgr tests
+
+test: venv lint
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: venv
+	$(BIN)/pytest tests/integration
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

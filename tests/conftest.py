@@ -1,0 +1,140 @@
+"""Shared fixtures: a CLI runner on a test store, capability probes, images built once.
+
+Integration tests need root and a reachable mirror. Off CI they skip with the
+reason; on CI (SANDBOXMGR_CI=1, set by .ci/run) a missing capability fails the
+test instead, so a green CI run always means the real thing ran.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
+ON_CI = os.environ.get("SANDBOXMGR_CI") == "1"
+
+
+def missing(reason: str, required_on_ci: bool = True) -> None:
+    """Skip (or, on CI, fail) a test whose environment lacks something."""
+    if ON_CI and required_on_ci:
+        pytest.fail(f"CI must be able to run this test: {reason}")
+    pytest.skip(reason)
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        missing("needs root (namespaces and mounts)")
+
+
+@cache
+def mirror_reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def need_mirror(mirror: str, release: str, required_on_ci: bool = True) -> None:
+    if not mirror_reachable(f"{mirror}/dists/{release}/InRelease"):
+        missing(f"the mirror {mirror} does not answer for {release}", required_on_ci)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+
+
+class CLI:
+    """Runs the real `sandboxmgr` in a subprocess against one store."""
+
+    def __init__(self, store: Path, configs: Path | None = None) -> None:
+        self.store = store
+        self.configs = configs
+
+    def argv(self, *args: str) -> list[str]:
+        argv = [sys.executable, "-m", "sandboxmgr", "--store", str(self.store)]
+        if self.configs is not None:
+            argv += ["--configs", str(self.configs)]
+        return argv + list(args)
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 900) -> Result:
+        proc = subprocess.run(self.argv(*args), input=input, capture_output=True, text=True,
+                              timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, input: str | None = None) -> Result:
+        result = self(*args, input=input)
+        assert result.code == 0, str(result)
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True)
+
+
+def host_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as handle:
+        return sorted(line.split()[4] for line in handle)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_mounts() -> Iterator[None]:
+    """After the whole suite, the host's mount table is as it was before."""
+    before = host_mounts()
+    yield
+    after = host_mounts()
+    leaked = sorted(set(after) - set(before))
+    assert not leaked, f"mounts left on the host by the test suite: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="session")
+def configs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Test-only profiles, next to the shipped ones."""
+    return tmp_path_factory.mktemp("configs")
+
+
+@pytest.fixture(scope="session")
+def cli(store_dir: Path, configs_dir: Path) -> CLI:
+    return CLI(store_dir, configs_dir)
+
+
+@dataclass
+class ConcurrentBuild:
+    profile: str
+    results: list[Result]
+
+
+@pytest.fixture(scope="session")
+def bookworm(cli: CLI) -> ConcurrentBuild:
+    """debian-bookworm, built once per session - by two builds started at once."""
+    need_root()
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    procs = [cli.popen("build", "debian-bookworm") for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        results.append(Result(proc.returncode, out, err))
+    for result in results:
+        assert result.code == 0, str(result)
+    return ConcurrentBuild("debian-bookworm", results)

@@ -1,0 +1,194 @@
+"""Running commands in ephemeral sandboxes over a real debootstrapped Debian bookworm."""
+
+from __future__ import annotations
+
+import os
+import platform
+import pty
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, ConcurrentBuild, host_mounts
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+IMAGE = "debian-bookworm"
+
+
+def test_two_concurrent_builds_make_one_image(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    images = [p for p in (cli.store / "images").iterdir()]
+    assert len(images) == 1
+    assert (images[0] / "image.json").is_file()
+    # One of the two waited for the other instead of building again.
+    assert any("waiting for another build" in r.err for r in bookworm.results)
+    assert list((cli.store / "tmp").iterdir()) == []
+
+
+def test_hello_world(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    result = cli.ok("run", IMAGE, "echo", "hello world")
+    assert result.out == "hello world\n"
+
+
+def test_the_kernel_is_the_hosts_and_the_userland_the_targets(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    result = cli.ok("run", IMAGE, "--", "sh", "-c", "uname -r; . /etc/os-release; echo $ID $VERSION_CODENAME")
+    kernel, userland = result.out.splitlines()
+    assert kernel == platform.release()
+    assert userland == "debian bookworm"
+
+
+def test_pid_1_is_the_init_and_no_host_process_is_visible(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    script = "tr '\\0' ' ' < /proc/1/cmdline; echo; ls -d /proc/[0-9]* | wc -l; echo $$"
+    result = cli.ok("run", IMAGE, "--", "sh", "-c", script)
+    init_cmdline, count, own_pid = result.out.splitlines()
+    assert "sandboxmgr" in init_cmdline
+    assert own_pid == "2"
+    # PID 1, the shell, and the ls/wc it runs: nothing of the host.
+    assert int(count) <= 4
+
+
+def test_hostname_is_the_sandboxs(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    assert cli.ok("run", IMAGE, "hostname").out.strip() == IMAGE
+    assert cli.ok("run", "--hostname", "box1", IMAGE, "hostname").out.strip() == "box1"
+    assert os.uname().nodename != "box1"
+
+
+def test_network_none_leaves_only_loopback(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    result = cli.ok("run", "--network", "none", IMAGE, "ls", "/sys/class/net")
+    assert result.out.split() == ["lo"]
+    state = cli.ok("run", "--network", "none", IMAGE, "cat", "/sys/class/net/lo/operstate").out.strip()
+    assert state in ("unknown", "up")
+    host = cli.ok("run", IMAGE, "ls", "/sys/class/net").out.split()
+    assert sorted(host) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_exit_codes_propagate(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    assert cli("run", IMAGE, "sh", "-c", "exit 7").code == 7
+    missing = cli("run", IMAGE, "no-such-command")
+    assert missing.code == 127
+    assert "no-such-command: command not found in the sandbox" in missing.err
+    assert cli("run", IMAGE, "/etc/passwd").code == 126
+    assert cli("run", IMAGE, "sh", "-c", "kill -TERM $$").code == 128 + signal.SIGTERM
+
+
+def test_stdin_passes_through(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    data = "line one\nline two\n" * 1000
+    assert cli.ok("run", IMAGE, "cat", input=data).out == data
+
+
+def test_bind_mounts_read_write_and_read_only(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from host")
+    result = cli.ok("run", "-v", f"{shared}:/data", IMAGE, "sh", "-c", "cat /data/in; echo back > /data/out")
+    assert result.out == "from host"
+    assert (shared / "out").read_text() == "back\n"
+    readonly = cli("run", "-v", f"{shared}:/data:ro", IMAGE, "sh", "-c", "echo x > /data/nope")
+    assert readonly.code != 0
+    assert "Read-only file system" in readonly.err
+    assert not (shared / "nope").exists()
+
+
+def test_a_bind_target_symlinked_to_etc_stays_inside(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    """A rootfs whose /src is a symlink to /etc must not get the bind on the host's /etc."""
+    shared = tmp_path / "payload"
+    shared.mkdir()
+    (shared / "marker").write_text("inside")
+    name = "symlinked"
+    cli.ok("create", IMAGE, "--name", name, "-v", f"{shared}:/src/payload")
+    try:
+        # The attack, planted in the sandbox's own layer before its first run.
+        (cli.store / "sandboxes" / name / "upper" / "src").symlink_to("/etc")
+        host_before = sorted(os.listdir("/etc"))
+        result = cli.ok("exec", name, "cat", "/etc/payload/marker")
+        assert result.out == "inside"
+        assert sorted(os.listdir("/etc")) == host_before
+        assert not Path("/etc/payload").exists()
+    finally:
+        cli.ok("rm", name)
+
+
+def test_user_workdir_and_env(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    result = cli.ok("run", "-u", "nobody", "-w", "/tmp/work", "-e", "GREETING=hi", IMAGE,
+                    "sh", "-c", "id -un; pwd; echo $GREETING; echo $HOME")
+    assert result.out.splitlines() == ["nobody", "/tmp/work", "hi", "/nonexistent"]
+    bad = cli("run", "-u", "nosuchuser", IMAGE, "true")
+    assert bad.code == 125
+    assert "no user 'nosuchuser'" in bad.err
+
+
+def test_capabilities_are_cut_to_dockers_set(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    result = cli.ok("run", IMAGE, "sh", "-c", "grep CapBnd /proc/self/status")
+    bounding = int(result.out.split()[1], 16)
+    assert bounding == 0xA80425FB  # CHOWN..SETFCAP as docker's default
+    mount = cli("run", IMAGE, "mount", "-t", "tmpfs", "none", "/mnt")
+    assert mount.code != 0
+
+
+def test_ephemeral_changes_vanish(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    cli.ok("run", IMAGE, "touch", "/ephemeral-marker")
+    assert cli("run", IMAGE, "test", "-e", "/ephemeral-marker").code == 1
+    assert list((cli.store / "tmp").iterdir()) == []
+
+
+def test_tty_gives_a_real_terminal(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.execv(cli.argv()[0], cli.argv("run", "-it", IMAGE, "sh", "-c", "tty; test -t 0 && echo TTY-OK"))
+    output = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "/dev/pts/0" in text
+    assert "TTY-OK" in text
+
+
+def test_sigterm_to_the_manager_stops_the_sandbox_and_leaves_no_mount(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    before = host_mounts()
+    proc = cli.popen("run", IMAGE, "sleep", "60")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert host_mounts() == before
+
+
+def test_sigkill_of_the_manager_kills_the_sandbox(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    before = host_mounts()
+    proc = cli.popen("run", IMAGE, "sleep", "1234")
+    time.sleep(1.5)
+    proc.kill()
+    proc.communicate(timeout=20)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True).returncode == 0
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert not alive
+    assert host_mounts() == before
+    # The next command removes the dead run's directory.
+    cli.ok("run", IMAGE, "true")
+    assert list((cli.store / "tmp").iterdir()) == []
+
+
+def test_chroot_isolation_works_and_drops_sys_chroot(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    result = cli.ok("run", "--isolation", "chroot", IMAGE, "sh", "-c", "grep CapBnd /proc/self/status")
+    bounding = int(result.out.split()[1], 16)
+    assert not bounding & (1 << 18)

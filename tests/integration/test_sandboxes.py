@@ -1,0 +1,123 @@
+"""Named sandboxes: persistence, isolation from the image, listing, safe removal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr import mountinfo
+from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, need_mirror
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+IMAGE = "debian-bookworm"
+
+
+def image_rootfs(cli: CLI) -> Path:
+    (image,) = [p for p in (cli.store / "images").iterdir()]
+    return image / "rootfs"
+
+
+def test_named_sandbox_changes_persist_and_never_touch_the_image(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    assert cli.ok("create", IMAGE, "--name", "work").out.strip() == "work"
+    try:
+        cli.ok("exec", "work", "sh", "-c", "echo kept > /persisted; rm /etc/debian_version")
+        assert cli.ok("exec", "work", "cat", "/persisted").out == "kept\n"
+        assert cli("exec", "work", "test", "-e", "/etc/debian_version").code == 1
+        rootfs = image_rootfs(cli)
+        assert not (rootfs / "persisted").exists()
+        assert (rootfs / "etc" / "debian_version").exists()
+        # A fresh ephemeral sandbox sees the pristine image.
+        assert cli("run", IMAGE, "test", "-e", "/persisted").code == 1
+        listing = json.loads(cli.ok("ls", "--json").out)
+        (row,) = [r for r in listing if r["name"] == "work"]
+        assert row["profile"] == IMAGE and row["changes_size"] > 0
+        table = cli.ok("ls").out
+        assert "work" in table and IMAGE in table
+        info = json.loads(cli.ok("inspect", "work", "--json").out)
+        assert info["name"] == "work" and info["distro"] == "debian" and info["release"] == "bookworm"
+        assert info["settings"]["hostname"] == "work"
+        assert cli.ok("exec", "work", "hostname").out.strip() == "work"
+    finally:
+        cli.ok("rm", "work")
+    assert cli("exec", "work", "true").code == 125
+    assert not (cli.store / "sandboxes" / "work").exists()
+
+
+def test_apt_get_install_in_a_named_sandbox(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    cli.ok("create", IMAGE, "--name", "apt")
+    try:
+        cli.ok("exec", "apt", "apt-get", "install", "-y", "hello")
+        assert cli.ok("exec", "apt", "hello").out == "Hello, world!\n"
+        assert not (image_rootfs(cli) / "usr" / "bin" / "hello").exists()
+    finally:
+        cli.ok("rm", "apt")
+
+
+def test_images_lists_the_built_image(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    rows = json.loads(cli.ok("images", "--json").out)
+    row = next(r for r in rows if r["profile"] == IMAGE)
+    assert row["distro"] == "debian" and row["release"] == "bookworm"
+    assert row["size"] > 50_000_000
+    assert "inputs" not in row
+    profiles = {p["name"]: p for p in json.loads(cli.ok("profiles", "--json").out)}
+    assert profiles[IMAGE]["built"] is True
+    assert profiles[IMAGE]["key"] == row["key"]
+
+
+def test_rm_never_deletes_through_a_bind_mount(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    """A bind mount that a crash left inside a sandbox: rm must not delete through it."""
+    host_dir = tmp_path / "precious"
+    host_dir.mkdir()
+    canary = host_dir / "canary"
+    canary.write_text("must survive")
+    cli.ok("create", IMAGE, "--name", "crashed")
+    target = cli.store / "sandboxes" / "crashed" / "upper" / "mnt" / "data"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host_dir), str(target)], check=True)
+    try:
+        assert mountinfo.mounts_under(target)
+        cli.ok("rm", "crashed")
+        assert canary.read_text() == "must survive"
+        assert not (cli.store / "sandboxes" / "crashed").exists()
+    finally:
+        if mountinfo.mounts_under(target.parent):
+            subprocess.run(["umount", "-l", str(target)], check=False)
+    assert not mountinfo.mounts_under(cli.store)
+
+
+def test_rmi_refuses_while_a_sandbox_uses_the_image(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    cli.ok("create", IMAGE, "--name", "user1")
+    try:
+        refused = cli("rmi", IMAGE)
+        assert refused.code == 125
+        assert "used by sandbox user1" in refused.err
+        assert "sandboxmgr rm user1" in refused.err
+    finally:
+        cli.ok("rm", "user1")
+
+
+def test_a_busy_sandbox_is_reported(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    cli.ok("create", IMAGE, "--name", "busy")
+    proc = cli.popen("exec", "busy", "sleep", "30")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            (row,) = [r for r in json.loads(cli.ok("ls", "--json").out) if r["name"] == "busy"]
+            if row["in_use"]:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        second = cli("exec", "busy", "true")
+        assert second.code == 125
+        assert "sandbox 'busy' is in use" in second.err
+        assert cli("rm", "busy").code == 125
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+        cli.ok("rm", "busy")

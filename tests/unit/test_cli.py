@@ -1,0 +1,108 @@
+"""CLI parsing and error mapping, with click's runner (no sandbox is entered)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sandboxmgr import cli as cli_module
+from sandboxmgr.sandbox import RunOptions
+
+
+def invoke(*args: str, store: Path) -> tuple[int, str]:
+    runner = CliRunner()
+    with pytest.raises(SystemExit) as exit_info, runner.isolation() as (out, err, _):
+        cli_module.main(["--store", str(store), *args])
+    output = out.getvalue().decode() + err.getvalue().decode()
+    code = exit_info.value.code
+    return int(code) if isinstance(code, int) else 0, output
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunOptions]:
+    """Stop `run` where it would build and enter, keeping the parsed options."""
+    seen: list[RunOptions] = []
+
+    def fake_image_for(self: cli_module.App, profile: object) -> object:
+        return object()
+
+    def fake_run(store: object, image: object, profile: object, options: RunOptions) -> int:
+        seen.append(options)
+        return 7
+
+    monkeypatch.setattr(cli_module.App, "image_for", fake_image_for)
+    monkeypatch.setattr("sandboxmgr.sandbox.run_ephemeral", fake_run)
+    monkeypatch.setattr("sandboxmgr.images.require_root", lambda action: None)
+    return seen
+
+
+def test_options_after_the_profile_belong_to_the_command(tmp_path: Path, captured: list[RunOptions]) -> None:
+    code, _ = invoke("run", "-e", "A=1", "-w", "/src", "debian", "ls", "-la", "--color", store=tmp_path)
+    assert code == 7
+    assert captured[0].argv == ("ls", "-la", "--color")
+    assert captured[0].env == ("A=1",)
+    assert captured[0].workdir == "/src"
+
+
+def test_double_dash_separates_the_command(tmp_path: Path, captured: list[RunOptions]) -> None:
+    invoke("run", "debian-bookworm", "--", "sh", "-c", "echo hi", store=tmp_path)
+    assert captured[0].argv == ("sh", "-c", "echo hi")
+
+
+def test_volumes_network_and_hostname_are_parsed(tmp_path: Path, captured: list[RunOptions]) -> None:
+    invoke("run", "-v", f"{tmp_path}:/data:ro", "--network", "none", "--hostname", "box",
+           "debian", "true", store=tmp_path)
+    options = captured[0]
+    assert options.binds[0].source == tmp_path and options.binds[0].readonly
+    assert options.network == "none" and options.hostname == "box"
+
+
+def test_bad_volume_is_a_manager_error_with_a_hint(tmp_path: Path, captured: list[RunOptions]) -> None:
+    code, output = invoke("run", "-v", "nocolon", "debian", "true", store=tmp_path)
+    assert code == 125
+    assert "sandboxmgr: error: -v 'nocolon' is not SRC:DST" in output
+    assert "hint: write -v /host/path:/path/inside[:ro]" in output
+    assert captured == []
+
+
+def test_unknown_profile_exits_125_with_close_names(tmp_path: Path, captured: list[RunOptions]) -> None:
+    code, output = invoke("run", "debian-bookwrm", "true", store=tmp_path)
+    assert code == 125
+    assert "no profile named 'debian-bookwrm'" in output
+    assert "did you mean debian-bookworm" in output
+
+
+def test_usage_errors_exit_125(tmp_path: Path) -> None:
+    code, output = invoke("run", "--network", "bridge", "debian", store=tmp_path)
+    assert code == 125
+    assert "'bridge' is not one of" in output
+
+
+def test_bad_sandbox_name_is_refused(tmp_path: Path, captured: list[RunOptions]) -> None:
+    code, output = invoke("run", "--name", "../../etc", "debian", "true", store=tmp_path)
+    assert code == 125
+    assert "invalid sandbox name" in output
+
+
+def test_profiles_json_lists_shipped_profiles(tmp_path: Path) -> None:
+    code, output = invoke("profiles", "--json", store=tmp_path)
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(output)}
+    assert rows["debian-trixie"]["aliases"] == ["debian", "debian-13", "debian-stable"]
+    assert rows["ubuntu-resolute"]["built"] is False
+
+
+def test_not_root_is_one_line_and_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    code, output = invoke("run", "debian", "true", store=tmp_path)
+    assert code == 125
+    assert "sandboxmgr: error: run needs root" in output
+    assert "hint: run it with sudo, or as root" in output
+
+
+def test_empty_store_lists_nothing(tmp_path: Path) -> None:
+    assert invoke("ls", "--json", store=tmp_path) == (0, "[]\n")
+    assert invoke("images", "--json", store=tmp_path) == (0, "[]\n")

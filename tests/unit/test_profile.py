@@ -1,0 +1,204 @@
+"""Profiles: loading, validation messages, extends, names, image keys (no root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr.errors import ProfileError
+from sandboxmgr.locations import shipped_configs_dir
+from sandboxmgr.profile import ProfileRegistry, check_name, merge
+
+SHIPPED = shipped_configs_dir()
+
+
+def registry(*dirs: Path) -> ProfileRegistry:
+    return ProfileRegistry([SHIPPED, *dirs])
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_profile_is_valid() -> None:
+    loaded = registry().load_all()
+    names = {name for name, _ in loaded}
+    for required in ("debian-bullseye", "debian-bookworm", "debian-trixie", "debian-forky",
+                     "debian-sid", "ubuntu-jammy", "ubuntu-noble", "ubuntu-resolute"):
+        assert required in names
+    errors = [(name, item) for name, item in loaded if isinstance(item, ProfileError)]
+    assert errors == []
+
+
+def test_aliases_resolve_like_docker_tags() -> None:
+    reg = registry()
+    assert reg.load("debian").name == "debian-trixie"
+    assert reg.load("ubuntu").name == "ubuntu-resolute"
+    assert reg.load("debian-12").release == "bookworm"
+
+
+def test_ubuntu_profiles_verify_with_the_shipped_keyring() -> None:
+    profile = registry().load("ubuntu-jammy")
+    keyring = Path(profile.bootstrap.keyring)
+    assert keyring == SHIPPED / "keys" / "ubuntu-archive-keyring.gpg"
+    assert keyring.stat().st_size > 1000
+
+
+def test_unknown_key_names_file_line_and_a_close_key(tmp_path: Path) -> None:
+    write(tmp_path, "p", "distro: debian\nrelease: bookworm\npackges: [curl]\n")
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("p")
+    message = info.value.message
+    assert f"{tmp_path / 'p.yaml'}:3: packges: unknown key; did you mean 'packages'?" in message
+
+
+def test_all_errors_of_a_file_are_reported_at_once(tmp_path: Path) -> None:
+    write(tmp_path, "p", (
+        "distro: debain\n"
+        "release: bookworm\n"
+        "network: nne\n"
+        "packages: curl\n"
+        "bootstrap:\n"
+        "  method: debootstrapp\n"
+        "  mirror: ftp.example.org\n"
+        "mounts:\n"
+        "  - source: /srv\n"
+        "    target: relative\n"
+    ))
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("p")
+    message = info.value.message
+    assert message.startswith("6 problems in")
+    assert ":1: distro: 'debain' is not one of debian, ubuntu; did you mean 'debian'?" in message
+    assert ":3: network: 'nne' is not one of host, none; did you mean 'none'?" in message
+    assert ":4: packages: must be a list of strings" in message
+    assert ":6: bootstrap.method: 'debootstrapp'" in message
+    assert ":7: bootstrap.mirror: 'ftp.example.org' is not an http://" in message
+    assert ":10: mounts.0.target: must be an absolute path" in message
+
+
+def test_wrong_types_are_named(tmp_path: Path) -> None:
+    write(tmp_path, "p", "distro: debian\nrelease: bookworm\nenv: [A]\nhostname: 12\n")
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("p")
+    assert ":3: env: must be a mapping of NAME: value, not a list" in info.value.message
+    assert ":4: hostname: must be a string, not a number" in info.value.message
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    write(tmp_path, "p", "distro: debian\nrelease: [bookworm\n")
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("p")
+    assert "p.yaml:3: not valid YAML" in info.value.message or "p.yaml:2: not valid YAML" in info.value.message
+
+
+def test_duplicate_keys_are_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "p", "distro: debian\nrelease: bookworm\nrelease: trixie\n")
+    with pytest.raises(ProfileError, match=":3: release: appears twice"):
+        registry(tmp_path).load("p")
+
+
+def test_missing_distro_is_reported_with_a_hint(tmp_path: Path) -> None:
+    write(tmp_path, "p", "description: nothing\n")
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("p")
+    assert "does not set distro and release" in info.value.message
+    assert info.value.hint is not None and "extends" in info.value.hint
+
+
+def test_extends_merges_lists_maps_and_scalars(tmp_path: Path) -> None:
+    write(tmp_path, "base", (
+        "distro: debian\nrelease: bookworm\naliases: [basealias]\n"
+        "packages: [curl, git]\nenv: {A: '1', B: '2'}\n"
+        "bootstrap: {method: debootstrap, include: [ca-certificates]}\nsetup: ['echo one']\n"
+    ))
+    write(tmp_path, "child", (
+        "extends: base\nrelease: trixie\npackages: [git, make]\nenv: {B: '3', C: '4'}\n"
+        "bootstrap: {method: mmdebstrap}\nsetup: ['echo two']\n"
+    ))
+    child = registry(tmp_path).load("child")
+    assert child.release == "trixie"
+    assert child.packages == ("curl", "git", "make")
+    assert dict(child.env) == {"A": "1", "B": "3", "C": "4"}
+    assert child.bootstrap.method == "mmdebstrap"
+    assert child.bootstrap.include == ("ca-certificates",)
+    assert child.setup == ("echo one", "echo two")
+    assert child.aliases == ()
+    assert child.extends == ("base",)
+
+
+def test_merge_does_not_inherit_aliases() -> None:
+    assert merge({"aliases": ["x"], "packages": ["a"]}, {"packages": ["b"]}) == {"packages": ["a", "b"]}
+
+
+def test_extends_cycle_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "a", "extends: b\n")
+    write(tmp_path, "b", "extends: a\n")
+    with pytest.raises(ProfileError, match="cycle: a -> b -> a"):
+        registry(tmp_path).load("a")
+
+
+def test_extends_of_a_missing_profile_names_the_line(tmp_path: Path) -> None:
+    write(tmp_path, "a", "description: x\nextends: debian-bookwrom\n")
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("a")
+    assert "a.yaml:2: extends: no profile named 'debian-bookwrom'" in info.value.message
+    assert info.value.hint is not None and "debian-bookworm" in info.value.hint
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc/passwd", "Debian", ".hidden", "a b", ""])
+def test_bad_names_are_refused_before_touching_disk(name: str) -> None:
+    with pytest.raises(ProfileError, match="invalid"):
+        check_name(name)
+    with pytest.raises(ProfileError):
+        registry().load(name)
+
+
+def test_unknown_profile_lists_close_names() -> None:
+    with pytest.raises(ProfileError) as info:
+        registry().load("debian-bookwrm")
+    assert info.value.hint is not None and "debian-bookworm" in info.value.hint
+
+
+def test_a_path_works_where_a_name_does(tmp_path: Path) -> None:
+    path = write(tmp_path, "mine", "extends: debian-bookworm\npackages: [hello]\n")
+    profile = registry().load(str(path))
+    assert profile.name == "mine"
+    assert profile.release == "bookworm"
+
+
+def test_later_directories_override_shipped_profiles(tmp_path: Path) -> None:
+    write(tmp_path, "debian-bookworm", "distro: debian\nrelease: bookworm\ndescription: mine\n")
+    assert registry(tmp_path).load("debian-bookworm").description == "mine"
+
+
+def test_image_key_follows_build_inputs_only(tmp_path: Path) -> None:
+    write(tmp_path, "a", "extends: debian-bookworm\nhostname: one\n")
+    write(tmp_path, "b", "extends: debian-bookworm\nhostname: two\nenv: {X: '1'}\n")
+    write(tmp_path, "c", "extends: debian-bookworm\npackages: [hello]\n")
+    reg = registry(tmp_path)
+    base = reg.load("debian-bookworm").image_key()
+    # Runtime settings do not change the image; packages do.
+    assert reg.load("a").image_key() == base
+    assert reg.load("b").image_key() == base
+    assert reg.load("c").image_key() != base
+
+
+def test_relative_keyring_and_mount_sources_are_relative_to_the_profile(tmp_path: Path) -> None:
+    write(tmp_path, "p", (
+        "distro: ubuntu\nrelease: noble\nbootstrap: {keyring: keys/k.gpg}\n"
+        "mounts: [{source: data, target: /data, readonly: true}]\n"
+    ))
+    profile = registry(tmp_path).load("p")
+    assert profile.bootstrap.keyring == str(tmp_path / "keys/k.gpg")
+    assert profile.mounts[0].source == str(tmp_path / "data")
+    assert profile.mounts[0].readonly is True
+
+
+def test_method_and_variant_are_checked_together(tmp_path: Path) -> None:
+    write(tmp_path, "p", "distro: debian\nrelease: bookworm\nbootstrap: {method: debootstrap, variant: apt}\n")
+    with pytest.raises(ProfileError, match="'apt' is not one of minbase"):
+        registry(tmp_path).load("p")
