@@ -337,6 +337,7 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
               help="Accepted for docker compatibility: stdin always passes through.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
 @click.option("--name", metavar="NAME", help="Keep the sandbox under this name instead of discarding it.")
+@click.option("--rm", "remove", is_flag=True, help="Accepted for docker compatibility: run is ephemeral by default.")
 @click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
               show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT).")
 @_sandbox_options
@@ -344,7 +345,8 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
 @click.argument("profile")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def run(app: App, interactive: bool, tty: bool, name: str | None, isolation: str, volumes: tuple[str, ...],
+def run(app: App, interactive: bool, tty: bool, name: str | None, remove: bool, isolation: str,
+        volumes: tuple[str, ...],
         hostname: str | None, network: str | None, env: tuple[str, ...], workdir: str | None,
         user: str | None, profile: str, command: tuple[str, ...]) -> int:
     """Run COMMAND in a new sandbox over PROFILE's image (built first if needed).
@@ -357,6 +359,9 @@ def run(app: App, interactive: bool, tty: bool, name: str | None, isolation: str
 
     _require_root(app, "run")
     options = _options(command, tty, env, workdir, user, hostname, network, volumes, isolation)
+    if name is not None and remove:
+        raise SandboxError("--rm and --name contradict each other",
+                           hint="drop --name for a throw-away sandbox, or --rm to keep it")
     if name is not None:
         from sandboxmgr.profile import check_name
 
@@ -517,7 +522,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         status = cli.main(args=argv, prog_name="sandboxmgr", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C into Abort; whatever was half-made is already removed.
+        click.echo("\nsandboxmgr: interrupted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         hint = "see 'sandboxmgr --help'"
@@ -531,9 +538,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except SandboxError as exc:
         _error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("sandboxmgr: interrupted", err=True)
-        sys.exit(130)
     except Exception as exc:
         if debug:
             raise

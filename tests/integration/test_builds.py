@@ -15,6 +15,9 @@ from tests.conftest import CLI, DEBIAN_MIRROR, UBUNTU_MIRROR, ConcurrentBuild, n
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
+# A build that has downloaded packages into its tree: well under way.
+DOWNLOADED = "build-*/rootfs/var/cache/apt/archives/*.deb"
+
 
 def fresh_cli(tmp_path: Path, profiles: dict[str, str]) -> CLI:
     configs = tmp_path / "configs"
@@ -60,12 +63,11 @@ def test_a_killed_build_leaves_nothing_that_looks_built(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     # Wait until debootstrap has written into the build tree, then kill -9 the manager.
     while time.monotonic() < deadline:
-        builds = list(tmp_dir.glob("build-*/rootfs/var")) if tmp_dir.is_dir() else []
+        builds = list(tmp_dir.glob(DOWNLOADED)) if tmp_dir.is_dir() else []
         if builds:
             break
         time.sleep(0.2)
     assert builds, "the build never started"
-    time.sleep(2)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     # debootstrap dies with the manager, and so does everything it started.
@@ -133,4 +135,23 @@ def test_ubuntu_with_the_wrong_keyring_is_refused(tmp_path: Path) -> None:
     assert result.code == 125
     assert "debootstrap failed for forged" in result.err
     assert "signature" in result.err.lower()
+    assert_store_clean(cli)
+
+
+def test_ctrl_c_during_a_build_removes_it_at_once(tmp_path: Path) -> None:
+    need_root()
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    cli = fresh_cli(tmp_path, {})
+    proc = cli.popen("build", "debian-bookworm")
+    tmp_dir = cli.store / "tmp"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if tmp_dir.is_dir() and list(tmp_dir.glob(DOWNLOADED)):
+            break
+        time.sleep(0.2)
+    assert list(tmp_dir.glob(DOWNLOADED)), "the build never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
     assert_store_clean(cli)

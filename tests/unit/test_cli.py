@@ -106,3 +106,21 @@ def test_not_root_is_one_line_and_a_hint(tmp_path: Path, monkeypatch: pytest.Mon
 def test_empty_store_lists_nothing(tmp_path: Path) -> None:
     assert invoke("ls", "--json", store=tmp_path) == (0, "[]\n")
     assert invoke("images", "--json", store=tmp_path) == (0, "[]\n")
+
+
+def test_rm_flag_is_accepted_and_contradicts_name(tmp_path: Path, captured: list[RunOptions]) -> None:
+    code, _ = invoke("run", "--rm", "debian", "true", store=tmp_path)
+    assert code == 7
+    code, output = invoke("run", "--rm", "--name", "x", "debian", "true", store=tmp_path)
+    assert code == 125
+    assert "--rm and --name contradict each other" in output
+
+
+def test_a_missing_tool_says_what_to_install() -> None:
+    from sandboxmgr.commands import require
+    from sandboxmgr.errors import SandboxError
+
+    with pytest.raises(SandboxError) as info:
+        require("debootstrap-not-installed-xyz")
+    assert info.value.message == "debootstrap-not-installed-xyz is not installed"
+    assert info.value.hint is not None and "apt-get install debootstrap-not-installed-xyz" in info.value.hint
