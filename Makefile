@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Host tools: the builders, the Debian keyring, util-linux's unshare, a venv.
-APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv
+# Host tools: the builders (debootstrap, mmdebstrap, dnf + rpm), the Debian keyring, util-linux's
+# unshare, a venv; createrepo-c, busybox-static and gnupg build the tests' local RPM repository.
+APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv \
+  dnf rpm createrepo-c busybox-static gnupg
 
 .PHONY: deps venv demo test unit integration lint clean
 

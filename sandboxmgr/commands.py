@@ -32,6 +32,8 @@ PACKAGES = {
     "debootstrap": "debootstrap",
     "mmdebstrap": "mmdebstrap",
     "gpgv": "gpgv",
+    "dnf": "dnf",
+    "rpm": "rpm",
 }
 
 __all__ = ["ProcessExecutionError", "require", "run"]

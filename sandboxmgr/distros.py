@@ -15,29 +15,33 @@ from sandboxmgr.locations import shipped_configs_dir
 @dataclass(frozen=True)
 class Distro:
     name: str
-    family: str
-    default_mirror: str
-    default_components: tuple[str, ...]
-    # A keyring path; relative paths are relative to the shipped configs/ dir.
-    default_keyring: str
+    family: str  # "debian" or "rpm"
     methods: tuple[str, ...]
+    # Debian family: mirror, components and keyring a profile may leave out.
+    default_mirror: str = ""
+    default_components: tuple[str, ...] = ()
+    # A keyring path; relative paths are relative to the shipped configs/ dir.
+    default_keyring: str = ""
     # debootstrap has one script per release name, and within a family they are
     # aliases of one script; an older debootstrap that lacks a newer release's
     # script is given this one instead.
-    debootstrap_script: str
+    debootstrap_script: str = ""
     # Architectures served from another archive than default_mirror.
     arch_mirrors: tuple[tuple[str, str], ...] = ()
+    # RPM family: the package that makes /etc/os-release the target's.
+    release_package: str | None = None
 
     def mirror_for(self, arch: str) -> str:
         return dict(self.arch_mirrors).get(arch, self.default_mirror)
 
     def keyring_path(self) -> str:
-        if self.default_keyring.startswith("/"):
+        if not self.default_keyring or self.default_keyring.startswith("/"):
             return self.default_keyring
         return str(shipped_configs_dir() / self.default_keyring)
 
 
 DEBIAN_METHODS = ("debootstrap", "mmdebstrap")
+RPM_METHODS = ("dnf",)
 
 DISTROS: dict[str, Distro] = {
     "debian": Distro(
@@ -64,7 +68,22 @@ DISTROS: dict[str, Distro] = {
                       ("riscv64", "http://ports.ubuntu.com/ubuntu-ports"),
                       ("s390x", "http://ports.ubuntu.com/ubuntu-ports")),
     ),
+    "fedora": Distro(name="fedora", family="rpm", methods=RPM_METHODS, release_package="fedora-release"),
+    "centos-stream": Distro(name="centos-stream", family="rpm", methods=RPM_METHODS,
+                            release_package="centos-stream-release"),
+    "almalinux": Distro(name="almalinux", family="rpm", methods=RPM_METHODS, release_package="almalinux-release"),
+    "rocky": Distro(name="rocky", family="rpm", methods=RPM_METHODS, release_package="rocky-release"),
 }
+
+
+def get(name: str, method: str | None) -> Distro | None:
+    """A known distro, or a custom RPM distro when the method is dnf (its profile
+    names the release package among its packages)."""
+    if name in DISTROS:
+        return DISTROS[name]
+    if method in RPM_METHODS:
+        return Distro(name=name, family="rpm", methods=RPM_METHODS)
+    return None
 
 # uname -m -> Debian architecture name.
 _DEB_ARCH = {
@@ -78,8 +97,11 @@ _DEB_ARCH = {
 }
 
 
-def host_arch() -> str:
+def host_arch(family: str = "debian") -> str:
+    """The host's architecture in the family's own naming (amd64 vs x86_64)."""
     machine = platform.machine()
+    if family == "rpm":
+        return "i686" if machine in ("i386", "i586") else machine
     return _DEB_ARCH.get(machine, machine)
 
 

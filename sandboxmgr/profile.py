@@ -35,13 +35,14 @@ NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting wit
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-METHODS = ("debootstrap", "mmdebstrap")
+METHODS = ("debootstrap", "mmdebstrap", "dnf")
 DEBOOTSTRAP_VARIANTS = ("minbase", "buildd", "fakechroot", "default")
 MMDEBSTRAP_VARIANTS = (
     "extract", "custom", "essential", "apt", "required", "minbase",
     "buildd", "important", "debootstrap", "standard", "default",
 )
 NETWORKS = ("host", "none")
+REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 # Bumped when the meaning of a build input changes, so old images are not reused.
 BUILD_FORMAT = 1
@@ -74,6 +75,23 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Repository:
+    """An RPM repository for the dnf builder (the fields of a .repo section)."""
+
+    name: str
+    baseurl: tuple[str, ...] = ()
+    metalink: str | None = None
+    mirrorlist: str | None = None
+    gpgkey: tuple[str, ...] = ()
+    gpgcheck: bool = True
+
+    def local_paths(self) -> list[str]:
+        """Host paths this repository reads (file:// URLs), to be shown to a build inside."""
+        urls = [*self.baseurl, *self.gpgkey]
+        return [url[len("file://"):] for url in urls if url.startswith("file:///")]
+
+
+@dataclass(frozen=True)
 class Bootstrap:
     method: str
     variant: str
@@ -83,6 +101,9 @@ class Bootstrap:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    # dnf: where the target's rpm keeps its database, and whether docs are installed.
+    rpmdb: str = "/var/lib/rpm"
+    docs: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,10 +125,16 @@ class Profile:
     user: str | None = None
     mounts: tuple[Mount, ...] = ()
     network: str = "host"
+    repositories: tuple[Repository, ...] = ()
 
     @property
     def family(self) -> str:
-        return distros.DISTROS[self.distro].family
+        return "rpm" if self.bootstrap.method == "dnf" else "debian"
+
+    @property
+    def release_package(self) -> str | None:
+        distro = distros.get(self.distro, self.bootstrap.method)
+        return distro.release_package if distro is not None else None
 
     def build_inputs(self) -> dict[str, Any]:
         """Everything that decides the image's content, and nothing else."""
@@ -133,11 +160,30 @@ class Profile:
             },
             "packages": list(self.packages),
             "setup": list(self.setup),
+            **({"rpm": {
+                "rpmdb": self.bootstrap.rpmdb,
+                "docs": self.bootstrap.docs,
+                "repositories": [_repository_input(r) for r in self.repositories],
+            }} if self.family == "rpm" else {}),
         }
 
     def image_key(self) -> str:
         text = json.dumps(self.build_inputs(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _repository_input(repo: Repository) -> dict[str, Any]:
+    keys = []
+    for url in repo.gpgkey:
+        if url.startswith("file://"):
+            try:
+                keys.append("sha256:" + hashlib.sha256(Path(url[len("file://"):]).read_bytes()).hexdigest())
+            except OSError:
+                keys.append("missing:" + url)
+        else:
+            keys.append(url)
+    return {"name": repo.name, "baseurl": list(repo.baseurl), "metalink": repo.metalink,
+            "mirrorlist": repo.mirrorlist, "gpgkey": keys, "gpgcheck": repo.gpgcheck}
 
 
 # --- reading YAML with line numbers -------------------------------------------------
@@ -219,11 +265,13 @@ def _read(path: Path) -> _Raw:
 
 TOP_KEYS = (
     "description", "distro", "release", "arch", "aliases", "extends", "bootstrap",
-    "packages", "setup", "env", "hostname", "workdir", "user", "mounts", "network",
+    "packages", "setup", "env", "hostname", "workdir", "user", "mounts", "network", "repositories",
 )
 BOOTSTRAP_KEYS = (
     "method", "variant", "mirror", "components", "keyring", "include", "exclude", "extra_args",
+    "rpmdb", "docs",
 )
+REPOSITORY_KEYS = ("name", "baseurl", "metalink", "mirrorlist", "gpgkey", "gpgcheck")
 MOUNT_KEYS = ("source", "target", "readonly")
 
 
@@ -294,8 +342,15 @@ def _validate(raw: _Raw) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     distro = _scalar(raw, data, ("distro",))
+    boot = data.get("bootstrap")
+    own_method = boot.get("method") if isinstance(boot, dict) else None
     if distro is not None:
-        _choice(raw, ("distro",), distro, distros.known_distros())
+        if distro not in distros.DISTROS and own_method != "dnf":
+            known = distros.known_distros()
+            raw.error(("distro",), f"{distro!r} is not one of {', '.join(known)}{_did_you_mean(distro, known)}"
+                      " (a custom RPM distro needs bootstrap.method: dnf)")
+        elif not NAME_RE.match(distro):
+            raw.error(("distro",), f"{distro!r} is not a valid name: {NAME_RULE}")
         out["distro"] = distro
     arch = _scalar(raw, data, ("arch",))
     if arch is not None:
@@ -321,7 +376,65 @@ def _validate(raw: _Raw) -> dict[str, Any]:
         out["mounts"] = _validate_mounts(raw, data["mounts"])
     if "bootstrap" in data:
         out["bootstrap"] = _validate_bootstrap(raw, data["bootstrap"])
+    if "repositories" in data:
+        out["repositories"] = _validate_repositories(raw, data["repositories"])
     return out
+
+
+def _url_list(raw: _Raw, item: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    value = item.get(keys[-1])
+    urls = [value] if isinstance(value, str) else _string_list(raw, item, keys) or []
+    good = []
+    for url in urls:
+        if not re.match(r"^(https?|file|ftp)://", url):
+            raw.error(keys, f"{url!r} is not an http://, https:// or file:// URL")
+        else:
+            good.append(url)
+    return good
+
+
+def _validate_repositories(raw: _Raw, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raw.error(("repositories",), f"must be a list of repositories, not {_type_name(value)}")
+        return []
+    repos = []
+    for index, item in enumerate(value):
+        keys = ("repositories", str(index))
+        if not isinstance(item, dict):
+            raw.error(keys, f"must be a mapping with name and baseurl (or metalink), not {_type_name(item)}")
+            continue
+        _check_keys(raw, item, keys, REPOSITORY_KEYS)
+        name = _scalar(raw, item, (*keys, "name"))
+        if name is None:
+            raw.error(keys, "needs a name")
+            continue
+        if not REPO_NAME_RE.match(name):
+            raw.error((*keys, "name"), f"{name!r} is not a valid repository id")
+        repo: dict[str, Any] = {"name": name}
+        for key in ("baseurl", "gpgkey"):
+            if key in item:
+                repo[key] = _url_list(raw, item, (*keys, key))
+        for key in ("metalink", "mirrorlist"):
+            if key in item:
+                urls = _url_list(raw, item, (*keys, key))
+                if len(urls) == 1:
+                    repo[key] = urls[0]
+        sources = [key for key in ("baseurl", "metalink", "mirrorlist") if key in item]
+        if len(sources) != 1:
+            raw.error(keys, "needs exactly one of baseurl, metalink, mirrorlist")
+        gpgcheck = item.get("gpgcheck", True)
+        if not isinstance(gpgcheck, bool):
+            raw.error((*keys, "gpgcheck"), f"must be true or false, not {_type_name(gpgcheck)}")
+            gpgcheck = True
+        repo["gpgcheck"] = gpgcheck
+        if gpgcheck and not item.get("gpgkey"):
+            raw.error(keys, "gpgcheck is on (the default) but no gpgkey is given; "
+                            "add gpgkey: file:///... or https://...")
+        for url in repo.get("gpgkey", []) + repo.get("baseurl", []):
+            if url.startswith("file://") and not url.startswith("file:///"):
+                raw.error(keys, f"{url!r}: a file:// URL needs an absolute path (file:///...)")
+        repos.append(repo)
+    return repos
 
 
 def _validate_env(raw: _Raw, value: Any) -> dict[str, str]:
@@ -392,6 +505,16 @@ def _validate_bootstrap(raw: _Raw, value: Any) -> dict[str, Any]:
         if not re.match(r"^(https?|file)://", mirror):
             raw.error((*keys, "mirror"), f"{mirror!r} is not an http://, https:// or file:// URL")
         out["mirror"] = mirror
+    rpmdb = _scalar(raw, value, (*keys, "rpmdb"))
+    if rpmdb is not None:
+        if rpmdb not in ("/var/lib/rpm", "/usr/lib/sysimage/rpm"):
+            raw.error((*keys, "rpmdb"), f"{rpmdb!r} is not /var/lib/rpm or /usr/lib/sysimage/rpm")
+        out["rpmdb"] = rpmdb
+    if "docs" in value:
+        if isinstance(value["docs"], bool):
+            out["docs"] = value["docs"]
+        else:
+            raw.error((*keys, "docs"), f"must be true or false, not {_type_name(value['docs'])}")
     keyring = _scalar(raw, value, (*keys, "keyring"))
     if keyring is not None:
         keyring_path = Path(keyring).expanduser()
@@ -437,22 +560,37 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
             f"{path}: profile {name!r} does not set {' and '.join(missing)}",
             hint="add e.g. 'distro: debian' and 'release: bookworm', or 'extends: debian-bookworm'",
         )
-    distro = distros.DISTROS[fields["distro"]]
     boot = fields.get("bootstrap", {})
-    method = boot.get("method", "debootstrap")
+    distro = distros.get(fields["distro"], boot.get("method"))
+    if distro is None:
+        raise ProfileError(f"{path}: {fields['distro']!r} is not a known distro",
+                           hint="a custom RPM distro needs 'bootstrap: {method: dnf}'")
+    method = boot.get("method", distro.methods[0])
     if method not in distro.methods:
         raise ProfileError(
             f"{path}: bootstrap.method {method!r} cannot build {distro.name}",
             hint=f"use one of: {', '.join(distro.methods)}",
         )
-    variant = boot.get("variant", "minbase")
-    allowed = DEBOOTSTRAP_VARIANTS if method == "debootstrap" else MMDEBSTRAP_VARIANTS
-    if variant not in allowed:
-        raise ProfileError(
-            f"{path}: bootstrap.variant {variant!r} is not a {method} variant",
-            hint=f"use one of: {', '.join(allowed)}",
-        )
-    arch = fields.get("arch") or distros.host_arch()
+    repositories = tuple(
+        Repository(name=r["name"], baseurl=tuple(r.get("baseurl", ())), metalink=r.get("metalink"),
+                   mirrorlist=r.get("mirrorlist"), gpgkey=tuple(r.get("gpgkey", ())), gpgcheck=r["gpgcheck"])
+        for r in fields.get("repositories", ())
+    )
+    if distro.family == "rpm":
+        _check_rpm_fields(path, boot, repositories)
+        variant = ""
+    else:
+        if repositories:
+            raise ProfileError(f"{path}: repositories are for the dnf method",
+                               hint="Debian-family profiles name their archive with bootstrap.mirror")
+        variant = boot.get("variant", "minbase")
+        allowed = DEBOOTSTRAP_VARIANTS if method == "debootstrap" else MMDEBSTRAP_VARIANTS
+        if variant not in allowed:
+            raise ProfileError(
+                f"{path}: bootstrap.variant {variant!r} is not a {method} variant",
+                hint=f"use one of: {', '.join(allowed)}",
+            )
+    arch = fields.get("arch") or distros.host_arch(distro.family)
     bootstrap = Bootstrap(
         method=method,
         variant=variant,
@@ -462,6 +600,8 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
         include=tuple(boot.get("include", ())),
         exclude=tuple(boot.get("exclude", ())),
         extra_args=tuple(boot.get("extra_args", ())),
+        rpmdb=boot.get("rpmdb", "/var/lib/rpm"),
+        docs=boot.get("docs", False),
     )
     return Profile(
         name=name,
@@ -481,7 +621,20 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
         user=fields.get("user"),
         mounts=tuple(Mount(**m) for m in fields.get("mounts", ())),
         network=fields.get("network", "host"),
+        repositories=repositories,
     )
+
+
+def _check_rpm_fields(path: Path, boot: dict[str, Any], repositories: tuple[Repository, ...]) -> None:
+    debian_only = [key for key in ("variant", "mirror", "components", "keyring", "exclude") if key in boot]
+    if debian_only:
+        raise ProfileError(
+            f"{path}: bootstrap.{debian_only[0]} is a debootstrap/mmdebstrap setting, not a dnf one",
+            hint="dnf profiles list their repositories under 'repositories:'",
+        )
+    if not repositories:
+        raise ProfileError(f"{path}: a dnf profile needs at least one repository",
+                           hint="add 'repositories: [{name: ..., baseurl: ..., gpgkey: ...}]'")
 
 
 # --- finding profiles ----------------------------------------------------------------------

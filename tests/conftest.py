@@ -8,6 +8,7 @@ test instead, so a green CI run always means the real thing ran.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -15,8 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.rpmrepo import RpmRepo
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -138,3 +143,14 @@ def bookworm(cli: CLI) -> ConcurrentBuild:
     for result in results:
         assert result.code == 0, str(result)
     return ConcurrentBuild("debian-bookworm", results)
+
+
+@pytest.fixture(scope="session")
+def rpm_repo(tmp_path_factory: pytest.TempPathFactory) -> RpmRepo:
+    """A real signed RPM repository built once per session (rpmbuild + createrepo_c)."""
+    need_root()
+    for tool in ("rpmbuild", "rpmsign", "createrepo_c", "gpg"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (make deps installs it)")
+    from tests.rpmrepo import build_repo
+    return build_repo(tmp_path_factory.mktemp("rpmrepo"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, enter
 from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
 
 Progress = Callable[[str], None]
@@ -35,7 +36,20 @@ class BuildContext:
             return ""
         return "\n".join(text[-lines:])
 
-    def run_inside(self, rootfs: Path, argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    def log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        """What the log gained after ``offset`` (one step's output, for error messages)."""
+        with open(self.log_file, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def run_inside(self, rootfs: Path, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                   binds: tuple[BindMount, ...] = ()) -> int:
         """Run a command inside the root being built, output to the build log."""
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
@@ -50,6 +64,7 @@ class BuildContext:
                     env=full_env,
                     hostname="sandboxmgr-build",
                     network="host",
+                    binds=binds,
                     stdio=(null, log.fileno(), log.fileno()),
                 )
                 try:
@@ -84,11 +99,12 @@ class Builder(ABC):
 
 
 def get_builder(method: str) -> Builder:
-    from sandboxmgr.builders import debian
+    from sandboxmgr.builders import debian, rpm
 
     builders: dict[str, Builder] = {
         "debootstrap": debian.DebootstrapBuilder(),
         "mmdebstrap": debian.MmdebstrapBuilder(),
+        "dnf": rpm.DnfBuilder(),
     }
     try:
         return builders[method]

@@ -155,3 +155,13 @@ def test_host_arch_names_match_debian() -> None:
     if expected is None:
         pytest.skip(f"no expectation written for {os.uname().machine}")
     assert host_arch() == expected
+
+
+def test_repo_file_carries_every_repository_with_its_key() -> None:
+    from sandboxmgr.builders.rpm import repo_file
+
+    text = repo_file(ProfileRegistry([shipped_configs_dir()]).load("fedora-45"))
+    assert "[fedora]" in text and "[updates]" in text
+    assert text.count("gpgcheck=1") == 2
+    assert "metalink=https://mirrors.fedoraproject.org/metalink?repo=fedora-$releasever&arch=$basearch" in text
+    assert "gpgkey=https://fedoraproject.org/fedora.gpg" in text

@@ -72,7 +72,8 @@ def test_all_errors_of_a_file_are_reported_at_once(tmp_path: Path) -> None:
         registry(tmp_path).load("p")
     message = info.value.message
     assert message.startswith("6 problems in")
-    assert ":1: distro: 'debain' is not one of debian, ubuntu; did you mean 'debian'?" in message
+    assert ":1: distro: 'debain' is not one of almalinux, centos-stream, debian, fedora, rocky, ubuntu; " \
+        "did you mean 'debian'? (a custom RPM distro needs bootstrap.method: dnf)" in message
     assert ":3: network: 'nne' is not one of host, none; did you mean 'none'?" in message
     assert ":4: packages: must be a list of strings" in message
     assert ":6: bootstrap.method: 'debootstrapp'" in message
@@ -202,3 +203,67 @@ def test_method_and_variant_are_checked_together(tmp_path: Path) -> None:
     write(tmp_path, "p", "distro: debian\nrelease: bookworm\nbootstrap: {method: debootstrap, variant: apt}\n")
     with pytest.raises(ProfileError, match="'apt' is not one of minbase"):
         registry(tmp_path).load("p")
+
+
+def test_shipped_rpm_profiles_use_dnf_with_verified_repositories() -> None:
+    reg = registry()
+    for name in ("fedora-44", "fedora-45", "centos-stream-9", "centos-stream-10", "almalinux-9", "rocky-9"):
+        profile = reg.load(name)
+        assert profile.family == "rpm" and profile.bootstrap.method == "dnf"
+        assert profile.repositories
+        for repo in profile.repositories:
+            assert repo.gpgcheck and repo.gpgkey and repo.gpgkey[0].startswith("https://")
+        assert profile.release_package is not None
+    assert reg.load("fedora").name == "fedora-45"
+    assert reg.load("fedora-45").bootstrap.rpmdb == "/usr/lib/sysimage/rpm"
+    assert reg.load("centos-stream-9").bootstrap.rpmdb == "/var/lib/rpm"
+
+
+def test_a_custom_rpm_distro_needs_dnf_and_repositories(tmp_path: Path) -> None:
+    write(tmp_path, "tiny", (
+        "distro: tinydistro\nrelease: '1'\nbootstrap: {method: dnf}\n"
+        "repositories:\n  - {name: local, baseurl: file:///srv/repo, gpgkey: file:///srv/key.asc}\n"
+        "packages: [tiny-release]\n"
+    ))
+    profile = registry(tmp_path).load("tiny")
+    assert profile.family == "rpm" and profile.release_package is None
+    assert profile.repositories[0].local_paths() == ["/srv/repo", "/srv/key.asc"]
+    write(tmp_path, "norepo", "distro: tinydistro\nrelease: '1'\nbootstrap: {method: dnf}\n")
+    with pytest.raises(ProfileError, match="needs at least one repository"):
+        registry(tmp_path).load("norepo")
+    write(tmp_path, "nodnf", "distro: tinydistro\nrelease: '1'\n")
+    with pytest.raises(ProfileError, match=r"custom RPM distro needs bootstrap\.method: dnf"):
+        registry(tmp_path).load("nodnf")
+
+
+def test_repository_errors_are_precise(tmp_path: Path) -> None:
+    write(tmp_path, "bad", (
+        "distro: fedora\nrelease: '45'\nbootstrap: {method: dnf}\n"
+        "repositories:\n"
+        "  - {name: a, baseurl: /srv/repo}\n"
+        "  - {name: b, metalink: https://x, baseurl: https://y, gpgkey: https://k}\n"
+        "  - {name: c, baseurl: https://y}\n"
+        "  - {name: d, baseurl: https://y, gpgcheck: false, gpgkye: x}\n"
+    ))
+    with pytest.raises(ProfileError) as info:
+        registry(tmp_path).load("bad")
+    message = info.value.message
+    assert ":5: repositories.0.baseurl: '/srv/repo' is not an http://" in message
+    assert ":6: repositories.1: needs exactly one of baseurl, metalink, mirrorlist" in message
+    assert ":7: repositories.2: gpgcheck is on (the default) but no gpgkey is given" in message
+    assert ":8: repositories.3.gpgkye: unknown key; did you mean 'gpgkey'?" in message
+
+
+def test_debian_settings_are_refused_in_a_dnf_profile(tmp_path: Path) -> None:
+    write(tmp_path, "mixed", (
+        "extends: fedora-45\nbootstrap: {mirror: 'http://deb.debian.org/debian'}\n"))
+    with pytest.raises(ProfileError, match=r"bootstrap\.mirror is a debootstrap/mmdebstrap setting"):
+        registry(tmp_path).load("mixed")
+
+
+def test_rpm_image_key_follows_repositories(tmp_path: Path) -> None:
+    write(tmp_path, "other-mirror", (
+        "extends: fedora-45\nrepositories:\n"
+        "  - {name: extra, baseurl: 'https://example.org/repo', gpgkey: 'https://example.org/key'}\n"))
+    reg = registry(tmp_path)
+    assert reg.load("other-mirror").image_key() != reg.load("fedora-45").image_key()

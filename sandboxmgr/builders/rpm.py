@@ -1,0 +1,189 @@
+"""The RPM family (Fedora, CentOS Stream, AlmaLinux, Rocky, custom): dnf --installroot.
+
+Two phases, like mock and kiwi. The host's dnf only bootstraps: the release
+package and ``bootstrap.include`` go into an empty root with
+``dnf --installroot``. Everything after that - ``packages``, ``setup``, and
+``dnf install`` in a sandbox - runs the target's own dnf inside the root, so a
+host dnf/rpm older than the target's does not decide the rpmdb format. Only an
+image without a dnf of its own gets its ``packages`` from the host's dnf too.
+
+The host's dnf configuration never leaks in: a generated config, an empty
+reposdir and varsdir, no plugins, a cache of our own, and rpm macros from a
+HOME of our own (Debian's rpm keeps its database in ``~/.rpmdb`` unless told
+otherwise, which would put it at ``ROOT/root/.rpmdb``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sandboxmgr import commands, distros
+from sandboxmgr.builders import BuildContext, Builder
+from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.mounts import BindMount
+from sandboxmgr.profile import Profile
+from sandboxmgr.store import remove_tree
+
+# Where the repositories of the profile are written inside the root while it is
+# built, so the target's dnf uses exactly them; removed before publishing.
+INSIDE_REPOS = "/etc/sandboxmgr/yum.repos.d"
+TARGET_DNFS = ("/usr/bin/dnf", "/usr/bin/dnf5", "/usr/bin/microdnf", "/usr/bin/yum")
+
+
+def repo_file(profile: Profile) -> str:
+    """The profile's repositories as a dnf .repo file."""
+    sections = []
+    for repo in profile.repositories:
+        lines = [f"[{repo.name}]", f"name={repo.name}", "enabled=1",
+                 f"gpgcheck={1 if repo.gpgcheck else 0}", "repo_gpgcheck=0"]
+        if repo.baseurl:
+            lines.append("baseurl=" + "\n        ".join(repo.baseurl))
+        if repo.metalink:
+            lines.append(f"metalink={repo.metalink}")
+        if repo.mirrorlist:
+            lines.append(f"mirrorlist={repo.mirrorlist}")
+        if repo.gpgkey:
+            lines.append("gpgkey=" + "\n       ".join(repo.gpgkey))
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
+def dnf_options(profile: Profile) -> list[str]:
+    options = ["-y", f"--releasever={profile.release}", "--setopt=install_weak_deps=False",
+               "--setopt=keepcache=False"]
+    if not profile.bootstrap.docs:
+        options.append("--setopt=tsflags=nodocs")
+    return options + list(profile.bootstrap.extra_args)
+
+
+def explain_failure(log: str, profile: Profile, log_file: Path, step: str) -> BuildError:
+    """One clear message for the usual ways dnf fails."""
+    hint = f"full log: {log_file}"
+    missing = re.findall(r"No match for argument: (\S+)", log)
+    if missing:
+        return BuildError(f"package {', '.join(sorted(set(missing)))} does not exist in the repositories of "
+                          f"{profile.name}", hint=f"fix the package names in {profile.path}; {hint}")
+    if re.search(r"is not signed|GPG check FAILED|public key .* is not installed|"
+                 r"[Ss]ignature .*(invalid|not OK|bad)|NOKEY|BAD", log):
+        return BuildError(f"a package signature did not verify while {step} {profile.name}",
+                          hint=f"check each repository's gpgkey in {profile.path} (gpgcheck is on); {hint}")
+    if re.search(r"Failed to download metadata|Cannot download repomd|Curl error|"
+                 r"Cannot find a valid baseurl|Failed to synchronize cache", log):
+        return BuildError(f"a repository of {profile.name} cannot be reached",
+                          hint=f"check the baseurl/metalink of each repository in {profile.path}; {hint}")
+    if "Error: Unable to find a match" in log:
+        return BuildError(f"a package of {profile.name} was not found", hint=hint)
+    return BuildError(f"dnf failed while {step} {profile.name}", hint=hint)
+
+
+class DnfBuilder(Builder):
+    method = "dnf"
+
+    def preflight(self, profile: Profile) -> None:
+        commands.require("dnf")
+        commands.require("rpm")
+        host = distros.host_arch("rpm")
+        if profile.arch != host:
+            raise SandboxError(
+                f"profile {profile.name} is for {profile.arch}, but this machine is {host}",
+                hint=f"set 'arch: {host}' (foreign architectures are not supported)",
+            )
+        for repo in profile.repositories:
+            for url in repo.gpgkey:
+                if url.startswith("file://") and not Path(url[len("file://"):]).is_file():
+                    raise SandboxError(f"the gpgkey {url} of repository {repo.name} does not exist",
+                                       hint=f"fix gpgkey in {profile.path}")
+            for url in repo.baseurl:
+                if url.startswith("file://") and not Path(url[len("file://"):]).is_dir():
+                    raise SandboxError(f"the baseurl {url} of repository {repo.name} does not exist",
+                                       hint=f"fix baseurl in {profile.path}")
+
+    def _host_dnf(self, profile: Profile, rootfs: Path, context: BuildContext, packages: list[str],
+                  step: str) -> None:
+        """Run the host's dnf on the root, with nothing of the host's dnf setup."""
+        work = rootfs.parent / "dnf-host"
+        for sub in ("reposdir", "varsdir", "home"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        # cachedir in the config (not on the command line) is taken inside the root, so
+        # nothing of dnf's lands at a host path below it; finish() empties it.
+        (work / "dnf.conf").write_text(
+            "[main]\ngpgcheck=1\ninstallonly_limit=3\nclean_requirements_on_remove=True\n"
+            "best=True\nskip_if_unavailable=False\ncachedir=/var/cache/dnf\n\n" + repo_file(profile))
+        (work / "home" / ".rpmmacros").write_text(f"%_dbpath {profile.bootstrap.rpmdb}\n")
+        (rootfs / profile.bootstrap.rpmdb.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        argv = ["dnf", *dnf_options(profile), f"--installroot={rootfs}", f"--config={work / 'dnf.conf'}",
+                "--noplugins", f"--setopt=reposdir={work / 'reposdir'}", f"--setopt=varsdir={work / 'varsdir'}",
+                "install", *packages]
+        seen: list[str] = []
+
+        def on_line(line: str) -> None:
+            seen.append(line)
+            match = re.match(r"^\s*(Installing|Upgrading|Running scriptlet|Verifying)\s*:\s*(\S+)", line)
+            if match:
+                context.progress(f"{step}: {match.group(1).lower()} {match.group(2)} ({len(seen)})")
+
+        try:
+            commands.run(argv, log_file=context.log_file, on_line=on_line, contained=True,
+                         env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"})
+        except commands.ProcessExecutionError:
+            raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
+
+    def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+        rootfs.mkdir(mode=0o755)
+        packages = [p for p in (profile.release_package, *profile.bootstrap.include) if p]
+        if not packages:
+            packages = list(profile.packages)
+        if not packages:
+            raise BuildError(f"{profile.name} installs nothing: a custom RPM distro names its packages",
+                             hint=f"add packages (the release package, a shell) to {profile.path}")
+        context.progress(f"bootstrap: host dnf installing {', '.join(packages)}")
+        self._host_dnf(profile, rootfs, context, packages, "bootstrapping")
+
+    def _target_dnf(self, rootfs: Path) -> str | None:
+        for path in TARGET_DNFS:
+            if (rootfs / path.lstrip("/")).exists():
+                return path
+        return None
+
+    def install(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+        if (rootfs / "usr/bin/rpm").exists():
+            # The target's own rpm rewrites the database in its own format and place.
+            context.progress("packages: rpm --rebuilddb with the target's rpm")
+            if context.run_inside(rootfs, ["rpm", "--rebuilddb"]) != 0:
+                raise BuildError(f"the target's rpm could not rebuild its database in {profile.name}",
+                                 hint=f"full log: {context.log_file}")
+        bootstrapped = {p for p in (profile.release_package, *profile.bootstrap.include) if p}
+        if not bootstrapped:
+            return  # bootstrap installed the packages already
+        packages = list(profile.packages)
+        if not packages:
+            return
+        target_dnf = self._target_dnf(rootfs)
+        if target_dnf is None:
+            context.progress("packages: the image has no dnf of its own; using the host's")
+            with open(context.log_file, "a") as log:
+                log.write("sandboxmgr: no dnf inside the image; packages installed with the host's dnf\n")
+            self._host_dnf(profile, rootfs, context, packages, "installing packages into")
+            return
+        repos = rootfs / INSIDE_REPOS.lstrip("/")
+        repos.mkdir(parents=True, exist_ok=True)
+        (repos / "profile.repo").write_text(repo_file(profile))
+        binds = tuple(BindMount(Path(p), p, readonly=True)
+                      for repo in profile.repositories for p in repo.local_paths())
+        context.progress(f"packages: {Path(target_dnf).name} (the target's) installing {', '.join(packages)}")
+        argv = [target_dnf, *dnf_options(profile), f"--setopt=reposdir={INSIDE_REPOS}", "install", *packages]
+        before = context.log_size()
+        if context.run_inside(rootfs, argv, {"LC_ALL": "C.UTF-8"}, binds=binds) != 0:
+            raise explain_failure(context.log_since(before), profile, context.log_file, "installing packages into")
+
+    def finish(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+        target_dnf = self._target_dnf(rootfs)
+        if target_dnf is not None:
+            context.progress("finishing: dnf clean all")
+            context.run_inside(rootfs, [target_dnf, "clean", "all", f"--setopt=reposdir={INSIDE_REPOS}"])
+        remove_tree(rootfs / "etc" / "sandboxmgr")
+        cache = rootfs / "var" / "cache" / "dnf"
+        if cache.is_dir():
+            for entry in cache.iterdir():
+                remove_tree(entry)

@@ -1,0 +1,182 @@
+"""The dnf builder against a real, local, signed RPM repository built by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr import mountinfo
+from tests.conftest import CLI, missing, need_root
+from tests.rpmrepo import RpmRepo
+
+pytestmark = [pytest.mark.root]
+
+
+def tiny_profile(repo: RpmRepo, repo_dir: Path | None = None, key: Path | None = None,
+                 packages: str = "[tinydistro-hello]", gpgcheck: bool = True) -> str:
+    return (
+        "description: Tiny Distro, a made-up RPM distribution\n"
+        "distro: tinydistro\n"
+        "release: '1'\n"
+        "bootstrap:\n"
+        "  method: dnf\n"
+        "  include: [tinydistro-release, tinydistro-busybox]\n"
+        "repositories:\n"
+        "  - name: tiny\n"
+        f"    baseurl: {repo.baseurl(repo_dir or repo.signed)}\n"
+        f"    gpgkey: file://{key or repo.key}\n"
+        f"    gpgcheck: {'true' if gpgcheck else 'false'}\n"
+        f"packages: {packages}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> CLI:
+    """The Tiny Distro image, built once for this module with the real dnf."""
+    need_root()
+    base = tmp_path_factory.mktemp("tiny")
+    (base / "configs").mkdir()
+    (base / "configs" / "tiny.yaml").write_text(tiny_profile(rpm_repo))
+    cli = CLI(base / "store", base / "configs")
+    cli.ok("build", "tiny")
+    return cli
+
+
+def image_of(cli: CLI, profile: str = "tiny") -> dict[str, object]:
+    (image,) = [i for i in json.loads(cli.ok("images", "--json").out) if i["profile"] == profile]
+    return dict(image)
+
+
+def test_run_shows_the_made_up_distro_on_the_hosts_kernel(tiny: CLI) -> None:
+    result = tiny.ok("run", "tiny", "--", "sh", "-c", ". /etc/os-release; echo $ID $VERSION_ID; uname -r")
+    assert result.out.splitlines() == ["tinydistro 1", platform.release()]
+
+
+def test_the_dependency_was_resolved_and_installed(tiny: CLI) -> None:
+    assert tiny.ok("run", "tiny", "tiny-hello").out.strip() == "hello from a dependency"
+
+
+def test_the_rpmdb_inside_lists_what_was_installed(tiny: CLI) -> None:
+    rootfs = Path(str(image_of(tiny)["path"])) / "rootfs"
+    # Debian's rpm defaults to ~/.rpmdb; the builder must have put the database where the target looks.
+    assert not (rootfs / "root" / ".rpmdb").exists()
+    assert (rootfs / "var" / "lib" / "rpm").is_dir()
+    query = subprocess.run(["rpm", "-qa", "--root", str(rootfs), "--dbpath", "/var/lib/rpm",
+                            "--qf", "%{NAME}\n"], capture_output=True, text=True, check=True)
+    names = set(query.stdout.split())
+    assert {"tinydistro-release", "tinydistro-busybox", "tinydistro-filesystem",
+            "tinydistro-hello", "tinydistro-greeting"} <= names
+    # The host's dnf state stays out of the image: no cache, no build-only repo files.
+    cache = rootfs / "var" / "cache" / "dnf"
+    assert not cache.exists() or list(cache.iterdir()) == []
+    assert not (rootfs / "etc" / "sandboxmgr").exists()
+
+
+def test_packages_came_in_the_second_phase(tiny: CLI) -> None:
+    (log,) = (tiny.store / "logs").glob("build-tiny-*.log")
+    text = log.read_text()
+    _bootstrap, _, second = text.partition("install tinydistro-release tinydistro-busybox")
+    assert second, "the bootstrap phase did not install the release package"
+    # The image carries no dnf of its own, so the second phase says so and uses the host's.
+    assert "no dnf inside the image; packages installed with the host's dnf" in second
+    assert "install tinydistro-hello" in second
+
+
+def test_exec_in_a_named_sandbox_explains_why_dnf_is_missing(tiny: CLI) -> None:
+    tiny.ok("create", "tiny", "--name", "c1")
+    try:
+        result = tiny("exec", "c1", "dnf", "install", "-y", "tinydistro-greeting")
+        assert result.code == 127
+        assert "dnf: command not found in the sandbox" in result.err
+        tiny.ok("exec", "c1", "sh", "-c", "echo persisted > /root/note")
+        assert tiny.ok("exec", "c1", "cat", "/root/note").out == "persisted\n"
+    finally:
+        tiny.ok("rm", "c1")
+
+
+def test_a_profile_given_as_a_path_works(tiny: CLI, rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    path = tmp_path / "my-rpm-distro.yaml"
+    path.write_text(tiny_profile(rpm_repo))
+    result = tiny.ok("run", str(path), "--", "cat", "/etc/os-release")
+    assert 'NAME="Tiny Distro"' in result.out
+
+
+@pytest.mark.parametrize("case", ["unsigned", "other-key"])
+def test_a_signature_that_does_not_verify_fails_cleanly(case: str, rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    repo_dir = rpm_repo.unsigned if case == "unsigned" else rpm_repo.other_signed
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "bad.yaml").write_text(tiny_profile(rpm_repo, repo_dir=repo_dir))
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    result = cli("build", "bad")
+    assert result.code == 125
+    assert "a package signature did not verify while bootstrapping bad" in result.err
+    assert "gpgcheck is on" in result.err
+    assert_nothing_left(cli)
+
+
+def test_a_missing_package_fails_cleanly(rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "typo.yaml").write_text(
+        tiny_profile(rpm_repo, packages="[tinydistro-hello, tinydistro-nonexistent]"))
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    result = cli("run", "typo", "true")
+    assert result.code == 125
+    assert "package tinydistro-nonexistent does not exist in the repositories of typo" in result.err
+    assert_nothing_left(cli)
+
+
+def test_an_unreachable_repository_fails_cleanly(rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    text = tiny_profile(rpm_repo).replace(rpm_repo.baseurl(rpm_repo.signed), "http://127.0.0.1:9/repo")
+    (tmp_path / "configs" / "offline.yaml").write_text(text)
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    result = cli("build", "offline")
+    assert result.code == 125
+    assert "a repository of offline cannot be reached" in result.err
+    assert_nothing_left(cli)
+
+
+def test_removing_the_image_leaves_nothing(rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "gone.yaml").write_text(tiny_profile(rpm_repo))
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    cli.ok("build", "gone")
+    cli.ok("rmi", "gone")
+    assert_nothing_left(cli)
+
+
+def test_dnf_missing_on_the_host_is_one_clear_error(rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yaml").write_text(tiny_profile(rpm_repo))
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    env_path = "/nonexistent-bin"
+    proc = subprocess.run([*cli.argv("build", "tiny")], capture_output=True, text=True,
+                          env={**os.environ, "PATH": env_path}, timeout=120)
+    assert proc.returncode == 125
+    assert "sandboxmgr: error: dnf is not installed" in proc.stderr
+    assert "apt-get install dnf" in proc.stderr
+
+
+def assert_nothing_left(cli: CLI) -> None:
+    assert list((cli.store / "images").iterdir()) == []
+    assert list((cli.store / "tmp").iterdir()) == []
+    assert not mountinfo.mounts_under(cli.store)
+
+
+def test_the_real_fedora_profile_when_its_mirrors_answer(tmp_path: Path) -> None:
+    """Only where Fedora's mirrors are reachable; the local repository above is the main proof."""
+    need_root()
+    try:
+        urllib.request.urlopen("https://mirrors.fedoraproject.org/metalink?repo=fedora-45&arch=x86_64",
+                               timeout=10)
+    except OSError as exc:
+        missing(f"Fedora's mirrors are not reachable from this machine ({exc})", required_on_ci=False)
+    cli = CLI(tmp_path / "store")
+    result = cli.ok("run", "fedora", "--", "sh", "-c", ". /etc/os-release; echo $ID")
+    assert result.out.strip() == "fedora"
