@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv \
   dnf rpm createrepo-c busybox-static gnupg
 
-.PHONY: deps venv demo test unit integration lint clean
+.PHONY: deps venv demo test unit integration lint bench clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -19,10 +19,12 @@ deps:
 $(BIN)/sandboxmgr: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 venv: deps $(BIN)/sandboxmgr
+	@# Byte-compile (incremental): with PYTHONDONTWRITEBYTECODE set, every run would compile the sources again.
+	@$(BIN)/python -m compileall -q sandboxmgr >/dev/null
 
 demo: venv
 	$(BIN)/sandboxmgr run debian -- sh -c '. /etc/os-release; echo "userland: $$PRETTY_NAME"; echo "kernel:   $$(uname -r) (the host'"'"'s)"'
@@ -41,6 +43,10 @@ unit: venv
 
 integration: venv
 	$(BIN)/pytest tests/integration
+
+# Benchmarks against the peers (bench/run.py --help); writes bench/RESULTS.md. BENCH_ARGS=--quick for a smoke test.
+bench: venv
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,3 +1,3 @@
-from sandboxmgr.cli import main
+from sandboxmgr.fastrun import main
 
 main()

@@ -9,7 +9,6 @@ signal N; 130 on Ctrl-C during a build.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -154,13 +153,15 @@ def cli(ctx: click.Context, store_path: Path | None, configs: tuple[str, ...], q
     It runs on the host's kernel: `uname -r` inside prints the host's.
     """
     if debug:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, format="sandboxmgr: debug: %(message)s")
     ctx.obj = App(store_path=store_path, configs=configs, quiet=quiet, debug=debug)
 
 
 def _require_root(app: App, action: str) -> None:
     """Root check for commands that change the store; also removes what dead runs left."""
-    from sandboxmgr.images import require_root
+    from sandboxmgr.errors import require_root
 
     require_root(action)
     app.store.clean_leftovers()
@@ -226,37 +227,60 @@ def build(app: App, profile: str, rebuild: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--layers", "show_layers", is_flag=True, help="Also list each image's layers.")
 @pass_app
-def images(app: App, as_json: bool) -> None:
-    """List built images."""
-    records = app.store.images()
-    newest: dict[str, str] = {}
+def images(app: App, as_json: bool, show_layers: bool) -> None:
+    """List built images, and the layers they are made of."""
+    store = app.store
+    records = store.images()
+    newest: dict[str, int] = {}
     for record in records:
-        built = str(record.meta.get("built_at", ""))
-        if built > newest.get(record.profile, ""):
-            newest[record.profile] = built
+        newest[record.profile] = max(record.built_ns, newest.get(record.profile, 0))
+    users: dict[str, set[str]] = {}
+    for record in records:
+        for key in record.layers:
+            users.setdefault(key, set()).add(record.profile)
     rows = []
     for record in records:
         meta = dict(record.meta)
         meta.pop("inputs", None)
         meta["path"] = str(record.path)
-        meta["outdated"] = str(record.meta.get("built_at", "")) != newest[record.profile]
+        meta["outdated"] = record.built_ns != newest[record.profile]
+        layers = []
+        for key in record.layers:
+            layer = store.layer(key)
+            layers.append({
+                "key": key,
+                "kind": layer.meta.get("kind") if layer else None,
+                "label": layer.meta.get("label") if layer else None,
+                "size": layer.meta.get("size") if layer else None,
+                "path": str(layer.path) if layer else None,
+                "shared_with": sorted(users[key] - {record.profile}),
+                "missing": layer is None,
+            })
+        meta["layers"] = layers
         rows.append(meta)
     if as_json:
         print_json(rows)
         return
     print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "BUILT AT", "KEY"],
+        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
         [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
-          human_size(r.get("size")), r.get("built_at", "?"), r["key"]] for r in rows],
+          human_size(r.get("size")), str(len(r["layers"])), r.get("built_at", "?"), r["key"]] for r in rows],
     )
+    if show_layers:
+        for row in rows:
+            click.echo(f"\n{row['profile']} ({row['key']}):")
+            for layer in row["layers"]:
+                shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
+                click.echo(f"  {layer['key']}  {human_size(layer['size']):>8}  {layer['label']}{shared}")
 
 
 @cli.command()
 @click.argument("refs", nargs=-1, required=True)
 @pass_app
 def rmi(app: App, refs: tuple[str, ...]) -> None:
-    """Remove the images of profiles (or image keys)."""
+    """Remove the images of profiles (or image keys), and the layers no other image uses."""
     from sandboxmgr.images import find_images
 
     _require_root(app, "rmi")
@@ -270,9 +294,20 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
         if not found:
             raise SandboxError(f"no image of {ref!r} in the store", hint="see 'sandboxmgr images'")
         for record in found:
-            app.store.remove_image(record)
+            layers = app.store.remove_image(record)
             if not app.quiet:
-                click.echo(f"removed image {record.key} ({record.profile})")
+                click.echo(f"removed image {record.key} ({record.profile})"
+                           + (f" and {len(layers)} unused layers" if layers else ""))
+
+
+@cli.command()
+@pass_app
+def prune(app: App) -> None:
+    """Remove older images no sandbox uses and every layer no image uses."""
+    _require_root(app, "prune")
+    images_removed, layers_removed = app.store.prune()
+    if not app.quiet:
+        click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -286,9 +321,36 @@ def _run_options(fn: Any) -> Any:
                      help="Set an environment variable (K alone: the host's value)."),
         click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
         click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user (name or uid)."),
+        # Limits and security options reach _options() through the context, not as
+        # parameters of every command that takes them (run, create, exec).
+        click.option("--memory", metavar="SIZE", expose_value=False, callback=_remember,
+                     help="Memory limit, swap included (512M, 2G); the OOM killer acts inside the sandbox."),
+        click.option("--pids-limit", metavar="N", expose_value=False, callback=_remember,
+                     help="At most N processes and threads (a fork bomb stops there)."),
+        click.option("--cpus", metavar="N", expose_value=False, callback=_remember,
+                     help="CPU time, in CPUs (1.5: one and a half CPUs' worth)."),
+        click.option("--security-opt", metavar="OPT", multiple=True, expose_value=False, callback=_remember,
+                     help="no-new-privileges=false lets setuid binaries work (default: true)."),
     ]):
         fn = option(fn)
     return fn
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"sandboxmgr.{param.name}"] = value
+    return value
+
+
+def _no_new_privs(options: tuple[str, ...]) -> bool | None:
+    """``--security-opt no-new-privileges[=true|false]`` (also docker's older ``:`` form)."""
+    result = None
+    for option in options:
+        name, _, value = option.replace(":", "=", 1).partition("=")
+        if name != "no-new-privileges" or value.lower() not in ("", "true", "false"):
+            raise SandboxError(f"--security-opt {option}: not supported",
+                               hint="sandboxmgr supports --security-opt no-new-privileges[=true|false]")
+        result = value.lower() != "false"
+    return result
 
 
 def _sandbox_options(fn: Any) -> Any:
@@ -315,6 +377,10 @@ def _binds(volumes: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(binds)
 
 
+def stdin_is_tty() -> bool:
+    return sys.stdin.isatty()
+
+
 def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir: str | None,
              user: str | None, hostname: str | None = None, network: str | None = None,
              volumes: tuple[str, ...] = (), isolation: str = "pivot_root") -> RunOptions:
@@ -325,11 +391,17 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
     if workdir is not None and not workdir.startswith("/"):
         raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
                            hint="write -w /path/inside")
-    if tty and not sys.stdin.isatty():
+    if tty and not stdin_is_tty():
         raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
                            hint="drop -t when piping input or running from a script")
+    from sandboxmgr.cgroups import Limits
+
+    meta = click.get_current_context().meta
+    limits = Limits.parse(meta.get("sandboxmgr.memory"), meta.get("sandboxmgr.pids_limit"),
+                          meta.get("sandboxmgr.cpus"))
     return RunOptions(argv=command, tty=tty, env=env, workdir=workdir, hostname=hostname,
-                      user=user, network=network, binds=_binds(volumes), isolation=isolation)
+                      user=user, network=network, binds=_binds(volumes), isolation=isolation,
+                      limits=limits, no_new_privs=_no_new_privs(meta.get("sandboxmgr.security_opt", ())))
 
 
 @cli.command(context_settings=_COMMAND_SETTINGS)
@@ -362,17 +434,35 @@ def run(app: App, interactive: bool, tty: bool, name: str | None, remove: bool, 
     if name is not None and remove:
         raise SandboxError("--rm and --name contradict each other",
                            hint="drop --name for a throw-away sandbox, or --rm to keep it")
-    if name is not None:
-        from sandboxmgr.profile import check_name
+    if name is None:
+        return _run_ephemeral(app, profile, options)
+    from sandboxmgr.names import check_name
 
-        check_name(name, "sandbox name")
+    check_name(name, "sandbox name")
     loaded = app.registry.load(profile)
     image = app.image_for(loaded)
-    if name is None:
-        return sandbox.run_ephemeral(app.store, image, loaded, options)
     record = sandbox.create(app.store, name, image, loaded, options)
     return sandbox.run_in(app.store, record, sandbox.RunOptions(argv=options.argv, tty=options.tty,
                                                                  isolation=isolation))
+
+
+def _run_ephemeral(app: App, ref: str, options: RunOptions) -> int:
+    """The fast path: a cached resolution skips the YAML; otherwise resolve, build, remember."""
+    from sandboxmgr import runcache, sandbox
+    from sandboxmgr.locations import profile_dirs
+
+    dirs = profile_dirs(app.configs)
+    cached = runcache.lookup(app.store.root, ref, dirs)
+    if cached is not None:
+        image = app.store.image(str(cached["image"]))
+        if image is not None and all(app.store.layer(key) is not None for key in image.layers):
+            settings = sandbox.Settings.from_json(cached["settings"])
+            return sandbox.run_ephemeral(app.store, image, settings, options)
+    loaded = app.registry.load(ref)
+    image = app.image_for(loaded)
+    settings = sandbox.profile_settings(app.store, loaded, loaded.name.replace(".", "-"))
+    runcache.save(app.store.root, ref, dirs, loaded.input_files(), image.key, loaded.name, settings.to_json())
+    return sandbox.run_ephemeral(app.store, image, settings, options)
 
 
 @cli.command()
@@ -387,7 +477,7 @@ def create(app: App, profile: str, name: str | None, volumes: tuple[str, ...], h
     import secrets
 
     from sandboxmgr import sandbox
-    from sandboxmgr.profile import check_name
+    from sandboxmgr.names import check_name
 
     _require_root(app, "create")
     if name is not None:
@@ -498,6 +588,38 @@ def rm(app: App, names: tuple[str, ...]) -> None:
         app.store.remove_sandbox(app.store.sandbox(name))
         if not app.quiet:
             click.echo(f"removed {name}")
+
+
+@cli.command()
+@click.option("--fix", is_flag=True, help="Clean up what is found (never deleting through a mount).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def doctor(app: App, fix: bool, as_json: bool) -> int:
+    """Find what a crash left: mounts, temporary directories, locks, cgroups, processes.
+
+    Exits 0 when nothing is left (or --fix cleaned it all), 1 when something is.
+    Cgroups and processes are checked machine-wide, the rest in the store.
+    """
+    from sandboxmgr import doctor as doctor_
+
+    findings = doctor_.examine(app.store)
+    if fix:
+        doctor_.repair(app.store, findings)
+    left = [f for f in findings if not f.fixed]
+    if as_json:
+        print_json([f.to_json() for f in findings])
+        return 1 if left else 0
+    if not findings:
+        click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
+                   f"or processes ({app.store.root})")
+        return 0
+    print_table(["KIND", "WHAT", "DETAIL"],
+                [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
+                                              if f.error else "")] for f in findings])
+    if left and not fix:
+        click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {len(left)} leftovers "
+                   "(it unmounts, never deletes through a mount)", err=True)
+    return 1 if left else 0
 
 
 # --- entry point ------------------------------------------------------------------------------

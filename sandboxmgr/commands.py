@@ -17,13 +17,15 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-from plumbum import local
-from plumbum.commands.processes import CommandNotFound, ProcessExecutionError
+from typing import TYPE_CHECKING, Any
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
+
+if TYPE_CHECKING:
+    from plumbum.commands.processes import ProcessExecutionError
 
 log = logging.getLogger("sandboxmgr")
 
@@ -39,8 +41,21 @@ PACKAGES = {
 __all__ = ["ProcessExecutionError", "require", "run"]
 
 
+def __getattr__(name: str) -> Any:
+    # plumbum is imported only when a program is run: `sandboxmgr run` on a built
+    # image never runs one, and the import costs tens of milliseconds.
+    if name == "ProcessExecutionError":
+        from plumbum.commands.processes import ProcessExecutionError
+
+        return ProcessExecutionError
+    raise AttributeError(name)
+
+
 def require(program: str) -> str:
     """The full path of ``program``, or an error that says what to install."""
+    from plumbum import local
+    from plumbum.commands.processes import CommandNotFound
+
     try:
         return str(local.which(program))
     except CommandNotFound:
@@ -51,16 +66,40 @@ def require(program: str) -> str:
         ) from None
 
 
+@dataclass(frozen=True)
+class PreMount:
+    """A mount made for one command only, in its private mount namespace."""
+
+    source: str | Path
+    target: Path
+    fstype: str | None = None  # None: a bind mount
+    data: str | None = None
+
+
+def _contain(mounts: Sequence[PreMount]) -> Callable[[], None]:
+    def child() -> None:  # pragma: no cover - runs between fork and exec
+        # Dies with the manager; a private mount namespace, so whatever the command
+        # mounts (debootstrap mounts /proc and /sys in the target) and what we mount
+        # for it vanish with it, even after kill -9.
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        linux.unshare(linux.CLONE_NEWNS)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        for mount in mounts:
+            flags = linux.MS_BIND if mount.fstype is None else 0
+            linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
+
+    return child
+
+
 def _die_with_manager() -> None:  # pragma: no cover - runs between fork and exec
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-# util-linux unshare(1) runs the program as PID 1 of a new PID namespace, with a
-# private mount namespace: whatever it mounts (debootstrap mounts /proc and /sys
-# in the target) vanishes with it, and when it dies - or unshare(1) dies, which
-# dies with the manager - every process it started dies too. A killed build
-# leaves no mount and no process behind, only a tmp/ tree the next command removes.
-CONTAINED = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private", "--")
+# util-linux unshare(1) then runs the program as PID 1 of a new PID namespace:
+# when it dies - or unshare(1) dies, which dies with the manager - every process
+# it started dies too. A killed build leaves no mount and no process behind,
+# only a tmp/ tree the next command removes.
+CONTAINED = ("unshare", "--pid", "--fork", "--kill-child", "--")
 
 
 def run(
@@ -69,12 +108,16 @@ def run(
     on_line: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
     contained: bool = False,
+    mounts: Sequence[PreMount] = (),
 ) -> None:
     """Run ``argv`` to completion, streaming its combined output.
 
     Raises :class:`ProcessExecutionError` with the last lines of output when
     it exits non-zero.
     """
+    from plumbum import local
+    from plumbum.commands.processes import ProcessExecutionError
+
     require(argv[0])
     full_argv = [*CONTAINED, *argv] if contained else list(argv)
     log.debug("running: %s", shlex.join(full_argv))
@@ -93,7 +136,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=_die_with_manager,
+            preexec_fn=_contain(mounts) if contained else _die_with_manager,
         )
         try:
             assert process.stdout is not None

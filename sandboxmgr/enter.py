@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sandboxmgr import linux
 from sandboxmgr.errors import (
@@ -47,7 +48,19 @@ from sandboxmgr.errors import (
     CommandFailed,
     SandboxError,
 )
-from sandboxmgr.mounts import DEV_LINKS, DEVICES, BindMount, MountStep, plan
+from sandboxmgr.mounts import (
+    DEV_LINKS,
+    DEVICES,
+    NOSUID_NODEV_NOEXEC,
+    BindMount,
+    MountStep,
+    device_steps,
+    mask_steps,
+    plan,
+)
+
+if TYPE_CHECKING:
+    from sandboxmgr.cgroups import Limits, RunCgroup
 
 # Docker's default capability set: enough for apt-get and dnf, not for mount,
 # module loading, raw I/O, ptrace, the clock or the network configuration.
@@ -58,6 +71,8 @@ CAPABILITY_NUMBERS = {
 }
 DEFAULT_CAPABILITIES = frozenset(CAPABILITY_NUMBERS.values())
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT_NAME = "sandboxmgr-init"  # the sandbox's PID 1 as ps shows it (15 bytes at most)
+_MAX_FD = 0x7FFFFFFF
 
 _TIOCSPTLCK = 0x40045431
 _TIOCGPTN = 0x80045430
@@ -101,13 +116,19 @@ class EnterSpec:
     capabilities: frozenset[int] = DEFAULT_CAPABILITIES
     # File descriptors to give the command as stdin, stdout, stderr (default: ours).
     stdio: tuple[int, int, int] | None = None
+    # Resource limits, applied with a cgroup of the run's own (see cgroups.py).
+    limits: Limits | None = None
+    # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities grant nothing.
+    no_new_privs: bool = True
 
 
 def enter(spec: EnterSpec) -> int:
     """Run ``spec.argv`` in a new sandbox over ``spec.root``; return its exit status.
 
     Raises :class:`SandboxError` when the sandbox cannot be set up (125) and
-    :class:`CommandFailed` when the command cannot be run (126, 127).
+    :class:`CommandFailed` when the command cannot be run (126, 127). When a
+    limit stopped something (the OOM killer, the pids limit) one line on
+    stderr says so.
     """
     for bind in spec.binds:
         if not bind.source.exists():
@@ -115,11 +136,28 @@ def enter(spec: EnterSpec) -> int:
                 f"bind mount source {bind.source} does not exist",
                 hint="create it first, or fix the -v SRC:DST path",
             )
+    cgroup = None
+    if spec.limits is not None and not spec.limits.empty:
+        from sandboxmgr.cgroups import RunCgroup  # only runs with limits pay for it
+
+        cgroup = RunCgroup.create(spec.limits)
+    try:
+        status = _enter(spec, cgroup)
+    finally:
+        if cgroup is not None:
+            for left in cgroup.remove():
+                print(f"sandboxmgr: warning: cannot remove the cgroup {left} (still busy); "
+                      "'sandboxmgr doctor --fix' removes it", file=sys.stderr)
+    return status
+
+
+def _enter(spec: EnterSpec, cgroup: RunCgroup | None) -> int:
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
     # PID 1 sees this pipe hang up if the manager is already gone (see _init).
     alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
     tty_parent, tty_child = socket.socketpair() if spec.tty else (None, None)
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    cgroup_fds = cgroup.open_procs() if cgroup is not None else []
     try:
         linux.unshare(linux.CLONE_NEWPID)
         try:
@@ -132,16 +170,23 @@ def enter(spec: EnterSpec) -> int:
             os.close(alive_write)
             if tty_parent is not None:
                 tty_parent.close()
-            _init(spec, err_write, tty_child, alive_read)
+            _init(spec, err_write, tty_child, alive_read, cgroup_fds)
         linux.setns(own_pid_ns, linux.CLONE_NEWPID)
     finally:
         os.close(own_pid_ns)
+        for fd in cgroup_fds:
+            os.close(fd)
     os.close(err_write)
     os.close(alive_read)
     try:
-        return _supervise(pid, err_read, tty_parent, tty_child)
+        status = _supervise(pid, err_read, tty_parent, tty_child)
     finally:
         os.close(alive_write)
+    if cgroup is not None:
+        reason = cgroup.report(status)
+        if reason:
+            print(f"sandboxmgr: {reason}", file=sys.stderr)
+    return status
 
 
 def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
@@ -199,7 +244,8 @@ def _fail(err_write: int, code: int, message: str, hint: str = "") -> None:
         os._exit(code)
 
 
-def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, alive: int) -> None:
+def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, alive: int,
+          cgroup_fds: list[int]) -> None:
     """PID 1 of the sandbox. Never returns."""
     try:
         # If the manager dies (even by SIGKILL), PID 1 dies, and with it the
@@ -210,6 +256,19 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         if select.select([alive], [], [], 0)[0]:
             os._exit(EXIT_MANAGER)
         os.close(alive)
+        if cgroup_fds:
+            # First of all, so that every mount, page and process below is counted.
+            from sandboxmgr.cgroups import join
+
+            join(cgroup_fds)
+            if spec.limits is not None and spec.limits.memory is not None:
+                # The OOM killer should take the command, not the init (the command
+                # resets it). Lowering needs CAP_SYS_RESOURCE: without it, both stay
+                # equal and the larger process - the command - goes first anyway.
+                with contextlib.suppress(OSError):
+                    Path("/proc/self/oom_score_adj").write_text("-999")
+        # How `sandboxmgr doctor` finds a sandbox whose manager died.
+        linux.set_process_name(INIT_NAME)
         os.setsid()
         os.umask(0o022)
         root = _setup(spec)
@@ -239,8 +298,16 @@ def _setup(spec: EnterSpec) -> Path:
     # Nothing mounted from here on may propagate back to the host.
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     root = _mount_root(spec.root)
-    for step in plan(spec.network, spec.binds):
-        _mount_step(root, step)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for step in plan(spec.network, spec.binds):
+            _mount_step(root_fd, step)
+            if step.target == "/dev":
+                _populate_dev(root_fd)
+        for step in mask_steps():
+            _mount_step(root_fd, step)
+    finally:
+        os.close(root_fd)
     socket.sethostname(spec.hostname)
     if spec.network == "none":
         _loopback_up()
@@ -248,76 +315,217 @@ def _setup(spec: EnterSpec) -> Path:
 
 
 def _mount_root(root: OverlayRoot | DirectoryRoot) -> Path:
+    # nodev everywhere but on the device binds of /dev: see mounts.DEVICES.
     if isinstance(root, OverlayRoot):
         lowers = ":".join(str(p) for p in root.lowers)
         options = f"lowerdir={lowers},upperdir={root.upper},workdir={root.work}"
-        linux.mount("overlay", root.mountpoint, "overlay", 0, options)
+        linux.mount("overlay", root.mountpoint, "overlay", linux.MS_NODEV, options)
         return root.mountpoint
     # pivot_root needs the new root to be a mount point.
     linux.mount(root.path, root.path, None, linux.MS_BIND | linux.MS_REC)
+    linux.mount(None, root.path, None,
+                linux.MS_BIND | linux.MS_REMOUNT | linux.mount_flags(root.path) | linux.MS_NODEV)
     return root.path
 
 
-def resolve_in_root(root: Path, path: str, create: bool = False, is_file: bool = False) -> Path:
-    """Resolve ``path`` as the sandbox will see it: symlinks are followed, but
-    an absolute link or ``..`` never leaves ``root``. With ``create``, missing
-    components are made (directories, and a file last when ``is_file``)."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        current = root.joinpath(*resolved, name)
+# --- resolving paths inside the root ----------------------------------------------------------
+
+_RESOLVE = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
+_MAX_SYMLINKS = 40
+_openat2_missing = False
+
+
+class SymlinkRefused(SandboxError):
+    """A path that must be a real directory (/proc, /dev ...) is a symlink in the image."""
+
+
+def open_in_root(root_fd: int, path: str, create: bool = False, is_file: bool = False,
+                 follow: bool = True) -> int:
+    """An ``O_PATH`` file descriptor on ``path`` as the sandbox will see it.
+
+    Symlinks are followed as if ``root_fd`` were ``/``: an absolute link or a
+    ``..`` never leaves the root (with ``follow=False`` any symlink on the way
+    is refused). The kernel does it with ``openat2(RESOLVE_IN_ROOT)`` where it
+    has it; otherwise, and to create what is missing (``create``: directories,
+    and a file last when ``is_file``), a walk of one ``openat`` per component
+    with ``O_NOFOLLOW``, each relative to the previous directory's descriptor.
+
+    Callers mount onto ``/proc/self/fd/N`` of the result, as runc does: the
+    mount lands on the very inode that was resolved, so a symlink swapped in
+    between resolving and mounting (CVE-2021-30465) cannot redirect it.
+    """
+    global _openat2_missing  # noqa: PLW0603 - probed once per process
+    if not _openat2_missing:
+        resolve = _RESOLVE | (0 if follow else linux.RESOLVE_NO_SYMLINKS)
         try:
-            info = os.lstat(current)
+            return linux.openat2(root_fd, path, os.O_PATH, resolve)
         except FileNotFoundError:
             if not create:
                 raise
-            if parts or not is_file:
-                os.mkdir(current, 0o755)
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                _openat2_missing = True
+            elif exc.errno == errno.ELOOP and not follow:
+                raise SymlinkRefused(*_refusal(path)) from None
             else:
-                os.close(os.open(current, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-            resolved.append(name)
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            hops += 1
-            if hops > 40:
-                raise OSError(errno.ELOOP, f"too many symlinks resolving {path} in {root}")
-            link = os.readlink(current)
-            if link.startswith("/"):
-                resolved = []
-            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
-            continue
-        if parts and not stat.S_ISDIR(info.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, f"{'/'.join([*resolved, name])} is not a directory in {root}")
-        resolved.append(name)
-    return root.joinpath(*resolved)
+                raise
+    fd, _ = _walk(root_fd, path, create, is_file, follow)
+    return fd
 
 
-def _mount_step(root: Path, step: MountStep) -> None:
-    target = resolve_in_root(root, step.target, create=True, is_file=step.is_file)
-    if step.fstype is None:
-        linux.mount(step.source, target, None, linux.MS_BIND | linux.MS_REC)
-        if step.readonly:
-            linux.mount(None, target, None,
-                        linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV)
-    else:
-        linux.mount(step.source, target, step.fstype, step.flags, step.data)
-    if step.target == "/dev":
-        _populate_dev(target)
+def _refusal(path: str, where: str = "") -> tuple[str, str]:
+    return (f"{path} is a symlink{where} in the sandbox's root; refusing to mount there",
+            "a sandbox's /proc, /sys, /dev, /tmp and /run must be directories in the image; "
+            "if the sandbox made the link, remove it from the sandbox's changes (or the sandbox)")
 
 
-def _populate_dev(dev: Path) -> None:
-    for device in DEVICES:
-        node = dev / device.name
-        os.mknod(node, stat.S_IFCHR | device.mode, os.makedev(device.major, device.minor))
-        os.chmod(node, device.mode)
-    for name, target in DEV_LINKS:
-        os.symlink(target, dev / name)
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def _walk(root_fd: int, path: str, create: bool, is_file: bool, follow: bool) -> tuple[int, list[str]]:
+    """The component walk of :func:`open_in_root`: (an O_PATH fd, the components it resolved to)."""
+    stack: list[tuple[int, str]] = []  # open directories below the root, with their names
+    parts = _components(path)
+    hops = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name == "..":
+                if stack:
+                    os.close(stack.pop()[0])
+                continue
+            here = stack[-1][0] if stack else root_fd
+            shown = "/" + "/".join([n for _, n in stack] + [name])
+            try:
+                info = os.stat(name, dir_fd=here, follow_symlinks=False)
+            except FileNotFoundError:
+                if not create:
+                    raise FileNotFoundError(errno.ENOENT, f"{shown} does not exist in the root") from None
+                if parts or not is_file:
+                    os.mkdir(name, 0o755, dir_fd=here)
+                else:
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     0o644, dir_fd=here))
+                info = os.stat(name, dir_fd=here, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                if not follow:
+                    raise SymlinkRefused(*_refusal(path, f" ({shown} -> {os.readlink(name, dir_fd=here)})"))
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, f"too many symlinks resolving {path} in the root")
+                link = os.readlink(name, dir_fd=here)
+                if link.startswith("/"):
+                    while stack:
+                        os.close(stack.pop()[0])
+                parts = _components(link) + parts
+                continue
+            if parts and not stat.S_ISDIR(info.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, f"{shown} is not a directory in the root")
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+                os.close(fd)
+                raise OSError(errno.EAGAIN, f"{shown} changed while it was resolved")
+            stack.append((fd, name))
+        names = [n for _, n in stack]
+        if stack:
+            return stack.pop()[0], names
+        return os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd), names
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def resolve_in_root(root: Path, path: str, create: bool = False, is_file: bool = False) -> Path:
+    """Where ``path`` of the sandbox is under ``root`` on the host (the walk of
+    :func:`open_in_root`, as a path: for tests and messages, never for mounting)."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd, names = _walk(root_fd, path, create, is_file, follow=True)
+        os.close(fd)
+    finally:
+        os.close(root_fd)
+    return root.joinpath(*names)
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _mount_step(root_fd: int, step: MountStep) -> None:
+    if step.kind in ("mask", "readonly"):
+        _protect(root_fd, step)
+        return
+    # The sandbox's own file systems go on real directories only; binds (-v,
+    # resolv.conf) follow the image's symlinks, inside the root.
+    follow = step.fstype is None
+    target = open_in_root(root_fd, step.target, create=True, is_file=step.is_file, follow=follow)
+    try:
+        if step.fstype is not None:
+            linux.mount(step.source, _fd_path(target), step.fstype, step.flags, step.data)
+            return
+        source = os.stat(step.source)
+        linux.mount(step.source, _fd_path(target), None, linux.MS_BIND | linux.MS_REC)
+    finally:
+        os.close(target)
+    # A bind remount replaces every per-mount flag: keep the source's, add nodev
+    # (see mounts.DEVICES) and ro. The path is opened again: the new mount is on top.
+    mounted = open_in_root(root_fd, step.target, follow=follow)
+    try:
+        now = os.fstat(mounted)
+        if (now.st_dev, now.st_ino) != (source.st_dev, source.st_ino):
+            raise SandboxError(f"the bind mount on {step.target} is not {step.source} after mounting it",
+                               hint="something changed the sandbox's root while it was set up; try again")
+        flags = linux.mount_flags(mounted) | (0 if step.device else linux.MS_NODEV)
+        flags |= linux.MS_RDONLY if step.readonly else 0
+        linux.mount(None, _fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | flags)
+    finally:
+        os.close(mounted)
+
+
+def _protect(root_fd: int, step: MountStep) -> None:
+    """A mask (/dev/null on a file, an empty read-only tmpfs on a directory) or a
+    read-only bind of a path onto itself; a path this kernel lacks is skipped."""
+    try:
+        target = open_in_root(root_fd, step.target, follow=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(target).st_mode)
+        if step.kind == "mask" and is_dir:
+            linux.mount("tmpfs", _fd_path(target), "tmpfs",
+                        linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, "mode=0555")
+            return
+        source = step.source if step.kind == "mask" else _fd_path(target)
+        linux.mount(source, _fd_path(target), None, linux.MS_BIND | linux.MS_REC)
+    finally:
+        os.close(target)
+    mounted = open_in_root(root_fd, step.target, follow=False)
+    try:
+        # A masked file reads as empty, as under runc: /dev/null's bind keeps its dev.
+        keep_dev = linux.MS_NODEV if step.kind == "readonly" else 0
+        flags = linux.mount_flags(mounted) | linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC | keep_dev
+        linux.mount(None, _fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | flags)
+    finally:
+        os.close(mounted)
+
+
+def _populate_dev(root_fd: int) -> None:
+    """Bind the host's device nodes (read-only: the sandbox's root may not chmod the
+    host's /dev/null) into the fresh /dev, and add the usual links."""
+    for device, step in zip(DEVICES, device_steps(), strict=True):
+        info = os.stat(step.source)
+        if not stat.S_ISCHR(info.st_mode) or info.st_rdev != os.makedev(device.major, device.minor):
+            raise SandboxError(f"the host's {step.source} is not the {device.name} device "
+                               f"({device.major}:{device.minor})", hint=f"restore {step.source} on the host")
+        _mount_step(root_fd, step)
+    dev = open_in_root(root_fd, "/dev", follow=False)
+    try:
+        for name, target in DEV_LINKS:
+            os.symlink(target, name, dir_fd=dev)
+    finally:
+        os.close(dev)
 
 
 def _loopback_up() -> None:
@@ -439,9 +647,13 @@ def _exec(spec: EnterSpec, err_write: int, pty_number: int | None) -> None:
                 os.dup2(slave, fd)
             if slave > 2:
                 os.close(slave)
-        # Only stdin, stdout and stderr cross into the sandbox.
+        # Only stdin, stdout and stderr cross into the sandbox (close_range(2) makes
+        # the whole range one syscall); err_write is close-on-exec.
         os.closerange(3, err_write)
-        os.closerange(err_write + 1, 1 << 16)
+        os.closerange(err_write + 1, _MAX_FD)
+        if spec.limits is not None and spec.limits.memory is not None:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/oom_score_adj").write_text("0")
         user = lookup_user(spec.user)
         env = dict(spec.env)
         env.setdefault("PATH", DEFAULT_PATH)
@@ -458,6 +670,10 @@ def _exec(spec: EnterSpec, err_write: int, pty_number: int | None) -> None:
             os.setgroups(list(user.groups))
             os.setgid(user.gid)
             os.setuid(user.uid)
+        if spec.no_new_privs:
+            # Nothing the command executes gains privileges: setuid bits and file
+            # capabilities are ignored, and no capability comes back with exec.
+            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         os.chdir(workdir)
         argv = list(spec.argv) or [_default_shell()]
     except SandboxError as exc:

@@ -34,6 +34,16 @@ class NotRootError(SandboxError):
     """The operation needs root (namespaces, mounts, debootstrap)."""
 
 
+def require_root(action: str) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        raise NotRootError(
+            f"{action} needs root (namespaces, mounts and debootstrap do)",
+            hint="run it with sudo, or as root",
+        )
+
+
 class ProfileError(SandboxError):
     """A profile cannot be found, parsed or validated."""
 

@@ -1,31 +1,31 @@
-"""Images: find the image of a profile, or build it safely.
+"""Images: find the image of a profile, or build its missing layers safely.
 
-A build runs in the store's tmp/ under a lock per image key; the finished root
-is renamed into images/KEY only after every step succeeded. A second build of
-the same key waits for the first and then uses its result.
+An image is a stack of layers (see :meth:`Profile.layers`): the bootstrap, then
+the packages, then one layer per setup step. Each layer is keyed by its inputs
+and its parent's key, so a layer already in the store - built for this
+profile before, or for another profile with the same base - is reused, and
+only the layers above a change are built again.
+
+A layer is built in the store's tmp/ under a lock per layer key and renamed
+into layers/KEY only after every step succeeded; the image record is written
+last. A second build of the same layer waits for the first and uses its result.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from sandboxmgr.builders import BuildContext, get_builder
-from sandboxmgr.errors import BuildError, NotRootError
-from sandboxmgr.profile import Profile
-from sandboxmgr.store import ImageRecord, Store, now_iso, tree_size
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
+from sandboxmgr.errors import BuildError, require_root
+from sandboxmgr.mounts import BindMount
+from sandboxmgr.profile import LayerPlan, Profile
+from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, tree_size
 
 Progress = Callable[[str], None]
-
-
-def require_root(action: str) -> None:
-    if os.geteuid() != 0:
-        raise NotRootError(
-            f"{action} needs root (namespaces, mounts and debootstrap do)",
-            hint="run it with sudo, or as root",
-        )
 
 
 def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -45,60 +45,59 @@ def rebuild_reason(store: Store, profile: Profile) -> str | None:
     older = [r for r in store.images() if r.profile == profile.name]
     if not older:
         return None
-    newest = max(older, key=lambda r: str(r.meta.get("built_at", "")))
+    newest = max(older, key=lambda r: r.built_ns)
     changed = changed_inputs(newest.meta.get("inputs", {}), profile.build_inputs())
     what = ", ".join(changed) if changed else "the build inputs"
     return f"{profile.name} changed since image {newest.key} was built ({what})"
 
 
+def cache_key(profile: Profile) -> str:
+    """Package caches are shared per distro, release and architecture."""
+    return f"{profile.distro}-{profile.release}-{profile.arch}"
+
+
+def package_caches(store: Store, profile: Profile) -> tuple[BindMount, ...]:
+    """The shared package caches to mount into a build step or a sandbox of ``profile``."""
+    cache = store.cache_dir / cache_key(profile)
+    cache.mkdir(parents=True, exist_ok=True)
+    return get_builder(profile.bootstrap.method).cache_dirs(profile, cache)
+
+
 def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bool = False) -> ImageRecord:
-    """The image of ``profile``, built first if it is not in the store."""
+    """The image of ``profile``, its missing layers built first."""
     key = profile.image_key()
     record = store.image(key)
-    if record is not None and not rebuild:
+    if record is not None and not rebuild and _layers_present(store, record):
         return record
     require_root("building an image")
     builder = get_builder(profile.bootstrap.method)
     builder.preflight(profile)
     store.ensure()
-    lock = store.lock("image", key)
-    if not lock.try_acquire():
-        progress(f"waiting for another build of {profile.name} ({key}){lock.holder_text()}")
-        lock.acquire(True, "", "")
-    with lock:
+    with ExitStack() as held:
+        held.enter_context(_locked(store.lock("image", key), progress, f"image of {profile.name}"))
         record = store.image(key)
-        if record is not None and not rebuild:
+        if record is not None and not rebuild and _layers_present(store, record):
             return record  # built by the process we waited for
         store.clean_leftovers()
         reason = rebuild_reason(store, profile) if record is None else "rebuild requested"
         if reason:
             progress(f"building a new image: {reason}")
-        return _build(store, profile, key, progress)
-
-
-def _build(store: Store, profile: Profile, key: str, progress: Progress) -> ImageRecord:
-    builder = get_builder(profile.bootstrap.method)
-    log_file = store.logs_dir / f"build-{profile.name}-{key}.log"
-    log_file.write_text(f"sandboxmgr build of {profile.name} ({key}) at {now_iso()}\n")
-    context = BuildContext(log_file=log_file, progress=progress)
-    started = time.monotonic()
-    with store.temporary(f"build-{key}") as tmp:
-        rootfs = tmp / "rootfs"
-        progress(f"building {profile.name} ({profile.distro} {profile.release}, {profile.arch}) "
-                 f"with {builder.method}")
-        builder.bootstrap(profile, rootfs, context)
-        builder.install(profile, rootfs, context)
-        for number, step in enumerate(profile.setup, 1):
-            progress(f"setup {number}/{len(profile.setup)}: {step.splitlines()[0][:60]}")
-            env = dict(profile.env)
-            status = context.run_inside(rootfs, ["/bin/sh", "-ec", step], env)
-            if status != 0:
-                raise BuildError(
-                    f"setup step {number} of {profile.name} failed with exit status {status}: {step.strip()[:80]}",
-                    hint=f"fix the step in {profile.path}; its output is in {log_file}",
-                )
-        builder.finish(profile, rootfs, context)
-        progress("measuring the image")
+        started = time.monotonic()
+        log_file = store.logs_dir / f"build-{profile.name}-{key}.log"
+        log_file.write_text(f"sandboxmgr build of {profile.name} ({key}) at {now_iso()}\n")
+        context = BuildContext(log_file=log_file, progress=progress, caches=package_caches(store, profile))
+        plan = profile.layers()
+        built: list[LayerRecord] = []
+        for step in plan:
+            # Each layer stays locked until the image that uses it is recorded, so a
+            # concurrent rmi or prune cannot take it away in between.
+            held.enter_context(_locked(store.lock("layer", step.key), progress, step.label))
+            layer = store.layer(step.key)
+            if layer is not None and not rebuild:
+                progress(f"reusing layer {step.key} ({step.label})")
+            else:
+                layer = _build_layer(store, profile, builder, step, built, context)
+            built.append(layer)
         meta = {
             "key": key,
             "profile": profile.name,
@@ -109,13 +108,74 @@ def _build(store: Store, profile: Profile, key: str, progress: Progress) -> Imag
             "arch": profile.arch,
             "method": builder.method,
             "built_at": now_iso(),
+            "built_ns": time.time_ns(),
             "build_seconds": round(time.monotonic() - started, 1),
-            "size": tree_size(rootfs),
+            "layers": [layer.key for layer in built],
+            "size": sum(int(layer.meta.get("size", 0)) for layer in built),
             "inputs": profile.build_inputs(),
         }
-        record = store.publish_image(tmp, key, meta)
-    progress(f"built {profile.name} ({key}) in {meta['build_seconds']}s")
+        record = store.publish_image(key, meta)
+    progress(f"ready: {profile.name} ({key}), {len(built)} layers, in {meta['build_seconds']}s")
     return record
+
+
+def _layers_present(store: Store, record: ImageRecord) -> bool:
+    return all(store.layer(key) is not None for key in record.layers)
+
+
+@contextmanager
+def _locked(lock: Lock, progress: Progress, what: str) -> Iterator[None]:
+    if not lock.try_acquire():
+        progress(f"waiting for another build of the {what}{lock.holder_text()}")
+        lock.acquire(True, "", "")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPlan,
+                 parents: list[LayerRecord], context: BuildContext) -> LayerRecord:
+    started = time.monotonic()
+    progress = context.progress
+    progress(f"building layer {step.key}: {step.label}")
+    with store.temporary(f"layer-{step.key}") as tmp:
+        diff = tmp / "diff"
+        if step.kind == "bootstrap":
+            builder.bootstrap(profile, diff, context)
+            root = BuildRoot(diff)
+        else:
+            for sub in ("diff", "work", "root"):
+                (tmp / sub).mkdir()
+            lowers = tuple(layer.diff for layer in reversed(parents))
+            root = BuildRoot(diff, lowers, tmp / "work", tmp / "root")
+        builder.prepare(profile, root, context)
+        if step.kind == "packages":
+            builder.install(profile, root, context)
+        elif step.kind == "setup":
+            status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env))
+            if status != 0:
+                raise BuildError(
+                    f"{step.label.split(':')[0]} of {profile.name} failed with exit status {status}: "
+                    f"{step.step.strip()[:80]}",
+                    hint=f"fix the step in {profile.path}; its output is in {context.log_file}",
+                )
+        builder.finish(profile, root, context)
+        meta = {
+            "key": step.key,
+            "kind": step.kind,
+            "label": step.label,
+            "parent": parents[-1].key if parents else None,
+            "profile": profile.name,
+            "created": now_iso(),
+            "build_seconds": round(time.monotonic() - started, 1),
+            "size": tree_size(diff),
+        }
+        # Only the layer's diff/ and its metadata move into layers/; work dirs stay in tmp/.
+        layer_dir = tmp / "layer"
+        layer_dir.mkdir()
+        os.rename(diff, layer_dir / "diff")
+        return store.publish_layer(layer_dir, step.key, meta)
 
 
 def find_images(store: Store, ref: str) -> list[ImageRecord]:

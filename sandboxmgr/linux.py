@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 from pathlib import Path
@@ -31,12 +32,23 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_NODIRATIME = 2048
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
+
+# <linux/openat2.h>
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 # <sys/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -46,6 +58,8 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # pivot_root has no libc wrapper in glibc < 2.36; its number differs by arch.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+# openat2 (Linux 5.6) is one of the syscalls numbered alike on every architecture.
+_SYS_OPENAT2 = 437
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -92,6 +106,51 @@ def pivot_root(new_root: str | Path, put_old: str | Path) -> None:
         raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
     result = _libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old))
     _check(result, f"pivot_root({str(new_root)!r}, {str(put_old)!r})")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open ``path`` relative to ``dir_fd`` under the ``RESOLVE_*`` rules.
+
+    Raises ``OSError(ENOSYS)`` on kernels before 5.6 (callers fall back to a
+    component walk); ``EAGAIN`` (a concurrent rename during ``RESOLVE_IN_ROOT``)
+    is retried here.
+    """
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    for _ in range(16):
+        result = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), _b(path),
+                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if result >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
+    return _check(result, f"openat2({dir_fd}, {path!r}, {flags:#x}, resolve={resolve:#x})")
+
+
+def set_process_name(name: str) -> None:
+    """The name ``ps`` shows (``/proc/PID/comm``, 15 bytes at most)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(ctypes.c_int(PR_SET_NAME), buffer, ctypes.c_ulong(0), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0)), f"prctl(PR_SET_NAME, {name!r})")
+
+
+# statvfs's ST_* flags -> the MS_* flags a bind remount must repeat to keep them.
+_KEPT_MOUNT_FLAGS = (
+    (os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+
+
+def mount_flags(path: str | Path | int) -> int:
+    """The per-mount flags of the mount holding ``path`` (or an open fd), as MS_* flags.
+
+    A bind remount (``MS_BIND | MS_REMOUNT``) replaces every per-mount flag, so
+    adding one (``MS_RDONLY``, ``MS_NODEV``) must repeat the ones already set.
+    """
+    found = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _KEPT_MOUNT_FLAGS if found & st)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

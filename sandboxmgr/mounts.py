@@ -56,6 +56,12 @@ class MountStep:
     # What to create as the mount point when it is missing: a directory or a file.
     is_file: bool = False
     readonly: bool = False
+    # A bind of one of the host's device nodes: the only mount without nodev.
+    device: bool = False
+    # "" for a mount or a bind as above; "mask": hide the target if it exists
+    # (see MASKED_PATHS); "readonly": bind the target onto itself read-only if
+    # it exists (see READONLY_PATHS).
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,10 @@ class Device:
 
 
 # The minimal /dev: what a userland expects, and nothing that reaches hardware.
+# Each is a bind mount of the host's node (as bubblewrap does), so that every
+# filesystem of the sandbox, /dev's tmpfs included, can be mounted nodev: a node
+# the sandbox makes itself with mknod (CAP_MKNOD is in Docker's set) cannot be
+# opened, so `mknod /dev/sda b 8 0` gives no access to the host's disk.
 DEVICES = (
     Device("null", 1, 3),
     Device("zero", 1, 5),
@@ -75,6 +85,18 @@ DEVICES = (
     Device("urandom", 1, 9),
     Device("tty", 5, 0),
 )
+HOST_DEV = Path("/dev")
+
+# What runc and systemd-nspawn hide of /proc and /sys: kernel memory, keys, timer
+# and scheduler internals, firmware tables. A file is covered with /dev/null, a
+# directory with an empty read-only tmpfs; a path this kernel lacks is skipped.
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+# Writable only with capabilities the sandbox lacks, and read-only on top of that.
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 DEV_LINKS = (
     ("fd", "/proc/self/fd"),
     ("stdin", "/proc/self/fd/0"),
@@ -87,7 +109,8 @@ DEV_LINKS = (
 DEFAULT_MOUNTS = (
     MountStep("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC),
     MountStep("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | linux.MS_RDONLY),
-    MountStep("/dev", "tmpfs", "tmpfs", linux.MS_NOSUID, "mode=755,size=65536k"),
+    MountStep("/dev", "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=755,size=65536k"),
+    # devpts makes its own pty nodes and refuses mknod, so it needs no nodev.
     MountStep("/dev/pts", "devpts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5"),
     MountStep("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
@@ -109,4 +132,18 @@ def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
     for bind in sorted(binds, key=lambda b: len(Path(b.target).parts)):
         steps.append(MountStep(bind.target, None, str(bind.source),
                                is_file=not bind.source.is_dir(), readonly=bind.readonly))
+    return steps
+
+
+def device_steps() -> list[MountStep]:
+    """The binds of the host's device nodes into the sandbox's /dev."""
+    return [MountStep(f"/dev/{d.name}", None, str(HOST_DEV / d.name), is_file=True, readonly=True, device=True)
+            for d in DEVICES]
+
+
+def mask_steps() -> list[MountStep]:
+    """Masks and read-only paths, done after every other mount as runc does,
+    so that nothing mounted later can uncover them."""
+    steps = [MountStep(path, None, "/dev/null", kind="mask") for path in MASKED_PATHS]
+    steps += [MountStep(path, None, path, kind="readonly") for path in READONLY_PATHS]
     return steps

@@ -16,10 +16,12 @@ you mean" when a known key or value is close.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,12 @@ from typing import Any
 import yaml
 
 from sandboxmgr import distros
+from sandboxmgr.cgroups import Limits
 from sandboxmgr.errors import ProfileError
+from sandboxmgr.names import HOSTNAME_RE, NAME_RE, NAME_RULE, check_name
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+__all__ = ["HOSTNAME_RE", "NAME_RE", "NAME_RULE", "Profile", "ProfileRegistry", "check_name"]
+
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 METHODS = ("debootstrap", "mmdebstrap", "dnf")
@@ -46,16 +49,6 @@ REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 # Bumped when the meaning of a build input changes, so old images are not reused.
 BUILD_FORMAT = 1
-
-
-def check_name(name: str, what: str = "name") -> str:
-    """Refuse a name that could escape a directory before anything touches disk."""
-    if not NAME_RE.match(name) or len(name) > 128:
-        raise ProfileError(
-            f"invalid {what} {name!r}: {NAME_RULE}",
-            hint="pick a name like 'debian-bookworm' or 'work-1'",
-        )
-    return name
 
 
 def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
@@ -126,6 +119,20 @@ class Profile:
     mounts: tuple[Mount, ...] = ()
     network: str = "host"
     repositories: tuple[Repository, ...] = ()
+    # Runtime settings, like env and mounts: not in build_inputs, so they never change the image.
+    limits: Limits = field(default_factory=Limits)
+    no_new_privs: bool = True
+    # The files this profile was read from: its own, then its parents'.
+    sources: tuple[Path, ...] = ()
+
+    def input_files(self) -> list[Path]:
+        """Every file whose change can change this profile: its YAML chain and its keys."""
+        files = list(self.sources)
+        if self.bootstrap.keyring:
+            files.append(Path(self.bootstrap.keyring))
+        for repo in self.repositories:
+            files += [Path(url[len("file://"):]) for url in repo.gpgkey if url.startswith("file://")]
+        return files
 
     @property
     def family(self) -> str:
@@ -160,6 +167,8 @@ class Profile:
             },
             "packages": list(self.packages),
             "setup": list(self.setup),
+            # Setup steps run with the profile's environment, so it is one of their inputs.
+            **({"setup_env": dict(sorted(self.env.items()))} if self.setup else {}),
             **({"rpm": {
                 "rpmdb": self.bootstrap.rpmdb,
                 "docs": self.bootstrap.docs,
@@ -167,9 +176,39 @@ class Profile:
             }} if self.family == "rpm" else {}),
         }
 
+    def layers(self) -> list[LayerPlan]:
+        """The image as a stack of layers, bottom first. Each key hashes the layer's
+        inputs and its parent's key, so profiles that share a base share its layers."""
+        inputs = self.build_inputs()
+        base: dict[str, Any] = {key: inputs[key] for key in ("format", "distro", "release", "arch", "bootstrap", "rpm")
+                if key in inputs}
+        plan = [LayerPlan("bootstrap", _digest({"layer": "bootstrap", **base}),
+                          f"bootstrap {self.distro} {self.release} ({self.bootstrap.method})")]
+        if self.packages:
+            plan.append(LayerPlan("packages", _digest({"parent": plan[-1].key, "packages": list(self.packages)}),
+                                  f"packages: {' '.join(self.packages)}"))
+        for number, step in enumerate(self.setup, 1):
+            key = _digest({"parent": plan[-1].key, "setup": step, "env": inputs.get("setup_env", {})})
+            first_line = step.strip().splitlines()[0] if step.strip() else ""
+            plan.append(LayerPlan("setup", key, f"setup {number}: {first_line[:60]}", step))
+        return plan
+
     def image_key(self) -> str:
-        text = json.dumps(self.build_inputs(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        """The key of this profile's image: its name and its top layer (images are per profile,
+        like tags; layers are shared)."""
+        return _digest({"profile": self.name, "top": self.layers()[-1].key})
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    kind: str  # "bootstrap", "packages" or "setup"
+    key: str
+    label: str
+    step: str = ""  # the shell step of a setup layer
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _repository_input(repo: Repository) -> dict[str, Any]:
@@ -266,7 +305,9 @@ def _read(path: Path) -> _Raw:
 TOP_KEYS = (
     "description", "distro", "release", "arch", "aliases", "extends", "bootstrap",
     "packages", "setup", "env", "hostname", "workdir", "user", "mounts", "network", "repositories",
+    "limits", "no_new_privs",
 )
+LIMIT_KEYS = ("memory", "pids", "cpus")
 BOOTSTRAP_KEYS = (
     "method", "variant", "mirror", "components", "keyring", "include", "exclude", "extra_args",
     "rpmdb", "docs",
@@ -378,6 +419,32 @@ def _validate(raw: _Raw) -> dict[str, Any]:
         out["bootstrap"] = _validate_bootstrap(raw, data["bootstrap"])
     if "repositories" in data:
         out["repositories"] = _validate_repositories(raw, data["repositories"])
+    if "limits" in data:
+        out["limits"] = _validate_limits(raw, data["limits"])
+    if "no_new_privs" in data:
+        if isinstance(data["no_new_privs"], bool):
+            out["no_new_privs"] = data["no_new_privs"]
+        else:
+            raw.error(("no_new_privs",), f"must be true or false, not {_type_name(data['no_new_privs'])}")
+    return out
+
+
+def _validate_limits(raw: _Raw, value: Any) -> dict[str, Any]:
+    """``limits: {memory: 512M, pids: 256, cpus: 1.5}``; runtime settings, not build inputs."""
+    from sandboxmgr.cgroups import parse_cpus, parse_memory, parse_pids
+
+    if not isinstance(value, dict):
+        raw.error(("limits",), f"must be a mapping like {{memory: 512M, pids: 256, cpus: 1.5}}, "
+                               f"not {_type_name(value)}")
+        return {}
+    _check_keys(raw, value, ("limits",), LIMIT_KEYS)
+    out: dict[str, Any] = {}
+    for key, parse in (("memory", parse_memory), ("pids", parse_pids), ("cpus", parse_cpus)):
+        if key in value:
+            try:
+                out[key] = parse(value[key])
+            except ValueError as exc:
+                raw.error(("limits", key), str(exc))
     return out
 
 
@@ -565,7 +632,7 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
     if distro is None:
         raise ProfileError(f"{path}: {fields['distro']!r} is not a known distro",
                            hint="a custom RPM distro needs 'bootstrap: {method: dnf}'")
-    method = boot.get("method", distro.methods[0])
+    method = boot.get("method") or _default_method(distro)
     if method not in distro.methods:
         raise ProfileError(
             f"{path}: bootstrap.method {method!r} cannot build {distro.name}",
@@ -622,7 +689,16 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
         mounts=tuple(Mount(**m) for m in fields.get("mounts", ())),
         network=fields.get("network", "host"),
         repositories=repositories,
+        limits=Limits.from_json(fields.get("limits")),
+        no_new_privs=fields.get("no_new_privs", True),
     )
+
+
+def _default_method(distro: distros.Distro) -> str:
+    """The fastest builder this host has: mmdebstrap over debootstrap when installed."""
+    if "mmdebstrap" in distro.methods and shutil.which("mmdebstrap"):
+        return "mmdebstrap"
+    return distro.methods[0]
 
 
 def _check_rpm_fields(path: Path, boot: dict[str, Any], repositories: tuple[Repository, ...]) -> None:
@@ -701,9 +777,10 @@ class ProfileRegistry:
     def load(self, ref: str) -> Profile:
         path = self.resolve(ref)
         fields, parents = self._load_chain(path, [])
-        return _build(path.stem, path, fields, parents)
+        profile = _build(path.stem, path, fields, tuple(p.stem for p in parents))
+        return dataclasses.replace(profile, sources=(path, *parents))
 
-    def _load_chain(self, path: Path, seen: list[Path]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    def _load_chain(self, path: Path, seen: list[Path]) -> tuple[dict[str, Any], tuple[Path, ...]]:
         if path in seen:
             chain = " -> ".join(p.stem for p in [*seen, path])
             raise ProfileError(f"{path}: extends forms a cycle: {chain}",
@@ -727,7 +804,7 @@ class ProfileRegistry:
             raise ProfileError(f"{path}:{raw.line(('extends',))}: extends: {exc.message}",
                                hint=exc.hint) from None
         parent_fields, grand = self._load_chain(parent_path, [*seen, path])
-        return merge(parent_fields, fields), (parent_path.stem, *grand)
+        return merge(parent_fields, fields), (parent_path, *grand)
 
     def load_all(self) -> list[tuple[str, Profile | ProfileError]]:
         result: list[tuple[str, Profile | ProfileError]] = []

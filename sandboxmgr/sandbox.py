@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxmgr.enter import DEFAULT_PATH, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.profile import HOSTNAME_RE, Profile
-from sandboxmgr.store import ImageRecord, SandboxRecord, Store, now_iso
+from sandboxmgr.names import HOSTNAME_RE
+from sandboxmgr.store import ImageRecord, Lock, SandboxRecord, Store, now_iso
+
+if TYPE_CHECKING:
+    from sandboxmgr.cgroups import Limits
+    from sandboxmgr.profile import Profile
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class RunOptions:
     network: str | None = None
     binds: tuple[BindMount, ...] = ()
     isolation: str = "pivot_root"
+    limits: Limits | None = None  # --memory, --pids-limit, --cpus: each replaces the saved one
+    no_new_privs: bool | None = None  # --security-opt no-new-privileges[=false]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class Settings:
     user: str | None = None
     network: str = "host"
     binds: tuple[BindMount, ...] = ()
+    # The image's shared package caches (apt's archives, dnf's cache), mounted like binds.
+    caches: tuple[BindMount, ...] = ()
+    limits: Limits | None = None  # None: no limits (and no cgroup, no import of cgroups.py)
+    no_new_privs: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +65,9 @@ class Settings:
             "network": self.network,
             "mounts": [{"source": str(b.source), "target": b.target, "readonly": b.readonly}
                        for b in self.binds],
+            "caches": [{"source": str(b.source), "target": b.target} for b in self.caches],
+            "limits": self.limits.to_json() if self.limits is not None else {},
+            "no_new_privs": self.no_new_privs,
         }
 
     @classmethod
@@ -67,7 +80,25 @@ class Settings:
             network=data.get("network", "host"),
             binds=tuple(BindMount(Path(m["source"]), m["target"], bool(m["readonly"]))
                         for m in data.get("mounts", [])),
+            caches=tuple(BindMount(Path(m["source"]), m["target"]) for m in data.get("caches", [])),
+            limits=_limits(data.get("limits")),
+            no_new_privs=bool(data.get("no_new_privs", True)),
         )
+
+
+def _limits(data: dict[str, Any] | None) -> Limits | None:
+    if not data:
+        return None
+    from sandboxmgr.cgroups import Limits
+
+    return Limits.from_json(data)
+
+
+def _merged(saved: Limits | None, override: Limits | None) -> Limits | None:
+    """The saved limits with the command line's on top (each one replaces its own kind)."""
+    if override is None or override.empty:
+        return saved
+    return override if saved is None else saved.merged(override)
 
 
 def parse_env(items: tuple[str, ...]) -> dict[str, str]:
@@ -84,22 +115,41 @@ def parse_env(items: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def settings_for(profile: Profile, options: RunOptions, default_hostname: str) -> Settings:
-    hostname = options.hostname or profile.hostname or default_hostname
+def profile_settings(store: Store, profile: Profile, default_hostname: str) -> Settings:
+    """A sandbox's settings from its profile alone (what `run` caches and `create` saves)."""
+    from sandboxmgr.images import package_caches
+
+    return Settings(
+        hostname=profile.hostname or default_hostname,
+        env=dict(profile.env),
+        workdir=profile.workdir,
+        user=profile.user,
+        network=profile.network,
+        binds=tuple(BindMount(Path(m.source), m.target, m.readonly) for m in profile.mounts),
+        caches=package_caches(store, profile),
+        limits=None if profile.limits.empty else profile.limits,
+        no_new_privs=profile.no_new_privs,
+    )
+
+
+def with_options(saved: Settings, options: RunOptions) -> Settings:
+    """Settings with the command line's options on top, as docker's flags override an image's config."""
+    hostname = options.hostname or saved.hostname
     if not HOSTNAME_RE.match(hostname):
         raise SandboxError(f"{hostname!r} is not a valid host name",
                            hint="use letters, digits and '-', up to 63 characters")
-    binds = tuple(BindMount(Path(m.source), m.target, m.readonly)
-                  for m in profile.mounts) + options.binds
-    env = dict(profile.env)
+    env = dict(saved.env)
     env.update(parse_env(options.env))
     return Settings(
         hostname=hostname,
         env=env,
-        workdir=options.workdir or profile.workdir,
-        user=options.user or profile.user,
-        network=options.network or profile.network,
-        binds=binds,
+        workdir=options.workdir or saved.workdir,
+        user=options.user or saved.user,
+        network=options.network or saved.network,
+        binds=saved.binds + options.binds,
+        caches=saved.caches,
+        limits=_merged(saved.limits, options.limits),
+        no_new_privs=saved.no_new_privs if options.no_new_privs is None else options.no_new_privs,
     )
 
 
@@ -114,24 +164,34 @@ def _spec(root: OverlayRoot, settings: Settings, options: RunOptions) -> EnterSp
         hostname=settings.hostname,
         user=settings.user,
         network=settings.network,
-        binds=settings.binds,
+        binds=settings.caches + settings.binds,
         tty=options.tty,
         isolation=options.isolation,
+        limits=settings.limits,
+        no_new_privs=settings.no_new_privs,
     )
 
 
-def run_ephemeral(store: Store, image: ImageRecord, profile: Profile, options: RunOptions) -> int:
+def run_ephemeral(store: Store, image: ImageRecord, saved: Settings, options: RunOptions) -> int:
     """Run in a throw-away sandbox over ``image``; its changes vanish on exit."""
-    settings = settings_for(profile, options, profile.name.replace(".", "-"))
-    with store.temporary("run") as tmp:
+    settings = with_options(saved, options)
+    with store.temporary("run") as tmp, _using(store, image):
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
-        root = OverlayRoot((image.rootfs,), tmp / "upper", tmp / "work", tmp / "root")
+        root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root")
         return enter(_spec(root, settings, options))
 
 
+def _using(store: Store, image: ImageRecord) -> Lock:
+    """A shared hold on the image while a sandbox runs over it: rmi and prune wait for no one
+    but refuse (busy) instead of deleting layers under a running sandbox."""
+    lock = store.lock("image", image.key)
+    lock.acquire_shared()
+    return lock
+
+
 def create(store: Store, name: str, image: ImageRecord, profile: Profile, options: RunOptions) -> SandboxRecord:
-    settings = settings_for(profile, options, name.replace(".", "-").replace("_", "-"))
+    settings = with_options(profile_settings(store, profile, name.replace(".", "-").replace("_", "-")), options)
     meta = {
         "name": name,
         "profile": profile.name,
@@ -153,20 +213,10 @@ def run_in(store: Store, record: SandboxRecord, options: RunOptions) -> int:
             f"the image {record.image_key} of sandbox {record.name!r} is gone",
             hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
         )
-    saved = Settings.from_json(record.meta["settings"])
-    env = dict(saved.env)
-    env.update(parse_env(options.env))
-    settings = Settings(
-        hostname=options.hostname or saved.hostname,
-        env=env,
-        workdir=options.workdir or saved.workdir,
-        user=options.user or saved.user,
-        network=options.network or saved.network,
-        binds=saved.binds + options.binds,
-    )
+    settings = with_options(Settings.from_json(record.meta["settings"]), options)
     lock = store.lock("sandbox", record.name)
     lock.acquire(False, f"sandbox {record.name!r} is in use",
                  "one command at a time runs in a named sandbox; wait for the other to finish")
-    with lock:
-        root = OverlayRoot((image.rootfs,), record.upper, record.work, record.root)
+    with lock, _using(store, image):
+        root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
         return enter(_spec(root, settings, options))

@@ -2,8 +2,10 @@
 
 Layout::
 
-    STORE/images/KEY/rootfs        an image: read-only once published
-    STORE/images/KEY/image.json    its metadata; an image without it is not built
+    STORE/layers/KEY/diff          a layer: a full root (bootstrap) or an overlayfs upper dir
+    STORE/layers/KEY/layer.json    its metadata; a layer without it does not exist
+    STORE/images/KEY/image.json    an image: a profile's stack of layers, bottom first
+    STORE/cache/                   package caches shared by builds and sandboxes
     STORE/sandboxes/NAME/          a named sandbox: upper/, work/, root/, sandbox.json
     STORE/tmp/ID/                  builds and ephemeral sandboxes in progress
     STORE/locks/*.lock             flock(2) locks: image-KEY, sandbox-NAME, tmp-ID
@@ -22,7 +24,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import stat
 import sys
 import time
@@ -34,7 +35,7 @@ from typing import Any
 
 from sandboxmgr import linux, mountinfo
 from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, UnsafeRemovalError
-from sandboxmgr.profile import check_name
+from sandboxmgr.names import check_name
 
 _UNSAFE_CHARS = set(",:\\\n\t ")
 
@@ -152,6 +153,12 @@ class Lock:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self.fd = fd
 
+    def acquire_shared(self) -> None:
+        """A shared hold (several at once), blocking only while someone holds it exclusively."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self.fd = fd
+
     def holder_text(self) -> str:
         try:
             pid = self.path.read_text().strip()
@@ -189,18 +196,35 @@ def is_locked(path: Path) -> bool:
 
 
 @dataclass(frozen=True)
+class LayerRecord:
+    key: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def diff(self) -> Path:
+        return self.path / "diff"
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     key: str
     path: Path
     meta: dict[str, Any]
 
     @property
-    def rootfs(self) -> Path:
-        return self.path / "rootfs"
-
-    @property
     def profile(self) -> str:
         return str(self.meta.get("profile", "?"))
+
+    @property
+    def built_ns(self) -> int:
+        """When it was built, in ns: orders two builds of one profile within the same second."""
+        return int(self.meta.get("built_ns", 0))
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer keys, bottom (the bootstrap) first."""
+        return [str(key) for key in self.meta.get("layers", [])]
 
 
 @dataclass(frozen=True)
@@ -239,6 +263,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _random_hex(size: int) -> str:
+    return os.urandom(size).hex()  # not secrets.token_hex: its import costs the fast path
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -252,13 +280,16 @@ class Store:
                 hint="use a path without spaces, commas, colons or backslashes (--store DIR)",
             )
         self.images_dir = self.root / "images"
+        self.layers_dir = self.root / "layers"
+        self.cache_dir = self.root / "cache"
         self.sandboxes_dir = self.root / "sandboxes"
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.logs_dir = self.root / "logs"
 
     def ensure(self) -> None:
-        for directory in (self.images_dir, self.sandboxes_dir, self.tmp_dir, self.locks_dir, self.logs_dir):
+        for directory in (self.images_dir, self.layers_dir, self.sandboxes_dir, self.tmp_dir, self.locks_dir,
+                          self.logs_dir, self.cache_dir):
             try:
                 directory.mkdir(parents=True, exist_ok=True)
             except PermissionError:
@@ -274,7 +305,7 @@ class Store:
     def temporary(self, purpose: str) -> Iterator[Path]:
         """A fresh directory in tmp/, locked while in use, removed afterwards."""
         self.ensure()
-        ident = f"{purpose}-{secrets.token_hex(6)}"
+        ident = f"{purpose}-{_random_hex(6)}"
         lock = self.lock("tmp", ident)
         if not lock.try_acquire():  # pragma: no cover - random names do not clash
             raise BusyError(f"temporary directory {ident} is in use")
@@ -306,14 +337,51 @@ class Store:
                 lock.path.unlink(missing_ok=True)
         return removed
 
+    # -- layers
+    def layer(self, key: str) -> LayerRecord | None:
+        path = self.layers_dir / key
+        try:
+            return LayerRecord(key, path, _read_json(path / "layer.json"))
+        except (OSError, ValueError):
+            return None
+
+    def layers(self) -> list[LayerRecord]:
+        if not self.layers_dir.is_dir():
+            return []
+        records = [self.layer(entry.name) for entry in sorted(self.layers_dir.iterdir())]
+        return [r for r in records if r is not None]
+
+    def publish_layer(self, tmp: Path, key: str, meta: dict[str, Any]) -> LayerRecord:
+        """Rename a finished layer (tmp/diff) into place: the only moment it appears."""
+        _write_json(tmp / "layer.json", meta)
+        target = self.layers_dir / key
+        if target.exists():  # a rebuild (--rebuild): the old layer makes way only now
+            old = self.tmp_dir / f"replaced-{key}-{_random_hex(4)}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            remove_tree(old)
+        else:
+            os.rename(tmp, target)
+        return LayerRecord(key, target, meta)
+
+    def lower_dirs(self, image: ImageRecord) -> tuple[Path, ...]:
+        """The image's layer dirs as overlayfs lowerdirs: top first."""
+        dirs = []
+        for key in reversed(image.layers):
+            layer = self.layer(key)
+            if layer is None:
+                raise SandboxError(
+                    f"layer {key} of image {image.key} ({image.profile}) is missing from the store",
+                    hint=f"rebuild it: sandboxmgr build --rebuild {image.profile}",
+                )
+            dirs.append(layer.diff)
+        return tuple(dirs)
+
     # -- images
     def image(self, key: str) -> ImageRecord | None:
         path = self.images_dir / key
-        meta_path = path / "image.json"
-        if not meta_path.is_file():
-            return None
         try:
-            return ImageRecord(key, path, _read_json(meta_path))
+            return ImageRecord(key, path, _read_json(path / "image.json"))
         except (OSError, ValueError):
             return None
 
@@ -322,36 +390,67 @@ class Store:
             return []
         records = [self.image(entry.name) for entry in sorted(self.images_dir.iterdir())]
         return sorted((r for r in records if r is not None),
-                      key=lambda r: (r.profile, str(r.meta.get("built_at", ""))))
+                      key=lambda r: (r.profile, r.built_ns))
 
-    def publish_image(self, tmp: Path, key: str, meta: dict[str, Any]) -> ImageRecord:
-        """Rename a finished build into place: the only moment an image appears."""
-        _write_json(tmp / "image.json", meta)
+    def publish_image(self, key: str, meta: dict[str, Any]) -> ImageRecord:
+        """Write an image record (its layers exist already) atomically."""
+        self.ensure()
         target = self.images_dir / key
-        old = None
-        if target.exists():  # a rebuild: the old image makes way only now
-            old = self.tmp_dir / f"replaced-{key}-{secrets.token_hex(4)}"
-            os.rename(target, old)
-        os.rename(tmp, target)
-        if old is not None:
-            remove_tree(old)
+        target.mkdir(exist_ok=True)
+        _write_json(target / "image.json", meta)
         return ImageRecord(key, target, meta)
 
-    def remove_image(self, record: ImageRecord) -> None:
-        users = [s.name for s in self.sandboxes() if s.meta.get("image") == record.key]
+    def _users(self, record: ImageRecord) -> list[str]:
+        return [s.name for s in self.sandboxes() if s.meta.get("image") == record.key]
+
+    def remove_image(self, record: ImageRecord) -> list[str]:
+        """Remove an image record, then every layer no other image uses; the removed layers' keys."""
+        users = self._users(record)
         if users:
             raise SandboxError(
                 f"image {record.key} ({record.profile}) is used by sandbox {', '.join(users)}",
                 hint=f"remove the sandbox first: sandboxmgr rm {' '.join(users)}",
             )
         lock = self.lock("image", record.key)
-        lock.acquire(False, f"image {record.key} is busy", "wait for the build to finish")
+        lock.acquire(False, f"image {record.key} ({record.profile}) is in use by a build or a running sandbox",
+                     "wait for it to finish, then try again")
         with lock:
-            # Move it out of images/ first, so a crash mid-delete leaves a tmp leftover, not a broken image.
-            doomed = self.tmp_dir / f"rmi-{record.key}-{secrets.token_hex(4)}"
             self.ensure()
+            # Out of images/ first, so a crash mid-delete leaves a tmp leftover, not a broken image.
+            doomed = self.tmp_dir / f"rmi-{record.key}-{_random_hex(4)}"
             os.rename(record.path, doomed)
             remove_tree(doomed)
+        return self.remove_unused_layers()
+
+    def remove_unused_layers(self) -> list[str]:
+        """Delete layers that no image references (a layer being built is not published yet)."""
+        used = {key for image in self.images() for key in image.layers}
+        removed = []
+        for layer in self.layers():
+            if layer.key in used:
+                continue
+            lock = self.lock("layer", layer.key)
+            if not lock.try_acquire():
+                continue  # being rebuilt right now
+            with lock:
+                doomed = self.tmp_dir / f"prune-{layer.key}-{_random_hex(4)}"
+                os.rename(layer.path, doomed)
+                remove_tree(doomed)
+            removed.append(layer.key)
+        return removed
+
+    def prune(self) -> tuple[list[str], list[str]]:
+        """Remove superseded images no sandbox uses, then unused layers; return both lists of keys."""
+        newest: dict[str, int] = {}
+        for image in self.images():
+            newest[image.profile] = max(image.built_ns, newest.get(image.profile, 0))
+        removed_images: list[str] = []
+        removed_layers: list[str] = []
+        for image in self.images():
+            if image.built_ns < newest[image.profile] and not self._users(image):
+                removed_layers += self.remove_image(image)
+                removed_images.append(image.key)
+        return removed_images, removed_layers + self.remove_unused_layers()
 
     # -- sandboxes
     def sandbox(self, name: str) -> SandboxRecord:
@@ -384,7 +483,7 @@ class Store:
         if target.exists():
             raise SandboxError(f"a sandbox named {name!r} already exists",
                                hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
-        ident = f"create-{name}-{secrets.token_hex(4)}"
+        ident = f"create-{name}-{_random_hex(4)}"
         lock = self.lock("tmp", ident)
         lock.try_acquire()
         tmp = self.tmp_dir / ident
@@ -413,7 +512,7 @@ class Store:
                      "wait for the command running in it to finish, then try again")
         with lock:
             self.ensure()
-            doomed = self.tmp_dir / f"rm-{record.name}-{secrets.token_hex(4)}"
+            doomed = self.tmp_dir / f"rm-{record.name}-{_random_hex(4)}"
             os.rename(record.path, doomed)
             remove_tree(doomed)
         lock.path.unlink(missing_ok=True)

@@ -1,22 +1,25 @@
-"""Builders: how a root filesystem gets made.
+"""Builders: how a root filesystem gets made, one layer at a time.
 
 A builder works in two phases, like kiwi and mock: :meth:`Builder.bootstrap`
-runs a host tool (debootstrap, mmdebstrap) to make a minimal root outside it;
-:meth:`Builder.install` then adds the profile's packages with the target's own
-package manager, run inside the new root. Builders know nothing of the CLI or
-the store: they get a root directory and a :class:`BuildContext`.
+runs a host tool (debootstrap, mmdebstrap, dnf) to make a minimal root in an
+empty directory - the bottom layer; :meth:`Builder.install` then adds the
+profile's packages with the target's own package manager, run inside the root,
+into a layer of its own (an overlayfs upper directory over the bootstrap).
+Builders know nothing of the CLI or the store: they get a :class:`BuildRoot`
+and a :class:`BuildContext`.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, enter
+from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
@@ -25,9 +28,54 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class BuildRoot:
+    """The root one build step works on: ``upper`` (the layer being made, where
+    every write lands) over ``lowers`` (its parent layers, top first). Without
+    lowers, ``upper`` is a whole root (the bootstrap layer)."""
+
+    upper: Path
+    lowers: tuple[Path, ...] = ()
+    work: Path | None = None
+    mountpoint: Path | None = None
+
+    def spec_root(self) -> DirectoryRoot | OverlayRoot:
+        if not self.lowers:
+            return DirectoryRoot(self.upper)
+        assert self.work is not None and self.mountpoint is not None
+        return OverlayRoot(self.lowers, self.upper, self.work, self.mountpoint)
+
+    def overlay_options(self) -> str:
+        return f"lowerdir={':'.join(map(str, self.lowers))},upperdir={self.upper},workdir={self.work}"
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists in the merged view (an overlayfs whiteout hides it)."""
+        relative = path.lstrip("/")
+        for layer in (self.upper, *self.lowers):
+            try:
+                info = os.lstat(layer / relative)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            is_whiteout = stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
+            return not is_whiteout
+        return False
+
+    def write_build_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        """A file that exists only while the layer is built (see :meth:`remove_build_file`)."""
+        target = self.upper / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+
+    def remove_build_file(self, path: str) -> None:
+        (self.upper / path.lstrip("/")).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
 class BuildContext:
     log_file: Path
     progress: Progress
+    # Package caches on the host, bind-mounted into every build step (target path -> host dir).
+    caches: tuple[BindMount, ...] = ()
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -48,8 +96,8 @@ class BuildContext:
             log.seek(offset)
             return log.read().decode(errors="replace")
 
-    def run_inside(self, rootfs: Path, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                   binds: tuple[BindMount, ...] = ()) -> int:
+    def run_inside(self, root: BuildRoot, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                   binds: tuple[BindMount, ...] = (), with_caches: bool = True) -> int:
         """Run a command inside the root being built, output to the build log."""
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
@@ -59,12 +107,12 @@ class BuildContext:
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 spec = EnterSpec(
-                    root=DirectoryRoot(rootfs),
+                    root=root.spec_root(),
                     argv=tuple(argv),
                     env=full_env,
                     hostname="sandboxmgr-build",
                     network="host",
-                    binds=binds,
+                    binds=(self.caches if with_caches else ()) + binds,
                     stdio=(null, log.fileno(), log.fileno()),
                 )
                 try:
@@ -85,17 +133,24 @@ class Builder(ABC):
     def preflight(self, profile: Profile) -> None:
         """Check everything that can be checked before any work starts."""
 
+    def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
+        """Package caches to share across builds and sandboxes (``cache`` is per distro/release/arch)."""
+        return ()
+
     @abstractmethod
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         """Make a minimal root in ``rootfs`` (which does not exist yet) with host tools."""
 
     @abstractmethod
-    def install(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        """Install ``profile.packages`` with the target's own package manager."""
+    def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
+        """Install ``profile.packages`` with the target's own package manager, into ``root.upper``."""
+
+    def prepare(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:  # noqa: B027 - optional
+        """Build-only settings before the steps of a layer (e.g. no daemons may start)."""
 
     @abstractmethod
-    def finish(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        """Undo build-only settings and drop caches before the image is published."""
+    def finish(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
+        """Undo build-only settings and drop caches before a layer is published."""
 
 
 def get_builder(method: str) -> Builder:

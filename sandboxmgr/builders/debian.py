@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from sandboxmgr import commands, distros
-from sandboxmgr.builders import BuildContext, Builder
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
 
 DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
@@ -63,7 +64,8 @@ def _check_common(profile: Profile, tool: str) -> None:
 
 def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
                       progress: DebootstrapProgress, exc: commands.ProcessExecutionError) -> BuildError:
-    reason = progress.errors[-1] if progress.errors else f"{tool} exited with status {exc.retcode}"
+    # The first error is the cause; the later ones are its consequences.
+    reason = progress.errors[0] if progress.errors else f"{tool} exited with status {exc.retcode}"
     hint = f"full log: {context.log_file}"
     text = " ".join(progress.errors).lower()
     if "release" in text and ("fail" in text or "couldn't" in text or "download" in text):
@@ -81,37 +83,44 @@ class _DebianFamily(Builder):
     def preflight(self, profile: Profile) -> None:
         _check_common(profile, self.tool)
 
-    def bootstrap_argv(self, profile: Profile, rootfs: Path) -> list[str]:
+    def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         raise NotImplementedError
+
+    def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
+        # apt's download directory, shared by every build and sandbox of this distro/release/arch.
+        # apt checks every cached .deb against the signed index before using it.
+        (cache / "apt-archives" / "partial").mkdir(parents=True, exist_ok=True)
+        return (BindMount(cache / "apt-archives", "/var/cache/apt/archives"),)
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         progress = DebootstrapProgress(context)
         context.progress(f"bootstrap: {self.tool} {profile.release} from {profile.bootstrap.mirror}")
+        cache = context.caches[0].source if context.caches else None
         try:
-            commands.run(self.bootstrap_argv(profile, rootfs), log_file=context.log_file,
+            commands.run(self.bootstrap_argv(profile, rootfs, cache), log_file=context.log_file,
                          on_line=progress, contained=True)
         except commands.ProcessExecutionError as exc:
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
-
-    def install(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        for relative, text in _BUILD_ONLY.items():
-            path = rootfs / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            path.chmod(0o755)
+        if not BuildRoot(rootfs).exists("/usr/bin/apt-get"):
+            raise BuildError(f"{self.tool} made a root without apt-get for {profile.name}",
+                             hint=f"add apt to bootstrap.include in {profile.path}, or use another method")
         # The package lists stay in the image, so 'apt-get install' works in a
         # sandbox without an 'apt-get update' first.
-        context.progress("packages: apt-get update")
-        if context.run_inside(rootfs, ["apt-get", "update"], _APT_ENV) != 0:
+        context.progress("bootstrap: apt-get update")
+        if context.run_inside(BuildRoot(rootfs), ["apt-get", "update"], _APT_ENV) != 0:
             raise BuildError(f"apt-get update failed in {profile.name}",
                              hint=f"check the mirror; full log: {context.log_file}")
-        if not profile.packages:
-            return
+
+    def prepare(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
+        for path, text in _BUILD_ONLY.items():
+            root.write_build_file(path, text, 0o755)
+
+    def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
         context.progress(f"packages: installing {', '.join(profile.packages)}")
         argv = ["apt-get", "install", "-y", "--no-install-recommends", *profile.packages]
-        if context.run_inside(rootfs, argv, _APT_ENV) != 0:
-            tail = context.log_tail(40)
-            missing = re.findall(r"Unable to locate package (\S+)", tail)
+        before = context.log_size()
+        if context.run_inside(root, argv, _APT_ENV) != 0:
+            missing = re.findall(r"Unable to locate package (\S+)", context.log_since(before))
             if missing:
                 raise BuildError(
                     f"package {', '.join(missing)} does not exist in {profile.distro} {profile.release}",
@@ -120,18 +129,19 @@ class _DebianFamily(Builder):
             raise BuildError(f"installing packages failed in {profile.name}",
                              hint=f"full log: {context.log_file}")
 
-    def finish(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
+    def finish(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
         context.progress("finishing: apt-get clean")
-        context.run_inside(rootfs, ["apt-get", "clean"], _APT_ENV)
-        for relative in _BUILD_ONLY:
-            (rootfs / relative).unlink(missing_ok=True)
+        # Without the shared cache mounted: this empties the layer's own copy only.
+        context.run_inside(root, ["apt-get", "clean"], _APT_ENV, with_caches=False)
+        for path in _BUILD_ONLY:
+            root.remove_build_file(path)
 
 
 class DebootstrapBuilder(_DebianFamily):
     method = "debootstrap"
     tool = "debootstrap"
 
-    def bootstrap_argv(self, profile: Profile, rootfs: Path) -> list[str]:
+    def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         boot = profile.bootstrap
         argv = ["debootstrap", f"--arch={profile.arch}", f"--components={','.join(boot.components)}",
                 f"--keyring={boot.keyring}"]
@@ -141,6 +151,8 @@ class DebootstrapBuilder(_DebianFamily):
             argv.append(f"--include={','.join(boot.include)}")
         if boot.exclude:
             argv.append(f"--exclude={','.join(boot.exclude)}")
+        if cache is not None:
+            argv.append(f"--cache-dir={cache}")
         argv += [*boot.extra_args, profile.release, str(rootfs), boot.mirror]
         script = debootstrap_script(profile)
         if script is not None:
@@ -173,7 +185,7 @@ class MmdebstrapBuilder(_DebianFamily):
                 hint="use 'method: debootstrap', or drop 'exclude'",
             )
 
-    def bootstrap_argv(self, profile: Profile, rootfs: Path) -> list[str]:
+    def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         boot = profile.bootstrap
         argv = ["mmdebstrap", "--mode=root", f"--arch={profile.arch}",
                 f"--components={','.join(boot.components)}", f"--keyring={boot.keyring}"]
@@ -181,5 +193,17 @@ class MmdebstrapBuilder(_DebianFamily):
             argv.append(f"--variant={boot.variant}")
         if boot.include:
             argv.append(f"--include={','.join(boot.include)}")
+        # dpkg need not fsync every file: the layer is published by a rename after the
+        # build, so a crash never leaves a half-written one that looks complete.
+        unsafe_io = '"$1"/etc/dpkg/dpkg.cfg.d/sandboxmgr-unsafe-io'
+        argv += [f"--setup-hook=mkdir -p \"$1\"/etc/dpkg/dpkg.cfg.d && echo force-unsafe-io > {unsafe_io}",
+                 f"--customize-hook=rm -f {unsafe_io}"]
+        if cache is not None:
+            # mmdebstrap's own recipe for a package cache: copy it in before the
+            # download, keep what was downloaded, copy it back out at the end.
+            argv += ["--skip=download/empty", "--skip=essential/unlink",
+                     '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/partial',
+                     f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
+                     f"--customize-hook=sync-out /var/cache/apt/archives {cache}"]
         argv += [*boot.extra_args, profile.release, str(rootfs), boot.mirror]
         return argv

@@ -15,11 +15,12 @@ otherwise, which would put it at ``ROOT/root/.rpmdb``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
 from sandboxmgr import commands, distros
-from sandboxmgr.builders import BuildContext, Builder
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
@@ -50,8 +51,7 @@ def repo_file(profile: Profile) -> str:
 
 
 def dnf_options(profile: Profile) -> list[str]:
-    options = ["-y", f"--releasever={profile.release}", "--setopt=install_weak_deps=False",
-               "--setopt=keepcache=False"]
+    options = ["-y", f"--releasever={profile.release}", "--setopt=install_weak_deps=False"]
     if not profile.bootstrap.docs:
         options.append("--setopt=tsflags=nodocs")
     return options + list(profile.bootstrap.extra_args)
@@ -99,22 +99,37 @@ class DnfBuilder(Builder):
                     raise SandboxError(f"the baseurl {url} of repository {repo.name} does not exist",
                                        hint=f"fix baseurl in {profile.path}")
 
-    def _host_dnf(self, profile: Profile, rootfs: Path, context: BuildContext, packages: list[str],
+    def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
+        # dnf's cache (metadata and packages, kept), shared by builds and sandboxes of this release.
+        (cache / "dnf").mkdir(parents=True, exist_ok=True)
+        return (BindMount(cache / "dnf", "/var/cache/dnf"),)
+
+    def _host_dnf(self, profile: Profile, root: BuildRoot, context: BuildContext, packages: list[str],
                   step: str) -> None:
         """Run the host's dnf on the root, with nothing of the host's dnf setup."""
-        work = rootfs.parent / "dnf-host"
+        work = root.upper.parent / "dnf-host"
         for sub in ("reposdir", "varsdir", "home"):
             (work / sub).mkdir(parents=True, exist_ok=True)
-        # cachedir in the config (not on the command line) is taken inside the root, so
-        # nothing of dnf's lands at a host path below it; finish() empties it.
+        # cachedir in the config (not on the command line) is taken inside the root,
+        # where the shared cache is mounted for the duration of the command.
         (work / "dnf.conf").write_text(
             "[main]\ngpgcheck=1\ninstallonly_limit=3\nclean_requirements_on_remove=True\n"
             "best=True\nskip_if_unavailable=False\ncachedir=/var/cache/dnf\n\n" + repo_file(profile))
         (work / "home" / ".rpmmacros").write_text(f"%_dbpath {profile.bootstrap.rpmdb}\n")
-        (rootfs / profile.bootstrap.rpmdb.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        argv = ["dnf", *dnf_options(profile), f"--installroot={rootfs}", f"--config={work / 'dnf.conf'}",
+        for path in (profile.bootstrap.rpmdb, "/var/cache/dnf"):
+            (root.upper / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        mounts: list[commands.PreMount] = []
+        installroot = root.upper
+        if root.lowers:
+            # The host's dnf needs the merged view: mount it where only dnf sees it.
+            assert root.mountpoint is not None
+            installroot = root.mountpoint
+            mounts.append(commands.PreMount("overlay", installroot, "overlay", root.overlay_options()))
+        for cache in context.caches:
+            mounts.append(commands.PreMount(cache.source, installroot / cache.target.lstrip("/")))
+        argv = ["dnf", *dnf_options(profile), f"--installroot={installroot}", f"--config={work / 'dnf.conf'}",
                 "--noplugins", f"--setopt=reposdir={work / 'reposdir'}", f"--setopt=varsdir={work / 'varsdir'}",
-                "install", *packages]
+                f"--setopt=keepcache={bool(context.caches)}", "install", *packages]
         seen: list[str] = []
 
         def on_line(line: str) -> None:
@@ -124,7 +139,7 @@ class DnfBuilder(Builder):
                 context.progress(f"{step}: {match.group(1).lower()} {match.group(2)} ({len(seen)})")
 
         try:
-            commands.run(argv, log_file=context.log_file, on_line=on_line, contained=True,
+            commands.run(argv, log_file=context.log_file, on_line=on_line, contained=True, mounts=mounts,
                          env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"})
         except commands.ProcessExecutionError:
             raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
@@ -138,52 +153,46 @@ class DnfBuilder(Builder):
             raise BuildError(f"{profile.name} installs nothing: a custom RPM distro names its packages",
                              hint=f"add packages (the release package, a shell) to {profile.path}")
         context.progress(f"bootstrap: host dnf installing {', '.join(packages)}")
-        self._host_dnf(profile, rootfs, context, packages, "bootstrapping")
-
-    def _target_dnf(self, rootfs: Path) -> str | None:
-        for path in TARGET_DNFS:
-            if (rootfs / path.lstrip("/")).exists():
-                return path
-        return None
-
-    def install(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        if (rootfs / "usr/bin/rpm").exists():
+        root = BuildRoot(rootfs)
+        self._host_dnf(profile, root, context, packages, "bootstrapping")
+        if root.exists("/usr/bin/rpm"):
             # The target's own rpm rewrites the database in its own format and place.
-            context.progress("packages: rpm --rebuilddb with the target's rpm")
-            if context.run_inside(rootfs, ["rpm", "--rebuilddb"]) != 0:
+            context.progress("bootstrap: rpm --rebuilddb with the target's rpm")
+            if context.run_inside(root, ["rpm", "--rebuilddb"]) != 0:
                 raise BuildError(f"the target's rpm could not rebuild its database in {profile.name}",
                                  hint=f"full log: {context.log_file}")
-        bootstrapped = {p for p in (profile.release_package, *profile.bootstrap.include) if p}
-        if not bootstrapped:
-            return  # bootstrap installed the packages already
+
+    def _target_dnf(self, root: BuildRoot) -> str | None:
+        return next((path for path in TARGET_DNFS if root.exists(path)), None)
+
+    def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
+        if not any(p for p in (profile.release_package, *profile.bootstrap.include) if p):
+            return  # the bootstrap installed the packages already
         packages = list(profile.packages)
-        if not packages:
-            return
-        target_dnf = self._target_dnf(rootfs)
+        target_dnf = self._target_dnf(root)
         if target_dnf is None:
             context.progress("packages: the image has no dnf of its own; using the host's")
             with open(context.log_file, "a") as log:
                 log.write("sandboxmgr: no dnf inside the image; packages installed with the host's dnf\n")
-            self._host_dnf(profile, rootfs, context, packages, "installing packages into")
+            self._host_dnf(profile, root, context, packages, "installing packages into")
             return
-        repos = rootfs / INSIDE_REPOS.lstrip("/")
-        repos.mkdir(parents=True, exist_ok=True)
-        (repos / "profile.repo").write_text(repo_file(profile))
+        root.write_build_file(f"{INSIDE_REPOS}/profile.repo", repo_file(profile))
         binds = tuple(BindMount(Path(p), p, readonly=True)
                       for repo in profile.repositories for p in repo.local_paths())
         context.progress(f"packages: {Path(target_dnf).name} (the target's) installing {', '.join(packages)}")
-        argv = [target_dnf, *dnf_options(profile), f"--setopt=reposdir={INSIDE_REPOS}", "install", *packages]
+        argv = [target_dnf, *dnf_options(profile), f"--setopt=reposdir={INSIDE_REPOS}",
+                f"--setopt=keepcache={bool(context.caches)}", "install", *packages]
         before = context.log_size()
-        if context.run_inside(rootfs, argv, {"LC_ALL": "C.UTF-8"}, binds=binds) != 0:
+        if context.run_inside(root, argv, {"LC_ALL": "C.UTF-8"}, binds=binds) != 0:
             raise explain_failure(context.log_since(before), profile, context.log_file, "installing packages into")
 
-    def finish(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        target_dnf = self._target_dnf(rootfs)
-        if target_dnf is not None:
-            context.progress("finishing: dnf clean all")
-            context.run_inside(rootfs, [target_dnf, "clean", "all", f"--setopt=reposdir={INSIDE_REPOS}"])
-        remove_tree(rootfs / "etc" / "sandboxmgr")
-        cache = rootfs / "var" / "cache" / "dnf"
+    def finish(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
+        root.remove_build_file(f"{INSIDE_REPOS}/profile.repo")
+        for directory in (root.upper / INSIDE_REPOS.lstrip("/"), root.upper / "etc" / "sandboxmgr"):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        # Whatever dnf left in the layer's own cache (the shared one was mounted over it).
+        cache = root.upper / "var" / "cache" / "dnf"
         if cache.is_dir():
             for entry in cache.iterdir():
                 remove_tree(entry)

@@ -16,7 +16,7 @@ from tests.conftest import CLI, DEBIAN_MIRROR, UBUNTU_MIRROR, ConcurrentBuild, n
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
 # A build that has downloaded packages into its tree: well under way.
-DOWNLOADED = "build-*/rootfs/var/cache/apt/archives/*.deb"
+DOWNLOADED = "layer-*/diff/var/cache/apt/archives/*.deb"
 
 
 def fresh_cli(tmp_path: Path, profiles: dict[str, str]) -> CLI:
@@ -29,6 +29,7 @@ def fresh_cli(tmp_path: Path, profiles: dict[str, str]) -> CLI:
 
 def assert_store_clean(cli: CLI) -> None:
     assert [p.name for p in (cli.store / "images").iterdir()] == []
+    assert [p.name for p in (cli.store / "layers").iterdir()] == []
     assert [p.name for p in (cli.store / "tmp").iterdir()] == []
     assert not mountinfo.mounts_under(cli.store)
 
@@ -39,7 +40,7 @@ def test_unreachable_mirror_fails_cleanly(tmp_path: Path) -> None:
         "extends: debian-bookworm\nbootstrap:\n  mirror: http://127.0.0.1:9/debian\n")})
     result = cli("build", "offline")
     assert result.code == 125
-    assert "sandboxmgr: error: debootstrap failed for offline" in result.err
+    assert "failed for offline: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease" in result.err
     assert "hint: check that http://127.0.0.1:9/debian is reachable" in result.err
     assert_store_clean(cli)
 
@@ -51,6 +52,11 @@ def test_a_package_that_does_not_exist_fails_cleanly(tmp_path: Path, bookworm: C
     assert result.code == 125
     assert "package no-such-package-xyz does not exist in debian bookworm" in result.err
     assert "typo.yaml" in result.err
+    # No image and no half-made layer; the complete bootstrap layer stays for the next
+    # attempt (as docker keeps intermediate layers) until prune removes it.
+    assert list((cli.store / "images").iterdir()) == []
+    assert len(list((cli.store / "layers").iterdir())) == 1
+    assert "removed 0 older images and 1 unused layers" in cli.ok("prune").out
     assert_store_clean(cli)
 
 
@@ -86,32 +92,62 @@ def test_a_killed_build_leaves_nothing_that_looks_built(tmp_path: Path) -> None:
     assert list(tmp_dir.iterdir()) == []
 
 
-def test_mmdebstrap_with_packages_and_setup(tmp_path: Path, bookworm: ConcurrentBuild) -> None:
+def test_layers_are_reused_and_the_package_cache_serves_a_rebuild(tmp_path: Path, bookworm: ConcurrentBuild) -> None:
+    """debootstrap (pinned), packages and setup as layers; the second build downloads no .deb."""
     need_mirror(DEBIAN_MIRROR, "bookworm")
     cli = fresh_cli(tmp_path, {"tools": (
         "extends: debian-bookworm\n"
-        "bootstrap:\n  method: mmdebstrap\n"
+        "bootstrap:\n  method: debootstrap\n"
         "packages: [hello]\n"
-        "setup:\n  - echo made-by-setup > /etc/setup-marker\n"
+        "setup:\n  - echo made-by-setup > /etc/setup-marker\n  - echo $GREETING > /etc/greeting\n"
         "env: {GREETING: hi}\n"
     )})
-    result = cli.ok("run", "tools", "sh", "-c", "hello; cat /etc/setup-marker; echo $GREETING")
-    assert result.out.splitlines() == ["Hello, world!", "made-by-setup", "hi"]
-    assert "building tools" in result.err
+    result = cli.ok("run", "tools", "sh", "-c", "hello; cat /etc/setup-marker /etc/greeting; echo $GREETING")
+    assert result.out.splitlines() == ["Hello, world!", "made-by-setup", "hi", "hi"]
     (image,) = json.loads(cli.ok("images", "--json").out)
-    assert image["method"] == "mmdebstrap"
-    # Build-only files are gone from the image.
-    rootfs = Path(image["path"]) / "rootfs"
-    assert not (rootfs / "usr/sbin/policy-rc.d").exists()
-    # Editing a setup step makes a new image, and run says why.
+    assert image["method"] == "debootstrap"
+    assert [layer["kind"] for layer in image["layers"]] == ["bootstrap", "packages", "setup", "setup"]
+    # Build-only files never reach a layer.
+    for layer in image["layers"]:
+        assert not (Path(layer["path"]) / "diff/usr/sbin/policy-rc.d").exists()
+    # Editing the last setup step rebuilds only that layer, and run says why.
     assert cli.configs is not None
-    (cli.configs / "tools.yaml").write_text((cli.configs / "tools.yaml").read_text().replace(
-        "setup-marker", "setup-marker2"))
-    again = cli.ok("run", "tools", "cat", "/etc/setup-marker2")
+    profile = cli.configs / "tools.yaml"
+    profile.write_text(profile.read_text().replace("/etc/greeting", "/etc/greeting2"))
+    again = cli.ok("run", "tools", "cat", "/etc/greeting2")
     assert "building a new image: tools changed since image" in again.err
     assert "(setup)" in again.err
+    assert again.err.count("reusing layer") == 3
+    assert again.err.count("building layer") == 1
+    # The older image goes with prune, and with it the one layer only it used.
+    assert "removed 1 older images and 1 unused layers" in cli.ok("prune").out
+    # The package cache: after removing everything, a rebuild downloads no package again.
+    size = json.loads(cli.ok("images", "--json").out)[0]["size"]
     cli.ok("rmi", "tools")
     assert_store_clean(cli)
+    cli.ok("build", "tools")
+    (log,) = sorted((cli.store / "logs").glob("build-tools-*.log"), key=lambda p: p.stat().st_mtime)[-1:]
+    text = log.read_text()
+    assert "I: Retrieving hello" not in text and "I: Retrieving libc6" not in text
+    assert not [line for line in text.splitlines() if line.startswith("Get:") and " hello " in line]
+    # ... and the cache does not end up in the image: no package file in any layer, the same size
+    # (within what a rebuild varies: logs, timestamps).
+    assert not list((cli.store / "layers").glob("*/diff/var/cache/apt/archives/*.deb"))
+    assert abs(json.loads(cli.ok("images", "--json").out)[0]["size"] - size) < size / 100
+    cli.ok("rmi", "tools")
+    assert_store_clean(cli)
+
+
+def test_mmdebstrap_is_the_default_when_installed(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    import shutil
+
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed here")
+    (image,) = [i for i in json.loads(cli.ok("images", "--json").out) if i["profile"] == "debian-bookworm"]
+    assert image["method"] == "mmdebstrap"
+    rootfs = Path(image["layers"][0]["path"]) / "diff"
+    # dpkg's unsafe-io was a build-only setting.
+    assert not list((rootfs / "etc/dpkg/dpkg.cfg.d").glob("*unsafe-io*"))
 
 
 def test_ubuntu_builds_with_its_signature_verified(tmp_path: Path) -> None:
@@ -133,7 +169,7 @@ def test_ubuntu_with_the_wrong_keyring_is_refused(tmp_path: Path) -> None:
         "bootstrap:\n  keyring: /usr/share/keyrings/debian-archive-keyring.gpg\n")})
     result = cli("build", "forged")
     assert result.code == 125
-    assert "debootstrap failed for forged" in result.err
+    assert "mmdebstrap failed for forged" in result.err or "debootstrap failed for forged" in result.err
     assert "signature" in result.err.lower()
     assert_store_clean(cli)
 

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> CLI:
     return cli
 
 
-def image_of(cli: CLI, profile: str = "tiny") -> dict[str, object]:
+def image_of(cli: CLI, profile: str = "tiny") -> dict[str, Any]:
     (image,) = [i for i in json.loads(cli.ok("images", "--json").out) if i["profile"] == profile]
     return dict(image)
 
@@ -62,20 +63,28 @@ def test_the_dependency_was_resolved_and_installed(tiny: CLI) -> None:
     assert tiny.ok("run", "tiny", "tiny-hello").out.strip() == "hello from a dependency"
 
 
-def test_the_rpmdb_inside_lists_what_was_installed(tiny: CLI) -> None:
-    rootfs = Path(str(image_of(tiny)["path"])) / "rootfs"
-    # Debian's rpm defaults to ~/.rpmdb; the builder must have put the database where the target looks.
-    assert not (rootfs / "root" / ".rpmdb").exists()
-    assert (rootfs / "var" / "lib" / "rpm").is_dir()
-    query = subprocess.run(["rpm", "-qa", "--root", str(rootfs), "--dbpath", "/var/lib/rpm",
-                            "--qf", "%{NAME}\n"], capture_output=True, text=True, check=True)
+def test_the_rpmdb_inside_lists_what_was_installed(tiny: CLI, tmp_path: Path) -> None:
+    image = image_of(tiny)
+    layers = [Path(str(layer["path"])) / "diff" for layer in image["layers"]]
+    assert [layer["kind"] for layer in image["layers"]] == ["bootstrap", "packages"]
+    for rootfs in layers:
+        # Debian's rpm defaults to ~/.rpmdb; the builder must have put the database where the target looks.
+        assert not (rootfs / "root" / ".rpmdb").exists()
+        assert not (rootfs / "etc" / "sandboxmgr").exists()
+        cache = rootfs / "var" / "cache" / "dnf"
+        assert not cache.exists() or list(cache.iterdir()) == []
+    assert (layers[0] / "var" / "lib" / "rpm").is_dir()
+    # Query the merged image with the host's rpm, in a private mount namespace of the test's own.
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    lowers = ":".join(str(layer) for layer in reversed(layers))
+    script = (f"mount -t overlay overlay -o lowerdir={lowers} {merged} && "
+              f"rpm -qa --root {merged} --dbpath /var/lib/rpm --qf '%{{NAME}}\\n'")
+    query = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                           capture_output=True, text=True, check=True)
     names = set(query.stdout.split())
     assert {"tinydistro-release", "tinydistro-busybox", "tinydistro-filesystem",
             "tinydistro-hello", "tinydistro-greeting"} <= names
-    # The host's dnf state stays out of the image: no cache, no build-only repo files.
-    cache = rootfs / "var" / "cache" / "dnf"
-    assert not cache.exists() or list(cache.iterdir()) == []
-    assert not (rootfs / "etc" / "sandboxmgr").exists()
 
 
 def test_packages_came_in_the_second_phase(tiny: CLI) -> None:
@@ -128,6 +137,9 @@ def test_a_missing_package_fails_cleanly(rpm_repo: RpmRepo, tmp_path: Path) -> N
     result = cli("run", "typo", "true")
     assert result.code == 125
     assert "package tinydistro-nonexistent does not exist in the repositories of typo" in result.err
+    # The complete bootstrap layer stays for the next attempt, until prune.
+    assert list((cli.store / "images").iterdir()) == []
+    assert "removed 0 older images and 1 unused layers" in cli.ok("prune").out
     assert_nothing_left(cli)
 
 
@@ -165,6 +177,7 @@ def test_dnf_missing_on_the_host_is_one_clear_error(rpm_repo: RpmRepo, tmp_path:
 
 def assert_nothing_left(cli: CLI) -> None:
     assert list((cli.store / "images").iterdir()) == []
+    assert list((cli.store / "layers").iterdir()) == []
     assert list((cli.store / "tmp").iterdir()) == []
     assert not mountinfo.mounts_under(cli.store)
 

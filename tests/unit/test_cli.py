@@ -26,16 +26,13 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunOptions]:
     """Stop `run` where it would build and enter, keeping the parsed options."""
     seen: list[RunOptions] = []
 
-    def fake_image_for(self: cli_module.App, profile: object) -> object:
-        return object()
-
-    def fake_run(store: object, image: object, profile: object, options: RunOptions) -> int:
+    def fake_run(app: cli_module.App, ref: str, options: RunOptions) -> int:
+        app.registry.load(ref)  # the real resolution, so unknown names still fail
         seen.append(options)
         return 7
 
-    monkeypatch.setattr(cli_module.App, "image_for", fake_image_for)
-    monkeypatch.setattr("sandboxmgr.sandbox.run_ephemeral", fake_run)
-    monkeypatch.setattr("sandboxmgr.images.require_root", lambda action: None)
+    monkeypatch.setattr(cli_module, "_run_ephemeral", fake_run)
+    monkeypatch.setattr("sandboxmgr.errors.require_root", lambda action: None)
     return seen
 
 
@@ -124,3 +121,42 @@ def test_a_missing_tool_says_what_to_install() -> None:
         require("debootstrap-not-installed-xyz")
     assert info.value.message == "debootstrap-not-installed-xyz is not installed"
     assert info.value.hint is not None and "apt-get install debootstrap-not-installed-xyz" in info.value.hint
+
+
+FAST_FORMS = [
+    ["run", "debian", "true"],
+    ["run", "debian", "--", "sh", "-c", "echo hi"],
+    ["run", "--rm", "debian", "ls", "-la"],
+    ["run", "-it", "debian", "bash"],
+    ["run", "-i", "-t", "debian"],
+    ["-q", "run", "debian-bookworm", "--", "--weird", "-x"],
+    ["run", "--tty", "debian", "--", "--"],
+]
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+def test_the_fast_path_parses_like_the_full_cli(form: list[str], tmp_path: Path, captured: list[RunOptions],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr import fastrun
+
+    monkeypatch.setattr(cli_module, "stdin_is_tty", lambda: True)
+    fast = fastrun.parse(["--store", str(tmp_path), *form])
+    assert fast is not None
+    invoke(*form, store=tmp_path)
+    (options,) = captured
+    assert (fast.command, fast.tty) == (options.argv, options.tty)
+    assert fast.store == str(tmp_path)
+
+
+@pytest.mark.parametrize("form", [
+    ["run", "-e", "A=1", "debian", "true"],
+    ["--configs", "/x", "run", "debian"],
+    ["run", "--name", "x", "debian"],
+    ["run", "--help"],
+    ["exec", "work", "true"],
+    ["run"],
+])
+def test_the_fast_path_leaves_everything_else_to_the_full_cli(form: list[str]) -> None:
+    from sandboxmgr import fastrun
+
+    assert fastrun.parse(form) is None

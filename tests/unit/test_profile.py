@@ -176,16 +176,28 @@ def test_later_directories_override_shipped_profiles(tmp_path: Path) -> None:
     assert registry(tmp_path).load("debian-bookworm").description == "mine"
 
 
-def test_image_key_follows_build_inputs_only(tmp_path: Path) -> None:
+def test_layers_follow_build_inputs_only(tmp_path: Path) -> None:
     write(tmp_path, "a", "extends: debian-bookworm\nhostname: one\n")
     write(tmp_path, "b", "extends: debian-bookworm\nhostname: two\nenv: {X: '1'}\n")
     write(tmp_path, "c", "extends: debian-bookworm\npackages: [hello]\n")
+    write(tmp_path, "d", "extends: c\nsetup: ['echo one', 'echo two']\n")
+    write(tmp_path, "e", "extends: d\nenv: {X: '1'}\n")
     reg = registry(tmp_path)
-    base = reg.load("debian-bookworm").image_key()
-    # Runtime settings do not change the image; packages do.
-    assert reg.load("a").image_key() == base
-    assert reg.load("b").image_key() == base
-    assert reg.load("c").image_key() != base
+    base = [layer.key for layer in reg.load("debian-bookworm").layers()]
+    # Runtime settings do not change the layers; packages and setup add layers on the same base.
+    assert [layer.key for layer in reg.load("a").layers()] == base
+    assert [layer.key for layer in reg.load("b").layers()] == base
+    c = reg.load("c").layers()
+    assert [layer.kind for layer in c] == ["bootstrap", "packages"]
+    assert c[0].key == base[0]
+    d = reg.load("d").layers()
+    assert [layer.kind for layer in d] == ["bootstrap", "packages", "setup", "setup"]
+    assert [layer.key for layer in d[:2]] == [layer.key for layer in c]
+    # Setup steps run with env, so env is an input of setup layers (and only of them).
+    e = reg.load("e").layers()
+    assert e[:2] == d[:2] and e[2].key != d[2].key
+    # Images are per profile, like tags over shared layers.
+    assert reg.load("a").image_key() != reg.load("debian-bookworm").image_key()
 
 
 def test_relative_keyring_and_mount_sources_are_relative_to_the_profile(tmp_path: Path) -> None:
@@ -266,4 +278,4 @@ def test_rpm_image_key_follows_repositories(tmp_path: Path) -> None:
         "extends: fedora-45\nrepositories:\n"
         "  - {name: extra, baseurl: 'https://example.org/repo', gpgkey: 'https://example.org/key'}\n"))
     reg = registry(tmp_path)
-    assert reg.load("other-mirror").image_key() != reg.load("fedora-45").image_key()
+    assert reg.load("other-mirror").layers()[0].key != reg.load("fedora-45").layers()[0].key

@@ -1,0 +1,112 @@
+"""The fast path of `sandboxmgr run PROFILE -- CMD` on an image that is built.
+
+Importing click and the YAML machinery costs more than entering a sandbox, so
+the common forms of `run` whose profile resolution is cached (see runcache.py)
+are handled here without either. Anything else - an option this parser does not
+know, a cache miss, a profile that changed, `--help` - returns None and the
+full CLI (cli.py) handles the command, which also refreshes the cache. Both
+paths end in the same function (sandbox.run_ephemeral), and a unit test checks
+that they parse every form accepted here the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Options of `run` that take no value, as cli.py defines them.
+_RUN_FLAGS = {"--rm": "rm", "-i": "i", "--interactive": "i", "-t": "t", "--tty": "t",
+              "-it": "it", "-ti": "it"}
+
+
+@dataclass(frozen=True)
+class FastArgs:
+    store: str | None
+    quiet: bool
+    ref: str
+    command: tuple[str, ...]
+    tty: bool
+
+
+def parse(argv: Sequence[str]) -> FastArgs | None:
+    """``[--store DIR] [-q] run [--rm] [-i] [-t] PROFILE [--] [COMMAND...]``, or None."""
+    args = list(argv)
+    store = None
+    quiet = False
+    while args and args[0] != "run":
+        option = args.pop(0)
+        if option == "--store" and args:
+            store = args.pop(0)
+        elif option.startswith("--store="):
+            store = option.split("=", 1)[1]
+        elif option in ("-q", "--quiet"):
+            quiet = True
+        else:
+            return None
+    if not args:
+        return None
+    args.pop(0)  # "run"
+    tty = False
+    while args and args[0].startswith("-"):
+        flag = _RUN_FLAGS.get(args.pop(0))
+        if flag is None:
+            return None
+        tty = tty or flag in ("t", "it")
+    if not args:
+        return None
+    ref = args.pop(0)
+    if args[:1] == ["--"]:
+        args.pop(0)
+    return FastArgs(store or None, quiet, ref, tuple(args), tty)
+
+
+def try_run(argv: Sequence[str]) -> int | None:
+    """Run the command if this is the fast path's business; None hands it to the full CLI."""
+    if os.environ.get("SANDBOXMGR_CONFIGS") or "--debug" in argv:
+        return None
+    args = parse(argv)
+    if args is None or os.geteuid() != 0 or (args.tty and not sys.stdin.isatty()):
+        return None
+    from sandboxmgr import runcache
+    from sandboxmgr.locations import default_store, profile_dirs
+    from sandboxmgr.store import Store
+
+    store = Store(Path(args.store) if args.store else default_store())
+    cached = runcache.lookup(store.root, args.ref, profile_dirs(()))
+    if cached is None:
+        return None
+    image = store.image(str(cached["image"]))
+    if image is None or any(store.layer(key) is None for key in image.layers):
+        return None
+    from sandboxmgr import sandbox
+
+    store.clean_leftovers()
+    options = sandbox.RunOptions(argv=args.command, tty=args.tty)
+    return sandbox.run_ephemeral(store, image, sandbox.Settings.from_json(cached["settings"]), options)
+
+
+def main() -> None:
+    """The `sandboxmgr` entry point: the fast path if it applies, else the full CLI."""
+    from sandboxmgr.errors import SandboxError
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    try:
+        status = try_run(sys.argv[1:])
+    except SandboxError as exc:
+        print(f"sandboxmgr: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if status is not None:
+        sys.exit(status)
+    from sandboxmgr.cli import main as full_main
+
+    full_main()

@@ -1,0 +1,25 @@
+"""Names that become paths or host names, and the rules they must follow.
+
+Kept apart from the profile machinery so the fast path of `run` can check a
+name without importing YAML.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sandboxmgr.errors import ProfileError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Refuse a name that could escape a directory before anything touches disk."""
+    if not NAME_RE.match(name) or len(name) > 128:
+        raise ProfileError(
+            f"invalid {what} {name!r}: {NAME_RULE}",
+            hint="pick a name like 'debian-bookworm' or 'work-1'",
+        )
+    return name
