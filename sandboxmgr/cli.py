@@ -622,6 +622,105 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
     return 1 if left else 0
 
 
+# --- matrix -----------------------------------------------------------------------------------
+
+
+class MatrixView:
+    """One line per profile with its state and elapsed time on a terminal; a plain,
+    prefixed line per state change otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.drawn = 0
+        self.reported: dict[str, str] = {}
+
+    def __call__(self, results: list[Any]) -> None:
+        if self.quiet:
+            return
+        import time
+
+        now = time.monotonic()
+        if not self.tty:
+            for r in results:
+                if self.reported.get(r.name) != r.status and r.status != "pending":
+                    self.reported[r.name] = r.status
+                    extra = f" in {r.duration:.1f}s (exit {r.exit_code})" if r.duration is not None else ""
+                    click.echo(f"[{r.name}] {r.status}{extra}", err=True)
+            return
+        lines = []
+        for r in results:
+            elapsed = r.duration if r.duration is not None else (now - r.started if r.started else 0.0)
+            code = f" exit {r.exit_code}" if r.exit_code is not None else ""
+            lines.append(f"  {r.name:<28} {r.status:<10} {elapsed:7.1f}s{code}")
+        if self.drawn:
+            sys.stderr.write(f"\x1b[{self.drawn}F")
+        sys.stderr.write("".join(f"\x1b[2K{line}\n" for line in lines))
+        sys.stderr.flush()
+        self.drawn = len(lines)
+
+
+@cli.command(context_settings=_COMMAND_SETTINGS)
+@click.option("-p", "--profile", "patterns", multiple=True, metavar="PROFILE",
+              help="A profile, alias, path or glob (ubuntu-*); repeatable. Default: the project file's list.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="CPUs",
+              help="How many profiles run at once.")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, exists=True), default=".",
+              help="The project directory (with its sandboxmgr.yaml); shown at /src, copy-on-write.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failure; the rest are cancelled.")
+@click.option("--keep-failed", is_flag=True, help="Keep each failed profile's sandbox to step into it.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fail_fast: bool, keep_failed: bool,
+           junit_path: str | None, as_json: bool, command: tuple[str, ...]) -> int:
+    """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
+
+    Exit status 0 only if it passed in every profile, 1 if it failed in any.
+    """
+    import time
+
+    from sandboxmgr import matrix as matrix_
+
+    _require_root(app, "matrix")
+    if command[:1] == ("--",):
+        command = command[1:]
+    project = matrix_.load_project(Path(project_dir).resolve(), app.registry)
+    patterns = patterns or project.profiles
+    if not patterns:
+        raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
+    command = command or project.command
+    if not command:
+        raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
+    selected = matrix_.entries(matrix_.expand(patterns, project, app.registry), project, app.registry)
+    # Every image first, each once, even when two entries share one.
+    built: set[str] = set()
+    for entry in selected:
+        if entry.profile.image_key() not in built:
+            app.image_for(entry.profile)
+            built.add(entry.profile.image_key())
+    logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
+                          MatrixView(app.quiet))
+    if junit_path:
+        Path(junit_path).write_text(matrix_.junit(results, project, command))
+    if as_json:
+        click.echo(matrix_.as_json(results))
+    else:
+        print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
+                    [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
+                      "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
+        for r in results:
+            if r.status == "failed" and r.reason:
+                click.echo(f"{r.name}: {r.reason}")
+            if r.sandbox:
+                click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
+    if any(r.status == "cancelled" for r in results) and not fail_fast:
+        return 130
+    return 0 if all(r.status == "passed" for r in results) else 1
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

@@ -18,26 +18,35 @@ NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
 
 @dataclass(frozen=True)
 class BindMount:
-    """A host path shown inside the sandbox (``-v SRC:DST[:ro]``)."""
+    """A host path shown inside the sandbox (``-v SRC:DST[:ro|:O]``).
+
+    With ``copy_on_write`` (``:O``, as podman names it) the sandbox sees the
+    host directory through an overlay: it can change it freely, and the changes
+    land in ``scratch`` (upper/ and work/ of the sandbox's own), never in the
+    host directory.
+    """
 
     source: Path
     target: str
     readonly: bool = False
+    copy_on_write: bool = False
+    scratch: Path | None = None
 
     @classmethod
     def parse(cls, spec: str) -> BindMount:
-        """``SRC:DST[:ro|rw]`` as ``docker run -v`` takes it."""
+        """``SRC:DST[:ro|rw|O]`` as ``docker run -v`` (and podman's ``:O``) take it."""
         parts = spec.split(":")
-        readonly = False
-        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        readonly = copy_on_write = False
+        if len(parts) == 3 and parts[2] in ("ro", "rw", "O"):
             readonly = parts[2] == "ro"
+            copy_on_write = parts[2] == "O"
             parts = parts[:2]
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ValueError(f"{spec!r} is not SRC:DST or SRC:DST:ro")
+            raise ValueError(f"{spec!r} is not SRC:DST, SRC:DST:ro or SRC:DST:O")
         source, target = parts
         if not target.startswith("/"):
             raise ValueError(f"{spec!r}: the target {target!r} must be an absolute path")
-        return cls(Path(source).expanduser().absolute(), target, readonly)
+        return cls(Path(source).expanduser().absolute(), target, readonly, copy_on_write)
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,12 @@ def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
                                is_file=True, readonly=True))
     # Like Docker: shallower targets first, so /a is mounted before /a/b.
     for bind in sorted(binds, key=lambda b: len(Path(b.target).parts)):
+        if bind.copy_on_write:
+            if bind.scratch is None:
+                raise ValueError(f"the copy-on-write mount of {bind.source} has no scratch directory")
+            data = f"lowerdir={bind.source},upperdir={bind.scratch / 'upper'},workdir={bind.scratch / 'work'}"
+            steps.append(MountStep(bind.target, "overlay", "overlay", linux.MS_NOSUID | linux.MS_NODEV, data))
+            continue
         steps.append(MountStep(bind.target, None, str(bind.source),
                                is_file=not bind.source.is_dir(), readonly=bind.readonly))
     return steps

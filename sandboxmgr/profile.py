@@ -238,18 +238,53 @@ class _Raw:
     data: dict[str, Any]
     lines: dict[tuple[str, ...], int]
     errors: list[str]
+    # The collections being converted (an alias may point back at one) and a count
+    # of nodes (aliases can make a small file expand without end: "billion laughs").
+    open_nodes: set[int] = field(default_factory=set)
+    nodes: int = 0
+    # Where ``data`` sits in the file: () for a profile file, ("inline", NAME) for a
+    # profile written inside a project file (keys and lines are the file's).
+    prefix: tuple[str, ...] = ()
 
     def line(self, keys: tuple[str, ...]) -> int:
+        keys = (*self.prefix, *keys)
         while keys and keys not in self.lines:
             keys = keys[:-1]
         return self.lines.get(keys, 1)
 
     def error(self, keys: tuple[str, ...], message: str) -> None:
-        where = ".".join(keys) if keys else "(top level)"
+        full = (*self.prefix, *keys)
+        where = ".".join(full) if full else "(top level)"
         self.errors.append(f"{self.path}:{self.line(keys)}: {where}: {message}")
+
+    def part(self, keys: tuple[str, ...], data: dict[str, Any]) -> _Raw:
+        """A view of one mapping inside this file, reporting into the same error list."""
+        return _Raw(path=self.path, data=data, lines=self.lines, errors=self.errors,
+                    prefix=(*self.prefix, *keys))
+
+
+_MAX_NODES = 100_000
 
 
 def _to_python(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], raw: _Raw) -> Any:
+    raw.nodes += 1
+    if raw.nodes > _MAX_NODES:
+        raise ProfileError(f"{raw.path}: more than {_MAX_NODES} YAML nodes (aliases expanding without end?)",
+                           hint="a profile is a few dozen lines; write it without & and * aliases")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in raw.open_nodes:
+            raw.lines.setdefault(keys, node.start_mark.line + 1)
+            raw.error(keys, "a YAML alias refers to a collection that contains it")
+            return None
+        raw.open_nodes.add(id(node))
+        try:
+            return _collection(loader, node, keys, raw)
+        finally:
+            raw.open_nodes.discard(id(node))
+    return loader.construct_object(node)
+
+
+def _collection(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], raw: _Raw) -> Any:
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -271,7 +306,7 @@ def _to_python(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], 
             raw.lines[path] = item.start_mark.line + 1
             items.append(_to_python(loader, item, path, raw))
         return items
-    return loader.construct_object(node)
+    return None
 
 
 def _read(path: Path) -> _Raw:
@@ -779,6 +814,30 @@ class ProfileRegistry:
         fields, parents = self._load_chain(path, [])
         profile = _build(path.stem, path, fields, tuple(p.stem for p in parents))
         return dataclasses.replace(profile, sources=(path, *parents))
+
+    def load_inline(self, name: str, raw: _Raw) -> Profile:
+        """A profile written inside another file (a project file's ``inline:``), validated
+        like a profile file; its errors name that file's lines."""
+        check_name(name, "inline profile name")
+        fields = _validate(raw)
+        if raw.errors:
+            raise ProfileError(f"{len(raw.errors)} problem(s) in {raw.path}:\n  " + "\n  ".join(raw.errors),
+                               hint="fix the keys named above; the README lists every profile field")
+        parent_ref = fields.pop("extends", None)
+        parents: tuple[Path, ...] = ()
+        if parent_ref is not None:
+            if is_path_ref(parent_ref) and not Path(parent_ref).is_absolute():
+                parent_ref = str(raw.path.parent / parent_ref)
+            try:
+                parent_path = self.resolve(parent_ref)
+            except ProfileError as exc:
+                raise ProfileError(f"{raw.path}:{raw.line(('extends',))}: {'.'.join(raw.prefix)}.extends: "
+                                   f"{exc.message}", hint=exc.hint) from None
+            parent_fields, grand = self._load_chain(parent_path, [])
+            fields = merge(parent_fields, fields)
+            parents = (parent_path, *grand)
+        profile = _build(name, raw.path, fields, tuple(p.stem for p in parents))
+        return dataclasses.replace(profile, sources=(raw.path, *parents))
 
     def _load_chain(self, path: Path, seen: list[Path]) -> tuple[dict[str, Any], tuple[Path, ...]]:
         if path in seen:

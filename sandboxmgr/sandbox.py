@@ -8,6 +8,7 @@ sandboxes, not this one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,8 @@ class Settings:
             "workdir": self.workdir,
             "user": self.user,
             "network": self.network,
-            "mounts": [{"source": str(b.source), "target": b.target, "readonly": b.readonly}
-                       for b in self.binds],
+            "mounts": [{"source": str(b.source), "target": b.target, "readonly": b.readonly,
+                        "copy_on_write": b.copy_on_write} for b in self.binds],
             "caches": [{"source": str(b.source), "target": b.target} for b in self.caches],
             "limits": self.limits.to_json() if self.limits is not None else {},
             "no_new_privs": self.no_new_privs,
@@ -78,7 +79,8 @@ class Settings:
             workdir=data.get("workdir"),
             user=data.get("user"),
             network=data.get("network", "host"),
-            binds=tuple(BindMount(Path(m["source"]), m["target"], bool(m["readonly"]))
+            binds=tuple(BindMount(Path(m["source"]), m["target"], bool(m["readonly"]),
+                                  bool(m.get("copy_on_write", False)))
                         for m in data.get("mounts", [])),
             caches=tuple(BindMount(Path(m["source"]), m["target"]) for m in data.get("caches", [])),
             limits=_limits(data.get("limits")),
@@ -153,7 +155,21 @@ def with_options(saved: Settings, options: RunOptions) -> Settings:
     )
 
 
-def _spec(root: OverlayRoot, settings: Settings, options: RunOptions) -> EnterSpec:
+def _volumes(binds: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ...]:
+    """Give each copy-on-write mount its upper and work dirs under ``scratch``."""
+    result = []
+    for index, bind in enumerate(binds):
+        if not bind.copy_on_write:
+            result.append(bind)
+            continue
+        place = scratch / f"volume-{index}"
+        for sub in ("upper", "work"):
+            (place / sub).mkdir(parents=True, exist_ok=True)
+        result.append(dataclasses.replace(bind, scratch=place))
+    return tuple(result)
+
+
+def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: Path) -> EnterSpec:
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": settings.hostname}
     env.update(settings.env)
     return EnterSpec(
@@ -164,7 +180,7 @@ def _spec(root: OverlayRoot, settings: Settings, options: RunOptions) -> EnterSp
         hostname=settings.hostname,
         user=settings.user,
         network=settings.network,
-        binds=settings.caches + settings.binds,
+        binds=settings.caches + _volumes(settings.binds, scratch),
         tty=options.tty,
         isolation=options.isolation,
         limits=settings.limits,
@@ -179,7 +195,7 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: Settings, options: Ru
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root")
-        return enter(_spec(root, settings, options))
+        return enter(_spec(root, settings, options, tmp))
 
 
 def _using(store: Store, image: ImageRecord) -> Lock:
@@ -219,4 +235,4 @@ def run_in(store: Store, record: SandboxRecord, options: RunOptions) -> int:
                  "one command at a time runs in a named sandbox; wait for the other to finish")
     with lock, _using(store, image):
         root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
-        return enter(_spec(root, settings, options))
+        return enter(_spec(root, settings, options, record.path / "volumes"))
