@@ -48,7 +48,7 @@ NETWORKS = ("host", "none")
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 # Bumped when the meaning of a build input changes, so old images are not reused.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 
 
 def close_matches(word: str, candidates: Iterable[str]) -> list[str]:

@@ -79,6 +79,8 @@ def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
 
 class _DebianFamily(Builder):
     tool = ""
+    # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
+    keeps_lists = False
 
     def preflight(self, profile: Profile) -> None:
         _check_common(profile, self.tool)
@@ -104,6 +106,8 @@ class _DebianFamily(Builder):
         if not BuildRoot(rootfs).exists("/usr/bin/apt-get"):
             raise BuildError(f"{self.tool} made a root without apt-get for {profile.name}",
                              hint=f"add apt to bootstrap.include in {profile.path}, or use another method")
+        if self.keeps_lists:
+            return
         # The package lists stay in the image, so 'apt-get install' works in a
         # sandbox without an 'apt-get update' first.
         context.progress("bootstrap: apt-get update")
@@ -176,6 +180,7 @@ def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) ->
 class MmdebstrapBuilder(_DebianFamily):
     method = "mmdebstrap"
     tool = "mmdebstrap"
+    keeps_lists = True
 
     def preflight(self, profile: Profile) -> None:
         super().preflight(profile)
@@ -187,7 +192,8 @@ class MmdebstrapBuilder(_DebianFamily):
 
     def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         boot = profile.bootstrap
-        argv = ["mmdebstrap", "--mode=root", f"--arch={profile.arch}",
+        # Keep the package lists mmdebstrap fetched: they are what 'apt-get update' would fetch again.
+        argv = ["mmdebstrap", "--mode=root", "--skip=cleanup/apt/lists", f"--arch={profile.arch}",
                 f"--components={','.join(boot.components)}", f"--keyring={boot.keyring}"]
         if boot.variant != "default":
             argv.append(f"--variant={boot.variant}")
