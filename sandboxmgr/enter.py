@@ -49,6 +49,7 @@ from sandboxmgr.errors import (
     SandboxError,
 )
 from sandboxmgr.mounts import (
+    DEFAULT_MOUNTS,
     DEV_LINKS,
     DEVICES,
     NOSUID_NODEV_NOEXEC,
@@ -457,9 +458,10 @@ def _mount_step(root_fd: int, step: MountStep) -> None:
     if step.kind in ("mask", "readonly"):
         _protect(root_fd, step)
         return
-    # The sandbox's own file systems go on real directories only; binds (-v,
-    # resolv.conf) follow the image's symlinks, inside the root.
-    follow = step.fstype is None
+    # The sandbox's own file systems (/proc, /dev, /tmp ...) go on real directories
+    # only; what the user asked for (-v, resolv.conf) follows the image's symlinks,
+    # inside the root.
+    follow = step not in DEFAULT_MOUNTS
     target = open_in_root(root_fd, step.target, create=True, is_file=step.is_file, follow=follow)
     try:
         if step.fstype is not None:

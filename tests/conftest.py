@@ -154,3 +154,36 @@ def rpm_repo(tmp_path_factory: pytest.TempPathFactory) -> RpmRepo:
             missing(f"{tool} is not installed (make deps installs it)")
     from tests.rpmrepo import build_repo
     return build_repo(tmp_path_factory.mktemp("rpmrepo"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def doctor_finds_nothing_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite, `sandboxmgr doctor` finds nothing left in any store the tests ran
+    sandboxmgr on: no mount, temporary directory or lock that a crash (or a bug) left behind."""
+    used: set[str] = set()
+    argv = CLI.argv
+
+    def recording(self: CLI, *args: str) -> list[str]:
+        used.add(os.path.realpath(self.store))
+        return argv(self, *args)
+
+    CLI.argv = recording  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CLI.argv = argv  # type: ignore[method-assign]
+    if os.geteuid() != 0:
+        return
+    import json
+
+    problems = {}
+    for store in sorted(used):
+        if not os.path.isdir(store):
+            continue
+        proc = subprocess.run([sys.executable, "-m", "sandboxmgr", "--store", store, "doctor", "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (0, 1), proc.stderr
+        left = [f for f in json.loads(proc.stdout) if f["kind"] in ("mount", "tmp", "lock")]
+        if left:
+            problems[store] = left
+    assert not problems, f"sandboxmgr doctor found leftovers after the test suite: {problems}"

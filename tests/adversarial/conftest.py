@@ -31,6 +31,7 @@ def attack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gcc = shutil.which("gcc")
     if gcc is None:
         missing("gcc is not installed: the attacks are static C programs built with the host's gcc")
+        raise AssertionError  # missing() does not return
     out = tmp_path_factory.mktemp("attack")
     build = subprocess.run([gcc, "-static", "-O2", "-o", str(out / "attack"), str(HERE / "attack.c")],
                            capture_output=True, text=True)

@@ -68,8 +68,9 @@ def test_only_stdin_stdout_stderr_cross_and_a_leaked_directory_fd_is_not_a_way_o
 
 def test_the_working_directory_never_points_outside(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
     (tmp_path / "host-cwd-marker").write_text("x")
-    proc = subprocess.run(cli.argv("run", IMAGE, "sh", "-c", "pwd; readlink /proc/self/cwd; ls -a /proc/1/cwd/ || true"),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    script = "pwd; readlink /proc/self/cwd; ls -a /proc/1/cwd/ || true"
+    proc = subprocess.run(cli.argv("run", IMAGE, "sh", "-c", script), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["/", "/"]
     assert "host-cwd-marker" not in proc.stdout

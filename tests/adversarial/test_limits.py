@@ -56,7 +56,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_host_stays_responsive(cli: 
             current = group.path / "pids.current"
             if current.exists():
                 assert int(current.read_text()) <= 64
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
