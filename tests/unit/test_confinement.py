@@ -182,3 +182,14 @@ def test_settings_keep_limits_and_the_command_line_overrides_them() -> None:
     assert run.limits == Limits(memory=64 << 20, pids=10) and run.no_new_privs is True
     assert with_options(saved, RunOptions()).limits == saved.limits
     assert with_options(Settings(hostname="box"), RunOptions(limits=Limits(cpus=1.0))).limits == Limits(cpus=1.0)
+
+
+def test_doctor_needs_root_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr import doctor
+    from sandboxmgr.errors import NotRootError
+    from sandboxmgr.store import Store
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(NotRootError, match="doctor needs root") as caught:
+        doctor.examine(Store(tmp_path))
+    assert caught.value.hint == "run it with sudo, or as root"
