@@ -394,7 +394,7 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
     if tty and not stdin_is_tty():
         raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
                            hint="drop -t when piping input or running from a script")
-    from sandboxmgr.cgroups import Limits
+    from sandboxmgr.limits import Limits
 
     meta = click.get_current_context().meta
     limits = Limits.parse(meta.get("sandboxmgr.memory"), meta.get("sandboxmgr.pids_limit"),

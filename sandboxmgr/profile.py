@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from sandboxmgr import distros
-from sandboxmgr.cgroups import Limits
 from sandboxmgr.errors import ProfileError
+from sandboxmgr.limits import Limits, parse_cpus, parse_memory, parse_pids
 from sandboxmgr.names import HOSTNAME_RE, NAME_RE, NAME_RULE, check_name
 
 __all__ = ["HOSTNAME_RE", "NAME_RE", "NAME_RULE", "Profile", "ProfileRegistry", "check_name"]
@@ -466,8 +466,6 @@ def _validate(raw: _Raw) -> dict[str, Any]:
 
 def _validate_limits(raw: _Raw, value: Any) -> dict[str, Any]:
     """``limits: {memory: 512M, pids: 256, cpus: 1.5}``; runtime settings, not build inputs."""
-    from sandboxmgr.cgroups import parse_cpus, parse_memory, parse_pids
-
     if not isinstance(value, dict):
         raw.error(("limits",), f"must be a mapping like {{memory: 512M, pids: 256, cpus: 1.5}}, "
                                f"not {_type_name(value)}")

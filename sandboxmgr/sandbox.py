@@ -21,7 +21,7 @@ from sandboxmgr.names import HOSTNAME_RE
 from sandboxmgr.store import ImageRecord, Lock, SandboxRecord, Store, now_iso
 
 if TYPE_CHECKING:
-    from sandboxmgr.cgroups import Limits
+    from sandboxmgr.limits import Limits
     from sandboxmgr.profile import Profile
 
 
@@ -91,7 +91,7 @@ class Settings:
 def _limits(data: dict[str, Any] | None) -> Limits | None:
     if not data:
         return None
-    from sandboxmgr.cgroups import Limits
+    from sandboxmgr.limits import Limits
 
     return Limits.from_json(data)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import cgroups
-from sandboxmgr.cgroups import Hierarchy, Limits, RunCgroup, RunGroup, choose, hierarchies
+from sandboxmgr import cgroups, limits
+from sandboxmgr.cgroups import Hierarchy, RunCgroup, RunGroup, choose, hierarchies
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.limits import Limits
 
 # This machine's layout (systemd's "hybrid"): v1 controllers, an empty v2 hierarchy.
 HYBRID_MOUNTINFO = """\
@@ -47,7 +48,7 @@ def fake_sys(tmp_path: Path, unified: str, controllers: str) -> Path:
     ("16MB", 16 << 20), (str(64 << 20), 64 << 20), (64 << 20, 64 << 20), ("2 G", 2 << 30),
 ])
 def test_memory_sizes_are_read_like_docker(text: str | int, size: int) -> None:
-    assert cgroups.parse_memory(text) == size
+    assert limits.parse_memory(text) == size
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -56,18 +57,18 @@ def test_memory_sizes_are_read_like_docker(text: str | int, size: int) -> None:
 ])
 def test_bad_memory_sizes_say_why(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        cgroups.parse_memory(value)
+        limits.parse_memory(value)
 
 
 def test_pids_and_cpus() -> None:
-    assert cgroups.parse_pids(64) == 64 and cgroups.parse_pids("256") == 256
-    assert cgroups.parse_cpus("1.5") == 1.5 and cgroups.parse_cpus(2) == 2.0
+    assert limits.parse_pids(64) == 64 and limits.parse_pids("256") == 256
+    assert limits.parse_cpus("1.5") == 1.5 and limits.parse_cpus(2) == 2.0
     for bad in (0, 1, -1, "x", True, 2.5, 10 ** 9):
         with pytest.raises(ValueError):
-            cgroups.parse_pids(bad)
+            limits.parse_pids(bad)
     for bad in (0, "0.001", "nan", "inf", float("nan"), 10 ** 400, "many", False, 2000):
         with pytest.raises(ValueError):
-            cgroups.parse_cpus(bad)
+            limits.parse_cpus(bad)
 
 
 def test_limits_merge_describe_and_round_trip() -> None:
@@ -79,8 +80,8 @@ def test_limits_merge_describe_and_round_trip() -> None:
     assert merged.controllers() == ("memory", "pids", "cpu")
     assert Limits.from_json(merged.to_json()) == merged
     assert Limits().empty and Limits().to_json() == {} and Limits.from_json(None) == Limits()
-    assert cgroups.format_bytes(1536 << 20) == "1536M" and cgroups.format_bytes(1_500_000) == "1.4M"
-    assert cgroups.format_bytes(100) == "100B"
+    assert limits.format_bytes(1536 << 20) == "1536M" and limits.format_bytes(1_500_000) == "1.4M"
+    assert limits.format_bytes(100) == "100B"
 
 
 def test_the_command_line_names_the_wrong_option() -> None:

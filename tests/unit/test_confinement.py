@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from sandboxmgr import cli as cli_module
-from sandboxmgr import enter, linux
-from sandboxmgr.cgroups import Limits
-from sandboxmgr.enter import SymlinkRefused, open_in_root
+from sandboxmgr import inroot, linux
 from sandboxmgr.errors import ProfileError, SandboxError
+from sandboxmgr.inroot import SymlinkRefused, open_in_root
+from sandboxmgr.limits import Limits
 from sandboxmgr.mounts import DEVICES, MASKED_PATHS, READONLY_PATHS, device_steps, mask_steps, plan
 from sandboxmgr.profile import ProfileRegistry
 from sandboxmgr.sandbox import RunOptions, Settings, with_options
@@ -28,7 +28,7 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         def no_openat2(*_args: object, **_kwargs: object) -> int:
             raise OSError(errno.ENOSYS, "openat2: not on this kernel")
         monkeypatch.setattr(linux, "openat2", no_openat2)
-        monkeypatch.setattr(enter, "_openat2_missing", False)
+        monkeypatch.setattr(inroot, "_openat2_missing", False)
     return str(request.param)
 
 
