@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -64,7 +65,9 @@ What each benchmark measures. **Entry**: the wall time to enter a built image an
 `true` — `sandboxmgr run` (an ephemeral sandbox, created and removed around the command)
 and `sandboxmgr exec` in an existing named sandbox — against `unshare -mpfui chroot`,
 `bwrap` and `systemd-nspawn` on a private copy of the same root filesystem, and against
-`python3 -c pass` with sandboxmgr's own interpreter, the floor any Python tool pays.
+`python3 -c pass` with sandboxmgr's own interpreter, the floor any Python tool pays; then
+the same again right after 512 MB of unflushed writes to the store's filesystem, as
+concurrent builds leave them.
 **Create**: a throw-away sandbox (`sandboxmgr run IMAGE true`) against what mock's root
 cache does, untarring an uncompressed tarball of the same root filesystem into a fresh
 directory and removing it afterwards, for two image sizes; a bare overlayfs mount + chroot
@@ -442,12 +445,24 @@ def tool_version(argv: list[str]) -> str:
     return text[0] if text else "?"
 
 
-def machine(python: Path, exe: Path) -> list[tuple[str, str]]:
-    mem_kb = read_first("/proc/meminfo", r"MemTotal:\s+(\d+)")
+def code_state() -> str:
+    """The checkout's commit, whether sandboxmgr/ or configs/ differ from it, and a digest of their files
+    (an editable install runs whatever is there, so a change during the run would show here)."""
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip() or "?"
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "sandboxmgr", "configs"],
                            capture_output=True, text=True, check=False).stdout.strip()
+    digest = hashlib.sha256()
+    for path in sorted([*(REPO / "sandboxmgr").rglob("*.py"), *(REPO / "configs").rglob("*.yaml")]):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return f"commit {commit}" + (" + uncommitted changes" if dirty else "") + f", files {digest.hexdigest()[:12]}"
+
+
+def machine(python: Path, exe: Path, code_before: str) -> list[tuple[str, str]]:
+    mem_kb = read_first("/proc/meminfo", r"MemTotal:\s+(\d+)")
+    code_after = code_state()
+    code = code_after + (" throughout the run" if code_after == code_before
+                         else f" at the end, **{code_before} at the start: the code changed during the run**")
     py = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
                         text=True, check=False).stdout.strip()
     return [
@@ -461,8 +476,7 @@ def machine(python: Path, exe: Path) -> list[tuple[str, str]]:
          f"{min(LOAD):.2f} to {max(LOAD):.2f}, median {statistics.median(LOAD):.2f} (sampled at each progress "
          "line; the bench's own builds count too)" if LOAD else "?"),
         ("python", f"{py} ({python})"),
-        ("sandboxmgr", f"{exe}, commit {commit}" + (" with uncommitted changes in sandboxmgr/ or configs/"
-                                                     if dirty else "")),
+        ("sandboxmgr", f"{exe}; {code}"),
         ("debootstrap", tool_version(["debootstrap", "--version"])),
         ("mmdebstrap", tool_version(["mmdebstrap", "--version"])),
         ("bwrap", tool_version(["bwrap", "--version"])),
@@ -596,6 +610,73 @@ class Bench:
 # --- 1. entry ---------------------------------------------------------------------------------
 
 
+def bare_overlay(layers: Sequence[Path], top: Path, volatile: bool = False) -> float:
+    """The floor of a copy-on-write sandbox: fresh upper/work dirs, an overlayfs mount in a mount
+    namespace of its own, chroot + true, the namespace's end (which unmounts it), the dirs removed."""
+    lower = ":".join(str(d) for d in reversed(layers))
+    options = "lowerdir=$1,upperdir=$2/u,workdir=$2/w" + (",volatile" if volatile else "")
+    script = (f'mkdir "$2/u" "$2/w" "$2/m" && mount -t overlay -o "{options}" overlay "$2/m" && '
+              'exec chroot "$2/m" true')
+    start = time.perf_counter()
+    top.mkdir()
+    timed(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", lower, top])
+    timed(["rm", "-rf", "--one-file-system", top])
+    return time.perf_counter() - start
+
+
+DIRTY_MB = 512
+
+
+def make_dirty(path: Path) -> Callable[[], None]:
+    """A prepare step: sync, then leave DIRTY_MB of written-but-unflushed data on the bench's filesystem
+    (the store's), as a concurrent build or test run does. Below the kernel's background writeback
+    threshold on this machine's memory, it stays dirty for the measurement."""
+    def prepare() -> None:
+        path.unlink(missing_ok=True)  # its dirty pages are dropped, not written
+        os.sync()
+        chunk = b"\xa5" * (1 << 20)
+        with path.open("wb") as handle:
+            for _ in range(DIRTY_MB):
+                handle.write(chunk)
+    return prepare
+
+
+def entry_under_writes(bench: Bench, clean: dict[str, Candidate]) -> list[str]:
+    """Entry again, each command right after DIRTY_MB of unflushed writes (untimed)."""
+    dirty_file = bench.work / "dirty.bin"
+    prepare = make_dirty(dirty_file)
+    layers = [d / "diff" for d in layer_dirs(bench.image(BASE))]
+    candidates = [Candidate(c.label, c.command, c.measure, prepare=prepare, failure=c.failure)
+                  for c in clean.values() if not c.label.startswith("python3")]
+    candidates += [
+        Candidate("bare overlayfs + chroot", "unshare -m: mount -t overlay (lowerdir=the image's layer) + chroot "
+                  "true; rm -rf upper, work", lambda: bare_overlay(layers, bench.scratch / "overlay-entry"),
+                  prepare=prepare),
+        Candidate("same, overlay mounted with -o volatile", "the same with `volatile`",
+                  lambda: bare_overlay(layers, bench.scratch / "overlay-entry", volatile=True), prepare=prepare),
+    ]
+    rounds = max(2, bench.rounds.entry // 6)
+    log(f"entry under writes: {rounds} alternating rounds of {len(candidates)} commands, "
+        f"each after {DIRTY_MB} MB of unflushed writes")
+    alternate(candidates, rounds, warmup=False)
+    dirty_file.unlink(missing_ok=True)
+    rows = []
+    for c in candidates:
+        before = clean.get(c.label)
+        slower = fmt_ratio(ratio(c.median, before.median)) if before is not None else ""
+        rows.append([c.label, fmt_time(c.median) if c.failure is None else f"n/a: {c.failure}",
+                     fmt_time(min(c.times)) if c.times and c.failure is None else "", slower])
+    lines = ["### Entry while the disk has unflushed writes", "",
+             f"The same commands, each right after writing {DIRTY_MB} MB to a file on the store's filesystem "
+             "without syncing it (untimed; a `sync` first, so every measurement starts alike) — what a build "
+             "farm's concurrent builds do. A copy-on-write sandbox pays here when its overlayfs is unmounted "
+             "(the namespace's end): overlayfs syncs the whole upper filesystem then, unless it was mounted "
+             "`volatile` (Linux 5.10+), which an ephemeral sandbox, whose upper dir is thrown away, can afford.",
+             ""]
+    lines += md_table(["", "median", "min", "slower than without the writes"], rows)
+    return lines
+
+
 def command_candidate(label: str, argv: list[str], env: dict[str, str], *, is_peer: bool = True,
                       failure: str | None = None) -> Candidate:
     return Candidate(label, shown(argv), lambda: timed(argv, env=env), is_peer=is_peer, failure=failure)
@@ -623,7 +704,6 @@ def bench_entry(bench: Bench) -> Section:
     candidates = [floor, no_site, *peer_candidates, run, exec_]
     log(f"entry: {bench.rounds.entry} alternating rounds of {len(candidates)} commands")
     alternate(candidates, bench.rounds.entry, warmup=True)
-    sm.call("-q", "rm", ENTRY_SANDBOX)
 
     section.lines.append(f"R is a private copy (`cp -a`) of the bottom layer of `{BASE}` (minbase); "
                          f"IMAGE is `{BASE}`; all commands run `true`. The floor is sandboxmgr's own "
@@ -651,6 +731,9 @@ def bench_entry(bench: Bench) -> Section:
                        fmt_ratio(value) + ("" if nspawn.failure is None else f" (nspawn n/a: {nspawn.failure})"),
                        None if value is None else value < 1.0)
 
+    section.lines.append("")
+    section.lines += entry_under_writes(bench, {c.label: c for c in candidates})
+    sm.call("-q", "rm", ENTRY_SANDBOX)
     profile = import_profile(bench)
     if profile:
         section.lines.append("")
@@ -719,15 +802,7 @@ def bench_create(bench: Bench) -> Section:
             return time.perf_counter() - start
 
         def overlay(layers: list[Path] = layers, profile: str = profile) -> float:
-            top = bench.scratch / f"overlay-{profile}"
-            lower = ":".join(str(d) for d in reversed(layers))
-            script = ('mkdir "$2/u" "$2/w" "$2/m" && mount -t overlay -o '
-                      '"lowerdir=$1,upperdir=$2/u,workdir=$2/w" overlay "$2/m" && exec chroot "$2/m" true')
-            start = time.perf_counter()
-            top.mkdir()
-            timed(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", lower, top])
-            timed(["rm", "-rf", "--one-file-system", top])
-            return time.perf_counter() - start
+            return bare_overlay(layers, bench.scratch / f"overlay-{profile}")
 
         peer = Candidate(f"untar ({label})", f"mkdir D && tar -xpf {profile}.tar -C D && rm -rf D", untar,
                          prepare=os.sync)
@@ -1164,6 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output: Path | None = args.output or (RESULTS if full_run else None)
     sections: list[Section] = []
     started = time.monotonic()
+    code_before = code_state()
     work = Path(tempfile.mkdtemp(prefix="sandboxmgr-bench-", dir=args.workdir)).resolve()
     log(f"working in {work}; sandboxmgr {exe}; python {python}")
     bench = Bench(exe, python, work, rounds)
@@ -1195,7 +1271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BenchError as exc:
             log(f"cleanup: {exc}")
             status = 1
-    machine_info = machine(python, exe)
+    machine_info = machine(python, exe, code_before)
     text = report(machine_info, sections, rounds, args.quick)
     print(text)
     if output is not None:
