@@ -7,8 +7,10 @@ else the controller's v1 hierarchy. Hybrid machines (systemd's layout with v1
 controllers under ``/sys/fs/cgroup/<controller>`` and an empty v2 hierarchy at
 ``/sys/fs/cgroup/unified``) thus use v1; a pure v2 machine uses v2.
 
-The cgroup is made below the manager's own cgroup, as ``sandboxmgr/<id>``, so
-whatever limits the caller lives under still apply to the sandbox, and
+With v1 the cgroup is made below the manager's own cgroup, as
+``sandboxmgr/<id>``, so whatever limits the caller lives under still apply to
+the sandbox; v2's no-internal-process rule forbids that (the caller's cgroup
+holds the caller), so there it is ``<v2 root>/sandboxmgr/<id>``. Either way
 leftovers are easy to recognise. ``<id>`` is ``<manager pid>-<its start
 time>-<random>``: :mod:`sandboxmgr.doctor` can tell a cgroup whose manager died
 from one in use without any state on disk. The sandbox's PID 1 writes itself
@@ -55,6 +57,14 @@ class Hierarchy:
     @property
     def own_dir(self) -> Path:
         return self.mount / self.own.strip("/")
+
+    @property
+    def run_parent(self) -> Path:
+        """Where runs' cgroups go. v1: below the caller's own cgroup. v2 forbids
+        processes in a cgroup whose children use controllers (the caller's cgroup
+        has at least the caller), so there: below the hierarchy's root, whose
+        subtree_control is exempt, as Docker's cgroupfs driver does."""
+        return (self.mount if self.version == 2 else self.own_dir) / GROUP_DIR
 
 
 def _mounted_cgroups(mountinfo_text: str) -> list[tuple[str, str, Path, set[str]]]:
@@ -199,7 +209,7 @@ def _enable(directory: Path, controllers: list[str]) -> None:
             raise SandboxError(
                 f"cannot enable the {' '.join(missing)} controller below {directory}: it has processes "
                 "of its own (cgroup v2 allows controllers only below cgroups without processes)",
-                hint="start sandboxmgr from a cgroup of its own, e.g. systemd-run --scope -p Delegate=yes, "
+                hint="inside a container's cgroup namespace, give it a delegated cgroup tree; "
                      "or run without limits",
             ) from None
         raise SandboxError(f"cannot enable the {' '.join(missing)} controller below {directory}: "
@@ -289,10 +299,9 @@ class RunCgroup:
         return run
 
     def _make(self, hierarchy: Hierarchy, controllers: list[str], name: str) -> Path:
-        parent = hierarchy.own_dir / GROUP_DIR
+        parent = hierarchy.run_parent
         if hierarchy.version == 2:
-            for directory in _ancestry(hierarchy.mount, hierarchy.own_dir):
-                _enable(directory, controllers)
+            _enable(hierarchy.mount, controllers)
         for _ in range(10):
             try:
                 parent.mkdir(exist_ok=True)
@@ -393,15 +402,6 @@ def join(fds: list[int]) -> None:
     for fd in fds:
         os.write(fd, b"0")
         os.close(fd)
-
-
-def _ancestry(mount: Path, own_dir: Path) -> Iterator[Path]:
-    """The hierarchy's root down to ``own_dir``, each a cgroup that must pass controllers on."""
-    yield mount
-    current = mount
-    for part in own_dir.relative_to(mount).parts:
-        current = current / part
-        yield current
 
 
 def _counter(path: Path, key: str) -> int:

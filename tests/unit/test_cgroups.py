@@ -102,7 +102,8 @@ def test_a_hybrid_machine_uses_v1_for_every_controller(tmp_path: Path) -> None:
     plan = choose(("memory", "pids", "cpu"), found)
     assert sorted((h.mount.name, tuple(c)) for h, c in plan.items()) == [
         ("cpu,cpuacct", ("cpu",)), ("memory", ("memory",)), ("pids", ("pids",))]
-    parent = next(h for h in plan if h.mount.name == "memory").own_dir / cgroups.GROUP_DIR
+    # v1: below the caller's own cgroup, whose limits keep applying.
+    parent = next(h for h in plan if h.mount.name == "memory").run_parent
     assert parent == sys_root / "sys/fs/cgroup/memory/user.slice/user-0.slice/session-1.scope/sandboxmgr"
 
 
@@ -112,6 +113,8 @@ def test_v2_is_used_where_it_offers_the_controller(tmp_path: Path) -> None:
     (unified,) = found
     assert unified.version == 2 and unified.own == "/system.slice/build.service"
     assert choose(("memory", "pids"), found) == {unified: ["memory", "pids"]}
+    # v2: not below the caller's cgroup (it has processes: no controllers for its children).
+    assert unified.run_parent == sys_root / "sys/fs/cgroup/sandboxmgr"
 
 
 def test_a_missing_controller_is_a_clear_error(tmp_path: Path) -> None:
