@@ -166,3 +166,45 @@ def test_run_cgroups_of_dead_managers_are_found(tmp_path: Path) -> None:
     assert [(g.path.name, g.manager_alive) for g in found] == [
         (alive.name, True), (dead.name, False), (gone.name, False)]
     assert isinstance(found[0], RunGroup) and found[0].procs == ()
+
+
+def test_a_v2_run_enables_its_controllers_from_the_root_and_writes_its_limits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The v2 sequence on a fake cgroupfs (this machine has no v2 controllers to try it on)."""
+    root = tmp_path / "cgroup"
+    (root / "sandboxmgr").mkdir(parents=True)
+    for directory in (root, root / "sandboxmgr"):
+        (directory / "cgroup.subtree_control").write_text("cpu\n")
+    written: dict[str, str] = {}
+
+    def write(path: Path, value: str) -> None:  # cgroupfs has the files; a plain directory does not
+        written[str(path.relative_to(root))] = value
+        path.write_text(value)
+
+    monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    unified = Hierarchy(2, root, frozenset({"cpu", "memory", "pids"}), "/user.slice/session-1.scope")
+    run = RunCgroup.create(Limits(memory=64 << 20, pids=64, cpus=0.5), [unified])
+    (directory,) = run.directories
+    assert directory.parent == root / "sandboxmgr" and run.directories[directory] == 2
+    assert written.pop("cgroup.subtree_control") == "+memory +pids"  # cpu was on already
+    assert written.pop("sandboxmgr/cgroup.subtree_control") == "+memory +pids"
+    name = directory.name
+    assert written == {f"sandboxmgr/{name}/memory.max": str(64 << 20), f"sandboxmgr/{name}/pids.max": "64",
+                       f"sandboxmgr/{name}/cpu.max": "50000 100000"}
+    assert cgroups.manager_alive(name)
+
+
+def test_a_v2_cgroup_with_processes_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.subtree_control").write_text("")
+
+    def busy(path: Path, value: str) -> None:
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(cgroups, "_write", busy)
+    unified = Hierarchy(2, root, frozenset({"memory"}), "/")
+    with pytest.raises(SandboxError, match="it has processes of its own") as caught:
+        RunCgroup.create(Limits(memory=64 << 20), [unified])
+    assert caught.value.hint and "run without limits" in caught.value.hint
