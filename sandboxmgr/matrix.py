@@ -73,6 +73,10 @@ class Project:
 def load_project(root: Path, registry: ProfileRegistry) -> Project:
     """The project file in ``root`` (sandboxmgr.yaml), validated like a profile:
     every problem named with its line, all at once."""
+    if set(str(root)) & set(",:\\\n"):
+        # The project is shown through overlayfs, whose options cannot carry these.
+        raise SandboxError(f"the project directory {root} contains ',', ':' or '\\'",
+                           hint="move or link the project to a path without them")
     path = root / PROJECT_FILE
     if not path.is_file():
         return Project(path=None, root=root)

@@ -46,7 +46,11 @@ class BindMount:
         source, target = parts
         if not target.startswith("/"):
             raise ValueError(f"{spec!r}: the target {target!r} must be an absolute path")
-        return cls(Path(source).expanduser().absolute(), target, readonly, copy_on_write)
+        path = Path(source).expanduser().absolute()
+        if copy_on_write and set(str(path)) & set(",:\\\n"):
+            # The path becomes an overlayfs option: a comma could smuggle in another option.
+            raise ValueError(f"{spec!r}: a copy-on-write source may not contain ',', ':' or '\\'")
+        return cls(path, target, readonly, copy_on_write)
 
 
 @dataclass(frozen=True)

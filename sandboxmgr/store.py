@@ -356,13 +356,32 @@ class Store:
         _write_json(tmp / "layer.json", meta)
         target = self.layers_dir / key
         if target.exists():  # a rebuild (--rebuild): the old layer makes way only now
-            old = self.tmp_dir / f"replaced-{key}-{_random_hex(4)}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            remove_tree(old)
+            with self._discarding(target, f"replaced-{key}"):
+                os.rename(tmp, target)
         else:
             os.rename(tmp, target)
         return LayerRecord(key, target, meta)
+
+    @contextmanager
+    def _discarding(self, path: Path, purpose: str) -> Iterator[None]:
+        """Move ``path`` into tmp/ under a lock of its own, then delete it.
+
+        Out of its place first, so a crash mid-delete leaves a tmp leftover, never a
+        half-deleted image or sandbox; locked, so another command's clean_leftovers
+        does not delete the same tree at the same time.
+        """
+        self.ensure()
+        ident = f"{purpose}-{_random_hex(4)}"
+        lock = self.lock("tmp", ident)
+        lock.try_acquire()
+        doomed = self.tmp_dir / ident
+        try:
+            os.rename(path, doomed)
+            yield
+            remove_tree(doomed)
+        finally:
+            lock.release()
+            lock.path.unlink(missing_ok=True)
 
     def lower_dirs(self, image: ImageRecord) -> tuple[Path, ...]:
         """The image's layer dirs as overlayfs lowerdirs: top first."""
@@ -414,12 +433,8 @@ class Store:
         lock = self.lock("image", record.key)
         lock.acquire(False, f"image {record.key} ({record.profile}) is in use by a build or a running sandbox",
                      "wait for it to finish, then try again")
-        with lock:
-            self.ensure()
-            # Out of images/ first, so a crash mid-delete leaves a tmp leftover, not a broken image.
-            doomed = self.tmp_dir / f"rmi-{record.key}-{_random_hex(4)}"
-            os.rename(record.path, doomed)
-            remove_tree(doomed)
+        with lock, self._discarding(record.path, f"rmi-{record.key}"):
+            pass
         return self.remove_unused_layers()
 
     def remove_unused_layers(self) -> list[str]:
@@ -432,10 +447,8 @@ class Store:
             lock = self.lock("layer", layer.key)
             if not lock.try_acquire():
                 continue  # being rebuilt right now
-            with lock:
-                doomed = self.tmp_dir / f"prune-{layer.key}-{_random_hex(4)}"
-                os.rename(layer.path, doomed)
-                remove_tree(doomed)
+            with lock, self._discarding(layer.path, f"prune-{layer.key}"):
+                pass
             removed.append(layer.key)
         return removed
 
@@ -485,7 +498,8 @@ class Store:
                                hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
         ident = f"create-{name}-{_random_hex(4)}"
         lock = self.lock("tmp", ident)
-        lock.try_acquire()
+        if not lock.try_acquire():  # pragma: no cover - random names do not clash
+            raise BusyError(f"temporary directory {ident} is in use")
         tmp = self.tmp_dir / ident
         try:
             tmp.mkdir()
@@ -510,11 +524,8 @@ class Store:
         lock = self.lock("sandbox", record.name)
         lock.acquire(False, f"sandbox {record.name!r} is in use",
                      "wait for the command running in it to finish, then try again")
-        with lock:
-            self.ensure()
-            doomed = self.tmp_dir / f"rm-{record.name}-{_random_hex(4)}"
-            os.rename(record.path, doomed)
-            remove_tree(doomed)
+        with lock, self._discarding(record.path, f"rm-{record.name}"):
+            pass
         lock.path.unlink(missing_ok=True)
 
 
