@@ -365,28 +365,26 @@ def verdict(met: bool | None) -> str:
 
 @dataclass
 class Manager:
-    """sandboxmgr with a store (and the bench's profile directory)."""
+    """sandboxmgr with a store; the bench's own profiles are in ``configs``."""
 
     exe: Path
     store: Path
     configs: Path
     env: dict[str, str]
 
-    def argv(self, *args: str, configs: bool = False) -> list[str]:
-        extra = ["--configs", str(self.configs)] if configs else []
-        return [str(self.exe), "--store", str(self.store), *extra, *args]
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.exe), "--store", str(self.store), *args]
 
-    def call(self, *args: str, configs: bool = False, log_file: Path | None = None) -> str:
-        return run_checked(self.argv(*args, configs=configs), log_file=log_file, env=self.env,
-                           what=f"sandboxmgr {' '.join(args)}")
+    def call(self, *args: str, log_file: Path | None = None) -> str:
+        return run_checked(self.argv(*args), log_file=log_file, env=self.env, what=f"sandboxmgr {' '.join(args)}")
 
-    def timed(self, *args: str, configs: bool = False, log_file: Path | None = None) -> float:
-        return timed(self.argv(*args, configs=configs), log_file=log_file, env=self.env)
+    def timed(self, *args: str, log_file: Path | None = None) -> float:
+        return timed(self.argv(*args), log_file=log_file, env=self.env)
 
     def images(self) -> list[dict[str, Any]]:
         if not self.store.is_dir():
             return []
-        data = json.loads(self.call("images", "--json", configs=True))
+        data = json.loads(self.call("images", "--json"))
         return [dict(row) for row in data]
 
     def image(self, profile: str) -> dict[str, Any]:
@@ -401,8 +399,13 @@ class Manager:
         return [str(row["name"]) for row in json.loads(self.call("ls", "--json"))]
 
     def build(self, profile: str, log_file: Path) -> dict[str, Any]:
-        self.call("build", profile, configs=True, log_file=log_file)
+        self.call("build", self.ref(profile), log_file=log_file)
         return self.image(profile)
+
+    def ref(self, profile: str) -> str:
+        """How a profile is named on the command line: the shipped one by name, the bench's own by the path
+        of its file (as `--configs` would, but `--configs` also turns off `run`'s fast path)."""
+        return profile if profile == BASE else str(self.configs / f"{profile}.yaml")
 
     def teardown(self) -> None:
         """Remove every sandbox and image of this store with sandboxmgr itself, then the store."""
@@ -413,7 +416,7 @@ class Manager:
             self.call("-q", "rm", *names)
         keys = [str(row["key"]) for row in self.images()]
         if keys:
-            self.call("-q", "rmi", *keys, configs=True)
+            self.call("-q", "rmi", *keys)
         remove_tree(self.store)
 
 
@@ -809,9 +812,10 @@ def bench_create(bench: Bench) -> Section:
         raw = Candidate(f"bare overlayfs ({label})", "mkdir u w m; unshare -m: mount overlay + chroot m true; "
                         "rm -rf", overlay, prepare=os.sync)
         def run(profile: str = profile) -> float:
-            return sm.timed("run", profile, "true", configs=profile != BASE)
+            return sm.timed("run", sm.ref(profile), "true")
 
-        ours = Candidate(f"sandboxmgr run ({label})", shown(["sandboxmgr", "run", profile, "true"]), run,
+        shown_ref = profile if profile == BASE else f"CONFIGS/{profile}.yaml"
+        ours = Candidate(f"sandboxmgr run ({label})", f"sandboxmgr run {shown_ref} true", run,
                          prepare=os.sync, is_peer=False)
         candidates += [peer, raw, ours]
         info.append((profile, label, int(image.get("size") or 0), tar_size, peer, raw, ours))
@@ -928,10 +932,11 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
         bootstrap_seconds(warm_store["store"], "warm")
 
     def plus_one_measure() -> float:
-        return warm_store["store"].timed("build", PLUS_ONE, configs=True, log_file=build_log)
+        manager = warm_store["store"]
+        return manager.timed("build", manager.ref(PLUS_ONE), log_file=build_log)
 
     def plus_one_finish() -> None:
-        warm_store["store"].call("-q", "rmi", PLUS_ONE, configs=True)
+        warm_store["store"].call("-q", "rmi", PLUS_ONE)
 
     sm_cold = Candidate("sandboxmgr build, cold", f"sandboxmgr --store EMPTY build {BASE}", cold_measure,
                         prepare=cold_prepare, finish=cold_finish, is_peer=False, retries=1)
@@ -942,7 +947,7 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
     sm_warm = Candidate("sandboxmgr build, warm", f"sandboxmgr rmi {BASE} (untimed); sandboxmgr build {BASE}",
                         warm_measure, prepare=warm_prepare, finish=warm_finish, is_peer=False, retries=1)
     sm_plus = Candidate(f"sandboxmgr build, +{EXTRA_PACKAGE}",
-                        f"sandboxmgr build {PLUS_ONE} ({BASE} built; packages: [{EXTRA_PACKAGE}])",
+                        f"sandboxmgr build CONFIGS/{PLUS_ONE}.yaml ({BASE} built; packages: [{EXTRA_PACKAGE}])",
                         plus_one_measure, finish=plus_one_finish, is_peer=False, retries=1)
     rounds = bench.rounds.builds
     log(f"builds: {rounds} alternating rounds of {', '.join(c.label for c in trio)}"
