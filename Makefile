@@ -32,8 +32,8 @@ demo: venv
 	@echo "sandboxmgr is installed in $(VENV): run '. $(VENV)/bin/activate' to put it on PATH."
 
 lint: venv
-	$(BIN)/ruff check sandboxmgr tests
-	$(BIN)/mypy --strict sandboxmgr tests
+	$(BIN)/ruff check sandboxmgr tests bench
+	$(BIN)/mypy --strict sandboxmgr tests bench
 
 test: venv lint
 	$(BIN)/pytest

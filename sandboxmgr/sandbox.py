@@ -194,7 +194,7 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: Settings, options: Ru
     with store.temporary("run") as tmp, _using(store, image):
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
-        root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root")
+        root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
         return enter(_spec(root, settings, options, tmp))
 
 

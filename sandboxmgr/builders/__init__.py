@@ -42,6 +42,8 @@ class BuildRoot:
         if not self.lowers:
             return DirectoryRoot(self.upper)
         assert self.work is not None and self.mountpoint is not None
+        # Not volatile: a layer's steps mount the same upper again, and the kernel refuses
+        # to remount an upper that a volatile mount left.
         return OverlayRoot(self.lowers, self.upper, self.work, self.mountpoint)
 
     def overlay_options(self) -> str:
