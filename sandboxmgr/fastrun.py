@@ -1,4 +1,4 @@
-"""The fast path of `sandboxmgr run PROFILE -- CMD` on an image that is built.
+"""The fast path of `sandboxmgr run PROFILE -- CMD` on a built image, and of `exec`.
 
 Importing click and the YAML machinery costs more than entering a sandbox, so
 the common forms of `run` whose profile resolution is cached (see runcache.py)
@@ -18,26 +18,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Options of `run` that take no value, as cli.py defines them.
+# Options of `run` and `exec` that take no value, as cli.py defines them.
 _RUN_FLAGS = {"--rm": "rm", "-i": "i", "--interactive": "i", "-t": "t", "--tty": "t",
               "-it": "it", "-ti": "it"}
+_EXEC_FLAGS = {key: value for key, value in _RUN_FLAGS.items() if key != "--rm"}
 
 
 @dataclass(frozen=True)
 class FastArgs:
     store: str | None
     quiet: bool
-    ref: str
+    verb: str  # "run" or "exec"
+    ref: str  # the profile (run) or the sandbox's name (exec)
     command: tuple[str, ...]
     tty: bool
 
 
 def parse(argv: Sequence[str]) -> FastArgs | None:
-    """``[--store DIR] [-q] run [--rm] [-i] [-t] PROFILE [--] [COMMAND...]``, or None."""
+    """``[--store DIR] [-q] run [--rm] [-i] [-t] PROFILE [--] [COMMAND...]`` or
+    ``[--store DIR] [-q] exec [-i] [-t] NAME [--] COMMAND...``, or None."""
     args = list(argv)
     store = None
     quiet = False
-    while args and args[0] != "run":
+    while args and args[0] not in ("run", "exec"):
         option = args.pop(0)
         if option == "--store" and args:
             store = args.pop(0)
@@ -49,10 +52,11 @@ def parse(argv: Sequence[str]) -> FastArgs | None:
             return None
     if not args:
         return None
-    args.pop(0)  # "run"
+    verb = args.pop(0)
+    flags = _RUN_FLAGS if verb == "run" else _EXEC_FLAGS
     tty = False
     while args and args[0].startswith("-"):
-        flag = _RUN_FLAGS.get(args.pop(0))
+        flag = flags.get(args.pop(0))
         if flag is None:
             return None
         tty = tty or flag in ("t", "it")
@@ -61,7 +65,9 @@ def parse(argv: Sequence[str]) -> FastArgs | None:
     ref = args.pop(0)
     if args[:1] == ["--"]:
         args.pop(0)
-    return FastArgs(store or None, quiet, ref, tuple(args), tty)
+    if verb == "exec" and not args:
+        return None  # click reports the missing command
+    return FastArgs(store or None, quiet, verb, ref, tuple(args), tty)
 
 
 def try_run(argv: Sequence[str]) -> int | None:
@@ -76,6 +82,12 @@ def try_run(argv: Sequence[str]) -> int | None:
     from sandboxmgr.store import Store
 
     store = Store(Path(args.store) if args.store else default_store())
+    if args.verb == "exec":
+        from sandboxmgr import sandbox
+
+        # A named sandbox keeps its settings: nothing of its profile is needed.
+        store.clean_leftovers()
+        return sandbox.run_in(store, store.sandbox(args.ref), sandbox.RunOptions(argv=args.command, tty=args.tty))
     cached = runcache.lookup(store.root, args.ref, profile_dirs(()))
     if cached is None:
         return None

@@ -8,9 +8,12 @@ test instead, so a green CI run always means the real thing ran.
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +94,29 @@ class CLI:
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, text=True)
+
+
+def run_in_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``argv`` on a pty of the test's own, as on a terminal: its exit status and output."""
+    pid, master = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.execv(argv[0], argv)
+    output = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
 def host_mounts() -> list[str]:

@@ -393,3 +393,22 @@ def build_repo(workdir: Path) -> RpmRepo:
 
     return RpmRepo(signed=signed, unsigned=unsigned, other_signed=other_signed,
                    key=key.public, other_key=other.public, arch=arch)
+
+
+def tiny_profile(repo: RpmRepo, repo_dir: Path | None = None, key: Path | None = None,
+                 packages: str = "[tinydistro-hello]", gpgcheck: bool = True) -> str:
+    """A profile of the made-up Tiny Distro over one of ``repo``'s repositories: a dnf build in a second."""
+    return (
+        "description: Tiny Distro, a made-up RPM distribution\n"
+        "distro: tinydistro\n"
+        "release: '1'\n"
+        "bootstrap:\n"
+        "  method: dnf\n"
+        "  include: [tinydistro-release, tinydistro-busybox]\n"
+        "repositories:\n"
+        "  - name: tiny\n"
+        f"    baseurl: {repo.baseurl(repo_dir or repo.signed)}\n"
+        f"    gpgkey: file://{key or repo.key}\n"
+        f"    gpgcheck: {'true' if gpgcheck else 'false'}\n"
+        f"packages: {packages}\n"
+    )

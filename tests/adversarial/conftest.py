@@ -19,7 +19,7 @@ import pytest
 
 from sandboxmgr import cgroups, mountinfo
 from tests.conftest import CLI, Result, missing, need_root
-from tests.rpmrepo import RpmRepo
+from tests.rpmrepo import RpmRepo, tiny_profile
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,23 +63,6 @@ def need_controllers(*names: str) -> None:
         cgroups.choose(names, cgroups.hierarchies())
     except Exception as exc:  # SandboxError names what is missing
         missing(f"cgroup controllers {', '.join(names)} are not available: {exc}")
-
-
-def tiny_profile(repo: RpmRepo) -> str:
-    """The made-up Tiny Distro of tests/rpmrepo.py: a dnf build in about a second."""
-    return (
-        "description: Tiny Distro, a made-up RPM distribution\n"
-        "distro: tinydistro\n"
-        "release: '1'\n"
-        "bootstrap:\n"
-        "  method: dnf\n"
-        "  include: [tinydistro-release, tinydistro-busybox]\n"
-        "repositories:\n"
-        "  - name: tiny\n"
-        f"    baseurl: {repo.baseurl(repo.signed)}\n"
-        f"    gpgkey: file://{repo.key}\n"
-        "packages: [tinydistro-hello]\n"
-    )
 
 
 def fresh_tiny(base: Path, repo: RpmRepo) -> CLI:

@@ -11,16 +11,14 @@ import errno
 import fcntl
 import os
 import pty
-import select
 import subprocess
 import termios
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.adversarial.conftest import attempts
-from tests.conftest import CLI, ConcurrentBuild
+from tests.conftest import CLI, ConcurrentBuild, run_in_pty
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
@@ -138,24 +136,7 @@ def attempts_of(text: str) -> dict[str, str]:
 def test_tiocsti_with_t_reaches_only_the_sandboxs_own_pty(cli: CLI, bookworm: ConcurrentBuild,
                                                          attack_dir: Path) -> None:
     """With -t the command owns a pty made in the sandbox: injecting there is harmless."""
-    pid, master = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        argv = cli.argv("run", "-t", "-v", f"{attack_dir}:/attack:ro", IMAGE, "sh", "-c",
-                        "/attack/attack tiocsti 'true\n'; echo DONE")
-        os.execv(argv[0], argv)
-    output = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(master)
-    assert os.waitstatus_to_exitcode(status) == 0, output
-    assert b"tiocsti: ok" in output and b"DONE" in output
+    status, output = run_in_pty(cli.argv("run", "-t", "-v", f"{attack_dir}:/attack:ro", IMAGE, "sh", "-c",
+                                         "/attack/attack tiocsti 'true\n'; echo DONE"))
+    assert status == 0, output
+    assert "tiocsti: ok" in output and "DONE" in output

@@ -19,6 +19,16 @@ pytestmark = [pytest.mark.root, pytest.mark.network]
 DOWNLOADED = "layer-*/diff/var/cache/apt/archives/*.deb"
 
 
+def wait_for_download(tmp_dir: Path, timeout: float = 120) -> None:
+    """Until a build in ``tmp_dir`` has downloaded packages: well under way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tmp_dir.is_dir() and list(tmp_dir.glob(DOWNLOADED)):
+            return
+        time.sleep(0.2)
+    pytest.fail("the build never started downloading")
+
+
 def fresh_cli(tmp_path: Path, profiles: dict[str, str]) -> CLI:
     configs = tmp_path / "configs"
     configs.mkdir()
@@ -66,14 +76,8 @@ def test_a_killed_build_leaves_nothing_that_looks_built(tmp_path: Path) -> None:
     cli = fresh_cli(tmp_path, {})
     proc = cli.popen("build", "debian-bookworm")
     tmp_dir = cli.store / "tmp"
-    deadline = time.monotonic() + 120
-    # Wait until debootstrap has written into the build tree, then kill -9 the manager.
-    while time.monotonic() < deadline:
-        builds = list(tmp_dir.glob(DOWNLOADED)) if tmp_dir.is_dir() else []
-        if builds:
-            break
-        time.sleep(0.2)
-    assert builds, "the build never started"
+    # Wait until the bootstrap has downloaded into the build tree, then kill -9 the manager.
+    wait_for_download(tmp_dir)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     # debootstrap dies with the manager, and so does everything it started.
@@ -180,12 +184,7 @@ def test_ctrl_c_during_a_build_removes_it_at_once(tmp_path: Path) -> None:
     cli = fresh_cli(tmp_path, {})
     proc = cli.popen("build", "debian-bookworm")
     tmp_dir = cli.store / "tmp"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if tmp_dir.is_dir() and list(tmp_dir.glob(DOWNLOADED)):
-            break
-        time.sleep(0.2)
-    assert list(tmp_dir.glob(DOWNLOADED)), "the build never started"
+    wait_for_download(tmp_dir)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

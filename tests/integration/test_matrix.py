@@ -14,8 +14,7 @@ import pytest
 
 from sandboxmgr import mountinfo
 from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, need_mirror
-from tests.integration.test_rpm import tiny_profile
-from tests.rpmrepo import RpmRepo
+from tests.rpmrepo import RpmRepo, tiny_profile
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 

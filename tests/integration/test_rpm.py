@@ -14,27 +14,9 @@ import pytest
 
 from sandboxmgr import mountinfo
 from tests.conftest import CLI, missing, need_root
-from tests.rpmrepo import RpmRepo
+from tests.rpmrepo import RpmRepo, tiny_profile
 
 pytestmark = [pytest.mark.root]
-
-
-def tiny_profile(repo: RpmRepo, repo_dir: Path | None = None, key: Path | None = None,
-                 packages: str = "[tinydistro-hello]", gpgcheck: bool = True) -> str:
-    return (
-        "description: Tiny Distro, a made-up RPM distribution\n"
-        "distro: tinydistro\n"
-        "release: '1'\n"
-        "bootstrap:\n"
-        "  method: dnf\n"
-        "  include: [tinydistro-release, tinydistro-busybox]\n"
-        "repositories:\n"
-        "  - name: tiny\n"
-        f"    baseurl: {repo.baseurl(repo_dir or repo.signed)}\n"
-        f"    gpgkey: file://{key or repo.key}\n"
-        f"    gpgcheck: {'true' if gpgcheck else 'false'}\n"
-        f"packages: {packages}\n"
-    )
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import pty
-import select
 import signal
 import subprocess
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, ConcurrentBuild, host_mounts
+from tests.conftest import CLI, ConcurrentBuild, host_mounts, run_in_pty
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -138,25 +136,8 @@ def test_ephemeral_changes_vanish(cli: CLI, bookworm: ConcurrentBuild) -> None:
 
 
 def test_tty_gives_a_real_terminal(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    pid, master = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        os.execv(cli.argv()[0], cli.argv("run", "-it", IMAGE, "sh", "-c", "tty; test -t 0 && echo TTY-OK"))
-    output = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(master)
-    text = output.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    status, text = run_in_pty(cli.argv("run", "-it", IMAGE, "sh", "-c", "tty; test -t 0 && echo TTY-OK"))
+    assert status == 0, text
     assert "/dev/pts/0" in text
     assert "TTY-OK" in text
 

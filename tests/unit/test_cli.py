@@ -153,10 +153,38 @@ def test_the_fast_path_parses_like_the_full_cli(form: list[str], tmp_path: Path,
     ["--configs", "/x", "run", "debian"],
     ["run", "--name", "x", "debian"],
     ["run", "--help"],
-    ["exec", "work", "true"],
+    ["exec", "-e", "A=1", "work", "true"],
+    ["exec", "work"],
     ["run"],
 ])
 def test_the_fast_path_leaves_everything_else_to_the_full_cli(form: list[str]) -> None:
     from sandboxmgr import fastrun
 
     assert fastrun.parse(form) is None
+
+
+@pytest.mark.parametrize("form", [
+    ["exec", "work", "true"],
+    ["exec", "-it", "work", "--", "sh", "-c", "echo hi"],
+    ["-q", "exec", "-t", "work", "ls", "-la"],
+])
+def test_the_fast_path_parses_exec_like_the_full_cli(form: list[str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr import fastrun
+    from sandboxmgr.store import SandboxRecord, Store
+
+    seen: list[RunOptions] = []
+
+    def fake_run_in(store: object, record: object, options: RunOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr("sandboxmgr.sandbox.run_in", fake_run_in)
+    monkeypatch.setattr(Store, "sandbox", lambda self, name: SandboxRecord(name, tmp_path, {}))
+    monkeypatch.setattr("sandboxmgr.errors.require_root", lambda action: None)
+    monkeypatch.setattr(cli_module, "stdin_is_tty", lambda: True)
+    fast = fastrun.parse(["--store", str(tmp_path), *form])
+    assert fast is not None and fast.verb == "exec" and fast.ref == "work"
+    invoke(*form, store=tmp_path)
+    (options,) = seen
+    assert (fast.command, fast.tty) == (options.argv, options.tty)
