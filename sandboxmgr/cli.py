@@ -212,12 +212,6 @@ def build(app: App, profile: str, rebuild: bool) -> None:
     loaded = app.registry.load(profile)
     line = app.progress(loaded.name)
     try:
-        if rebuild:
-            key = loaded.image_key()
-            users = [s.name for s in app.store.sandboxes() if s.meta.get("image") == key]
-            if users:
-                raise SandboxError(f"cannot rebuild {loaded.name}: sandbox {', '.join(users)} uses its image",
-                                   hint=f"remove them first: sandboxmgr rm {' '.join(users)}")
         record = ensure_image(app.store, loaded, line, rebuild=rebuild)
     finally:
         line.done()
@@ -458,10 +452,13 @@ def _run_ephemeral(app: App, ref: str, options: RunOptions) -> int:
         if image is not None and all(app.store.layer(key) is not None for key in image.layers):
             settings = sandbox.Settings.from_json(cached["settings"])
             return sandbox.run_ephemeral(app.store, image, settings, options)
+    from sandboxmgr.names import hostname_for
+
     loaded = app.registry.load(ref)
+    watched = runcache.fingerprints(ref, dirs, loaded.input_files())
     image = app.image_for(loaded)
-    settings = sandbox.profile_settings(app.store, loaded, loaded.name.replace(".", "-"))
-    runcache.save(app.store.root, ref, dirs, loaded.input_files(), image.key, loaded.name, settings.to_json())
+    settings = sandbox.profile_settings(app.store, loaded, hostname_for(loaded.name))
+    runcache.save(app.store.root, ref, dirs, watched, image.key, loaded.name, settings.to_json())
     return sandbox.run_ephemeral(app.store, image, settings, options)
 
 
@@ -738,6 +735,7 @@ def _error(message: str, hint: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
+    os.umask(0o022)  # see fastrun.main
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         status = cli.main(args=argv, prog_name="sandboxmgr", standalone_mode=False)

@@ -110,6 +110,10 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
+    # Directories made in the store become directories of sandboxes and images (an
+    # overlay takes a directory's mode from its upper one): a caller's umask of 077
+    # would make / or /usr unreadable to users inside.
+    os.umask(0o022)
     try:
         status = try_run(sys.argv[1:])
     except SandboxError as exc:
@@ -117,6 +121,10 @@ def main() -> None:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # anything else: one line, as the full CLI reports it
+        print(f"sandboxmgr: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
+        sys.exit(125)
     if status is not None:
         sys.exit(status)
     from sandboxmgr.cli import main as full_main

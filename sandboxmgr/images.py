@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
-from sandboxmgr.errors import BuildError, require_root
+from sandboxmgr.errors import BuildError, BusyError, require_root
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import LayerPlan, Profile
 from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, tree_size
@@ -73,13 +73,18 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
     builder = get_builder(profile.bootstrap.method)
     builder.preflight(profile)
     store.ensure()
+    if rebuild:
+        _check_rebuild(store, profile)
     with ExitStack() as held:
         held.enter_context(_locked(store.lock("image", key), progress, f"image of {profile.name}"))
         record = store.image(key)
         if record is not None and not rebuild and _layers_present(store, record):
             return record  # built by the process we waited for
         store.clean_leftovers()
-        reason = rebuild_reason(store, profile) if record is None else "rebuild requested"
+        if record is None:
+            reason = rebuild_reason(store, profile)
+        else:
+            reason = "rebuild requested" if rebuild else "layers of the image are missing"
         if reason:
             progress(f"building a new image: {reason}")
         started = time.monotonic()
@@ -117,6 +122,23 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
         record = store.publish_image(key, meta)
     progress(f"ready: {profile.name} ({key}), {len(built)} layers, in {meta['build_seconds']}s")
     return record
+
+
+def _check_rebuild(store: Store, profile: Profile) -> None:
+    """A rebuild replaces layers in place: refuse while any image that shares one of
+    them has a sandbox, named or running (its lower layers would change under it)."""
+    from sandboxmgr.store import is_held
+
+    keys = {layer.key for layer in profile.layers()}
+    for image in store.images():
+        if not keys & set(image.layers):
+            continue
+        users = [s.name for s in store.sandboxes() if s.meta.get("image") == image.key]
+        if users or is_held(store.locks_dir / f"image-{image.key}.lock"):
+            what = f"sandbox {', '.join(users)}" if users else "a running sandbox"
+            raise BusyError(f"cannot rebuild {profile.name}: {what} uses a layer it shares with image "
+                            f"{image.key} ({image.profile})",
+                            hint="remove those sandboxes (or wait for the run to end), then rebuild")
 
 
 def _layers_present(store: Store, record: ImageRecord) -> bool:

@@ -286,6 +286,19 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
             results[index].status = "cancelled"
             results[index].sandbox = None
         view(results)
+    except BaseException:
+        # Something failed in the manager itself (an image, a sandbox that could not be
+        # made): stop the workers and remove their sandboxes before reporting it.
+        forward(signal.SIGTERM, None)
+        for pid, index in running.items():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            _finish(store, results[index], keep=False)
+        for result in results:
+            if result.status == "pending" and result.sandbox is not None:
+                with contextlib.suppress(SandboxError):
+                    store.remove_sandbox(store.sandbox(result.sandbox))
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -13,6 +13,14 @@ from sandboxmgr.errors import ProfileError
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Bumped when the meaning of a build input changes, so old layers are not reused.
+BUILD_FORMAT = 2
+
+
+def hostname_for(name: str) -> str:
+    """A valid host name made from a profile or sandbox name (``my_prof.x`` -> ``my-prof-x``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9-]+", "-", name)[:63].strip("-")
+    return cleaned or "sandbox"
 
 
 def check_name(name: str, what: str = "name") -> str:

@@ -32,7 +32,7 @@ import yaml
 from sandboxmgr import distros
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.limits import Limits, parse_cpus, parse_memory, parse_pids
-from sandboxmgr.names import HOSTNAME_RE, NAME_RE, NAME_RULE, check_name
+from sandboxmgr.names import BUILD_FORMAT, HOSTNAME_RE, NAME_RE, NAME_RULE, check_name
 
 __all__ = ["HOSTNAME_RE", "NAME_RE", "NAME_RULE", "Profile", "ProfileRegistry", "check_name"]
 
@@ -47,8 +47,6 @@ MMDEBSTRAP_VARIANTS = (
 NETWORKS = ("host", "none")
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
-# Bumped when the meaning of a build input changes, so old images are not reused.
-BUILD_FORMAT = 2
 
 
 def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
@@ -182,9 +180,16 @@ class Profile:
         inputs = self.build_inputs()
         base: dict[str, Any] = {key: inputs[key] for key in ("format", "distro", "release", "arch", "bootstrap", "rpm")
                 if key in inputs}
+        # A custom RPM distro with neither a release package nor bootstrap.include
+        # bootstraps its packages themselves (builders/rpm.py): they are then an
+        # input of the bootstrap layer, and there is no packages layer.
+        packages_in_bootstrap = (self.family == "rpm" and not self.release_package
+                                 and not self.bootstrap.include)
+        if packages_in_bootstrap:
+            base["packages"] = list(self.packages)
         plan = [LayerPlan("bootstrap", _digest({"layer": "bootstrap", **base}),
                           f"bootstrap {self.distro} {self.release} ({self.bootstrap.method})")]
-        if self.packages:
+        if self.packages and not packages_in_bootstrap:
             plan.append(LayerPlan("packages", _digest({"parent": plan[-1].key, "packages": list(self.packages)}),
                                   f"packages: {' '.join(self.packages)}"))
         for number, step in enumerate(self.setup, 1):

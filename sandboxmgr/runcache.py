@@ -18,13 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1
+FORMAT = 2
 
 
 def _key(ref: str, dirs: Sequence[Path]) -> list[Any]:
-    # A path reference depends on the working directory; a name on the search path.
+    # A path reference depends on the working directory; a name on the search path; both
+    # on the version of sandboxmgr and its build format (they decide the image key too).
+    from sandboxmgr import __version__
+    from sandboxmgr.names import BUILD_FORMAT
+
     where = os.getcwd() if ref.endswith((".yaml", ".yml")) else ""
-    return [ref, where, [str(d) for d in dirs]]
+    return [ref, where, [str(d) for d in dirs], __version__, BUILD_FORMAT]
 
 
 def _entry(store_root: Path, ref: str, dirs: Sequence[Path]) -> Path:
@@ -36,9 +40,19 @@ def _entry(store_root: Path, ref: str, dirs: Sequence[Path]) -> Path:
 def _fingerprint(path: Path) -> list[int] | None:
     try:
         info = os.stat(path)
+        link = os.lstat(path)  # a symlink retargeted to another profile changes this one
     except OSError:
         return None
-    return [info.st_ino, info.st_size, info.st_mtime_ns]
+    return [info.st_ino, info.st_size, info.st_mtime_ns, link.st_ino, link.st_mtime_ns]
+
+
+def fingerprints(ref: str, dirs: Sequence[Path], files: Sequence[Path]) -> list[list[Any]]:
+    """What a resolution depends on, taken *before* the build it leads to: a profile
+    edited while its image builds must not be taken for the one that was built."""
+    paths = [*dirs, *files]
+    if ref.endswith((".yaml", ".yml")):
+        paths.append(Path(ref).absolute())  # the path as given: a retargeted symlink is a new inode
+    return [[str(p), _fingerprint(p)] for p in paths]
 
 
 def lookup(store_root: Path, ref: str, dirs: Sequence[Path]) -> dict[str, Any] | None:
@@ -55,7 +69,7 @@ def lookup(store_root: Path, ref: str, dirs: Sequence[Path]) -> dict[str, Any] |
     return data
 
 
-def save(store_root: Path, ref: str, dirs: Sequence[Path], watched: Sequence[Path],
+def save(store_root: Path, ref: str, dirs: Sequence[Path], watched: list[list[Any]],
          image: str, profile: str, settings: dict[str, Any]) -> None:
     """Remember a resolution; called after the slow path resolved and built it."""
     entry = _entry(store_root, ref, dirs)
@@ -66,7 +80,7 @@ def save(store_root: Path, ref: str, dirs: Sequence[Path], watched: Sequence[Pat
         "image": image,
         "profile": profile,
         "settings": settings,
-        "watched": [[str(p), _fingerprint(p)] for p in [*dirs, *watched]],
+        "watched": watched,
     }
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_suffix(f".{os.getpid()}.tmp")

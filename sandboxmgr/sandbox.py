@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sandboxmgr.enter import DEFAULT_PATH, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.names import HOSTNAME_RE
+from sandboxmgr.names import HOSTNAME_RE, hostname_for
 from sandboxmgr.store import ImageRecord, Lock, SandboxRecord, Store, now_iso
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def _using(store: Store, image: ImageRecord) -> Lock:
 
 
 def create(store: Store, name: str, image: ImageRecord, profile: Profile, options: RunOptions) -> SandboxRecord:
-    settings = with_options(profile_settings(store, profile, name.replace(".", "-").replace("_", "-")), options)
+    settings = with_options(profile_settings(store, profile, hostname_for(name)), options)
     meta = {
         "name": name,
         "profile": profile.name,

@@ -178,6 +178,21 @@ class Lock:
         self.release()
 
 
+def is_held(path: Path) -> bool:
+    """Whether anyone holds the lock at all, shared (a running sandbox) or exclusive."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def is_locked(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -332,6 +347,9 @@ class Store:
             try:
                 remove_tree(entry)
                 removed.append(entry)
+            except (OSError, SandboxError) as exc:
+                # A leftover that cannot go (still mounted, say) must not stop every command.
+                warn(f"cannot remove the leftover {entry}: {exc}; 'sandboxmgr doctor' says more")
             finally:
                 lock.release()
                 lock.path.unlink(missing_ok=True)
@@ -376,7 +394,11 @@ class Store:
         lock.try_acquire()
         doomed = self.tmp_dir / ident
         try:
-            os.rename(path, doomed)
+            try:
+                os.rename(path, doomed)
+            except FileNotFoundError:
+                raise NotFoundError(f"{path.name} is gone: another command removed it first",
+                                    hint="nothing to do") from None
             yield
             remove_tree(doomed)
         finally:
@@ -446,9 +468,13 @@ class Store:
                 continue
             lock = self.lock("layer", layer.key)
             if not lock.try_acquire():
-                continue  # being rebuilt right now
-            with lock, self._discarding(layer.path, f"prune-{layer.key}"):
-                pass
+                continue  # a build holds it: it is being made, or used by an image being recorded
+            with lock:
+                # A build may have recorded an image over this layer since the list above.
+                if any(layer.key in image.layers for image in self.images()):
+                    continue
+                with self._discarding(layer.path, f"prune-{layer.key}"):
+                    pass
             removed.append(layer.key)
         return removed
 

@@ -61,15 +61,27 @@ class BuildRoot:
             return not is_whiteout
         return False
 
+    def in_upper(self, path: str) -> Path:
+        """``path`` in the layer's own directory, refusing to pass a symlink on the way:
+        the host follows symlinks here, and a build step could have planted one
+        (``ln -s /somewhere /usr/sbin``) to make the host write or delete outside."""
+        current = self.upper
+        for name in [p for p in path.split("/") if p][:-1]:
+            current = current / name
+            if current.is_symlink():
+                raise BuildError(f"a build step made {path!r}'s directory a symlink ({current})",
+                                 hint="sandboxmgr does not follow it out of the build; change the step")
+        return self.upper / path.lstrip("/")
+
     def write_build_file(self, path: str, text: str, mode: int = 0o644) -> None:
         """A file that exists only while the layer is built (see :meth:`remove_build_file`)."""
-        target = self.upper / path.lstrip("/")
+        target = self.in_upper(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         target.chmod(mode)
 
     def remove_build_file(self, path: str) -> None:
-        (self.upper / path.lstrip("/")).unlink(missing_ok=True)
+        self.in_upper(path).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -188,11 +188,11 @@ class DnfBuilder(Builder):
 
     def finish(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
         root.remove_build_file(f"{INSIDE_REPOS}/profile.repo")
-        for directory in (root.upper / INSIDE_REPOS.lstrip("/"), root.upper / "etc" / "sandboxmgr"):
+        for directory in (INSIDE_REPOS, "/etc/sandboxmgr"):
             with contextlib.suppress(OSError):
-                directory.rmdir()
+                root.in_upper(directory + "/").rmdir()
         # Whatever dnf left in the layer's own cache (the shared one was mounted over it).
-        cache = root.upper / "var" / "cache" / "dnf"
-        if cache.is_dir():
+        cache = root.in_upper("/var/cache/dnf/")
+        if cache.is_dir() and not cache.is_symlink():
             for entry in cache.iterdir():
                 remove_tree(entry)

@@ -101,6 +101,10 @@ def test_rmi_refuses_while_a_sandbox_uses_the_image(cli: CLI, bookworm: Concurre
         assert refused.code == 125
         assert "used by sandbox user1" in refused.err
         assert "sandboxmgr rm user1" in refused.err
+        # A rebuild would replace the layers under it: refused as well.
+        rebuild = cli("build", "--rebuild", IMAGE)
+        assert rebuild.code == 125
+        assert "cannot rebuild debian-bookworm: sandbox user1 uses a layer" in rebuild.err
     finally:
         cli.ok("rm", "user1")
 

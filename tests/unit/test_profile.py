@@ -279,3 +279,15 @@ def test_rpm_image_key_follows_repositories(tmp_path: Path) -> None:
         "  - {name: extra, baseurl: 'https://example.org/repo', gpgkey: 'https://example.org/key'}\n"))
     reg = registry(tmp_path)
     assert reg.load("other-mirror").layers()[0].key != reg.load("fedora-45").layers()[0].key
+
+
+def test_a_custom_rpm_distro_without_include_bootstraps_its_packages(tmp_path: Path) -> None:
+    base = ("distro: tinydistro\nrelease: '1'\nbootstrap: {method: dnf}\n"
+            "repositories:\n  - {name: local, baseurl: file:///srv/repo, gpgkey: file:///srv/key.asc}\n")
+    write(tmp_path, "two", base + "packages: [a, b]\n")
+    write(tmp_path, "three", base + "packages: [a, b, c]\n")
+    reg = registry(tmp_path)
+    two, three = reg.load("two").layers(), reg.load("three").layers()
+    # The packages are installed by the bootstrap itself, so they key the bootstrap layer.
+    assert [layer.kind for layer in two] == ["bootstrap"]
+    assert two[0].key != three[0].key
