@@ -218,7 +218,12 @@ def create(store: Store, name: str, image: ImageRecord, profile: Profile, option
         "created": now_iso(),
         "settings": settings.to_json(),
     }
-    return store.create_sandbox(name, meta)
+    # Holding the image, so a concurrent rmi either sees this sandbox or is refused.
+    with _using(store, image):
+        if store.image(image.key) is None:
+            raise SandboxError(f"the image {image.key} of {profile.name} was removed meanwhile",
+                               hint="run the command again: the image is built anew")
+        return store.create_sandbox(name, meta)
 
 
 def run_in(store: Store, record: SandboxRecord, options: RunOptions) -> int:

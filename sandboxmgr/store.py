@@ -446,17 +446,19 @@ class Store:
 
     def remove_image(self, record: ImageRecord) -> list[str]:
         """Remove an image record, then every layer no other image uses; the removed layers' keys."""
-        users = self._users(record)
-        if users:
-            raise SandboxError(
-                f"image {record.key} ({record.profile}) is used by sandbox {', '.join(users)}",
-                hint=f"remove the sandbox first: sandboxmgr rm {' '.join(users)}",
-            )
         lock = self.lock("image", record.key)
         lock.acquire(False, f"image {record.key} ({record.profile}) is in use by a build or a running sandbox",
                      "wait for it to finish, then try again")
-        with lock, self._discarding(record.path, f"rmi-{record.key}"):
-            pass
+        with lock:
+            # Checked under the lock: a sandbox is created holding the image (sandbox.create).
+            users = self._users(record)
+            if users:
+                raise SandboxError(
+                    f"image {record.key} ({record.profile}) is used by sandbox {', '.join(users)}",
+                    hint=f"remove the sandbox first: sandboxmgr rm {' '.join(users)}",
+                )
+            with self._discarding(record.path, f"rmi-{record.key}"):
+                pass
         return self.remove_unused_layers()
 
     def remove_unused_layers(self) -> list[str]:
