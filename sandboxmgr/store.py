@@ -178,14 +178,13 @@ class Lock:
         self.release()
 
 
-def is_held(path: Path) -> bool:
-    """Whether anyone holds the lock at all, shared (a running sandbox) or exclusive."""
+def _probe(path: Path, mode: int) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
@@ -194,17 +193,13 @@ def is_held(path: Path) -> bool:
 
 
 def is_locked(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """Whether someone holds the lock exclusively (a build, a command in a named sandbox)."""
+    return _probe(path, fcntl.LOCK_SH)
+
+
+def is_held(path: Path) -> bool:
+    """Whether anyone holds the lock at all, shared (a running sandbox) or exclusive."""
+    return _probe(path, fcntl.LOCK_EX)
 
 
 # --- records ---------------------------------------------------------------------------------
