@@ -98,9 +98,13 @@ class _DebianFamily(Builder):
         progress = DebootstrapProgress(context)
         context.progress(f"bootstrap: {self.tool} {profile.release} from {profile.bootstrap.mirror}")
         cache = context.caches[0].source if context.caches else None
+        # The tool's own temporary files (mmdebstrap's gpg home) go into the build's tmp/
+        # tree, which is removed even when the build is killed; not into the host's /tmp.
+        scratch = rootfs.parent / "scratch"
+        scratch.mkdir(exist_ok=True)
         try:
             commands.run(self.bootstrap_argv(profile, rootfs, cache), log_file=context.log_file,
-                         on_line=progress, contained=True)
+                         on_line=progress, contained=True, env={"TMPDIR": str(scratch)})
         except commands.ProcessExecutionError as exc:
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
         if not BuildRoot(rootfs).exists("/usr/bin/apt-get"):

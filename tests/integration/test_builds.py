@@ -74,6 +74,7 @@ def test_a_killed_build_leaves_nothing_that_looks_built(tmp_path: Path) -> None:
     need_root()
     need_mirror(DEBIAN_MIRROR, "bookworm")
     cli = fresh_cli(tmp_path, {})
+    host_tmp_before = set(Path("/tmp").glob("mmdebstrap.*"))
     proc = cli.popen("build", "debian-bookworm")
     tmp_dir = cli.store / "tmp"
     # Wait until the bootstrap has downloaded into the build tree, then kill -9 the manager.
@@ -94,6 +95,8 @@ def test_a_killed_build_leaves_nothing_that_looks_built(tmp_path: Path) -> None:
     assert list(tmp_dir.iterdir()) != []
     assert cli("rm", "nothing").code == 125
     assert list(tmp_dir.iterdir()) == []
+    # The bootstrap tool's own temporary files were in the build's tree too, not in /tmp.
+    assert set(Path("/tmp").glob("mmdebstrap.*")) <= host_tmp_before
 
 
 def test_layers_are_reused_and_the_package_cache_serves_a_rebuild(tmp_path: Path, bookworm: ConcurrentBuild) -> None:
