@@ -196,13 +196,3 @@ def limit_capabilities(keep: frozenset[int]) -> None:
         data[i].permitted = word
         data[i].inheritable = 0
     _check(_libc.capset(ctypes.byref(header), data), "capset()")
-
-
-def capability_sets(pid: int | str = "self") -> dict[str, int]:
-    """The Cap* lines of /proc/PID/status as integers (used by tests and inspect)."""
-    result: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Cap"):
-            key, value = line.split(":", 1)
-            result[key] = int(value.strip(), 16)
-    return result

@@ -91,13 +91,6 @@ class BuildContext:
     # Package caches on the host, bind-mounted into every build step (target path -> host dir).
     caches: tuple[BindMount, ...] = ()
 
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
-
     def log_size(self) -> int:
         try:
             return self.log_file.stat().st_size
