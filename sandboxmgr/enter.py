@@ -29,16 +29,13 @@ import fcntl
 import os
 import select
 import signal
-import socket
 import stat
 import struct
 import sys
 import termios
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING
+from types import FrameType, MappingProxyType
 
 from sandboxmgr import linux
 from sandboxmgr.errors import (
@@ -61,8 +58,12 @@ from sandboxmgr.mounts import (
     mask_steps,
     plan,
 )
+from sandboxmgr.record import record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
+    import socket
+
     from sandboxmgr.cgroups import RunCgroup
     from sandboxmgr.limits import Limits
 
@@ -77,6 +78,7 @@ DEFAULT_CAPABILITIES = frozenset(CAPABILITY_NUMBERS.values())
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_NAME = "sandboxmgr-init"  # the sandbox's PID 1 as ps shows it (15 bytes at most)
 _MAX_FD = 0x7FFFFFFF
+NO_ENV: Mapping[str, str] = MappingProxyType({})  # an immutable default
 
 _TIOCSPTLCK = 0x40045431
 _TIOCGPTN = 0x80045430
@@ -88,7 +90,7 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
               signal.SIGUSR1, signal.SIGUSR2)
 
 
-@dataclass(frozen=True)
+@record
 class OverlayRoot:
     """A copy-on-write root: the image's read-only rootfs under a writable upper dir."""
 
@@ -103,18 +105,18 @@ class OverlayRoot:
     volatile: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class DirectoryRoot:
     """A root used as it is, writable (the builders' case: a rootfs being made)."""
 
     path: Path
 
 
-@dataclass(frozen=True)
+@record
 class EnterSpec:
     root: OverlayRoot | DirectoryRoot
     argv: tuple[str, ...] = ()  # empty: the image's shell
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = NO_ENV
     workdir: str | None = None
     hostname: str = "sandbox"
     user: str | None = None
@@ -164,7 +166,11 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None) -> int:
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
     # PID 1 sees this pipe hang up if the manager is already gone (see _init).
     alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
-    tty_parent, tty_child = socket.socketpair() if spec.tty else (None, None)
+    tty_parent = tty_child = None
+    if spec.tty:
+        import socket  # only a run with a tty passes a file descriptor
+
+        tty_parent, tty_child = socket.socketpair()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
     try:
@@ -209,6 +215,8 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
     try:
         if tty_parent is not None and tty_child is not None:
             tty_child.close()
+            import socket
+
             _, fds, _, _ = socket.recv_fds(tty_parent, 16, 1)
             tty_parent.close()
             master = fds[0] if fds else None
@@ -317,7 +325,7 @@ def _setup(spec: EnterSpec) -> Path:
             _mount_step(root_fd, step)
     finally:
         os.close(root_fd)
-    socket.sethostname(spec.hostname)
+    linux.sethostname(spec.hostname)
     if spec.network == "none":
         _loopback_up()
     return root
@@ -425,6 +433,8 @@ def _populate_dev(root_fd: int) -> None:
 
 
 def _loopback_up() -> None:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH14x", b"lo", _IFF_UP | _IFF_LOOPBACK | _IFF_RUNNING)
         fcntl.ioctl(sock, _SIOCSIFFLAGS, request)
@@ -435,6 +445,8 @@ def _open_pty(root: Path, tty_child: socket.socket) -> int:
     master = os.open(root / "dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
+    import socket
+
     socket.send_fds(tty_child, [b"m"], [master])
     tty_child.close()
     os.close(master)
@@ -478,7 +490,7 @@ def _reap(child: int) -> None:
 # --- the command ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class _User:
     uid: int
     gid: int

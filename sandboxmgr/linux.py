@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import platform
 from pathlib import Path
 
 # <sched.h>
@@ -96,14 +95,21 @@ def mount(
     _check(result, f"mount({str(source)!r}, {str(target)!r}, {fstype!r}, {flags:#x}, {data!r})")
 
 
+def sethostname(name: str) -> None:
+    """The host name of the calling process's UTS namespace (socket.sethostname, without socket)."""
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")
+
+
 def umount2(target: str | Path, flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount2({str(target)!r}, {flags})")
 
 
 def pivot_root(new_root: str | Path, put_old: str | Path) -> None:
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    machine = os.uname().machine  # platform.machine(), without platform's import cost
+    number = _SYS_PIVOT_ROOT.get(machine)
     if number is None:
-        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {machine}")
     result = _libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old))
     _check(result, f"pivot_root({str(new_root)!r}, {str(put_old)!r})")
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+from sandboxmgr.record import record
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -20,7 +21,7 @@ def _unescape(field: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-@dataclass(frozen=True)
+@record
 class MountEntry:
     mount_id: int
     parent_id: int

@@ -7,16 +7,16 @@ mount namespace. Keeping the plan as data lets it be tested without root.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr import linux
+from sandboxmgr.record import record
 
 NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
 NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
 
 
-@dataclass(frozen=True)
+@record
 class BindMount:
     """A host path shown inside the sandbox (``-v SRC:DST[:ro|:O]``).
 
@@ -52,8 +52,11 @@ class BindMount:
             raise ValueError(f"{spec!r}: a copy-on-write source may not contain ',', ':' or '\\'")
         return cls(path, target, readonly, copy_on_write)
 
+    def with_scratch(self, scratch: Path) -> BindMount:
+        return BindMount(self.source, self.target, self.readonly, self.copy_on_write, scratch)
 
-@dataclass(frozen=True)
+
+@record
 class MountStep:
     """One mount inside the sandbox.
 
@@ -77,7 +80,7 @@ class MountStep:
     kind: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class Device:
     name: str
     major: int

@@ -8,24 +8,26 @@ sandboxes, not this one.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from sandboxmgr.enter import DEFAULT_PATH, EnterSpec, OverlayRoot, enter
+from sandboxmgr.enter import DEFAULT_PATH, NO_ENV, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.names import HOSTNAME_RE, hostname_for
+from sandboxmgr.record import record
 from sandboxmgr.store import ImageRecord, Lock, SandboxRecord, Store, now_iso
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandboxmgr.limits import Limits
     from sandboxmgr.profile import Profile
 
 
-@dataclass(frozen=True)
+@record
 class RunOptions:
     """What ``run``/``exec`` take on the command line (Docker's names)."""
 
@@ -42,12 +44,12 @@ class RunOptions:
     no_new_privs: bool | None = None  # --security-opt no-new-privileges[=false]
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     """The runtime settings of a sandbox, from its profile and the create options."""
 
     hostname: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = NO_ENV
     workdir: str | None = None
     user: str | None = None
     network: str = "host"
@@ -60,7 +62,7 @@ class Settings:
     def to_json(self) -> dict[str, Any]:
         return {
             "hostname": self.hostname,
-            "env": self.env,
+            "env": dict(self.env),
             "workdir": self.workdir,
             "user": self.user,
             "network": self.network,
@@ -165,7 +167,7 @@ def _volumes(binds: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ..
         place = scratch / f"volume-{index}"
         for sub in ("upper", "work"):
             (place / sub).mkdir(parents=True, exist_ok=True)
-        result.append(dataclasses.replace(bind, scratch=place))
+        result.append(bind.with_scratch(place))
     return tuple(result)
 
 

@@ -29,13 +29,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sandboxmgr import linux, mountinfo
 from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, UnsafeRemovalError
 from sandboxmgr.names import check_name
+from sandboxmgr.record import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from typing import Any
 
 _UNSAFE_CHARS = set(",:\\\n\t ")
 
@@ -205,7 +208,7 @@ def is_held(path: Path) -> bool:
 # --- records ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class LayerRecord:
     key: str
     path: Path
@@ -216,7 +219,7 @@ class LayerRecord:
         return self.path / "diff"
 
 
-@dataclass(frozen=True)
+@record
 class ImageRecord:
     key: str
     path: Path
@@ -237,7 +240,7 @@ class ImageRecord:
         return [str(key) for key in self.meta.get("layers", [])]
 
 
-@dataclass(frozen=True)
+@record
 class SandboxRecord:
     name: str
     path: Path
