@@ -74,8 +74,10 @@ directory and removing it afterwards, for two image sizes; a bare overlayfs moun
 is shown as the floor of the copy-on-write approach. **Cold build**: `sandboxmgr build`
 with a fresh store (no layers, no package cache) against plain `debootstrap` and
 `mmdebstrap` of the same release, variant and mirror. **Warm rebuild**: the same build
-again after `sandboxmgr rmi` (the store's package cache kept), and the build of a profile
-that adds one package to the built one. **Disk**: ten named sandboxes over one image, each
+again after `sandboxmgr rmi` (the store's cache/ kept: the package cache and the kept
+bootstrap root, which is linked in when the mirror's index is unchanged), the same with
+`build --no-cache` (the package cache alone), and the build of a profile that adds one
+package to the built one. **Disk**: ten named sandboxes over one image, each
 with a small file written by `exec`, measured with `du` (hard links counted once) against
 the image plus the files. **Loop**: 50 ephemeral runs in a row, then a check that no
 mount, temporary directory, lock or process was left behind.
@@ -925,11 +927,22 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
         if keys:
             manager.call("-q", "rmi", *keys)
 
-    def warm_measure() -> float:
-        return warm_store["store"].timed("build", BASE, log_file=build_log)
+    linked = {"warm": 0}
 
-    def warm_finish() -> None:
-        bootstrap_seconds(warm_store["store"], "warm")
+    def warm_measure() -> float:
+        before = build_log.stat().st_size if build_log.exists() else 0
+        elapsed = warm_store["store"].timed("build", BASE, log_file=build_log)
+        with build_log.open(errors="replace") as handle:
+            handle.seek(before)
+            if "linking the kept root" in handle.read():
+                linked["warm"] += 1
+        return elapsed
+
+    def no_cache_measure() -> float:
+        return warm_store["store"].timed("build", "--no-cache", BASE, log_file=build_log)
+
+    def no_cache_finish() -> None:
+        bootstrap_seconds(warm_store["store"], "package cache only")
 
     def plus_one_measure() -> float:
         manager = warm_store["store"]
@@ -945,13 +958,17 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
         trio.append(peer("debootstrap", lambda d: ["debootstrap", "--variant=minbase", RELEASE, str(d), MIRROR]))
         trio.append(peer("mmdebstrap", lambda d: ["mmdebstrap", "--variant=minbase", RELEASE, str(d), MIRROR]))
     sm_warm = Candidate("sandboxmgr build, warm", f"sandboxmgr rmi {BASE} (untimed); sandboxmgr build {BASE}",
-                        warm_measure, prepare=warm_prepare, finish=warm_finish, is_peer=False, retries=1)
+                        warm_measure, prepare=warm_prepare, is_peer=False, retries=1)
+    sm_no_cache = Candidate("sandboxmgr build, warm, --no-cache",
+                            f"sandboxmgr rmi {BASE} (untimed); sandboxmgr build --no-cache {BASE}",
+                            no_cache_measure, prepare=warm_prepare, finish=no_cache_finish, is_peer=False,
+                            retries=1)
     sm_plus = Candidate(f"sandboxmgr build, +{EXTRA_PACKAGE}",
                         f"sandboxmgr build CONFIGS/{PLUS_ONE}.yaml ({BASE} built; packages: [{EXTRA_PACKAGE}])",
                         plus_one_measure, finish=plus_one_finish, is_peer=False, retries=1)
     rounds = bench.rounds.builds
     log(f"builds: {rounds} alternating rounds of {', '.join(c.label for c in trio)}"
-        + (f", then {sm_warm.label} and {sm_plus.label}" if warm else ""))
+        + (f", then {sm_warm.label}, {sm_no_cache.label} and {sm_plus.label}" if warm else ""))
     for number in range(rounds):
         shift = number % len(trio)
         for candidate in trio[shift:] + trio[:shift]:
@@ -961,8 +978,9 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
             log(f"round {number + 1}/{rounds}: {candidate.label} {fmt_time(elapsed)}")
         if warm:
             if "store" not in warm_store:
-                sm_warm.failure = sm_plus.failure = f"no cold build to start from ({sm_cold.failure})"
-            for candidate in (sm_warm, sm_plus):
+                sm_warm.failure = sm_no_cache.failure = sm_plus.failure = (
+                    f"no cold build to start from ({sm_cold.failure})")
+            for candidate in (sm_warm, sm_no_cache, sm_plus):
                 elapsed = candidate.once()
                 if elapsed is not None:
                     candidate.times.append(elapsed)
@@ -973,13 +991,13 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
         if not values:
             return f"(the {label} builds' logs gave no bootstrap time)"
         tool = statistics.median(values)
-        total = sm_cold.median if label == "cold" else sm_warm.median
+        total = sm_cold.median if label == "cold" else sm_no_cache.median
         rest = "" if total is None else f", and everything around it {fmt_time(total - tool)}"
         return (f"Inside sandboxmgr's {label} build the bootstrap tool took {fmt_time(tool)} (median, from its "
                 f"'success in N seconds' line in the build log){rest} (sandboxmgr's steps in the image after "
                 "the bootstrap, such as its `apt-get update` and `apt-get clean`, and publishing the layer).")
 
-    retried = [f"{c.label}: {reason}" for c in (*trio, sm_warm, sm_plus) for reason in c.retried]
+    retried = [f"{c.label}: {reason}" for c in (*trio, sm_warm, sm_no_cache, sm_plus) for reason in c.retried]
     notes = ["Measurements that failed and were repeated (not counted): " + "; ".join(retried)] if retried else []
     sections = []
     if cold:
@@ -1004,17 +1022,22 @@ def bench_builds(bench: Bench, cold: bool, warm: bool) -> list[Section]:
         sections.append(section)
     if warm:
         section = Section("Warm rebuild", notes=list(notes))
-        section.lines.append("In the store of the first cold build: `rmi` keeps the store's package cache; the "
-                             f"+{EXTRA_PACKAGE} build reuses {BASE}'s bootstrap layer and adds a packages layer "
-                             "(removed again after each round).")
+        section.lines.append(
+            "In the store of the first cold build: `rmi` keeps the store's cache/ - the package cache and "
+            "the kept bootstrap root. The warm build links the kept root when the mirror's index is "
+            "unchanged (it checks InRelease first); `--no-cache` bootstraps again with the package cache "
+            f"alone. The +{EXTRA_PACKAGE} build reuses {BASE}'s bootstrap layer and adds a packages layer "
+            "(removed again after each round).")
         section.lines.append("")
-        section.lines += md_table(TIMING_HEADERS, timing_rows([sm_cold, sm_warm, sm_plus]))
+        section.lines += md_table(TIMING_HEADERS, timing_rows([sm_cold, sm_warm, sm_no_cache, sm_plus]))
         section.lines.append("")
         warm_ratio = ratio(sm_warm.median, sm_cold.median)
+        no_cache_ratio = ratio(sm_no_cache.median, sm_cold.median)
         plus_ratio = ratio(sm_plus.median, sm_cold.median)
-        section.lines.append(f"warm / cold: {fmt_ratio(warm_ratio)}; +{EXTRA_PACKAGE} / cold: "
-                             f"{fmt_ratio(plus_ratio)}")
-        section.lines += ["", tool_note("warm")]
+        section.lines.append(f"warm / cold: {fmt_ratio(warm_ratio)} ({linked['warm']} of {len(sm_warm.times)} "
+                             f"warm builds linked the kept root); package cache only (`--no-cache`) / cold: "
+                             f"{fmt_ratio(no_cache_ratio)}; +{EXTRA_PACKAGE} / cold: {fmt_ratio(plus_ratio)}")
+        section.lines += ["", tool_note("package cache only")]
         section.target("warm rebuild ≤ 0.5x a cold build", fmt_ratio(warm_ratio),
                        None if warm_ratio is None else warm_ratio <= 0.5)
         section.target("one added package ≤ 0.15x a cold build", fmt_ratio(plus_ratio),

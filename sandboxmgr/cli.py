@@ -202,9 +202,11 @@ def profiles(app: App, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("profile")
-@click.option("--rebuild", is_flag=True, help="Build again even if the image exists.")
+@click.option("--rebuild", is_flag=True, help="Build every layer again even if the image exists.")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Like --rebuild, and bootstrap afresh even if a kept root matches the mirror's index.")
 @pass_app
-def build(app: App, profile: str, rebuild: bool) -> None:
+def build(app: App, profile: str, rebuild: bool, no_cache: bool) -> None:
     """Build the image of PROFILE (run and create do it when needed)."""
     from sandboxmgr.images import ensure_image
 
@@ -212,7 +214,7 @@ def build(app: App, profile: str, rebuild: bool) -> None:
     loaded = app.registry.load(profile)
     line = app.progress(loaded.name)
     try:
-        record = ensure_image(app.store, loaded, line, rebuild=rebuild)
+        record = ensure_image(app.store, loaded, line, rebuild=rebuild or no_cache, use_kept_roots=not no_cache)
     finally:
         line.done()
     if not app.quiet:
@@ -295,13 +297,23 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.option("--cache", is_flag=True,
+              help="Also remove the kept bootstrap roots (the package caches stay).")
 @pass_app
-def prune(app: App) -> None:
+def prune(app: App, cache: bool) -> None:
     """Remove older images no sandbox uses and every layer no image uses."""
     _require_root(app, "prune")
     images_removed, layers_removed = app.store.prune()
     if not app.quiet:
         click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
+    if cache:
+        from sandboxmgr import rootcache
+
+        removed, busy = rootcache.remove_all(app.store)
+        if not app.quiet:
+            click.echo(f"removed {len(removed)} kept bootstrap roots")
+        for place in busy:
+            click.echo(f"sandboxmgr: warning: kept root {place.name} is in use by a build; left", err=True)
 
 
 # --- running ----------------------------------------------------------------------------------

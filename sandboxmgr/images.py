@@ -9,6 +9,8 @@ only the layers above a change are built again.
 A layer is built in the store's tmp/ under a lock per layer key and renamed
 into layers/KEY only after every step succeeded; the image record is written
 last. A second build of the same layer waits for the first and uses its result.
+A bootstrap layer's root is also kept in the package cache's directory and
+reused while the mirror's index is unchanged (rootcache.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
+from sandboxmgr import rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
 from sandboxmgr.errors import BuildError, BusyError, require_root
 from sandboxmgr.mounts import BindMount
@@ -63,8 +67,10 @@ def package_caches(store: Store, profile: Profile) -> tuple[BindMount, ...]:
     return get_builder(profile.bootstrap.method).cache_dirs(profile, cache)
 
 
-def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bool = False) -> ImageRecord:
-    """The image of ``profile``, its missing layers built first."""
+def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bool = False,
+                 use_kept_roots: bool = True) -> ImageRecord:
+    """The image of ``profile``, its missing layers built first (all of them with
+    ``rebuild``; ``use_kept_roots=False`` bootstraps afresh even when the mirror is unchanged)."""
     key = profile.image_key()
     record = store.image(key)
     if record is not None and not rebuild and _layers_present(store, record):
@@ -101,7 +107,7 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
             if layer is not None and not rebuild:
                 progress(f"reusing layer {step.key} ({step.label})")
             else:
-                layer = _build_layer(store, profile, builder, step, built, context)
+                layer = _build_layer(store, profile, builder, step, built, context, use_kept_roots)
             built.append(layer)
         meta = {
             "key": key,
@@ -157,13 +163,22 @@ def _locked(lock: Lock, progress: Progress, what: str) -> Iterator[None]:
 
 
 def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPlan,
-                 parents: list[LayerRecord], context: BuildContext) -> LayerRecord:
+                 parents: list[LayerRecord], context: BuildContext, use_kept_roots: bool = True) -> LayerRecord:
     started = time.monotonic()
     progress = context.progress
     progress(f"building layer {step.key}: {step.label}")
     with store.temporary(f"layer-{step.key}") as tmp:
         diff = tmp / "diff"
+        state = None
         if step.kind == "bootstrap":
+            # Fingerprinted before the bootstrap: if the mirror moves on meanwhile, the
+            # kept root is recorded with the older index and simply not reused.
+            state = builder.index_state(profile)
+            kept = rootcache.find(store, cache_key(profile), step.key, state) if state else None
+            if kept is not None and use_kept_roots:
+                progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
+                rootcache.link_tree(kept, diff)
+                return _publish_layer(store, profile, step, parents, tmp, started)
             builder.bootstrap(profile, diff, context)
             root = BuildRoot(diff)
         else:
@@ -183,21 +198,30 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
                     hint=f"fix the step in {profile.path}; its output is in {context.log_file}",
                 )
         builder.finish(profile, root, context)
-        meta = {
-            "key": step.key,
-            "kind": step.kind,
-            "label": step.label,
-            "parent": parents[-1].key if parents else None,
-            "profile": profile.name,
-            "created": now_iso(),
-            "build_seconds": round(time.monotonic() - started, 1),
-            "size": tree_size(diff),
-        }
-        # Only the layer's diff/ and its metadata move into layers/; work dirs stay in tmp/.
-        layer_dir = tmp / "layer"
-        layer_dir.mkdir()
-        os.rename(diff, layer_dir / "diff")
-        return store.publish_layer(layer_dir, step.key, meta)
+        if step.kind == "bootstrap" and state:
+            progress("bootstrap: keeping the root for the next build (hard links)")
+            rootcache.keep(store, cache_key(profile), step.key, state, diff)
+        return _publish_layer(store, profile, step, parents, tmp, started)
+
+
+def _publish_layer(store: Store, profile: Profile, step: LayerPlan, parents: list[LayerRecord],
+                   tmp: Path, started: float) -> LayerRecord:
+    diff = tmp / "diff"
+    meta = {
+        "key": step.key,
+        "kind": step.kind,
+        "label": step.label,
+        "parent": parents[-1].key if parents else None,
+        "profile": profile.name,
+        "created": now_iso(),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "size": tree_size(diff),
+    }
+    # Only the layer's diff/ and its metadata move into layers/; work dirs stay in tmp/.
+    layer_dir = tmp / "layer"
+    layer_dir.mkdir()
+    os.rename(diff, layer_dir / "diff")
+    return store.publish_layer(layer_dir, step.key, meta)
 
 
 def find_images(store: Store, ref: str) -> list[ImageRecord]:

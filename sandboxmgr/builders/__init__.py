@@ -148,6 +148,12 @@ class Builder(ABC):
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         """Make a minimal root in ``rootfs`` (which does not exist yet) with host tools."""
 
+    def index_state(self, profile: Profile) -> str | None:
+        """A digest of the package index the bootstrap would install from right now and
+        of the tool that would do it, or None when that cannot be known. Equal digests:
+        a bootstrap would give the same root (see rootcache.py)."""
+        return None
+
     @abstractmethod
     def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
         """Install ``profile.packages`` with the target's own package manager, into ``root.upper``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sandboxmgr import commands, distros
+from sandboxmgr import commands, distros, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
@@ -88,6 +88,20 @@ class _DebianFamily(Builder):
     def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         raise NotImplementedError
 
+    def index_state(self, profile: Profile) -> str | None:
+        boot = profile.bootstrap
+        if boot.extra_args:
+            return None  # options passed through to the tool may fetch from elsewhere
+        base = f"{boot.mirror.rstrip('/')}/dists/{profile.release}"
+        signed = rootcache.fetch(f"{base}/InRelease") or rootcache.fetch(f"{base}/Release")
+        version = rootcache.package_version(self.tool)
+        if signed is None or version is None:
+            return None
+        indexes = release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
+        if not indexes:
+            return None
+        return rootcache.digest([self.method, version, *indexes])
+
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
         # apt's download directory, shared by every build and sandbox of this distro/release/arch.
         # apt checks every cached .deb against the signed index before using it.
@@ -166,6 +180,22 @@ class DebootstrapBuilder(_DebianFamily):
         if script is not None:
             argv.append(str(script))
         return argv
+
+
+def release_indexes(release: str, components: tuple[str, ...], arch: str) -> list[str]:
+    """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
+    components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
+    wanted = tuple(f"{component}/binary-{a}/Packages" for component in components for a in (arch, "all"))
+    lines = []
+    in_sha256 = False
+    for line in release.splitlines():
+        if not line.startswith(" "):
+            in_sha256 = line.rstrip() == "SHA256:"
+            continue
+        fields = line.split()
+        if in_sha256 and len(fields) == 3 and fields[2].startswith(wanted):
+            lines.append(" ".join(fields))
+    return sorted(lines)
 
 
 def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) -> Path | None:

@@ -16,10 +16,11 @@ otherwise, which would put it at ``ROOT/root/.rpmdb``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from pathlib import Path
 
-from sandboxmgr import commands, distros
+from sandboxmgr import commands, distros, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
@@ -98,6 +99,26 @@ class DnfBuilder(Builder):
                 if url.startswith("file://") and not Path(url[len("file://"):]).is_dir():
                     raise SandboxError(f"the baseurl {url} of repository {repo.name} does not exist",
                                        hint=f"fix baseurl in {profile.path}")
+
+    def index_state(self, profile: Profile) -> str | None:
+        if profile.bootstrap.extra_args or not profile.repositories:
+            return None
+        parts = [self.method, rootcache.package_version("dnf") or "", rootcache.package_version("rpm") or ""]
+        if not all(parts):
+            return None
+        for repo in profile.repositories:
+            # A metalink or mirrorlist picks a mirror per run: which index a build gets is not known.
+            if repo.metalink or repo.mirrorlist or not repo.baseurl:
+                return None
+            url = (repo.baseurl[0].replace("$releasever", profile.release)
+                   .replace("$basearch", profile.arch).rstrip("/"))
+            if "$" in url:
+                return None
+            repomd = rootcache.fetch(f"{url}/repodata/repomd.xml")
+            if repomd is None:
+                return None
+            parts.append(f"{repo.name} {hashlib.sha256(repomd).hexdigest()}")
+        return rootcache.digest(parts)
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
         # dnf's cache (metadata and packages, kept), shared by builds and sandboxes of this release.

@@ -100,7 +100,8 @@ def test_a_killed_build_leaves_nothing_that_looks_built(tmp_path: Path) -> None:
 
 
 def test_layers_are_reused_and_the_package_cache_serves_a_rebuild(tmp_path: Path, bookworm: ConcurrentBuild) -> None:
-    """debootstrap (pinned), packages and setup as layers; the second build downloads no .deb."""
+    """debootstrap (pinned), packages and setup as layers; a rebuild links the kept bootstrap
+    root; a rebuild without it downloads no .deb."""
     need_mirror(DEBIAN_MIRROR, "bookworm")
     cli = fresh_cli(tmp_path, {"tools": (
         "extends: debian-bookworm\n"
@@ -128,11 +129,18 @@ def test_layers_are_reused_and_the_package_cache_serves_a_rebuild(tmp_path: Path
     assert again.err.count("building layer") == 1
     # The older image goes with prune, and with it the one layer only it used.
     assert "removed 1 older images and 1 unused layers" in cli.ok("prune").out
-    # The package cache: after removing everything, a rebuild downloads no package again.
+    # After removing everything, a rebuild against the unchanged mirror links the kept
+    # bootstrap root instead of running debootstrap again.
     size = json.loads(cli.ok("images", "--json").out)[0]["size"]
     cli.ok("rmi", "tools")
     assert_store_clean(cli)
-    cli.ok("build", "tools")
+    linked = cli.ok("build", "tools")
+    assert "the mirror's index is unchanged; linking the kept root" in linked.err
+    assert cli.ok("run", "tools", "hello").out.strip() == "Hello, world!"
+    # The package cache: with --no-cache debootstrap runs again, and downloads no package.
+    cli.ok("rmi", "tools")
+    fresh = cli.ok("build", "--no-cache", "tools")
+    assert "linking the kept root" not in fresh.err
     (log,) = sorted((cli.store / "logs").glob("build-tools-*.log"), key=lambda p: p.stat().st_mtime)[-1:]
     text = log.read_text()
     assert "I: Retrieving hello" not in text and "I: Retrieving libc6" not in text

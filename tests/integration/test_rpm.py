@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from sandboxmgr import mountinfo
 from tests.conftest import CLI, missing, need_root
-from tests.rpmrepo import RpmRepo, tiny_profile
+from tests.rpmrepo import GREETING, RpmRepo, tiny_profile
 
 pytestmark = [pytest.mark.root]
 
@@ -142,6 +143,48 @@ def test_removing_the_image_leaves_nothing(rpm_repo: RpmRepo, tmp_path: Path) ->
     cli = CLI(tmp_path / "store", tmp_path / "configs")
     cli.ok("build", "gone")
     cli.ok("rmi", "gone")
+    assert_nothing_left(cli)
+
+
+def test_a_rebuild_links_the_kept_root_until_the_repository_changes(rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    """The bootstrap's root is kept; a rebuild against the same repodata links it instead
+    of bootstrapping, a changed repository (or --no-cache) bootstraps again."""
+    repo = tmp_path / "repo"
+    shutil.copytree(rpm_repo.signed, repo)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "kept.yaml").write_text(tiny_profile(rpm_repo, repo_dir=repo))
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    first = cli.ok("build", "kept")
+    assert "bootstrap: host dnf installing" in first.err
+    assert "keeping the root for the next build" in first.err
+    (kept,) = (cli.store / "cache").glob("*/roots/*/diff")
+    layer = Path(image_of(cli, "kept")["layers"][0]["path"]) / "diff"
+    # Hard links: the kept root costs no space while the layer exists.
+    assert (kept / "etc/os-release").stat().st_ino == (layer / "etc/os-release").stat().st_ino
+
+    cli.ok("rmi", "kept")
+    assert_nothing_left(cli)
+    again = cli.ok("build", "kept")
+    assert "the mirror's index is unchanged; linking the kept root" in again.err
+    assert "host dnf installing" not in again.err
+    assert "Tiny Distro" in cli.ok("run", "kept", "--", "cat", "/etc/os-release").out
+    assert cli.ok("run", "kept", "--", "tiny-hello").out.strip() == GREETING
+
+    # build --no-cache bootstraps afresh, whatever is kept.
+    fresh = cli.ok("build", "--no-cache", "kept")
+    assert "host dnf installing" in fresh.err and "linking the kept root" not in fresh.err
+
+    # The repository's index changes (new repodata revision): the kept root is stale.
+    subprocess.run(["createrepo_c", "--quiet", "--no-database", "--revision", "2", str(repo)], check=True)
+    cli.ok("rmi", "kept")
+    changed = cli.ok("build", "kept")
+    assert "host dnf installing" in changed.err and "linking the kept root" not in changed.err
+
+    # prune --cache removes the kept roots; the image stays usable.
+    assert "removed 1 kept bootstrap roots" in cli.ok("prune", "--cache").out
+    assert not list((cli.store / "cache").glob("*/roots/*"))
+    assert cli.ok("run", "kept", "--", "true").code == 0
+    cli.ok("rmi", "kept")
     assert_nothing_left(cli)
 
 

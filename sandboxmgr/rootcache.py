@@ -1,0 +1,144 @@
+"""Kept bootstrap roots: a rebuild against an unchanged mirror skips the bootstrap.
+
+A bootstrap spends its time installing a hundred packages, not downloading
+them: with every .deb in the package cache, mmdebstrap still takes 13 s of a
+14 s minbase build here. But what a bootstrap makes is decided by three things:
+the bootstrap layer's inputs (its key: distro, release, arch, mirror, variant,
+include, keyring), the package index the mirror serves, and the bootstrap tool.
+So after a bootstrap the finished root is kept, hard-linked, in
+``STORE/cache/DISTRO-RELEASE-ARCH/roots/LAYER-KEY/``, with a digest of the index
+and the tool's version. A later build of the same layer - after ``rmi``, or
+with ``build --rebuild`` - fetches the index's signed summary (Debian's
+InRelease, about 150 kB; each RPM repository's repomd.xml) and, when the digest
+and the tool are unchanged, links the kept root in instead of bootstrapping:
+the mirror would have given exactly the packages it holds. mkosi's incremental
+cache and mock's root cache do the same, keyed on the configuration alone; this
+one also notices a mirror that moved on.
+
+Hard links cost no space while the layer exists. Neither copy can change the
+other: nothing writes a layer's files in place (an image's layers are read-only
+overlay lowers), and a kept root is only ever linked from. ``build --no-cache``
+bootstraps afresh; ``prune --cache`` deletes the kept roots.
+
+A profile whose index cannot be fingerprinted - extra bootstrap arguments, an
+RPM repository reached through a metalink or mirrorlist, a mirror that does
+not answer - is simply built as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from sandboxmgr.store import Lock, Store, now_iso, remove_tree
+
+FORMAT = 1
+_FETCH_TIMEOUT = 15
+
+
+def fetch(url: str) -> bytes | None:
+    """The body of ``url`` (http, https or file), or None if it cannot be had."""
+    try:
+        with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT) as response:  # noqa: S310 - the profile's mirror
+            data: bytes = response.read()
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def digest(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a host package (dpkg, else rpm), or None."""
+    for argv in (["dpkg-query", "-W", "-f=${Version}", package],
+                 ["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", package]):
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        except OSError:
+            continue
+        if result.returncode == 0 and result.stdout.strip():
+            return f"{package} {result.stdout.strip()}"
+    return None
+
+
+def roots_dir(store: Store, cache_key: str) -> Path:
+    return store.cache_dir / cache_key / "roots"
+
+
+def find(store: Store, cache_key: str, layer_key: str, state: str) -> Path | None:
+    """The kept root of ``layer_key`` if it was made from the same index and tool."""
+    place = roots_dir(store, cache_key) / layer_key
+    try:
+        meta = json.loads((place / "root.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("state") != state:
+        return None
+    diff = place / "diff"
+    return diff if diff.is_dir() and not diff.is_symlink() else None
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` (not existing yet) as a tree of hard links to ``source``'s files;
+    directories are new, with the same owner, mode, times and extended attributes."""
+    subprocess.run(["cp", "-a", "--link", "--no-target-directory", "--", str(source), str(target)],
+                   check=True, capture_output=True)
+
+
+def keep(store: Store, cache_key: str, layer_key: str, state: str, diff: Path) -> None:
+    """Keep a finished bootstrap root (before it is published), replacing an older one."""
+    place = roots_dir(store, cache_key) / layer_key
+    place.parent.mkdir(parents=True, exist_ok=True)
+    with store.temporary(f"keep-{layer_key}") as tmp:
+        kept = tmp / "kept"
+        kept.mkdir()
+        link_tree(diff, kept / "diff")
+        meta = {"format": FORMAT, "layer": layer_key, "state": state, "kept": now_iso()}
+        (kept / "root.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if place.exists():
+            os.rename(place, tmp / "old")  # removed with tmp
+        os.rename(kept, place)
+
+
+def kept_roots(store: Store) -> list[tuple[Path, dict[str, Any]]]:
+    """Every kept root with its metadata (unreadable metadata: an empty dict)."""
+    found: list[tuple[Path, dict[str, Any]]] = []
+    if not store.cache_dir.is_dir():
+        return found
+    for cache in sorted(store.cache_dir.iterdir()):
+        roots = cache / "roots"
+        if not roots.is_dir() or roots.is_symlink():
+            continue
+        for place in sorted(roots.iterdir()):
+            try:
+                meta = json.loads((place / "root.json").read_text())
+            except (OSError, ValueError):
+                meta = {}
+            found.append((place, meta if isinstance(meta, dict) else {}))
+    return found
+
+
+def remove_all(store: Store) -> tuple[list[Path], list[Path]]:
+    """Delete the kept roots; a root whose layer is being built right now is left.
+    Returns (removed, busy)."""
+    removed: list[Path] = []
+    busy: list[Path] = []
+    for place, _meta in kept_roots(store):
+        lock: Lock = store.lock("layer", place.name)
+        if not lock.try_acquire():
+            busy.append(place)
+            continue
+        try:
+            (place / "root.json").unlink(missing_ok=True)  # first: without it, find() ignores the rest
+            remove_tree(place)
+            removed.append(place)
+        finally:
+            lock.release()
+    return removed, busy
