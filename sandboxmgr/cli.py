@@ -294,6 +294,13 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
             if not app.quiet:
                 click.echo(f"removed image {record.key} ({record.profile})"
                            + (f" and {len(layers)} unused layers" if layers else ""))
+                if record.layers and record.layers[0] in layers and _kept_root(app.store, record.layers[0]):
+                    click.echo(f"kept: its bootstrap root, for the next build of {record.profile} "
+                               "('sandboxmgr prune --cache' removes it)")
+
+
+def _kept_root(store: Store, layer_key: str) -> bool:
+    return any(store.cache_dir.glob(f"*/roots/{layer_key}/root.json"))
 
 
 @cli.command()

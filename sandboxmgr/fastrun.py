@@ -11,6 +11,7 @@ that they parse every form accepted here the same way.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -90,6 +91,7 @@ def try_run(argv: Sequence[str]) -> int | None:
 
         # A named sandbox keeps its settings: nothing of its profile is needed.
         store.clean_leftovers()
+        gc.enable()  # the imports are done; a long-running sandbox's manager collects as usual
         return sandbox.run_in(store, store.sandbox(args.ref), sandbox.RunOptions(argv=args.command, tty=args.tty))
     cached = runcache.lookup(store.root, args.ref, profile_dirs(()))
     if cached is None:
@@ -100,14 +102,15 @@ def try_run(argv: Sequence[str]) -> int | None:
     from sandboxmgr import sandbox
 
     store.clean_leftovers()
+    gc.enable()  # the imports are done; a long-running sandbox's manager collects as usual
     options = sandbox.RunOptions(argv=args.command, tty=args.tty)
     return sandbox.run_ephemeral(store, image, sandbox.Settings.from_json(cached["settings"]), options)
 
 
 def main() -> None:
     """The `sandboxmgr` entry point: the fast path if it applies, else the full CLI."""
-    # The fast path makes few objects and no garbage cycles worth collecting, but
-    # importing its modules would set off collections: ~2 ms of the run's time.
+    # Importing the fast path's modules would set off collections (~2 ms of a run):
+    # off until they are imported (try_run), and for the full CLI on again at once.
     gc.disable()
     from sandboxmgr.errors import SandboxError
 
@@ -134,8 +137,10 @@ def main() -> None:
     if status is not None:
         # Done: skip the interpreter's teardown of every module (several ms). Nothing is
         # left to clean up - the sandbox and its locks are gone - but buffered output.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the fd was closed when we started
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
         os._exit(status)
     gc.enable()
     from sandboxmgr.cli import main as full_main

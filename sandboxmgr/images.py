@@ -16,6 +16,7 @@ reused while the mirror's index is unchanged (rootcache.py).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,7 +28,7 @@ from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
 from sandboxmgr.errors import BuildError, BusyError, require_root
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import LayerPlan, Profile
-from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, tree_size
+from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, remove_tree, tree_size
 
 Progress = Callable[[str], None]
 
@@ -173,12 +174,16 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         if step.kind == "bootstrap":
             # Fingerprinted before the bootstrap: if the mirror moves on meanwhile, the
             # kept root is recorded with the older index and simply not reused.
-            state = builder.index_state(profile)
+            state = rootcache.fingerprint(builder, profile)
             kept = rootcache.find(store, cache_key(profile), step.key, state) if state else None
             if kept is not None and use_kept_roots:
                 progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
-                rootcache.link_tree(kept, diff)
-                return _publish_layer(store, profile, step, parents, tmp, started)
+                try:
+                    rootcache.link_tree(kept, diff)
+                    return _publish_layer(store, profile, step, parents, tmp, started)
+                except OSError as exc:
+                    _warn(f"cannot link the kept bootstrap root ({exc}); bootstrapping instead")
+                    remove_tree(diff)
             builder.bootstrap(profile, diff, context)
             root = BuildRoot(diff)
         else:
@@ -199,9 +204,27 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
                 )
         builder.finish(profile, root, context)
         if step.kind == "bootstrap" and state:
-            progress("bootstrap: keeping the root for the next build (hard links)")
-            rootcache.keep(store, cache_key(profile), step.key, state, diff)
+            _keep_root(store, profile, builder, step.key, state, diff, progress)
         return _publish_layer(store, profile, step, parents, tmp, started)
+
+
+def _keep_root(store: Store, profile: Profile, builder: Builder, layer_key: str, state: str, diff: Path,
+               progress: Progress) -> None:
+    """Keep a bootstrapped root for the next build of its layer; best effort: the build
+    succeeds without it. Only if the index is still the one fingerprinted before the
+    bootstrap - a mirror that moved on meanwhile may have served either."""
+    if rootcache.fingerprint(builder, profile) != state:
+        progress("bootstrap: the mirror's index changed during the build; not keeping the root")
+        return
+    progress("bootstrap: keeping the root for the next build (hard links)")
+    try:
+        rootcache.keep(store, cache_key(profile), layer_key, state, diff)
+    except OSError as exc:
+        _warn(f"cannot keep the bootstrap root for the next build ({exc}); the image is not affected")
+
+
+def _warn(message: str) -> None:
+    print(f"sandboxmgr: warning: {message}", file=sys.stderr)
 
 
 def _publish_layer(store: Store, profile: Profile, step: LayerPlan, parents: list[LayerRecord],

@@ -32,13 +32,20 @@ import json
 import os
 import subprocess
 import urllib.request
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxmgr.store import Lock, Store, now_iso, remove_tree
 
+if TYPE_CHECKING:
+    from sandboxmgr.builders import Builder
+    from sandboxmgr.profile import Profile
+
 FORMAT = 1
 _FETCH_TIMEOUT = 15
+# Kept roots per distro/release/arch (variants, include lists); the least recently used go first.
+KEEP_PER_RELEASE = 3
 
 
 def fetch(url: str) -> bytes | None:
@@ -53,6 +60,15 @@ def fetch(url: str) -> bytes | None:
 
 def digest(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def fingerprint(builder: Builder, profile: Profile) -> str | None:
+    """The builder's index state (see Builder.index_state) and sandboxmgr's version (how it
+    bootstraps may change with it), or None when the index cannot be fingerprinted."""
+    from sandboxmgr import __version__
+
+    state = builder.index_state(profile)
+    return None if state is None else digest([f"sandboxmgr {__version__}", state])
 
 
 def package_version(package: str) -> str | None:
@@ -82,14 +98,21 @@ def find(store: Store, cache_key: str, layer_key: str, state: str) -> Path | Non
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("state") != state:
         return None
     diff = place / "diff"
-    return diff if diff.is_dir() and not diff.is_symlink() else None
+    if not diff.is_dir() or diff.is_symlink():
+        return None
+    with suppress(OSError):
+        os.utime(place / "root.json")  # used now: the last to go when roots are trimmed
+    return diff
 
 
 def link_tree(source: Path, target: Path) -> None:
     """``target`` (not existing yet) as a tree of hard links to ``source``'s files;
     directories are new, with the same owner, mode, times and extended attributes."""
-    subprocess.run(["cp", "-a", "--link", "--no-target-directory", "--", str(source), str(target)],
-                   check=True, capture_output=True)
+    result = subprocess.run(["cp", "-a", "--link", "--no-target-directory", "--", str(source), str(target)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        raise OSError(f"cp --link {source} {target}: {reason[0]}")
 
 
 def keep(store: Store, cache_key: str, layer_key: str, state: str, diff: Path) -> None:
@@ -105,6 +128,24 @@ def keep(store: Store, cache_key: str, layer_key: str, state: str, diff: Path) -
         if place.exists():
             os.rename(place, tmp / "old")  # removed with tmp
         os.rename(kept, place)
+    trim(store, cache_key, keep_also=layer_key)
+
+
+def trim(store: Store, cache_key: str, keep_also: str) -> list[Path]:
+    """Remove the least recently used kept roots of one distro/release/arch beyond
+    KEEP_PER_RELEASE (never ``keep_also``, nor one whose layer is being built)."""
+    roots = roots_dir(store, cache_key)
+    places = [p for p in roots.iterdir() if p.name != keep_also] if roots.is_dir() else []
+
+    def last_used(place: Path) -> float:
+        try:
+            return (place / "root.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    places.sort(key=last_used, reverse=True)
+    removed, _busy = _remove(store, places[KEEP_PER_RELEASE - 1:])
+    return removed
 
 
 def kept_roots(store: Store) -> list[tuple[Path, dict[str, Any]]]:
@@ -128,9 +169,13 @@ def kept_roots(store: Store) -> list[tuple[Path, dict[str, Any]]]:
 def remove_all(store: Store) -> tuple[list[Path], list[Path]]:
     """Delete the kept roots; a root whose layer is being built right now is left.
     Returns (removed, busy)."""
+    return _remove(store, [place for place, _meta in kept_roots(store)])
+
+
+def _remove(store: Store, places: list[Path]) -> tuple[list[Path], list[Path]]:
     removed: list[Path] = []
     busy: list[Path] = []
-    for place, _meta in kept_roots(store):
+    for place in places:
         lock: Lock = store.lock("layer", place.name)
         if not lock.try_acquire():
             busy.append(place)

@@ -94,13 +94,14 @@ class _DebianFamily(Builder):
             return None  # options passed through to the tool may fetch from elsewhere
         base = f"{boot.mirror.rstrip('/')}/dists/{profile.release}"
         signed = rootcache.fetch(f"{base}/InRelease") or rootcache.fetch(f"{base}/Release")
-        version = rootcache.package_version(self.tool)
-        if signed is None or version is None:
+        # The tool, and the host's apt (mmdebstrap resolves the package set with it).
+        versions = [rootcache.package_version(self.tool), rootcache.package_version("apt")]
+        if signed is None or None in versions:
             return None
         indexes = release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
         if not indexes:
             return None
-        return rootcache.digest([self.method, version, *indexes])
+        return rootcache.digest([self.method, *map(str, versions), *indexes])
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
         # apt's download directory, shared by every build and sandbox of this distro/release/arch.

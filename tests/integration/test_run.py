@@ -73,6 +73,11 @@ def test_exit_codes_propagate(cli: CLI, bookworm: ConcurrentBuild) -> None:
     assert "no-such-command: command not found in the sandbox" in missing.err
     assert cli("run", IMAGE, "/etc/passwd").code == 126
     assert cli("run", IMAGE, "sh", "-c", "kill -TERM $$").code == 128 + signal.SIGTERM
+    # With stdout and stderr closed (a daemon's cron job), the status still comes through.
+    for closed in (">&-", "2>&-"):
+        closed_run = subprocess.run(["sh", "-c", f'"$@" {closed}', "sh", *cli.argv("run", IMAGE, "sh", "-c", "exit 9")],
+                                    capture_output=True, text=True, timeout=60)
+        assert closed_run.returncode == 9, closed_run.stderr
 
 
 def test_stdin_passes_through(cli: CLI, bookworm: ConcurrentBuild) -> None:

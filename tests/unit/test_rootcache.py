@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import pytest
 
 from sandboxmgr import rootcache
-from sandboxmgr.builders.debian import release_indexes
+from sandboxmgr.builders.debian import MmdebstrapBuilder, release_indexes
+from sandboxmgr.images import _keep_root
 from sandboxmgr.store import Store
+
+if TYPE_CHECKING:
+    from sandboxmgr.profile import Profile
 
 RELEASE = """\
 Origin: Debian
@@ -102,6 +109,26 @@ def test_a_linked_tree_keeps_modes_owners_and_symlinks(tmp_path: Path) -> None:
     assert (linked / "file").stat().st_ino == (source / "file").stat().st_ino
 
 
+def test_at_most_a_few_roots_are_kept_per_release_the_least_recently_used_go(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    for number in range(rootcache.KEEP_PER_RELEASE):
+        _kept(store, f"layer{number}", "s")
+        meta = store.cache_dir / f"test-1-amd64/roots/layer{number}/root.json"
+        os.utime(meta, (1000 + number, 1000 + number))
+    # layer0 is the oldest, but used now: layer1 is then the least recently used.
+    assert rootcache.find(store, "test-1-amd64", "layer0", "s") is not None
+    _kept(store, "newest", "s")
+    names = sorted(place.name for place, _meta in rootcache.kept_roots(store))
+    assert len(names) == rootcache.KEEP_PER_RELEASE
+    assert "newest" in names and "layer0" in names and "layer1" not in names
+
+
+def test_a_failed_link_is_an_os_error_with_cps_reason(tmp_path: Path) -> None:
+    (tmp_path / "source").mkdir()
+    with pytest.raises(OSError, match=r"cp --link .*No such file or directory"):
+        rootcache.link_tree(tmp_path / "source", tmp_path / "missing-parent" / "target")
+
+
 def test_remove_all_skips_a_root_whose_layer_is_being_built(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     _kept(store, "layer1", "s")
@@ -127,3 +154,28 @@ def test_metadata_that_is_not_ours_is_not_taken(tmp_path: Path) -> None:
     assert rootcache.find(store, "test-1-amd64", "layer1", "s") is None
     meta.write_text("not json")
     assert rootcache.find(store, "test-1-amd64", "layer1", "s") is None
+
+
+class _MovingMirror(MmdebstrapBuilder):
+    """A builder whose mirror publishes a new index between two looks at it."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def index_state(self, profile: Profile) -> str | None:
+        self.looks += 1
+        return f"index-{self.looks}"
+
+
+def test_a_root_is_not_kept_when_the_index_changed_during_its_bootstrap(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    profile = cast("Profile", None)  # index_state above does not read it
+    builder = _MovingMirror()
+    state = rootcache.fingerprint(builder, profile)
+    assert state is not None
+    diff = tmp_path / "diff"
+    diff.mkdir()
+    lines: list[str] = []
+    _keep_root(store, profile, builder, "layer1", state, diff, lines.append)
+    assert lines == ["bootstrap: the mirror's index changed during the build; not keeping the root"]
+    assert rootcache.kept_roots(store) == []
