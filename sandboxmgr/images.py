@@ -172,12 +172,21 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         diff = tmp / "diff"
         state = None
         if step.kind == "bootstrap":
-            # Fingerprinted before the bootstrap: if the mirror moves on meanwhile, the
-            # kept root is recorded with the older index and simply not reused.
-            state = rootcache.fingerprint(builder, profile)
-            kept = rootcache.find(store, cache_key(profile), step.key, state) if state else None
+            # Fingerprinted before the bootstrap, and again after it (_keep_root): a root
+            # is kept only if the index did not change in between.
+            try:
+                state = rootcache.fingerprint(builder, profile)
+                kept = rootcache.find(store, cache_key(profile), step.key, state) if state else None
+                if kept is not None and use_kept_roots:
+                    progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
+            except rootcache.Unreachable as exc:
+                # Offline (or the mirror is down): a kept root of this layer is the best there
+                # is; the bootstrap itself could not fetch anything either.
+                kept = rootcache.find(store, cache_key(profile), step.key, None)
+                if kept is not None and use_kept_roots:
+                    _warn(f"{exc}; using the bootstrap root kept at {rootcache.kept_at(kept)}, "
+                          "which may be older than the mirror's packages")
             if kept is not None and use_kept_roots:
-                progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
                 try:
                     rootcache.link_tree(kept, diff)
                     return _publish_layer(store, profile, step, parents, tmp, started)
@@ -213,7 +222,11 @@ def _keep_root(store: Store, profile: Profile, builder: Builder, layer_key: str,
     """Keep a bootstrapped root for the next build of its layer; best effort: the build
     succeeds without it. Only if the index is still the one fingerprinted before the
     bootstrap - a mirror that moved on meanwhile may have served either."""
-    if rootcache.fingerprint(builder, profile) != state:
+    try:
+        unchanged = rootcache.fingerprint(builder, profile) == state
+    except rootcache.Unreachable:
+        unchanged = False
+    if not unchanged:
         progress("bootstrap: the mirror's index changed during the build; not keeping the root")
         return
     progress("bootstrap: keeping the root for the next build (hard links)")

@@ -48,6 +48,10 @@ _FETCH_TIMEOUT = 15
 KEEP_PER_RELEASE = 3
 
 
+class Unreachable(Exception):
+    """The mirror's index cannot be fetched (offline, or the mirror is down)."""
+
+
 def fetch(url: str) -> bytes | None:
     """The body of ``url`` (http, https or file), or None if it cannot be had."""
     try:
@@ -64,7 +68,8 @@ def digest(parts: list[str]) -> str:
 
 def fingerprint(builder: Builder, profile: Profile) -> str | None:
     """The builder's index state (see Builder.index_state) and sandboxmgr's version (how it
-    bootstraps may change with it), or None when the index cannot be fingerprinted."""
+    bootstraps may change with it), or None when the index cannot be fingerprinted.
+    Raises Unreachable when the index cannot be fetched."""
     from sandboxmgr import __version__
 
     state = builder.index_state(profile)
@@ -88,14 +93,17 @@ def roots_dir(store: Store, cache_key: str) -> Path:
     return store.cache_dir / cache_key / "roots"
 
 
-def find(store: Store, cache_key: str, layer_key: str, state: str) -> Path | None:
-    """The kept root of ``layer_key`` if it was made from the same index and tool."""
+def find(store: Store, cache_key: str, layer_key: str, state: str | None) -> Path | None:
+    """The kept root of ``layer_key`` if it was made from the same index and tool (or,
+    with ``state`` None, from whatever index: the offline case)."""
     place = roots_dir(store, cache_key) / layer_key
     try:
         meta = json.loads((place / "root.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("state") != state:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    if state is not None and meta.get("state") != state:
         return None
     diff = place / "diff"
     if not diff.is_dir() or diff.is_symlink():
@@ -103,6 +111,14 @@ def find(store: Store, cache_key: str, layer_key: str, state: str) -> Path | Non
     with suppress(OSError):
         os.utime(place / "root.json")  # used now: the last to go when roots are trimmed
     return diff
+
+
+def kept_at(diff: Path) -> str:
+    """When the root of a kept ``diff`` was kept (UTC, ISO 8601), or "?"."""
+    try:
+        return str(json.loads((diff.parent / "root.json").read_text()).get("kept", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "?"
 
 
 def link_tree(source: Path, target: Path) -> None:

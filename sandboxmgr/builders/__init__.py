@@ -150,8 +150,9 @@ class Builder(ABC):
 
     def index_state(self, profile: Profile) -> str | None:
         """A digest of the package index the bootstrap would install from right now and
-        of the tool that would do it, or None when that cannot be known. Equal digests:
-        a bootstrap would give the same root (see rootcache.py)."""
+        of the tool that would do it, or None when that cannot be known; raises
+        rootcache.Unreachable when the index cannot be fetched. Equal digests: a
+        bootstrap would give the same root (see rootcache.py)."""
         return None
 
     @abstractmethod

@@ -93,11 +93,13 @@ class _DebianFamily(Builder):
         if boot.extra_args:
             return None  # options passed through to the tool may fetch from elsewhere
         base = f"{boot.mirror.rstrip('/')}/dists/{profile.release}"
-        signed = rootcache.fetch(f"{base}/InRelease") or rootcache.fetch(f"{base}/Release")
         # The tool, and the host's apt (mmdebstrap resolves the package set with it).
         versions = [rootcache.package_version(self.tool), rootcache.package_version("apt")]
-        if signed is None or None in versions:
+        if None in versions:
             return None
+        signed = rootcache.fetch(f"{base}/InRelease") or rootcache.fetch(f"{base}/Release")
+        if signed is None:
+            raise rootcache.Unreachable(f"{base}/InRelease cannot be fetched")
         indexes = release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
         if not indexes:
             return None

@@ -137,6 +137,14 @@ def test_layers_are_reused_and_the_package_cache_serves_a_rebuild(tmp_path: Path
     linked = cli.ok("build", "tools")
     assert "the mirror's index is unchanged; linking the kept root" in linked.err
     assert cli.ok("run", "tools", "hello").out.strip() == "Hello, world!"
+    # With the network cut off (a network namespace of its own, loopback only) a rebuild
+    # still works: the kept root, apt's lists in it and the package cache are all it needs.
+    cli.ok("rmi", "tools")
+    offline = subprocess.run(["unshare", "--net", "--", *cli.argv("build", "tools")],
+                             capture_output=True, text=True, timeout=600)
+    assert offline.returncode == 0, offline.stderr
+    assert "InRelease cannot be fetched; using the bootstrap root kept at" in offline.stderr
+    assert cli.ok("run", "tools", "hello").out.strip() == "Hello, world!"
     # The package cache: with --no-cache debootstrap runs again, and downloads no package.
     cli.ok("rmi", "tools")
     fresh = cli.ok("build", "--no-cache", "tools")

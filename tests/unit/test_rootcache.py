@@ -83,6 +83,16 @@ def test_a_kept_root_is_found_only_with_the_same_state(tmp_path: Path) -> None:
     assert list((store.root / "tmp").iterdir()) == []
 
 
+def test_offline_any_kept_root_of_the_layer_is_found_with_when_it_was_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    _kept(store, "layer1", "state-a")
+    kept = rootcache.find(store, "test-1-amd64", "layer1", None)
+    assert kept is not None
+    assert rootcache.kept_at(kept).endswith("Z")
+    assert rootcache.find(store, "test-1-amd64", "layer2", None) is None
+    assert rootcache.kept_at(tmp_path / "nowhere" / "diff") == "?"
+
+
 def test_keeping_again_replaces_the_older_root(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     _kept(store, "layer1", "state-a")
