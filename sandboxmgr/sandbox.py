@@ -230,16 +230,19 @@ def create(store: Store, name: str, image: ImageRecord, profile: Profile, option
 
 def run_in(store: Store, record: SandboxRecord, options: RunOptions) -> int:
     """Run a command in a named sandbox; its changes stay in the sandbox."""
-    image = store.image(record.image_key)
-    if image is None:
-        raise SandboxError(
-            f"the image {record.image_key} of sandbox {record.name!r} is gone",
-            hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
-        )
-    settings = with_options(Settings.from_json(record.meta["settings"]), options)
     lock = store.lock("sandbox", record.name)
     lock.acquire(False, f"sandbox {record.name!r} is in use",
                  "one command at a time runs in a named sandbox; wait for the other to finish")
-    with lock, _using(store, image):
-        root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
-        return enter(_spec(root, settings, options, record.path / "volumes"))
+    with lock:
+        # Read again under the lock: an rm (or rm and create) may have come in between.
+        record = store.sandbox(record.name)
+        image = store.image(record.image_key)
+        if image is None:
+            raise SandboxError(
+                f"the image {record.image_key} of sandbox {record.name!r} is gone",
+                hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
+            )
+        settings = with_options(Settings.from_json(record.meta["settings"]), options)
+        with _using(store, image):
+            root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
+            return enter(_spec(root, settings, options, record.path / "volumes"))

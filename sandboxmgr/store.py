@@ -129,22 +129,24 @@ def tree_size(path: Path) -> int:
 
 
 class Lock:
-    """An flock(2) on a file in the store's locks/ directory."""
+    """An flock(2) on a file in the store's locks/ directory.
+
+    An exclusive holder writes its pid into the file (for "held by pid N") and
+    empties it on release. Lock files are removed with what they guard (``rm``
+    deletes a sandbox's), so a lock taken on a file that was unlinked or replaced
+    meanwhile is taken again on the file now at the path (see :func:`_flock`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
+        self.exclusive = False
 
     def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = _flock(self.path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fd is None:
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        self._hold(fd, exclusive=True)
         return True
 
     def acquire(self, wait: bool, busy_message: str, hint: str) -> None:
@@ -152,25 +154,36 @@ class Lock:
             return
         if not wait:
             raise BusyError(busy_message + self.holder_text(), hint=hint)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self.fd = fd
+        fd = _flock(self.path, fcntl.LOCK_EX)
+        assert fd is not None  # a blocking flock returns only when it holds the lock
+        self._hold(fd, exclusive=True)
 
     def acquire_shared(self) -> None:
         """A shared hold (several at once), blocking only while someone holds it exclusively."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        fd = _flock(self.path, fcntl.LOCK_SH)
+        assert fd is not None
+        self._hold(fd, exclusive=False)
+
+    def _hold(self, fd: int, exclusive: bool) -> None:
+        if exclusive:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        self.exclusive = exclusive
 
     def holder_text(self) -> str:
+        """" (held by pid N)" while an exclusive holder that is alive wrote its pid, else ""."""
         try:
             pid = self.path.read_text().strip()
         except OSError:
             return ""
-        return f" (held by pid {pid})" if pid else ""
+        return f" (held by pid {pid})" if pid.isdigit() and os.path.exists(f"/proc/{pid}") else ""
 
     def release(self) -> None:
         if self.fd is not None:
+            if self.exclusive:
+                with suppress(OSError):
+                    os.ftruncate(self.fd, 0)  # no stale pid for the next one who waits
             os.close(self.fd)
             self.fd = None
 
@@ -179,6 +192,31 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _flock(path: Path, operation: int) -> int | None:
+    """A descriptor of the lock file at ``path`` with ``operation`` (flock) held, or None
+    when LOCK_NB and someone else holds it. If the file was unlinked or replaced while we
+    waited (rm deletes a sandbox's lock after releasing it), a lock on it would exclude
+    no one: lock the file now at the path instead."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        held = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
 
 
 def _probe(path: Path, mode: int) -> bool:
