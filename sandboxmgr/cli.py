@@ -253,6 +253,8 @@ def images(app: App, as_json: bool, show_layers: bool) -> None:
                 "path": str(layer.path) if layer else None,
                 "shared_with": sorted(users[key] - {record.profile}),
                 "missing": layer is None,
+                # When the kept bootstrap root this layer links was made (rootcache.py), if it does.
+                "kept_root": layer.meta.get("kept_root") if layer else None,
             })
         meta["layers"] = layers
         rows.append(meta)

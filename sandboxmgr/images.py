@@ -174,26 +174,32 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         if step.kind == "bootstrap":
             # Fingerprinted before the bootstrap, and again after it (_keep_root): a root
             # is kept only if the index did not change in between.
+            unreachable = None
             try:
                 state = rootcache.fingerprint(builder, profile)
-                kept = rootcache.find(store, cache_key(profile), step.key, state) if state else None
-                if kept is not None and use_kept_roots:
-                    progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
             except rootcache.Unreachable as exc:
-                # Offline (or the mirror is down): a kept root of this layer is the best there
-                # is; the bootstrap itself could not fetch anything either.
-                kept = rootcache.find(store, cache_key(profile), step.key, None)
-                if kept is not None and use_kept_roots:
-                    _warn(f"{exc}; using the bootstrap root kept at {rootcache.kept_at(kept)}, "
-                          "which may be older than the mirror's packages")
-            if kept is not None and use_kept_roots:
-                try:
-                    rootcache.link_tree(kept, diff)
-                    return _publish_layer(store, profile, step, parents, tmp, started)
-                except OSError as exc:
-                    _warn(f"cannot link the kept bootstrap root ({exc}); bootstrapping instead")
-                    remove_tree(diff)
-            builder.bootstrap(profile, diff, context)
+                unreachable = exc
+            kept = rootcache.find(store, cache_key(profile), step.key, state) if state and use_kept_roots else None
+            if kept is not None:
+                progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
+                if _link_kept(kept, diff):
+                    return _publish_layer(store, profile, step, parents, tmp, started, kept)
+            try:
+                builder.bootstrap(profile, diff, context)
+            except BuildError as failure:
+                # Offline: the network does not reach the mirror and the bootstrap failed
+                # too. A kept root of this layer is then the best there is.
+                offline = (rootcache.find(store, cache_key(profile), step.key, None)
+                           if unreachable is not None and use_kept_roots else None)
+                if offline is None:
+                    raise
+                _warn(f"the mirror cannot be reached ({unreachable}) and the bootstrap failed "
+                      f"({failure.message}); using the bootstrap root kept at {rootcache.kept_at(offline)}, "
+                      "which may be older than the mirror's packages")
+                remove_tree(diff)
+                if not _link_kept(offline, diff):
+                    raise
+                return _publish_layer(store, profile, step, parents, tmp, started, offline)
             root = BuildRoot(diff)
         else:
             for sub in ("diff", "work", "root"):
@@ -240,10 +246,21 @@ def _warn(message: str) -> None:
     print(f"sandboxmgr: warning: {message}", file=sys.stderr)
 
 
+def _link_kept(kept: Path, diff: Path) -> bool:
+    """Link a kept root in as ``diff``; on failure warn, clean up and say so."""
+    try:
+        rootcache.link_tree(kept, diff)
+        return True
+    except OSError as exc:
+        _warn(f"cannot link the kept bootstrap root ({exc}); bootstrapping instead")
+        remove_tree(diff)
+        return False
+
+
 def _publish_layer(store: Store, profile: Profile, step: LayerPlan, parents: list[LayerRecord],
-                   tmp: Path, started: float) -> LayerRecord:
+                   tmp: Path, started: float, kept: Path | None = None) -> LayerRecord:
     diff = tmp / "diff"
-    meta = {
+    meta: dict[str, Any] = {
         "key": step.key,
         "kind": step.kind,
         "label": step.label,
@@ -253,6 +270,8 @@ def _publish_layer(store: Store, profile: Profile, step: LayerPlan, parents: lis
         "build_seconds": round(time.monotonic() - started, 1),
         "size": tree_size(diff),
     }
+    if kept is not None:
+        meta["kept_root"] = rootcache.kept_at(kept)  # when the linked root was bootstrapped
     # Only the layer's diff/ and its metadata move into layers/; work dirs stay in tmp/.
     layer_dir = tmp / "layer"
     layer_dir.mkdir()

@@ -21,16 +21,21 @@ overlay lowers), and a kept root is only ever linked from. ``build --no-cache``
 bootstraps afresh; ``prune --cache`` deletes the kept roots.
 
 A profile whose index cannot be fingerprinted - extra bootstrap arguments, an
-RPM repository reached through a metalink or mirrorlist, a mirror that does
-not answer - is simply built as before.
+RPM repository reached through a metalink or mirrorlist, a mirror that answers
+without the index - is simply built as before. When the network does not reach
+the mirror at all and the bootstrap then fails too, a kept root of the layer is
+used, with a warning (images.py): offline, it is the best there is.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import socket
 import subprocess
+import urllib.error
 import urllib.request
 from contextlib import suppress
 from pathlib import Path
@@ -49,16 +54,36 @@ KEEP_PER_RELEASE = 3
 
 
 class Unreachable(Exception):
-    """The mirror's index cannot be fetched (offline, or the mirror is down)."""
+    """The network does not reach the mirror (no route, no name resolution, refused, timed out)."""
+
+
+_NETWORK_ERRNOS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN)
+
+
+def _network_failure(reason: object) -> bool:
+    return isinstance(reason, (socket.gaierror, ConnectionError, TimeoutError)) or (
+        isinstance(reason, OSError) and reason.errno in _NETWORK_ERRNOS)
 
 
 def fetch(url: str) -> bytes | None:
-    """The body of ``url`` (http, https or file), or None if it cannot be had."""
+    """The body of ``url`` (http, https or file). None when it cannot be had although the
+    server answered (404, 503, a TLS certificate Python does not trust, a missing file);
+    Unreachable when the network does not get there."""
     try:
         with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT) as response:  # noqa: S310 - the profile's mirror
             data: bytes = response.read()
             return data
-    except (OSError, ValueError):
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as exc:
+        if _network_failure(exc.reason):
+            raise Unreachable(f"{url}: {exc.reason}") from None
+        return None
+    except OSError as exc:
+        if _network_failure(exc):
+            raise Unreachable(f"{url}: {exc}") from None
+        return None
+    except ValueError:
         return None
 
 

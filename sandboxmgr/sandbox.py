@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sandboxmgr.enter import DEFAULT_PATH, NO_ENV, EnterSpec, OverlayRoot, enter
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import NotFoundError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.names import HOSTNAME_RE, hostname_for
 from sandboxmgr.record import record
@@ -235,7 +235,11 @@ def run_in(store: Store, record: SandboxRecord, options: RunOptions) -> int:
                  "one command at a time runs in a named sandbox; wait for the other to finish")
     with lock:
         # Read again under the lock: an rm (or rm and create) may have come in between.
-        record = store.sandbox(record.name)
+        try:
+            record = store.sandbox(record.name)
+        except NotFoundError:
+            lock.path.unlink(missing_ok=True)  # ours, made by the acquire: the sandbox is gone
+            raise
         image = store.image(record.image_key)
         if image is None:
             raise SandboxError(

@@ -165,10 +165,11 @@ class Lock:
         self._hold(fd, exclusive=False)
 
     def _hold(self, fd: int, exclusive: bool) -> None:
-        if exclusive:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        if exclusive:
+            with suppress(OSError):  # only for "held by pid N": a full disk must not fail the lock
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
         self.exclusive = exclusive
 
     def holder_text(self) -> str:
@@ -588,9 +589,11 @@ class Store:
         lock = self.lock("sandbox", record.name)
         lock.acquire(False, f"sandbox {record.name!r} is in use",
                      "wait for the command running in it to finish, then try again")
-        with lock, self._discarding(record.path, f"rm-{record.name}"):
-            pass
-        lock.path.unlink(missing_ok=True)
+        with lock:
+            with self._discarding(record.path, f"rm-{record.name}"):
+                pass
+            # Unlinked while held: whoever waits on this file then sees it is gone (_flock).
+            lock.path.unlink(missing_ok=True)
 
 
 def warn(message: str) -> None:

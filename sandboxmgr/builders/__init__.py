@@ -151,8 +151,8 @@ class Builder(ABC):
     def index_state(self, profile: Profile) -> str | None:
         """A digest of the package index the bootstrap would install from right now and
         of the tool that would do it, or None when that cannot be known; raises
-        rootcache.Unreachable when the index cannot be fetched. Equal digests: a
-        bootstrap would give the same root (see rootcache.py)."""
+        rootcache.Unreachable when the network does not reach the mirror. Equal
+        digests: a bootstrap would give the same root (see rootcache.py)."""
         return None
 
     @abstractmethod

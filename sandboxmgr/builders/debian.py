@@ -99,7 +99,7 @@ class _DebianFamily(Builder):
             return None
         signed = rootcache.fetch(f"{base}/InRelease") or rootcache.fetch(f"{base}/Release")
         if signed is None:
-            raise rootcache.Unreachable(f"{base}/InRelease cannot be fetched")
+            return None  # the mirror answered without it: the bootstrap will say why
         indexes = release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
         if not indexes:
             return None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -56,12 +59,28 @@ def test_a_release_file_without_sha256_gives_nothing() -> None:
     assert release_indexes("Origin: x\nMD5Sum:\n 00 1 main/binary-amd64/Packages\n", ("main",), "amd64") == []
 
 
-def test_fetch_reads_files_and_gives_none_when_unreachable(tmp_path: Path) -> None:
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_fetch_tells_a_mirror_that_answered_from_one_the_network_does_not_reach(tmp_path: Path) -> None:
     (tmp_path / "InRelease").write_text("signed")
     assert rootcache.fetch(f"file://{tmp_path}/InRelease") == b"signed"
     assert rootcache.fetch(f"file://{tmp_path}/missing") is None
-    assert rootcache.fetch("http://127.0.0.1:9/debian/dists/x/InRelease") is None
     assert rootcache.fetch("not a url") is None
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            assert rootcache.fetch(f"{base}/InRelease") == b"signed"
+            assert rootcache.fetch(f"{base}/dists/gone/InRelease") is None  # 404: it answered
+        finally:
+            server.shutdown()
+    with pytest.raises(rootcache.Unreachable, match=r"127\.0\.0\.1:9"):
+        rootcache.fetch("http://127.0.0.1:9/debian/dists/x/InRelease")  # connection refused
 
 
 def _kept(store: Store, layer: str, state: str) -> Path:

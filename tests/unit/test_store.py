@@ -146,3 +146,4 @@ def test_a_command_for_a_sandbox_removed_meanwhile_is_refused_not_run(tmp_path: 
     with pytest.raises(NotFoundError, match="no sandbox named 'work'"):
         run_in(store, record, RunOptions(argv=("true",)))
     assert not (store.sandboxes_dir / "work").exists()
+    assert not (store.locks_dir / "sandbox-work.lock").exists()  # nothing for doctor to find
