@@ -30,6 +30,7 @@ used, with a warning (images.py): offline, it is the best there is.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -101,6 +102,7 @@ def fingerprint(builder: Builder, profile: Profile) -> str | None:
     return None if state is None else digest([f"sandboxmgr {__version__}", state])
 
 
+@functools.cache
 def package_version(package: str) -> str | None:
     """The installed version of a host package (dpkg, else rpm), or None."""
     for argv in (["dpkg-query", "-W", "-f=${Version}", package],

@@ -177,6 +177,35 @@ def test_mmdebstrap_is_the_default_when_installed(cli: CLI, bookworm: Concurrent
     assert not list((rootfs / "etc/dpkg/dpkg.cfg.d").glob("*unsafe-io*"))
 
 
+def test_mmdebstrap_fills_the_package_cache_and_a_rebuild_takes_from_it(tmp_path: Path) -> None:
+    """The .debs mmdebstrap downloaded go into the package cache (renamed out of the root),
+    and a rebuild without the kept root gets them as hard links: nothing downloaded again."""
+    import shutil
+
+    need_root()
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed here")
+    cli = fresh_cli(tmp_path, {})
+    cli.ok("build", "debian-bookworm")
+    (archives,) = (cli.store / "cache").glob("*/apt-archives")
+
+    def cached() -> dict[str, int]:
+        return {deb.name: deb.stat().st_ino for deb in archives.glob("*.deb")}
+
+    first = cached()
+    assert any(name.startswith("libc6_") for name in first)
+    cli.ok("rmi", "debian-bookworm")
+    cli.ok("build", "--no-cache", "debian-bookworm")
+    # The same files (inodes): apt used them instead of downloading again.
+    assert cached() == first
+    # The root's own links to them are gone, and no .deb is in the layer.
+    assert {deb.stat().st_nlink for deb in archives.glob("*.deb")} == {1}
+    assert not list((cli.store / "layers").glob("*/diff/var/cache/apt/archives/*.deb"))
+    cli.ok("rmi", "debian-bookworm")
+    assert_store_clean(cli)
+
+
 def test_ubuntu_builds_with_its_signature_verified(tmp_path: Path) -> None:
     need_root()
     # The Ubuntu archive is not guaranteed to answer from CI machines: skip, never fail, without it.
