@@ -279,6 +279,7 @@ def images(app: App, as_json: bool, show_layers: bool) -> None:
 @pass_app
 def rmi(app: App, refs: tuple[str, ...]) -> None:
     """Remove the images of profiles (or image keys), and the layers no other image uses."""
+    from sandboxmgr import rootcache
     from sandboxmgr.images import find_images
 
     _require_root(app, "rmi")
@@ -296,13 +297,9 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
             if not app.quiet:
                 click.echo(f"removed image {record.key} ({record.profile})"
                            + (f" and {len(layers)} unused layers" if layers else ""))
-                if record.layers and record.layers[0] in layers and _kept_root(app.store, record.layers[0]):
+                if record.layers and record.layers[0] in layers and rootcache.is_kept(app.store, record.layers[0]):
                     click.echo(f"kept: its bootstrap root, for the next build of {record.profile} "
                                "('sandboxmgr prune --cache' removes it)")
-
-
-def _kept_root(store: Store, layer_key: str) -> bool:
-    return any(store.cache_dir.glob(f"*/roots/{layer_key}/root.json"))
 
 
 @cli.command()
@@ -317,12 +314,13 @@ def prune(app: App, cache: bool) -> None:
         click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
     if cache:
         from sandboxmgr import rootcache
+        from sandboxmgr.store import warn
 
         removed, busy = rootcache.remove_all(app.store)
         if not app.quiet:
             click.echo(f"removed {len(removed)} kept bootstrap roots")
         for place in busy:
-            click.echo(f"sandboxmgr: warning: kept root {place.name} is in use by a build; left", err=True)
+            warn(f"kept root {place.name} is in use by a build; left")
 
 
 # --- running ----------------------------------------------------------------------------------

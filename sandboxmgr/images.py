@@ -16,7 +16,6 @@ reused while the mirror's index is unchanged (rootcache.py).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,7 +27,7 @@ from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
 from sandboxmgr.errors import BuildError, BusyError, require_root
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import LayerPlan, Profile
-from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, remove_tree, tree_size
+from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, remove_tree, tree_size, warn
 
 Progress = Callable[[str], None]
 
@@ -182,7 +181,7 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
             kept = rootcache.find(store, cache_key(profile), step.key, state) if state and use_kept_roots else None
             if kept is not None:
                 progress(f"bootstrap: the mirror's index is unchanged; linking the kept root of {step.key}")
-                if _link_kept(kept, diff):
+                if _link_kept(kept, diff, "bootstrapping instead"):
                     return _publish_layer(store, profile, step, parents, tmp, started, kept)
             try:
                 builder.bootstrap(profile, diff, context)
@@ -193,11 +192,11 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
                            if unreachable is not None and use_kept_roots else None)
                 if offline is None:
                     raise
-                _warn(f"the mirror cannot be reached ({unreachable}) and the bootstrap failed "
+                warn(f"the mirror cannot be reached ({unreachable}) and the bootstrap failed "
                       f"({failure.message}); using the bootstrap root kept at {rootcache.kept_at(offline)}, "
                       "which may be older than the mirror's packages")
                 remove_tree(diff)
-                if not _link_kept(offline, diff):
+                if not _link_kept(offline, diff, "the build fails"):
                     raise
                 return _publish_layer(store, profile, step, parents, tmp, started, offline)
             root = BuildRoot(diff)
@@ -239,20 +238,17 @@ def _keep_root(store: Store, profile: Profile, builder: Builder, layer_key: str,
     try:
         rootcache.keep(store, cache_key(profile), layer_key, state, diff)
     except OSError as exc:
-        _warn(f"cannot keep the bootstrap root for the next build ({exc}); the image is not affected")
+        warn(f"cannot keep the bootstrap root for the next build ({exc}); the image is not affected")
 
 
-def _warn(message: str) -> None:
-    print(f"sandboxmgr: warning: {message}", file=sys.stderr)
-
-
-def _link_kept(kept: Path, diff: Path) -> bool:
-    """Link a kept root in as ``diff``; on failure warn, clean up and say so."""
+def _link_kept(kept: Path, diff: Path, otherwise: str) -> bool:
+    """Link a kept root in as ``diff``; on failure warn (with what happens ``otherwise``),
+    clean up and say so."""
     try:
         rootcache.link_tree(kept, diff)
         return True
     except OSError as exc:
-        _warn(f"cannot link the kept bootstrap root ({exc}); bootstrapping instead")
+        warn(f"cannot link the kept bootstrap root ({exc}); {otherwise}")
         remove_tree(diff)
         return False
 

@@ -148,6 +148,11 @@ def kept_at(diff: Path) -> str:
         return "?"
 
 
+def is_kept(store: Store, layer_key: str) -> bool:
+    """Whether a root of ``layer_key`` is kept (for any distro/release/arch)."""
+    return any(store.cache_dir.glob(f"*/roots/{layer_key}/root.json"))
+
+
 def link_tree(source: Path, target: Path) -> None:
     """``target`` (not existing yet) as a tree of hard links to ``source``'s files;
     directories are new, with the same owner, mode, times and extended attributes."""
