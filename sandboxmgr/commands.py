@@ -27,6 +27,8 @@ from sandboxmgr.errors import SandboxError
 if TYPE_CHECKING:
     from plumbum.commands.processes import ProcessExecutionError
 
+    from sandboxmgr.toolroot import ToolRoot
+
 log = logging.getLogger("sandboxmgr")
 
 # Program -> the Debian/Ubuntu package that provides it.
@@ -76,7 +78,7 @@ class PreMount:
     data: str | None = None
 
 
-def _contain(mounts: Sequence[PreMount]) -> Callable[[], None]:
+def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot | None) -> Callable[[], None]:
     def child() -> None:  # pragma: no cover - runs between fork and exec
         # Dies with the manager; a private mount namespace, so whatever the command
         # mounts (debootstrap mounts /proc and /sys in the target) and what we mount
@@ -87,6 +89,11 @@ def _contain(mounts: Sequence[PreMount]) -> Callable[[], None]:
         for mount in mounts:
             flags = linux.MS_BIND if mount.fstype is None else 0
             linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
+        if tool_root is not None:
+            from sandboxmgr import toolroot
+
+            linux.limit_capabilities(toolroot.TOOL_CAPABILITIES)  # while /proc is there to say how many
+            toolroot.enter(tool_root)
 
     return child
 
@@ -109,8 +116,10 @@ def run(
     env: Mapping[str, str] | None = None,
     contained: bool = False,
     mounts: Sequence[PreMount] = (),
+    tool_root: ToolRoot | None = None,
 ) -> None:
-    """Run ``argv`` to completion, streaming its combined output.
+    """Run ``argv`` to completion, streaming its combined output. ``contained``: in PID and
+    mount namespaces of its own (dying with us), with ``tool_root`` as its root (toolroot.py).
 
     Raises :class:`ProcessExecutionError` with the last lines of output when
     it exits non-zero.
@@ -118,8 +127,12 @@ def run(
     from plumbum import local
     from plumbum.commands.processes import ProcessExecutionError
 
-    require(argv[0])
-    full_argv = [*CONTAINED, *argv] if contained else list(argv)
+    program = require(argv[0])
+    if tool_root is not None:
+        # Its own /proc, of its own PID namespace: /proc/1/root is then the tool root.
+        full_argv = [*CONTAINED[:-1], "--mount-proc", "--", program, *argv[1:]]
+    else:
+        full_argv = [*CONTAINED, *argv] if contained else list(argv)
     log.debug("running: %s", shlex.join(full_argv))
     command = local[require(full_argv[0])][full_argv[1:]]
     full_env = dict(os.environ)
@@ -136,7 +149,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=_contain(mounts) if contained else _die_with_manager,
+            preexec_fn=_contain(mounts, tool_root) if contained or tool_root else _die_with_manager,
         )
         try:
             assert process.stdout is not None

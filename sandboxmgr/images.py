@@ -96,7 +96,9 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
         started = time.monotonic()
         log_file = store.logs_dir / f"build-{profile.name}-{key}.log"
         log_file.write_text(f"sandboxmgr build of {profile.name} ({key}) at {now_iso()}\n")
-        context = BuildContext(log_file=log_file, progress=progress, caches=package_caches(store, profile))
+        caches = package_caches(store, profile)
+        context = BuildContext(log_file=log_file, progress=progress, caches=caches,
+                               verified=builder.open_cache(profile, store.cache_dir / cache_key(profile)))
         plan = profile.layers()
         built: list[LayerRecord] = []
         for step in plan:

@@ -171,6 +171,19 @@ def _volumes(binds: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ..
     return tuple(result)
 
 
+def _cache_views(caches: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ...]:
+    """The shared package caches, copy-on-write: what the sandbox downloads or changes there
+    lands in ``scratch`` and dies with the sandbox; the cache itself is only ever written by
+    builds, with verified packages (builders/debcache.py)."""
+    views = []
+    for index, cache in enumerate(caches):
+        place = scratch / f"cache-{index}"
+        for sub in ("upper", "work"):
+            (place / sub).mkdir(parents=True, exist_ok=True)
+        views.append(BindMount(cache.source, cache.target, copy_on_write=True, scratch=place))
+    return tuple(views)
+
+
 def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: Path) -> EnterSpec:
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": settings.hostname}
     env.update(settings.env)
@@ -182,7 +195,7 @@ def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: P
         hostname=settings.hostname,
         user=settings.user,
         network=settings.network,
-        binds=settings.caches + _volumes(settings.binds, scratch),
+        binds=_cache_views(settings.caches, scratch) + _volumes(settings.binds, scratch),
         tty=options.tty,
         isolation=options.isolation,
         limits=settings.limits,

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import BuildError, SandboxError
@@ -84,12 +85,26 @@ class BuildRoot:
         self.in_upper(path).unlink(missing_ok=True)
 
 
+class VerifiedCache(Protocol):
+    """A shared package cache that only verified packages enter or leave (debcache.py)."""
+
+    def stage(self, target: Path) -> int:
+        """Hard-link the cached packages that verify into ``target``; how many."""
+
+    def keep(self, source: Path) -> int:
+        """Move the packages in ``source`` that verify into the cache; how many."""
+
+
 @dataclass(frozen=True)
 class BuildContext:
     log_file: Path
     progress: Progress
-    # Package caches on the host, bind-mounted into every build step (target path -> host dir).
+    # The shared package caches, shown to every build step copy-on-write: a step's writes
+    # land in an upper directory of the layer's own and never in the cache itself.
     caches: tuple[BindMount, ...] = ()
+    # Where verified packages come from and go to (None: the cache is the package
+    # manager's own business, as dnf's, which checks every package's signature).
+    verified: VerifiedCache | None = None
 
     def log_size(self) -> int:
         try:
@@ -105,9 +120,30 @@ class BuildContext:
 
     def run_inside(self, root: BuildRoot, argv: Sequence[str], env: Mapping[str, str] | None = None,
                    binds: tuple[BindMount, ...] = (), with_caches: bool = True) -> int:
-        """Run a command inside the root being built, output to the build log."""
+        """Run a command inside the root being built, output to the build log. The step's
+        new downloads in the cache views are verified and kept afterwards."""
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
+        views = self._cache_views(root) if with_caches else ()
+        try:
+            return self._run_inside(root, argv, full_env, views + binds)
+        finally:
+            if self.verified is not None:
+                for view in views:
+                    assert view.scratch is not None
+                    self.verified.keep(view.scratch / "upper")
+
+    def _cache_views(self, root: BuildRoot) -> tuple[BindMount, ...]:
+        views = []
+        for index, cache in enumerate(self.caches):
+            scratch = root.upper.parent / "cache-views" / str(index)
+            for sub in ("upper", "work"):
+                (scratch / sub).mkdir(parents=True, exist_ok=True)
+            views.append(BindMount(cache.source, cache.target, copy_on_write=True, scratch=scratch))
+        return tuple(views)
+
+    def _run_inside(self, root: BuildRoot, argv: Sequence[str], full_env: Mapping[str, str],
+                    binds: tuple[BindMount, ...]) -> int:
         with open(self.log_file, "a") as log:
             log.write(f"$ (inside) {shlex.join(argv)}\n")
             log.flush()
@@ -119,7 +155,7 @@ class BuildContext:
                     env=full_env,
                     hostname="sandboxmgr-build",
                     network="host",
-                    binds=(self.caches if with_caches else ()) + binds,
+                    binds=binds,
                     stdio=(null, log.fileno(), log.fileno()),
                 )
                 try:
@@ -141,8 +177,14 @@ class Builder(ABC):
         """Check everything that can be checked before any work starts."""
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
-        """Package caches to share across builds and sandboxes (``cache`` is per distro/release/arch)."""
+        """Package caches to share across builds and sandboxes (``cache`` is per distro/release/arch);
+        builds and sandboxes see them copy-on-write."""
         return ()
+
+    def open_cache(self, profile: Profile, cache: Path) -> VerifiedCache | None:
+        """The verified view of the package cache for one build (fetching what verifying
+        needs), or None when the family leaves verification to its package manager."""
+        return None
 
     @abstractmethod
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
 
 from sandboxmgr import commands, distros, rootcache
-from sandboxmgr.builders import BuildContext, Builder, BuildRoot
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot, debindex
+from sandboxmgr.builders.debcache import DebCache
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
+from sandboxmgr.toolroot import ToolRoot
 
 DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
 
@@ -64,6 +65,14 @@ def _check_common(profile: Profile, tool: str) -> None:
         )
 
 
+def readable_paths(profile: Profile) -> tuple[Path, ...]:
+    """What the bootstrap tool reads on the host besides its programs: the keyring, a file:// mirror."""
+    paths = [Path(profile.bootstrap.keyring)]
+    if profile.bootstrap.mirror.startswith("file://"):
+        paths.append(Path(profile.bootstrap.mirror[len("file://"):]))
+    return tuple(paths)
+
+
 def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
                       progress: DebootstrapProgress, exc: commands.ProcessExecutionError) -> BuildError:
     # The first error is the cause; the later ones are its consequences.
@@ -108,24 +117,56 @@ class _DebianFamily(Builder):
         return rootcache.digest([self.method, *map(str, versions), *indexes])
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
-        # apt's download directory, shared by every build and sandbox of this distro/release/arch.
-        # apt checks every cached .deb against the signed index before using it.
+        # apt's download directory, shared by every build and sandbox of this distro/release/arch,
+        # which see it copy-on-write (debcache.py): apt trusts a cached .deb of the right size.
         (cache / "apt-archives" / "partial").mkdir(parents=True, exist_ok=True)
-        return (BindMount(cache / "apt-archives", "/var/cache/apt/archives"),)
+        return (BindMount(cache / "apt-archives", "/var/cache/apt/archives", copy_on_write=True),)
+
+    def open_cache(self, profile: Profile, cache: Path) -> DebCache | None:
+        boot = profile.bootstrap
+        where = cache / "index"
+        saved = debindex.load_saved(where, boot.mirror, boot.components, profile.arch)
+        try:
+            index = debindex.fetch_index(boot.mirror, profile.release, boot.components, profile.arch,
+                                         Path(boot.keyring), saved)
+        except rootcache.Unreachable:
+            index = saved  # offline: the index verified last time
+        except debindex.UnverifiedIndex as exc:
+            raise BuildError(f"the package index of {profile.distro} {profile.release} from {boot.mirror} "
+                             f"does not verify: {exc}",
+                             hint=f"check the mirror and bootstrap.keyring in {profile.path}") from None
+        if index is None:
+            return None  # the mirror answers without it: nothing is taken from or kept in the cache
+        if index is not saved:
+            debindex.save(where, boot.mirror, boot.components, profile.arch, index)
+        return DebCache(cache / "apt-archives", index, where / "verified.json")
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         progress = DebootstrapProgress(context)
         context.progress(f"bootstrap: {self.tool} {profile.release} from {profile.bootstrap.mirror}")
-        cache = context.caches[0].source if context.caches else None
         # The tool's own temporary files (mmdebstrap's gpg home) go into the build's tmp/
         # tree, which is removed even when the build is killed; not into the host's /tmp.
         scratch = rootfs.parent / "scratch"
         scratch.mkdir(exist_ok=True)
+        # The tool never sees the shared cache: only hard links of the packages that
+        # verified against the signed index, in a directory of this build's own.
+        stage = rootfs.parent / "stage"
+        stage.mkdir(exist_ok=True)
+        if context.verified is not None:
+            staged = context.verified.stage(stage)
+            context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
         try:
-            commands.run(self.bootstrap_argv(profile, rootfs, cache), log_file=context.log_file,
-                         on_line=progress, contained=True, env={"TMPDIR": str(scratch)})
+            commands.run(self.bootstrap_argv(profile, rootfs, stage), log_file=context.log_file,
+                         on_line=progress, contained=True, env={"TMPDIR": str(scratch)},
+                         tool_root=ToolRoot(rootfs.parent, readable_paths(profile)))
         except commands.ProcessExecutionError as exc:
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
+        if context.verified is not None:
+            # debootstrap downloads into the stage, mmdebstrap into the root's archives.
+            context.verified.keep(stage)
+            archives = BuildRoot(rootfs).in_upper("/var/cache/apt/archives/")
+            if archives.is_dir() and not archives.is_symlink():
+                context.verified.keep(archives)
         if not BuildRoot(rootfs).exists("/usr/bin/apt-get"):
             raise BuildError(f"{self.tool} made a root without apt-get for {profile.name}",
                              hint=f"add apt to bootstrap.include in {profile.path}, or use another method")
@@ -187,25 +228,6 @@ class DebootstrapBuilder(_DebianFamily):
         return argv
 
 
-def keep_downloads(root: BuildRoot, cache: Path) -> int:
-    """Move the .debs a bootstrap left in the root's apt archives into the package cache
-    (a rename each); the number moved. Best effort: what cannot be moved stays, and the
-    layer's apt-get clean removes it."""
-    archives = root.in_upper("/var/cache/apt/archives/")  # no symlink on the way there
-    if not archives.is_dir() or archives.is_symlink():
-        return 0
-    moved = 0
-    with os.scandir(archives) as entries:
-        for entry in entries:
-            if entry.name.endswith(".deb") and entry.is_file(follow_symlinks=False):
-                try:
-                    os.rename(entry.path, cache / entry.name)
-                except OSError:
-                    continue  # e.g. the cache on another filesystem
-                moved += 1
-    return moved
-
-
 def release_indexes(release: str, components: tuple[str, ...], arch: str) -> list[str]:
     """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
     components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
@@ -240,11 +262,6 @@ class MmdebstrapBuilder(_DebianFamily):
     tool = "mmdebstrap"
     keeps_lists = True
 
-    def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        super().bootstrap(profile, rootfs, context)
-        if context.caches:
-            keep_downloads(BuildRoot(rootfs), context.caches[0].source)
-
     def preflight(self, profile: Profile) -> None:
         super().preflight(profile)
         if profile.bootstrap.exclude:
@@ -270,9 +287,9 @@ class MmdebstrapBuilder(_DebianFamily):
         if cache is not None:
             # mmdebstrap's recipe for a package cache (sync-in before the download,
             # sync-out at the end) copies every .deb through tar twice: 0.6-0.8 s for a
-            # minbase. Hard links in (apt and dpkg only read a cached .deb; one that fails
-            # its checksum is replaced, never rewritten), the archives kept at the end,
-            # and the new downloads renamed into the cache afterwards (keep_downloads).
+            # minbase. Hard links in from the build's stage of verified packages (apt and
+            # dpkg only read a cached .deb), the archives kept at the end, and the new
+            # downloads verified and renamed into the cache afterwards (DebCache.keep).
             quoted = shlex.quote(str(cache))
             argv += ["--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt/cache",
                      '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/partial',

@@ -26,6 +26,7 @@ from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
 from sandboxmgr.store import remove_tree
+from sandboxmgr.toolroot import ToolRoot
 
 # Where the repositories of the profile are written inside the root while it is
 # built, so the target's dnf uses exactly them; removed before publishing.
@@ -78,6 +79,11 @@ def explain_failure(log: str, profile: Profile, log_file: Path, step: str) -> Bu
     return BuildError(f"dnf failed while {step} {profile.name}", hint=hint)
 
 
+def readable_paths(profile: Profile) -> tuple[Path, ...]:
+    """What the host's dnf reads on the host besides its programs: file:// repositories and keys."""
+    return tuple(Path(p) for repo in profile.repositories for p in repo.local_paths())
+
+
 class DnfBuilder(Builder):
     method = "dnf"
 
@@ -122,8 +128,10 @@ class DnfBuilder(Builder):
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
         # dnf's cache (metadata and packages, kept), shared by builds and sandboxes of this release.
+        # Only the host's dnf writes it (gpgcheck: every package's signature is checked again at
+        # install); build steps and sandboxes see it copy-on-write.
         (cache / "dnf").mkdir(parents=True, exist_ok=True)
-        return (BindMount(cache / "dnf", "/var/cache/dnf"),)
+        return (BindMount(cache / "dnf", "/var/cache/dnf", copy_on_write=True),)
 
     def _host_dnf(self, profile: Profile, root: BuildRoot, context: BuildContext, packages: list[str],
                   step: str) -> None:
@@ -161,7 +169,8 @@ class DnfBuilder(Builder):
 
         try:
             commands.run(argv, log_file=context.log_file, on_line=on_line, contained=True, mounts=mounts,
-                         env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"})
+                         env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"},
+                         tool_root=ToolRoot(root.upper.parent, readable_paths(profile)))
         except commands.ProcessExecutionError:
             raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
 
