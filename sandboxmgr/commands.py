@@ -92,7 +92,6 @@ def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot | None) -> Callable
         if tool_root is not None:
             from sandboxmgr import toolroot
 
-            linux.limit_capabilities(toolroot.TOOL_CAPABILITIES)  # while /proc is there to say how many
             toolroot.enter(tool_root)
 
     return child
@@ -129,8 +128,7 @@ def run(
 
     program = require(argv[0])
     if tool_root is not None:
-        # Its own /proc, of its own PID namespace: /proc/1/root is then the tool root.
-        full_argv = [*CONTAINED[:-1], "--mount-proc", "--", program, *argv[1:]]
+        full_argv = [program, *argv[1:]]  # toolroot.enter makes its PID namespace
     else:
         full_argv = [*CONTAINED, *argv] if contained else list(argv)
     log.debug("running: %s", shlex.join(full_argv))

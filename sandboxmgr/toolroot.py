@@ -28,22 +28,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr import linux
-from sandboxmgr.mounts import DEVICES, HOST_DEV, NOSUID_NODEV, NOSUID_NODEV_NOEXEC
+from sandboxmgr.mounts import DEVICES, HOST_DEV, MASKED_PATHS, NOSUID_NODEV, NOSUID_NODEV_NOEXEC, READONLY_PATHS
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
-# SETFCAP), users (SETUID, SETGID, SETPCAP), chroot, device nodes in the new root's
-# /dev (MKNOD: debootstrap makes them), mounts of /proc and /sys there (SYS_ADMIN),
-# signals to its own processes (KILL). Not: modules, raw I/O, ptrace, the clock,
+# SETFCAP), users (SETUID, SETGID, SETPCAP), chroot, signals to its own processes
+# (KILL). Not: mounting (SYS_ADMIN: /proc and /dev of the new root are mounted for
+# the tool), device nodes (MKNOD), modules, raw I/O, ptrace, the clock,
 # open_by_handle_at (DAC_READ_SEARCH), the network's configuration, BPF, resources.
-TOOL_CAPABILITIES = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 18, 21, 27, 29, 31})
+TOOL_CAPABILITIES = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 18, 29, 31})
 # Files and directories of /etc that hold secrets no build tool needs.
 MASKED_ETC = ("shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl/private",
               "security/opasswd", "machine-id", "credstore", "credstore.encrypted")
 _HOST_DIRS = ("usr", "etc")
+_MAX_FD = 0x7FFFFFFF
 _TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -54,6 +57,9 @@ class ToolRoot:
 
     place: Path
     readable: tuple[Path, ...] = ()
+    # The new root the tool makes: /proc and /dev are mounted there for it (as the tool
+    # would do itself), so the tool runs without the right to mount anything.
+    target: Path | None = None
 
     @property
     def mountpoint(self) -> Path:
@@ -75,7 +81,72 @@ def _make(target: Path, like: Path) -> None:
 
 
 def enter(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork and exec
-    """Make the tool root and switch to it (in a fresh, private mount namespace)."""
+    """Make the tool root, switch to it (in a fresh, private mount namespace), and become
+    PID 1 of a new PID namespace with its own /proc and only TOOL_CAPABILITIES.
+
+    The calling process stays outside as the namespace's parent: it waits for PID 1 and
+    exits with its status (so the caller's wait is the tool's), and PID 1 dies with it."""
+    _switch(tool_root)
+    linux.unshare(linux.CLONE_NEWPID)
+    hangup_read, hangup_write = os.pipe()
+    child = os.fork()
+    if child != 0:
+        os.close(hangup_read)
+        _wait_for(child, keep=hangup_write)
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.close(hangup_write)
+    if select.select([hangup_read], [], [], 0)[0]:
+        os._exit(1)  # the parent died before PDEATHSIG was set
+    os.close(hangup_read)
+    _mount_proc(Path("/proc"))
+    if tool_root.target is not None:
+        _prepare_target(tool_root.target)
+    # Last: mounting needed CAP_SYS_ADMIN.
+    linux.limit_capabilities(TOOL_CAPABILITIES)
+
+
+def _wait_for(child: int, keep: int) -> None:  # pragma: no cover - runs between fork and exec
+    # Every other descriptor closed, among them the subprocess module's error pipe: the
+    # caller learns of the exec (or its failure) from PID 1's copy.
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _MAX_FD)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
+
+
+def _mount_proc(proc: Path) -> None:  # pragma: no cover - runs between fork and exec
+    """A /proc of this PID namespace, with what runc hides of it hidden and its knobs read-only."""
+    proc.mkdir(exist_ok=True)
+    linux.mount("proc", proc, "proc", NOSUID_NODEV_NOEXEC)
+    for path in MASKED_PATHS:
+        if not path.startswith("/proc/"):
+            continue
+        target = proc / path[len("/proc/"):]
+        if target.is_dir():
+            linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, "mode=0555")
+        elif target.exists():
+            linux.mount("/dev/null", target, None, linux.MS_BIND)
+    for path in READONLY_PATHS:
+        target = proc / path[len("/proc/"):]
+        if target.exists():
+            _bind(target, target, linux.MS_RDONLY | NOSUID_NODEV_NOEXEC)
+
+
+def _prepare_target(target: Path) -> None:  # pragma: no cover - runs between fork and exec
+    """/proc and a minimal /dev in the new root, for its maintainer scripts."""
+    target.mkdir(exist_ok=True)
+    _mount_proc(target / "proc")
+    (target / "dev").mkdir(exist_ok=True)
+    _make_dev(target / "dev", links=False)
+
+
+def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork and exec
     root = tool_root.mountpoint
     root.mkdir(exist_ok=True)
     linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755")
@@ -102,7 +173,6 @@ def enter(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork 
         linux.mount("tmpfs", root / name, "tmpfs", NOSUID_NODEV, f"mode={mode}")
     (root / "var" / "tmp").mkdir(mode=0o1777)
     _make_dev(root / "dev")
-    (root / "proc").mkdir()
     (root / "sys").mkdir()
     for path in tool_root.readable:
         if path.parts[1:2] and path.parts[1] in _HOST_DIRS:
@@ -112,8 +182,7 @@ def enter(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork 
             _bind(path, root / str(path).lstrip("/"), linux.MS_RDONLY | NOSUID_NODEV)
     place = root / str(tool_root.place).lstrip("/")
     place.mkdir(parents=True, exist_ok=True)
-    # Not nodev: debootstrap makes the new root's device nodes there, and must open them.
-    _bind(tool_root.place, place, linux.MS_NOSUID)
+    _bind(tool_root.place, place, NOSUID_NODEV)
     linux.umount2(place / tool_root.mountpoint.name, linux.MNT_DETACH)  # the tool root itself, seen again
     os.chdir(root)
     linux.pivot_root(".", ".")
@@ -121,8 +190,8 @@ def enter(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork 
     os.chdir("/")
 
 
-def _make_dev(dev: Path) -> None:  # pragma: no cover - runs between fork and exec
-    dev.mkdir()
+def _make_dev(dev: Path, links: bool = True) -> None:  # pragma: no cover - runs between fork and exec
+    dev.mkdir(exist_ok=True)
     linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=0755")
     for device in DEVICES:
         (dev / device.name).touch()
@@ -132,6 +201,8 @@ def _make_dev(dev: Path) -> None:  # pragma: no cover - runs between fork and ex
                 "newinstance,ptmxmode=0666,mode=0620")
     (dev / "shm").mkdir()
     linux.mount("tmpfs", dev / "shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")
+    if not links:
+        return  # the tool makes them
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
         with contextlib.suppress(FileExistsError):

@@ -90,6 +90,7 @@ def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
 
 class _DebianFamily(Builder):
     tool = ""
+    tool_env: dict[str, str] = {}  # noqa: RUF012 - read only
     # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
     keeps_lists = False
 
@@ -157,8 +158,8 @@ class _DebianFamily(Builder):
             context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
         try:
             commands.run(self.bootstrap_argv(profile, rootfs, stage), log_file=context.log_file,
-                         on_line=progress, contained=True, env={"TMPDIR": str(scratch)},
-                         tool_root=ToolRoot(rootfs.parent, readable_paths(profile)))
+                         on_line=progress, env={"TMPDIR": str(scratch), **self.tool_env},
+                         tool_root=ToolRoot(rootfs.parent, readable_paths(profile), target=rootfs))
         except commands.ProcessExecutionError as exc:
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
         if context.verified is not None:
@@ -208,6 +209,9 @@ class _DebianFamily(Builder):
 class DebootstrapBuilder(_DebianFamily):
     method = "debootstrap"
     tool = "debootstrap"
+    # As in an LXC container: /dev's nodes are there already (toolroot.py mounts them), and
+    # debootstrap may not make its own (no CAP_MKNOD), so it must not test that it can.
+    tool_env = {"container": "lxc"}  # noqa: RUF012 - read only
 
     def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         boot = profile.bootstrap
@@ -273,7 +277,10 @@ class MmdebstrapBuilder(_DebianFamily):
     def bootstrap_argv(self, profile: Profile, rootfs: Path, cache: Path | None = None) -> list[str]:
         boot = profile.bootstrap
         # Keep the package lists mmdebstrap fetched: they are what 'apt-get update' would fetch again.
-        argv = ["mmdebstrap", "--mode=root", "--skip=cleanup/apt/lists", f"--arch={profile.arch}",
+        # The tool root mounts /proc and /dev in the new root for it (and it may not mount):
+        # the directory is not empty, and there is nothing for mmdebstrap to mount.
+        argv = ["mmdebstrap", "--mode=root", "--skip=cleanup/apt/lists", "--skip=check/empty",
+                "--skip=chroot/mount", f"--arch={profile.arch}",
                 f"--components={','.join(boot.components)}", f"--keyring={boot.keyring}"]
         if boot.variant != "default":
             argv.append(f"--variant={boot.variant}")

@@ -168,7 +168,7 @@ class DnfBuilder(Builder):
                 context.progress(f"{step}: {match.group(1).lower()} {match.group(2)} ({len(seen)})")
 
         try:
-            commands.run(argv, log_file=context.log_file, on_line=on_line, contained=True, mounts=mounts,
+            commands.run(argv, log_file=context.log_file, on_line=on_line, mounts=mounts,
                          env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"},
                          tool_root=ToolRoot(root.upper.parent, readable_paths(profile)))
         except commands.ProcessExecutionError:
