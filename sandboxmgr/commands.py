@@ -78,21 +78,19 @@ class PreMount:
     data: str | None = None
 
 
-def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot | None) -> Callable[[], None]:
+def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], None]:
     def child() -> None:  # pragma: no cover - runs between fork and exec
-        # Dies with the manager; a private mount namespace, so whatever the command
-        # mounts (debootstrap mounts /proc and /sys in the target) and what we mount
-        # for it vanish with it, even after kill -9.
+        # Dies with the manager; a private mount namespace, so what we mount for the
+        # command vanishes with it, even after kill -9.
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         linux.unshare(linux.CLONE_NEWNS)
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         for mount in mounts:
             flags = linux.MS_BIND if mount.fstype is None else 0
             linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
-        if tool_root is not None:
-            from sandboxmgr import toolroot
+        from sandboxmgr import toolroot
 
-            toolroot.enter(tool_root)
+        toolroot.enter(tool_root)
 
     return child
 
@@ -101,24 +99,18 @@ def _die_with_manager() -> None:  # pragma: no cover - runs between fork and exe
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-# util-linux unshare(1) then runs the program as PID 1 of a new PID namespace:
-# when it dies - or unshare(1) dies, which dies with the manager - every process
-# it started dies too. A killed build leaves no mount and no process behind,
-# only a tmp/ tree the next command removes.
-CONTAINED = ("unshare", "--pid", "--fork", "--kill-child", "--")
-
-
 def run(
     argv: Sequence[str],
     log_file: Path | None = None,
     on_line: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
-    contained: bool = False,
     mounts: Sequence[PreMount] = (),
     tool_root: ToolRoot | None = None,
 ) -> None:
-    """Run ``argv`` to completion, streaming its combined output. ``contained``: in PID and
-    mount namespaces of its own (dying with us), with ``tool_root`` as its root (toolroot.py).
+    """Run ``argv`` to completion, streaming its combined output. With ``tool_root``: in
+    mount and PID namespaces of its own, in that root (toolroot.py), after ``mounts``; a
+    killed build then leaves no mount and no process behind, only a tmp/ tree the next
+    command removes.
 
     Raises :class:`ProcessExecutionError` with the last lines of output when
     it exits non-zero.
@@ -126,13 +118,9 @@ def run(
     from plumbum import local
     from plumbum.commands.processes import ProcessExecutionError
 
-    program = require(argv[0])
-    if tool_root is not None:
-        full_argv = [program, *argv[1:]]  # toolroot.enter makes its PID namespace
-    else:
-        full_argv = [*CONTAINED, *argv] if contained else list(argv)
+    full_argv = [require(argv[0]), *argv[1:]]
     log.debug("running: %s", shlex.join(full_argv))
-    command = local[require(full_argv[0])][full_argv[1:]]
+    command = local[full_argv[0]][full_argv[1:]]
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -147,7 +135,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=_contain(mounts, tool_root) if contained or tool_root else _die_with_manager,
+            preexec_fn=_die_with_manager if tool_root is None else _contain(mounts, tool_root),
         )
         try:
             assert process.stdout is not None
