@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Host tools: the builders (debootstrap, mmdebstrap, dnf + rpm), the Debian keyring, util-linux's
-# unshare, a venv; createrepo-c, busybox-static and gnupg build the tests' local RPM repository.
-APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv \
-  dnf rpm createrepo-c busybox-static gnupg
+# Host tools: the builders (debootstrap, mmdebstrap, dnf + rpm), the Debian keyring, gpgv (the
+# signed index is verified on the host), util-linux, libseccomp (every sandbox's filter), a venv;
+# createrepo-c, busybox-static and gnupg build the tests' local RPM repository; gcc and
+# libc6-dev (a static libc) build the adversarial suite's attack programs.
+APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev
 
 .PHONY: deps venv demo test unit integration lint bench clean
 

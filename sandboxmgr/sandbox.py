@@ -171,10 +171,10 @@ def _volumes(binds: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ..
     return tuple(result)
 
 
-def _cache_views(caches: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ...]:
-    """The shared package caches, copy-on-write: what the sandbox downloads or changes there
-    lands in ``scratch`` and dies with the sandbox; the cache itself is only ever written by
-    builds, with verified packages (builders/debcache.py)."""
+def cache_views(caches: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ...]:
+    """The shared package caches, copy-on-write: what a sandbox or a build step downloads or
+    changes there lands in ``scratch`` and dies with it; the cache itself is only ever written
+    by builds, with verified packages (builders/debcache.py)."""
     views = []
     for index, cache in enumerate(caches):
         place = scratch / f"cache-{index}"
@@ -195,7 +195,7 @@ def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: P
         hostname=settings.hostname,
         user=settings.user,
         network=settings.network,
-        binds=_cache_views(settings.caches, scratch) + _volumes(settings.binds, scratch),
+        binds=cache_views(settings.caches, scratch) + _volumes(settings.binds, scratch),
         tty=options.tty,
         isolation=options.isolation,
         limits=settings.limits,

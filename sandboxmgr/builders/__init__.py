@@ -24,6 +24,7 @@ from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
+from sandboxmgr.sandbox import cache_views
 
 Progress = Callable[[str], None]
 
@@ -124,7 +125,7 @@ class BuildContext:
         new downloads in the cache views are verified and kept afterwards."""
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
-        views = self._cache_views(root) if with_caches else ()
+        views = cache_views(self.caches, root.upper.parent / "cache-views") if with_caches else ()
         try:
             return self._run_inside(root, argv, full_env, views + binds)
         finally:
@@ -132,15 +133,6 @@ class BuildContext:
                 for view in views:
                     assert view.scratch is not None
                     self.verified.keep(view.scratch / "upper")
-
-    def _cache_views(self, root: BuildRoot) -> tuple[BindMount, ...]:
-        views = []
-        for index, cache in enumerate(self.caches):
-            scratch = root.upper.parent / "cache-views" / str(index)
-            for sub in ("upper", "work"):
-                (scratch / sub).mkdir(parents=True, exist_ok=True)
-            views.append(BindMount(cache.source, cache.target, copy_on_write=True, scratch=scratch))
-        return tuple(views)
 
     def _run_inside(self, root: BuildRoot, argv: Sequence[str], full_env: Mapping[str, str],
                     binds: tuple[BindMount, ...]) -> int:

@@ -164,6 +164,10 @@ class DebCache:
                 if not self._matches(source_fd, name, info):
                     continue
                 try:
+                    # Made inside: ours and read-only for the rest, whatever the build set.
+                    if os.geteuid() == 0:
+                        os.chown(name, 0, 0, dir_fd=source_fd, follow_symlinks=False)
+                    os.chmod(name, 0o644, dir_fd=source_fd)
                     os.rename(name, self.directory / name, src_dir_fd=source_fd)
                     moved = os.lstat(self.directory / name)  # a rename changes the ctime
                 except OSError:

@@ -26,6 +26,7 @@ import lzma
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,9 +136,14 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
             return None
         text = verify_release(plain, keyring, signature)
     hashes = release_hashes(text)
-    wanted = []
+    # Packages of arch "all" are in each arch's index too, unless the Release says otherwise.
+    arches = (arch,) if "\nNo-Support-for-Architecture-all: Packages" in text else (arch, "all")
+    # A mirror being updated (or a frozen copy of one) may serve a plain path newer than the
+    # Release; by-hash paths never change, as apt knows.
+    by_hash = "\nAcquire-By-Hash: yes" in text
+    wanted: list[tuple[str, Callable[[bytes], bytes], str, int]] = []
     for component in components:
-        for index_arch in (arch, "all"):
+        for index_arch in arches:
             stem = f"{component}/binary-{index_arch}/Packages"
             form = next(((suffix, unpack) for suffix, unpack in _FORMS if stem + suffix in hashes), None)
             if form is None:
@@ -150,7 +156,9 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
         return saved
     packages: dict[str, tuple[int, str]] = {}
     for path, unpack, sha256, size in wanted:
-        data = rootcache.fetch(f"{base}/{path}")
+        data = rootcache.fetch(f"{base}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{sha256}") if by_hash else None
+        if data is None:
+            data = rootcache.fetch(f"{base}/{path}")
         if data is None:
             return None
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
