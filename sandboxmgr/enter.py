@@ -367,7 +367,13 @@ def _mount_step(root_fd: int, step: MountStep) -> None:
     target = open_in_root(root_fd, step.target, create=True, is_file=step.is_file, follow=follow)
     try:
         if step.fstype is not None:
-            linux.mount(step.source, _fd_path(target), step.fstype, step.flags, step.data)
+            try:
+                linux.mount(step.source, _fd_path(target), step.fstype, step.flags, step.data)
+            except OSError as exc:  # kernels before 5.10 have no volatile overlay: mount without it
+                if exc.errno != errno.EINVAL or not (step.data or "").endswith(",volatile"):
+                    raise
+                linux.mount(step.source, _fd_path(target), step.fstype, step.flags,
+                            (step.data or "").removesuffix(",volatile"))
             return
         source = os.stat(step.source)
         linux.mount(step.source, _fd_path(target), None, linux.MS_BIND | linux.MS_REC)

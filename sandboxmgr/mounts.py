@@ -31,6 +31,9 @@ class BindMount:
     readonly: bool = False
     copy_on_write: bool = False
     scratch: Path | None = None
+    # The copy-on-write overlay without a sync of the filesystem when it goes (overlayfs
+    # "volatile"): for a scratch used once, an ephemeral run's (see enter.OverlayRoot).
+    volatile: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> BindMount:
@@ -52,8 +55,8 @@ class BindMount:
             raise ValueError(f"{spec!r}: a copy-on-write source may not contain ',', ':' or '\\'")
         return cls(path, target, readonly, copy_on_write)
 
-    def with_scratch(self, scratch: Path) -> BindMount:
-        return BindMount(self.source, self.target, self.readonly, self.copy_on_write, scratch)
+    def with_scratch(self, scratch: Path, volatile: bool = False) -> BindMount:
+        return BindMount(self.source, self.target, self.readonly, self.copy_on_write, scratch, volatile)
 
 
 @record
@@ -150,6 +153,7 @@ def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
             if bind.scratch is None:
                 raise ValueError(f"the copy-on-write mount of {bind.source} has no scratch directory")
             data = f"lowerdir={bind.source},upperdir={bind.scratch / 'upper'},workdir={bind.scratch / 'work'}"
+            data += ",volatile" if bind.volatile else ""
             steps.append(MountStep(bind.target, "overlay", "overlay", linux.MS_NOSUID | linux.MS_NODEV, data))
             continue
         steps.append(MountStep(bind.target, None, str(bind.source),

@@ -157,7 +157,7 @@ def with_options(saved: Settings, options: RunOptions) -> Settings:
     )
 
 
-def _volumes(binds: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ...]:
+def _volumes(binds: tuple[BindMount, ...], scratch: Path, volatile: bool) -> tuple[BindMount, ...]:
     """Give each copy-on-write mount its upper and work dirs under ``scratch``."""
     result = []
     for index, bind in enumerate(binds):
@@ -167,11 +167,11 @@ def _volumes(binds: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ..
         place = scratch / f"volume-{index}"
         for sub in ("upper", "work"):
             (place / sub).mkdir(parents=True, exist_ok=True)
-        result.append(bind.with_scratch(place))
+        result.append(bind.with_scratch(place, volatile))
     return tuple(result)
 
 
-def cache_views(caches: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount, ...]:
+def cache_views(caches: tuple[BindMount, ...], scratch: Path, volatile: bool = False) -> tuple[BindMount, ...]:
     """The shared package caches, copy-on-write: what a sandbox or a build step downloads or
     changes there lands in ``scratch`` and dies with it; the cache itself is only ever written
     by builds, with verified packages (builders/debcache.py)."""
@@ -180,7 +180,7 @@ def cache_views(caches: tuple[BindMount, ...], scratch: Path) -> tuple[BindMount
         place = scratch / f"cache-{index}"
         for sub in ("upper", "work"):
             (place / sub).mkdir(parents=True, exist_ok=True)
-        views.append(BindMount(cache.source, cache.target, copy_on_write=True, scratch=place))
+        views.append(BindMount(cache.source, cache.target, copy_on_write=True, scratch=place, volatile=volatile))
     return tuple(views)
 
 
@@ -195,7 +195,7 @@ def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: P
         hostname=settings.hostname,
         user=settings.user,
         network=settings.network,
-        binds=cache_views(settings.caches, scratch) + _volumes(settings.binds, scratch),
+        binds=cache_views(settings.caches, scratch, root.volatile) + _volumes(settings.binds, scratch, root.volatile),
         tty=options.tty,
         isolation=options.isolation,
         limits=settings.limits,
