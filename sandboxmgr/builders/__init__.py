@@ -95,6 +95,9 @@ class VerifiedCache(Protocol):
     def keep(self, source: Path) -> int:
         """Move the packages in ``source`` that verify into the cache; how many."""
 
+    def ready(self) -> None:
+        """Wait until verifying is possible; raise BuildError when it never will be."""
+
 
 @dataclass(frozen=True)
 class BuildContext:

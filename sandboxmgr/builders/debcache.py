@@ -27,6 +27,8 @@ import hashlib
 import json
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from sandboxmgr.builders.debindex import PackageIndex
@@ -47,12 +49,47 @@ def _stamp(info: os.stat_result) -> list[int]:
     return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
+class Later:
+    """A value made in a thread of its own (the signed index, fetched while the bootstrap
+    runs); ``result()`` waits for it and raises what making it raised."""
+
+    def __init__(self, make: Callable[[], PackageIndex | None]) -> None:
+        self._value: PackageIndex | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = make()
+            except BaseException as exc:  # handed to whoever waits
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="signed-index", daemon=True)
+        self._thread.start()
+
+    def result(self) -> PackageIndex | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class DebCache:
-    def __init__(self, directory: Path, index: PackageIndex, memo: Path) -> None:
+    def __init__(self, directory: Path, index: PackageIndex | Later | None, memo: Path) -> None:
         self.directory = directory
-        self.index = index
+        self._index = index
         self.memo_path = memo
         self._memo: dict[str, list[object]] | None = None
+
+    @property
+    def index(self) -> PackageIndex | None:
+        """The signed index (waited for); None when the mirror answered without one."""
+        if isinstance(self._index, Later):
+            self._index = self._index.result()
+        return self._index
+
+    def ready(self) -> None:
+        """Wait for the signed index; raises (BuildError) when it does not verify."""
+        _ = self.index
 
     # -- what was verified already
     def _load_memo(self) -> dict[str, list[object]]:
@@ -77,6 +114,7 @@ class DebCache:
 
     def _matches(self, dir_fd: int, name: str, info: os.stat_result) -> bool:
         """Whether the regular file ``name`` (lstat ``info``) is the package the index lists."""
+        assert self.index is not None
         expected = self.index.expected(name)
         if expected is None or info.st_size != expected[0]:
             return False
@@ -106,6 +144,9 @@ class DebCache:
         try:
             with os.scandir(cache_fd) as entries:
                 names = [entry.name for entry in entries]
+            index = self.index if set(names) - {"partial"} else None  # an empty cache need not wait
+            if index is None:
+                return 0
             for name in names:
                 info = os.stat(name, dir_fd=cache_fd, follow_symlinks=False)
                 if stat.S_ISDIR(info.st_mode) and name == "partial":
@@ -114,7 +155,7 @@ class DebCache:
                     # Nothing but packages belongs here (a symlink would send a host tool elsewhere).
                     bad.append(name)
                     continue
-                expected = self.index.expected(name)
+                expected = index.expected(name)
                 if expected is None:
                     continue  # another version: kept, verified again when an index lists it
                 if not self._matches(cache_fd, name, info):
@@ -154,6 +195,10 @@ class DebCache:
             source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return 0
+        index = self.index
+        if index is None:
+            os.close(source_fd)
+            return 0
         try:
             with os.scandir(source_fd) as entries:
                 names = [entry.name for entry in entries if entry.name.endswith(".deb")]
@@ -172,7 +217,7 @@ class DebCache:
                     moved = os.lstat(self.directory / name)  # a rename changes the ctime
                 except OSError:
                     continue  # another filesystem, say: the cache simply does not get it
-                self._load_memo()[name] = [*_stamp(moved), self.index.packages[name][1]]
+                self._load_memo()[name] = [*_stamp(moved), index.packages[name][1]]
                 kept += 1
         finally:
             os.close(source_fd)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sandboxmgr import commands, distros, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, debindex
-from sandboxmgr.builders.debcache import DebCache
+from sandboxmgr.builders.debcache import DebCache, Later
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
@@ -73,6 +73,25 @@ def readable_paths(profile: Profile) -> tuple[Path, ...]:
     return tuple(paths)
 
 
+def signed_index(profile: Profile, where: Path) -> debindex.PackageIndex | None:
+    """The profile's signed index, fetched and verified (or the one verified last, offline);
+    None when the mirror answers without it. Raises BuildError when it does not verify."""
+    boot = profile.bootstrap
+    saved = debindex.load_saved(where, boot.mirror, boot.components, profile.arch)
+    try:
+        index = debindex.fetch_index(boot.mirror, profile.release, boot.components, profile.arch,
+                                     Path(boot.keyring), saved)
+    except rootcache.Unreachable:
+        return saved  # offline: the index verified last time
+    except debindex.UnverifiedIndex as exc:
+        raise BuildError(f"the package index of {profile.distro} {profile.release} from {boot.mirror} "
+                         f"does not verify: {exc}",
+                         hint=f"check the mirror and bootstrap.keyring in {profile.path}") from None
+    if index is not None and index is not saved:
+        debindex.save(where, boot.mirror, boot.components, profile.arch, index)
+    return index
+
+
 def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
                       progress: DebootstrapProgress, exc: commands.ProcessExecutionError) -> BuildError:
     # The first error is the cause; the later ones are its consequences.
@@ -123,24 +142,11 @@ class _DebianFamily(Builder):
         (cache / "apt-archives" / "partial").mkdir(parents=True, exist_ok=True)
         return (BindMount(cache / "apt-archives", "/var/cache/apt/archives", copy_on_write=True),)
 
-    def open_cache(self, profile: Profile, cache: Path) -> DebCache | None:
-        boot = profile.bootstrap
-        where = cache / "index"
-        saved = debindex.load_saved(where, boot.mirror, boot.components, profile.arch)
-        try:
-            index = debindex.fetch_index(boot.mirror, profile.release, boot.components, profile.arch,
-                                         Path(boot.keyring), saved)
-        except rootcache.Unreachable:
-            index = saved  # offline: the index verified last time
-        except debindex.UnverifiedIndex as exc:
-            raise BuildError(f"the package index of {profile.distro} {profile.release} from {boot.mirror} "
-                             f"does not verify: {exc}",
-                             hint=f"check the mirror and bootstrap.keyring in {profile.path}") from None
-        if index is None:
-            return None  # the mirror answers without it: nothing is taken from or kept in the cache
-        if index is not saved:
-            debindex.save(where, boot.mirror, boot.components, profile.arch, index)
-        return DebCache(cache / "apt-archives", index, where / "verified.json")
+    def open_cache(self, profile: Profile, cache: Path) -> DebCache:
+        # Fetched and verified in a thread of its own, while the bootstrap runs: the
+        # bootstrap waits for it only to stage a cache that has packages in it.
+        return DebCache(cache / "apt-archives", Later(lambda: signed_index(profile, cache / "index")),
+                        cache / "index" / "verified.json")
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         progress = DebootstrapProgress(context)
@@ -155,12 +161,15 @@ class _DebianFamily(Builder):
         stage.mkdir(exist_ok=True)
         if context.verified is not None:
             staged = context.verified.stage(stage)
-            context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
+            if staged:
+                context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
         try:
             commands.run(self.bootstrap_argv(profile, rootfs, stage), log_file=context.log_file,
                          on_line=progress, env={"TMPDIR": str(scratch), **self.tool_env},
                          tool_root=ToolRoot(rootfs.parent, readable_paths(profile), target=rootfs))
         except commands.ProcessExecutionError as exc:
+            if context.verified is not None:
+                context.verified.ready()  # an index that does not verify is the clearer reason
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
         if context.verified is not None:
             # debootstrap downloads into the stage, mmdebstrap into the root's archives.
