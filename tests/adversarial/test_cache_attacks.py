@@ -195,6 +195,8 @@ def evil_mirror(tmp_path: Path, trojan: Path, hello_cached: Path) -> Iterator[tu
     keyring.write_bytes(subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout)
     subprocess.run([*gpg, "--yes", "--clearsign", "-o", str(release.with_name("InRelease")), str(release)],
                    check=True, capture_output=True)
+    if shutil.which("gpgconf") is not None:  # gpg leaves an agent running for its home
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(repo)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
