@@ -42,6 +42,9 @@ PACKAGES = {
 
 __all__ = ["ProcessExecutionError", "require", "run"]
 
+_PASSED_TO_TOOLS = {"http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "tz", "lang"}
+_TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def __getattr__(name: str) -> Any:
     # plumbum is imported only when a program is run: `sandboxmgr run` on a built
@@ -121,7 +124,13 @@ def run(
     full_argv = [require(argv[0]), *argv[1:]]
     log.debug("running: %s", shlex.join(full_argv))
     command = local[full_argv[0]][full_argv[1:]]
-    full_env = dict(os.environ)
+    if tool_root is None:
+        full_env = dict(os.environ)
+    else:
+        # A tool in a tool root gets nothing of the caller's environment (tokens, sockets'
+        # addresses) but what reaching a mirror needs.
+        full_env = {key: value for key, value in os.environ.items() if key.lower() in _PASSED_TO_TOOLS}
+        full_env.update({"PATH": _TOOL_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root"})
     if env:
         full_env.update(env)
     tail: deque[str] = deque(maxlen=40)

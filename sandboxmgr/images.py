@@ -97,8 +97,9 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
         log_file = store.logs_dir / f"build-{profile.name}-{key}.log"
         log_file.write_text(f"sandboxmgr build of {profile.name} ({key}) at {now_iso()}\n")
         caches = package_caches(store, profile)
+        scratch = held.enter_context(store.temporary("cache-view"))
         context = BuildContext(log_file=log_file, progress=progress, caches=caches,
-                               verified=builder.open_cache(profile, store.cache_dir / cache_key(profile)))
+                               verified=builder.open_cache(profile, store.cache_dir / cache_key(profile), scratch))
         plan = profile.layers()
         built: list[LayerRecord] = []
         for step in plan:

@@ -33,7 +33,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxmgr import linux
+from sandboxmgr import linux, mountinfo
+from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import DEVICES, HOST_DEV, MASKED_PATHS, NOSUID_NODEV, NOSUID_NODEV_NOEXEC, READONLY_PATHS
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
@@ -61,14 +62,47 @@ class ToolRoot:
     # would do itself), so the tool runs without the right to mount anything.
     target: Path | None = None
 
+    def __post_init__(self) -> None:
+        for path in self.readable:
+            check_readable(path, self.place)
+
     @property
     def mountpoint(self) -> Path:
         return self.place / "tool-root"
 
 
-def _bind(source: str | Path, target: Path, flags: int) -> None:
-    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
-    linux.mount(None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.mount_flags(target) | flags)
+# Host paths a profile may not show to a bootstrap tool: the kernel's, the boot files, and
+# the directories whose whole content is the host's (a mirror belongs in a directory of its own).
+_REFUSED_TOPS = {"proc", "sys", "dev", "run", "boot", "root", "home", "var", "tmp", "srv", "opt", "mnt", "media"}
+
+
+def check_readable(path: Path, place: Path) -> None:
+    """Refuse to show ``path`` (a profile's keyring, a file:// mirror) to the tool when it is
+    the host's tree or a large part of it: ``/``, a top directory, one of the kernel's, or
+    one holding the store."""
+    resolved = Path(os.path.realpath(path))
+    parts = resolved.parts
+    too_wide = resolved.is_dir() and (len(parts) < 3 or (len(parts) == 3 and parts[1] in _REFUSED_TOPS))
+    if too_wide or parts[1:2] in (("proc",), ("sys",), ("dev",)) or \
+            os.path.commonpath([resolved, place]) == str(resolved):
+        raise SandboxError(f"{path} is too much of the host to show to the bootstrap tool "
+                           "(a keyring or file:// mirror may not be /, a top directory, /proc, /sys, /dev, "
+                           "or hold the store)",
+                           hint="point it at a directory or file of its own, like /srv/mirror/debian")
+
+
+def _bind(source: str | Path, target: Path, flags: int, recursive: bool = True) -> None:
+    """A bind mount with ``flags`` (MS_RDONLY, MS_NOSUID ...) on it and on every mount below it:
+    a remount changes one mount only, and a host's /etc may have files bound over it."""
+    linux.mount(source, target, None, linux.MS_BIND | (linux.MS_REC if recursive else 0))
+    below = sorted(mountinfo.mounts_under(target), key=len) if recursive else [str(target)]
+    for point in below:
+        try:
+            linux.mount(None, point, None, linux.MS_BIND | linux.MS_REMOUNT | linux.mount_flags(point) | flags)
+        except OSError:
+            if point == str(target):
+                raise
+            linux.umount2(point, linux.MNT_DETACH)  # what cannot be made read-only is not shown
 
 
 def _make(target: Path, like: Path) -> None:
@@ -131,7 +165,7 @@ def _mount_proc(proc: Path) -> None:  # pragma: no cover - runs between fork and
         if target.is_dir():
             linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, "mode=0555")
         elif target.exists():
-            linux.mount("/dev/null", target, None, linux.MS_BIND)
+            _bind("/dev/null", target, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC, recursive=False)
     for path in READONLY_PATHS:
         target = proc / path[len("/proc/"):]
         if target.exists():
@@ -167,7 +201,7 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
         if target.is_dir():
             linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, "mode=0555")
         else:
-            linux.mount("/dev/null", target, None, linux.MS_BIND)
+            _bind("/dev/null", target, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC, recursive=False)
     for name, mode in (("tmp", "1777"), ("run", "0755"), ("root", "0700"), ("var", "0755")):
         (root / name).mkdir()
         linux.mount("tmpfs", root / name, "tmpfs", NOSUID_NODEV, f"mode={mode}")
@@ -178,8 +212,9 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
         if path.parts[1:2] and path.parts[1] in _HOST_DIRS:
             continue  # under /usr or /etc: there already
         if path.exists():
+            # Only that mount: nothing mounted below it on the host comes along.
             _make(root / str(path).lstrip("/"), path)
-            _bind(path, root / str(path).lstrip("/"), linux.MS_RDONLY | NOSUID_NODEV)
+            _bind(path, root / str(path).lstrip("/"), linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, recursive=False)
     place = root / str(tool_root.place).lstrip("/")
     place.mkdir(parents=True, exist_ok=True)
     _bind(tool_root.place, place, NOSUID_NODEV)
@@ -194,8 +229,10 @@ def _make_dev(dev: Path, links: bool = True) -> None:  # pragma: no cover - runs
     dev.mkdir(exist_ok=True)
     linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=0755")
     for device in DEVICES:
+        # Read-only: the node is the host's own inode (no chmod of the host's /dev/null).
         (dev / device.name).touch()
-        linux.mount(HOST_DEV / device.name, dev / device.name, None, linux.MS_BIND)
+        _bind(HOST_DEV / device.name, dev / device.name, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC,
+              recursive=False)
     (dev / "pts").mkdir()
     linux.mount("devpts", dev / "pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
                 "newinstance,ptmxmode=0666,mode=0620")

@@ -30,6 +30,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
 ON_CI = os.environ.get("SANDBOXMGR_CI") == "1"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+def debian_archives(release: str = "bookworm") -> str:
+    """Where a store keeps the Debian release's cached packages (one directory per keyring)."""
+    import hashlib
+
+    key = hashlib.sha256(DEBIAN_KEYRING.read_bytes()).hexdigest()[:16] if DEBIAN_KEYRING.exists() else "none"
+    return f"cache/debian-{release}-amd64/apt-archives/{key}"
 
 
 def missing(reason: str, required_on_ci: bool = True) -> None:

@@ -98,6 +98,9 @@ class VerifiedCache(Protocol):
     def ready(self) -> None:
         """Wait until verifying is possible; raise BuildError when it never will be."""
 
+    def view(self) -> Path | None:
+        """The lower directory of build steps' copy-on-write view: only verified packages."""
+
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -128,7 +131,13 @@ class BuildContext:
         new downloads in the cache views are verified and kept afterwards."""
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
-        views = cache_views(self.caches, root.upper.parent / "cache-views") if with_caches else ()
+        caches = self.caches if with_caches else ()
+        if caches and self.verified is not None:
+            # Not the cache itself, whose files apt would trust by their size: only what
+            # verified against this build's signed index.
+            lower = self.verified.view()
+            caches = tuple(BindMount(lower, cache.target) for cache in caches) if lower is not None else ()
+        views = cache_views(caches, root.upper.parent / "cache-views")
         try:
             return self._run_inside(root, argv, full_env, views + binds)
         finally:
@@ -176,9 +185,10 @@ class Builder(ABC):
         builds and sandboxes see them copy-on-write."""
         return ()
 
-    def open_cache(self, profile: Profile, cache: Path) -> VerifiedCache | None:
+    def open_cache(self, profile: Profile, cache: Path, scratch: Path | None = None) -> VerifiedCache | None:
         """The verified view of the package cache for one build (fetching what verifying
-        needs), or None when the family leaves verification to its package manager."""
+        needs; ``scratch`` a directory of the build's own), or None when the family leaves
+        verification to its package manager."""
         return None
 
     @abstractmethod

@@ -23,6 +23,7 @@ file changes its ctime, which only root on the host could set back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from sandboxmgr.builders.debindex import PackageIndex
 from sandboxmgr.store import warn
 
 _CHUNK = 1 << 20
+_INCOMING = ".incoming-"  # a package being copied in by keep()
 _MEMO_FORMAT = 1
 
 
@@ -74,11 +76,14 @@ class Later:
 
 
 class DebCache:
-    def __init__(self, directory: Path, index: PackageIndex | Later | None, memo: Path) -> None:
+    def __init__(self, directory: Path, index: PackageIndex | Later | None, memo: Path,
+                 scratch: Path | None = None) -> None:
         self.directory = directory
         self._index = index
         self.memo_path = memo
+        self.scratch = scratch  # a directory of this build's own (for view())
         self._memo: dict[str, list[object]] | None = None
+        self._view: Path | None = None
 
     @property
     def index(self) -> PackageIndex | None:
@@ -87,9 +92,6 @@ class DebCache:
             self._index = self._index.result()
         return self._index
 
-    def ready(self) -> None:
-        """Wait for the signed index; raises (BuildError) when it does not verify."""
-        _ = self.index
 
     # -- what was verified already
     def _load_memo(self) -> dict[str, list[object]]:
@@ -112,56 +114,71 @@ class DebCache:
         except OSError as exc:
             warn(f"cannot save what was verified in the package cache ({exc}); the next build hashes again")
 
-    def _matches(self, dir_fd: int, name: str, info: os.stat_result) -> bool:
-        """Whether the regular file ``name`` (lstat ``info``) is the package the index lists."""
-        assert self.index is not None
-        expected = self.index.expected(name)
-        if expected is None or info.st_size != expected[0]:
-            return False
-        memo = self._load_memo()
-        if memo.get(name) == [*_stamp(info), expected[1]]:
-            return True
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    def _open_verified(self, dir_fd: int, name: str, index: PackageIndex) -> int | None:
+        """A descriptor of the cache's regular file ``name`` if it is the package the index
+        lists (by the memo, else by its SHA256), positioned at its start; else None."""
+        expected = index.expected(name)
+        if expected is None:
+            return None
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            opened = os.fstat(fd)
-            if (opened.st_ino, opened.st_dev) != (info.st_ino, info.st_dev):
-                return False  # replaced between lstat and open
-            good = _sha256(fd) == expected[1]
-        finally:
-            os.close(fd)
-        if good:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != expected[0]:
+                os.close(fd)
+                return None
+            memo = self._load_memo()
+            if memo.get(name) == [*_stamp(info), expected[1]]:
+                return fd
+            if _sha256(fd) != expected[1]:
+                os.close(fd)
+                return None
             memo[name] = [*_stamp(info), expected[1]]
-        return good
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
 
     # -- out of the cache
-    def stage(self, target: Path) -> int:
-        """Hard-link every cached package that matches the index into ``target`` (a
-        directory of the build's own); delete what is in the cache but does not belong
-        there. Returns how many were staged."""
+    def stage(self, target: Path, copy: bool = True) -> int:
+        """Put every cached package that matches the index into ``target`` (a directory of
+        the build's own): copies for a bootstrap tool, which may write what it is given;
+        hard links of the verified inodes for an overlay's lower directory, which nothing
+        writes through. Delete what is in the cache but does not belong there. Returns how
+        many were staged."""
         staged = 0
         bad: list[str] = []
         cache_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             with os.scandir(cache_fd) as entries:
                 names = [entry.name for entry in entries]
-            index = self.index if set(names) - {"partial"} else None  # an empty cache need not wait
+            for name in [n for n in names if n.startswith(_INCOMING)]:
+                with contextlib.suppress(OSError):  # what a killed keep() left
+                    os.unlink(name, dir_fd=cache_fd)
+            names = [n for n in names if not n.startswith(_INCOMING) and n != "partial"]
+            index = self.index if names else None  # an empty cache need not wait for the index
             if index is None:
                 return 0
             for name in names:
-                info = os.stat(name, dir_fd=cache_fd, follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode) and name == "partial":
+                if not name.endswith(".deb") or not stat.S_ISREG(os.stat(name, dir_fd=cache_fd,
+                                                                         follow_symlinks=False).st_mode):
+                    bad.append(name)  # nothing but packages belongs here (a symlink would send a tool elsewhere)
                     continue
-                if not name.endswith(".deb") or not stat.S_ISREG(info.st_mode):
-                    # Nothing but packages belongs here (a symlink would send a host tool elsewhere).
-                    bad.append(name)
-                    continue
-                expected = index.expected(name)
-                if expected is None:
+                if index.expected(name) is None:
                     continue  # another version: kept, verified again when an index lists it
-                if not self._matches(cache_fd, name, info):
+                fd = self._open_verified(cache_fd, name, index)
+                if fd is None:
                     bad.append(name)
                     continue
-                os.link(name, target / name, src_dir_fd=cache_fd, follow_symlinks=False)
+                try:
+                    if copy:
+                        _copy(fd, target / name)
+                    else:
+                        # The very inode verified. A dir_fd (ignored for an absolute path) makes
+                        # Python call linkat(AT_SYMLINK_FOLLOW), which link(2) is not.
+                        os.link(f"/proc/self/fd/{fd}", target / name, src_dir_fd=cache_fd, follow_symlinks=True)
+                finally:
+                    os.close(fd)
                 staged += 1
             for name in bad:
                 self._discard(cache_fd, name)
@@ -169,6 +186,22 @@ class DebCache:
             os.close(cache_fd)
             self._save_memo()
         return staged
+
+    def view(self) -> Path | None:
+        """The lower directory of a build step's copy-on-write view of the cache: hard links
+        of the packages verified for this build (made once); None without a scratch
+        directory or an index."""
+        if self._view is None and self.scratch is not None and self.index is not None:
+            view = self.scratch / "view"
+            view.mkdir()
+            (view / "partial").mkdir()
+            self.stage(view, copy=False)
+            self._view = view
+        return self._view
+
+    def ready(self) -> None:
+        """Wait for the signed index; raises (BuildError) when it does not verify."""
+        _ = self.index
 
     def _discard(self, cache_fd: int, name: str) -> None:
         warn(f"removing {self.directory / name} from the package cache: it is not the package the signed "
@@ -187,39 +220,78 @@ class DebCache:
 
     # -- into the cache
     def keep(self, source: Path) -> int:
-        """Move the packages in ``source`` (a build's downloads, flat) that match the
-        index into the cache, each by a rename; the rest stays where it is. Returns
-        how many were kept."""
-        kept = 0
+        """Copy the packages in ``source`` (a build's downloads, flat, in a directory the
+        build could write) that match the index into the cache. Each is read through one
+        descriptor, hashed while it is copied into a file of the cache's own, and that
+        file is renamed into place: nothing the build holds (a name, an open descriptor,
+        a hard link) is ever part of the cache. Returns how many were kept."""
+        index = self.index
+        if index is None:
+            return 0
         try:
             source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return 0
-        index = self.index
-        if index is None:
-            os.close(source_fd)
-            return 0
+        kept = 0
         try:
             with os.scandir(source_fd) as entries:
                 names = [entry.name for entry in entries if entry.name.endswith(".deb")]
             for name in names:
-                info = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
-                if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                    continue  # a link to the cache's own file (staged), or something odd: not taken
-                if not self._matches(source_fd, name, info):
+                expected = index.expected(name)
+                if expected is None or self._have(name, expected[1]):
                     continue
                 try:
-                    # Made inside: ours and read-only for the rest, whatever the build set.
-                    if os.geteuid() == 0:
-                        os.chown(name, 0, 0, dir_fd=source_fd, follow_symlinks=False)
-                    os.chmod(name, 0o644, dir_fd=source_fd)
-                    os.rename(name, self.directory / name, src_dir_fd=source_fd)
-                    moved = os.lstat(self.directory / name)  # a rename changes the ctime
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_fd)
                 except OSError:
-                    continue  # another filesystem, say: the cache simply does not get it
-                self._load_memo()[name] = [*_stamp(moved), index.packages[name][1]]
-                kept += 1
+                    continue  # a symlink, gone, ...: not taken
+                try:
+                    info = os.fstat(fd)
+                    if stat.S_ISREG(info.st_mode) and info.st_size == expected[0] and self._adopt(fd, name, expected):
+                        kept += 1
+                finally:
+                    os.close(fd)
         finally:
             os.close(source_fd)
             self._save_memo()
         return kept
+
+    def _have(self, name: str, sha256: str) -> bool:
+        try:
+            info = os.lstat(self.directory / name)
+        except OSError:
+            return False
+        return self._load_memo().get(name) == [*_stamp(info), sha256]
+
+    def _adopt(self, source: int, name: str, expected: tuple[int, str]) -> bool:
+        """Copy ``source`` into the cache as ``name`` if what was copied has the expected SHA256."""
+        incoming = self.directory / f"{_INCOMING}{os.urandom(6).hex()}"
+        out = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            digest = hashlib.sha256()
+            while chunk := os.read(source, _CHUNK):
+                digest.update(chunk)
+                _write_all(out, chunk)
+            os.fchmod(out, 0o644)
+        finally:
+            os.close(out)
+        if digest.hexdigest() != expected[1] or os.stat(incoming).st_size != expected[0]:
+            incoming.unlink(missing_ok=True)
+            return False
+        os.rename(incoming, self.directory / name)
+        self._load_memo()[name] = [*_stamp(os.lstat(self.directory / name)), expected[1]]
+        return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy(source: int, target: Path) -> None:
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        while chunk := os.read(source, _CHUNK):
+            _write_all(out, chunk)
+    finally:
+        os.close(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from pathlib import Path
@@ -73,6 +74,14 @@ def readable_paths(profile: Profile) -> tuple[Path, ...]:
     return tuple(paths)
 
 
+def keyring_id(profile: Profile) -> str:
+    """Which keys a profile trusts, as a short digest of its keyring file's bytes."""
+    try:
+        return hashlib.sha256(Path(profile.bootstrap.keyring).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "no-keyring"  # preflight stops the build; a sandbox then shares no cache with one
+
+
 def signed_index(profile: Profile, where: Path) -> debindex.PackageIndex | None:
     """The profile's signed index, fetched and verified (or the one verified last, offline);
     None when the mirror answers without it. Raises BuildError when it does not verify."""
@@ -137,16 +146,19 @@ class _DebianFamily(Builder):
         return rootcache.digest([self.method, *map(str, versions), *indexes])
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
-        # apt's download directory, shared by every build and sandbox of this distro/release/arch,
-        # which see it copy-on-write (debcache.py): apt trusts a cached .deb of the right size.
-        (cache / "apt-archives" / "partial").mkdir(parents=True, exist_ok=True)
-        return (BindMount(cache / "apt-archives", "/var/cache/apt/archives", copy_on_write=True),)
+        # apt's download directory, shared by every build and sandbox of this distro/release/arch
+        # that trusts the same keyring (what one profile's index vouches for must not reach a
+        # profile that trusts other keys); they see it copy-on-write (debcache.py).
+        archives = cache / "apt-archives" / keyring_id(profile)
+        (archives / "partial").mkdir(parents=True, exist_ok=True)
+        return (BindMount(archives, "/var/cache/apt/archives", copy_on_write=True),)
 
-    def open_cache(self, profile: Profile, cache: Path) -> DebCache:
+    def open_cache(self, profile: Profile, cache: Path, scratch: Path | None = None) -> DebCache:
         # Fetched and verified in a thread of its own, while the bootstrap runs: the
         # bootstrap waits for it only to stage a cache that has packages in it.
-        return DebCache(cache / "apt-archives", Later(lambda: signed_index(profile, cache / "index")),
-                        cache / "index" / "verified.json")
+        key = keyring_id(profile)
+        return DebCache(cache / "apt-archives" / key, Later(lambda: signed_index(profile, cache / "index")),
+                        cache / "index" / f"verified-{key}.json", scratch)
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         progress = DebootstrapProgress(context)
@@ -160,7 +172,7 @@ class _DebianFamily(Builder):
         stage = rootfs.parent / "stage"
         stage.mkdir(exist_ok=True)
         if context.verified is not None:
-            staged = context.verified.stage(stage)
+            staged = context.verified.stage(stage)  # copies: the tool may write what it is given
             if staged:
                 context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
         try:

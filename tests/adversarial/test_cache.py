@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, REPO, ConcurrentBuild, missing
+from tests.conftest import CLI, REPO, ConcurrentBuild, debian_archives, missing
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
-CACHED = "cache/debian-bookworm-amd64/apt-archives"
+CACHED = debian_archives()
 
 
 def sha256(path: Path) -> str:

@@ -52,13 +52,13 @@ import pytest
 from sandboxmgr.builders import debindex
 from tests.adversarial.conftest import fresh_tiny
 from tests.adversarial.test_cache import make_trojan
-from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, missing
+from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, debian_archives, missing
 from tests.rpmrepo import RpmRepo, tiny_profile
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
 CACHE_KEY = "debian-bookworm-amd64"
-CACHED = f"cache/{CACHE_KEY}/apt-archives"
+CACHED = debian_archives()
 # A sandbox that installs hello and says whether a trojan's postinst ran.
 INSTALL_HELLO = "apt-get install -y -q hello >/dev/null 2>&1; hello; ls /TROJAN-RAN 2>&1; true"
 

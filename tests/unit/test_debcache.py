@@ -75,7 +75,13 @@ def test_stage_links_only_what_verifies_and_removes_what_is_planted(tmp_path: Pa
     stage.mkdir()
     assert verified.stage(stage) == 1
     assert sorted(p.name for p in stage.iterdir()) == ["good_1_all.deb"]
-    assert (stage / "good_1_all.deb").stat().st_ino == (cache / "good_1_all.deb").stat().st_ino
+    # A copy for a tool, which may write it; hard links of the same inodes for an overlay's lower.
+    assert (stage / "good_1_all.deb").stat().st_ino != (cache / "good_1_all.deb").stat().st_ino
+    assert (stage / "good_1_all.deb").read_bytes() == genuine
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    assert verified.stage(lower, copy=False) == 1
+    assert (lower / "good_1_all.deb").stat().st_ino == (cache / "good_1_all.deb").stat().st_ino
     # The same-size trojan and the symlink are gone from the cache; a package of another index stays.
     assert sorted(p.name for p in cache.iterdir()) == ["good_1_all.deb", "older_0_all.deb", "partial"]
     err = capsys.readouterr().err
@@ -98,10 +104,10 @@ def test_a_file_changed_after_it_was_verified_is_hashed_again(tmp_path: Path) ->
     assert not (cache / "good_1_all.deb").exists()
 
 
-def test_keep_takes_only_verified_single_link_regular_files(tmp_path: Path) -> None:
+def test_keep_copies_in_only_verified_regular_files(tmp_path: Path) -> None:
     genuine = b"genuine package"
     verified, cache = cache_with(tmp_path, {}, {"new_1_all.deb": genuine, "linked_1_all.deb": genuine,
-                                                "bad_1_all.deb": genuine})
+                                                "bad_1_all.deb": genuine, "link_1_all.deb": genuine})
     downloads = tmp_path / "upper"
     downloads.mkdir()
     (downloads / "new_1_all.deb").write_bytes(genuine)
@@ -110,8 +116,11 @@ def test_keep_takes_only_verified_single_link_regular_files(tmp_path: Path) -> N
     os.link(downloads / "linked_1_all.deb", tmp_path / "other-name")
     (downloads / "unknown_1_all.deb").write_bytes(b"whatever")
     os.chmod(downloads / "new_1_all.deb", 0o666)
-    assert verified.keep(downloads) == 1
-    assert sorted(p.name for p in cache.iterdir()) == ["new_1_all.deb", "partial"]
+    (downloads / "link_1_all.deb").symlink_to(downloads / "new_1_all.deb")
+    assert verified.keep(downloads) == 2
+    assert sorted(p.name for p in cache.iterdir()) == ["linked_1_all.deb", "new_1_all.deb", "partial"]
+    # Copies of the cache's own: not the build's inode (another name of it, an open descriptor).
+    assert (cache / "linked_1_all.deb").stat().st_ino != (tmp_path / "other-name").stat().st_ino
     assert (cache / "new_1_all.deb").stat().st_mode & 0o777 == 0o644
-    assert not (downloads / "new_1_all.deb").exists()
-    assert (downloads / "bad_1_all.deb").exists()  # left where it was, never in the cache
+    assert (cache / "new_1_all.deb").read_bytes() == genuine
+    assert not list(cache.glob(".incoming-*"))
