@@ -36,6 +36,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from contextlib import suppress
@@ -49,7 +50,9 @@ if TYPE_CHECKING:
     from sandboxmgr.profile import Profile
 
 FORMAT = 1
-_FETCH_TIMEOUT = 15
+_FETCH_TIMEOUT = 15  # per read
+_FETCH_DEADLINE = 300  # for the whole body
+_FETCH_LIMIT = 16 << 20  # a Release file, a repomd.xml: a few hundred kB
 # Kept roots per distro/release/arch (variants, include lists); the least recently used go first.
 KEEP_PER_RELEASE = 3
 
@@ -66,14 +69,24 @@ def _network_failure(reason: object) -> bool:
         isinstance(reason, OSError) and reason.errno in _NETWORK_ERRNOS)
 
 
-def fetch(url: str) -> bytes | None:
+def fetch(url: str, limit: int = _FETCH_LIMIT) -> bytes | None:
     """The body of ``url`` (http, https or file). None when it cannot be had although the
-    server answered (404, 503, a TLS certificate Python does not trust, a missing file);
-    Unreachable when the network does not get there."""
+    server answered (404, 503, a TLS certificate Python does not trust, a missing file), or
+    when it is longer than ``limit`` bytes; Unreachable when the network does not get there,
+    or not all of it within _FETCH_DEADLINE seconds (a mirror that drips)."""
+    deadline = time.monotonic() + _FETCH_DEADLINE
     try:
         with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT) as response:  # noqa: S310 - the profile's mirror
-            data: bytes = response.read()
-            return data
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := response.read(1 << 16):
+                size += len(chunk)
+                if size > limit:
+                    return None
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"{url}: not received within {_FETCH_DEADLINE} s")
+                chunks.append(chunk)
+            return b"".join(chunks)
     except urllib.error.HTTPError:
         return None
     except urllib.error.URLError as exc:

@@ -60,18 +60,36 @@ def cache_name(package: str, version: str, arch: str) -> str:
 def verify_release(data: bytes, keyring: Path, detached: bytes | None = None) -> str:
     """The text of a Release file whose signature ``gpgv`` verified against ``keyring``:
     an InRelease (``detached`` None) or a Release with its Release.gpg."""
-    argv = ["gpgv", "--quiet", f"--keyring={keyring}"]
-    if detached is None:
-        # A cleartext-signed InRelease on stdin; --output gives only the signed text.
-        result = subprocess.run([*argv, "--output", "-"], input=data, capture_output=True, check=False)
-    else:
-        with tempfile.TemporaryDirectory(prefix="sandboxmgr-release-") as scratch:
-            signed, signature = Path(scratch) / "Release", Path(scratch) / "Release.gpg"
-            signed.write_bytes(data)
-            signature.write_bytes(detached)
-            result = subprocess.run([*argv, str(signature), str(signed)], capture_output=True, check=False)
-    if result.returncode != 0:
-        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["gpgv failed"]
+    status_read, status_write = os.pipe()
+    try:
+        # The status lines, as apt reads them: gpgv's exit status alone takes an expired or
+        # revoked key's signature. (A few lines: the pipe's buffer holds them all.)
+        argv = ["gpgv", "--quiet", f"--keyring={keyring}", f"--status-fd={status_write}"]
+        if detached is None:
+            # A cleartext-signed InRelease on stdin; --output gives only the signed text.
+            result = subprocess.run([*argv, "--output", "-"], input=data, capture_output=True, check=False,
+                                    pass_fds=(status_write,))
+        else:
+            with tempfile.TemporaryDirectory(prefix="sandboxmgr-release-") as scratch:
+                signed, signature = Path(scratch) / "Release", Path(scratch) / "Release.gpg"
+                signed.write_bytes(data)
+                signature.write_bytes(detached)
+                result = subprocess.run([*argv, str(signature), str(signed)], capture_output=True, check=False,
+                                        pass_fds=(status_write,))
+        os.close(status_write)
+        status_write = -1
+        with os.fdopen(status_read, "rb") as pipe:
+            status_read = -1
+            lines = pipe.read().decode(errors="replace").splitlines()
+    finally:
+        for fd in (status_read, status_write):
+            if fd >= 0:
+                os.close(fd)
+    words = [line.split()[1] for line in lines if line.startswith("[GNUPG:] ") and len(line.split()) > 1]
+    # Good: a valid signature by a key of the keyring; other keys' signatures (NO_PUBKEY, an
+    # expired one) are worth nothing, as apt has it, but a bad one fails it all.
+    if result.returncode != 0 or "VALIDSIG" not in words or "GOODSIG" not in words or "BADSIG" in words:
+        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no valid signature"]
         raise UnverifiedIndex(f"the Release file's signature did not verify against {keyring}: {reason[0]}")
     return (result.stdout if detached is None else data).decode(errors="replace")
 
@@ -156,9 +174,10 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
         return saved
     packages: dict[str, tuple[int, str]] = {}
     for path, unpack, sha256, size in wanted:
-        data = rootcache.fetch(f"{base}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{sha256}") if by_hash else None
+        by_hash_url = f"{base}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{sha256}"
+        data = rootcache.fetch(by_hash_url, limit=size) if by_hash else None
         if data is None:
-            data = rootcache.fetch(f"{base}/{path}")
+            data = rootcache.fetch(f"{base}/{path}", limit=size)
         if data is None:
             return None
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:

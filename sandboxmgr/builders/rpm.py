@@ -147,18 +147,16 @@ class DnfBuilder(Builder):
         (work / "home" / ".rpmmacros").write_text(f"%_dbpath {profile.bootstrap.rpmdb}\n")
         for path in (profile.bootstrap.rpmdb, "/var/cache/dnf"):
             (root.upper / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        mounts: list[commands.PreMount] = []
+        base: list[commands.PreMount] = []
         installroot = root.upper
         if root.lowers:
             # The host's dnf needs the merged view: mount it where only dnf sees it.
             assert root.mountpoint is not None
             installroot = root.mountpoint
-            mounts.append(commands.PreMount("overlay", installroot, "overlay", root.overlay_options()))
-        for cache in context.caches:
-            mounts.append(commands.PreMount(cache.source, installroot / cache.target.lstrip("/")))
+            base.append(commands.PreMount("overlay", installroot, "overlay", root.overlay_options()))
         argv = ["dnf", *dnf_options(profile), f"--installroot={installroot}", f"--config={work / 'dnf.conf'}",
                 "--noplugins", f"--setopt=reposdir={work / 'reposdir'}", f"--setopt=varsdir={work / 'varsdir'}",
-                f"--setopt=keepcache={bool(context.caches)}", "install", *packages]
+                f"--setopt=keepcache={bool(context.caches)}"]
         seen: list[str] = []
 
         def on_line(line: str) -> None:
@@ -167,12 +165,29 @@ class DnfBuilder(Builder):
             if match:
                 context.progress(f"{step}: {match.group(1).lower()} {match.group(2)} ({len(seen)})")
 
-        try:
-            commands.run(argv, log_file=context.log_file, on_line=on_line, mounts=mounts,
-                         env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"},
-                         tool_root=ToolRoot(root.upper.parent, readable_paths(profile)))
-        except commands.ProcessExecutionError:
-            raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
+        def run(extra: list[str], mounts: list[commands.PreMount]) -> None:
+            try:
+                commands.run([*argv, *extra, "install", *packages], log_file=context.log_file, on_line=on_line,
+                             mounts=base + mounts, env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"},
+                             tool_root=ToolRoot(root.upper.parent, readable_paths(profile)))
+            except commands.ProcessExecutionError:
+                raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
+
+        if not context.caches:
+            run([], [])
+            return
+        # The shared cache is written only while nothing but dnf runs: a download-only pass
+        # (no scriptlet runs), then the install from the cache alone, with the cache shown
+        # copy-on-write to the scriptlets rpm runs chrooted in the root.
+        views = [work / "cache" / str(index) for index in range(len(context.caches))]
+        for view in views:
+            (view / "upper").mkdir(parents=True, exist_ok=True)
+            (view / "work").mkdir(parents=True, exist_ok=True)
+        run(["--downloadonly"], [commands.PreMount(c.source, installroot / c.target.lstrip("/"))
+                                 for c in context.caches])
+        run(["--cacheonly"], [commands.PreMount("overlay", installroot / c.target.lstrip("/"), "overlay",
+                                                f"lowerdir={c.source},upperdir={v / 'upper'},workdir={v / 'work'}")
+                              for c, v in zip(context.caches, views, strict=True)])
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         rootfs.mkdir(mode=0o755)
