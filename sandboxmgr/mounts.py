@@ -7,13 +7,31 @@ mount namespace. Keeping the plan as data lets it be tested without root.
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 from sandboxmgr import linux
+from sandboxmgr.errors import SandboxError
 from sandboxmgr.record import record
 
 NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
 NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
+
+
+# The sandbox's own kernel file systems: a bind onto them (or into them) would
+# replace what the masks and read-only binds protect, or a device node of the
+# sandbox's /dev, with a host directory. runc refuses them too.
+KERNEL_TARGETS = ("/proc", "/sys", "/dev")
+
+
+def refuse_kernel_target(target: str) -> None:
+    """Refuse a bind target on or below /proc, /sys or /dev, in any spelling (``/tmp/../proc``,
+    ``//proc/./sys``); symlinks inside the image are checked when the mount is made."""
+    normal = "/" + posixpath.normpath(target).lstrip("/")
+    for place in KERNEL_TARGETS:
+        if normal == place or normal.startswith(place + "/"):
+            raise SandboxError(f"cannot bind-mount onto {target}: {place} is the sandbox's own {place[1:]} "
+                               "file system", hint=f"choose a target outside {place}, like /mnt/...")
 
 
 @record
@@ -46,6 +64,7 @@ class BindMount:
         source, target = parts
         if not target.startswith("/"):
             raise ValueError(f"{spec!r}: the target {target!r} must be an absolute path")
+        refuse_kernel_target(target)
         path = Path(source).expanduser().absolute()
         if copy_on_write and set(str(path)) & set(",:\\\n"):
             # The path becomes an overlayfs option: a comma could smuggle in another option.
