@@ -398,6 +398,11 @@ def _mount_step(root_fd: int, step: MountStep) -> None:
     follow = step not in DEFAULT_MOUNTS
     target = open_in_root(root_fd, step.target, create=True, is_file=step.is_file, follow=follow)
     try:
+        if follow and not step.device:
+            # A target that is spelled harmlessly but is a symlink in the image into
+            # /proc, /sys or /dev is refused like one spelled so (mounts.refuse_kernel_target).
+            root = os.readlink(_fd_path(root_fd))
+            refuse_kernel_target(step.target, "/" + os.path.relpath(os.readlink(_fd_path(target)), root))
         if step.fstype is not None:
             linux.mount(step.source, _fd_path(target), step.fstype, step.flags, step.data)
             return

@@ -24,14 +24,15 @@ NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
 KERNEL_TARGETS = ("/proc", "/sys", "/dev")
 
 
-def refuse_kernel_target(target: str) -> None:
+def refuse_kernel_target(target: str, resolved: str | None = None) -> None:
     """Refuse a bind target on or below /proc, /sys or /dev, in any spelling (``/tmp/../proc``,
-    ``//proc/./sys``); symlinks inside the image are checked when the mount is made."""
-    normal = "/" + posixpath.normpath(target).lstrip("/")
+    ``//proc/./sys``), or (``resolved``) through a symlink inside the image."""
+    normal = "/" + posixpath.normpath(resolved or target).lstrip("/")
     for place in KERNEL_TARGETS:
         if normal == place or normal.startswith(place + "/"):
-            raise SandboxError(f"cannot bind-mount onto {target}: {place} is the sandbox's own {place[1:]} "
-                               "file system", hint=f"choose a target outside {place}, like /mnt/...")
+            through = f" (a symlink to {normal})" if resolved else ""
+            raise SandboxError(f"cannot bind-mount onto {target}{through}: {place} is the sandbox's own "
+                               f"{place[1:]} file system", hint=f"choose a target outside {place}, like /mnt/...")
 
 
 @record

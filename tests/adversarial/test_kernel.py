@@ -105,7 +105,7 @@ def test_no_new_privs_by_default_and_the_security_opt_lifts_it(cli: CLI, bookwor
         lifted = cli.ok("exec", "--security-opt", "no-new-privileges=false", "-u", "nobody", name, "sh", "-c",
                         "grep NoNewPrivs /proc/self/status; /usr/local/bin/suid-id -u")
         assert lifted.out.splitlines() == ["NoNewPrivs:\t0", "0"]
-        bad = cli("exec", "--security-opt", "seccomp=unconfined", name, "true")
+        bad = cli("exec", "--security-opt", "apparmor=unconfined", name, "true")
         assert bad.code == 125 and "not supported" in bad.err and "hint:" in bad.err
     finally:
         cli.ok("rm", name)
