@@ -306,6 +306,29 @@ static int tty_mess(void) {
     return 0;
 }
 
+/* Start up to n children that wait; say how many could be started. */
+static int forks(int n) {
+    pid_t children[4096];
+    int started = 0;
+    for (int i = 0; i < n && i < 4096; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            pause();
+            _exit(0);
+        }
+        if (pid < 0)
+            break;
+        children[started++] = pid;
+    }
+    printf("forks-started %d\n", started);
+    fflush(stdout);
+    for (int i = 0; i < started; i++) {
+        kill(children[i], SIGKILL);
+        waitpid(children[i], NULL, 0);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "denied"))
         return denied();
@@ -319,6 +342,8 @@ int main(int argc, char **argv) {
         return abstract(argv[2]);
     if (argc == 2 && !strcmp(argv[1], "tty-mess"))
         return tty_mess();
-    fprintf(stderr, "usage: probe denied|allowed|cgroups HOST-CGROUP|keys KEY-ID ADD-DESC|abstract NAME|tty-mess\n");
+    if (argc == 3 && !strcmp(argv[1], "forks"))
+        return forks(atoi(argv[2]));
+    fprintf(stderr, "usage: probe denied|allowed|cgroups HOST-CGROUP|keys KEY-ID ADD-DESC|abstract NAME|tty-mess|forks N\n");
     return 2;
 }
