@@ -67,7 +67,8 @@ What each benchmark measures. **Entry**: the wall time to enter a built image an
 `true` — `sandboxmgr run` (an ephemeral sandbox, created and removed around the command)
 and `sandboxmgr exec` in an existing named sandbox — against `unshare -mpfui chroot`,
 `bwrap` and `systemd-nspawn` on a private copy of the same root filesystem, and against
-`python3 -c pass` with sandboxmgr's own interpreter, the floor any Python tool pays; then
+`python3 -c pass` with sandboxmgr's own interpreter, the floor any Python tool pays, and
+`sandboxmgr run` of a profile with `seccomp: unconfined` for what the system call filter costs; then
 the same again right after 512 MB of unflushed writes to the store's filesystem, as
 concurrent builds leave them.
 **Create**: a throw-away sandbox (`sandboxmgr run IMAGE true`) against what mock's root
