@@ -220,7 +220,9 @@ def set_seccomp_filter(program: bytes) -> None:
     no_new_privs or CAP_SYS_ADMIN."""
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                       ctypes.c_void_p(ctypes.addressof(fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           f"loading the seccomp filter ({len(program) // 8} instructions)")
 
 
 # <linux/keyctl.h>

@@ -416,6 +416,7 @@ def _library() -> Any:
 
 
 _NR_SCMP_ERROR = -1
+_BPF_MAXINSNS = 4096  # <linux/bpf_common.h>: the longest classic BPF program the kernel loads
 
 
 class Filter:
@@ -494,6 +495,10 @@ def program(policy: Policy, cache: Path | None = None) -> bytes:
         code = compiled.program()
     finally:
         compiled.release()
+    if len(code) // 8 > _BPF_MAXINSNS:
+        raise SandboxError(f"the seccomp profile {policy.source} makes a filter of {len(code) // 8} "
+                           f"instructions; the kernel takes at most {_BPF_MAXINSNS}",
+                           hint="merge its rules (one rule may name many system calls), or drop architectures")
     if path is not None:
         _store(path, header + code)
     return code
