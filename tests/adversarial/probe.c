@@ -201,6 +201,8 @@ static int allowed(void) {
     in_child("personality-linux", do_personality, PER_LINUX);
     in_child("personality-query", do_personality, 0xffffffffL);
     in_child("personality-linux32", do_personality, PER_LINUX32);
+    in_child("personality-uname26", do_personality, UNAME26);
+    in_child("personality-linux32-uname26", do_personality, PER_LINUX32 | UNAME26);
     unsigned char timex[208];
     memset(timex, 0, sizeof timex);  /* modes 0: read only */
     report("adjtimex-read", syscall(SYS_adjtimex, timex));

@@ -79,7 +79,8 @@ def test_what_a_userland_needs_stays_allowed(cli: CLI, bookworm: ConcurrentBuild
     x86_64_only()
     found = probe(cli, attack_dir, "allowed")
     assert found == dict.fromkeys(("clone-plain", "unshare-files", "personality-linux", "personality-query",
-                                   "personality-linux32", "adjtimex-read", "chroot", "socket-unix", "pipe2",
+                                   "personality-linux32", "personality-uname26", "personality-linux32-uname26",
+                                   "adjtimex-read", "chroot", "socket-unix", "pipe2",
                                    "ptrace-traceme"), "ok"), found
     # chroot is the capability's business: --isolation chroot drops CAP_SYS_CHROOT.
     assert probe(cli, attack_dir, "allowed", options=("--isolation", "chroot"))["chroot"] == "EPERM"
