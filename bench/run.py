@@ -712,8 +712,8 @@ def bench_entry(bench: Bench) -> Section:
                        for label, argv in peers]
     run = command_candidate("sandboxmgr run", sm.argv("run", BASE, "--", "true"), env, is_peer=False)
     exec_ = command_candidate("sandboxmgr exec", sm.argv("exec", ENTRY_SANDBOX, "--", "true"), env, is_peer=False)
-    unconfined = command_candidate("sandboxmgr run, seccomp: unconfined", sm.argv("run", UNCONFINED, "--", "true"),
-                                   env, is_peer=False)
+    unconfined = command_candidate("sandboxmgr run, seccomp: unconfined",
+                                   sm.argv("run", sm.ref(UNCONFINED), "--", "true"), env, is_peer=False)
     candidates = [floor, no_site, *peer_candidates, run, exec_, unconfined]
     log(f"entry: {bench.rounds.entry} alternating rounds of {len(candidates)} commands")
     alternate(candidates, bench.rounds.entry, warmup=True)
