@@ -555,8 +555,8 @@ def check_user(spec: str | None) -> None:
     for part, what in zip(spec.partition(":")[::2], ("uid", "gid"), strict=True):
         negative = part.startswith("-") and part[1:].isdigit()
         if negative or (part.isdigit() and int(part) > MAX_ID):
-            raise SandboxError(f"-u {spec}: {part} is not a valid {what} (0 to {MAX_ID})",
-                               hint="give a user name, or a number from 0 to 4294967294")
+            raise SandboxError(f"user {spec}: {part} is not a valid {what} (0 to {MAX_ID})",
+                               hint="give -u (or the profile's user:) a name, or a number from 0 to 4294967294")
 
 
 def lookup_user(spec: str | None, passwd: str = "/etc/passwd", group: str = "/etc/group") -> _User:  # noqa: S107
