@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Host tools: the builders (debootstrap, mmdebstrap, dnf + rpm), the Debian keyring, util-linux's
 # unshare, a venv; createrepo-c, busybox-static and gnupg build the tests' local RPM repository.
-APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv \
+APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
   dnf rpm createrepo-c busybox-static gnupg
 
 .PHONY: deps venv demo test unit integration lint bench clean
