@@ -215,6 +215,8 @@ def _spec(store: Store, root: OverlayRoot, settings: Settings, options: RunOptio
         limits=settings.limits,
         no_new_privs=settings.no_new_privs,
         seccomp=_seccomp(settings.seccomp, options.isolation),
+        # Beside the package caches (distro-release-arch, never without a dash), which sandboxes
+        # may write; this one only the manager writes: it is never mounted into a sandbox.
         seccomp_cache=store.cache_dir / "seccomp",
     )
 
