@@ -9,7 +9,8 @@ asserts a timing. A full run writes bench/RESULTS.md.
 Benchmarks (names for ``--only``):
 
 entry   enter a built image and run ``true``: ``sandboxmgr run`` and ``exec`` vs
-        unshare+chroot, bwrap, systemd-nspawn, and the interpreter's own start-up
+        unshare+chroot, bwrap, systemd-nspawn, and the interpreter's own start-up;
+        and ``run`` without the seccomp filter, for what the filter costs
 create  a throw-away sandbox vs untarring the same root filesystem, two image sizes
 cold    a cold build (empty store, empty package cache) vs debootstrap and mmdebstrap
 warm    a rebuild with the package cache, and a rebuild after adding one package
@@ -50,6 +51,7 @@ RELEASE = "bookworm"
 BASE = "debian-bookworm"  # the shipped minbase profile
 BIG = "bench-bookworm-build"  # BASE plus build-essential: the bigger image
 PLUS_ONE = "bench-bookworm-plus-one"  # BASE plus one small package
+UNCONFINED = "bench-bookworm-unconfined"  # BASE without the seccomp filter: what the filter costs
 EXTRA_PACKAGE = "hello"
 ENTRY_SANDBOX = "bench-entry"
 DISK_SANDBOXES = 10
@@ -65,7 +67,8 @@ What each benchmark measures. **Entry**: the wall time to enter a built image an
 `true` — `sandboxmgr run` (an ephemeral sandbox, created and removed around the command)
 and `sandboxmgr exec` in an existing named sandbox — against `unshare -mpfui chroot`,
 `bwrap` and `systemd-nspawn` on a private copy of the same root filesystem, and against
-`python3 -c pass` with sandboxmgr's own interpreter, the floor any Python tool pays; then
+`python3 -c pass` with sandboxmgr's own interpreter, the floor any Python tool pays, and
+`sandboxmgr run` of a profile with `seccomp: unconfined` for what the system call filter costs; then
 the same again right after 512 MB of unflushed writes to the store's filesystem, as
 concurrent builds leave them.
 **Create**: a throw-away sandbox (`sandboxmgr run IMAGE true`) against what mock's root
@@ -538,6 +541,9 @@ class Bench:
         (self.configs / f"{PLUS_ONE}.yaml").write_text(
             f"description: bench - Debian 12 minbase plus one package\n"
             f"extends: {BASE}\npackages: [{EXTRA_PACKAGE}]\n")
+        # A runtime setting only: the same image as BASE, and `run` takes the same fast path.
+        (self.configs / f"{UNCONFINED}.yaml").write_text(
+            f"description: bench - Debian 12 minbase, no seccomp filter\nextends: {BASE}\nseccomp: unconfined\n")
 
     # -- setup shared by several benchmarks
     def ensure_tools(self, commands: Sequence[str]) -> None:
@@ -706,7 +712,9 @@ def bench_entry(bench: Bench) -> Section:
                        for label, argv in peers]
     run = command_candidate("sandboxmgr run", sm.argv("run", BASE, "--", "true"), env, is_peer=False)
     exec_ = command_candidate("sandboxmgr exec", sm.argv("exec", ENTRY_SANDBOX, "--", "true"), env, is_peer=False)
-    candidates = [floor, no_site, *peer_candidates, run, exec_]
+    unconfined = command_candidate("sandboxmgr run, seccomp: unconfined",
+                                   sm.argv("run", sm.ref(UNCONFINED), "--", "true"), env, is_peer=False)
+    candidates = [floor, no_site, *peer_candidates, run, exec_, unconfined]
     log(f"entry: {bench.rounds.entry} alternating rounds of {len(candidates)} commands")
     alternate(candidates, bench.rounds.entry, warmup=True)
 
@@ -729,6 +737,12 @@ def bench_entry(bench: Bench) -> Section:
     section.lines.append("Ratios (sandboxmgr's median / the peer's):")
     section.lines.append("")
     section.lines += md_table(headers, rows)
+    section.lines.append("")
+    if run.median is not None and unconfined.median is not None:
+        cost = run.median - unconfined.median
+        section.lines.append(f"The seccomp filter's cost: `sandboxmgr run` {fmt_time(run.median)} with the default "
+                             f"filter, {fmt_time(unconfined.median)} with `seccomp: unconfined` (`{UNCONFINED}`, "
+                             f"the same image and fast path): {'+' if cost >= 0 else '-'}{fmt_time(abs(cost))}.")
     nspawn = peer_candidates[2]
     for ours in (run, exec_):
         value = ratio(ours.median, nspawn.median)

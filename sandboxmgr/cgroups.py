@@ -14,8 +14,9 @@ holds the caller), so there it is ``<v2 root>/sandboxmgr/<id>``. Either way
 leftovers are easy to recognise. ``<id>`` is ``<manager pid>-<its start
 time>-<random>``: :mod:`sandboxmgr.doctor` can tell a cgroup whose manager died
 from one in use without any state on disk. The sandbox's PID 1 writes itself
-into the cgroup before it forks the command, so everything the command starts
-is counted; the manager removes the cgroup once PID 1 (and with it every
+into the cgroup's leaf (``<id>/sandbox``, see :data:`LEAF`) before it forks the
+command, so everything the command starts is counted, then makes its cgroup
+namespace there; the manager removes the cgroup once PID 1 (and with it every
 process of the PID namespace) is gone.
 
 Unlike the rest of the mount plan this is not free (a mkdir and a few writes
@@ -38,6 +39,12 @@ from sandboxmgr.errors import SandboxError
 from sandboxmgr.limits import MIN_CPUS, Limits, format_bytes
 
 GROUP_DIR = "sandboxmgr"
+# The sandbox's processes live one level below the cgroup that carries the limits, and
+# its cgroup namespace is rooted there. Even root in a user namespace of its own (possible
+# with seccomp=unconfined only) that mounts a cgroup file system reaches nothing but this
+# leaf: on cgroup v1 it may write the leaf's pids.max or memory limits, and the run's
+# limits, one level up, still hold; on v2 the leaf has no limit files at all.
+LEAF = "sandbox"
 CPU_PERIOD_US = 100_000
 _RUN_NAME = re.compile(r"^(\d+)-(\d+)-[0-9a-f]+$")
 
@@ -177,11 +184,13 @@ def _write(path: Path, value: str) -> None:
 
 
 def cgroup_procs(directory: Path) -> list[int]:
-    """The live processes of a cgroup (a zombie waits for its parent, not for us)."""
-    try:
-        pids = [int(line) for line in (directory / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        return []
+    """The live processes of a run's cgroup and of its leaf (a zombie waits for its parent, not for us)."""
+    pids: list[int] = []
+    for place in (directory, directory / LEAF):
+        try:
+            pids += [int(line) for line in (place / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            continue
     return [pid for pid in pids if not _zombie(pid)]
 
 
@@ -217,10 +226,12 @@ def _enable(directory: Path, controllers: list[str]) -> None:
 
 
 def remove_dir(directory: Path, wait: float = 2.0) -> bool:
-    """rmdir a cgroup, waiting a little for exiting processes to leave it."""
+    """rmdir a run's cgroup (its leaf first), waiting a little for exiting processes to leave it."""
     deadline = time.monotonic() + wait
     while True:
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(directory / LEAF)
             os.rmdir(directory)
             return True
         except FileNotFoundError:
@@ -309,6 +320,7 @@ class RunCgroup:
                     _enable(parent, controllers)
                 directory = parent / name
                 directory.mkdir()
+                (directory / LEAF).mkdir()
                 break
             except FileNotFoundError:  # another run removed the emptied parent just now
                 continue
@@ -345,11 +357,11 @@ class RunCgroup:
                 _write(directory / "cpu.cfs_quota_us", str(max(1000, round(limits.cpus * period))))
 
     def open_procs(self) -> list[int]:
-        """File descriptors on each ``cgroup.procs``, for the sandbox's PID 1 to join with."""
+        """File descriptors on each leaf's ``cgroup.procs``, for the sandbox's PID 1 to join with."""
         fds: list[int] = []
         try:
             for directory in self.directories:
-                fds.append(os.open(directory / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+                fds.append(os.open(directory / LEAF / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
         except OSError:
             for fd in fds:
                 os.close(fd)
@@ -359,13 +371,16 @@ class RunCgroup:
     def events(self) -> tuple[int, int]:
         """(processes the OOM killer took, forks refused at the pids limit) so far."""
         oom = refused = 0
+        # The run's cgroup, or its leaf: v1 counts an OOM kill where the victim was (the
+        # leaf), a refused fork where the limit is; v2 counts both up the tree, and its
+        # leaf has no such files. The larger of the two never counts one event twice.
         memory = self.controllers.get("memory")
         if memory is not None:
             name = "memory.events" if self.directories[memory] == 2 else "memory.oom_control"
-            oom = _counter(memory / name, "oom_kill")
+            oom = max(_counter(memory / name, "oom_kill"), _counter(memory / LEAF / name, "oom_kill"))
         pids = self.controllers.get("pids")
         if pids is not None:
-            refused = _counter(pids / "pids.events", "max")
+            refused = max(_counter(pids / "pids.events", "max"), _counter(pids / LEAF / "pids.events", "max"))
         return oom, refused
 
     def report(self, status: int) -> str | None:

@@ -343,7 +343,8 @@ def _run_options(fn: Any) -> Any:
         click.option("--cpus", metavar="N", expose_value=False, callback=_remember,
                      help="CPU time, in CPUs (1.5: one and a half CPUs' worth)."),
         click.option("--security-opt", metavar="OPT", multiple=True, expose_value=False, callback=_remember,
-                     help="no-new-privileges=false lets setuid binaries work (default: true)."),
+                     help="no-new-privileges=false lets setuid binaries work (default: true); "
+                          "seccomp=unconfined|FILE.json: no system call filter, or a Docker-format one."),
     ]):
         fn = option(fn)
     return fn
@@ -354,16 +355,35 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-def _no_new_privs(options: tuple[str, ...]) -> bool | None:
-    """``--security-opt no-new-privileges[=true|false]`` (also docker's older ``:`` form)."""
-    result = None
+_SECURITY_OPTS_HINT = ("sandboxmgr supports --security-opt no-new-privileges[=true|false] and "
+                       "seccomp=default|unconfined|/path/profile.json")
+
+
+def _security_opts(options: tuple[str, ...]) -> tuple[bool | None, str | None]:
+    """``--security-opt no-new-privileges[=true|false]`` and ``seccomp=default|unconfined|FILE``
+    (also docker's older ``:`` form): (no_new_privs, seccomp), None where not given."""
+    no_new_privs = seccomp = None
     for option in options:
         name, _, value = option.replace(":", "=", 1).partition("=")
-        if name != "no-new-privileges" or value.lower() not in ("", "true", "false"):
-            raise SandboxError(f"--security-opt {option}: not supported",
-                               hint="sandboxmgr supports --security-opt no-new-privileges[=true|false]")
-        result = value.lower() != "false"
-    return result
+        if name == "no-new-privileges" and value.lower() in ("", "true", "false"):
+            no_new_privs = value.lower() != "false"
+        elif name == "seccomp" and value:
+            seccomp = value if value in ("default", "unconfined") else _seccomp_file(option, value)
+        else:
+            raise SandboxError(f"--security-opt {option}: not supported", hint=_SECURITY_OPTS_HINT)
+    return no_new_privs, seccomp
+
+
+def _seccomp_file(option: str, value: str) -> str:
+    """A profile file, checked now (a named sandbox keeps its absolute path)."""
+    from sandboxmgr.seccomp import load_profile
+
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(path):
+        raise SandboxError(f"--security-opt {option}: no such file",
+                           hint="give a Docker-format JSON seccomp profile, or seccomp=unconfined")
+    load_profile(path)  # a malformed profile is reported here, before anything starts
+    return path
 
 
 def _sandbox_options(fn: Any) -> Any:
@@ -412,9 +432,10 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
     meta = click.get_current_context().meta
     limits = Limits.parse(meta.get("sandboxmgr.memory"), meta.get("sandboxmgr.pids_limit"),
                           meta.get("sandboxmgr.cpus"))
+    no_new_privs, seccomp = _security_opts(meta.get("sandboxmgr.security_opt", ()))
     return RunOptions(argv=command, tty=tty, env=env, workdir=workdir, hostname=hostname,
                       user=user, network=network, binds=_binds(volumes), isolation=isolation,
-                      limits=limits, no_new_privs=_no_new_privs(meta.get("sandboxmgr.security_opt", ())))
+                      limits=limits, no_new_privs=no_new_privs, seccomp=seccomp)
 
 
 @cli.command(context_settings=_COMMAND_SETTINGS)

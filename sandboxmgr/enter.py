@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, MappingProxyType
 
-from sandboxmgr import linux
+from sandboxmgr import callertty, linux
 from sandboxmgr.errors import (
     EXIT_CANNOT_INVOKE,
     EXIT_MANAGER,
@@ -57,8 +57,10 @@ from sandboxmgr.mounts import (
     device_steps,
     mask_steps,
     plan,
+    refuse_kernel_target,
 )
 from sandboxmgr.record import record
+from sandboxmgr.seccomp import Policy, default_policy, program
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_NAME = "sandboxmgr-init"  # the sandbox's PID 1 as ps shows it (15 bytes at most)
 _MAX_FD = 0x7FFFFFFF
 NO_ENV: Mapping[str, str] = MappingProxyType({})  # an immutable default
+DEFAULT_SECCOMP = default_policy()
 
 _TIOCSPTLCK = 0x40045431
 _TIOCGPTN = 0x80045430
@@ -131,6 +134,10 @@ class EnterSpec:
     limits: Limits | None = None
     # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities grant nothing.
     no_new_privs: bool = True
+    # The system call filter (see seccomp.py); None: none at all (seccomp=unconfined).
+    seccomp: Policy | None = DEFAULT_SECCOMP
+    # Where the filter's BPF is kept between runs (the store's cache); None: built each time.
+    seccomp_cache: Path | None = None
 
 
 def enter(spec: EnterSpec) -> int:
@@ -142,18 +149,22 @@ def enter(spec: EnterSpec) -> int:
     stderr says so.
     """
     for bind in spec.binds:
+        refuse_kernel_target(bind.target)
         if not bind.source.exists():
             raise SandboxError(
                 f"bind mount source {bind.source} does not exist",
                 hint="create it first, or fix the -v SRC:DST path",
             )
+    check_user(spec.user)
+    # Built (or read from the cache) here, on the host: the sandbox's root may have no libseccomp.
+    seccomp_program = program(spec.seccomp, spec.seccomp_cache) if spec.seccomp is not None else None
     cgroup = None
     if spec.limits is not None and not spec.limits.empty:
         from sandboxmgr.cgroups import RunCgroup  # only runs with limits pay for it
 
         cgroup = RunCgroup.create(spec.limits)
     try:
-        status = _enter(spec, cgroup)
+        status = _enter(spec, cgroup, seccomp_program)
     finally:
         if cgroup is not None:
             for left in cgroup.remove():
@@ -162,7 +173,7 @@ def enter(spec: EnterSpec) -> int:
     return status
 
 
-def _enter(spec: EnterSpec, cgroup: RunCgroup | None) -> int:
+def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | None) -> int:
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
     # PID 1 sees this pipe hang up if the manager is already gone (see _init).
     alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
@@ -185,7 +196,7 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None) -> int:
             os.close(alive_write)
             if tty_parent is not None:
                 tty_parent.close()
-            _init(spec, err_write, tty_child, alive_read, cgroup_fds)
+            _init(spec, err_write, tty_child, alive_read, cgroup_fds, seccomp_program)
         linux.setns(own_pid_ns, linux.CLONE_NEWPID)
     finally:
         os.close(own_pid_ns)
@@ -193,10 +204,15 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None) -> int:
             os.close(fd)
     os.close(err_write)
     os.close(alive_read)
+    # Without -t the command gets the caller's own stdin, stdout and stderr: whatever it
+    # does to them (echo off, raw mode, the window size, O_NONBLOCK) is undone at the end.
+    caller = None if spec.tty or spec.stdio is not None else callertty.save()
     try:
         status = _supervise(pid, err_read, tty_parent, tty_child)
     finally:
         os.close(alive_write)
+        if caller is not None:
+            callertty.restore(caller)
     if cgroup is not None:
         reason = cgroup.report(status)
         if reason:
@@ -262,7 +278,7 @@ def _fail(err_write: int, code: int, message: str, hint: str = "") -> None:
 
 
 def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, alive: int,
-          cgroup_fds: list[int]) -> None:
+          cgroup_fds: list[int], seccomp_program: bytes | None) -> None:
     """PID 1 of the sandbox. Never returns."""
     try:
         # If the manager dies (even by SIGKILL), PID 1 dies, and with it the
@@ -284,6 +300,7 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
                 # equal and the larger process - the command - goes first anyway.
                 with contextlib.suppress(OSError):
                     Path("/proc/self/oom_score_adj").write_text("-999")
+        _new_session_keyring()
         # How `sandboxmgr doctor` finds a sandbox whose manager died.
         linux.set_process_name(INIT_NAME)
         os.setsid()
@@ -302,13 +319,28 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         _fail(err_write, EXIT_MANAGER, f"cannot set up the sandbox: {exc}")
     child = os.fork()
     if child == 0:
-        _exec(spec, err_write, pty_number)
+        _exec(spec, err_write, pty_number, seccomp_program)
     os.close(err_write)
     _reap(child)
 
 
+def _new_session_keyring() -> None:
+    """A fresh, anonymous session keyring for the sandbox: the caller's session keys
+    (@s, inherited through fork) are not reachable inside, and keys added there die with
+    the sandbox. Root's user keyring (@u) is per uid, not per sandbox: only the seccomp
+    filter (no keyctl, add_key, request_key) keeps the sandbox from it."""
+    try:
+        linux.join_new_session_keyring()
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:  # a kernel without keys has nothing to share
+            raise
+
+
 def _setup(spec: EnterSpec) -> Path:
-    flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
+    # A cgroup namespace of its own, made after the init joined the run's cgroup (if
+    # any): the sandbox's view of the cgroup tree is rooted there, so neither the host's
+    # cgroup paths nor any other process's cgroup can be named from inside.
+    flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWCGROUP
     if spec.network == "none":
         flags |= linux.CLONE_NEWNET
     linux.unshare(flags)
@@ -366,6 +398,11 @@ def _mount_step(root_fd: int, step: MountStep) -> None:
     follow = step not in DEFAULT_MOUNTS
     target = open_in_root(root_fd, step.target, create=True, is_file=step.is_file, follow=follow)
     try:
+        if follow and not step.device:
+            # A target that is spelled harmlessly but is a symlink in the image into
+            # /proc, /sys or /dev is refused like one spelled so (mounts.refuse_kernel_target).
+            root = os.readlink(_fd_path(root_fd))
+            refuse_kernel_target(step.target, "/" + os.path.relpath(os.readlink(_fd_path(target)), root))
         if step.fstype is not None:
             try:
                 linux.mount(step.source, _fd_path(target), step.fstype, step.flags, step.data)
@@ -512,6 +549,22 @@ def _read_table(path: str) -> list[list[str]]:
         return []
 
 
+# The largest uid and gid: (uid_t)-1 means "unchanged" to the set*id calls.
+MAX_ID = 0xFFFFFFFE
+
+
+def check_user(spec: str | None) -> None:
+    """Refuse a numeric uid or gid the kernel cannot take (``-u 4294967295``, ``-u -1``),
+    before anything is set up. Names are looked up inside the sandbox later."""
+    if not spec:
+        return
+    for part, what in zip(spec.partition(":")[::2], ("uid", "gid"), strict=True):
+        negative = part.startswith("-") and part[1:].isdigit()
+        if negative or (part.isdigit() and int(part) > MAX_ID):
+            raise SandboxError(f"user {spec}: {part} is not a valid {what} (0 to {MAX_ID})",
+                               hint="give -u (or the profile's user:) a name, or a number from 0 to 4294967294")
+
+
 def lookup_user(spec: str | None, passwd: str = "/etc/passwd", group: str = "/etc/group") -> _User:  # noqa: S107
     """``user[:group]`` (names or numbers) in the sandbox's own user database."""
     if spec is None or spec == "":
@@ -545,7 +598,7 @@ def lookup_user(spec: str | None, passwd: str = "/etc/passwd", group: str = "/et
     return _User(uid, gid, extra, home)
 
 
-def _exec(spec: EnterSpec, err_write: int, pty_number: int | None) -> None:
+def _exec(spec: EnterSpec, err_write: int, pty_number: int | None, seccomp_program: bytes | None) -> None:
     """The command's process: session, tty, capabilities, user, exec. Never returns."""
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED):
@@ -579,6 +632,11 @@ def _exec(spec: EnterSpec, err_write: int, pty_number: int | None) -> None:
         capabilities = spec.capabilities
         if spec.isolation == "chroot":
             capabilities = capabilities - {CAPABILITY_NUMBERS["SYS_CHROOT"]}
+        if seccomp_program is not None and not spec.no_new_privs:
+            # Without no_new_privs the kernel takes a filter only from a process with
+            # CAP_SYS_ADMIN: so it goes in now, before the capabilities are cut. What
+            # follows (prctl, capset, set*id, chdir, execve) is allowed by the default.
+            linux.set_seccomp_filter(seccomp_program)
         linux.limit_capabilities(capabilities)
         if user.uid != 0 or user.gid != 0:
             os.setgroups(list(user.groups))
@@ -590,6 +648,9 @@ def _exec(spec: EnterSpec, err_write: int, pty_number: int | None) -> None:
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         os.chdir(workdir)
         argv = list(spec.argv) or [_default_shell()]
+        if seccomp_program is not None and spec.no_new_privs:
+            # Last, as late as possible: the filter binds only what the command does.
+            linux.set_seccomp_filter(seccomp_program)
     except SandboxError as exc:
         _fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
         return

@@ -15,6 +15,7 @@ from pathlib import Path
 
 # <sched.h>
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -202,3 +203,39 @@ def limit_capabilities(keep: frozenset[int]) -> None:
         data[i].permitted = word
         data[i].inheritable = 0
     _check(_libc.capset(ctypes.byref(header), data), "capset()")
+
+
+# <linux/seccomp.h>
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp_filter(program: bytes) -> None:
+    """Install a BPF filter (``struct sock_filter`` array, as libseccomp exports it) on
+    the calling thread; it is inherited by children and kept across execve. Needs
+    no_new_privs or CAP_SYS_ADMIN."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                       ctypes.c_void_p(ctypes.addressof(fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           f"loading the seccomp filter ({len(program) // 8} instructions)")
+
+
+# <linux/keyctl.h>
+KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 280, "s390x": 280, "riscv64": 219}
+
+
+def join_new_session_keyring() -> int:
+    """Give the calling process a new, anonymous session keyring (its children inherit it):
+    the keys of the caller's session are no longer reachable through @s."""
+    machine = os.uname().machine
+    number = _SYS_KEYCTL.get(machine)
+    if number is None:
+        raise OSError(errno.ENOSYS, f"keyctl: unknown syscall number on {machine}")
+    result = _libc.syscall(ctypes.c_long(number), ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_void_p(None))
+    return _check(result, "keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)")

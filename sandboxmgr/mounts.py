@@ -7,13 +7,32 @@ mount namespace. Keeping the plan as data lets it be tested without root.
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 from sandboxmgr import linux
+from sandboxmgr.errors import SandboxError
 from sandboxmgr.record import record
 
 NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
 NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
+
+
+# The sandbox's own kernel file systems: a bind onto them (or into them) would
+# replace what the masks and read-only binds protect, or a device node of the
+# sandbox's /dev, with a host directory. runc refuses them too.
+KERNEL_TARGETS = ("/proc", "/sys", "/dev")
+
+
+def refuse_kernel_target(target: str, resolved: str | None = None) -> None:
+    """Refuse a bind target on or below /proc, /sys or /dev, in any spelling (``/tmp/../proc``,
+    ``//proc/./sys``), or (``resolved``) through a symlink inside the image."""
+    normal = "/" + posixpath.normpath(resolved or target).lstrip("/")
+    for place in KERNEL_TARGETS:
+        if normal == place or normal.startswith(place + "/"):
+            through = f" (a symlink to {normal})" if resolved else ""
+            raise SandboxError(f"cannot bind-mount onto {target}{through}: {place} is the sandbox's own "
+                               f"{place[1:]} file system", hint=f"choose a target outside {place}, like /mnt/...")
 
 
 @record
@@ -49,6 +68,7 @@ class BindMount:
         source, target = parts
         if not target.startswith("/"):
             raise ValueError(f"{spec!r}: the target {target!r} must be an absolute path")
+        refuse_kernel_target(target)
         path = Path(source).expanduser().absolute()
         if copy_on_write and set(str(path)) & set(",:\\\n"):
             # The path becomes an overlayfs option: a comma could smuggle in another option.

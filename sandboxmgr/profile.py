@@ -120,6 +120,7 @@ class Profile:
     # Runtime settings, like env and mounts: not in build_inputs, so they never change the image.
     limits: Limits = field(default_factory=Limits)
     no_new_privs: bool = True
+    seccomp: str = "default"  # default, unconfined, or the absolute path of a Docker-format JSON profile
     # The files this profile was read from: its own, then its parents'.
     sources: tuple[Path, ...] = ()
 
@@ -345,7 +346,7 @@ def _read(path: Path) -> _Raw:
 TOP_KEYS = (
     "description", "distro", "release", "arch", "aliases", "extends", "bootstrap",
     "packages", "setup", "env", "hostname", "workdir", "user", "mounts", "network", "repositories",
-    "limits", "no_new_privs",
+    "limits", "no_new_privs", "seccomp",
 )
 LIMIT_KEYS = ("memory", "pids", "cpus")
 BOOTSTRAP_KEYS = (
@@ -466,6 +467,13 @@ def _validate(raw: _Raw) -> dict[str, Any]:
             out["no_new_privs"] = data["no_new_privs"]
         else:
             raw.error(("no_new_privs",), f"must be true or false, not {_type_name(data['no_new_privs'])}")
+    if "seccomp" in data:
+        seccomp = data["seccomp"]
+        if isinstance(seccomp, str) and (seccomp in ("default", "unconfined") or seccomp.startswith("/")):
+            out["seccomp"] = seccomp
+        else:
+            raw.error(("seccomp",), "must be default, unconfined or the absolute path of a JSON profile, "
+                                    f"not {seccomp!r}")
     return out
 
 
@@ -729,6 +737,7 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
         repositories=repositories,
         limits=Limits.from_json(fields.get("limits")),
         no_new_privs=fields.get("no_new_privs", True),
+        seccomp=fields.get("seccomp", "default"),
     )
 
 

@@ -12,7 +12,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from sandboxmgr.enter import DEFAULT_PATH, NO_ENV, EnterSpec, OverlayRoot, enter
+from sandboxmgr.enter import (
+    CAPABILITY_NUMBERS,
+    DEFAULT_PATH,
+    DEFAULT_SECCOMP,
+    NO_ENV,
+    EnterSpec,
+    OverlayRoot,
+    enter,
+)
 from sandboxmgr.errors import NotFoundError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.names import HOSTNAME_RE, hostname_for
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
 
     from sandboxmgr.limits import Limits
     from sandboxmgr.profile import Profile
+    from sandboxmgr.seccomp import Policy
 
 
 @record
@@ -42,6 +51,7 @@ class RunOptions:
     isolation: str = "pivot_root"
     limits: Limits | None = None  # --memory, --pids-limit, --cpus: each replaces the saved one
     no_new_privs: bool | None = None  # --security-opt no-new-privileges[=false]
+    seccomp: str | None = None  # --security-opt seccomp=default|unconfined|/path/profile.json
 
 
 @record
@@ -58,6 +68,7 @@ class Settings:
     caches: tuple[BindMount, ...] = ()
     limits: Limits | None = None  # None: no limits (and no cgroup, no import of cgroups.py)
     no_new_privs: bool = True
+    seccomp: str = "default"  # "default", "unconfined" or the absolute path of a JSON profile
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +82,7 @@ class Settings:
             "caches": [{"source": str(b.source), "target": b.target} for b in self.caches],
             "limits": self.limits.to_json() if self.limits is not None else {},
             "no_new_privs": self.no_new_privs,
+            "seccomp": self.seccomp,
         }
 
     @classmethod
@@ -87,6 +99,7 @@ class Settings:
             caches=tuple(BindMount(Path(m["source"]), m["target"]) for m in data.get("caches", [])),
             limits=_limits(data.get("limits")),
             no_new_privs=bool(data.get("no_new_privs", True)),
+            seccomp=str(data.get("seccomp", "default")),
         )
 
 
@@ -133,6 +146,7 @@ def profile_settings(store: Store, profile: Profile, default_hostname: str) -> S
         caches=package_caches(store, profile),
         limits=None if profile.limits.empty else profile.limits,
         no_new_privs=profile.no_new_privs,
+        seccomp=profile.seccomp,
     )
 
 
@@ -154,6 +168,7 @@ def with_options(saved: Settings, options: RunOptions) -> Settings:
         caches=saved.caches,
         limits=_merged(saved.limits, options.limits),
         no_new_privs=saved.no_new_privs if options.no_new_privs is None else options.no_new_privs,
+        seccomp=options.seccomp or saved.seccomp,
     )
 
 
@@ -184,7 +199,19 @@ def cache_views(caches: tuple[BindMount, ...], scratch: Path, volatile: bool = F
     return tuple(views)
 
 
-def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: Path) -> EnterSpec:
+def _seccomp(setting: str, isolation: str) -> Policy | None:
+    """The filter a ``seccomp`` setting names: ours, none, or a Docker-format profile."""
+    if setting == "default":
+        return DEFAULT_SECCOMP
+    if setting == "unconfined":
+        return None
+    from sandboxmgr.seccomp import load_profile
+
+    capabilities = frozenset(CAPABILITY_NUMBERS) - ({"SYS_CHROOT"} if isolation == "chroot" else set())
+    return load_profile(setting, capabilities)
+
+
+def _spec(store: Store, root: OverlayRoot, settings: Settings, options: RunOptions, scratch: Path) -> EnterSpec:
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": settings.hostname}
     env.update(settings.env)
     return EnterSpec(
@@ -200,6 +227,10 @@ def _spec(root: OverlayRoot, settings: Settings, options: RunOptions, scratch: P
         isolation=options.isolation,
         limits=settings.limits,
         no_new_privs=settings.no_new_privs,
+        seccomp=_seccomp(settings.seccomp, options.isolation),
+        # Beside the package caches (distro-release-arch, never without a dash), which sandboxes
+        # may write; this one only the manager writes: it is never mounted into a sandbox.
+        seccomp_cache=store.cache_dir / "seccomp",
     )
 
 
@@ -210,7 +241,7 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: Settings, options: Ru
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
-        return enter(_spec(root, settings, options, tmp))
+        return enter(_spec(store, root, settings, options, tmp))
 
 
 def _using(store: Store, image: ImageRecord) -> Lock:
@@ -262,4 +293,4 @@ def run_in(store: Store, record: SandboxRecord, options: RunOptions) -> int:
         settings = with_options(Settings.from_json(record.meta["settings"]), options)
         with _using(store, image):
             root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
-            return enter(_spec(root, settings, options, record.path / "volumes"))
+            return enter(_spec(store, root, settings, options, record.path / "volumes"))

@@ -26,17 +26,18 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="session")
 def attack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding the static `attack` binary."""
+    """A directory holding the static `attack` and `probe` binaries."""
     need_root()
     gcc = shutil.which("gcc")
     if gcc is None:
         missing("gcc is not installed: the attacks are static C programs built with the host's gcc")
         raise AssertionError  # missing() does not return
     out = tmp_path_factory.mktemp("attack")
-    build = subprocess.run([gcc, "-static", "-O2", "-o", str(out / "attack"), str(HERE / "attack.c")],
-                           capture_output=True, text=True)
-    if build.returncode != 0:
-        missing(f"gcc -static failed (libc6-dev has the static libc): {build.stderr[-400:]}")
+    for program in ("attack", "probe"):
+        build = subprocess.run([gcc, "-static", "-O2", "-o", str(out / program), str(HERE / f"{program}.c")],
+                               capture_output=True, text=True)
+        if build.returncode != 0:
+            missing(f"gcc -static failed for {program}.c (libc6-dev has the static libc): {build.stderr[-400:]}")
     return out
 
 

@@ -140,3 +140,37 @@ def test_tiocsti_with_t_reaches_only_the_sandboxs_own_pty(cli: CLI, bookworm: Co
                                          "/attack/attack tiocsti 'true\n'; echo DONE"))
     assert status == 0, output
     assert "tiocsti: ok" in output and "DONE" in output
+
+
+@pytest.mark.parametrize("target", ["/proc", "/proc/sys", "/dev/sda", "/dev", "/sys/kernel", "/sys",
+                                    "/tmp/../proc", "//proc/./sys/..", "/dev/shm/../../sys/fs/cgroup"])
+def test_a_bind_onto_proc_sys_or_dev_is_refused(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path,
+                                                target: str) -> None:
+    """As runc refuses them: a host directory over /proc/sys (or a device of /dev) would undo
+    the read-only binds and masks. One line and a hint, exit 125, for every spelling."""
+    source = "/proc" if target == "/proc" else str(tmp_path)
+    result = cli("run", "-v", f"{source}:{target}", IMAGE, "true")
+    assert result.code == 125, str(result)
+    lines = result.err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"sandboxmgr: error: cannot bind-mount onto {target}"), lines
+    assert lines[1].startswith("hint: choose a target outside")
+
+
+def test_a_profiles_mount_or_an_image_symlink_onto_proc_is_refused(cli: CLI, bookworm: ConcurrentBuild,
+                                                                   configs_dir: Path, tmp_path: Path) -> None:
+    (configs_dir / "bind-proc.yaml").write_text(f"extends: {IMAGE}\nmounts:\n  - {{source: {tmp_path}, "
+                                                "target: /proc/sys/kernel}\n")
+    result = cli("run", "bind-proc", "true")
+    assert result.code == 125 and "cannot bind-mount onto /proc/sys/kernel" in result.err, str(result)
+    # A harmless spelling that is a symlink into /proc in the sandbox's own changes.
+    name = "bind-through-link"
+    cli.ok("create", IMAGE, "--name", name, "-v", f"{tmp_path}:/etc/innocent")
+    try:
+        upper = cli.store / "sandboxes" / name / "upper" / "etc"
+        upper.mkdir(parents=True, exist_ok=True)
+        (upper / "innocent").symlink_to("/proc/sys")
+        result = cli("exec", name, "true")
+        assert result.code == 125, str(result)
+        assert "cannot bind-mount onto /etc/innocent (a symlink to /proc/sys)" in result.err, str(result)
+    finally:
+        cli.ok("rm", name)

@@ -58,9 +58,17 @@ def test_a_bind_mounted_host_directory_is_nodev_too(cli: CLI, bookworm: Concurre
 def test_mount_modules_clock_hostname_swap_are_refused(cli: CLI, bookworm: ConcurrentBuild,
                                                        attack_dir: Path) -> None:
     found = run_attack(cli, attack_dir, "kernel")
+    # The seccomp filter answers first (EPERM), even on a kernel without module support.
+    for attempt in ("mount-tmpfs", "mount-proc", "clock-settime", "sethostname", "swapoff", "init-module",
+                    "finit-module"):
+        assert found[attempt] == "EPERM", (attempt, found)
+    # Without the filter, the capability set alone still refuses them. A kernel built without
+    # module support says ENOSYS before it checks CAP_SYS_MODULE.
+    result = cli("run", "--security-opt", "seccomp=unconfined", "-v", f"{attack_dir}:/attack:ro", IMAGE,
+                 "/attack/attack", "kernel")
+    found = attempts(result)
     for attempt in ("mount-tmpfs", "mount-proc", "clock-settime", "sethostname", "swapoff"):
         assert found[attempt] == "EPERM", (attempt, found)
-    # A kernel built without module support says ENOSYS before it checks CAP_SYS_MODULE.
     modules = Path("/proc/modules").exists()
     for attempt in ("init-module", "finit-module"):
         assert found[attempt] == ("EPERM" if modules else "ENOSYS"), (attempt, found)
@@ -105,7 +113,7 @@ def test_no_new_privs_by_default_and_the_security_opt_lifts_it(cli: CLI, bookwor
         lifted = cli.ok("exec", "--security-opt", "no-new-privileges=false", "-u", "nobody", name, "sh", "-c",
                         "grep NoNewPrivs /proc/self/status; /usr/local/bin/suid-id -u")
         assert lifted.out.splitlines() == ["NoNewPrivs:\t0", "0"]
-        bad = cli("exec", "--security-opt", "seccomp=unconfined", name, "true")
+        bad = cli("exec", "--security-opt", "apparmor=unconfined", name, "true")
         assert bad.code == 125 and "not supported" in bad.err and "hint:" in bad.err
     finally:
         cli.ok("rm", name)
@@ -115,3 +123,13 @@ def test_the_capability_bounding_set_is_dockers_and_stays_so(cli: CLI, bookworm:
     result = cli.ok("run", IMAGE, "sh", "-c", "grep -E 'Cap(Bnd|Eff|Amb)' /proc/self/status")
     sets = {line.split(":")[0]: int(line.split()[1], 16) for line in result.out.splitlines()}
     assert sets["CapBnd"] == 0xA80425FB and sets["CapEff"] == 0xA80425FB and sets["CapAmb"] == 0
+
+
+@pytest.mark.parametrize("user", ["4294967295", "-1", "99999999999999999999", "0:4294967295", "nobody:-5"])
+def test_a_uid_or_gid_out_of_range_is_a_clean_error(cli: CLI, bookworm: ConcurrentBuild, user: str) -> None:
+    """(uid_t)-1 means "unchanged" to setresuid: it must never reach the kernel as a user."""
+    result = cli("run", "-u", user, IMAGE, "id")
+    assert result.code == 125, str(result)
+    lines = result.err.splitlines()
+    assert len(lines) == 2 and "is not a valid" in lines[0] and "internal error" not in result.err, lines
+    assert lines[1].startswith("hint: ")
