@@ -1,24 +1,26 @@
 """The Debian family's shared package cache, which only the host writes and only verified.
 
-``cache/DISTRO-RELEASE-ARCH/apt-archives/`` holds .deb files, flat, under apt's
-names. The rules (see the README's security model):
+``cache/DISTRO-RELEASE-ARCH/apt-archives/KEYRING/`` holds .deb files, flat, under
+apt's names, one directory per keyring a profile trusts (what one profile's signed
+index vouches for never reaches a profile that trusts other keys). The rules (see
+the README's security model):
 
-- No sandbox and no build step ever writes it: they see it copy-on-write (an
-  overlay whose upper directory dies with them), so a planted or replaced file
-  never reaches the cache through them.
-- A file goes in only from the host, by a rename, after its SHA256 matched the
-  signed index (:mod:`debindex`): :meth:`DebCache.keep` takes a build's new
-  downloads that way.
-- A file comes out to a bootstrap tool only as a hard link in a staging
-  directory of the build's own, after it was checked again
-  (:meth:`DebCache.stage`); a file that fails (a replaced .deb, a symlink, a
-  device) is deleted from the cache with a warning. debootstrap and mmdebstrap
-  never see the cache itself.
+- Nothing but this module writes it, and nothing a build or a sandbox holds (a name,
+  a hard link, an open descriptor) is ever part of it: :meth:`DebCache.keep` reads a
+  build's download through one descriptor, hashes it while copying it into a file of
+  the cache's own, and renames that file into place only if the SHA256 matched the
+  signed index (:mod:`debindex`).
+- What leaves it is checked against the index first (:meth:`DebCache.stage`): a
+  bootstrap tool, which may write what it is given, gets copies in a directory of
+  the build's own; build steps get an overlay whose lower directory holds hard links
+  of the inodes just verified (nothing writes through an overlay's lower). A file
+  that fails - replaced, planted, a symlink - is deleted from the cache with a
+  warning. Sandboxes see the cache itself copy-on-write: it only ever held what was
+  verified.
 
 Hashing every cached package for every build would cost a second per 500 MB,
-so what was verified is remembered (``index/verified.json``, beside the saved
-index, which no sandbox sees) by inode, size, mtime and ctime: any write to a
-file changes its ctime, which only root on the host could set back.
+so what was verified is remembered (``index/verified-KEYRING.json``, beside the
+saved index, which no sandbox sees) by inode, size, mtime and ctime.
 """
 
 from __future__ import annotations
