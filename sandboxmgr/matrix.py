@@ -106,7 +106,7 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
             raw.error(("inline",), f"must map names to profiles, not {_type_name(value)}")
         else:
             for name, body in value.items():
-                if not NAME_RE.match(name):
+                if not NAME_RE.fullmatch(name):
                     raw.error(("inline", name), f"{name!r} is not a valid profile name")
                 elif not isinstance(body, dict):
                     raw.error(("inline", name), f"must be a profile (a mapping), not {_type_name(body)}")
@@ -143,7 +143,7 @@ def _env(raw: _Raw, value: Any) -> dict[str, str]:
         return {}
     env = {}
     for key, item in value.items():
-        if not ENV_KEY_RE.match(str(key)):
+        if not ENV_KEY_RE.fullmatch(str(key)):
             raw.error(("env", str(key)), "is not a valid environment variable name")
         elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
             env[str(key)] = str(item)
