@@ -137,7 +137,9 @@ def print_json(data: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="SANDBOXMGR_STORE",
+# readable=False: a store only root may read is an error of the commands that read it, not of
+# every command (profiles needs no store).
+@click.option("--store", "store_path", type=click.Path(path_type=Path, readable=False), envvar="SANDBOXMGR_STORE",
               help="The store directory (default: sandboxes/ in a checkout, else /var/lib/sandboxmgr).")
 @click.option("--configs", multiple=True, type=click.Path(file_okay=False),
               help="An extra profile directory (repeatable; also SANDBOXMGR_CONFIGS, colon-separated).")
@@ -177,10 +179,16 @@ def profiles(app: App, as_json: bool) -> None:
     """List profiles: the shipped ones, then system, user and --configs ones."""
     from sandboxmgr.profile import Profile
 
+    # Profiles need no store: a user other than root lists them too, with BUILT unknown.
+    try:
+        app.store.require_access(app.store.images_dir)
+        readable = True
+    except SandboxError:
+        readable = False
     rows: list[dict[str, Any]] = []
     for name, item in app.registry.load_all():
         if isinstance(item, Profile):
-            built = app.store.image(item.image_key()) is not None
+            built = app.store.image(item.image_key()) is not None if readable else None
             rows.append({"name": name, "distro": item.distro, "release": item.release,
                          "arch": item.arch, "aliases": list(item.aliases), "built": built,
                          "key": item.image_key(), "description": item.description,
@@ -189,12 +197,15 @@ def profiles(app: App, as_json: bool) -> None:
             rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],
                          "built": False, "key": None, "description": "",
                          "path": str(app.registry.files()[name]), "error": item.message})
+    if not readable:
+        click.echo(f"note: BUILT is unknown ('?'): the store {app.store.root} is root's alone; "
+                   "run as root to see it", err=True)
     if as_json:
         print_json(rows)
         return
     print_table(
         ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
-        [[r["name"], r["distro"], r["release"], r["arch"], "yes" if r["built"] else "no",
+        [[r["name"], r["distro"], r["release"], r["arch"], "?" if r["built"] is None else "yes" if r["built"] else "no",
           ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
          for r in rows],
     )
@@ -627,7 +638,7 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
         return 1 if left else 0
     if not findings:
         click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
-                   f"or processes ({app.store.root})")
+                   f"or processes, and the store is private ({app.store.root})")
         return 0
     print_table(["KIND", "WHAT", "DETAIL"],
                 [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
@@ -751,6 +762,42 @@ def _error(message: str, hint: str | None) -> None:
         click.echo(f"hint: {hint}", err=True)
 
 
+def _store_of(argv: Sequence[str]) -> Path:
+    """The store a command line names (--store DIR, SANDBOXMGR_STORE, the default), for
+    errors that come after click's context is gone."""
+    from sandboxmgr.locations import default_store
+
+    args = list(argv)
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--store" and index + 1 < len(args):
+            return Path(os.path.abspath(args[index + 1]))
+        if arg.startswith("--store="):
+            return Path(os.path.abspath(arg.split("=", 1)[1]))
+    return Path(os.path.abspath(default_store()))
+
+
+def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
+    """One line and a hint for what the system refused: a full disk, a permission."""
+    import errno
+
+    store = _store_of(argv)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{what} in the store {store}{where}; nothing half-made was kept",
+                "free some space (sandboxmgr prune, sandboxmgr rmi PROFILE, sandboxmgr rm NAME), then try again")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        inside = exc.filename is not None and (str(exc.filename) + "/").startswith(str(store) + "/")
+        if inside and os.geteuid() != 0:
+            return (f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
+                    "and device nodes of sandboxes)", "run it as root (sudo sandboxmgr ...)")
+        return f"permission denied{where}", "sandboxmgr works as root: run it with sudo, or as root"
+    return (f"{exc.strerror or exc}{where}",
+            "run again with --debug for the traceback; report it if it is not the system's fault")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
@@ -776,6 +823,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except SandboxError as exc:
         _error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if debug:
+            raise
+        problem, advice = _os_error(exc, argv if argv is not None else sys.argv[1:])
+        _error(problem, advice)
+        sys.exit(EXIT_MANAGER)
     except Exception as exc:
         if debug:
             raise

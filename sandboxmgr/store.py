@@ -10,6 +10,15 @@ Layout::
     STORE/tmp/ID/                  builds and ephemeral sandboxes in progress
     STORE/locks/*.lock             flock(2) locks: image-KEY, sandbox-NAME, tmp-ID
     STORE/logs/                    build logs
+    STORE/refs/                    resolved profiles (the fast path of run)
+    STORE/trusted.json             project files the user trusts (sandboxmgr trust)
+
+The store's root and every top directory are root's alone (0700): root inside a
+sandbox can plant a setuid-root binary or a device node in its upper directory,
+images have setuid binaries of their own, and the store is on an ordinary file
+system (not nosuid, not nodev). A local user who could reach those files by path
+would run them as root or open the devices. :meth:`Store.ensure` makes the store
+so, and tightens one whose modes were loosened; ``doctor`` reports it.
 
 Everything is created in ``tmp/`` and renamed into place when complete, so a
 crash never leaves a half-made image or sandbox that looks finished. A tmp
@@ -41,6 +50,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 _UNSAFE_CHARS = set(",:\\\n\t ")
+# As Docker's /var/lib/docker (0710), but without even the group's search right.
+STORE_MODE = 0o700
+TOP_DIRS = ("images", "layers", "cache", "sandboxes", "tmp", "locks", "logs", "refs")
 
 
 # --- safe removal ---------------------------------------------------------------------
@@ -338,15 +350,61 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.logs_dir = self.root / "logs"
+        self.refs_dir = self.root / "refs"
+        self.trust_file = self.root / "trusted.json"
+
+    def private_dirs(self) -> list[Path]:
+        """The store's root and its top directories: no one but their owner may enter them."""
+        return [self.root, *(self.root / name for name in TOP_DIRS)]
 
     def ensure(self) -> None:
-        for directory in (self.images_dir, self.layers_dir, self.sandboxes_dir, self.tmp_dir, self.locks_dir,
-                          self.logs_dir, self.cache_dir):
+        """Create the store's directories, each 0700, and tighten any an older version or a
+        user made looser (a checkout's sandboxes/ is 0755 as git made it)."""
+        try:
+            if not self.root.is_dir():
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+            for directory in self.private_dirs():
+                with suppress(FileExistsError):
+                    os.mkdir(directory, STORE_MODE)
+                _tighten(directory)
+        except PermissionError:
+            raise SandboxError(f"cannot create the store at {self.root}: permission denied",
+                               hint="run as root, or point --store at a directory you own") from None
+
+    def tighten(self) -> None:
+        """Make the directories of the store that exist 0700 again (nothing is created)."""
+        for directory in self.private_dirs():
+            with suppress(FileNotFoundError):
+                _tighten(directory)
+
+    def loose_dirs(self) -> list[tuple[Path, int]]:
+        """The store's directories that another local user may enter, with their modes."""
+        found = []
+        for directory in self.private_dirs():
             try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except PermissionError:
-                raise SandboxError(f"cannot create the store at {self.root}: permission denied",
-                                   hint="run as root, or point --store at a directory you own") from None
+                mode = stat.S_IMODE(os.stat(directory).st_mode)
+            except OSError:
+                continue
+            if mode & 0o077:
+                found.append((directory, mode))
+        return found
+
+    def require_access(self, directory: Path) -> None:
+        """For the commands that only read (ls, images): a clear error, not a traceback or an
+        empty list, when the store is root's and the caller is not."""
+        try:
+            os.stat(directory)
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            pass
+        else:
+            if os.access(directory, os.R_OK | os.X_OK):
+                return
+        raise SandboxError(
+            f"cannot read the store {self.root}: it is root's alone (it holds setuid binaries "
+            "and device nodes of sandboxes)",
+            hint="run it as root (sudo sandboxmgr ...)")
 
     # -- locks
     def lock(self, kind: str, name: str) -> Lock:
@@ -375,6 +433,7 @@ class Store:
     def clean_leftovers(self) -> list[Path]:
         """Remove tmp/ entries of processes that died (their lock is free)."""
         removed: list[Path] = []
+        self.tighten()
         if not self.tmp_dir.is_dir():
             return removed
         for entry in sorted(self.tmp_dir.iterdir()):
@@ -464,6 +523,7 @@ class Store:
             return None
 
     def images(self) -> list[ImageRecord]:
+        self.require_access(self.images_dir)
         if not self.images_dir.is_dir():
             return []
         records = [self.image(entry.name) for entry in sorted(self.images_dir.iterdir())]
@@ -542,6 +602,7 @@ class Store:
         return SandboxRecord(name, path, _read_json(meta_path))
 
     def sandboxes(self) -> list[SandboxRecord]:
+        self.require_access(self.sandboxes_dir)
         if not self.sandboxes_dir.is_dir():
             return []
         result = []
@@ -594,6 +655,12 @@ class Store:
                 pass
             # Unlinked while held: whoever waits on this file then sees it is gone (_flock).
             lock.path.unlink(missing_ok=True)
+
+
+def _tighten(directory: Path) -> None:
+    info = os.stat(directory)
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(directory, stat.S_IMODE(info.st_mode) & ~0o077)
 
 
 def warn(message: str) -> None:
