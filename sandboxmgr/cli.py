@@ -698,10 +698,13 @@ class MatrixView:
 @click.option("--keep-failed", is_flag=True, help="Keep each failed profile's sandbox to step into it.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.option("--trust", "trust_files", is_flag=True,
+              help="Trust the project's files for this run: let them set host mounts, bootstrap arguments, "
+                   "keys and local repositories (see 'sandboxmgr trust').")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fail_fast: bool, keep_failed: bool,
-           junit_path: str | None, as_json: bool, command: tuple[str, ...]) -> int:
+           junit_path: str | None, as_json: bool, trust_files: bool, command: tuple[str, ...]) -> int:
     """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
 
     Exit status 0 only if it passed in every profile, 1 if it failed in any.
@@ -709,6 +712,7 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     import time
 
     from sandboxmgr import matrix as matrix_
+    from sandboxmgr import trust
 
     _require_root(app, "matrix")
     if command[:1] == ("--",):
@@ -721,6 +725,12 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if not command:
         raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
     selected = matrix_.entries(matrix_.expand(patterns, project, app.registry), project, app.registry)
+    # Before anything is built: keys that make the host run or trust what the project chose.
+    if not trust_files:
+        inline = {e.name: e.profile for e in selected if e.name in project.inline}
+        others = [e.profile for e in selected if e.name not in project.inline]
+        found, digests = trust.findings(project.path, inline, others, app.registry.dirs)
+        trust.check(app.store, found, digests, project.root)
     # Every image first, each once, even when two entries share one.
     built: set[str] = set()
     for entry in selected:
@@ -746,6 +756,39 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if any(r.status == "cancelled" for r in results) and not fail_fast:
         return 130
     return 0 if all(r.status == "passed" for r in results) else 1
+
+
+@cli.command(name="trust")
+@click.argument("project_dir", type=click.Path(file_okay=False, exists=True), default=".", required=False)
+@click.option("--revoke", is_flag=True, help="No longer trust the project's files.")
+@pass_app
+def trust_(app: App, project_dir: str, revoke: bool) -> None:
+    """Trust PROJECT_DIR's sandboxmgr.yaml (and the profile files it names) as they are now.
+
+    A trusted project file may set what makes the host read, run or trust something it
+    chose: host mounts, bootstrap.extra_args and keyring, file:// mirrors and repositories,
+    repository keys, gpgcheck: false. The sha256 of each file is recorded in the store;
+    any edit to a file revokes its trust.
+    """
+    from sandboxmgr import matrix as matrix_
+    from sandboxmgr import trust
+
+    _require_root(app, "trust")
+    project = matrix_.load_project(Path(project_dir).resolve(), app.registry)
+    if project.path is None:
+        raise SandboxError(f"no {matrix_.PROJECT_FILE} in {project.root}", hint="give the project's directory")
+    listed = [name for name in matrix_.expand(project.profiles, project, app.registry) if name not in project.inline]
+    others = [entry.profile for entry in matrix_.entries(listed, project, app.registry)]
+    found, digests = trust.findings(project.path, project.inline, others, app.registry.dirs)
+    trust.record(app.store, digests, revoke=revoke)
+    if app.quiet:
+        return
+    for path, sha256 in digests.items():
+        click.echo(f"{'no longer trusted' if revoke else 'trusted'}: {path} (sha256 {sha256[:16]})")
+    if not revoke:
+        for finding in found:
+            click.echo(f"  may now set {finding.key} ({finding.path.name}:{finding.line})")
+        click.echo("an edit to any of these files revokes its trust")
 
 
 # --- entry point ------------------------------------------------------------------------------
