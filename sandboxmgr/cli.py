@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError, no_space
 
 if TYPE_CHECKING:
     from sandboxmgr.profile import Profile, ProfileRegistry
@@ -828,9 +828,10 @@ def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
     store = _store_of(argv)
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
-        return (f"{what} in the store {store}{where}; nothing half-made was kept",
-                "free some space (sandboxmgr prune, sandboxmgr rmi PROFILE, sandboxmgr rm NAME), then try again")
+        full = no_space(store, str(exc.filename) if exc.filename else "")
+        if exc.errno == errno.EDQUOT:
+            full.message = full.message.replace("no space left on device", "disk quota exceeded")
+        return full.message, full.hint
     if exc.errno in (errno.EACCES, errno.EPERM):
         inside = exc.filename is not None and (str(exc.filename) + "/").startswith(str(store) + "/")
         if inside and os.geteuid() != 0:

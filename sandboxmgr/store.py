@@ -41,7 +41,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
-from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, UnsafeRemovalError
+from sandboxmgr.errors import BusyError, NoSpaceError, NotFoundError, SandboxError, UnsafeRemovalError, no_space
 from sandboxmgr.names import check_name
 from sandboxmgr.record import record
 
@@ -423,6 +423,13 @@ class Store:
         path.mkdir()
         try:
             yield path
+        except (OSError, SandboxError) as exc:
+            # A tool that ran out of space (dnf, mmdebstrap) fails with its own words: say
+            # what happened, while the half-made tree still fills the disk (it goes below).
+            if isinstance(exc, NoSpaceError) or not _full(path):
+                raise
+            detail = exc.message if isinstance(exc, SandboxError) else (exc.strerror or str(exc))
+            raise no_space(self.root, f"{detail}; {_free_text(path)}") from exc
         finally:
             try:
                 remove_tree(path)
@@ -655,6 +662,25 @@ class Store:
                 pass
             # Unlinked while held: whoever waits on this file then sees it is gone (_flock).
             lock.path.unlink(missing_ok=True)
+
+
+def _full(path: Path) -> bool:
+    """Whether the file system of ``path`` is (as good as) full: less than 2% of its space (at
+    least 8 MiB, at most 64 MiB: dnf refuses a transaction that would not fit, before the
+    disk is quite full) or of its inodes left."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    free = info.f_bavail * info.f_frsize
+    space = free < min(64 << 20, max(8 << 20, info.f_blocks * info.f_frsize // 50))
+    inodes = info.f_files > 0 and info.f_favail < max(16, info.f_files // 50)
+    return space or inodes
+
+
+def _free_text(path: Path) -> str:
+    info = os.statvfs(path)
+    return f"{info.f_bavail * info.f_frsize // 1024} kB free"
 
 
 def _tighten(directory: Path) -> None:
