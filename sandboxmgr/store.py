@@ -438,11 +438,13 @@ class Store:
                 lock.path.unlink(missing_ok=True)
 
     def clean_leftovers(self) -> list[Path]:
-        """Remove tmp/ entries of processes that died (their lock is free)."""
+        """Remove tmp/ entries of processes that died (their lock is free), and lock files of
+        tmp entries and sandboxes that are gone (a kill between removing one and its lock)."""
         removed: list[Path] = []
         self.tighten()
         if not self.tmp_dir.is_dir():
             return removed
+        self._remove_stale_locks()
         for entry in sorted(self.tmp_dir.iterdir()):
             lock = self.lock("tmp", entry.name)
             if not lock.try_acquire():
@@ -457,6 +459,28 @@ class Store:
                 lock.release()
                 lock.path.unlink(missing_ok=True)
         return removed
+
+    def _remove_stale_locks(self) -> None:
+        homes = {"tmp": self.tmp_dir, "sandbox": self.sandboxes_dir}
+        try:
+            names = os.listdir(self.locks_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            kind, _, rest = name.partition("-")
+            ident = rest[: -len(".lock")]
+            if kind not in homes or not name.endswith(".lock") or not ident.strip("."):
+                continue
+            if os.path.lexists(homes[kind] / ident):
+                continue
+            lock = self.lock(kind, ident)
+            if not lock.try_acquire():
+                continue  # in use: a tree being made, a command waiting for a sandbox
+            try:
+                if not os.path.lexists(homes[kind] / ident):  # not made meanwhile
+                    lock.path.unlink(missing_ok=True)
+            finally:
+                lock.release()
 
     # -- layers
     def layer(self, key: str) -> LayerRecord | None:
