@@ -40,7 +40,7 @@ from typing import Any
 from sandboxmgr import cgroups, linux, mountinfo
 from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError
-from sandboxmgr.store import Store, is_locked
+from sandboxmgr.store import Store, is_locked, tighten_dir
 
 KINDS = ("process", "cgroup", "mount", "tmp", "lock", "permissions")
 
@@ -300,6 +300,5 @@ def _permissions(store: Store) -> list[Finding]:
 
 def _tighten(directory: Path) -> Callable[[], None]:
     def tighten() -> None:
-        mode = os.stat(directory).st_mode & 0o7777
-        os.chmod(directory, mode & ~0o077)
+        tighten_dir(directory)  # refuses a shared directory (/tmp) rather than making it 0700
     return tighten

@@ -366,7 +366,7 @@ class Store:
             for directory in self.private_dirs():
                 with suppress(FileExistsError):
                     os.mkdir(directory, STORE_MODE)
-                _tighten(directory)
+                tighten_dir(directory)
         except PermissionError:
             raise SandboxError(f"cannot create the store at {self.root}: permission denied",
                                hint="run as root, or point --store at a directory you own") from None
@@ -375,7 +375,7 @@ class Store:
         """Make the directories of the store that exist 0700 again (nothing is created)."""
         for directory in self.private_dirs():
             with suppress(FileNotFoundError):
-                _tighten(directory)
+                tighten_dir(directory)
 
     def loose_dirs(self) -> list[tuple[Path, int]]:
         """The store's directories that another local user may enter, with their modes."""
@@ -707,10 +707,17 @@ def _free_text(path: Path) -> str:
     return f"{info.f_bavail * info.f_frsize // 1024} kB free"
 
 
-def _tighten(directory: Path) -> None:
+def tighten_dir(directory: Path) -> None:
+    """Make a directory of the store 0700 (from anything looser); refuse a shared one."""
     info = os.stat(directory)
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(directory, stat.S_IMODE(info.st_mode) & ~0o077)
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if mode & (stat.S_ISVTX | stat.S_IWOTH) or os.path.realpath(directory) == "/":
+        # /tmp, /: making it 0700 would break the machine, and a store there is not one's own.
+        raise SandboxError(f"the store {directory} is a shared directory (mode {mode:04o}), not one of its own",
+                           hint="point --store (or SANDBOXMGR_STORE) at a new directory, e.g. /var/lib/sandboxmgr")
+    os.chmod(directory, mode & ~0o077)
 
 
 def warn(message: str) -> None:
