@@ -316,7 +316,11 @@ class SandboxRecord:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written record behind
+        raise
     os.rename(tmp, path)
 
 
@@ -565,8 +569,15 @@ class Store:
         """Write an image record (its layers exist already) atomically."""
         self.ensure()
         target = self.images_dir / key
+        made = not target.is_dir()
         target.mkdir(exist_ok=True)
-        _write_json(target / "image.json", meta)
+        try:
+            _write_json(target / "image.json", meta)
+        except OSError:
+            if made:  # a full disk: no empty image directory left behind either
+                with suppress(OSError):
+                    target.rmdir()
+            raise
         return ImageRecord(key, target, meta)
 
     def _users(self, record: ImageRecord) -> list[str]:

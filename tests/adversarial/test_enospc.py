@@ -69,6 +69,9 @@ def assert_full_disk_error(result: Result, store: Path) -> None:
 def assert_nothing_half_made(cli: CLI) -> None:
     assert json.loads(cli.ok("images", "--json").out) == []
     assert json.loads(cli.ok("ls", "--json").out) == []
+    # Not even an image's directory without its record, or a half-written record.
+    assert list((cli.store / "images").iterdir()) == []
+    assert [p for p in cli.store.rglob("*.tmp") if "/tmp/" not in str(p.relative_to(cli.store.parent))] == []
 
 
 def test_a_build_into_a_full_store_fails_cleanly_and_leaves_nothing(small_fs: Path, rpm_repo: RpmRepo) -> None:
