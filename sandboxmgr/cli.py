@@ -729,7 +729,7 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if not trust_files:
         inline = {e.name: e.profile for e in selected if e.name in project.inline}
         others = [e.profile for e in selected if e.name not in project.inline]
-        found, digests = trust.findings(project.path, inline, others, app.registry.dirs)
+        found, digests = trust.findings(project.raw, inline, others, app.registry)
         trust.check(app.store, found, digests, project.root)
     # Every image first, each once, even when two entries share one.
     built: set[str] = set()
@@ -779,7 +779,7 @@ def trust_(app: App, project_dir: str, revoke: bool) -> None:
         raise SandboxError(f"no {matrix_.PROJECT_FILE} in {project.root}", hint="give the project's directory")
     listed = [name for name in matrix_.expand(project.profiles, project, app.registry) if name not in project.inline]
     others = [entry.profile for entry in matrix_.entries(listed, project, app.registry)]
-    found, digests = trust.findings(project.path, project.inline, others, app.registry.dirs)
+    found, digests = trust.findings(project.raw, project.inline, others, app.registry)
     trust.record(app.store, digests, revoke=revoke)
     if app.quiet:
         return

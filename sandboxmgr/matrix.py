@@ -62,6 +62,8 @@ class Project:
     # profile name, distro or family -> shell steps run once in the image (cached as layers)
     prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)
     inline: dict[str, Profile] = field(default_factory=dict)
+    # The project file as it was parsed: what trust.py checks is what runs.
+    raw: _Raw | None = field(default=None, compare=False, repr=False)
 
     @property
     def slug(self) -> str:
@@ -116,7 +118,7 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
         raise _problems(raw)
     inline = {name: registry.load_inline(name, part) for name, part in inline_raws.items()}
     return Project(path=path, root=root, profiles=tuple(profiles), command=command, workdir=workdir,
-                   env=env, prepare=prepare, inline=inline)
+                   env=env, prepare=prepare, inline=inline, raw=raw)
 
 
 def _problems(raw: _Raw) -> ProfileError:

@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import locale
 import re
 import shutil
 from collections.abc import Iterable, Mapping
@@ -264,6 +265,8 @@ class _Raw:
     # Where ``data`` sits in the file: () for a profile file, ("inline", NAME) for a
     # profile written inside a project file (keys and lines are the file's).
     prefix: tuple[str, ...] = ()
+    # The sha256 of the bytes parsed: what trust.py records and checks.
+    sha256: str = ""
 
     def line(self, keys: tuple[str, ...]) -> int:
         keys = (*self.prefix, *keys)
@@ -330,10 +333,12 @@ def _collection(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...],
 
 def _read(path: Path) -> _Raw:
     try:
-        text = path.read_text()
+        content = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
-    raw = _Raw(path=path, data={}, lines={}, errors=[])
+    # As read_text() would (the locale's encoding, universal newlines), from the bytes hashed.
+    text = content.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
+    raw = _Raw(path=path, data={}, lines={}, errors=[], sha256=hashlib.sha256(content).hexdigest())
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -807,6 +812,8 @@ class ProfileRegistry:
         self.dirs = list(dirs)
         self._files: dict[str, Path] | None = None
         self._aliases: dict[str, str] | None = None
+        # Every file a profile was loaded from, as it was parsed (trust.py checks these).
+        self.reads: dict[Path, _Raw] = {}
 
     def files(self) -> dict[str, Path]:
         if self._files is None:
@@ -890,6 +897,9 @@ class ProfileRegistry:
             raise ProfileError(f"{path}: extends forms a cycle: {chain}",
                                hint="remove one of the extends")
         raw = _read(path)
+        earlier = self.reads.setdefault(path, raw)
+        if earlier.sha256 != raw.sha256:  # read twice in one command, and different
+            raise ProfileError(f"{path} changed while it was being read", hint="run the command again")
         fields = _validate(raw)
         if raw.errors:
             count = len(raw.errors)

@@ -39,7 +39,6 @@ the distribution's keyring).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.profile import Profile, _Raw, _read
+from sandboxmgr.profile import Profile, ProfileRegistry, _Raw, _read
 from sandboxmgr.store import Store, now_iso
 
 TRUST_FORMAT = 1
@@ -114,10 +113,6 @@ def _local(value: Any) -> bool:
     return any(isinstance(url, str) and url.startswith("file:") for url in urls)
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- which files a matrix run reads --------------------------------------------------------------
 
 
@@ -141,15 +136,19 @@ def project_files(project_path: Path | None, inline: dict[str, Profile], others:
     return files
 
 
-def findings(project_path: Path | None, inline: dict[str, Profile], others: Iterable[Profile],
-             dirs: Iterable[Path]) -> tuple[list[Finding], dict[Path, str]]:
-    """Every key needing trust in the files of a matrix run, and the digest of each file as it
-    was scanned."""
+def findings(project_raw: _Raw | None, inline: dict[str, Profile], others: Iterable[Profile],
+             registry: ProfileRegistry) -> tuple[list[Finding], dict[Path, str]]:
+    """Every key needing trust in the files of a matrix run, and the sha256 of each file.
+
+    The files are scanned as they were parsed to make the profiles (the project's ``raw``,
+    the registry's ``reads``), not read again: what is checked is what runs."""
     result: list[Finding] = []
     digests: dict[Path, str] = {}
-    for path in project_files(project_path, inline, others, dirs):
-        before = digest(path)
-        raw = _read(path)
+    project_path = project_raw.path if project_raw is not None else None
+    for path in project_files(project_path, inline, others, registry.dirs):
+        raw = project_raw if project_raw is not None and path == project_path else registry.reads.get(path)
+        if raw is None:  # pragma: no cover - every file of a chain was read by the registry
+            raw = _read(path)
         if path == project_path:
             bodies = raw.data.get("inline")
             for name in inline:
@@ -158,9 +157,7 @@ def findings(project_path: Path | None, inline: dict[str, Profile], others: Iter
                     result += scan(raw.part(("inline", name), body))
         else:
             result += scan(raw)
-        if digest(path) != before:
-            raise SandboxError(f"{path} changed while it was being read", hint="run the command again")
-        digests[path] = before
+        digests[path] = raw.sha256
     return result, digests
 
 

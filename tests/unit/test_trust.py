@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import trust
+from sandboxmgr.errors import ProfileError
 from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.matrix import entries, expand, load_project
 from sandboxmgr.profile import ProfileRegistry
@@ -21,7 +22,7 @@ def findings(root: Path, text: str) -> list[trust.Finding]:
     project = load_project(root, registry)
     listed = [name for name in expand(project.profiles, project, registry) if name not in project.inline]
     others = [entry.profile for entry in entries(listed, project, registry)]
-    return trust.findings(project.path, project.inline, others, registry.dirs)[0]
+    return trust.findings(project.raw, project.inline, others, registry)[0]
 
 
 def inline(body: str) -> str:
@@ -94,7 +95,7 @@ def test_trusting_a_file_lets_it_through_until_it_is_edited(tmp_path: Path) -> N
     (project / "sandboxmgr.yaml").write_text(text)
     registry = ProfileRegistry(DIRS)
     loaded = load_project(project, registry)
-    found, digests = trust.findings(loaded.path, loaded.inline, [], registry.dirs)
+    found, digests = trust.findings(loaded.raw, loaded.inline, [], registry)
     with pytest.raises(trust.UntrustedError) as info:
         trust.check(store, found, digests, project)
     assert info.value.message.startswith(f"{project / 'sandboxmgr.yaml'}:4: inline.mine.mounts.0.source: ")
@@ -106,7 +107,8 @@ def test_trusting_a_file_lets_it_through_until_it_is_edited(tmp_path: Path) -> N
     trust.check(store, found, digests, project)  # trusted: no error
     # One byte more (a comment): a new digest, so the trust is gone.
     (project / "sandboxmgr.yaml").write_text(text + "# edited\n")
-    found, digests = trust.findings(loaded.path, loaded.inline, [], registry.dirs)
+    loaded = load_project(project, registry)
+    found, digests = trust.findings(loaded.raw, loaded.inline, [], registry)
     with pytest.raises(trust.UntrustedError):
         trust.check(store, found, digests, project)
     trust.record(store, digests)
@@ -122,3 +124,29 @@ def test_a_damaged_trust_list_trusts_nothing(tmp_path: Path) -> None:
     for text in ("", "[]", '{"files": []}', '{"files": {"/x": "abc"}}', "not json"):
         store.trust_file.write_text(text)
         assert trust.trusted(store) == {}
+
+
+def test_what_is_checked_is_what_was_parsed_not_the_file_read_again(tmp_path: Path) -> None:
+    """An edit between loading the project and checking it cannot slip an unchecked key through:
+    the check scans the parsed project, and its digest is of the parsed bytes."""
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "base.yaml").write_text("extends: debian-bookworm\nmounts: [{source: /, target: /h}]\n")
+    (tmp_path / "sandboxmgr.yaml").write_text(inline("mounts: [{source: /, target: /host}]") +
+                                              "  other:\n    extends: ci/base.yaml\n")
+    registry = ProfileRegistry(DIRS)
+    project = load_project(tmp_path, registry)
+    (tmp_path / "sandboxmgr.yaml").write_text("inline:\n  mine:\n    extends: debian-bookworm\n")
+    (tmp_path / "ci" / "base.yaml").write_text("extends: debian-bookworm\n")
+    found, digests = trust.findings(project.raw, project.inline, [], registry)
+    assert [f.key for f in found] == ["inline.mine.mounts.0.source", "mounts.0.source"]
+    assert project.raw is not None and digests[tmp_path / "sandboxmgr.yaml"] == project.raw.sha256
+
+
+def test_a_profile_file_that_changes_between_two_reads_of_one_command_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("extends: debian-bookworm\n")
+    registry = ProfileRegistry([*DIRS, tmp_path])
+    registry.load("p")
+    (tmp_path / "p.yaml").write_text("extends: debian-bookworm\nmounts: [{source: /, target: /h}]\n")
+    with pytest.raises(ProfileError) as info:
+        registry.load("p")
+    assert "changed while it was being read" in info.value.message
