@@ -424,16 +424,20 @@ class Store:
         if not lock.try_acquire():  # pragma: no cover - random names do not clash
             raise BusyError(f"temporary directory {ident} is in use")
         path = self.tmp_dir / ident
-        path.mkdir()
         try:
+            path.mkdir()
             yield path
         except (OSError, SandboxError) as exc:
             # A tool that ran out of space (dnf, mmdebstrap) fails with its own words: say
             # what happened, while the half-made tree still fills the disk (it goes below).
-            if isinstance(exc, NoSpaceError) or not _full(path):
+            literal = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            if isinstance(exc, NoSpaceError) or not (literal or _full(self.tmp_dir)):
                 raise
-            detail = exc.message if isinstance(exc, SandboxError) else (exc.strerror or str(exc))
-            raise no_space(self.root, f"{detail}; {_free_text(path)}") from exc
+            if isinstance(exc, SandboxError):
+                detail = exc.message
+            else:
+                detail = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+            raise no_space(self.root, f"{detail}; {_free_text(self.tmp_dir)}") from exc
         finally:
             try:
                 remove_tree(path)
@@ -714,7 +718,10 @@ def _full(path: Path) -> bool:
 
 
 def _free_text(path: Path) -> str:
-    info = os.statvfs(path)
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return "free space unknown"
     return f"{info.f_bavail * info.f_frsize // 1024} kB free"
 
 
