@@ -718,6 +718,7 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if command[:1] == ("--",):
         command = command[1:]
     project = matrix_.load_project(Path(project_dir).resolve(), app.registry)
+    from_project_file = not patterns
     patterns = patterns or project.profiles
     if not patterns:
         raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
@@ -730,7 +731,10 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
         inline = {e.name: e.profile for e in selected if e.name in project.inline}
         others = [e.profile for e in selected if e.name not in project.inline]
         found, digests = trust.findings(project.raw, inline, others, app.registry)
-        trust.check(app.store, found, digests, project.root)
+        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
+        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
+                                      app.registry.dirs)
+        trust.check(app.store, found, digests, project.root, set(covered))
     # Every image first, each once, even when two entries share one.
     built: set[str] = set()
     for entry in selected:

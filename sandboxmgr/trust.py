@@ -196,15 +196,20 @@ def record(store: Store, digests: dict[Path, str], revoke: bool = False) -> None
     os.rename(tmp, store.trust_file)
 
 
-def check(store: Store, found: list[Finding], digests: dict[Path, str], project_dir: Path) -> None:
-    """Refuse, in one line, the first key of a file the user does not trust."""
+def check(store: Store, found: list[Finding], digests: dict[Path, str], project_dir: Path,
+          covered: set[Path] | None = None) -> None:
+    """Refuse, in one line, the first key of a file the user does not trust. ``covered``: the
+    files 'sandboxmgr trust PROJECT_DIR' records (None: all of them)."""
     known = trusted(store)
     untrusted = [f for f in found if known.get(str(f.path)) != digests.get(f.path)]
     if not untrusted:
         return
     first = untrusted[0]
     more = f" (and {len(untrusted) - 1} more)" if len(untrusted) > 1 else ""
-    raise UntrustedError(
-        f"{first}; this file is not trusted{more}",
-        hint=f"read it; if you trust it: sandboxmgr matrix --trust (this run), "
-             f"or sandboxmgr trust {project_dir} (until the file changes)")
+    if covered is None or first.path in covered:
+        hint = (f"read it; if you trust it: sandboxmgr matrix --trust (this run), "
+                f"or sandboxmgr trust {project_dir} (until the file changes)")
+    else:
+        hint = ("read it; if you trust it: sandboxmgr matrix --trust (this run; 'sandboxmgr trust' records "
+                "the project file and the files it names, not one named with -p)")
+    raise UntrustedError(f"{first}; this file is not trusted{more}", hint=hint)

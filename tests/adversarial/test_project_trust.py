@@ -90,6 +90,12 @@ def test_a_profile_file_of_the_project_is_checked_through_extends_and_profiles(t
     # Named by path in profiles: (relative to the project, where matrix runs), two levels deep.
     (project / "sandboxmgr.yaml").write_text("profiles: [ci/top.yaml]\ncommand: 'true'\n")
     assert_refused(matrix(cli, project), project, f"{project / 'ci' / 'base.yaml'}:3", "bootstrap.extra_args")
+    # Named with -p: checked too; 'sandboxmgr trust' would not record it, so the hint names --trust only.
+    result = matrix(cli, project, "-p", "ci/top.yaml")
+    lines = result.err.splitlines()
+    assert result.code == 125 and len(lines) == 2, str(result)
+    assert lines[0].startswith(f"sandboxmgr: error: {project / 'ci' / 'base.yaml'}:3: bootstrap.extra_args: ")
+    assert "sandboxmgr matrix --trust" in lines[1] and "sandboxmgr trust /" not in lines[1], str(result)
     assert not (tmp_path / "owned").exists()
     nothing_made(cli)
 
