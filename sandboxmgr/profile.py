@@ -337,7 +337,13 @@ def _read(path: Path) -> _Raw:
     except OSError as exc:
         raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
     # As read_text() would (the locale's encoding, universal newlines), from the bytes hashed.
-    text = content.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
+    encoding = locale.getpreferredencoding(False)
+    try:
+        text = content.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        line = content[: exc.start].count(b"\n") + 1
+        raise ProfileError(f"{path}:{line}: not {encoding} text ({exc.reason})",
+                           hint="save the file as UTF-8") from None
     raw = _Raw(path=path, data={}, lines={}, errors=[], sha256=hashlib.sha256(content).hexdigest())
     loader = _Loader(text)
     try:

@@ -150,3 +150,10 @@ def test_urls_with_quotes_spaces_or_control_characters_are_refused(tmp_path: Pat
         if key == "gpgkey":
             repo["baseurl"] = "https://x.example/r"
         refused(tmp_path, {**RPM, "repositories": [repo]}, f"repositories.0.{key}")
+
+
+def test_a_file_that_is_not_text_is_a_clean_error_naming_its_line(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_bytes(b"distro: debian\nrelease: bookworm\ndescription: \xff\xfe\n")
+    with pytest.raises(ProfileError) as info:
+        ProfileRegistry([tmp_path]).load("p")
+    assert info.value.message.startswith(f"{tmp_path / 'p.yaml'}:3: not ")
