@@ -356,6 +356,7 @@ class Store:
         self.logs_dir = self.root / "logs"
         self.refs_dir = self.root / "refs"
         self.trust_file = self.root / "trusted.json"
+        self._private_paths = tuple(str(path) for path in self.private_dirs())
 
     def private_dirs(self) -> list[Path]:
         """The store's root and its top directories: no one but their owner may enter them."""
@@ -365,21 +366,30 @@ class Store:
         """Create the store's directories, each 0700, and tighten any an older version or a
         user made looser (a checkout's sandboxes/ is 0755 as git made it)."""
         try:
-            if not self.root.is_dir():
-                self.root.parent.mkdir(parents=True, exist_ok=True)
-            for directory in self.private_dirs():
-                with suppress(FileExistsError):
-                    os.mkdir(directory, STORE_MODE)
-                tighten_dir(directory)
+            self._private(create=True)
         except PermissionError:
             raise SandboxError(f"cannot create the store at {self.root}: permission denied",
                                hint="run as root, or point --store at a directory you own") from None
 
     def tighten(self) -> None:
         """Make the directories of the store that exist 0700 again (nothing is created)."""
-        for directory in self.private_dirs():
-            with suppress(FileNotFoundError):
-                tighten_dir(directory)
+        self._private(create=False)
+
+    def _private(self, create: bool) -> None:
+        # One stat per directory (every run passes here twice: the fast path counts).
+        for directory in self._private_paths:
+            try:
+                mode = os.stat(directory).st_mode
+            except FileNotFoundError:
+                if not create:
+                    continue
+                if directory == self._private_paths[0]:
+                    os.makedirs(os.path.dirname(directory), exist_ok=True)
+                with suppress(FileExistsError):
+                    os.mkdir(directory, STORE_MODE)
+                mode = os.stat(directory).st_mode
+            if mode & 0o077:
+                tighten_dir(Path(directory))
 
     def loose_dirs(self) -> list[tuple[Path, int]]:
         """The store's directories that another local user may enter, with their modes."""
@@ -469,23 +479,26 @@ class Store:
         return removed
 
     def _remove_stale_locks(self) -> None:
-        homes = {"tmp": self.tmp_dir, "sandbox": self.sandboxes_dir}
+        homes = {"tmp": str(self.tmp_dir), "sandbox": str(self.sandboxes_dir)}  # str: no Path cost per lock
         try:
             names = os.listdir(self.locks_dir)
         except FileNotFoundError:
             return
         for name in names:
+            if not name.startswith(("sandbox-", "tmp-")) or not name.endswith(".lock"):
+                continue  # image and layer locks stay with their image or layer
             kind, _, rest = name.partition("-")
             ident = rest[: -len(".lock")]
-            if kind not in homes or not name.endswith(".lock") or not ident.strip("."):
+            if not ident.strip("."):
                 continue
-            if os.path.lexists(homes[kind] / ident):
+            home = f"{homes[kind]}/{ident}"
+            if os.path.lexists(home):
                 continue
             lock = self.lock(kind, ident)
             if not lock.try_acquire():
                 continue  # in use: a tree being made, a command waiting for a sandbox
             try:
-                if not os.path.lexists(homes[kind] / ident):  # not made meanwhile
+                if not os.path.lexists(home):  # not made meanwhile
                     lock.path.unlink(missing_ok=True)
             finally:
                 lock.release()
