@@ -33,8 +33,10 @@ The keys, and why each needs trust:
 
 Everything else runs inside sandboxes and needs no trust: ``prepare`` steps and
 ``command`` (the project's own reason to exist), ``setup``, ``packages`` (from
-the signed archive), ``env``, ``limits``, an http(s) ``mirror`` (checked against
-the distribution's keyring).
+the signed archive), ``env``, ``limits``. An http(s) ``mirror`` or ``baseurl``
+needs none either: what it serves is checked against the distribution's key,
+and the request itself reaches nothing that the project's ``command`` (with the
+host's network, the default) could not reach anyway.
 """
 
 from __future__ import annotations
