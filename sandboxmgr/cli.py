@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError, no_space
 
 if TYPE_CHECKING:
     from sandboxmgr.profile import Profile, ProfileRegistry
@@ -137,7 +137,9 @@ def print_json(data: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="SANDBOXMGR_STORE",
+# readable=False: a store only root may read is an error of the commands that read it, not of
+# every command (profiles needs no store).
+@click.option("--store", "store_path", type=click.Path(path_type=Path, readable=False), envvar="SANDBOXMGR_STORE",
               help="The store directory (default: sandboxes/ in a checkout, else /var/lib/sandboxmgr).")
 @click.option("--configs", multiple=True, type=click.Path(file_okay=False),
               help="An extra profile directory (repeatable; also SANDBOXMGR_CONFIGS, colon-separated).")
@@ -177,10 +179,16 @@ def profiles(app: App, as_json: bool) -> None:
     """List profiles: the shipped ones, then system, user and --configs ones."""
     from sandboxmgr.profile import Profile
 
+    # Profiles need no store: a user other than root lists them too, with BUILT unknown.
+    try:
+        app.store.require_access(app.store.images_dir)
+        readable = True
+    except SandboxError:
+        readable = False
     rows: list[dict[str, Any]] = []
     for name, item in app.registry.load_all():
         if isinstance(item, Profile):
-            built = app.store.image(item.image_key()) is not None
+            built = app.store.image(item.image_key()) is not None if readable else None
             rows.append({"name": name, "distro": item.distro, "release": item.release,
                          "arch": item.arch, "aliases": list(item.aliases), "built": built,
                          "key": item.image_key(), "description": item.description,
@@ -189,12 +197,15 @@ def profiles(app: App, as_json: bool) -> None:
             rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],
                          "built": False, "key": None, "description": "",
                          "path": str(app.registry.files()[name]), "error": item.message})
+    if not readable:
+        click.echo(f"note: BUILT is unknown ('?'): the store {app.store.root} is root's alone; "
+                   "run as root to see it", err=True)
     if as_json:
         print_json(rows)
         return
     print_table(
         ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
-        [[r["name"], r["distro"], r["release"], r["arch"], "yes" if r["built"] else "no",
+        [[r["name"], r["distro"], r["release"], r["arch"], "?" if r["built"] is None else "yes" if r["built"] else "no",
           ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
          for r in rows],
     )
@@ -648,7 +659,7 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
         return 1 if left else 0
     if not findings:
         click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
-                   f"or processes ({app.store.root})")
+                   f"or processes, and the store is private ({app.store.root})")
         return 0
     print_table(["KIND", "WHAT", "DETAIL"],
                 [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
@@ -708,10 +719,13 @@ class MatrixView:
 @click.option("--keep-failed", is_flag=True, help="Keep each failed profile's sandbox to step into it.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.option("--trust", "trust_files", is_flag=True,
+              help="Trust the project's files for this run: let them set host mounts, bootstrap arguments, "
+                   "keys and local repositories (see 'sandboxmgr trust').")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fail_fast: bool, keep_failed: bool,
-           junit_path: str | None, as_json: bool, command: tuple[str, ...]) -> int:
+           junit_path: str | None, as_json: bool, trust_files: bool, command: tuple[str, ...]) -> int:
     """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
 
     Exit status 0 only if it passed in every profile, 1 if it failed in any.
@@ -719,11 +733,13 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     import time
 
     from sandboxmgr import matrix as matrix_
+    from sandboxmgr import trust
 
     _require_root(app, "matrix")
     if command[:1] == ("--",):
         command = command[1:]
     project = matrix_.load_project(Path(project_dir).resolve(), app.registry)
+    from_project_file = not patterns
     patterns = patterns or project.profiles
     if not patterns:
         raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
@@ -731,6 +747,15 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if not command:
         raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
     selected = matrix_.entries(matrix_.expand(patterns, project, app.registry), project, app.registry)
+    # Before anything is built: keys that make the host run or trust what the project chose.
+    if not trust_files:
+        inline = {e.name: e.profile for e in selected if e.name in project.inline}
+        others = [e.profile for e in selected if e.name not in project.inline]
+        found, digests = trust.findings(project.raw, inline, others, app.registry)
+        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
+        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
+                                      app.registry.dirs)
+        trust.check(app.store, found, digests, project.root, set(covered))
     # Every image first, each once, even when two entries share one.
     built: set[str] = set()
     for entry in selected:
@@ -758,6 +783,39 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     return 0 if all(r.status == "passed" for r in results) else 1
 
 
+@cli.command(name="trust")
+@click.argument("project_dir", type=click.Path(file_okay=False, exists=True), default=".", required=False)
+@click.option("--revoke", is_flag=True, help="No longer trust the project's files.")
+@pass_app
+def trust_(app: App, project_dir: str, revoke: bool) -> None:
+    """Trust PROJECT_DIR's sandboxmgr.yaml (and the profile files it names) as they are now.
+
+    A trusted project file may set what makes the host read, run or trust something it
+    chose: host mounts, bootstrap.extra_args and keyring, file:// mirrors and repositories,
+    repository keys, gpgcheck: false. The sha256 of each file is recorded in the store;
+    any edit to a file revokes its trust.
+    """
+    from sandboxmgr import matrix as matrix_
+    from sandboxmgr import trust
+
+    _require_root(app, "trust")
+    project = matrix_.load_project(Path(project_dir).resolve(), app.registry)
+    if project.path is None:
+        raise SandboxError(f"no {matrix_.PROJECT_FILE} in {project.root}", hint="give the project's directory")
+    listed = [name for name in matrix_.expand(project.profiles, project, app.registry) if name not in project.inline]
+    others = [entry.profile for entry in matrix_.entries(listed, project, app.registry)]
+    found, digests = trust.findings(project.raw, project.inline, others, app.registry)
+    trust.record(app.store, digests, revoke=revoke)
+    if app.quiet:
+        return
+    for path, sha256 in digests.items():
+        click.echo(f"{'no longer trusted' if revoke else 'trusted'}: {path} (sha256 {sha256[:16]})")
+    if not revoke:
+        for finding in found:
+            click.echo(f"  may now set {finding.key} ({finding.path.name}:{finding.line})")
+        click.echo("an edit to any of these files revokes its trust")
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -770,6 +828,43 @@ def _error(message: str, hint: str | None) -> None:
     click.echo(f"sandboxmgr: error: {message}", err=True)
     if hint:
         click.echo(f"hint: {hint}", err=True)
+
+
+def _store_of(argv: Sequence[str]) -> Path:
+    """The store a command line names (--store DIR, SANDBOXMGR_STORE, the default), for
+    errors that come after click's context is gone."""
+    from sandboxmgr.locations import default_store
+
+    args = list(argv)
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--store" and index + 1 < len(args):
+            return Path(os.path.abspath(args[index + 1]))
+        if arg.startswith("--store="):
+            return Path(os.path.abspath(arg.split("=", 1)[1]))
+    return Path(os.path.abspath(default_store()))
+
+
+def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
+    """One line and a hint for what the system refused: a full disk, a permission."""
+    import errno
+
+    store = _store_of(argv)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = no_space(store, str(exc.filename) if exc.filename else "")
+        if exc.errno == errno.EDQUOT:
+            full.message = full.message.replace("no space left on device", "disk quota exceeded")
+        return full.message, full.hint
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        inside = exc.filename is not None and (str(exc.filename) + "/").startswith(str(store) + "/")
+        if inside and os.geteuid() != 0:
+            return (f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
+                    "and device nodes of sandboxes)", "run it as root (sudo sandboxmgr ...)")
+        return f"permission denied{where}", "sandboxmgr works as root: run it with sudo, or as root"
+    return (f"{exc.strerror or exc}{where}",
+            "run again with --debug for the traceback; report it if it is not the system's fault")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -797,6 +892,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except SandboxError as exc:
         _error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if debug:
+            raise
+        problem, advice = _os_error(exc, argv if argv is not None else sys.argv[1:])
+        _error(problem, advice)
+        sys.exit(EXIT_MANAGER)
     except Exception as exc:
         if debug:
             raise

@@ -13,7 +13,10 @@ The doctor checks that promise and cleans up what is left anyway:
   (sandboxes never mount there; a crash of an older version or a hand-made
   bind might have);
 * **tmp** - a ``tmp/`` entry whose lock nobody holds;
-* **lock** - a ``tmp-*``/``sandbox-*`` lock file whose directory is gone.
+* **lock** - a ``tmp-*``/``sandbox-*`` lock file whose directory is gone;
+* **permissions** - the store's root or a top directory that another local user
+  may enter (the store must be 0700: it holds setuid binaries and device nodes
+  that sandboxes planted); fixed by making it 0700 again.
 
 Processes and cgroups are the machine's, not one store's: the doctor reports
 those of every store. Anything in use (a lock held, a manager alive) is left
@@ -37,9 +40,9 @@ from typing import Any
 from sandboxmgr import cgroups, linux, mountinfo
 from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError
-from sandboxmgr.store import Store, is_locked
+from sandboxmgr.store import Store, is_locked, tighten_dir
 
-KINDS = ("process", "cgroup", "mount", "tmp", "lock")
+KINDS = ("process", "cgroup", "mount", "tmp", "lock", "permissions")
 
 
 @dataclass
@@ -64,7 +67,7 @@ def examine(store: Store) -> list[Finding]:
                            hint="run it with sudo, or as root")
     root = Path(os.path.realpath(store.root))
     findings = _orphaned_inits() + _processes_in(store, root) + _cgroups()
-    findings += _mounts(store, root) + _temporaries(store) + _locks(store)
+    findings += _mounts(store, root) + _temporaries(store) + _locks(store) + _permissions(store)
     return findings
 
 
@@ -78,7 +81,7 @@ def repair(store: Store, findings: list[Finding]) -> None:
     if killed:
         time.sleep(0.2)  # let the kernel tear down the dead sandboxes' namespaces
     for finding in findings:
-        if finding.kind in ("cgroup", "mount", "lock") and finding.repair is not None:
+        if finding.kind in ("cgroup", "mount", "lock", "permissions") and finding.repair is not None:
             _attempt(finding)
     temporaries = [f for f in findings if f.kind == "tmp"]
     if temporaries:
@@ -285,3 +288,17 @@ def _unlink_lock(store: Store, kind: str, name: str, home: Path) -> Callable[[],
         finally:
             lock.release()
     return unlink
+
+
+def _permissions(store: Store) -> list[Finding]:
+    return [Finding("permissions", str(directory),
+                    f"mode {mode:04o}: other local users can reach what sandboxes planted there "
+                    "(setuid binaries, device nodes); the store must be 0700",
+                    _tighten(directory))
+            for directory, mode in store.loose_dirs()]
+
+
+def _tighten(directory: Path) -> Callable[[], None]:
+    def tighten() -> None:
+        tighten_dir(directory)  # refuses a shared directory (/tmp) rather than making it 0700
+    return tighten

@@ -64,5 +64,17 @@ class UnsafeRemovalError(SandboxError):
     """Removal refused because something is still mounted inside the tree."""
 
 
+class NoSpaceError(SandboxError):
+    """The store's file system is full; whatever was being made was removed."""
+
+
+def no_space(store: object, detail: str = "") -> NoSpaceError:
+    """The one line (and hint) for a full disk under the store."""
+    return NoSpaceError(f"no space left on device in the store {store}{f' ({detail})' if detail else ''}; "
+                        "nothing half-made was kept",
+                        hint="free some space (sandboxmgr prune, sandboxmgr rmi PROFILE, sandboxmgr rm NAME), "
+                             "then try again")
+
+
 class CommandFailed(SandboxError):
     """The command inside the sandbox could not be started (126/127)."""

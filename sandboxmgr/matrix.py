@@ -62,6 +62,8 @@ class Project:
     # profile name, distro or family -> shell steps run once in the image (cached as layers)
     prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)
     inline: dict[str, Profile] = field(default_factory=dict)
+    # The project file as it was parsed: what trust.py checks is what runs.
+    raw: _Raw | None = field(default=None, compare=False, repr=False)
 
     @property
     def slug(self) -> str:
@@ -106,7 +108,7 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
             raw.error(("inline",), f"must map names to profiles, not {_type_name(value)}")
         else:
             for name, body in value.items():
-                if not NAME_RE.match(name):
+                if not NAME_RE.fullmatch(name):
                     raw.error(("inline", name), f"{name!r} is not a valid profile name")
                 elif not isinstance(body, dict):
                     raw.error(("inline", name), f"must be a profile (a mapping), not {_type_name(body)}")
@@ -116,7 +118,7 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
         raise _problems(raw)
     inline = {name: registry.load_inline(name, part) for name, part in inline_raws.items()}
     return Project(path=path, root=root, profiles=tuple(profiles), command=command, workdir=workdir,
-                   env=env, prepare=prepare, inline=inline)
+                   env=env, prepare=prepare, inline=inline, raw=raw)
 
 
 def _problems(raw: _Raw) -> ProfileError:
@@ -143,7 +145,7 @@ def _env(raw: _Raw, value: Any) -> dict[str, str]:
         return {}
     env = {}
     for key, item in value.items():
-        if not ENV_KEY_RE.match(str(key)):
+        if not ENV_KEY_RE.fullmatch(str(key)):
             raw.error(("env", str(key)), "is not a valid environment variable name")
         elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
             env[str(key)] = str(item)

@@ -10,9 +10,11 @@ import re
 
 from sandboxmgr.errors import ProfileError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Every pattern here ends in \Z, not $: "$" also matches before a final newline, so
+# "x\n" would pass a .match() of "^...$". Callers use fullmatch all the same.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # Bumped when the meaning of a build input changes, so old layers are not reused.
 BUILD_FORMAT = 2
 
@@ -25,7 +27,7 @@ def hostname_for(name: str) -> str:
 
 def check_name(name: str, what: str = "name") -> str:
     """Refuse a name that could escape a directory before anything touches disk."""
-    if not NAME_RE.match(name) or len(name) > 128:
+    if not NAME_RE.fullmatch(name) or len(name) > 128:
         raise ProfileError(
             f"invalid {what} {name!r}: {NAME_RULE}",
             hint="pick a name like 'debian-bookworm' or 'work-1'",

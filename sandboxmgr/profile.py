@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import locale
 import re
 import shutil
 from collections.abc import Iterable, Mapping
@@ -36,7 +37,8 @@ from sandboxmgr.names import BUILD_FORMAT, HOSTNAME_RE, NAME_RE, NAME_RULE, chec
 
 __all__ = ["HOSTNAME_RE", "NAME_RE", "NAME_RULE", "Profile", "ProfileRegistry", "check_name"]
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Patterns end in \Z and are used with fullmatch: "$" would let a trailing newline through.
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 METHODS = ("debootstrap", "mmdebstrap", "dnf")
 DEBOOTSTRAP_VARIANTS = ("minbase", "buildd", "fakechroot", "default")
@@ -45,7 +47,20 @@ MMDEBSTRAP_VARIANTS = (
     "buildd", "important", "debootstrap", "standard", "default",
 )
 NETWORKS = ("host", "none")
-REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+REPO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
+# Fields that become part of a path or a file name (STORE/cache/DISTRO-RELEASE-ARCH):
+# Debian's and Ubuntu's code names and numbers, Fedora's 40 and rawhide, CentOS's stream9.
+RELEASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_-]{0,63}\Z")
+RELEASE_RULE = "letters, digits, '.', '+', '~', '_' and '-', starting with a letter or digit"
+ARCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
+# A component is a word, or words joined by '/' (updates/main): no '..', no leading '/'.
+COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]*(/[A-Za-z0-9][A-Za-z0-9.+_-]*)*\Z")
+# A plain URL: http(s) with a host name or address, or file:// with an absolute path; no
+# spaces, quotes, backslashes, '#' or control characters (a mirror ends up in a sources.list
+# line, a baseurl in a .repo file: either would let such a URL add lines or options).
+URL_RE = re.compile(r"(https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?"
+                    r"([/?][A-Za-z0-9._~%!$&()*+,;=:@/?-]*)?"
+                    r"|file:///[A-Za-z0-9._~%!$&()*+,;=:@/?-]*)\Z")
 
 
 
@@ -251,6 +266,8 @@ class _Raw:
     # Where ``data`` sits in the file: () for a profile file, ("inline", NAME) for a
     # profile written inside a project file (keys and lines are the file's).
     prefix: tuple[str, ...] = ()
+    # The sha256 of the bytes parsed: what trust.py records and checks.
+    sha256: str = ""
 
     def line(self, keys: tuple[str, ...]) -> int:
         keys = (*self.prefix, *keys)
@@ -317,10 +334,18 @@ def _collection(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...],
 
 def _read(path: Path) -> _Raw:
     try:
-        text = path.read_text()
+        content = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
-    raw = _Raw(path=path, data={}, lines={}, errors=[])
+    # As read_text() would (the locale's encoding, universal newlines), from the bytes hashed.
+    encoding = locale.getpreferredencoding(False)
+    try:
+        text = content.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        line = content[: exc.start].count(b"\n") + 1
+        raise ProfileError(f"{path}:{line}: not {encoding} text ({exc.reason})",
+                           hint="save the file as UTF-8") from None
+    raw = _Raw(path=path, data={}, lines={}, errors=[], sha256=hashlib.sha256(content).hexdigest())
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -431,17 +456,21 @@ def _validate(raw: _Raw) -> dict[str, Any]:
             known = distros.known_distros()
             raw.error(("distro",), f"{distro!r} is not one of {', '.join(known)}{_did_you_mean(distro, known)}"
                       " (a custom RPM distro needs bootstrap.method: dnf)")
-        elif not NAME_RE.match(distro):
+        elif not NAME_RE.fullmatch(distro):
             raw.error(("distro",), f"{distro!r} is not a valid name: {NAME_RULE}")
         out["distro"] = distro
+    if out.get("release") is not None and not RELEASE_RE.fullmatch(out["release"]):
+        raw.error(("release",), f"{out['release']!r} is not a valid release: {RELEASE_RULE}")
     arch = _scalar(raw, data, ("arch",))
     if arch is not None:
+        if not ARCH_RE.fullmatch(arch):
+            raw.error(("arch",), f"{arch!r} is not a valid architecture (like amd64, arm64, x86_64)")
         out["arch"] = arch
     network = _scalar(raw, data, ("network",))
     if network is not None:
         _choice(raw, ("network",), network, NETWORKS)
         out["network"] = network
-    if out.get("hostname") is not None and not HOSTNAME_RE.match(out["hostname"]):
+    if out.get("hostname") is not None and not HOSTNAME_RE.fullmatch(out["hostname"]):
         raw.error(("hostname",), f"{out['hostname']!r} is not a valid host name")
     if out.get("workdir") is not None and not out["workdir"].startswith("/"):
         raw.error(("workdir",), "must be an absolute path inside the sandbox, like /src")
@@ -449,8 +478,9 @@ def _validate(raw: _Raw) -> dict[str, Any]:
         items = _string_list(raw, data, (key,))
         if items is not None:
             out[key] = items
+    _no_options(raw, ("packages",), out.get("packages", []))
     for index, alias in enumerate(out.get("aliases", [])):
-        if not NAME_RE.match(alias):
+        if not NAME_RE.fullmatch(alias):
             raw.error(("aliases", str(index)), f"{alias!r} is not a valid name: {NAME_RULE}")
     if "env" in data:
         out["env"] = _validate_env(raw, data["env"])
@@ -499,11 +529,30 @@ def _url_list(raw: _Raw, item: dict[str, Any], keys: tuple[str, ...]) -> list[st
     urls = [value] if isinstance(value, str) else _string_list(raw, item, keys) or []
     good = []
     for url in urls:
-        if not re.match(r"^(https?|file|ftp)://", url):
-            raw.error(keys, f"{url!r} is not an http://, https:// or file:// URL")
+        problem = url_problem(url)
+        if problem:
+            raw.error(keys, problem)
         else:
             good.append(url)
     return good
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a plain http://, https:// or file:///PATH URL, or None."""
+    if URL_RE.fullmatch(url):
+        return None
+    if not re.match(r"(https?|file)://", url):
+        return f"{url!r} is not an http://, https:// or file:// URL"
+    return (f"{url!r} is not a plain URL: spaces, quotes, backslashes, '#', control characters "
+            "and user names are not allowed (a file:// URL needs an absolute path: file:///...)")
+
+
+def _no_options(raw: _Raw, keys: tuple[str, ...], items: list[str]) -> None:
+    """Package names reach apt, dnf and the bootstrap tools as arguments: none may pass for an option."""
+    for index, item in enumerate(items):
+        if item.startswith("-") or not item.strip() or any(ord(char) < 32 for char in item):
+            raw.error((*keys, str(index)), f"{item!r} is not a package name (it would reach the package "
+                                           "manager as an option or a broken argument)")
 
 
 def _validate_repositories(raw: _Raw, value: Any) -> list[dict[str, Any]]:
@@ -521,7 +570,7 @@ def _validate_repositories(raw: _Raw, value: Any) -> list[dict[str, Any]]:
         if name is None:
             raw.error(keys, "needs a name")
             continue
-        if not REPO_NAME_RE.match(name):
+        if not REPO_NAME_RE.fullmatch(name):
             raw.error((*keys, "name"), f"{name!r} is not a valid repository id")
         repo: dict[str, Any] = {"name": name}
         for key in ("baseurl", "gpgkey"):
@@ -543,9 +592,6 @@ def _validate_repositories(raw: _Raw, value: Any) -> list[dict[str, Any]]:
         if gpgcheck and not item.get("gpgkey"):
             raw.error(keys, "gpgcheck is on (the default) but no gpgkey is given; "
                             "add gpgkey: file:///... or https://...")
-        for url in repo.get("gpgkey", []) + repo.get("baseurl", []):
-            if url.startswith("file://") and not url.startswith("file:///"):
-                raw.error(keys, f"{url!r}: a file:// URL needs an absolute path (file:///...)")
         repos.append(repo)
     return repos
 
@@ -556,7 +602,7 @@ def _validate_env(raw: _Raw, value: Any) -> dict[str, str]:
         return {}
     env = {}
     for key, item in value.items():
-        if not ENV_KEY_RE.match(key):
+        if not ENV_KEY_RE.fullmatch(key):
             raw.error(("env", key), "is not a valid environment variable name")
         elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
             env[key] = str(item)
@@ -615,8 +661,9 @@ def _validate_bootstrap(raw: _Raw, value: Any) -> dict[str, Any]:
         out["variant"] = variant
     mirror = _scalar(raw, value, (*keys, "mirror"))
     if mirror is not None:
-        if not re.match(r"^(https?|file)://", mirror):
-            raw.error((*keys, "mirror"), f"{mirror!r} is not an http://, https:// or file:// URL")
+        problem = url_problem(mirror)
+        if problem:
+            raw.error((*keys, "mirror"), problem)
         out["mirror"] = mirror
     rpmdb = _scalar(raw, value, (*keys, "rpmdb"))
     if rpmdb is not None:
@@ -638,6 +685,12 @@ def _validate_bootstrap(raw: _Raw, value: Any) -> dict[str, Any]:
         items = _string_list(raw, value, (*keys, key))
         if items is not None:
             out[key] = items
+    for index, component in enumerate(out.get("components", [])):
+        if not COMPONENT_RE.fullmatch(component):
+            raw.error((*keys, "components", str(index)), f"{component!r} is not a valid archive component "
+                                                         "(like main, contrib, non-free-firmware)")
+    for key in ("include", "exclude"):
+        _no_options(raw, (*keys, key), out.get(key, []))
     return out
 
 
@@ -774,6 +827,8 @@ class ProfileRegistry:
         self.dirs = list(dirs)
         self._files: dict[str, Path] | None = None
         self._aliases: dict[str, str] | None = None
+        # Every file a profile was loaded from, as it was parsed (trust.py checks these).
+        self.reads: dict[Path, _Raw] = {}
 
     def files(self) -> dict[str, Path]:
         if self._files is None:
@@ -782,7 +837,7 @@ class ProfileRegistry:
                 if not directory.is_dir():
                     continue
                 for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
-                    if NAME_RE.match(path.stem):
+                    if NAME_RE.fullmatch(path.stem):
                         found[path.stem] = path
             self._files = found
         return self._files
@@ -857,6 +912,9 @@ class ProfileRegistry:
             raise ProfileError(f"{path}: extends forms a cycle: {chain}",
                                hint="remove one of the extends")
         raw = _read(path)
+        earlier = self.reads.setdefault(path, raw)
+        if earlier.sha256 != raw.sha256:  # read twice in one command, and different
+            raise ProfileError(f"{path} changed while it was being read", hint="run the command again")
         fields = _validate(raw)
         if raw.errors:
             count = len(raw.errors)

@@ -10,6 +10,15 @@ Layout::
     STORE/tmp/ID/                  builds and ephemeral sandboxes in progress
     STORE/locks/*.lock             flock(2) locks: image-KEY, sandbox-NAME, tmp-ID
     STORE/logs/                    build logs
+    STORE/refs/                    resolved profiles (the fast path of run)
+    STORE/trusted.json             project files the user trusts (sandboxmgr trust)
+
+The store's root and every top directory are root's alone (0700): root inside a
+sandbox can plant a setuid-root binary or a device node in its upper directory,
+images have setuid binaries of their own, and the store is on an ordinary file
+system (not nosuid, not nodev). A local user who could reach those files by path
+would run them as root or open the devices. :meth:`Store.ensure` makes the store
+so, and tightens one whose modes were loosened; ``doctor`` reports it.
 
 Everything is created in ``tmp/`` and renamed into place when complete, so a
 crash never leaves a half-made image or sandbox that looks finished. A tmp
@@ -32,7 +41,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
-from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, UnsafeRemovalError
+from sandboxmgr.errors import BusyError, NoSpaceError, NotFoundError, SandboxError, UnsafeRemovalError, no_space
 from sandboxmgr.names import check_name
 from sandboxmgr.record import record
 
@@ -41,6 +50,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 _UNSAFE_CHARS = set(",:\\\n\t ")
+# As Docker's /var/lib/docker (0710), but without even the group's search right.
+STORE_MODE = 0o700
+TOP_DIRS = ("images", "layers", "cache", "sandboxes", "tmp", "locks", "logs", "refs")
 
 
 # --- safe removal ---------------------------------------------------------------------
@@ -304,7 +316,11 @@ class SandboxRecord:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written record behind
+        raise
     os.rename(tmp, path)
 
 
@@ -338,15 +354,71 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.logs_dir = self.root / "logs"
+        self.refs_dir = self.root / "refs"
+        self.trust_file = self.root / "trusted.json"
+        self._private_paths = tuple(str(path) for path in self.private_dirs())
+
+    def private_dirs(self) -> list[Path]:
+        """The store's root and its top directories: no one but their owner may enter them."""
+        return [self.root, *(self.root / name for name in TOP_DIRS)]
 
     def ensure(self) -> None:
-        for directory in (self.images_dir, self.layers_dir, self.sandboxes_dir, self.tmp_dir, self.locks_dir,
-                          self.logs_dir, self.cache_dir):
+        """Create the store's directories, each 0700, and tighten any an older version or a
+        user made looser (a checkout's sandboxes/ is 0755 as git made it)."""
+        try:
+            self._private(create=True)
+        except PermissionError:
+            raise SandboxError(f"cannot create the store at {self.root}: permission denied",
+                               hint="run as root, or point --store at a directory you own") from None
+
+    def tighten(self) -> None:
+        """Make the directories of the store that exist 0700 again (nothing is created)."""
+        self._private(create=False)
+
+    def _private(self, create: bool) -> None:
+        # One stat per directory (every run passes here twice: the fast path counts).
+        for directory in self._private_paths:
             try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except PermissionError:
-                raise SandboxError(f"cannot create the store at {self.root}: permission denied",
-                                   hint="run as root, or point --store at a directory you own") from None
+                mode = os.stat(directory).st_mode
+            except FileNotFoundError:
+                if not create:
+                    continue
+                if directory == self._private_paths[0]:
+                    os.makedirs(os.path.dirname(directory), exist_ok=True)
+                with suppress(FileExistsError):
+                    os.mkdir(directory, STORE_MODE)
+                mode = os.stat(directory).st_mode
+            if mode & 0o077:
+                tighten_dir(Path(directory))
+
+    def loose_dirs(self) -> list[tuple[Path, int]]:
+        """The store's directories that another local user may enter, with their modes."""
+        found = []
+        for directory in self.private_dirs():
+            try:
+                mode = stat.S_IMODE(os.stat(directory).st_mode)
+            except OSError:
+                continue
+            if mode & 0o077:
+                found.append((directory, mode))
+        return found
+
+    def require_access(self, directory: Path) -> None:
+        """For the commands that only read (ls, images): a clear error, not a traceback or an
+        empty list, when the store is root's and the caller is not."""
+        try:
+            os.stat(directory)
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            pass
+        else:
+            if os.access(directory, os.R_OK | os.X_OK):
+                return
+        raise SandboxError(
+            f"cannot read the store {self.root}: it is root's alone (it holds setuid binaries "
+            "and device nodes of sandboxes)",
+            hint="run it as root (sudo sandboxmgr ...)")
 
     # -- locks
     def lock(self, kind: str, name: str) -> Lock:
@@ -362,9 +434,20 @@ class Store:
         if not lock.try_acquire():  # pragma: no cover - random names do not clash
             raise BusyError(f"temporary directory {ident} is in use")
         path = self.tmp_dir / ident
-        path.mkdir()
         try:
+            path.mkdir()
             yield path
+        except (OSError, SandboxError) as exc:
+            # A tool that ran out of space (dnf, mmdebstrap) fails with its own words: say
+            # what happened, while the half-made tree still fills the disk (it goes below).
+            literal = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            if isinstance(exc, NoSpaceError) or not (literal or _full(self.tmp_dir)):
+                raise
+            if isinstance(exc, SandboxError):
+                detail = exc.message
+            else:
+                detail = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+            raise no_space(self.root, f"{detail}; {_free_text(self.tmp_dir)}") from exc
         finally:
             try:
                 remove_tree(path)
@@ -373,10 +456,13 @@ class Store:
                 lock.path.unlink(missing_ok=True)
 
     def clean_leftovers(self) -> list[Path]:
-        """Remove tmp/ entries of processes that died (their lock is free)."""
+        """Remove tmp/ entries of processes that died (their lock is free), and lock files of
+        tmp entries and sandboxes that are gone (a kill between removing one and its lock)."""
         removed: list[Path] = []
+        self.tighten()
         if not self.tmp_dir.is_dir():
             return removed
+        self._remove_stale_locks()
         for entry in sorted(self.tmp_dir.iterdir()):
             lock = self.lock("tmp", entry.name)
             if not lock.try_acquire():
@@ -391,6 +477,31 @@ class Store:
                 lock.release()
                 lock.path.unlink(missing_ok=True)
         return removed
+
+    def _remove_stale_locks(self) -> None:
+        homes = {"tmp": str(self.tmp_dir), "sandbox": str(self.sandboxes_dir)}  # str: no Path cost per lock
+        try:
+            names = os.listdir(self.locks_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.startswith(("sandbox-", "tmp-")) or not name.endswith(".lock"):
+                continue  # image and layer locks stay with their image or layer
+            kind, _, rest = name.partition("-")
+            ident = rest[: -len(".lock")]
+            if not ident.strip("."):
+                continue
+            home = f"{homes[kind]}/{ident}"
+            if os.path.lexists(home):
+                continue
+            lock = self.lock(kind, ident)
+            if not lock.try_acquire():
+                continue  # in use: a tree being made, a command waiting for a sandbox
+            try:
+                if not os.path.lexists(home):  # not made meanwhile
+                    lock.path.unlink(missing_ok=True)
+            finally:
+                lock.release()
 
     # -- layers
     def layer(self, key: str) -> LayerRecord | None:
@@ -464,6 +575,7 @@ class Store:
             return None
 
     def images(self) -> list[ImageRecord]:
+        self.require_access(self.images_dir)
         if not self.images_dir.is_dir():
             return []
         records = [self.image(entry.name) for entry in sorted(self.images_dir.iterdir())]
@@ -474,8 +586,15 @@ class Store:
         """Write an image record (its layers exist already) atomically."""
         self.ensure()
         target = self.images_dir / key
+        made = not target.is_dir()
         target.mkdir(exist_ok=True)
-        _write_json(target / "image.json", meta)
+        try:
+            _write_json(target / "image.json", meta)
+        except OSError:
+            if made:  # a full disk: no empty image directory left behind either
+                with suppress(OSError):
+                    target.rmdir()
+            raise
         return ImageRecord(key, target, meta)
 
     def _users(self, record: ImageRecord) -> list[str]:
@@ -542,6 +661,7 @@ class Store:
         return SandboxRecord(name, path, _read_json(meta_path))
 
     def sandboxes(self) -> list[SandboxRecord]:
+        self.require_access(self.sandboxes_dir)
         if not self.sandboxes_dir.is_dir():
             return []
         result = []
@@ -594,6 +714,41 @@ class Store:
                 pass
             # Unlinked while held: whoever waits on this file then sees it is gone (_flock).
             lock.path.unlink(missing_ok=True)
+
+
+def _full(path: Path) -> bool:
+    """Whether the file system of ``path`` is (as good as) full: less than 2% of its space (at
+    least 8 MiB, at most 64 MiB: dnf refuses a transaction that would not fit, before the
+    disk is quite full) or of its inodes left."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    free = info.f_bavail * info.f_frsize
+    space = free < min(64 << 20, max(8 << 20, info.f_blocks * info.f_frsize // 50))
+    inodes = info.f_files > 0 and info.f_favail < max(16, info.f_files // 50)
+    return space or inodes
+
+
+def _free_text(path: Path) -> str:
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return "free space unknown"
+    return f"{info.f_bavail * info.f_frsize // 1024} kB free"
+
+
+def tighten_dir(directory: Path) -> None:
+    """Make a directory of the store 0700 (from anything looser); refuse a shared one."""
+    info = os.stat(directory)
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if mode & (stat.S_ISVTX | stat.S_IWOTH) or os.path.realpath(directory) == "/":
+        # /tmp, /: making it 0700 would break the machine, and a store there is not one's own.
+        raise SandboxError(f"the store {directory} is a shared directory (mode {mode:04o}), not one of its own",
+                           hint="point --store (or SANDBOXMGR_STORE) at a new directory, e.g. /var/lib/sandboxmgr")
+    os.chmod(directory, mode & ~0o077)
 
 
 def warn(message: str) -> None:

@@ -194,7 +194,8 @@ def rpm_repo(tmp_path_factory: pytest.TempPathFactory) -> RpmRepo:
 @pytest.fixture(scope="session", autouse=True)
 def doctor_finds_nothing_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the whole suite, `sandboxmgr doctor` finds nothing left in any store the tests ran
-    sandboxmgr on: no mount, temporary directory or lock that a crash (or a bug) left behind."""
+    sandboxmgr on: no mount, temporary directory or lock that a crash (or a bug) left behind, and
+    no store another local user may enter."""
     used: set[str] = set()
     argv = CLI.argv
 
@@ -218,7 +219,7 @@ def doctor_finds_nothing_at_the_end(tmp_path_factory: pytest.TempPathFactory) ->
         proc = subprocess.run([sys.executable, "-m", "sandboxmgr", "--store", store, "doctor", "--json"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode in (0, 1), proc.stderr
-        left = [f for f in json.loads(proc.stdout) if f["kind"] in ("mount", "tmp", "lock")]
+        left = [f for f in json.loads(proc.stdout) if f["kind"] in ("mount", "tmp", "lock", "permissions")]
         if left:
             problems[store] = left
     assert not problems, f"sandboxmgr doctor found leftovers after the test suite: {problems}"

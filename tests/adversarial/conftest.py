@@ -121,7 +121,7 @@ def processes_named(name: str) -> list[int]:
     return found
 
 
-STORE_KINDS = ("mount", "tmp", "lock")
+STORE_KINDS = ("mount", "tmp", "lock", "permissions")
 
 
 def doctor(cli: CLI, *args: str, machine: bool = False) -> tuple[Result, list[dict[str, object]]]:

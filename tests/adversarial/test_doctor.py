@@ -89,11 +89,12 @@ def test_a_process_chrooted_in_a_dead_builds_directory_is_killed_then_the_direct
 def test_a_stale_lock_is_removed_and_a_held_one_kept(tiny: CLI) -> None:
     locks = tiny.store / "locks"
     stale = locks / "sandbox-vanished.lock"
-    stale.write_text("12345\n")
     tiny.ok("create", "tiny", "--name", "holder")
     proc = tiny.popen("exec", "holder", "sleep", "3")
     try:
         assert wait_until(lambda: (locks / "sandbox-holder.lock").exists())
+        # Made after the commands above: each command removes the stale locks it finds.
+        stale.write_text("12345\n")
         _, found = doctor(tiny)
         assert [(f["kind"], f["what"]) for f in found] == [("lock", str(stale))], found
         doctor(tiny, "--fix")

@@ -189,3 +189,65 @@ def test_sandbox_errors_are_what_the_cli_turns_into_one_line() -> None:
     """The contract the fuzz tests rely on: ProfileError is a SandboxError (exit 125)."""
     assert issubclass(ProfileError, SandboxError)
     assert ProfileError("x").exit_code == 125
+
+
+# --- profile values that form paths ----------------------------------------------------------------
+
+PATH_TEXT = st.one_of(
+    NASTY_TEXT, st.text(max_size=20), st.text(alphabet="./-_~+ab01\n", max_size=20),
+    st.sampled_from(["../../../../tmp/x", "..", "/", "a/../../b", "bookworm/../../x", "x\n", "../" * 12 + "tmp"]),
+)
+
+
+@FUZZ
+@given(distro=st.one_of(st.sampled_from(["debian", "ubuntu", "tinydistro"]), PATH_TEXT), release=PATH_TEXT,
+       arch=st.none() | PATH_TEXT, components=st.none() | st.lists(PATH_TEXT, max_size=3), repo=PATH_TEXT,
+       hostname=st.none() | PATH_TEXT)
+def test_no_profile_value_makes_a_path_outside_the_store(sandbox_dirs: tuple[Path, Path], distro: str,
+                                                         release: str, arch: str | None,
+                                                         components: list[str] | None, repo: str,
+                                                         hostname: str | None) -> None:
+    """The fields that name the package cache (STORE/cache/DISTRO-RELEASE-ARCH) and its kept roots,
+    whatever they hold: a directory is made, if at all, inside the store's cache/."""
+    from sandboxmgr import distros, images, rootcache
+    from sandboxmgr.store import Store
+
+    configs, top = sandbox_dirs
+    fields: dict[str, Any] = {"distro": distro, "release": release}
+    if arch is not None:
+        fields["arch"] = arch
+    if distro not in distros.DISTROS or distros.DISTROS[distro].family == "rpm":
+        fields["bootstrap"] = {"method": "dnf"}
+        fields["repositories"] = [{"name": repo, "baseurl": "file:///srv/r", "gpgkey": "file:///srv/k"}]
+    elif components is not None:
+        fields["bootstrap"] = {"components": components}
+    if hostname is not None:
+        fields["hostname"] = hostname
+    # Deep, so that a few '..' too many would still land (visibly) in this test's directory.
+    store = Store(top / "a" / "b" / "c" / "d" / "e" / "f" / "store")
+    before = listing(top)
+    result = load(configs, yaml.safe_dump(fields, allow_unicode=True))
+    if isinstance(result, Profile):
+        key = images.cache_key(result)
+        cache = Path(os.path.realpath(store.cache_dir / key))
+        assert cache.parent == store.cache_dir and "/" not in key and key not in (".", ".."), key
+        images.package_caches(store, result)
+        rootcache.roots_dir(store, key).mkdir(parents=True, exist_ok=True)
+    created = listing(top) - before - {str(configs / "fuzz.yaml")}
+    inside = str(store.root) + "/"
+    assert all(path.startswith(inside) or inside.startswith(path + "/") for path in created), sorted(created)
+
+
+@pytest.mark.root
+def test_the_cli_refuses_names_and_host_names_with_a_trailing_newline(tiny: CLI) -> None:
+    for args in (("create", "tiny", "--name", "x\n"), ("run", "--name", "x\n", "tiny", "true"),
+                 ("run", "--hostname", "x\n", "tiny", "true"), ("run", "--hostname", "x\n", "--name", "nl1", "tiny",
+                                                                "true"),
+                 ("create", "tiny", "--name", "nl2", "--hostname", "box\n"), ("exec", "x\n", "true"),
+                 ("rm", "x\n"), ("build", "tiny\n"), ("run", "tiny\n", "true")):
+        result = tiny(*args)
+        assert result.code == 125, (args, str(result))
+        assert result.err.startswith("sandboxmgr: error: ") and "Traceback" not in result.err, (args, str(result))
+        assert "internal error" not in result.err, (args, str(result))
+    names = set(os.listdir(tiny.store / "sandboxes"))
+    assert not names & {"x\n", "nl1", "nl2"}, names

@@ -34,7 +34,7 @@ echo "ok on $ID"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> Path:
+def project(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo, cli: CLI) -> Path:
     root = tmp_path_factory.mktemp("myproject")
     (root / "check.sh").write_text(CHECK)
     tiny = root / "tiny.yaml"
@@ -53,6 +53,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> Path
         "    extends: debian-bookworm\n"
         "    env: {BROKEN: '1'}\n"
     )
+    # tiny.yaml, a file of the project, names a local repository and its key: the user trusts it.
+    cli.ok("trust", str(root))
     return root
 
 

@@ -1,0 +1,217 @@
+"""Project files are code the host runs: which keys make them so, and which files the user trusts.
+
+``matrix`` reads the project's ``sandboxmgr.yaml``, whose ``inline:`` profiles
+(and the profile files they or its ``profiles:`` name by path) can set keys that
+make the *host* read, run or trust something the project chose. A project
+cloned from elsewhere must not do that just because someone ran ``matrix`` in
+it. So those keys are refused in every file that is not a profile of the
+profile directories (shipped, system, user, ``--configs``), unless the user
+trusts the file: ``matrix --trust`` for one run, or ``sandboxmgr trust`` which
+records the sha256 of the file's bytes in ``STORE/trusted.json`` (as direnv's
+allow list does). Any edit to the file changes its digest and so revokes the
+trust.
+
+The keys, and why each needs trust:
+
+* ``mounts`` - a host path the project chose is shown in every sandbox of the
+  profile, writable as root unless read-only (``source: /`` is the host's root).
+* ``bootstrap.extra_args`` - arguments to the bootstrap tool, which runs as
+  root on the host (mmdebstrap's ``--customize-hook`` runs a shell command
+  there; dnf's ``--setopt`` can load plugins and repositories from anywhere).
+* ``bootstrap.keyring`` - the key the bootstrap checks the archive against:
+  with the project's key, the project's packages are installed, and their
+  maintainer scripts run as root during the build; it is also a host file read.
+* ``bootstrap.mirror`` with ``file://`` - a host directory the project chose is
+  read as the archive by the host's tools.
+* ``repositories[].baseurl``/``metalink``/``mirrorlist`` with ``file://`` -
+  the same for dnf; the directory is also shown to the build steps.
+* ``repositories[].gpgkey`` - the key the host's dnf trusts for the
+  repository: the project's packages then run their scriptlets as root in the
+  bootstrap (a ``file://`` key is also a host file read).
+* ``repositories[].gpgcheck: false`` - the host's dnf installs unsigned
+  packages, whatever the network or the mirror serves.
+
+Everything else runs inside sandboxes and needs no trust: ``prepare`` steps and
+``command`` (the project's own reason to exist), ``setup``, ``packages`` (from
+the signed archive), ``env``, ``limits``. An http(s) ``mirror`` or ``baseurl``
+needs none either: what it serves is checked against the distribution's key,
+and the request itself reaches nothing that the project's ``command`` (with the
+host's network, the default) could not reach anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.profile import Profile, ProfileRegistry, _Raw, _read
+from sandboxmgr.store import Store, now_iso
+
+TRUST_FORMAT = 1
+
+
+class UntrustedError(SandboxError):
+    """A project file sets a key that needs trust, and the user has not given it."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A key in a file that makes the host read, run or trust what the file chose."""
+
+    path: Path
+    line: int
+    key: str  # dotted, as profile errors name keys
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.key}: {self.why}"
+
+
+def scan(raw: _Raw) -> list[Finding]:
+    """The keys of one profile (a file, or a profile inline in a project file) that need trust."""
+    found: list[Finding] = []
+
+    def add(keys: tuple[str, ...], why: str) -> None:
+        found.append(Finding(raw.path, raw.line(keys), ".".join((*raw.prefix, *keys)), why))
+
+    data = raw.data
+    mounts = data.get("mounts")
+    if isinstance(mounts, list):
+        for index, mount in enumerate(mounts):
+            source = mount.get("source") if isinstance(mount, dict) else None
+            add(("mounts", str(index), "source"),
+                f"a host mount: sandboxes of this profile see the host's {source or 'path'}")
+    boot = data.get("bootstrap")
+    if isinstance(boot, dict):
+        if boot.get("extra_args"):
+            add(("bootstrap", "extra_args"), "arguments to the bootstrap tool, which runs as root on this host")
+        if boot.get("keyring") is not None:
+            add(("bootstrap", "keyring"), "a signing key the host's bootstrap trusts (and a host file it reads)")
+        if _local(boot.get("mirror")):
+            add(("bootstrap", "mirror"), "a host directory the bootstrap tool reads as the archive")
+    repositories = data.get("repositories")
+    if isinstance(repositories, list):
+        for index, repo in enumerate(repositories):
+            if not isinstance(repo, dict):
+                continue
+            keys = ("repositories", str(index))
+            for key in ("baseurl", "metalink", "mirrorlist"):
+                if _local(repo.get(key)):
+                    add((*keys, key), "a host directory the host's dnf reads as a repository")
+            if repo.get("gpgkey"):
+                add((*keys, "gpgkey"), "a signing key the host's dnf trusts for the packages it installs")
+            if repo.get("gpgcheck") is False:
+                add((*keys, "gpgcheck"), "the host's dnf would install unsigned packages")
+    return found
+
+
+def _local(value: Any) -> bool:
+    urls = value if isinstance(value, list) else [value]
+    return any(isinstance(url, str) and url.startswith("file:") for url in urls)
+
+
+# --- which files a matrix run reads --------------------------------------------------------------
+
+
+def _in_profile_dirs(path: Path, dirs: Iterable[Path]) -> bool:
+    parent = path.resolve().parent
+    return any(parent == Path(directory).resolve() for directory in dirs)
+
+
+def project_files(project_path: Path | None, inline: dict[str, Profile], others: Iterable[Profile],
+                  dirs: Iterable[Path]) -> list[Path]:
+    """The files of a matrix run that need trust to set the keys above: the project file,
+    and every file of the profiles' chains that is not in a profile directory."""
+    dirs = list(dirs)
+    files: list[Path] = [project_path] if project_path is not None else []
+    for profile in [*inline.values(), *others]:
+        for source in profile.sources:
+            if source == project_path or _in_profile_dirs(source, dirs):
+                continue
+            if source not in files:
+                files.append(source)
+    return files
+
+
+def findings(project_raw: _Raw | None, inline: dict[str, Profile], others: Iterable[Profile],
+             registry: ProfileRegistry) -> tuple[list[Finding], dict[Path, str]]:
+    """Every key needing trust in the files of a matrix run, and the sha256 of each file.
+
+    The files are scanned as they were parsed to make the profiles (the project's ``raw``,
+    the registry's ``reads``), not read again: what is checked is what runs."""
+    result: list[Finding] = []
+    digests: dict[Path, str] = {}
+    project_path = project_raw.path if project_raw is not None else None
+    for path in project_files(project_path, inline, others, registry.dirs):
+        raw = project_raw if project_raw is not None and path == project_path else registry.reads.get(path)
+        if raw is None:  # pragma: no cover - every file of a chain was read by the registry
+            raw = _read(path)
+        if path == project_path:
+            bodies = raw.data.get("inline")
+            for name in inline:
+                body = bodies.get(name) if isinstance(bodies, dict) else None
+                if isinstance(body, dict):
+                    result += scan(raw.part(("inline", name), body))
+        else:
+            result += scan(raw)
+        digests[path] = raw.sha256
+    return result, digests
+
+
+# --- the trust list ---------------------------------------------------------------------------------
+
+
+def trusted(store: Store) -> dict[str, str]:
+    """path -> sha256 of the files the user trusts."""
+    try:
+        data = json.loads(store.trust_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {str(path): str(entry.get("sha256")) for path, entry in files.items() if isinstance(entry, dict)}
+
+
+def record(store: Store, digests: dict[Path, str], revoke: bool = False) -> None:
+    """Trust (or no longer trust) these files as they are now."""
+    store.ensure()
+    try:
+        data = json.loads(store.trust_file.read_text())
+    except (OSError, ValueError):
+        data = {}
+    files = data.get("files") if isinstance(data, dict) else None
+    files = files if isinstance(files, dict) else {}
+    for path, sha256 in digests.items():
+        if revoke:
+            files.pop(str(path), None)
+        else:
+            files[str(path)] = {"sha256": sha256, "trusted_at": now_iso()}
+    tmp = store.trust_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": TRUST_FORMAT, "files": files}, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, store.trust_file)
+
+
+def check(store: Store, found: list[Finding], digests: dict[Path, str], project_dir: Path,
+          covered: set[Path] | None = None) -> None:
+    """Refuse, in one line, the first key of a file the user does not trust. ``covered``: the
+    files 'sandboxmgr trust PROJECT_DIR' records (None: all of them)."""
+    known = trusted(store)
+    untrusted = [f for f in found if known.get(str(f.path)) != digests.get(f.path)]
+    if not untrusted:
+        return
+    first = untrusted[0]
+    more = f" (and {len(untrusted) - 1} more)" if len(untrusted) > 1 else ""
+    if covered is None or first.path in covered:
+        hint = (f"read it; if you trust it: sandboxmgr matrix --trust (this run), "
+                f"or sandboxmgr trust {project_dir} (until the file changes)")
+    else:
+        hint = ("read it; if you trust it: sandboxmgr matrix --trust (this run; 'sandboxmgr trust' records "
+                "the project file and the files it names, not one named with -p)")
+    raise UntrustedError(f"{first}; this file is not trusted{more}", hint=hint)

@@ -1,0 +1,61 @@
+"""The store's modes and the locks clean_leftovers removes (no root)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.store import TOP_DIRS, Store
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_store_is_0700_at_the_root_and_every_top_directory(tmp_path: Path) -> None:
+    store = Store(tmp_path / "deep" / "store")
+    store.ensure()
+    assert [mode(p) for p in store.private_dirs()] == [0o700] * (1 + len(TOP_DIRS))
+    assert store.loose_dirs() == []
+
+
+def test_a_loose_store_is_found_and_tightened(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    store.ensure()
+    store.root.chmod(0o755)
+    store.layers_dir.chmod(0o711)
+    (store.layers_dir / "KEY").mkdir(mode=0o755)  # below the top: left as the image made it
+    assert store.loose_dirs() == [(store.root, 0o755), (store.layers_dir, 0o711)]
+    store.tighten()
+    assert store.loose_dirs() == [] and mode(store.layers_dir) == 0o700
+    assert mode(store.layers_dir / "KEY") == 0o755
+
+
+def test_a_shared_directory_is_refused_as_a_store_and_left_as_it_is(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(SandboxError) as info:
+        Store(shared).ensure()
+    assert "shared directory" in info.value.message and info.value.hint
+    assert mode(shared) == 0o1777
+
+
+def test_stale_lock_files_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    store.ensure()
+    (store.sandboxes_dir / "alive").mkdir()
+    for name in ("sandbox-gone", "sandbox-alive", "tmp-gone-1234", "image-abc", "layer-def"):
+        (store.locks_dir / f"{name}.lock").write_text("")
+    held = store.lock("sandbox", "waiting")  # a command waiting for a sandbox being made
+    assert held.try_acquire()
+    try:
+        store.clean_leftovers()
+        assert sorted(os.listdir(store.locks_dir)) == ["image-abc.lock", "layer-def.lock", "sandbox-alive.lock",
+                                                       "sandbox-waiting.lock"]
+    finally:
+        held.release()
