@@ -82,6 +82,8 @@ class PreMount:
 
 
 def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], None]:
+    from sandboxmgr import toolroot  # here, not in the child (see run)
+
     def child() -> None:  # pragma: no cover - runs between fork and exec
         # Dies with the manager; a private mount namespace, so what we mount for the
         # command vanishes with it, even after kill -9.
@@ -91,8 +93,6 @@ def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], No
         for mount in mounts:
             flags = linux.MS_BIND if mount.fstype is None else 0
             linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
-        from sandboxmgr import toolroot
-
         toolroot.enter(tool_root)
 
     return child
@@ -118,12 +118,10 @@ def run(
     Raises :class:`ProcessExecutionError` with the last lines of output when
     it exits non-zero.
     """
-    from plumbum import local
     from plumbum.commands.processes import ProcessExecutionError
 
     full_argv = [require(argv[0]), *argv[1:]]
     log.debug("running: %s", shlex.join(full_argv))
-    command = local[full_argv[0]][full_argv[1:]]
     if tool_root is None:
         full_env = dict(os.environ)
     else:
@@ -139,12 +137,17 @@ def run(
         if handle is not None:
             handle.write(f"$ {shlex.join(full_argv)}\n")
             handle.flush()
-        process = command.popen(
+        # subprocess, not plumbum's popen: that one adds the caller's environment to ``env``.
+        process = subprocess.Popen(
+            full_argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            preexec_fn=_die_with_manager if tool_root is None else _contain(mounts, tool_root),
+            # The signed index may be fetched in a thread meanwhile (debcache.Later): the child
+            # runs only our own code (syscalls through ctypes, toolroot imported already) and
+            # takes no lock that thread could hold.
+            preexec_fn=_die_with_manager if tool_root is None else _contain(mounts, tool_root),  # noqa: PLW1509
         )
         try:
             assert process.stdout is not None
