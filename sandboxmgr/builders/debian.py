@@ -257,16 +257,8 @@ def release_indexes(release: str, components: tuple[str, ...], arch: str) -> lis
     """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
     components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
     wanted = tuple(f"{component}/binary-{a}/Packages" for component in components for a in (arch, "all"))
-    lines = []
-    in_sha256 = False
-    for line in release.splitlines():
-        if not line.startswith(" "):
-            in_sha256 = line.rstrip() == "SHA256:"
-            continue
-        fields = line.split()
-        if in_sha256 and len(fields) == 3 and fields[2].startswith(wanted):
-            lines.append(" ".join(fields))
-    return sorted(lines)
+    return sorted(f"{sha256} {size} {path}" for path, (sha256, size) in debindex.release_hashes(release).items()
+                  if path.startswith(wanted))
 
 
 def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) -> Path | None:
