@@ -375,3 +375,80 @@ def test_a_file_mirror_holding_the_store_is_refused_through_a_symlinked_store(tm
         check_readable(real, real / "tmp" / "layer-x")
     with pytest.raises(SandboxError):
         check_readable(real, link / "tmp" / "layer-x")
+
+
+# --- the host's writes into a bootstrapped root ---------------------------------------------------
+
+
+@pytest.mark.adversarial
+@pytest.mark.root
+@pytest.mark.network
+@pytest.mark.parametrize("build_file", ["usr/sbin/policy-rc.d", "etc/dpkg/dpkg.cfg.d/sandboxmgr-unsafe-io"])
+def test_the_build_only_files_are_not_written_through_a_symlink_the_bootstrap_left(
+        cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path, build_file: str) -> None:
+    """After the bootstrap the host writes its build-only files into the new root
+    (BuildRoot.write_build_file: open, write, chmod 0755, by name). in_upper() refuses a symlink
+    among the parent directories, not as the file itself: a maintainer script or hook that left
+    `usr/sbin/policy-rc.d -> /etc/shadow` has the host's root overwrite that host file and make it
+    0755 - what the tool root is there to prevent ("it cannot write the host's files")."""
+    assert cli.configs is not None
+    canary = tmp_path / "host-file"
+    canary.write_text("the host's own, root's only\n")
+    canary.chmod(0o600)
+    name = f"atk2-link-{build_file.rsplit('/', maxsplit=1)[-1]}"
+    hook = f'--customize-hook=ln -sfn {canary} "$1"/{build_file}'
+    (cli.configs / f"{name}.yaml").write_text(
+        f"extends: debian-bookworm\nbootstrap:\n  method: mmdebstrap\n  extra_args: {json.dumps([hook])}\n")
+    try:
+        cli("build", name)  # may fail (a symlink refused): what matters is the host's file
+        assert canary.read_text() == "the host's own, root's only\n"
+        assert (canary.stat().st_mode & 0o777) == 0o600
+    finally:
+        cli("rmi", name)
+
+
+def plant_cache_views(store: Path, upper: Path, work: Path, stop: threading.Event, planted: list[Path]) -> None:
+    """As soon as a bootstrap's layer directory exists: its cache-views/cache-0/{upper,work} as
+    symlinks to host directories (what a maintainer script does after a double chroot: the tool
+    keeps CAP_SYS_CHROOT, and the build's directory is bound read-write in its tool root)."""
+    while not stop.is_set():
+        for layer in store.glob("tmp/layer-*"):
+            if (layer / "diff" / "usr").is_dir() and not os.path.lexists(layer / "cache-views"):
+                (layer / "cache-views" / "cache-0").mkdir(parents=True)
+                (layer / "cache-views" / "cache-0" / "upper").symlink_to(upper)
+                (layer / "cache-views" / "cache-0" / "work").symlink_to(work)
+                planted.append(layer)
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.adversarial
+@pytest.mark.root
+@pytest.mark.network
+def test_a_bootstrap_cannot_choose_the_upper_directory_of_a_later_build_steps_cache_view(
+        cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    """After debootstrap (and after the host's dnf: `rpm --rebuilddb`) the host runs a step in the
+    new root with the package cache copy-on-write, its upper and work directories made with
+    mkdir(exist_ok=True) in the build's directory - which the tool root showed read-write to every
+    maintainer script. Symlinks planted there make the host mount that overlay with a host
+    directory as its upper: what the step writes to /var/cache/apt/archives lands there. With
+    `upper -> /etc/cron.d` and the root's apt-get replaced by a script (the same maintainer
+    script can do both), that is a root cron job on the host."""
+    assert cli.configs is not None
+    upper, work = tmp_path / "host-upper", tmp_path / "host-work"
+    upper.mkdir()
+    work.mkdir()
+    (cli.configs / "atk2-deboot.yaml").write_text("extends: debian-bookworm\nbootstrap:\n  method: debootstrap\n")
+    stop = threading.Event()
+    planted: list[Path] = []
+    planter = threading.Thread(target=plant_cache_views, args=(cli.store, upper, work, stop, planted), daemon=True)
+    planter.start()
+    try:
+        cli("build", "--no-cache", "atk2-deboot")  # may fail (refused): what matters is the host's directories
+    finally:
+        stop.set()
+        planter.join(5)
+        cli("rmi", "atk2-deboot")
+    assert planted, "the bootstrap's layer directory was never seen"
+    assert sorted(p.name for p in upper.iterdir()) == [] and sorted(p.name for p in work.iterdir()) == [], \
+        (sorted(upper.iterdir()), sorted(work.iterdir()))
