@@ -16,7 +16,24 @@ Each test fails on a01582b and names the hole it proves:
   name in its cache view: a FIFO, or a device node (a build step has CAP_MKNOD, and the
   store's file system is not nodev);
 - ``DebCache.stage()`` deletes every ``.incoming-*`` file, also the one another build's
-  ``keep()`` is copying right now: that build fails.
+  ``keep()`` is copying right now: that build fails;
+- the saved signed index is per mirror URL, not per keyring: offline, another keyring's index
+  vouches for a keyring's cache;
+- check_readable() compares a real path with the store's unresolved one: through a symlinked
+  store, a file:// mirror may show the whole store to the bootstrap.
+
+And the host's own writes into what a bootstrap made, all following symlinks that a hook or a
+maintainer script (root in the tool root, which shows the build's directory read-write; a
+double chroot gets it out of its chroot: CAP_SYS_CHROOT is kept) left behind:
+
+- the build-only files (``usr/sbin/policy-rc.d``, ``etc/dpkg/dpkg.cfg.d/sandboxmgr-unsafe-io``)
+  are written and chmodded 0755 through a symlink at their own name: any host file;
+- a later step's cache view takes its upper and work directories from the build's directory
+  (``mkdir(exist_ok=True)``): symlinks there make a host directory (``/etc/cron.d``) the upper
+  of an overlay the step writes;
+- the new root itself replaced by a symlink to a host directory: the host writes there, runs a
+  step with it as a writable root, and publishes it as the bootstrap layer, which every sandbox
+  of the image then reads (with ``ln -s /``: the host's whole root file system).
 """
 
 from __future__ import annotations
@@ -452,3 +469,49 @@ def test_a_bootstrap_cannot_choose_the_upper_directory_of_a_later_build_steps_ca
     assert planted, "the bootstrap's layer directory was never seen"
     assert sorted(p.name for p in upper.iterdir()) == [] and sorted(p.name for p in work.iterdir()) == [], \
         (sorted(upper.iterdir()), sorted(work.iterdir()))
+
+
+@pytest.mark.adversarial
+@pytest.mark.root
+@pytest.mark.network
+def test_a_bootstrap_cannot_replace_its_root_with_a_symlink_to_a_host_directory(
+        cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    """The tool gets the new root's path, in the build's directory, which its tool root shows
+    read-write: a hook (or a maintainer script out of its chroot) moves the root away and leaves
+    a symlink to a host directory (one it also makes in the tool root's own /tmp, so that
+    mmdebstrap still finds its root). The host then follows it: writes the build-only files
+    there, runs `apt-get clean` in a sandbox whose writable root is that host directory, and
+    publishes the symlink as the bootstrap layer - every sandbox of the image reads the host
+    directory. With `ln -s /` the layer is the host's whole root file system."""
+    assert cli.configs is not None
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file():
+        missing("busybox-static is not installed")
+    # A host directory laid out like a root (as / is): a shell, an apt-get, a secret.
+    host = tmp_path / "host-dir"
+    for sub in ("bin", "usr/bin", "usr/sbin", "etc/dpkg/dpkg.cfg.d", "proc", "dev", "sys", "tmp", "run"):
+        (host / sub).mkdir(parents=True)
+    (host / "bin" / "busybox").write_bytes(busybox.read_bytes())
+    (host / "bin" / "busybox").chmod(0o755)
+    for applet in ("sh", "cat"):
+        (host / "bin" / applet).symlink_to("busybox")
+    (host / "usr" / "bin" / "apt-get").write_text("#!/bin/sh\nexit 0\n")
+    (host / "usr" / "bin" / "apt-get").chmod(0o755)
+    (host / "secret").write_text("HOST-ONLY-SECRET\n")
+    (host / "secret").chmod(0o600)
+    before = sorted(str(p.relative_to(host)) for p in host.rglob("*"))
+    # (In the tool root, mmdebstrap's cleanup finds a copy of what it removes at the end.)
+    hook = (f'--customize-hook=mkdir -p {host} && cp -a "$1"/etc "$1"/var {host}/'
+            f' && mv "$1" "$1"-moved && ln -s {host} "$1"')
+    name = "atk2-root-link"
+    (cli.configs / f"{name}.yaml").write_text(
+        f"extends: debian-bookworm\nbootstrap:\n  method: mmdebstrap\n  extra_args: {json.dumps([hook])}\n")
+    try:
+        built = cli("build", name)
+        layers = [p for p in (cli.store / "layers").glob("*/diff") if p.is_symlink()]
+        seen = cli("run", name, "/bin/cat", "/secret") if built.code == 0 else built
+        assert not layers, layers
+        assert "HOST-ONLY-SECRET" not in seen.out, str(seen)
+        assert sorted(str(p.relative_to(host)) for p in host.rglob("*")) == before
+    finally:
+        cli("rmi", name)
