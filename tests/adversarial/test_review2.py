@@ -62,6 +62,9 @@ from sandboxmgr.profile import ProfileRegistry
 from sandboxmgr.store import Store
 from tests.conftest import CLI, ConcurrentBuild, Result, missing
 
+# Every test is an attack; those that build or run sandboxes are also marked root and network.
+pytestmark = [pytest.mark.adversarial]
+
 DIRS = [shipped_configs_dir()]
 
 
@@ -100,7 +103,6 @@ def test_an_untrusted_project_file_cannot_choose_the_system_call_filter(tmp_path
     assert [f.key for f in found] == ["inline.mine.seccomp"], found
 
 
-@pytest.mark.adversarial
 @pytest.mark.root
 @pytest.mark.network
 def test_an_untrusted_project_cannot_read_roots_user_keyring(cli: CLI, bookworm: ConcurrentBuild,
@@ -140,7 +142,6 @@ def test_an_untrusted_project_cannot_read_roots_user_keyring(cli: CLI, bookworm:
 # --- project files: host files named by path ---------------------------------------------------
 
 
-@pytest.mark.adversarial
 @pytest.mark.root
 @pytest.mark.network
 @pytest.mark.parametrize("how", ["extends", "profiles", "seccomp"])
@@ -218,7 +219,6 @@ print(json.dumps({"session": session, "user": user, "code": proc.returncode, "er
 """
 
 
-@pytest.mark.adversarial
 @pytest.mark.root
 @pytest.mark.network
 def test_the_tool_root_reaches_no_keyring_of_the_host_and_makes_no_user_namespace(
@@ -397,7 +397,6 @@ def test_a_file_mirror_holding_the_store_is_refused_through_a_symlinked_store(tm
 # --- the host's writes into a bootstrapped root ---------------------------------------------------
 
 
-@pytest.mark.adversarial
 @pytest.mark.root
 @pytest.mark.network
 @pytest.mark.parametrize("build_file", ["usr/sbin/policy-rc.d", "etc/dpkg/dpkg.cfg.d/sandboxmgr-unsafe-io"])
@@ -439,7 +438,6 @@ def plant_cache_views(store: Path, upper: Path, work: Path, stop: threading.Even
         time.sleep(0.02)
 
 
-@pytest.mark.adversarial
 @pytest.mark.root
 @pytest.mark.network
 def test_a_bootstrap_cannot_choose_the_upper_directory_of_a_later_build_steps_cache_view(
@@ -471,7 +469,6 @@ def test_a_bootstrap_cannot_choose_the_upper_directory_of_a_later_build_steps_ca
         (sorted(upper.iterdir()), sorted(work.iterdir()))
 
 
-@pytest.mark.adversarial
 @pytest.mark.root
 @pytest.mark.network
 def test_a_bootstrap_cannot_replace_its_root_with_a_symlink_to_a_host_directory(
