@@ -83,6 +83,10 @@ class PreMount:
 
 def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], None]:
     from sandboxmgr import toolroot  # here, not in the child (see run)
+    from sandboxmgr.seccomp import default_policy, program
+
+    # Built here: the child only loads it.
+    seccomp_program = program(default_policy(), None)
 
     def child() -> None:  # pragma: no cover - runs between fork and exec
         # Dies with the manager; a private mount namespace, so what we mount for the
@@ -93,7 +97,7 @@ def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], No
         for mount in mounts:
             flags = linux.MS_BIND if mount.fstype is None else 0
             linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
-        toolroot.enter(tool_root)
+        toolroot.enter(tool_root, seccomp_program)
 
     return child
 

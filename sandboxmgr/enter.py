@@ -377,6 +377,10 @@ def _mount_root(root: OverlayRoot | DirectoryRoot) -> Path:
                     raise
         linux.mount("overlay", root.mountpoint, "overlay", linux.MS_NODEV, options)
         return root.mountpoint
+    # A root a bootstrap tool made: it may have left a symlink to a host directory in its place.
+    if root.path.is_symlink() or not root.path.is_dir():
+        raise SandboxError(f"the root being built, {root.path}, is not a directory (a symlink?)",
+                           hint="something in the build replaced it; the build is refused")
     # pivot_root needs the new root to be a mount point.
     linux.mount(root.path, root.path, None, linux.MS_BIND | linux.MS_REC)
     linux.mount(None, root.path, None,

@@ -53,10 +53,14 @@ _TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 @dataclass(frozen=True)
 class ToolRoot:
-    """Where the tool root is made (``place``, a directory of the build's own that is
-    also bound read-write), and host paths the tool must read."""
+    """A tool root made at ``place`` (a directory of the build's own), showing the tool the
+    directories of ``shared`` read-write (each a mount point there: the tool can change
+    what is in them, never replace them with a symlink) and host paths it must read.
+    Nothing else of ``place`` is shown: what the host makes there after the tool has run
+    (a build step's overlay directories) is out of the tool's reach."""
 
     place: Path
+    shared: tuple[Path, ...]
     readable: tuple[Path, ...] = ()
     # The new root the tool makes: /proc and /dev are mounted there for it (as the tool
     # would do itself), so the tool runs without the right to mount anything.
@@ -81,6 +85,7 @@ def check_readable(path: Path, place: Path) -> None:
     the host's tree or a large part of it: ``/``, a top directory, one of the kernel's, or
     one holding the store."""
     resolved = Path(os.path.realpath(path))
+    place = Path(os.path.realpath(place))  # a store reached through a symlink, too
     parts = resolved.parts
     too_wide = resolved.is_dir() and (len(parts) < 3 or (len(parts) == 3 and parts[1] in _REFUSED_TOPS))
     if too_wide or parts[1:2] in (("proc",), ("sys",), ("dev",)) or \
@@ -114,7 +119,7 @@ def _make(target: Path, like: Path) -> None:
         target.touch(exist_ok=True)
 
 
-def enter(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork and exec
+def enter(tool_root: ToolRoot, seccomp_program: bytes | None) -> None:  # pragma: no cover - after fork
     """Make the tool root, switch to it (in a fresh, private mount namespace), and become
     PID 1 of a new PID namespace with its own /proc and only TOOL_CAPABILITIES.
 
@@ -135,6 +140,13 @@ def enter(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between fork 
     _mount_proc(Path("/proc"))
     if tool_root.target is not None:
         _prepare_target(tool_root.target)
+    # No keyring of the caller's (its session's keys, root's user keyring): a fresh session
+    # keyring, and the sandboxes' system call filter, which denies the keyring calls, user
+    # namespaces and the rest. Loaded while CAP_SYS_ADMIN allows it without no_new_privs
+    # (a bootstrap runs setuid programs: apt's sandbox user); the calls after it are allowed.
+    linux.join_new_session_keyring()
+    if seccomp_program is not None:
+        linux.set_seccomp_filter(seccomp_program)
     # Last: mounting needed CAP_SYS_ADMIN.
     linux.limit_capabilities(TOOL_CAPABILITIES)
 
@@ -215,10 +227,10 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
             # Only that mount: nothing mounted below it on the host comes along.
             _make(root / str(path).lstrip("/"), path)
             _bind(path, root / str(path).lstrip("/"), linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, recursive=False)
-    place = root / str(tool_root.place).lstrip("/")
-    place.mkdir(parents=True, exist_ok=True)
-    _bind(tool_root.place, place, NOSUID_NODEV)
-    linux.umount2(place / tool_root.mountpoint.name, linux.MNT_DETACH)  # the tool root itself, seen again
+    for shared in tool_root.shared:
+        inside = root / str(shared).lstrip("/")
+        inside.mkdir(parents=True, exist_ok=True)
+        _bind(shared, inside, NOSUID_NODEV)
     os.chdir(root)
     linux.pivot_root(".", ".")
     linux.umount2(".", linux.MNT_DETACH)

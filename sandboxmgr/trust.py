@@ -30,6 +30,9 @@ The keys, and why each needs trust:
   bootstrap (a ``file://`` key is also a host file read).
 * ``repositories[].gpgcheck: false`` - the host's dnf installs unsigned
   packages, whatever the network or the mirror serves.
+* ``seccomp`` other than ``default`` - the system call filter: ``unconfined``
+  gives the project's command user namespaces and root's user keyring, a path
+  names a host file the host reads as the filter.
 
 Everything else runs inside sandboxes and needs no trust: ``prepare`` steps and
 ``command`` (the project's own reason to exist), ``setup``, ``packages`` (from
@@ -107,6 +110,10 @@ def scan(raw: _Raw) -> list[Finding]:
                 add((*keys, "gpgkey"), "a signing key the host's dnf trusts for the packages it installs")
             if repo.get("gpgcheck") is False:
                 add((*keys, "gpgcheck"), "the host's dnf would install unsigned packages")
+    seccomp = data.get("seccomp")
+    if seccomp is not None and seccomp != "default":
+        add(("seccomp",), "the system call filter of every sandbox of this profile: `unconfined` opens user "
+                          "namespaces and root's keyrings, a path is a host file read")
     return found
 
 

@@ -76,11 +76,19 @@ class BuildRoot:
         return self.upper / path.lstrip("/")
 
     def write_build_file(self, path: str, text: str, mode: int = 0o644) -> None:
-        """A file that exists only while the layer is built (see :meth:`remove_build_file`)."""
+        """A file that exists only while the layer is built (see :meth:`remove_build_file`).
+        Whatever has its name goes first, and the file is made anew without following a
+        symlink: a bootstrap may have left one there pointing at a host file."""
         target = self.in_upper(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        target.chmod(mode)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            os.write(fd, text.encode())
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
     def remove_build_file(self, path: str) -> None:
         self.in_upper(path).unlink(missing_ok=True)

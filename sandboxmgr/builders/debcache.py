@@ -122,10 +122,12 @@ class DebCache:
         expected = index.expected(name)
         if expected is None:
             return None
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = _open_regular(dir_fd, name)
+        if fd is None:
+            return None
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != expected[0]:
+            if info.st_size != expected[0]:
                 os.close(fd)
                 return None
             memo = self._load_memo()
@@ -154,7 +156,7 @@ class DebCache:
         try:
             with os.scandir(cache_fd) as entries:
                 names = [entry.name for entry in entries]
-            for name in [n for n in names if n.startswith(_INCOMING)]:
+            for name in [n for n in names if n.startswith(_INCOMING) and not _alive(n)]:
                 with contextlib.suppress(OSError):  # what a killed keep() left
                     os.unlink(name, dir_fd=cache_fd)
             names = [n for n in names if not n.startswith(_INCOMING) and n != "partial"]
@@ -242,13 +244,11 @@ class DebCache:
                 expected = index.expected(name)
                 if expected is None or self._have(name, expected[1]):
                     continue
+                fd = _open_regular(source_fd, name)
+                if fd is None:
+                    continue  # a symlink, a device node, a FIFO, gone ...: not taken, not even opened
                 try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_fd)
-                except OSError:
-                    continue  # a symlink, gone, ...: not taken
-                try:
-                    info = os.fstat(fd)
-                    if stat.S_ISREG(info.st_mode) and info.st_size == expected[0] and self._adopt(fd, name, expected):
+                    if os.fstat(fd).st_size == expected[0] and self._adopt(fd, name, expected):
                         kept += 1
                 finally:
                     os.close(fd)
@@ -266,7 +266,7 @@ class DebCache:
 
     def _adopt(self, source: int, name: str, expected: tuple[int, str]) -> bool:
         """Copy ``source`` into the cache as ``name`` if what was copied has the expected SHA256."""
-        incoming = self.directory / f"{_INCOMING}{os.urandom(6).hex()}"
+        incoming = self.directory / f"{_INCOMING}{os.getpid()}-{os.urandom(6).hex()}"
         out = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             digest = hashlib.sha256()
@@ -282,6 +282,30 @@ class DebCache:
         os.rename(incoming, self.directory / name)
         self._load_memo()[name] = [*_stamp(os.lstat(self.directory / name)), expected[1]]
         return True
+
+
+def _alive(incoming: str) -> bool:
+    """Whether the process that is copying ``incoming`` in (``.incoming-PID-RANDOM``) runs."""
+    pid = incoming[len(_INCOMING):].partition("-")[0]
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
+
+
+def _open_regular(dir_fd: int, name: str) -> int | None:
+    """A read descriptor of ``name`` if it is a regular file, else None: what is not a
+    regular file is never opened (a device node's open alone can act)."""
+    try:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return None
+    after = os.fstat(fd)
+    if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)  # swapped in between
+        return None
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

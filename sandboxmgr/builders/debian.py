@@ -86,7 +86,8 @@ def signed_index(profile: Profile, where: Path) -> debindex.PackageIndex | None:
     """The profile's signed index, fetched and verified (or the one verified last, offline);
     None when the mirror answers without it. Raises BuildError when it does not verify."""
     boot = profile.bootstrap
-    saved = debindex.load_saved(where, boot.mirror, boot.components, profile.arch)
+    key = keyring_id(profile)
+    saved = debindex.load_saved(where, boot.mirror, boot.components, profile.arch, key)
     try:
         index = debindex.fetch_index(boot.mirror, profile.release, boot.components, profile.arch,
                                      Path(boot.keyring), saved)
@@ -97,7 +98,7 @@ def signed_index(profile: Profile, where: Path) -> debindex.PackageIndex | None:
                          f"does not verify: {exc}",
                          hint=f"check the mirror and bootstrap.keyring in {profile.path}") from None
     if index is not None and index is not saved:
-        debindex.save(where, boot.mirror, boot.components, profile.arch, index)
+        debindex.save(where, boot.mirror, boot.components, profile.arch, key, index)
     return index
 
 
@@ -171,6 +172,7 @@ class _DebianFamily(Builder):
         # verified against the signed index, in a directory of this build's own.
         stage = rootfs.parent / "stage"
         stage.mkdir(exist_ok=True)
+        rootfs.mkdir(mode=0o755, exist_ok=True)  # shown to the tool as a mount point: it cannot be replaced
         if context.verified is not None:
             staged = context.verified.stage(stage)  # copies: the tool may write what it is given
             if staged:
@@ -178,7 +180,8 @@ class _DebianFamily(Builder):
         try:
             commands.run(self.bootstrap_argv(profile, rootfs, stage), log_file=context.log_file,
                          on_line=progress, env={"TMPDIR": str(scratch), **self.tool_env},
-                         tool_root=ToolRoot(rootfs.parent, readable_paths(profile), target=rootfs))
+                         tool_root=ToolRoot(rootfs.parent, (rootfs, stage, scratch), readable_paths(profile),
+                                            target=rootfs))
         except commands.ProcessExecutionError as exc:
             if context.verified is not None:
                 context.verified.ready()  # an index that does not verify is the clearer reason

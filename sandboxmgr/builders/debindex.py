@@ -186,23 +186,26 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
     return PackageIndex(digest, packages)
 
 
-def _saved_path(directory: Path, mirror: str, components: tuple[str, ...], arch: str) -> Path:
-    which = rootcache.digest([mirror.rstrip("/"), *components, arch])[:24]
+def _saved_path(directory: Path, mirror: str, components: tuple[str, ...], arch: str, keyring: str) -> Path:
+    which = rootcache.digest([mirror.rstrip("/"), *components, arch, keyring])[:24]
     return directory / f"{which}.json"
 
 
-def save(directory: Path, mirror: str, components: tuple[str, ...], arch: str, index: PackageIndex) -> None:
+def save(directory: Path, mirror: str, components: tuple[str, ...], arch: str, keyring: str,
+         index: PackageIndex) -> None:
+    """Keep ``index``, verified against ``keyring`` (a digest of its bytes), for offline builds."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = _saved_path(directory, mirror, components, arch)
+    target = _saved_path(directory, mirror, components, arch, keyring)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"format": FORMAT, "digest": index.digest, "packages": index.packages}))
     os.rename(tmp, target)
 
 
-def load_saved(directory: Path, mirror: str, components: tuple[str, ...], arch: str) -> PackageIndex | None:
-    """The index last verified for this mirror, components and arch (the offline case)."""
+def load_saved(directory: Path, mirror: str, components: tuple[str, ...], arch: str,
+               keyring: str) -> PackageIndex | None:
+    """The index last verified against ``keyring`` for this mirror, components and arch (offline)."""
     try:
-        data = json.loads(_saved_path(directory, mirror, components, arch).read_text())
+        data = json.loads(_saved_path(directory, mirror, components, arch, keyring).read_text())
         packages = {str(k): (int(v[0]), str(v[1])) for k, v in data["packages"].items()}
         return PackageIndex(str(data["digest"]), packages) if data.get("format") == FORMAT else None
     except (OSError, ValueError, KeyError, TypeError, IndexError):

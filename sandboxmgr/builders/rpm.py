@@ -169,7 +169,7 @@ class DnfBuilder(Builder):
             try:
                 commands.run([*argv, *extra, "install", *packages], log_file=context.log_file, on_line=on_line,
                              mounts=base + mounts, env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"},
-                             tool_root=ToolRoot(root.upper.parent, readable_paths(profile)))
+                             tool_root=ToolRoot(root.upper.parent, (installroot, work), readable_paths(profile)))
             except commands.ProcessExecutionError:
                 raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
 

@@ -52,7 +52,7 @@ import pytest
 from sandboxmgr.builders import debindex
 from tests.adversarial.conftest import fresh_tiny
 from tests.adversarial.test_cache import make_trojan
-from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, debian_archives, missing
+from tests.conftest import CLI, DEBIAN_KEYRING, DEBIAN_MIRROR, ConcurrentBuild, debian_archives, missing
 from tests.rpmrepo import RpmRepo, tiny_profile
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
@@ -68,7 +68,8 @@ def sha256(path: Path) -> str:
 
 
 def signed_index(cli: CLI) -> debindex.PackageIndex:
-    index = debindex.load_saved(cli.store / f"cache/{CACHE_KEY}/index", DEBIAN_MIRROR, ("main",), "amd64")
+    key = hashlib.sha256(DEBIAN_KEYRING.read_bytes()).hexdigest()[:16]
+    index = debindex.load_saved(cli.store / f"cache/{CACHE_KEY}/index", DEBIAN_MIRROR, ("main",), "amd64", key)
     assert index is not None, "the build saved no verified index"
     return index
 

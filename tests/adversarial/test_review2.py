@@ -338,7 +338,8 @@ def test_an_index_saved_for_one_keyring_is_not_used_offline_for_another(tmp_path
     where = tmp_path / "index"
     # What a build of a profile with the same mirror and `theirs` as its keyring verified and saved.
     foreign = PackageIndex("theirs", {"hello_2.10-3_amd64.deb": (5, "0" * 64)})
-    debindex.save(where, boot.mirror, boot.components, profile.arch, foreign)
+    theirs_id = hashlib.sha256(theirs.read_bytes()).hexdigest()[:16]
+    debindex.save(where, boot.mirror, boot.components, profile.arch, theirs_id, foreign)
 
     def unreachable(*_args: object, **_kwargs: object) -> None:
         raise rootcache.Unreachable("offline")
