@@ -738,7 +738,14 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     _require_root(app, "matrix")
     if command[:1] == ("--",):
         command = command[1:]
-    project = matrix_.load_project(Path(project_dir).resolve(), app.registry)
+    root = Path(project_dir).resolve()
+    if not trust_files and not trust.trusted_as_is(app.store, root / matrix_.PROJECT_FILE):
+        # Until the trust check below: profile files it names are read only from the project
+        # and the profile directories (nothing else of the host is opened for it).
+        app.registry.confine = (root, *app.registry.dirs)
+    project = matrix_.load_project(root, app.registry)
+    if patterns:
+        app.registry.confine = None  # named on the command line: the user's own choice
     from_project_file = not patterns
     patterns = patterns or project.profiles
     if not patterns:

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import json
 import locale
+import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
@@ -829,6 +830,10 @@ class ProfileRegistry:
         self._aliases: dict[str, str] | None = None
         # Every file a profile was loaded from, as it was parsed (trust.py checks these).
         self.reads: dict[Path, _Raw] = {}
+        # While an untrusted project file is read (matrix): the only directories a profile
+        # file named by path may be in. Anything else is not even opened: its parse errors
+        # would print what a root-only file holds.
+        self.confine: tuple[Path, ...] | None = None
 
     def files(self) -> dict[str, Path]:
         if self._files is None:
@@ -861,6 +866,13 @@ class ProfileRegistry:
         """A profile reference (name, alias or path to a .yaml file) -> its file."""
         if is_path_ref(ref):
             path = Path(ref).expanduser()
+            if self.confine is not None and not any(
+                    os.path.commonpath([os.path.realpath(path), os.path.realpath(top)]) == os.path.realpath(top)
+                    for top in self.confine):
+                raise ProfileError(f"{ref}: an untrusted project file may name profile files only in the project "
+                                   "and the profile directories",
+                                   hint="move it into the project, or trust the project file: sandboxmgr matrix "
+                                        "--trust (this run), or sandboxmgr trust DIR")
             if not path.is_file():
                 raise ProfileError(f"no profile file {ref}", hint="check the path")
             check_name(path.stem, "profile name (the file's name)")

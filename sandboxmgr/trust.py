@@ -44,6 +44,7 @@ host's network, the default) could not reach anyway.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -117,6 +118,24 @@ def scan(raw: _Raw) -> list[Finding]:
     return found
 
 
+def key_files(raw: _Raw) -> list[Path]:
+    """The key files a profile names (``bootstrap.keyring``, ``file://`` gpgkeys): trusting the
+    profile's file means trusting their bytes too, as they are when it is trusted."""
+    found: list[Path] = []
+    boot = raw.data.get("bootstrap")
+    keyring = boot.get("keyring") if isinstance(boot, dict) else None
+    if isinstance(keyring, str):
+        path = Path(keyring).expanduser()
+        found.append(path if path.is_absolute() else raw.path.parent / path)
+    repositories = raw.data.get("repositories")
+    for repo in repositories if isinstance(repositories, list) else []:
+        urls = repo.get("gpgkey") if isinstance(repo, dict) else None
+        for url in urls if isinstance(urls, list) else [urls]:
+            if isinstance(url, str) and url.startswith("file://"):
+                found.append(Path(url[len("file://"):]))
+    return found
+
+
 def _local(value: Any) -> bool:
     urls = value if isinstance(value, list) else [value]
     return any(isinstance(url, str) and url.startswith("file:") for url in urls)
@@ -158,14 +177,20 @@ def findings(project_raw: _Raw | None, inline: dict[str, Profile], others: Itera
         raw = project_raw if project_raw is not None and path == project_path else registry.reads.get(path)
         if raw is None:  # pragma: no cover - every file of a chain was read by the registry
             raw = _read(path)
+        parts = [raw]
         if path == project_path:
             bodies = raw.data.get("inline")
-            for name in inline:
-                body = bodies.get(name) if isinstance(bodies, dict) else None
-                if isinstance(body, dict):
-                    result += scan(raw.part(("inline", name), body))
-        else:
-            result += scan(raw)
+            parts = [raw.part(("inline", name), bodies[name]) for name in inline
+                     if isinstance(bodies, dict) and isinstance(bodies.get(name), dict)]
+        for part in parts:
+            result += scan(part)
+            for key_file in key_files(part):
+                try:
+                    digests[key_file] = hashlib.sha256(key_file.read_bytes()).hexdigest()
+                except OSError:
+                    continue  # preflight says it is missing
+                result.append(Finding(key_file, 1, key_file.name,
+                                      f"a signing key {path.name} names: trust covers its bytes as they are now"))
         digests[path] = raw.sha256
     return result, digests
 
@@ -183,6 +208,15 @@ def trusted(store: Store) -> dict[str, str]:
     if not isinstance(files, dict):
         return {}
     return {str(path): str(entry.get("sha256")) for path, entry in files.items() if isinstance(entry, dict)}
+
+
+def trusted_as_is(store: Store, path: Path) -> bool:
+    """Whether the file at ``path`` is trusted with the bytes it has now."""
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return trusted(store).get(str(path)) == digest
 
 
 def record(store: Store, digests: dict[Path, str], revoke: bool = False) -> None:
