@@ -869,8 +869,8 @@ class ProfileRegistry:
             if self.confine is not None and not any(
                     os.path.commonpath([os.path.realpath(path), os.path.realpath(top)]) == os.path.realpath(top)
                     for top in self.confine):
-                raise ProfileError(f"{ref}: an untrusted project file may name profile files only in the project "
-                                   "and the profile directories",
+                raise ProfileError(f"{ref}: outside the project and the profile directories; the project file "
+                                   "is not trusted to name it",
                                    hint="move it into the project, or trust the project file: sandboxmgr matrix "
                                         "--trust (this run), or sandboxmgr trust DIR")
             if not path.is_file():

@@ -145,7 +145,14 @@ class BuildContext:
             # verified against this build's signed index.
             lower = self.verified.view()
             caches = tuple(BindMount(lower, cache.target) for cache in caches) if lower is not None else ()
-        views = cache_views(caches, root.upper.parent / "cache-views")
+        views: tuple[BindMount, ...] = ()
+        if caches:
+            # A directory made now, under a name no one could guess, never one that exists:
+            # the build's directory held a bootstrap tool before, and the upper directory of an
+            # overlay is where the host writes (never a symlink a tool planted to a host path).
+            fresh = root.upper.parent / f"cache-views-{os.urandom(6).hex()}"
+            fresh.mkdir(mode=0o700)
+            views = cache_views(caches, fresh)
         try:
             return self._run_inside(root, argv, full_env, views + binds)
         finally:

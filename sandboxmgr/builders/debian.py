@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 from pathlib import Path
 
 from sandboxmgr import commands, distros, rootcache
@@ -119,6 +118,11 @@ def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
 
 class _DebianFamily(Builder):
     tool = ""
+
+    def stage_dir(self, rootfs: Path) -> Path:
+        """Where the verified cached packages are put for the tool."""
+        return rootfs.parent / "stage"
+
     tool_env: dict[str, str] = {}  # noqa: RUF012 - read only
     # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
     keeps_lists = False
@@ -168,30 +172,33 @@ class _DebianFamily(Builder):
         # tree, which is removed even when the build is killed; not into the host's /tmp.
         scratch = rootfs.parent / "scratch"
         scratch.mkdir(exist_ok=True)
-        # The tool never sees the shared cache: only hard links of the packages that
-        # verified against the signed index, in a directory of this build's own.
-        stage = rootfs.parent / "stage"
-        stage.mkdir(exist_ok=True)
         rootfs.mkdir(mode=0o755, exist_ok=True)  # shown to the tool as a mount point: it cannot be replaced
+        # The tool never sees the shared cache: only copies of the packages that verified
+        # against the signed index, in a directory of this build's own.
+        stage = self.stage_dir(rootfs)
+        (stage / "partial").mkdir(parents=True, exist_ok=True)
         if context.verified is not None:
             staged = context.verified.stage(stage)  # copies: the tool may write what it is given
             if staged:
                 context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
+        shared = (rootfs, scratch) if stage.is_relative_to(rootfs) else (rootfs, stage, scratch)
         try:
             commands.run(self.bootstrap_argv(profile, rootfs, stage), log_file=context.log_file,
                          on_line=progress, env={"TMPDIR": str(scratch), **self.tool_env},
-                         tool_root=ToolRoot(rootfs.parent, (rootfs, stage, scratch), readable_paths(profile),
-                                            target=rootfs))
+                         tool_root=ToolRoot(rootfs.parent, shared, readable_paths(profile), target=rootfs))
         except commands.ProcessExecutionError as exc:
             if context.verified is not None:
                 context.verified.ready()  # an index that does not verify is the clearer reason
             raise _bootstrap_failed(self.tool, profile, context, progress, exc) from None
+        if rootfs.is_symlink() or not rootfs.is_dir():
+            raise BuildError(f"{self.tool} left no root directory for {profile.name} (a symlink in its place?)",
+                             hint=f"check bootstrap.extra_args in {profile.path}; full log: {context.log_file}")
         if context.verified is not None:
             # debootstrap downloads into the stage, mmdebstrap into the root's archives.
-            context.verified.keep(stage)
             archives = BuildRoot(rootfs).in_upper("/var/cache/apt/archives/")
-            if archives.is_dir() and not archives.is_symlink():
-                context.verified.keep(archives)
+            for downloads in dict.fromkeys((stage, archives)):
+                if downloads.is_dir() and not downloads.is_symlink():
+                    context.verified.keep(downloads)
         if not BuildRoot(rootfs).exists("/usr/bin/apt-get"):
             raise BuildError(f"{self.tool} made a root without apt-get for {profile.name}",
                              hint=f"add apt to bootstrap.include in {profile.path}, or use another method")
@@ -282,6 +289,11 @@ class MmdebstrapBuilder(_DebianFamily):
     tool = "mmdebstrap"
     keeps_lists = True
 
+    def stage_dir(self, rootfs: Path) -> Path:
+        # In the new root's archives already: apt takes them from there, and a hard link
+        # from a stage elsewhere would cross the tool root's mounts.
+        return rootfs / "var/cache/apt/archives"
+
     def preflight(self, profile: Profile) -> None:
         super().preflight(profile)
         if profile.bootstrap.exclude:
@@ -308,15 +320,10 @@ class MmdebstrapBuilder(_DebianFamily):
         argv += [f"--setup-hook=mkdir -p \"$1\"/etc/dpkg/dpkg.cfg.d && echo force-unsafe-io > {unsafe_io}",
                  f"--customize-hook=rm -f {unsafe_io}"]
         if cache is not None:
-            # mmdebstrap's recipe for a package cache (sync-in before the download,
-            # sync-out at the end) copies every .deb through tar twice: 0.6-0.8 s for a
-            # minbase. Hard links in from the build's stage of verified packages (apt and
-            # dpkg only read a cached .deb), the archives kept at the end, and the new
-            # downloads verified and renamed into the cache afterwards (DebCache.keep).
-            quoted = shlex.quote(str(cache))
-            argv += ["--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt/cache",
-                     '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/partial',
-                     f"--setup-hook=find {quoted} -maxdepth 1 -type f -name '*.deb'"
-                     ' -exec cp -l -t "$1"/var/cache/apt/archives/ {} +']
+            # mmdebstrap's recipe for a package cache (sync-in before the download, sync-out
+            # at the end) copies every .deb through tar twice. The verified packages are in
+            # the new root's archives before it starts instead (stage_dir), kept there, and
+            # the new downloads verified and copied into the cache afterwards (DebCache.keep).
+            argv += ["--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt/cache"]
         argv += [*boot.extra_args, profile.release, str(rootfs), boot.mirror]
         return argv
