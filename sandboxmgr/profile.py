@@ -457,8 +457,9 @@ def _validate(raw: _Raw) -> dict[str, Any]:
             known = distros.known_distros()
             raw.error(("distro",), f"{distro!r} is not one of {', '.join(known)}{_did_you_mean(distro, known)}"
                       " (a custom RPM distro needs bootstrap.method: dnf)")
-        elif not NAME_RE.fullmatch(distro):
-            raw.error(("distro",), f"{distro!r} is not a valid name: {NAME_RULE}")
+        elif not NAME_RE.fullmatch(distro) or len(distro) > 64:
+            # It forms a directory name (cache/DISTRO-RELEASE-ARCH): 255 bytes at most for the three.
+            raw.error(("distro",), f"{distro[:80]!r} is not a valid name: {NAME_RULE}, 64 at most")
         out["distro"] = distro
     if out.get("release") is not None and not RELEASE_RE.fullmatch(out["release"]):
         raw.error(("release",), f"{out['release']!r} is not a valid release: {RELEASE_RULE}")
