@@ -44,8 +44,13 @@ from sandboxmgr.mounts import DEVICES, HOST_DEV, MASKED_PATHS, NOSUID_NODEV, NOS
 # open_by_handle_at (DAC_READ_SEARCH), the network's configuration, BPF, resources.
 TOOL_CAPABILITIES = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 18, 29, 31})
 # Files and directories of /etc that hold secrets no build tool needs.
+# (A deny list: the README says so. A tool needs much of /etc - ld.so.cache, alternatives,
+# resolv.conf, ssl/certs, passwd - and what it needs differs between distributions.)
 MASKED_ETC = ("shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl/private",
-              "security/opasswd", "machine-id", "credstore", "credstore.encrypted")
+              "security/opasswd", "machine-id", "credstore", "credstore.encrypted", "wireguard",
+              "NetworkManager/system-connections", "krb5.keytab", "letsencrypt", "pki/tls/private",
+              "ipsec.secrets", "ipsec.d/private", "ppp/chap-secrets", "ppp/pap-secrets", "openvpn",
+              "postgresql", "mysql/debian.cnf", "docker/key.json", "restic", "sandboxmgr")
 _HOST_DIRS = ("usr", "etc")
 _MAX_FD = 0x7FFFFFFF
 _TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
