@@ -192,7 +192,8 @@ def test_trust_in_a_project_keyring_ends_when_the_keyring_changes(tmp_path: Path
     (project / "sandboxmgr.yaml").write_text(
         "inline:\n  mine:\n    extends: debian-bookworm\n    bootstrap:\n      keyring: key.gpg\n")
     found, digests = project_findings(project)
-    assert [f.key for f in found] == ["inline.mine.bootstrap.keyring"]
+    # The key needs trust, and so does the key file it names (its bytes as they are now).
+    assert [f.key for f in found] == ["inline.mine.bootstrap.keyring", "key.gpg"]
     trust.record(store, digests)
     trust.check(store, found, digests, project)  # trusted
     (project / "key.gpg").write_bytes(b"the attacker's key, pulled in later")
