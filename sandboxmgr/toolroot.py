@@ -27,6 +27,7 @@ the signed index (debcache.py) reach a Debian bootstrap.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -149,7 +150,11 @@ def enter(tool_root: ToolRoot, seccomp_program: bytes | None) -> None:  # pragma
     # keyring, and the sandboxes' system call filter, which denies the keyring calls, user
     # namespaces and the rest. Loaded while CAP_SYS_ADMIN allows it without no_new_privs
     # (a bootstrap runs setuid programs: apt's sandbox user); the calls after it are allowed.
-    linux.join_new_session_keyring()
+    try:
+        linux.join_new_session_keyring()
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:  # a kernel without keys has nothing to share
+            raise
     if seccomp_program is not None:
         linux.set_seccomp_filter(seccomp_program)
     # Last: mounting needed CAP_SYS_ADMIN.

@@ -81,6 +81,8 @@ class BuildRoot:
         symlink: a bootstrap may have left one there pointing at a host file."""
         target = self.in_upper(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() and not target.is_symlink():
+            raise BuildError(f"{path} is a directory in the root being built", hint="a build step made it; change it")
         if target.is_symlink() or target.exists():
             target.unlink()
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
