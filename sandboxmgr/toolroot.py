@@ -36,7 +36,15 @@ from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.mounts import DEVICES, HOST_DEV, MASKED_PATHS, NOSUID_NODEV, NOSUID_NODEV_NOEXEC, READONLY_PATHS
+from sandboxmgr.mounts import (
+    DEV_LINKS,
+    DEVICES,
+    HOST_DEV,
+    MASKED_PATHS,
+    NOSUID_NODEV,
+    NOSUID_NODEV_NOEXEC,
+    READONLY_PATHS,
+)
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
 # SETFCAP), users (SETUID, SETGID, SETPCAP), chroot, signals to its own processes
@@ -262,7 +270,6 @@ def _make_dev(dev: Path, links: bool = True) -> None:  # pragma: no cover - runs
     linux.mount("tmpfs", dev / "shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")
     if not links:
         return  # the tool makes them
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
+    for name, target in DEV_LINKS:
         with contextlib.suppress(FileExistsError):
             (dev / name).symlink_to(target)

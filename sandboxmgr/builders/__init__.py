@@ -100,10 +100,11 @@ class VerifiedCache(Protocol):
     """A shared package cache that only verified packages enter or leave (debcache.py)."""
 
     def stage(self, target: Path) -> int:
-        """Hard-link the cached packages that verify into ``target``; how many."""
+        """Copy the cached packages that verify into ``target`` (for a tool that may write
+        them); how many."""
 
     def keep(self, source: Path) -> int:
-        """Move the packages in ``source`` that verify into the cache; how many."""
+        """Copy the packages in ``source`` that verify into the cache; how many."""
 
     def ready(self) -> None:
         """Wait until verifying is possible; raise BuildError when it never will be."""

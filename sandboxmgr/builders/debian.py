@@ -118,14 +118,13 @@ def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
 
 class _DebianFamily(Builder):
     tool = ""
+    tool_env: dict[str, str] = {}  # noqa: RUF012 - read only
+    # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
+    keeps_lists = False
 
     def stage_dir(self, rootfs: Path) -> Path:
         """Where the verified cached packages are put for the tool."""
         return rootfs.parent / "stage"
-
-    tool_env: dict[str, str] = {}  # noqa: RUF012 - read only
-    # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
-    keeps_lists = False
 
     def preflight(self, profile: Profile) -> None:
         _check_common(profile, self.tool)
