@@ -235,17 +235,20 @@ def test_a_profile_with_its_own_mirror_and_keyring_cannot_fill_the_shared_cache(
         cli("rmi", "atk-own-mirror")
 
 
-RECEIVER = """
-import os, socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind("\\0" + sys.argv[1])
+# The receiving end of both fd-passing attacks: listen on an abstract socket, take one fd.
+ACCEPT_FD = """s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\\\\0" + {name})
 s.listen(1)
 print("LISTENING", flush=True)
 s.settimeout(120)
 c, _ = s.accept()
 _, fds, _, _ = socket.recv_fds(c, 16, 1)
 fd = fds[0]
-print("GOT", os.fstat(fd).st_ino, flush=True)
+"""
+
+RECEIVER = """
+import os, socket, sys, time
+""" + ACCEPT_FD.format(name="sys.argv[1]") + """print("GOT", os.fstat(fd).st_ino, flush=True)
 first = os.fstat(fd).st_ctime_ns
 deadline = time.monotonic() + 60
 while os.fstat(fd).st_ctime_ns == first and time.monotonic() < deadline:
@@ -531,15 +534,7 @@ int main(int argc, char **argv) {
 RACE_RECEIVER = """
 import os, socket, sys
 name, partner, prefix = sys.argv[1:4]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind("\\0" + name)
-s.listen(1)
-print("LISTENING", flush=True)
-s.settimeout(120)
-c, _ = s.accept()
-_, fds, _, _ = socket.recv_fds(c, 16, 1)
-fd = fds[0]
-os.set_inheritable(fd, True)
+""" + ACCEPT_FD.format(name="name") + """os.set_inheritable(fd, True)
 if not partner.startswith("->"):
     out = os.open(partner, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
     os.write(out, open("/t/hello.deb", "rb").read())
