@@ -27,7 +27,6 @@ the signed index (debcache.py) reach a Debian bootstrap.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import signal
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
+from sandboxmgr.enter import exit_status
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import (
     DEV_LINKS,
@@ -158,11 +158,7 @@ def enter(tool_root: ToolRoot, seccomp_program: bytes | None) -> None:  # pragma
     # keyring, and the sandboxes' system call filter, which denies the keyring calls, user
     # namespaces and the rest. Loaded while CAP_SYS_ADMIN allows it without no_new_privs
     # (a bootstrap runs setuid programs: apt's sandbox user); the calls after it are allowed.
-    try:
-        linux.join_new_session_keyring()
-    except OSError as exc:
-        if exc.errno != errno.ENOSYS:  # a kernel without keys has nothing to share
-            raise
+    linux.join_new_session_keyring()
     if seccomp_program is not None:
         linux.set_seccomp_filter(seccomp_program)
     # Last: mounting needed CAP_SYS_ADMIN.
@@ -180,8 +176,7 @@ def _wait_for(child: int, keep: int) -> None:  # pragma: no cover - runs between
             break
         except InterruptedError:
             continue
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(128 - code if code < 0 else code)
+    os._exit(exit_status(status))
 
 
 def _mount_proc(proc: Path) -> None:  # pragma: no cover - runs between fork and exec

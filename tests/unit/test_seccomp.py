@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import seccomp
-from sandboxmgr.enter import check_user
 from sandboxmgr.mounts import BindMount, refuse_kernel_target
 from sandboxmgr.sandbox import RunOptions, Settings, with_options
 from sandboxmgr.seccomp import (
@@ -26,6 +25,7 @@ from sandboxmgr.seccomp import (
     default_policy,
     load_profile,
 )
+from sandboxmgr.users import check_user
 
 
 def rules_for(policy: seccomp.Policy, name: str) -> list[Rule]:
