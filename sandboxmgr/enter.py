@@ -50,8 +50,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the 
 if TYPE_CHECKING:
     import socket
 
-    from sandboxmgr.cgroups import RunCgroup
     from sandboxmgr.limits import Limits
+    from sandboxmgr.runcgroup import RunCgroup
 
 # Docker's default capability set: enough for apt-get and dnf, not for mount,
 # module loading, raw I/O, ptrace, the clock or the network configuration.
@@ -105,7 +105,7 @@ class EnterSpec:
     capabilities: frozenset[int] = DEFAULT_CAPABILITIES
     # File descriptors to give the command as stdin, stdout, stderr (default: ours).
     stdio: tuple[int, int, int] | None = None
-    # Resource limits, applied with a cgroup of the run's own (see cgroups.py).
+    # Resource limits, applied with a cgroup of the run's own (see runcgroup.py).
     limits: Limits | None = None
     # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities grant nothing.
     no_new_privs: bool = True
@@ -135,7 +135,7 @@ def enter(spec: EnterSpec) -> int:
     seccomp_program = program(spec.seccomp, spec.seccomp_cache) if spec.seccomp is not None else None
     cgroup = None
     if spec.limits is not None and not spec.limits.empty:
-        from sandboxmgr.cgroups import RunCgroup  # only runs with limits pay for it
+        from sandboxmgr.runcgroup import RunCgroup  # only runs with limits pay for it
 
         cgroup = RunCgroup.create(spec.limits)
     try:
@@ -254,7 +254,7 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         os.close(alive)
         if cgroup_fds:
             # First of all, so that every mount, page and process below is counted.
-            from sandboxmgr.cgroups import join
+            from sandboxmgr.runcgroup import join
 
             join(cgroup_fds)
             if spec.limits is not None and spec.limits.memory is not None:
