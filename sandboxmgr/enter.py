@@ -41,9 +41,10 @@ from sandboxmgr.errors import (
     SandboxError,
 )
 from sandboxmgr.execute import FORWARDED, exec_command, fail
+from sandboxmgr.libseccomp import program
 from sandboxmgr.mounts import BindMount, full_plan, refuse_kernel_target
 from sandboxmgr.record import record
-from sandboxmgr.seccomp import Policy, default_policy, program
+from sandboxmgr.seccomp import Policy, default_policy
 from sandboxmgr.users import check_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
