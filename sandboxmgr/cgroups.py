@@ -1,28 +1,12 @@
-"""Resource limits: a cgroup per sandbox run.
+"""The cgroup hierarchies of this machine, and the run cgroups in them.
 
-A run with limits (``--memory``, ``--pids-limit``, ``--cpus`` or a profile's
-``limits:``) gets a cgroup of its own in every hierarchy that carries one of the
-controllers it needs: the unified (v2) hierarchy when it offers the controller,
-else the controller's v1 hierarchy. Hybrid machines (systemd's layout with v1
-controllers under ``/sys/fs/cgroup/<controller>`` and an empty v2 hierarchy at
-``/sys/fs/cgroup/unified``) thus use v1; a pure v2 machine uses v2.
-
-With v1 the cgroup is made below the manager's own cgroup, as
-``sandboxmgr/<id>``, so whatever limits the caller lives under still apply to
-the sandbox; v2's no-internal-process rule forbids that (the caller's cgroup
-holds the caller), so there it is ``<v2 root>/sandboxmgr/<id>``. Either way
-leftovers are easy to recognise. ``<id>`` is ``<manager pid>-<its start
-time>-<random>``: :mod:`sandboxmgr.doctor` can tell a cgroup whose manager died
-from one in use without any state on disk. The sandbox's PID 1 writes itself
-into the cgroup's leaf (``<id>/sandbox``, see :data:`LEAF`) before it forks the
-command, so everything the command starts is counted, then makes its cgroup
-namespace there; the manager removes the cgroup once PID 1 (and with it every
-process of the PID namespace) is gone.
-
-Unlike the rest of the mount plan this is not free (a mkdir and a few writes
-per hierarchy), so a run without limits gets no cgroup at all.
+:func:`hierarchies` finds the mounted hierarchies (v1, v2 or both) and this
+process's cgroup in each; :func:`choose` picks, for each controller a run's
+limits need, the hierarchy it is taken from. A run's cgroup is a directory
+``sandboxmgr/<id>`` (see runcgroup.py, which makes and configures it); the
+rest of this module is what any run cgroup needs, the doctor's search for
+leftovers among them: its processes, killing them, removing it.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxmgr import mountinfo
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.limits import MIN_CPUS, Limits, format_bytes
 
 GROUP_DIR = "sandboxmgr"
 # The sandbox's processes live one level below the cgroup that carries the limits, and
@@ -45,8 +29,8 @@ GROUP_DIR = "sandboxmgr"
 # leaf: on cgroup v1 it may write the leaf's pids.max or memory limits, and the run's
 # limits, one level up, still hold; on v2 the leaf has no limit files at all.
 LEAF = "sandbox"
-CPU_PERIOD_US = 100_000
-_RUN_NAME = re.compile(r"^(\d+)-(\d+)-[0-9a-f]+$")
+# A run cgroup's name: <manager pid>-<its start time>-<random>.
+RUN_NAME = re.compile(r"^(\d+)-(\d+)-[0-9a-f]+$")
 
 
 # --- the hierarchies of this machine -------------------------------------------------------------
@@ -76,15 +60,8 @@ class Hierarchy:
 
 def _mounted_cgroups(mountinfo_text: str) -> list[tuple[str, str, Path, set[str]]]:
     """(fstype, mount root, mount point, super options) of each cgroup mount."""
-    found = []
-    for line in mountinfo_text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        found.append((tail[0], fields[3], Path(point), set(tail[2].split(","))))
-    return found
+    return [(entry.fstype, entry.root, Path(entry.mount_point), set(entry.super_options.split(",")))
+            for entry in mountinfo.parse(mountinfo_text) if entry.fstype in ("cgroup", "cgroup2")]
 
 
 def hierarchies(mountinfo_text: str | None = None, cgroup_text: str | None = None,
@@ -154,7 +131,7 @@ def choose(controllers: tuple[str, ...], found: list[Hierarchy]) -> dict[Hierarc
     return plan
 
 
-# --- one run's cgroup ----------------------------------------------------------------------------
+# --- a run cgroup's directory --------------------------------------------------------------------
 
 
 def process_start_time(pid: int) -> int | None:
@@ -169,13 +146,13 @@ def process_start_time(pid: int) -> int | None:
 
 def manager_alive(name: str) -> bool:
     """Whether the manager that made the run cgroup ``name`` still runs."""
-    match = _RUN_NAME.match(name)
+    match = RUN_NAME.match(name)
     if match is None:
         return False
     return process_start_time(int(match.group(1))) == int(match.group(2))
 
 
-def _write(path: Path, value: str) -> None:
+def write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -202,29 +179,6 @@ def _zombie(pid: int) -> bool:
     return text[text.rfind(")") + 2:].startswith(("Z", "X"))
 
 
-def _enable(directory: Path, controllers: list[str]) -> None:
-    """v2: let ``directory``'s children use ``controllers`` (cgroup.subtree_control)."""
-    try:
-        enabled = set((directory / "cgroup.subtree_control").read_text().split())
-    except OSError as exc:
-        raise SandboxError(f"cannot read {directory}/cgroup.subtree_control: {exc.strerror}") from None
-    missing = [c for c in controllers if c not in enabled]
-    if not missing:
-        return
-    try:
-        _write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            raise SandboxError(
-                f"cannot enable the {' '.join(missing)} controller below {directory}: it has processes "
-                "of its own (cgroup v2 allows controllers only below cgroups without processes)",
-                hint="inside a container's cgroup namespace, give it a delegated cgroup tree; "
-                     "or run without limits",
-            ) from None
-        raise SandboxError(f"cannot enable the {' '.join(missing)} controller below {directory}: "
-                           f"{exc.strerror}", hint="run without limits, or check the cgroup setup") from None
-
-
 def remove_dir(directory: Path, wait: float = 2.0) -> bool:
     """rmdir a run's cgroup (its leaf first), waiting a little for exiting processes to leave it."""
     deadline = time.monotonic() + wait
@@ -247,7 +201,7 @@ def kill_all(directory: Path, wait: float = 5.0) -> bool:
     kill_file = directory / "cgroup.kill"
     if kill_file.exists():
         with contextlib.suppress(OSError):
-            _write(kill_file, "1")
+            write(kill_file, "1")
     deadline = time.monotonic() + wait
     while True:
         procs = cgroup_procs(directory)
@@ -261,173 +215,11 @@ def kill_all(directory: Path, wait: float = 5.0) -> bool:
         time.sleep(0.02)
 
 
-def _remove_parent(parent: Path) -> None:
+def remove_parent(parent: Path) -> None:
     """The ``sandboxmgr`` directory goes when its last run has: it must not keep the
     caller's own cgroup from being removed."""
     with contextlib.suppress(OSError):
         os.rmdir(parent)
-
-
-def _remove_stale_siblings(parent: Path) -> None:
-    """Empty cgroups of managers that died (``kill -9``) are removed by the next run."""
-    with contextlib.suppress(OSError), os.scandir(parent) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and _RUN_NAME.match(entry.name) \
-                    and not manager_alive(entry.name) and not cgroup_procs(Path(entry.path)):
-                remove_dir(Path(entry.path), wait=0)
-
-
-@dataclass
-class RunCgroup:
-    """The cgroup of one sandbox run: a directory per hierarchy used."""
-
-    limits: Limits
-    directories: dict[Path, int]  # directory -> cgroup version
-    controllers: dict[str, Path]  # controller -> the directory it is limited in
-
-    @classmethod
-    def create(cls, limits: Limits, found: list[Hierarchy] | None = None) -> RunCgroup:
-        """Make and configure the run's cgroup; SandboxError when the machine cannot."""
-        plan = choose(limits.controllers(), hierarchies() if found is None else found)
-        if limits.cpus is not None and limits.cpus > (os.cpu_count() or 1):
-            raise SandboxError(f"--cpus {limits.cpus:g}: this machine has only {os.cpu_count()} CPUs",
-                               hint=f"give a number from {MIN_CPUS} to {os.cpu_count()}")
-        name = f"{os.getpid()}-{process_start_time(os.getpid()) or 0}-{os.urandom(3).hex()}"
-        run = cls(limits, {}, {})
-        try:
-            for hierarchy, controllers in plan.items():
-                directory = run._make(hierarchy, controllers, name)
-                for controller in controllers:
-                    run.controllers[controller] = directory
-            run._configure()
-        except SandboxError:
-            run.remove()
-            raise
-        except OSError as exc:
-            run.remove()
-            raise SandboxError(f"cannot set up the cgroup for the limits ({limits.describe()}): {exc}",
-                               hint="run without limits, or check /sys/fs/cgroup") from None
-        return run
-
-    def _make(self, hierarchy: Hierarchy, controllers: list[str], name: str) -> Path:
-        parent = hierarchy.run_parent
-        if hierarchy.version == 2:
-            _enable(hierarchy.mount, controllers)
-        for _ in range(10):
-            try:
-                parent.mkdir(exist_ok=True)
-                if hierarchy.version == 2:
-                    _enable(parent, controllers)
-                directory = parent / name
-                directory.mkdir()
-                (directory / LEAF).mkdir()
-                break
-            except FileNotFoundError:  # another run removed the emptied parent just now
-                continue
-        else:  # pragma: no cover - ten races in a row
-            raise SandboxError(f"cannot create a cgroup in {parent}", hint="try again")
-        self.directories[directory] = hierarchy.version
-        _remove_stale_siblings(parent)
-        return directory
-
-    def _configure(self) -> None:
-        limits = self.limits
-        if limits.memory is not None:
-            directory = self.controllers["memory"]
-            if self.directories[directory] == 2:
-                _write(directory / "memory.max", str(limits.memory))
-                if (directory / "memory.swap.max").exists():
-                    _write(directory / "memory.swap.max", "0")
-            else:
-                _write(directory / "memory.limit_in_bytes", str(limits.memory))
-                if (directory / "memory.memsw.limit_in_bytes").exists():
-                    _write(directory / "memory.memsw.limit_in_bytes", str(limits.memory))
-        if limits.pids is not None:
-            _write(self.controllers["pids"] / "pids.max", str(limits.pids))
-        if limits.cpus is not None:
-            directory = self.controllers["cpu"]
-            if self.directories[directory] == 2:
-                quota = max(1000, round(limits.cpus * CPU_PERIOD_US))
-                _write(directory / "cpu.max", f"{quota} {CPU_PERIOD_US}")
-            else:
-                try:
-                    period = int((directory / "cpu.cfs_period_us").read_text())
-                except (OSError, ValueError):
-                    period = CPU_PERIOD_US
-                _write(directory / "cpu.cfs_quota_us", str(max(1000, round(limits.cpus * period))))
-
-    def open_procs(self) -> list[int]:
-        """File descriptors on each leaf's ``cgroup.procs``, for the sandbox's PID 1 to join with."""
-        fds: list[int] = []
-        try:
-            for directory in self.directories:
-                fds.append(os.open(directory / LEAF / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
-        except OSError:
-            for fd in fds:
-                os.close(fd)
-            raise
-        return fds
-
-    def events(self) -> tuple[int, int]:
-        """(processes the OOM killer took, forks refused at the pids limit) so far."""
-        oom = refused = 0
-        # The run's cgroup, or its leaf: v1 counts an OOM kill where the victim was (the
-        # leaf), a refused fork where the limit is; v2 counts both up the tree, and its
-        # leaf has no such files. The larger of the two never counts one event twice.
-        memory = self.controllers.get("memory")
-        if memory is not None:
-            name = "memory.events" if self.directories[memory] == 2 else "memory.oom_control"
-            oom = max(_counter(memory / name, "oom_kill"), _counter(memory / LEAF / name, "oom_kill"))
-        pids = self.controllers.get("pids")
-        if pids is not None:
-            refused = max(_counter(pids / "pids.events", "max"), _counter(pids / LEAF / "pids.events", "max"))
-        return oom, refused
-
-    def report(self, status: int) -> str | None:
-        """One line on what the limits did to the run, or None when they did nothing."""
-        oom, refused = self.events()
-        reasons = []
-        if oom and self.limits.memory is not None:
-            what = "process" if oom == 1 else "processes"
-            reasons.append(f"out of memory: the kernel killed {oom} {what} at the memory limit "
-                           f"({format_bytes(self.limits.memory)})")
-        if refused and self.limits.pids is not None:
-            what = "fork was" if refused == 1 else "forks were"
-            reasons.append(f"the process limit ({self.limits.pids}) was reached: {refused} {what} refused")
-        if not reasons:
-            return None
-        return f"{'; '.join(reasons)}; exit status {status}"
-
-    def remove(self) -> list[Path]:
-        """Remove the run's cgroups; returns those that could not be (still busy)."""
-        left = []
-        for directory in list(self.directories):
-            if not remove_dir(directory):
-                kill_all(directory, wait=2.0)
-                if not remove_dir(directory):
-                    left.append(directory)
-                    continue
-            del self.directories[directory]
-            _remove_parent(directory.parent)
-        return left
-
-
-def join(fds: list[int]) -> None:
-    """Move the calling process into the cgroups (``0`` is "the writer")."""
-    for fd in fds:
-        os.write(fd, b"0")
-        os.close(fd)
-
-
-def _counter(path: Path, key: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
-                return int(value)
-    except OSError:
-        pass
-    return 0
 
 
 # --- what the doctor looks at --------------------------------------------------------------------
@@ -449,7 +241,7 @@ def find_run_groups(found: list[Hierarchy] | None = None, max_depth: int = 8) ->
         for parent in _group_dirs(hierarchy.mount, max_depth):
             with contextlib.suppress(OSError), os.scandir(parent) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
-                    if entry.is_dir(follow_symlinks=False) and _RUN_NAME.match(entry.name):
+                    if entry.is_dir(follow_symlinks=False) and RUN_NAME.match(entry.name):
                         path = Path(entry.path)
                         result.append(RunGroup(path, manager_alive(entry.name), tuple(cgroup_procs(path))))
     return result
@@ -476,5 +268,5 @@ def remove_run_group(group: RunGroup) -> bool:
         return False
     removed = remove_dir(group.path)
     if removed:
-        _remove_parent(group.path.parent)
+        remove_parent(group.path.parent)
     return removed

@@ -83,7 +83,8 @@ class PreMount:
 
 def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], None]:
     from sandboxmgr import toolroot  # here, not in the child (see run)
-    from sandboxmgr.seccomp import default_policy, program
+    from sandboxmgr.libseccomp import program
+    from sandboxmgr.seccomp import default_policy
 
     # Built here: the child only loads it.
     seccomp_program = program(default_policy(), None)

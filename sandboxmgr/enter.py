@@ -24,20 +24,15 @@ it then also drops ``CAP_SYS_CHROOT`` so that escape is closed.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import select
 import signal
-import stat
-import struct
 import sys
-import termios
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, MappingProxyType
 
-from sandboxmgr import callertty, linux
+from sandboxmgr import linux, mountexec, tty
 from sandboxmgr.errors import (
     EXIT_CANNOT_INVOKE,
     EXIT_MANAGER,
@@ -45,29 +40,19 @@ from sandboxmgr.errors import (
     CommandFailed,
     SandboxError,
 )
-from sandboxmgr.inroot import open_in_root
-from sandboxmgr.inroot import resolve_in_root as resolve_in_root  # noqa: PLC0414 - re-exported, tests use it here
-from sandboxmgr.mounts import (
-    DEFAULT_MOUNTS,
-    DEV_LINKS,
-    DEVICES,
-    NOSUID_NODEV_NOEXEC,
-    BindMount,
-    MountStep,
-    device_steps,
-    mask_steps,
-    plan,
-    refuse_kernel_target,
-)
+from sandboxmgr.execute import FORWARDED, exec_command, fail
+from sandboxmgr.libseccomp import program
+from sandboxmgr.mounts import BindMount, full_plan, refuse_kernel_target
 from sandboxmgr.record import record
-from sandboxmgr.seccomp import Policy, default_policy, program
+from sandboxmgr.seccomp import Policy, default_policy
+from sandboxmgr.users import check_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
     import socket
 
-    from sandboxmgr.cgroups import RunCgroup
     from sandboxmgr.limits import Limits
+    from sandboxmgr.runcgroup import RunCgroup
 
 # Docker's default capability set: enough for apt-get and dnf, not for mount,
 # module loading, raw I/O, ptrace, the clock or the network configuration.
@@ -79,18 +64,9 @@ CAPABILITY_NUMBERS = {
 DEFAULT_CAPABILITIES = frozenset(CAPABILITY_NUMBERS.values())
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_NAME = "sandboxmgr-init"  # the sandbox's PID 1 as ps shows it (15 bytes at most)
-_MAX_FD = 0x7FFFFFFF
 NO_ENV: Mapping[str, str] = MappingProxyType({})  # an immutable default
 DEFAULT_SECCOMP = default_policy()
 
-_TIOCSPTLCK = 0x40045431
-_TIOCGPTN = 0x80045430
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-_IFF_LOOPBACK = 0x8
-_IFF_RUNNING = 0x40
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-              signal.SIGUSR1, signal.SIGUSR2)
 
 
 @record
@@ -130,7 +106,7 @@ class EnterSpec:
     capabilities: frozenset[int] = DEFAULT_CAPABILITIES
     # File descriptors to give the command as stdin, stdout, stderr (default: ours).
     stdio: tuple[int, int, int] | None = None
-    # Resource limits, applied with a cgroup of the run's own (see cgroups.py).
+    # Resource limits, applied with a cgroup of the run's own (see runcgroup.py).
     limits: Limits | None = None
     # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities grant nothing.
     no_new_privs: bool = True
@@ -160,7 +136,7 @@ def enter(spec: EnterSpec) -> int:
     seccomp_program = program(spec.seccomp, spec.seccomp_cache) if spec.seccomp is not None else None
     cgroup = None
     if spec.limits is not None and not spec.limits.empty:
-        from sandboxmgr.cgroups import RunCgroup  # only runs with limits pay for it
+        from sandboxmgr.runcgroup import RunCgroup  # only runs with limits pay for it
 
         cgroup = RunCgroup.create(spec.limits)
     try:
@@ -206,13 +182,13 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     os.close(alive_read)
     # Without -t the command gets the caller's own stdin, stdout and stderr: whatever it
     # does to them (echo off, raw mode, the window size, O_NONBLOCK) is undone at the end.
-    caller = None if spec.tty or spec.stdio is not None else callertty.save()
+    caller = None if spec.tty or spec.stdio is not None else tty.save()
     try:
         status = _supervise(pid, err_read, tty_parent, tty_child)
     finally:
         os.close(alive_write)
         if caller is not None:
-            callertty.restore(caller)
+            tty.restore(caller)
     if cgroup is not None:
         reason = cgroup.report(status)
         if reason:
@@ -226,16 +202,11 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     master = None
     try:
         if tty_parent is not None and tty_child is not None:
-            tty_child.close()
-            import socket
-
-            _, fds, _, _ = socket.recv_fds(tty_parent, 16, 1)
-            tty_parent.close()
-            master = fds[0] if fds else None
+            master = tty.receive_master(tty_parent, tty_child)
         with os.fdopen(err_read, "rb") as pipe:
             report = pipe.read().decode(errors="replace")
         if report:
@@ -244,7 +215,7 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
                 os.close(master)
             raise _report_to_error(report)
         if master is not None:
-            _relay(master)
+            tty.relay(master)
         _, status = os.waitpid(pid, 0)
     finally:
         for sig, handler in previous.items():
@@ -270,13 +241,6 @@ def _report_to_error(report: str) -> SandboxError:
 # --- the sandbox side: PID 1 --------------------------------------------------------------
 
 
-def _fail(err_write: int, code: int, message: str, hint: str = "") -> None:
-    try:
-        os.write(err_write, f"{code}\t{message}\t{hint}".encode())
-    finally:
-        os._exit(code)
-
-
 def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, alive: int,
           cgroup_fds: list[int], seccomp_program: bytes | None) -> None:
     """PID 1 of the sandbox. Never returns."""
@@ -291,7 +255,7 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         os.close(alive)
         if cgroup_fds:
             # First of all, so that every mount, page and process below is counted.
-            from sandboxmgr.cgroups import join
+            from sandboxmgr.runcgroup import join
 
             join(cgroup_fds)
             if spec.limits is not None and spec.limits.memory is not None:
@@ -300,7 +264,11 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
                 # equal and the larger process - the command - goes first anyway.
                 with contextlib.suppress(OSError):
                     Path("/proc/self/oom_score_adj").write_text("-999")
-        _new_session_keyring()
+        # A fresh, anonymous session keyring for the sandbox: the caller's session keys
+        # (@s, inherited through fork) are not reachable inside, and keys added there die with
+        # the sandbox. Root's user keyring (@u) is per uid, not per sandbox: only the seccomp
+        # filter (no keyctl, add_key, request_key) keeps the sandbox from it.
+        linux.join_new_session_keyring()
         # How `sandboxmgr doctor` finds a sandbox whose manager died.
         linux.set_process_name(INIT_NAME)
         os.setsid()
@@ -308,32 +276,25 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         root = _setup(spec)
         pty_number = None
         if tty_child is not None:
-            pty_number = _open_pty(root, tty_child)
+            pty_number = tty.open_pty(root, tty_child)
         _switch_root(root, spec.isolation)
         # Not dumpable: no process of the sandbox may ptrace PID 1 or open its
         # /proc/1/exe, which is the host's Python.
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
     except SandboxError as exc:
-        _fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
+        fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
     except Exception as exc:
-        _fail(err_write, EXIT_MANAGER, f"cannot set up the sandbox: {exc}")
+        fail(err_write, EXIT_MANAGER, f"cannot set up the sandbox: {exc}")
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    capabilities = spec.capabilities
+    if spec.isolation == "chroot":
+        capabilities = capabilities - {CAPABILITY_NUMBERS["SYS_CHROOT"]}
     child = os.fork()
     if child == 0:
-        _exec(spec, err_write, pty_number, seccomp_program)
+        exec_command(spec, err_write, pty_number, seccomp_program, env, capabilities)
     os.close(err_write)
     _reap(child)
-
-
-def _new_session_keyring() -> None:
-    """A fresh, anonymous session keyring for the sandbox: the caller's session keys
-    (@s, inherited through fork) are not reachable inside, and keys added there die with
-    the sandbox. Root's user keyring (@u) is per uid, not per sandbox: only the seccomp
-    filter (no keyctl, add_key, request_key) keeps the sandbox from it."""
-    try:
-        linux.join_new_session_keyring()
-    except OSError as exc:
-        if exc.errno != errno.ENOSYS:  # a kernel without keys has nothing to share
-            raise
 
 
 def _setup(spec: EnterSpec) -> Path:
@@ -349,155 +310,19 @@ def _setup(spec: EnterSpec) -> Path:
     root = _mount_root(spec.root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for step in plan(spec.network, spec.binds):
-            _mount_step(root_fd, step)
-            if step.target == "/dev":
-                _populate_dev(root_fd)
-        for step in mask_steps():
-            _mount_step(root_fd, step)
+        mountexec.carry_out(root_fd, full_plan(spec.network, spec.binds))
     finally:
         os.close(root_fd)
     linux.sethostname(spec.hostname)
     if spec.network == "none":
-        _loopback_up()
+        linux.loopback_up()
     return root
 
 
 def _mount_root(root: OverlayRoot | DirectoryRoot) -> Path:
-    # nodev everywhere but on the device binds of /dev: see mounts.DEVICES.
     if isinstance(root, OverlayRoot):
-        lowers = ":".join(str(p) for p in root.lowers)
-        options = f"lowerdir={lowers},upperdir={root.upper},workdir={root.work}"
-        if root.volatile:
-            try:
-                linux.mount("overlay", root.mountpoint, "overlay", linux.MS_NODEV, options + ",volatile")
-                return root.mountpoint
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # kernels before 5.10 have no volatile: mount without it
-                    raise
-        linux.mount("overlay", root.mountpoint, "overlay", linux.MS_NODEV, options)
-        return root.mountpoint
-    # A root a bootstrap tool made: it may have left a symlink to a host directory in its place.
-    if root.path.is_symlink() or not root.path.is_dir():
-        raise SandboxError(f"the root being built, {root.path}, is not a directory (a symlink?)",
-                           hint="something in the build replaced it; the build is refused")
-    # pivot_root needs the new root to be a mount point.
-    linux.mount(root.path, root.path, None, linux.MS_BIND | linux.MS_REC)
-    linux.mount(None, root.path, None,
-                linux.MS_BIND | linux.MS_REMOUNT | linux.mount_flags(root.path) | linux.MS_NODEV)
-    return root.path
-
-
-def _fd_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
-
-
-def _mount_step(root_fd: int, step: MountStep) -> None:
-    if step.kind in ("mask", "readonly"):
-        _protect(root_fd, step)
-        return
-    # The sandbox's own file systems (/proc, /dev, /tmp ...) go on real directories
-    # only; what the user asked for (-v, resolv.conf) follows the image's symlinks,
-    # inside the root.
-    follow = step not in DEFAULT_MOUNTS
-    target = open_in_root(root_fd, step.target, create=True, is_file=step.is_file, follow=follow)
-    try:
-        if follow and not step.device:
-            # A target that is spelled harmlessly but is a symlink in the image into
-            # /proc, /sys or /dev is refused like one spelled so (mounts.refuse_kernel_target).
-            root = os.readlink(_fd_path(root_fd))
-            refuse_kernel_target(step.target, "/" + os.path.relpath(os.readlink(_fd_path(target)), root))
-        if step.fstype is not None:
-            try:
-                linux.mount(step.source, _fd_path(target), step.fstype, step.flags, step.data)
-            except OSError as exc:  # kernels before 5.10 have no volatile overlay: mount without it
-                if exc.errno != errno.EINVAL or not (step.data or "").endswith(",volatile"):
-                    raise
-                linux.mount(step.source, _fd_path(target), step.fstype, step.flags,
-                            (step.data or "").removesuffix(",volatile"))
-            return
-        source = os.stat(step.source)
-        linux.mount(step.source, _fd_path(target), None, linux.MS_BIND | linux.MS_REC)
-    finally:
-        os.close(target)
-    # A bind remount replaces every per-mount flag: keep the source's, add nodev
-    # (see mounts.DEVICES) and ro. The path is opened again: the new mount is on top.
-    mounted = open_in_root(root_fd, step.target, follow=follow)
-    try:
-        now = os.fstat(mounted)
-        if (now.st_dev, now.st_ino) != (source.st_dev, source.st_ino):
-            raise SandboxError(f"the bind mount on {step.target} is not {step.source} after mounting it",
-                               hint="something changed the sandbox's root while it was set up; try again")
-        flags = linux.mount_flags(mounted) | (0 if step.device else linux.MS_NODEV)
-        flags |= linux.MS_RDONLY if step.readonly else 0
-        linux.mount(None, _fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | flags)
-    finally:
-        os.close(mounted)
-
-
-def _protect(root_fd: int, step: MountStep) -> None:
-    """A mask (/dev/null on a file, an empty read-only tmpfs on a directory) or a
-    read-only bind of a path onto itself; a path this kernel lacks is skipped."""
-    try:
-        target = open_in_root(root_fd, step.target, follow=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        is_dir = stat.S_ISDIR(os.fstat(target).st_mode)
-        if step.kind == "mask" and is_dir:
-            linux.mount("tmpfs", _fd_path(target), "tmpfs",
-                        linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, "mode=0555")
-            return
-        source = step.source if step.kind == "mask" else _fd_path(target)
-        linux.mount(source, _fd_path(target), None, linux.MS_BIND | linux.MS_REC)
-    finally:
-        os.close(target)
-    mounted = open_in_root(root_fd, step.target, follow=False)
-    try:
-        # A masked file reads as empty, as under runc: /dev/null's bind keeps its dev.
-        keep_dev = linux.MS_NODEV if step.kind == "readonly" else 0
-        flags = linux.mount_flags(mounted) | linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC | keep_dev
-        linux.mount(None, _fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | flags)
-    finally:
-        os.close(mounted)
-
-
-def _populate_dev(root_fd: int) -> None:
-    """Bind the host's device nodes (read-only: the sandbox's root may not chmod the
-    host's /dev/null) into the fresh /dev, and add the usual links."""
-    for device, step in zip(DEVICES, device_steps(), strict=True):
-        info = os.stat(step.source)
-        if not stat.S_ISCHR(info.st_mode) or info.st_rdev != os.makedev(device.major, device.minor):
-            raise SandboxError(f"the host's {step.source} is not the {device.name} device "
-                               f"({device.major}:{device.minor})", hint=f"restore {step.source} on the host")
-        _mount_step(root_fd, step)
-    dev = open_in_root(root_fd, "/dev", follow=False)
-    try:
-        for name, target in DEV_LINKS:
-            os.symlink(target, name, dir_fd=dev)
-    finally:
-        os.close(dev)
-
-
-def _loopback_up() -> None:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", b"lo", _IFF_UP | _IFF_LOOPBACK | _IFF_RUNNING)
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, request)
-
-
-def _open_pty(root: Path, tty_child: socket.socket) -> int:
-    """Make a pty in the sandbox's own devpts; hand the master to the manager."""
-    master = os.open(root / "dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-    number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
-    import socket
-
-    socket.send_fds(tty_child, [b"m"], [master])
-    tty_child.close()
-    os.close(master)
-    return int(number)
+        return mountexec.mount_overlay_root(root.lowers, root.upper, root.work, root.mountpoint, root.volatile)
+    return mountexec.mount_directory_root(root.path)
 
 
 def _switch_root(root: Path, isolation: str) -> None:
@@ -519,7 +344,7 @@ def _reap(child: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
 
-    for sig in _FORWARDED:
+    for sig in FORWARDED:
         signal.signal(sig, forward)
     status = 0
     while True:
@@ -533,203 +358,3 @@ def _reap(child: int) -> None:
     # Leaving PID 1 makes the kernel kill whatever else is left in the namespace.
     os._exit(status)
 
-
-# --- the command ------------------------------------------------------------------------
-
-
-@record
-class _User:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-
-def _read_table(path: str) -> list[list[str]]:
-    try:
-        with open(path) as handle:
-            return [line.rstrip("\n").split(":") for line in handle if line.count(":") >= 2]
-    except OSError:
-        return []
-
-
-# The largest uid and gid: (uid_t)-1 means "unchanged" to the set*id calls.
-MAX_ID = 0xFFFFFFFE
-
-
-def check_user(spec: str | None) -> None:
-    """Refuse a numeric uid or gid the kernel cannot take (``-u 4294967295``, ``-u -1``),
-    before anything is set up. Names are looked up inside the sandbox later."""
-    if not spec:
-        return
-    for part, what in zip(spec.partition(":")[::2], ("uid", "gid"), strict=True):
-        negative = part.startswith("-") and part[1:].isdigit()
-        if negative or (part.isdigit() and int(part) > MAX_ID):
-            raise SandboxError(f"user {spec}: {part} is not a valid {what} (0 to {MAX_ID})",
-                               hint="give -u (or the profile's user:) a name, or a number from 0 to 4294967294")
-
-
-def lookup_user(spec: str | None, passwd: str = "/etc/passwd", group: str = "/etc/group") -> _User:  # noqa: S107
-    """``user[:group]`` (names or numbers) in the sandbox's own user database."""
-    if spec is None or spec == "":
-        spec = "0"
-    user_part, _, group_part = spec.partition(":")
-    users = [row for row in _read_table(passwd) if len(row) >= 7]
-    entry = None
-    for row in users:
-        if row[0] == user_part or (user_part.isdigit() and row[2] == user_part):
-            entry = row
-            break
-    if entry is None and not user_part.isdigit():
-        raise SandboxError(f"no user {user_part!r} in the sandbox's /etc/passwd",
-                           hint="create it in the profile's setup (useradd), or give a numeric uid")
-    uid = int(entry[2]) if entry else int(user_part)
-    gid = int(entry[3]) if entry else 0
-    home = entry[5] if entry else "/"
-    groups_table = [row for row in _read_table(group) if len(row) >= 4]
-    if group_part:
-        if group_part.isdigit():
-            gid = int(group_part)
-        else:
-            match = [row for row in groups_table if row[0] == group_part]
-            if not match:
-                raise SandboxError(f"no group {group_part!r} in the sandbox's /etc/group",
-                                   hint="give a numeric gid or create the group in setup")
-            gid = int(match[0][2])
-    name = entry[0] if entry else None
-    extra = tuple(int(row[2]) for row in groups_table
-                  if name is not None and name in row[3].split(",") and int(row[2]) != gid)
-    return _User(uid, gid, extra, home)
-
-
-def _exec(spec: EnterSpec, err_write: int, pty_number: int | None, seccomp_program: bytes | None) -> None:
-    """The command's process: session, tty, capabilities, user, exec. Never returns."""
-    try:
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        if spec.stdio is not None:
-            for target, fd in enumerate(spec.stdio):
-                os.dup2(fd, target)
-        if pty_number is not None:
-            slave = os.open(f"/dev/pts/{pty_number}", os.O_RDWR)
-            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-            for fd in (0, 1, 2):
-                os.dup2(slave, fd)
-            if slave > 2:
-                os.close(slave)
-        # Only stdin, stdout and stderr cross into the sandbox (close_range(2) makes
-        # the whole range one syscall); err_write is close-on-exec.
-        os.closerange(3, err_write)
-        os.closerange(err_write + 1, _MAX_FD)
-        if spec.limits is not None and spec.limits.memory is not None:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/oom_score_adj").write_text("0")
-        user = lookup_user(spec.user)
-        env = dict(spec.env)
-        env.setdefault("PATH", DEFAULT_PATH)
-        env.setdefault("HOME", user.home)
-        if pty_number is not None:
-            env.setdefault("TERM", os.environ.get("TERM", "xterm"))
-        workdir = spec.workdir or "/"
-        os.makedirs(workdir, exist_ok=True)
-        capabilities = spec.capabilities
-        if spec.isolation == "chroot":
-            capabilities = capabilities - {CAPABILITY_NUMBERS["SYS_CHROOT"]}
-        if seccomp_program is not None and not spec.no_new_privs:
-            # Without no_new_privs the kernel takes a filter only from a process with
-            # CAP_SYS_ADMIN: so it goes in now, before the capabilities are cut. What
-            # follows (prctl, capset, set*id, chdir, execve) is allowed by the default.
-            linux.set_seccomp_filter(seccomp_program)
-        linux.limit_capabilities(capabilities)
-        if user.uid != 0 or user.gid != 0:
-            os.setgroups(list(user.groups))
-            os.setgid(user.gid)
-            os.setuid(user.uid)
-        if spec.no_new_privs:
-            # Nothing the command executes gains privileges: setuid bits and file
-            # capabilities are ignored, and no capability comes back with exec.
-            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-        os.chdir(workdir)
-        argv = list(spec.argv) or [_default_shell()]
-        if seccomp_program is not None and spec.no_new_privs:
-            # Last, as late as possible: the filter binds only what the command does.
-            linux.set_seccomp_filter(seccomp_program)
-    except SandboxError as exc:
-        _fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
-        return
-    except Exception as exc:
-        _fail(err_write, EXIT_MANAGER, f"cannot start the command: {exc}")
-        return
-    try:
-        os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        _fail(err_write, EXIT_NOT_FOUND, f"{argv[0]}: command not found in the sandbox",
-              "install it through the profile's packages, or give the full path")
-    except OSError as exc:
-        _fail(err_write, EXIT_CANNOT_INVOKE, f"{argv[0]}: cannot run: {exc.strerror}",
-              "check that it is an executable file for this architecture")
-
-
-def _default_shell() -> str:
-    return "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
-
-
-# --- the manager side of a tty ------------------------------------------------------------
-
-
-def _copy_winsize(master: int) -> None:
-    for fd in (0, 1, 2):
-        if os.isatty(fd):
-            size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
-            return
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
-def _relay(master: int) -> None:
-    """Copy between our stdin/stdout and the sandbox's pty until the sandbox closes it."""
-    saved = None
-    if os.isatty(0):
-        saved = termios.tcgetattr(0)
-        mode = termios.tcgetattr(0)
-        # Raw mode: every key, Ctrl-C included, goes to the sandbox's terminal.
-        mode[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
-        mode[1] &= ~termios.OPOST
-        mode[2] = (mode[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
-        mode[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
-        mode[6][termios.VMIN] = 1
-        mode[6][termios.VTIME] = 0
-        termios.tcsetattr(0, termios.TCSAFLUSH, mode)
-    _copy_winsize(master)
-    previous = signal.signal(signal.SIGWINCH, lambda _s, _f: _copy_winsize(master))
-    sources = [master, 0]
-    try:
-        while True:
-            ready, _, _ = select.select(sources, [], [])
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError as exc:
-                    if exc.errno == errno.EIO:  # every end of the pty in the sandbox is closed
-                        break
-                    raise
-                if not data:
-                    break
-                _write_all(sys.stdout.fileno(), data)
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if data:
-                    _write_all(master, data)
-                else:
-                    sources.remove(0)
-    finally:
-        signal.signal(signal.SIGWINCH, previous)
-        if saved is not None:
-            termios.tcsetattr(0, termios.TCSAFLUSH, saved)
-        os.close(master)

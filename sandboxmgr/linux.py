@@ -31,18 +31,14 @@ MS_NOATIME = 1024
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
-MS_SLAVE = 1 << 19
 MS_NODIRATIME = 2048
 MS_RELATIME = 1 << 21
-MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 
 # <linux/openat2.h>
-RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 # <sys/prctl.h>
@@ -230,12 +226,33 @@ KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 280, "s390x": 280, "riscv64": 219}
 
 
-def join_new_session_keyring() -> int:
+def join_new_session_keyring() -> None:
     """Give the calling process a new, anonymous session keyring (its children inherit it):
-    the keys of the caller's session are no longer reachable through @s."""
+    the keys of the caller's session are no longer reachable through @s. A kernel without
+    keys (ENOSYS) has nothing to share: that is no error."""
     machine = os.uname().machine
     number = _SYS_KEYCTL.get(machine)
     if number is None:
-        raise OSError(errno.ENOSYS, f"keyctl: unknown syscall number on {machine}")
+        return  # as ENOSYS: no keyring this code knows how to reach
     result = _libc.syscall(ctypes.c_long(number), ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_void_p(None))
-    return _check(result, "keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)")
+    if result < 0 and ctypes.get_errno() == errno.ENOSYS:
+        return
+    _check(result, "keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)")
+
+
+# <linux/sockios.h>, <net/if.h>
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFF_LOOPBACK = 0x8
+_IFF_RUNNING = 0x40
+
+
+def loopback_up() -> None:
+    """Bring up ``lo`` in the calling process's network namespace (a new one has it down)."""
+    import fcntl
+    import socket  # only a run with network none pays for it
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", _IFF_UP | _IFF_LOOPBACK | _IFF_RUNNING)
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, request)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandboxmgr.enter import exit_status
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import (
@@ -271,8 +272,7 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
             index = running.pop(pid)
             result = results[index]
             result.duration = time.monotonic() - (result.started or time.monotonic())
-            code = os.waitstatus_to_exitcode(status)
-            result.exit_code = 128 - code if code < 0 else code
+            result.exit_code = exit_status(status)
             result.status = "passed" if result.exit_code == 0 else ("cancelled" if stop else "failed")
             if result.status == "failed":
                 result.reason = _reason(result)

@@ -30,6 +30,8 @@ class MountEntry:
     fstype: str
     source: str
     options: str
+    # The file system's own options (after the source): a cgroup v1 mount's controllers.
+    super_options: str = ""
 
 
 def parse(text: str) -> list[MountEntry]:
@@ -49,6 +51,7 @@ def parse(text: str) -> list[MountEntry]:
                 options=fields[5],
                 fstype=tail[0],
                 source=_unescape(tail[1]) if len(tail) > 1 else "",
+                super_options=tail[2] if len(tail) > 2 else "",
             )
         )
     return entries

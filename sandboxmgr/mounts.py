@@ -14,6 +14,10 @@ from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.record import record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
 NOSUID_NODEV_NOEXEC = NOSUID_NODEV | linux.MS_NOEXEC
 
@@ -80,6 +84,14 @@ class BindMount:
 
 
 @record
+class Device:
+    name: str
+    major: int
+    minor: int
+    mode: int = 0o666
+
+
+@record
 class MountStep:
     """One mount inside the sandbox.
 
@@ -95,20 +107,19 @@ class MountStep:
     # What to create as the mount point when it is missing: a directory or a file.
     is_file: bool = False
     readonly: bool = False
-    # A bind of one of the host's device nodes: the only mount without nodev.
-    device: bool = False
+    # A bind of one of the host's device nodes, checked to be that device: the only
+    # mount without nodev.
+    device: Device | None = None
     # "" for a mount or a bind as above; "mask": hide the target if it exists
     # (see MASKED_PATHS); "readonly": bind the target onto itself read-only if
-    # it exists (see READONLY_PATHS).
+    # it exists (see READONLY_PATHS); "link": a symlink at the target whose
+    # content is ``source`` (see DEV_LINKS).
     kind: str = ""
-
-
-@record
-class Device:
-    name: str
-    major: int
-    minor: int
-    mode: int = 0o666
+    # The target follows the image's symlinks, inside the root, and is refused when
+    # they lead into /proc, /sys or /dev (refuse_kernel_target): what the user asked
+    # for (-v, resolv.conf). The sandbox's own file systems (/proc, /dev, /tmp ...)
+    # go on real directories only.
+    follow: bool = False
 
 
 # The minimal /dev: what a userland expects, and nothing that reaches hardware.
@@ -161,30 +172,53 @@ DEFAULT_MOUNTS = (
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
+def overlay_options(lowers: Iterable[str | Path], upper: str | Path, work: str | Path,
+                    volatile: bool = False) -> str:
+    """overlayfs's mount options: ``lowers`` top first, and the upper and work dirs."""
+    options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+    return options + (",volatile" if volatile else "")
+
+
 def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
-    """The ordered mounts of one sandbox run."""
+    """The ordered mounts of one sandbox run: its file systems, then what it shows of the host."""
     steps = list(DEFAULT_MOUNTS)
     if network == "host" and RESOLV_CONF.exists():
         steps.append(MountStep("/etc/resolv.conf", None, str(RESOLV_CONF.resolve()),
-                               is_file=True, readonly=True))
+                               is_file=True, readonly=True, follow=True))
     # Like Docker: shallower targets first, so /a is mounted before /a/b.
     for bind in sorted(binds, key=lambda b: len(Path(b.target).parts)):
         if bind.copy_on_write:
             if bind.scratch is None:
                 raise ValueError(f"the copy-on-write mount of {bind.source} has no scratch directory")
-            data = f"lowerdir={bind.source},upperdir={bind.scratch / 'upper'},workdir={bind.scratch / 'work'}"
-            data += ",volatile" if bind.volatile else ""
-            steps.append(MountStep(bind.target, "overlay", "overlay", linux.MS_NOSUID | linux.MS_NODEV, data))
+            data = overlay_options((bind.source,), bind.scratch / "upper", bind.scratch / "work", bind.volatile)
+            steps.append(MountStep(bind.target, "overlay", "overlay", linux.MS_NOSUID | linux.MS_NODEV, data,
+                                   follow=True))
             continue
         steps.append(MountStep(bind.target, None, str(bind.source),
-                               is_file=not bind.source.is_dir(), readonly=bind.readonly))
+                               is_file=not bind.source.is_dir(), readonly=bind.readonly, follow=True))
     return steps
+
+
+def full_plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
+    """Everything mounted (and linked) in the sandbox's root, in order: :func:`plan` with
+    /dev filled right after its tmpfs, and the masks last."""
+    steps = []
+    for step in plan(network, binds):
+        steps.append(step)
+        if step.target == "/dev":
+            steps += device_steps() + link_steps()
+    return steps + mask_steps()
 
 
 def device_steps() -> list[MountStep]:
     """The binds of the host's device nodes into the sandbox's /dev."""
-    return [MountStep(f"/dev/{d.name}", None, str(HOST_DEV / d.name), is_file=True, readonly=True, device=True)
+    return [MountStep(f"/dev/{d.name}", None, str(HOST_DEV / d.name), is_file=True, readonly=True, device=d)
             for d in DEVICES]
+
+
+def link_steps() -> list[MountStep]:
+    """The usual links of /dev (fd, stdin, ptmx ...)."""
+    return [MountStep(f"/dev/{name}", None, target, kind="link") for name, target in DEV_LINKS]
 
 
 def mask_steps() -> list[MountStep]:

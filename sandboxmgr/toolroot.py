@@ -27,7 +27,6 @@ the signed index (debcache.py) reach a Debian bootstrap.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import signal
@@ -35,16 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
+from sandboxmgr.enter import exit_status
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.mounts import (
-    DEV_LINKS,
-    DEVICES,
-    HOST_DEV,
-    MASKED_PATHS,
-    NOSUID_NODEV,
-    NOSUID_NODEV_NOEXEC,
-    READONLY_PATHS,
-)
+from sandboxmgr.mounts import NOSUID_NODEV, NOSUID_NODEV_NOEXEC, device_steps, link_steps, mask_steps
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
 # SETFCAP), users (SETUID, SETGID, SETPCAP), chroot, signals to its own processes
@@ -158,11 +150,7 @@ def enter(tool_root: ToolRoot, seccomp_program: bytes | None) -> None:  # pragma
     # keyring, and the sandboxes' system call filter, which denies the keyring calls, user
     # namespaces and the rest. Loaded while CAP_SYS_ADMIN allows it without no_new_privs
     # (a bootstrap runs setuid programs: apt's sandbox user); the calls after it are allowed.
-    try:
-        linux.join_new_session_keyring()
-    except OSError as exc:
-        if exc.errno != errno.ENOSYS:  # a kernel without keys has nothing to share
-            raise
+    linux.join_new_session_keyring()
     if seccomp_program is not None:
         linux.set_seccomp_filter(seccomp_program)
     # Last: mounting needed CAP_SYS_ADMIN.
@@ -180,26 +168,25 @@ def _wait_for(child: int, keep: int) -> None:  # pragma: no cover - runs between
             break
         except InterruptedError:
             continue
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(128 - code if code < 0 else code)
+    os._exit(exit_status(status))
 
 
 def _mount_proc(proc: Path) -> None:  # pragma: no cover - runs between fork and exec
     """A /proc of this PID namespace, with what runc hides of it hidden and its knobs read-only."""
     proc.mkdir(exist_ok=True)
     linux.mount("proc", proc, "proc", NOSUID_NODEV_NOEXEC)
-    for path in MASKED_PATHS:
-        if not path.startswith("/proc/"):
+    # The sandboxes' masks of /proc (mounts.mask_steps), in the same order: masks, then read-only.
+    for step in mask_steps():
+        if not step.target.startswith("/proc/"):
             continue
-        target = proc / path[len("/proc/"):]
-        if target.is_dir():
+        target = proc / step.target[len("/proc/"):]
+        if step.kind == "readonly":
+            if target.exists():
+                _bind(target, target, linux.MS_RDONLY | NOSUID_NODEV_NOEXEC)
+        elif target.is_dir():
             linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY | NOSUID_NODEV_NOEXEC, "mode=0555")
         elif target.exists():
-            _bind("/dev/null", target, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC, recursive=False)
-    for path in READONLY_PATHS:
-        target = proc / path[len("/proc/"):]
-        if target.exists():
-            _bind(target, target, linux.MS_RDONLY | NOSUID_NODEV_NOEXEC)
+            _bind(step.source, target, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC, recursive=False)
 
 
 def _prepare_target(target: Path) -> None:  # pragma: no cover - runs between fork and exec
@@ -258,11 +245,11 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
 def _make_dev(dev: Path, links: bool = True) -> None:  # pragma: no cover - runs between fork and exec
     dev.mkdir(exist_ok=True)
     linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=0755")
-    for device in DEVICES:
+    for step in device_steps():
         # Read-only: the node is the host's own inode (no chmod of the host's /dev/null).
-        (dev / device.name).touch()
-        _bind(HOST_DEV / device.name, dev / device.name, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC,
-              recursive=False)
+        node = dev / step.target.removeprefix("/dev/")
+        node.touch()
+        _bind(step.source, node, linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NOEXEC, recursive=False)
     (dev / "pts").mkdir()
     linux.mount("devpts", dev / "pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
                 "newinstance,ptmxmode=0666,mode=0620")
@@ -270,6 +257,6 @@ def _make_dev(dev: Path, links: bool = True) -> None:  # pragma: no cover - runs
     linux.mount("tmpfs", dev / "shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")
     if not links:
         return  # the tool makes them
-    for name, target in DEV_LINKS:
+    for step in link_steps():
         with contextlib.suppress(FileExistsError):
-            (dev / name).symlink_to(target)
+            (dev / step.target.removeprefix("/dev/")).symlink_to(step.source)

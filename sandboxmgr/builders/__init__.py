@@ -22,7 +22,7 @@ from typing import Protocol
 
 from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import BuildError, SandboxError
-from sandboxmgr.mounts import BindMount
+from sandboxmgr.mounts import BindMount, overlay_options
 from sandboxmgr.profile import Profile
 from sandboxmgr.sandbox import cache_views
 
@@ -49,7 +49,7 @@ class BuildRoot:
         return OverlayRoot(self.lowers, self.upper, self.work, self.mountpoint)
 
     def overlay_options(self) -> str:
-        return f"lowerdir={':'.join(map(str, self.lowers))},upperdir={self.upper},workdir={self.work}"
+        return overlay_options(self.lowers, self.upper, str(self.work))
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists in the merged view (an overlayfs whiteout hides it)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from sandboxmgr import commands, distros, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.errors import BuildError, SandboxError
-from sandboxmgr.mounts import BindMount
+from sandboxmgr.mounts import BindMount, overlay_options
 from sandboxmgr.profile import Profile
 from sandboxmgr.store import remove_tree
 from sandboxmgr.toolroot import ToolRoot
@@ -186,7 +186,7 @@ class DnfBuilder(Builder):
         run(["--downloadonly"], [commands.PreMount(c.source, installroot / c.target.lstrip("/"))
                                  for c in context.caches])
         run(["--cacheonly"], [commands.PreMount("overlay", installroot / c.target.lstrip("/"), "overlay",
-                                                f"lowerdir={c.source},upperdir={v / 'upper'},workdir={v / 'work'}")
+                                                overlay_options((c.source,), v / "upper", v / "work"))
                               for c, v in zip(context.caches, views, strict=True)])
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:

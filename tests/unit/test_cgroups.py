@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import cgroups, limits
-from sandboxmgr.cgroups import Hierarchy, RunCgroup, RunGroup, choose, hierarchies
+from sandboxmgr import cgroups, limits, runcgroup
+from sandboxmgr.cgroups import Hierarchy, RunGroup, choose, hierarchies
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.limits import Limits
+from sandboxmgr.runcgroup import RunCgroup
 
 # This machine's layout (systemd's "hybrid"): v1 controllers, an empty v2 hierarchy.
 HYBRID_MOUNTINFO = """\
@@ -181,7 +182,7 @@ def test_a_v2_run_enables_its_controllers_from_the_root_and_writes_its_limits(
         written[str(path.relative_to(root))] = value
         path.write_text(value)
 
-    monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(runcgroup, "write", write)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     unified = Hierarchy(2, root, frozenset({"cpu", "memory", "pids"}), "/user.slice/session-1.scope")
     run = RunCgroup.create(Limits(memory=64 << 20, pids=64, cpus=0.5), [unified])
@@ -203,7 +204,7 @@ def test_a_v2_cgroup_with_processes_is_a_clear_error(tmp_path: Path, monkeypatch
     def busy(path: Path, value: str) -> None:
         raise OSError(16, "Device or resource busy")
 
-    monkeypatch.setattr(cgroups, "_write", busy)
+    monkeypatch.setattr(runcgroup, "write", busy)
     unified = Hierarchy(2, root, frozenset({"memory"}), "/")
     with pytest.raises(SandboxError, match="it has processes of its own") as caught:
         RunCgroup.create(Limits(memory=64 << 20), [unified])

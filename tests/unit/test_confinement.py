@@ -16,7 +16,17 @@ from sandboxmgr import inroot, linux
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.inroot import SymlinkRefused, open_in_root
 from sandboxmgr.limits import Limits
-from sandboxmgr.mounts import DEVICES, MASKED_PATHS, READONLY_PATHS, device_steps, mask_steps, plan
+from sandboxmgr.mounts import (
+    DEV_LINKS,
+    DEVICES,
+    MASKED_PATHS,
+    READONLY_PATHS,
+    BindMount,
+    device_steps,
+    full_plan,
+    mask_steps,
+    plan,
+)
 from sandboxmgr.profile import ProfileRegistry
 from sandboxmgr.sandbox import RunOptions, Settings, with_options
 
@@ -193,3 +203,19 @@ def test_doctor_needs_root_and_says_so(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(NotRootError, match="doctor needs root") as caught:
         doctor.examine(Store(tmp_path))
     assert caught.value.hint == "run it with sudo, or as root"
+
+
+def test_the_full_plan_holds_dev_its_links_and_the_masks() -> None:
+    steps = full_plan("none")
+    targets = [s.target for s in steps]
+    dev = targets.index("/dev")
+    filled = [f"/dev/{d.name}" for d in DEVICES] + [f"/dev/{name}" for name, _ in DEV_LINKS]
+    assert targets[dev + 1:dev + 1 + len(filled)] == filled
+    assert targets[dev + 1 + len(filled)] == "/dev/pts"
+    assert [s for s in steps if s.kind in ("mask", "readonly")] == steps[-len(mask_steps()):]
+    assert not any(s.follow for s in steps if s.kind or s.device or s.fstype in ("proc", "sysfs", "tmpfs"))
+
+
+def test_only_what_the_user_asked_for_follows_symlinks(tmp_path: Path) -> None:
+    steps = plan("host", (BindMount(tmp_path, "/data"),))
+    assert [s.target for s in steps if s.follow] == [s.target for s in steps[8:]]

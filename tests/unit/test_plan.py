@@ -9,12 +9,13 @@ import pytest
 
 from sandboxmgr import linux, mountinfo
 from sandboxmgr.builders.debian import DebootstrapBuilder, MmdebstrapBuilder, debootstrap_script
-from sandboxmgr.enter import lookup_user, resolve_in_root
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.images import changed_inputs
+from sandboxmgr.inroot import resolve_in_root
 from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.mounts import BindMount, plan
 from sandboxmgr.profile import ProfileRegistry
+from sandboxmgr.users import lookup_user
 
 
 def test_default_plan_order_and_flags() -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import seccomp
-from sandboxmgr.enter import check_user
+from sandboxmgr import libseccomp, seccomp
 from sandboxmgr.mounts import BindMount, refuse_kernel_target
 from sandboxmgr.sandbox import RunOptions, Settings, with_options
 from sandboxmgr.seccomp import (
@@ -26,6 +25,7 @@ from sandboxmgr.seccomp import (
     default_policy,
     load_profile,
 )
+from sandboxmgr.users import check_user
 
 
 def rules_for(policy: seccomp.Policy, name: str) -> list[Rule]:
@@ -123,23 +123,23 @@ def test_a_malformed_profile_says_what_and_where(tmp_path: Path, data: object, w
 def test_the_bpf_is_built_once_and_read_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache file is used only if it starts with exactly what it was built from."""
     policy = default_policy()
-    first = seccomp.program(policy, tmp_path)
+    first = libseccomp.program(policy, tmp_path)
     assert first and len(first) % 8 == 0 and len(first) // 8 < 4096  # the kernel's BPF_MAXINSNS
     (kept,) = tmp_path.iterdir()
     assert kept.stat().st_mode & 0o777 == 0o600
 
-    def no_library(_policy: seccomp.Policy) -> seccomp.Filter:
+    def no_library(_policy: seccomp.Policy) -> libseccomp.Filter:
         raise AssertionError("the cache was not used")
 
-    monkeypatch.setattr(seccomp, "compile_policy", no_library)
-    assert seccomp.program(policy, tmp_path) == first
+    monkeypatch.setattr(libseccomp, "compile_policy", no_library)
+    assert libseccomp.program(policy, tmp_path) == first
     # A different policy, or a tampered header, is never served from that file.
     kept.write_bytes(kept.read_bytes().replace(b"sandboxmgr seccomp 1", b"sandboxmgr seccomp 0"))
     with pytest.raises(AssertionError, match="cache was not used"):
-        seccomp.program(policy, tmp_path)
+        libseccomp.program(policy, tmp_path)
     other = seccomp.Policy(policy.default_action, policy.rules[:1])
     with pytest.raises(AssertionError, match="cache was not used"):
-        seccomp.program(other, tmp_path)
+        libseccomp.program(other, tmp_path)
 
 
 def test_the_seccomp_setting_is_kept_and_overridden() -> None:
