@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from sandboxmgr import cli as cli_module
 from sandboxmgr import inroot, linux
+from sandboxmgr.config import SandboxConfig, options
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.inroot import SymlinkRefused, open_in_root
 from sandboxmgr.limits import Limits
 from sandboxmgr.mounts import DEVICES, MASKED_PATHS, READONLY_PATHS, device_steps, mask_steps, plan
 from sandboxmgr.profile import ProfileRegistry
-from sandboxmgr.sandbox import RunOptions, Settings, with_options
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -174,14 +174,14 @@ def test_child_profiles_merge_limits_key_by_key(tmp_path: Path) -> None:
 
 
 def test_settings_keep_limits_and_the_command_line_overrides_them() -> None:
-    saved = Settings(hostname="box", limits=Limits(memory=64 << 20, pids=100), no_new_privs=False)
-    assert Settings.from_json(saved.to_json()) == saved
-    assert Settings.from_json({"hostname": "old"}).limits is None  # a sandbox made before limits existed
-    assert Settings.from_json({"hostname": "old"}).no_new_privs is True
-    run = with_options(saved, RunOptions(limits=Limits(pids=10), no_new_privs=True))
+    saved = SandboxConfig(hostname="box", limits=Limits(memory=64 << 20, pids=100), no_new_privs=False)
+    assert SandboxConfig.from_json(saved.to_json()) == saved
+    assert SandboxConfig.from_json({"hostname": "old"}).limits is None  # a sandbox made before limits existed
+    assert SandboxConfig.from_json({"hostname": "old"}).no_new_privs is True
+    run = saved.merged(options(limits=Limits(pids=10), no_new_privs=True))
     assert run.limits == Limits(memory=64 << 20, pids=10) and run.no_new_privs is True
-    assert with_options(saved, RunOptions()).limits == saved.limits
-    assert with_options(Settings(hostname="box"), RunOptions(limits=Limits(cpus=1.0))).limits == Limits(cpus=1.0)
+    assert saved.merged(options()).limits == saved.limits
+    assert SandboxConfig(hostname="box").merged(options(limits=Limits(cpus=1.0))).limits == Limits(cpus=1.0)
 
 
 def test_doctor_needs_root_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
