@@ -356,37 +356,6 @@ def _run_options(fn: Any) -> Any:
     return fn
 
 
-_SECURITY_OPTS_HINT = ("sandboxmgr supports --security-opt no-new-privileges[=true|false] and "
-                       "seccomp=default|unconfined|/path/profile.json")
-
-
-def _security_opts(options: tuple[str, ...]) -> tuple[bool | None, str | None]:
-    """``--security-opt no-new-privileges[=true|false]`` and ``seccomp=default|unconfined|FILE``
-    (also docker's older ``:`` form): (no_new_privs, seccomp), None where not given."""
-    no_new_privs = seccomp = None
-    for option in options:
-        name, _, value = option.replace(":", "=", 1).partition("=")
-        if name == "no-new-privileges" and value.lower() in ("", "true", "false"):
-            no_new_privs = value.lower() != "false"
-        elif name == "seccomp" and value:
-            seccomp = value if value in ("default", "unconfined") else _seccomp_file(option, value)
-        else:
-            raise SandboxError(f"--security-opt {option}: not supported", hint=_SECURITY_OPTS_HINT)
-    return no_new_privs, seccomp
-
-
-def _seccomp_file(option: str, value: str) -> str:
-    """A profile file, checked now (a named sandbox keeps its absolute path)."""
-    from sandboxmgr.seccomp import load_profile
-
-    path = os.path.abspath(os.path.expanduser(value))
-    if not os.path.isfile(path):
-        raise SandboxError(f"--security-opt {option}: no such file",
-                           hint="give a Docker-format JSON seccomp profile, or seccomp=unconfined")
-    load_profile(path)  # a malformed profile is reported here, before anything starts
-    return path
-
-
 def _sandbox_options(fn: Any) -> Any:
     for option in reversed([
         click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
@@ -399,42 +368,6 @@ def _sandbox_options(fn: Any) -> Any:
     ]):
         fn = option(fn)
     return fn
-
-
-def _binds(volumes: tuple[str, ...]) -> tuple[Any, ...]:
-    from sandboxmgr.mounts import BindMount
-
-    binds = []
-    for volume in volumes:
-        try:
-            binds.append(BindMount.parse(volume))
-        except ValueError as exc:
-            raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
-    return tuple(binds)
-
-
-def _options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] = (), workdir: str | None = None,
-             user: str | None = None, memory: str | None = None, pids_limit: str | None = None,
-             cpus: str | None = None, security_opt: tuple[str, ...] = (), hostname: str | None = None,
-             network: str | None = None, volumes: tuple[str, ...] = (), isolation: str | None = None) -> SandboxConfig:
-    """The config the command line gives (what it leaves out keeps the saved value)."""
-    from sandboxmgr import config
-    from sandboxmgr.limits import Limits
-
-    if command[:1] == ("--",):
-        command = command[1:]
-    if workdir is not None and not workdir.startswith("/"):
-        raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
-                           hint="write -w /path/inside")
-    if tty and not sys.stdin.isatty():
-        raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
-                           hint="drop -t when piping input or running from a script")
-    limits = Limits.parse(memory, pids_limit, cpus)
-    no_new_privs, seccomp = _security_opts(security_opt)
-    binds = _binds(volumes)
-    return config.options(argv=command, tty=tty, env=config.parse_env(env), workdir=workdir, hostname=hostname,
-                          user=user, network=network, binds=binds, isolation=isolation, limits=limits,
-                          no_new_privs=no_new_privs, seccomp=seccomp)
 
 
 @cli.command(context_settings=_COMMAND_SETTINGS)
@@ -459,7 +392,7 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: boo
     from sandboxmgr import config, sandbox
 
     _require_root(app, "run")
-    options = _options(command, tty, **flags)
+    options = config.parse_options(command, tty, **flags)
     if name is not None and remove:
         raise SandboxError("--rm and --name contradict each other",
                            hint="drop --name for a throw-away sandbox, or --rm to keep it")
@@ -495,13 +428,14 @@ def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
     """Create a persistent sandbox over PROFILE's image; print its name."""
     import secrets
 
+    from sandboxmgr.config import parse_options
     from sandboxmgr.names import check_name
     from sandboxmgr.resolve import create_sandbox
 
     _require_root(app, "create")
     if name is not None:
         check_name(name, "sandbox name")
-    options = _options((), False, **flags)
+    options = parse_options((), False, **flags)
     loaded = app.registry.load(profile)
     name = name or f"{loaded.name}-{secrets.token_hex(3)}"
     if (app.store.sandboxes_dir / name).exists():
@@ -520,10 +454,10 @@ def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
 @pass_app
 def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[str, ...], **flags: Any) -> int:
     """Run COMMAND in the named sandbox NAME; its changes stay there."""
-    from sandboxmgr import sandbox
+    from sandboxmgr import config, sandbox
 
     _require_root(app, "exec")
-    options = _options(command, tty, **flags)
+    options = config.parse_options(command, tty, **flags)
     return sandbox.run_in(app.store, app.store.sandbox(name), options)
 
 
@@ -533,10 +467,10 @@ def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[s
 @pass_app
 def shell(app: App, user: str | None, name: str) -> int:
     """Start an interactive shell in the named sandbox NAME."""
-    from sandboxmgr import sandbox
+    from sandboxmgr import config, sandbox
 
     _require_root(app, "shell")
-    options = _options((), sys.stdin.isatty(), user=user)
+    options = config.parse_options((), sys.stdin.isatty(), user=user)
     return sandbox.run_in(app.store, app.store.sandbox(name), options)
 
 

@@ -18,6 +18,7 @@ own fields (the command and its tty).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -208,3 +209,72 @@ def parse_env(items: tuple[str, ...]) -> dict[str, str]:
         elif key in os.environ:
             env[key] = os.environ[key]
     return env
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+_SECURITY_OPTS_HINT = ("sandboxmgr supports --security-opt no-new-privileges[=true|false] and "
+                       "seccomp=default|unconfined|/path/profile.json")
+
+
+def security_opts(given: tuple[str, ...]) -> tuple[bool | None, str | None]:
+    """``--security-opt no-new-privileges[=true|false]`` and ``seccomp=default|unconfined|FILE``
+    (also docker's older ``:`` form): (no_new_privs, seccomp), None where not given."""
+    no_new_privs = seccomp = None
+    for option in given:
+        name, _, value = option.replace(":", "=", 1).partition("=")
+        if name == "no-new-privileges" and value.lower() in ("", "true", "false"):
+            no_new_privs = value.lower() != "false"
+        elif name == "seccomp" and value:
+            seccomp = value if value in ("default", "unconfined") else _seccomp_file(option, value)
+        else:
+            raise SandboxError(f"--security-opt {option}: not supported", hint=_SECURITY_OPTS_HINT)
+    return no_new_privs, seccomp
+
+
+def _seccomp_file(option: str, value: str) -> str:
+    """A profile file, checked now (a named sandbox keeps its absolute path)."""
+    from sandboxmgr.seccomp import load_profile
+
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(path):
+        raise SandboxError(f"--security-opt {option}: no such file",
+                           hint="give a Docker-format JSON seccomp profile, or seccomp=unconfined")
+    load_profile(path)  # a malformed profile is reported here, before anything starts
+    return path
+
+
+def _binds(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
+    binds = []
+    for volume in volumes:
+        try:
+            binds.append(BindMount.parse(volume))
+        except ValueError as exc:
+            raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
+    return tuple(binds)
+
+
+def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] = (), workdir: str | None = None,
+                  user: str | None = None, memory: str | None = None, pids_limit: str | None = None,
+                  cpus: str | None = None, security_opt: tuple[str, ...] = (), hostname: str | None = None,
+                  network: str | None = None, volumes: tuple[str, ...] = (),
+                  isolation: str | None = None) -> SandboxConfig:
+    """The config ``run``, ``create``, ``exec`` and ``shell`` give, from their options as
+    docker spells them; checked now, before anything is built or entered."""
+    from sandboxmgr.limits import Limits
+
+    if command[:1] == ("--",):
+        command = command[1:]
+    if workdir is not None and not workdir.startswith("/"):
+        raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
+                           hint="write -w /path/inside")
+    if tty and not sys.stdin.isatty():
+        raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
+                           hint="drop -t when piping input or running from a script")
+    limits = Limits.parse(memory, pids_limit, cpus)
+    no_new_privs, seccomp = security_opts(security_opt)
+    binds = _binds(volumes)
+    return options(argv=command, tty=tty, env=parse_env(env), workdir=workdir, hostname=hostname,
+                   user=user, network=network, binds=binds, isolation=isolation, limits=limits,
+                   no_new_privs=no_new_privs, seccomp=seccomp)

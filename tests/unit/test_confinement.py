@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from sandboxmgr import cli as cli_module
 from sandboxmgr import inroot, linux
-from sandboxmgr.config import SandboxConfig, options
+from sandboxmgr.config import SandboxConfig, options, security_opts
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.inroot import SymlinkRefused, open_in_root
 from sandboxmgr.limits import Limits
@@ -117,13 +117,13 @@ def test_every_file_system_is_nodev_but_the_device_binds() -> None:
     (("no-new-privileges=false", "no-new-privileges"), True),
 ])
 def test_security_opt_no_new_privileges(options: tuple[str, ...], expected: bool | None) -> None:
-    assert cli_module._security_opts(options) == (expected, None)
+    assert security_opts(options) == (expected, None)
 
 
 @pytest.mark.parametrize("option", ["seccomp=", "no-new-privileges=maybe", "apparmor=x", "label:disable"])
 def test_other_security_opts_are_refused(option: str) -> None:
     with pytest.raises(SandboxError, match="not supported") as caught:
-        cli_module._security_opts((option,))
+        security_opts((option,))
     assert caught.value.hint and "no-new-privileges" in caught.value.hint and "seccomp=" in caught.value.hint
 
 
