@@ -363,8 +363,6 @@ def _sandbox_options(fn: Any) -> Any:
         click.option("--hostname", metavar="NAME", help="Host name inside."),
         click.option("--network", type=click.Choice(["host", "none"]),
                      help="host: the host's network (default); none: only loopback."),
-        click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
-                     show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT)."),
     ]):
         fn = option(fn)
     return fn
@@ -376,6 +374,8 @@ def _sandbox_options(fn: Any) -> Any:
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
 @click.option("--name", metavar="NAME", help="Keep the sandbox under this name instead of discarding it.")
 @click.option("--rm", "remove", is_flag=True, help="Accepted for docker compatibility: run is ephemeral by default.")
+@click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
+              show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT).")
 @_sandbox_options
 @_run_options
 @click.argument("profile")
