@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,11 +19,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from sandboxmgr.errors import EXIT_MANAGER, SandboxError, no_space
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError
 
 if TYPE_CHECKING:
+    from sandboxmgr.config import SandboxConfig
     from sandboxmgr.profile import Profile, ProfileRegistry
-    from sandboxmgr.sandbox import RunOptions
     from sandboxmgr.store import ImageRecord, Store
 
 
@@ -345,56 +344,16 @@ def _run_options(fn: Any) -> Any:
                      help="Set an environment variable (K alone: the host's value)."),
         click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
         click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user (name or uid)."),
-        # Limits and security options reach _options() through the context, not as
-        # parameters of every command that takes them (run, create, exec).
-        click.option("--memory", metavar="SIZE", expose_value=False, callback=_remember,
+        click.option("--memory", metavar="SIZE",
                      help="Memory limit, swap included (512M, 2G); the OOM killer acts inside the sandbox."),
-        click.option("--pids-limit", metavar="N", expose_value=False, callback=_remember,
-                     help="At most N processes and threads (a fork bomb stops there)."),
-        click.option("--cpus", metavar="N", expose_value=False, callback=_remember,
-                     help="CPU time, in CPUs (1.5: one and a half CPUs' worth)."),
-        click.option("--security-opt", metavar="OPT", multiple=True, expose_value=False, callback=_remember,
+        click.option("--pids-limit", metavar="N", help="At most N processes and threads (a fork bomb stops there)."),
+        click.option("--cpus", metavar="N", help="CPU time, in CPUs (1.5: one and a half CPUs' worth)."),
+        click.option("--security-opt", metavar="OPT", multiple=True,
                      help="no-new-privileges=false lets setuid binaries work (default: true); "
                           "seccomp=unconfined|FILE.json: no system call filter, or a Docker-format one."),
     ]):
         fn = option(fn)
     return fn
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta[f"sandboxmgr.{param.name}"] = value
-    return value
-
-
-_SECURITY_OPTS_HINT = ("sandboxmgr supports --security-opt no-new-privileges[=true|false] and "
-                       "seccomp=default|unconfined|/path/profile.json")
-
-
-def _security_opts(options: tuple[str, ...]) -> tuple[bool | None, str | None]:
-    """``--security-opt no-new-privileges[=true|false]`` and ``seccomp=default|unconfined|FILE``
-    (also docker's older ``:`` form): (no_new_privs, seccomp), None where not given."""
-    no_new_privs = seccomp = None
-    for option in options:
-        name, _, value = option.replace(":", "=", 1).partition("=")
-        if name == "no-new-privileges" and value.lower() in ("", "true", "false"):
-            no_new_privs = value.lower() != "false"
-        elif name == "seccomp" and value:
-            seccomp = value if value in ("default", "unconfined") else _seccomp_file(option, value)
-        else:
-            raise SandboxError(f"--security-opt {option}: not supported", hint=_SECURITY_OPTS_HINT)
-    return no_new_privs, seccomp
-
-
-def _seccomp_file(option: str, value: str) -> str:
-    """A profile file, checked now (a named sandbox keeps its absolute path)."""
-    from sandboxmgr.seccomp import load_profile
-
-    path = os.path.abspath(os.path.expanduser(value))
-    if not os.path.isfile(path):
-        raise SandboxError(f"--security-opt {option}: no such file",
-                           hint="give a Docker-format JSON seccomp profile, or seccomp=unconfined")
-    load_profile(path)  # a malformed profile is reported here, before anything starts
-    return path
 
 
 def _sandbox_options(fn: Any) -> Any:
@@ -407,46 +366,6 @@ def _sandbox_options(fn: Any) -> Any:
     ]):
         fn = option(fn)
     return fn
-
-
-def _binds(volumes: tuple[str, ...]) -> tuple[Any, ...]:
-    from sandboxmgr.mounts import BindMount
-
-    binds = []
-    for volume in volumes:
-        try:
-            binds.append(BindMount.parse(volume))
-        except ValueError as exc:
-            raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
-    return tuple(binds)
-
-
-def stdin_is_tty() -> bool:
-    return sys.stdin.isatty()
-
-
-def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir: str | None,
-             user: str | None, hostname: str | None = None, network: str | None = None,
-             volumes: tuple[str, ...] = (), isolation: str = "pivot_root") -> RunOptions:
-    from sandboxmgr.sandbox import RunOptions
-
-    if command[:1] == ("--",):
-        command = command[1:]
-    if workdir is not None and not workdir.startswith("/"):
-        raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
-                           hint="write -w /path/inside")
-    if tty and not stdin_is_tty():
-        raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
-                           hint="drop -t when piping input or running from a script")
-    from sandboxmgr.limits import Limits
-
-    meta = click.get_current_context().meta
-    limits = Limits.parse(meta.get("sandboxmgr.memory"), meta.get("sandboxmgr.pids_limit"),
-                          meta.get("sandboxmgr.cpus"))
-    no_new_privs, seccomp = _security_opts(meta.get("sandboxmgr.security_opt", ()))
-    return RunOptions(argv=command, tty=tty, env=env, workdir=workdir, hostname=hostname,
-                      user=user, network=network, binds=_binds(volumes), isolation=isolation,
-                      limits=limits, no_new_privs=no_new_privs, seccomp=seccomp)
 
 
 @cli.command(context_settings=_COMMAND_SETTINGS)
@@ -462,55 +381,41 @@ def _options(command: tuple[str, ...], tty: bool, env: tuple[str, ...], workdir:
 @click.argument("profile")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def run(app: App, interactive: bool, tty: bool, name: str | None, remove: bool, isolation: str,
-        volumes: tuple[str, ...],
-        hostname: str | None, network: str | None, env: tuple[str, ...], workdir: str | None,
-        user: str | None, profile: str, command: tuple[str, ...]) -> int:
+def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: bool, profile: str,
+        command: tuple[str, ...], **flags: Any) -> int:
     """Run COMMAND in a new sandbox over PROFILE's image (built first if needed).
 
     The sandbox is discarded when the command exits, unless --name keeps it.
     Without a COMMAND, the image's shell starts. Put `--` before a command
     whose options could be taken for sandboxmgr's.
     """
-    from sandboxmgr import sandbox
+    from sandboxmgr import config, sandbox
 
     _require_root(app, "run")
-    options = _options(command, tty, env, workdir, user, hostname, network, volumes, isolation)
+    options = config.parse_options(command, tty, **flags)
     if name is not None and remove:
         raise SandboxError("--rm and --name contradict each other",
                            hint="drop --name for a throw-away sandbox, or --rm to keep it")
     if name is None:
         return _run_ephemeral(app, profile, options)
     from sandboxmgr.names import check_name
+    from sandboxmgr.resolve import create_sandbox
 
     check_name(name, "sandbox name")
     loaded = app.registry.load(profile)
-    image = app.image_for(loaded)
-    record = sandbox.create(app.store, name, image, loaded, options)
-    return sandbox.run_in(app.store, record, sandbox.RunOptions(argv=options.argv, tty=options.tty,
-                                                                 isolation=isolation))
+    record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
+    # Everything else of the command line is saved with the sandbox (its isolation too).
+    return sandbox.run_in(app.store, record, config.options(argv=options.argv, tty=options.tty))
 
 
-def _run_ephemeral(app: App, ref: str, options: RunOptions) -> int:
-    """The fast path: a cached resolution skips the YAML; otherwise resolve, build, remember."""
-    from sandboxmgr import runcache, sandbox
+def _run_ephemeral(app: App, ref: str, options: SandboxConfig) -> int:
+    """The full CLI's way to the fast path's end: resolve (cached, or load, build, remember), run."""
+    from sandboxmgr import sandbox
     from sandboxmgr.locations import profile_dirs
+    from sandboxmgr.resolve import resolve_run
 
-    dirs = profile_dirs(app.configs)
-    cached = runcache.lookup(app.store.root, ref, dirs)
-    if cached is not None:
-        image = app.store.image(str(cached["image"]))
-        if image is not None and all(app.store.layer(key) is not None for key in image.layers):
-            settings = sandbox.Settings.from_json(cached["settings"])
-            return sandbox.run_ephemeral(app.store, image, settings, options)
-    from sandboxmgr.names import hostname_for
-
-    loaded = app.registry.load(ref)
-    watched = runcache.fingerprints(ref, dirs, loaded.input_files())
-    image = app.image_for(loaded)
-    settings = sandbox.profile_settings(app.store, loaded, hostname_for(loaded.name))
-    runcache.save(app.store.root, ref, dirs, watched, image.key, loaded.name, settings.to_json())
-    return sandbox.run_ephemeral(app.store, image, settings, options)
+    image, saved = resolve_run(app.store, ref, profile_dirs(app.configs), app.image_for)
+    return sandbox.run_ephemeral(app.store, image, saved, options)
 
 
 @cli.command()
@@ -519,25 +424,24 @@ def _run_ephemeral(app: App, ref: str, options: RunOptions) -> int:
 @_sandbox_options
 @_run_options
 @pass_app
-def create(app: App, profile: str, name: str | None, volumes: tuple[str, ...], hostname: str | None,
-           network: str | None, env: tuple[str, ...], workdir: str | None, user: str | None) -> None:
+def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
     """Create a persistent sandbox over PROFILE's image; print its name."""
     import secrets
 
-    from sandboxmgr import sandbox
+    from sandboxmgr.config import parse_options
     from sandboxmgr.names import check_name
+    from sandboxmgr.resolve import create_sandbox
 
     _require_root(app, "create")
     if name is not None:
         check_name(name, "sandbox name")
-    options = _options((), False, env, workdir, user, hostname, network, volumes)
+    options = parse_options((), False, **flags)
     loaded = app.registry.load(profile)
     name = name or f"{loaded.name}-{secrets.token_hex(3)}"
     if (app.store.sandboxes_dir / name).exists():
         raise SandboxError(f"a sandbox named {name!r} already exists",
                            hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
-    image = app.image_for(loaded)
-    record = sandbox.create(app.store, name, image, loaded, options)
+    record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
     click.echo(record.name)
 
 
@@ -548,13 +452,12 @@ def create(app: App, profile: str, name: str | None, volumes: tuple[str, ...], h
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
-def exec_(app: App, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | None,
-          user: str | None, name: str, command: tuple[str, ...]) -> int:
+def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[str, ...], **flags: Any) -> int:
     """Run COMMAND in the named sandbox NAME; its changes stay there."""
-    from sandboxmgr import sandbox
+    from sandboxmgr import config, sandbox
 
     _require_root(app, "exec")
-    options = _options(command, tty, env, workdir, user)
+    options = config.parse_options(command, tty, **flags)
     return sandbox.run_in(app.store, app.store.sandbox(name), options)
 
 
@@ -564,10 +467,10 @@ def exec_(app: App, interactive: bool, tty: bool, env: tuple[str, ...], workdir:
 @pass_app
 def shell(app: App, user: str | None, name: str) -> int:
     """Start an interactive shell in the named sandbox NAME."""
-    from sandboxmgr import sandbox
+    from sandboxmgr import config, sandbox
 
     _require_root(app, "shell")
-    options = _options((), sys.stdin.isatty(), (), None, user)
+    options = config.parse_options((), sys.stdin.isatty(), user=user)
     return sandbox.run_in(app.store, app.store.sandbox(name), options)
 
 
@@ -826,61 +729,22 @@ def trust_(app: App, project_dir: str, revoke: bool) -> None:
 # --- entry point ------------------------------------------------------------------------------
 
 
-def _raise_exit(signum: int, _frame: object) -> NoReturn:
-    # SIGTERM and SIGHUP unwind like Ctrl-C, so builds remove their temporary trees.
-    raise SystemExit(128 + signum)
-
-
-def _error(message: str, hint: str | None) -> None:
-    click.echo(f"sandboxmgr: error: {message}", err=True)
-    if hint:
-        click.echo(f"hint: {hint}", err=True)
-
-
-def _store_of(argv: Sequence[str]) -> Path:
-    """The store a command line names (--store DIR, SANDBOXMGR_STORE, the default), for
-    errors that come after click's context is gone."""
-    from sandboxmgr.locations import default_store
-
-    args = list(argv)
-    for index, arg in enumerate(args):
-        if arg == "--":
-            break
-        if arg == "--store" and index + 1 < len(args):
-            return Path(os.path.abspath(args[index + 1]))
-        if arg.startswith("--store="):
-            return Path(os.path.abspath(arg.split("=", 1)[1]))
-    return Path(os.path.abspath(default_store()))
-
-
-def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
-    """One line and a hint for what the system refused: a full disk, a permission."""
-    import errno
-
-    store = _store_of(argv)
-    where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        full = no_space(store, str(exc.filename) if exc.filename else "")
-        if exc.errno == errno.EDQUOT:
-            full.message = full.message.replace("no space left on device", "disk quota exceeded")
-        return full.message, full.hint
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        inside = exc.filename is not None and (str(exc.filename) + "/").startswith(str(store) + "/")
-        if inside and os.geteuid() != 0:
-            return (f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
-                    "and device nodes of sandboxes)", "run it as root (sudo sandboxmgr ...)")
-        return f"permission denied{where}", "sandboxmgr works as root: run it with sudo, or as root"
-    return (f"{exc.strerror or exc}{where}",
-            "run again with --debug for the traceback; report it if it is not the system's fault")
-
-
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
-    os.umask(0o022)  # see fastrun.main
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """The full CLI (fastrun.main hands it what the fast path does not take)."""
+    from sandboxmgr import entry
+
+    args = list(argv) if argv is not None else sys.argv[1:]
+    entry.start()
+    status = entry.guarded(lambda: _click_main(args), args)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _click_main(args: list[str]) -> Any:
+    """The command, with click's own ways out turned into ours; the rest is entry.guarded's."""
+    from sandboxmgr.entry import error
+
     try:
-        status = cli.main(args=argv, prog_name="sandboxmgr", standalone_mode=False)
+        return cli.main(args=args, prog_name="sandboxmgr", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -891,24 +755,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         hint = "see 'sandboxmgr --help'"
         if exc.ctx is not None:
             hint = f"see '{exc.ctx.command_path} --help'"
-        _error(exc.format_message(), hint)
+        error(exc.format_message(), hint)
         sys.exit(EXIT_MANAGER)
     except click.ClickException as exc:
-        _error(exc.format_message(), None)
+        error(exc.format_message(), None)
         sys.exit(EXIT_MANAGER)
-    except SandboxError as exc:
-        _error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        if debug:
-            raise
-        problem, advice = _os_error(exc, argv if argv is not None else sys.argv[1:])
-        _error(problem, advice)
-        sys.exit(EXIT_MANAGER)
-    except Exception as exc:
-        if debug:
-            raise
-        _error(f"internal error: {type(exc).__name__}: {exc}",
-               "run again with --debug for the traceback, and report it")
-        sys.exit(EXIT_MANAGER)
-    sys.exit(status if isinstance(status, int) else 0)

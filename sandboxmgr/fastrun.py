@@ -5,8 +5,9 @@ the common forms of `run` whose profile resolution is cached (see runcache.py)
 are handled here without either. Anything else - an option this parser does not
 know, a cache miss, a profile that changed, `--help` - returns None and the
 full CLI (cli.py) handles the command, which also refreshes the cache. Both
-paths end in the same function (sandbox.run_ephemeral), and a unit test checks
-that they parse every form accepted here the same way.
+paths resolve a profile with resolve.py, start with entry.py and end in the same
+function (sandbox.run_ephemeral), and a unit test checks that they parse every
+form accepted here the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -81,30 +81,25 @@ def try_run(argv: Sequence[str]) -> int | None:
         return None
     from pathlib import Path
 
-    from sandboxmgr import runcache
+    from sandboxmgr import config, sandbox
     from sandboxmgr.locations import default_store, profile_dirs
     from sandboxmgr.store import Store
 
     store = Store(Path(args.store) if args.store else default_store())
+    options = config.options(argv=args.command, tty=args.tty)
     if args.verb == "exec":
-        from sandboxmgr import sandbox
-
-        # A named sandbox keeps its settings: nothing of its profile is needed.
+        # A named sandbox keeps its config: nothing of its profile is needed.
         store.clean_leftovers()
         _collect_from_now_on()
-        return sandbox.run_in(store, store.sandbox(args.ref), sandbox.RunOptions(argv=args.command, tty=args.tty))
-    cached = runcache.lookup(store.root, args.ref, profile_dirs(()))
-    if cached is None:
-        return None
-    image = store.image(str(cached["image"]))
-    if image is None or any(store.layer(key) is None for key in image.layers):
-        return None
-    from sandboxmgr import sandbox
+        return sandbox.run_in(store, store.sandbox(args.ref), options)
+    from sandboxmgr.resolve import cached_run
 
+    found = cached_run(store, args.ref, profile_dirs(()))
+    if found is None:
+        return None
     store.clean_leftovers()
     _collect_from_now_on()
-    options = sandbox.RunOptions(argv=args.command, tty=args.tty)
-    return sandbox.run_ephemeral(store, image, sandbox.Settings.from_json(cached["settings"]), options)
+    return sandbox.run_ephemeral(store, *found, options)
 
 
 def _collect_from_now_on() -> None:
@@ -120,28 +115,10 @@ def main() -> None:
     # Importing the fast path's modules would set off collections (~2 ms of a run):
     # off until they are imported (try_run), and for the full CLI on again at once.
     gc.disable()
-    from sandboxmgr.errors import SandboxError
+    from sandboxmgr import entry
 
-    def interrupted(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
-    # Directories made in the store become directories of sandboxes and images (an
-    # overlay takes a directory's mode from its upper one): a caller's umask of 077
-    # would make / or /usr unreadable to users inside.
-    os.umask(0o022)
-    try:
-        status = try_run(sys.argv[1:])
-    except SandboxError as exc:
-        print(f"sandboxmgr: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # anything else: one line, as the full CLI reports it
-        print(f"sandboxmgr: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
-        sys.exit(125)
+    entry.start()
+    status = entry.guarded(lambda: try_run(sys.argv[1:]), sys.argv[1:])
     if status is not None:
         # Done: skip the interpreter's teardown of every module (several ms). Nothing is
         # left to clean up - the sandbox and its locks are gone - but buffered output.

@@ -230,7 +230,8 @@ View = Callable[[list[Result]], None]
 def run(store: Store, project: Project, selected: list[Entry], command: tuple[str, ...], jobs: int,
         fail_fast: bool, keep_failed: bool, logs: Path, view: View) -> list[Result]:
     """Run ``command`` for every entry; the images must be built already."""
-    from sandboxmgr import images, sandbox
+    from sandboxmgr import config, images
+    from sandboxmgr.resolve import create_sandbox
 
     logs.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
@@ -255,10 +256,9 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
                 image = images.ensure_image(store, entry.profile, lambda _m: None)
                 name = f"matrix-{project.slug}-{entry.name}-{run_id}"[:120].rstrip(".-")
                 result.sandbox = name
-                options = sandbox.RunOptions(env=tuple(f"{k}={v}" for k, v in project.env.items()),
-                                             workdir=project.workdir,
-                                             binds=(BindMount(project.root, project.workdir, copy_on_write=True),))
-                record = sandbox.create(store, name, image, entry.profile, options)
+                options = config.options(env=dict(project.env), workdir=project.workdir,
+                                         binds=(BindMount(project.root, project.workdir, copy_on_write=True),))
+                record = create_sandbox(store, name, image, entry.profile, options)
                 assert result.log is not None
                 pid = _spawn(store, record, result.log, command)
                 running[pid] = index
@@ -310,6 +310,7 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
 def _spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...]) -> int:
     """A worker process that runs one sandbox, its output in ``log``."""
     from sandboxmgr import sandbox
+    from sandboxmgr.config import options
     from sandboxmgr.errors import EXIT_MANAGER
 
     handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -326,7 +327,7 @@ def _spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, .
             os.dup2(null, 0)
             os.dup2(handle, 1)
             os.dup2(handle, 2)
-            status = sandbox.run_in(store, record, sandbox.RunOptions(argv=command))
+            status = sandbox.run_in(store, record, options(argv=command))
         except SandboxError as exc:
             os.write(2, f"sandboxmgr: error: {exc.message}\n".encode())
             status = exc.exit_code

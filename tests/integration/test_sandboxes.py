@@ -128,3 +128,16 @@ def test_a_busy_sandbox_is_reported(cli: CLI, bookworm: ConcurrentBuild) -> None
         proc.terminate()
         proc.communicate(timeout=20)
         cli.ok("rm", "busy")
+
+
+def test_a_named_sandbox_keeps_its_isolation(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    # --isolation chroot drops CAP_SYS_CHROOT (bit 18 of the bounding set); pivot_root keeps it.
+    probe = ("sh", "-c", "grep CapBnd /proc/self/status")
+    cli.ok("run", "--name", "jail", "--isolation", "chroot", IMAGE, "true")
+    cli.ok("create", IMAGE, "--name", "pivot")
+    try:
+        assert json.loads(cli.ok("inspect", "jail").out)["settings"]["isolation"] == "chroot"
+        assert not int(cli.ok("exec", "jail", *probe).out.split()[1], 16) & (1 << 18)
+        assert int(cli.ok("exec", "pivot", *probe).out.split()[1], 16) & (1 << 18)
+    finally:
+        cli.ok("rm", "jail", "pivot")

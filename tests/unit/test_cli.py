@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from sandboxmgr import cli as cli_module
-from sandboxmgr.sandbox import RunOptions
+from sandboxmgr.config import SandboxConfig
 
 
-def invoke(*args: str, store: Path) -> tuple[int, str]:
+def invoke(*args: str, store: Path, stdin_tty: bool = False) -> tuple[int, str]:
     runner = CliRunner()
     with pytest.raises(SystemExit) as exit_info, runner.isolation() as (out, err, _):
+        if stdin_tty:  # as a terminal on stdin would answer (the runner's stdin is a pipe)
+            setattr(sys.stdin, "isatty", lambda: True)  # noqa: B010 - a method of this one stream
         cli_module.main(["--store", str(store), *args])
     output = out.getvalue().decode() + err.getvalue().decode()
     code = exit_info.value.code
@@ -22,11 +25,11 @@ def invoke(*args: str, store: Path) -> tuple[int, str]:
 
 
 @pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunOptions]:
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[SandboxConfig]:
     """Stop `run` where it would build and enter, keeping the parsed options."""
-    seen: list[RunOptions] = []
+    seen: list[SandboxConfig] = []
 
-    def fake_run(app: cli_module.App, ref: str, options: RunOptions) -> int:
+    def fake_run(app: cli_module.App, ref: str, options: SandboxConfig) -> int:
         app.registry.load(ref)  # the real resolution, so unknown names still fail
         seen.append(options)
         return 7
@@ -36,20 +39,20 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunOptions]:
     return seen
 
 
-def test_options_after_the_profile_belong_to_the_command(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_options_after_the_profile_belong_to_the_command(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     code, _ = invoke("run", "-e", "A=1", "-w", "/src", "debian", "ls", "-la", "--color", store=tmp_path)
     assert code == 7
     assert captured[0].argv == ("ls", "-la", "--color")
-    assert captured[0].env == ("A=1",)
+    assert captured[0].env == {"A": "1"}
     assert captured[0].workdir == "/src"
 
 
-def test_double_dash_separates_the_command(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_double_dash_separates_the_command(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     invoke("run", "debian-bookworm", "--", "sh", "-c", "echo hi", store=tmp_path)
     assert captured[0].argv == ("sh", "-c", "echo hi")
 
 
-def test_volumes_network_and_hostname_are_parsed(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_volumes_network_and_hostname_are_parsed(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     invoke("run", "-v", f"{tmp_path}:/data:ro", "--network", "none", "--hostname", "box",
            "debian", "true", store=tmp_path)
     options = captured[0]
@@ -57,7 +60,7 @@ def test_volumes_network_and_hostname_are_parsed(tmp_path: Path, captured: list[
     assert options.network == "none" and options.hostname == "box"
 
 
-def test_bad_volume_is_a_manager_error_with_a_hint(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_bad_volume_is_a_manager_error_with_a_hint(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     code, output = invoke("run", "-v", "nocolon", "debian", "true", store=tmp_path)
     assert code == 125
     assert "sandboxmgr: error: -v 'nocolon' is not SRC:DST" in output
@@ -65,7 +68,7 @@ def test_bad_volume_is_a_manager_error_with_a_hint(tmp_path: Path, captured: lis
     assert captured == []
 
 
-def test_unknown_profile_exits_125_with_close_names(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_unknown_profile_exits_125_with_close_names(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     code, output = invoke("run", "debian-bookwrm", "true", store=tmp_path)
     assert code == 125
     assert "no profile named 'debian-bookwrm'" in output
@@ -78,7 +81,7 @@ def test_usage_errors_exit_125(tmp_path: Path) -> None:
     assert "'bridge' is not one of" in output
 
 
-def test_bad_sandbox_name_is_refused(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_bad_sandbox_name_is_refused(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     code, output = invoke("run", "--name", "../../etc", "debian", "true", store=tmp_path)
     assert code == 125
     assert "invalid sandbox name" in output
@@ -105,7 +108,7 @@ def test_empty_store_lists_nothing(tmp_path: Path) -> None:
     assert invoke("images", "--json", store=tmp_path) == (0, "[]\n")
 
 
-def test_rm_flag_is_accepted_and_contradicts_name(tmp_path: Path, captured: list[RunOptions]) -> None:
+def test_rm_flag_is_accepted_and_contradicts_name(tmp_path: Path, captured: list[SandboxConfig]) -> None:
     code, _ = invoke("run", "--rm", "debian", "true", store=tmp_path)
     assert code == 7
     code, output = invoke("run", "--rm", "--name", "x", "debian", "true", store=tmp_path)
@@ -135,14 +138,13 @@ FAST_FORMS = [
 
 
 @pytest.mark.parametrize("form", FAST_FORMS)
-def test_the_fast_path_parses_like_the_full_cli(form: list[str], tmp_path: Path, captured: list[RunOptions],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fast_path_parses_like_the_full_cli(form: list[str], tmp_path: Path,
+                                                captured: list[SandboxConfig]) -> None:
     from sandboxmgr import fastrun
 
-    monkeypatch.setattr(cli_module, "stdin_is_tty", lambda: True)
     fast = fastrun.parse(["--store", str(tmp_path), *form])
     assert fast is not None
-    invoke(*form, store=tmp_path)
+    invoke(*form, store=tmp_path, stdin_tty=True)
     (options,) = captured
     assert (fast.command, fast.tty) == (options.argv, options.tty)
     assert fast.store == str(tmp_path)
@@ -173,18 +175,17 @@ def test_the_fast_path_parses_exec_like_the_full_cli(form: list[str], tmp_path: 
     from sandboxmgr import fastrun
     from sandboxmgr.store import SandboxRecord, Store
 
-    seen: list[RunOptions] = []
+    seen: list[SandboxConfig] = []
 
-    def fake_run_in(store: object, record: object, options: RunOptions) -> int:
+    def fake_run_in(store: object, record: object, options: SandboxConfig) -> int:
         seen.append(options)
         return 0
 
     monkeypatch.setattr("sandboxmgr.sandbox.run_in", fake_run_in)
     monkeypatch.setattr(Store, "sandbox", lambda self, name: SandboxRecord(name, tmp_path, {}))
     monkeypatch.setattr("sandboxmgr.errors.require_root", lambda action: None)
-    monkeypatch.setattr(cli_module, "stdin_is_tty", lambda: True)
     fast = fastrun.parse(["--store", str(tmp_path), *form])
     assert fast is not None and fast.verb == "exec" and fast.ref == "work"
-    invoke(*form, store=tmp_path)
+    invoke(*form, store=tmp_path, stdin_tty=True)
     (options,) = seen
     assert (fast.command, fast.tty) == (options.argv, options.tty)

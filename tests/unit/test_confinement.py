@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from sandboxmgr import cli as cli_module
 from sandboxmgr import inroot, linux
+from sandboxmgr.config import SandboxConfig, options, security_opts
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.inroot import SymlinkRefused, open_in_root
 from sandboxmgr.limits import Limits
@@ -28,7 +29,6 @@ from sandboxmgr.mounts import (
     plan,
 )
 from sandboxmgr.profile import ProfileRegistry
-from sandboxmgr.sandbox import RunOptions, Settings, with_options
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -127,13 +127,13 @@ def test_every_file_system_is_nodev_but_the_device_binds() -> None:
     (("no-new-privileges=false", "no-new-privileges"), True),
 ])
 def test_security_opt_no_new_privileges(options: tuple[str, ...], expected: bool | None) -> None:
-    assert cli_module._security_opts(options) == (expected, None)
+    assert security_opts(options) == (expected, None)
 
 
 @pytest.mark.parametrize("option", ["seccomp=", "no-new-privileges=maybe", "apparmor=x", "label:disable"])
 def test_other_security_opts_are_refused(option: str) -> None:
     with pytest.raises(SandboxError, match="not supported") as caught:
-        cli_module._security_opts((option,))
+        security_opts((option,))
     assert caught.value.hint and "no-new-privileges" in caught.value.hint and "seccomp=" in caught.value.hint
 
 
@@ -184,14 +184,14 @@ def test_child_profiles_merge_limits_key_by_key(tmp_path: Path) -> None:
 
 
 def test_settings_keep_limits_and_the_command_line_overrides_them() -> None:
-    saved = Settings(hostname="box", limits=Limits(memory=64 << 20, pids=100), no_new_privs=False)
-    assert Settings.from_json(saved.to_json()) == saved
-    assert Settings.from_json({"hostname": "old"}).limits is None  # a sandbox made before limits existed
-    assert Settings.from_json({"hostname": "old"}).no_new_privs is True
-    run = with_options(saved, RunOptions(limits=Limits(pids=10), no_new_privs=True))
+    saved = SandboxConfig(hostname="box", limits=Limits(memory=64 << 20, pids=100), no_new_privs=False)
+    assert SandboxConfig.from_json(saved.to_json()) == saved
+    assert SandboxConfig.from_json({"hostname": "old"}).limits is None  # a sandbox made before limits existed
+    assert SandboxConfig.from_json({"hostname": "old"}).no_new_privs is True
+    run = saved.merged(options(limits=Limits(pids=10), no_new_privs=True))
     assert run.limits == Limits(memory=64 << 20, pids=10) and run.no_new_privs is True
-    assert with_options(saved, RunOptions()).limits == saved.limits
-    assert with_options(Settings(hostname="box"), RunOptions(limits=Limits(cpus=1.0))).limits == Limits(cpus=1.0)
+    assert saved.merged(options()).limits == saved.limits
+    assert SandboxConfig(hostname="box").merged(options(limits=Limits(cpus=1.0))).limits == Limits(cpus=1.0)
 
 
 def test_doctor_needs_root_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import libseccomp, seccomp
+from sandboxmgr.config import SandboxConfig, options
 from sandboxmgr.mounts import BindMount, refuse_kernel_target
-from sandboxmgr.sandbox import RunOptions, Settings, with_options
 from sandboxmgr.seccomp import (
     ACT_ALLOW,
     CMP_EQ,
@@ -143,11 +143,11 @@ def test_the_bpf_is_built_once_and_read_back_whole(tmp_path: Path, monkeypatch: 
 
 
 def test_the_seccomp_setting_is_kept_and_overridden() -> None:
-    saved = Settings(hostname="box", seccomp="unconfined")
-    assert Settings.from_json(saved.to_json()).seccomp == "unconfined"
-    assert Settings.from_json({"hostname": "old"}).seccomp == "default"
-    assert with_options(saved, RunOptions()).seccomp == "unconfined"
-    assert with_options(saved, RunOptions(seccomp="/x.json")).seccomp == "/x.json"
+    saved = SandboxConfig(hostname="box", seccomp="unconfined")
+    assert SandboxConfig.from_json(saved.to_json()).seccomp == "unconfined"
+    assert SandboxConfig.from_json({"hostname": "old"}).seccomp == "default"
+    assert saved.merged(options()).seccomp == "unconfined"
+    assert saved.merged(options(seccomp="/x.json")).seccomp == "/x.json"
 
 
 @pytest.mark.parametrize("target", ["/proc", "/proc/sys", "/sys", "/sys/fs/cgroup", "/dev", "/dev/sda",

@@ -138,12 +138,13 @@ def test_create_sandbox_is_atomic_and_refuses_duplicates(tmp_path: Path) -> None
 
 
 def test_a_command_for_a_sandbox_removed_meanwhile_is_refused_not_run(tmp_path: Path) -> None:
-    from sandboxmgr.sandbox import RunOptions, run_in
+    from sandboxmgr.config import options
+    from sandboxmgr.sandbox import run_in
 
     store = Store(tmp_path)
     record = store.create_sandbox("work", {"name": "work", "image": "k", "settings": {"hostname": "work"}})
     store.remove_sandbox(record)  # after the exec read the record, before it took the lock
     with pytest.raises(NotFoundError, match="no sandbox named 'work'"):
-        run_in(store, record, RunOptions(argv=("true",)))
+        run_in(store, record, options(argv=("true",)))
     assert not (store.sandboxes_dir / "work").exists()
     assert not (store.locks_dir / "sandbox-work.lock").exists()  # nothing for doctor to find

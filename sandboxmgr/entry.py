@@ -1,0 +1,105 @@
+"""What both front doors (fastrun.main and cli.main) do around a command: signals, umask,
+and errors turned into one line, a hint and an exit code.
+
+The fast path imports this module, so it imports nothing of its own until an error
+has to be reported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+    from typing import NoReturn, TypeVar
+
+    _T = TypeVar("_T")
+
+
+def _raise_exit(signum: int, _frame: object) -> NoReturn:
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so builds remove their temporary trees.
+    raise SystemExit(128 + signum)
+
+
+def start() -> None:
+    """Signals and umask, before anything else is done."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
+    # Directories made in the store become directories of sandboxes and images (an
+    # overlay takes a directory's mode from its upper one): a caller's umask of 077
+    # would make / or /usr unreadable to users inside.
+    os.umask(0o022)
+
+
+def error(message: str, hint: str | None) -> None:
+    """``sandboxmgr: error: ...`` and ``hint: ...`` on stderr."""
+    print(f"sandboxmgr: error: {message}", file=sys.stderr, flush=True)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr, flush=True)
+
+
+def guarded(body: Callable[[], _T], argv: Sequence[str]) -> _T:
+    """``body()``, with what it raises reported as one line and a hint, and an exit
+    (SandboxError: its own code; anything else: 125, or the traceback with --debug)."""
+    try:
+        return body()
+    except SandboxError as exc:
+        error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        if "--debug" in argv:
+            raise
+        error(*_os_error(exc, argv))
+        sys.exit(EXIT_MANAGER)
+    except Exception as exc:
+        if "--debug" in argv:
+            raise
+        error(f"internal error: {type(exc).__name__}: {exc}", "run again with --debug for the traceback, and report it")
+        sys.exit(EXIT_MANAGER)
+
+
+def _store_of(argv: Sequence[str]) -> Path:
+    """The store a command line names (--store DIR, SANDBOXMGR_STORE, the default), for
+    errors that come after click's context is gone."""
+    from pathlib import Path
+
+    from sandboxmgr.locations import default_store
+
+    args = list(argv)
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--store" and index + 1 < len(args):
+            return Path(os.path.abspath(args[index + 1]))
+        if arg.startswith("--store="):
+            return Path(os.path.abspath(arg.split("=", 1)[1]))
+    return Path(os.path.abspath(default_store()))
+
+
+def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
+    """One line and a hint for what the system refused: a full disk, a permission."""
+    import errno
+
+    from sandboxmgr.errors import no_space
+
+    store = _store_of(argv)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = no_space(store, str(exc.filename) if exc.filename else "")
+        if exc.errno == errno.EDQUOT:
+            full.message = full.message.replace("no space left on device", "disk quota exceeded")
+        return full.message, full.hint
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        inside = exc.filename is not None and (str(exc.filename) + "/").startswith(str(store) + "/")
+        if inside and os.geteuid() != 0:
+            return (f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
+                    "and device nodes of sandboxes)", "run it as root (sudo sandboxmgr ...)")
+        return f"permission denied{where}", "sandboxmgr works as root: run it with sudo, or as root"
+    return (f"{exc.strerror or exc}{where}",
+            "run again with --debug for the traceback; report it if it is not the system's fault")
