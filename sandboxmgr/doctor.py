@@ -40,7 +40,9 @@ from typing import Any
 from sandboxmgr import cgroups, linux, mountinfo
 from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError
-from sandboxmgr.store import Store, is_locked, tighten_dir
+from sandboxmgr.locations import tighten_dir
+from sandboxmgr.locks import is_locked
+from sandboxmgr.store import Store
 
 KINDS = ("process", "cgroup", "mount", "tmp", "lock", "permissions")
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.mounts import BindMount
+from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.profile import (
     ENV_KEY_RE,
     NAME_RE,
@@ -75,7 +76,7 @@ class Project:
 def load_project(root: Path, registry: ProfileRegistry) -> Project:
     """The project file in ``root`` (sandboxmgr.yaml), validated like a profile:
     every problem named with its line, all at once."""
-    if set(str(root)) & set(",:\\\n"):
+    if overlay_unsafe(root):
         # The project is shown through overlayfs, whose options cannot carry these.
         raise SandboxError(f"the project directory {root} contains ',', ':' or '\\'",
                            hint="move or link the project to a path without them")
@@ -193,6 +194,16 @@ def entries(names: Sequence[str], project: Project, registry: ProfileRegistry) -
                                       setup=(*base.setup, *steps), aliases=())
         result.append(Entry(label, profile))
     return result
+
+
+def build_images(selected: Sequence[Entry], build: Callable[[Profile], object]) -> None:
+    """Every image first, each once, even when two entries share one (``build`` is the
+    caller's: the CLI's shows a progress line)."""
+    built: set[str] = set()
+    for entry in selected:
+        if entry.profile.image_key() not in built:
+            build(entry.profile)
+            built.add(entry.profile.image_key())
 
 
 def _prepare_steps(project: Project, profile: Profile) -> tuple[str, ...]:
