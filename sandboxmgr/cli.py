@@ -23,6 +23,7 @@ from sandboxmgr.limits import format_bytes
 from sandboxmgr.ui import MatrixView, ProgressLine, print_json, print_table
 
 if TYPE_CHECKING:
+    from sandboxmgr.matrix import Result
     from sandboxmgr.profile import Profile, ProfileRegistry
     from sandboxmgr.sandbox import RunOptions
     from sandboxmgr.store import ImageRecord, Store
@@ -579,36 +580,12 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     import time
 
     from sandboxmgr import matrix as matrix_
-    from sandboxmgr import trust
 
     _require_root(app, "matrix")
     if command[:1] == ("--",):
         command = command[1:]
-    root = Path(project_dir).resolve()
-    if not trust_files and not trust.trusted_as_is(app.store, root / matrix_.PROJECT_FILE):
-        # Until the trust check below: profile files it names are read only from the project
-        # and the profile directories (nothing else of the host is opened for it).
-        app.registry.confine = (root, *app.registry.dirs)
-    project = matrix_.load_project(root, app.registry)
-    if patterns:
-        app.registry.confine = None  # named on the command line: the user's own choice
-    from_project_file = not patterns
-    patterns = patterns or project.profiles
-    if not patterns:
-        raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
-    command = command or project.command
-    if not command:
-        raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
-    selected = matrix_.entries(matrix_.expand(patterns, project, app.registry), project, app.registry)
-    # Before anything is built: keys that make the host run or trust what the project chose.
-    if not trust_files:
-        inline = {e.name: e.profile for e in selected if e.name in project.inline}
-        others = [e.profile for e in selected if e.name not in project.inline]
-        found, digests = trust.findings(project.raw, inline, others, app.registry)
-        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
-        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
-                                      app.registry.dirs)
-        trust.check(app.store, found, digests, project.root, set(covered))
+    project, selected, command = matrix_.prepare(app.store, app.registry, Path(project_dir).resolve(), patterns,
+                                                 command, trust_files)
     matrix_.build_images(selected, app.image_for)
     logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
@@ -618,17 +595,21 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if as_json:
         click.echo(matrix_.as_json(results))
     else:
-        print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
-                    [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
-                      "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
-        for r in results:
-            if r.status == "failed" and r.reason:
-                click.echo(f"{r.name}: {r.reason}")
-            if r.sandbox:
-                click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
+        _print_results(results)
     if any(r.status == "cancelled" for r in results) and not fail_fast:
         return 130
     return 0 if all(r.status == "passed" for r in results) else 1
+
+
+def _print_results(results: list[Result]) -> None:
+    print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
+                [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
+                  "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
+    for r in results:
+        if r.status == "failed" and r.reason:
+            click.echo(f"{r.name}: {r.reason}")
+        if r.sandbox:
+            click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
 
 
 @cli.command(name="trust")

@@ -206,6 +206,40 @@ def build_images(selected: Sequence[Entry], build: Callable[[Profile], object]) 
             built.add(entry.profile.image_key())
 
 
+def prepare(store: Store, registry: ProfileRegistry, root: Path, patterns: tuple[str, ...],
+            command: tuple[str, ...], trusted: bool) -> tuple[Project, list[Entry], tuple[str, ...]]:
+    """The project in ``root``, the entries of ``patterns`` (else of its profiles) and the command
+    (else its own), refused before anything is built if its files set keys that need trust
+    and ``trusted`` (--trust) does not give it."""
+    from sandboxmgr import trust
+
+    if not trusted and not trust.trusted_as_is(store, root / PROJECT_FILE):
+        # Until the trust check below: profile files it names are read only from the project
+        # and the profile directories (nothing else of the host is opened for it).
+        registry.confine = (root, *registry.dirs)
+    project = load_project(root, registry)
+    if patterns:
+        registry.confine = None  # named on the command line: the user's own choice
+    from_project_file = not patterns
+    patterns = patterns or project.profiles
+    if not patterns:
+        raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
+    command = command or project.command
+    if not command:
+        raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
+    selected = entries(expand(patterns, project, registry), project, registry)
+    # Before anything is built: keys that make the host run or trust what the project chose.
+    if not trusted:
+        inline = {e.name: e.profile for e in selected if e.name in project.inline}
+        others = [e.profile for e in selected if e.name not in project.inline]
+        found, digests = trust.findings(project.raw, inline, others, registry)
+        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
+        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
+                                      registry.dirs)
+        trust.check(store, found, digests, project.root, set(covered))
+    return project, selected, command
+
+
 def _prepare_steps(project: Project, profile: Profile) -> tuple[str, ...]:
     for key in (profile.name, profile.distro, profile.family):
         if key in project.prepare:
