@@ -41,7 +41,7 @@ from sandboxmgr import cgroups, linux, mountinfo
 from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError
 from sandboxmgr.locations import tighten_dir
-from sandboxmgr.locks import is_locked, parse_lock_file
+from sandboxmgr.locks import is_locked, lock_files
 from sandboxmgr.store import Store
 
 
@@ -265,11 +265,8 @@ def _locks(store: Store) -> list[Finding]:
         return []
     homes = {"tmp": store.tmp_dir, "sandbox": store.sandboxes_dir}
     findings = []
-    for entry in sorted(store.locks_dir.iterdir()):
-        parsed = parse_lock_file(entry.name)
-        if parsed is None or parsed[0] not in homes:
-            continue
-        kind, name = parsed
+    for kind, name in lock_files(store.locks_dir, homes):
+        entry = store.lock(kind, name).path
         if (homes[kind] / name).exists() or is_locked(entry):
             continue
         findings.append(Finding("lock", str(entry), f"lock file of a {kind} that is gone",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Collection
 from contextlib import suppress
 from pathlib import Path
 
@@ -128,18 +129,21 @@ def _flock(path: Path, operation: int) -> int | None:
         os.close(fd)
 
 
+def lock_files(locks_dir: Path, kinds: Collection[str]) -> list[tuple[str, str]]:
+    """(kind, name) of every lock file of one of ``kinds`` in ``locks_dir``, by file name."""
+    try:
+        file_names = sorted(os.listdir(locks_dir))
+    except FileNotFoundError:
+        return []
+    parsed = [parse_lock_file(file_name) for file_name in file_names]
+    return [found for found in parsed if found is not None and found[0] in kinds]
+
+
 def remove_stale_locks(locks_dir: Path, homes: dict[str, str]) -> None:
     """Remove the lock files of the kinds in ``homes`` (kind -> the directory of what they
-    guard) whose tree is gone: a kill between removing a tree and its lock leaves them."""
-    try:
-        names = os.listdir(locks_dir)
-    except FileNotFoundError:
-        return
-    for name in names:
-        parsed = parse_lock_file(name)
-        if parsed is None or parsed[0] not in homes:
-            continue  # image and layer locks stay with their image or layer
-        kind, ident = parsed
+    guard) whose tree is gone: a kill between removing a tree and its lock leaves them.
+    Image and layer locks stay with their image or layer."""
+    for kind, ident in lock_files(locks_dir, homes):
         if not ident.strip("."):
             continue
         home = f"{homes[kind]}/{ident}"

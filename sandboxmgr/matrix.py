@@ -23,14 +23,13 @@ import os
 import re
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr.errors import ProfileError, SandboxError
+from sandboxmgr.errors import ProfileError, SandboxError, warn
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.profile import (
@@ -415,7 +414,7 @@ def _finish(store: Store, result: Result, keep: bool) -> None:
     try:
         store.remove_sandbox(store.sandbox(result.sandbox))
     except SandboxError as exc:
-        print(f"sandboxmgr: warning: cannot remove {result.sandbox}: {exc.message}", file=sys.stderr)
+        warn(f"cannot remove {result.sandbox}: {exc.message}")
     result.sandbox = None
 
 
