@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from sandboxmgr import ui
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError, no_space
 from sandboxmgr.limits import format_bytes
-from sandboxmgr.ui import MatrixView, ProgressLine, print_json, print_table
+from sandboxmgr.ui import MatrixView, ProgressLine, print_json
 
 if TYPE_CHECKING:
-    from sandboxmgr.matrix import Result
     from sandboxmgr.profile import Profile, ProfileRegistry
     from sandboxmgr.sandbox import RunOptions
     from sandboxmgr.store import ImageRecord, Store
@@ -128,12 +128,7 @@ def profiles(app: App, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
-        [[r["name"], r["distro"], r["release"], r["arch"], "?" if r["built"] is None else "yes" if r["built"] else "no",
-          ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
-         for r in rows],
-    )
+    ui.profiles_table(rows)
 
 
 @cli.command()
@@ -169,19 +164,7 @@ def images(app: App, as_json: bool, show_layers: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
-        [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
-          format_bytes(r.get("size"), decimal=True), str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
-         for r in rows],
-    )
-    if show_layers:
-        for row in rows:
-            click.echo(f"\n{row['profile']} ({row['key']}):")
-            for layer in row["layers"]:
-                shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
-                size = format_bytes(layer["size"], decimal=True)
-                click.echo(f"  {layer['key']}  {size:>8}  {layer['label']}{shared}")
+    ui.images_table(rows, show_layers)
 
 
 @cli.command()
@@ -481,11 +464,7 @@ def ls_(app: App, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    print_table(
-        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
-        [[r["name"], r["profile"], r["image"], r["created"], format_bytes(r["changes_size"], decimal=True),
-          "running" if r["in_use"] else "idle"] for r in rows],
-    )
+    ui.sandboxes_table(rows)
 
 
 @cli.command()
@@ -539,13 +518,7 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
     if as_json:
         print_json([f.to_json() for f in findings])
         return 1 if left else 0
-    if not findings:
-        click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
-                   f"or processes, and the store is private ({app.store.root})")
-        return 0
-    print_table(["KIND", "WHAT", "DETAIL"],
-                [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
-                                              if f.error else "")] for f in findings])
+    ui.findings_table(findings, app.store.root)
     if left and not fix:
         click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {len(left)} leftovers "
                    "(it unmounts, never deletes through a mount)", err=True)
@@ -595,21 +568,10 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if as_json:
         click.echo(matrix_.as_json(results))
     else:
-        _print_results(results)
+        ui.results_table(results)
     if any(r.status == "cancelled" for r in results) and not fail_fast:
         return 130
     return 0 if all(r.status == "passed" for r in results) else 1
-
-
-def _print_results(results: list[Result]) -> None:
-    print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
-                [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
-                  "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
-    for r in results:
-        if r.status == "failed" and r.reason:
-            click.echo(f"{r.name}: {r.reason}")
-        if r.sandbox:
-            click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
 
 
 @cli.command(name="trust")

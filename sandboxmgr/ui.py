@@ -12,9 +12,17 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from sandboxmgr.limits import format_bytes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sandboxmgr.doctor import Finding
+    from sandboxmgr.matrix import Result
 
 _COUNTED = re.compile(r"\(\d+\)$")
 
@@ -96,3 +104,62 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- each listing's table ------------------------------------------------------------------------
+
+
+def profiles_table(rows: list[dict[str, Any]]) -> None:
+    print_table(
+        ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
+        [[r["name"], r["distro"], r["release"], r["arch"], "?" if r["built"] is None else "yes" if r["built"] else "no",
+          ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
+         for r in rows],
+    )
+
+
+def images_table(rows: list[dict[str, Any]], show_layers: bool) -> None:
+    print_table(
+        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
+        [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
+          format_bytes(r.get("size"), decimal=True), str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
+         for r in rows],
+    )
+    if show_layers:
+        for row in rows:
+            click.echo(f"\n{row['profile']} ({row['key']}):")
+            for layer in row["layers"]:
+                shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
+                size = format_bytes(layer["size"], decimal=True)
+                click.echo(f"  {layer['key']}  {size:>8}  {layer['label']}{shared}")
+
+
+def sandboxes_table(rows: list[dict[str, Any]]) -> None:
+    print_table(
+        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
+        [[r["name"], r["profile"], r["image"], r["created"], format_bytes(r["changes_size"], decimal=True),
+          "running" if r["in_use"] else "idle"] for r in rows],
+    )
+
+
+def findings_table(findings: list[Finding], store: Path) -> None:
+    """What the doctor found (and fixed), or that there is nothing."""
+    if not findings:
+        click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
+                   f"or processes, and the store is private ({store})")
+        return
+    print_table(["KIND", "WHAT", "DETAIL"],
+                [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
+                                              if f.error else "")] for f in findings])
+
+
+def results_table(results: list[Result]) -> None:
+    """A matrix run's results, then why each failed profile failed and where a kept one is."""
+    print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
+                [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
+                  "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
+    for r in results:
+        if r.status == "failed" and r.reason:
+            click.echo(f"{r.name}: {r.reason}")
+        if r.sandbox:
+            click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
