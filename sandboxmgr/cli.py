@@ -8,9 +8,7 @@ signal N; 130 on Ctrl-C during a build.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +17,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from sandboxmgr import ui
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+from sandboxmgr.limits import format_bytes
+from sandboxmgr.ui import MatrixView, ProgressLine, print_json
 
 if TYPE_CHECKING:
     from sandboxmgr.config import SandboxConfig
@@ -71,65 +72,6 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
-_COUNTED = re.compile(r"\(\d+\)$")
-
-
-class ProgressLine:
-    """One updating status line on a terminal; phase changes only otherwise."""
-
-    def __init__(self, label: str, quiet: bool = False) -> None:
-        self.label = label
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last_phase = ""
-        self.shown = False
-
-    def __call__(self, message: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
-            sys.stderr.write(f"\r\x1b[K[{self.label}] {message}"[: width + 4])
-            sys.stderr.flush()
-            self.shown = True
-            return
-        # Off a terminal, per-package lines ("... (12)") would be a wall of log.
-        if _COUNTED.search(message) or message == self.last_phase:
-            return
-        self.last_phase = message
-        print(f"[{self.label}] {message}", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.shown = False
-
-
-# --- output helpers ---------------------------------------------------------------------------
-
-
-def human_size(size: int | float | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{value:.1f}TB"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    for row in [list(headers), *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 # --- the command group ------------------------------------------------------------------------
@@ -176,38 +118,16 @@ def _require_root(app: App, action: str) -> None:
 @pass_app
 def profiles(app: App, as_json: bool) -> None:
     """List profiles: the shipped ones, then system, user and --configs ones."""
-    from sandboxmgr.profile import Profile
+    from sandboxmgr.catalog import profile_listing
 
-    # Profiles need no store: a user other than root lists them too, with BUILT unknown.
-    try:
-        app.store.require_access(app.store.images_dir)
-        readable = True
-    except SandboxError:
-        readable = False
-    rows: list[dict[str, Any]] = []
-    for name, item in app.registry.load_all():
-        if isinstance(item, Profile):
-            built = app.store.image(item.image_key()) is not None if readable else None
-            rows.append({"name": name, "distro": item.distro, "release": item.release,
-                         "arch": item.arch, "aliases": list(item.aliases), "built": built,
-                         "key": item.image_key(), "description": item.description,
-                         "path": str(item.path), "error": None})
-        else:
-            rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],
-                         "built": False, "key": None, "description": "",
-                         "path": str(app.registry.files()[name]), "error": item.message})
+    rows, readable = profile_listing(app.store, app.registry)
     if not readable:
         click.echo(f"note: BUILT is unknown ('?'): the store {app.store.root} is root's alone; "
                    "run as root to see it", err=True)
     if as_json:
         print_json(rows)
         return
-    print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
-        [[r["name"], r["distro"], r["release"], r["arch"], "?" if r["built"] is None else "yes" if r["built"] else "no",
-          ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
-         for r in rows],
-    )
+    ui.profiles_table(rows)
 
 
 @cli.command()
@@ -228,7 +148,7 @@ def build(app: App, profile: str, rebuild: bool, no_cache: bool) -> None:
     finally:
         line.done()
     if not app.quiet:
-        click.echo(f"{loaded.name}: image {record.key} ({human_size(record.meta.get('size'))})")
+        click.echo(f"{loaded.name}: image {record.key} ({format_bytes(record.meta.get('size'), decimal=True)})")
 
 
 @cli.command()
@@ -237,51 +157,13 @@ def build(app: App, profile: str, rebuild: bool, no_cache: bool) -> None:
 @pass_app
 def images(app: App, as_json: bool, show_layers: bool) -> None:
     """List built images, and the layers they are made of."""
-    store = app.store
-    records = store.images()
-    newest: dict[str, int] = {}
-    for record in records:
-        newest[record.profile] = max(record.built_ns, newest.get(record.profile, 0))
-    users: dict[str, set[str]] = {}
-    for record in records:
-        for key in record.layers:
-            users.setdefault(key, set()).add(record.profile)
-    rows = []
-    for record in records:
-        meta = dict(record.meta)
-        meta.pop("inputs", None)
-        meta["path"] = str(record.path)
-        meta["outdated"] = record.built_ns != newest[record.profile]
-        layers = []
-        for key in record.layers:
-            layer = store.layer(key)
-            layers.append({
-                "key": key,
-                "kind": layer.meta.get("kind") if layer else None,
-                "label": layer.meta.get("label") if layer else None,
-                "size": layer.meta.get("size") if layer else None,
-                "path": str(layer.path) if layer else None,
-                "shared_with": sorted(users[key] - {record.profile}),
-                "missing": layer is None,
-                # When the kept bootstrap root this layer links was made (rootcache.py), if it does.
-                "kept_root": layer.meta.get("kept_root") if layer else None,
-            })
-        meta["layers"] = layers
-        rows.append(meta)
+    from sandboxmgr.catalog import listing
+
+    rows = listing(app.store)
     if as_json:
         print_json(rows)
         return
-    print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
-        [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
-          human_size(r.get("size")), str(len(r["layers"])), r.get("built_at", "?"), r["key"]] for r in rows],
-    )
-    if show_layers:
-        for row in rows:
-            click.echo(f"\n{row['profile']} ({row['key']}):")
-            for layer in row["layers"]:
-                shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
-                click.echo(f"  {layer['key']}  {human_size(layer['size']):>8}  {layer['label']}{shared}")
+    ui.images_table(rows, show_layers)
 
 
 @cli.command()
@@ -290,16 +172,11 @@ def images(app: App, as_json: bool, show_layers: bool) -> None:
 def rmi(app: App, refs: tuple[str, ...]) -> None:
     """Remove the images of profiles (or image keys), and the layers no other image uses."""
     from sandboxmgr import rootcache
-    from sandboxmgr.images import find_images
+    from sandboxmgr.catalog import lookup
 
     _require_root(app, "rmi")
     for ref in refs:
-        found = find_images(app.store, ref)
-        if not found:
-            try:
-                found = find_images(app.store, app.registry.load(ref).name)
-            except SandboxError:
-                found = []
+        found = lookup(app.store, app.registry, ref)
         if not found:
             raise SandboxError(f"no image of {ref!r} in the store", hint="see 'sandboxmgr images'")
         for record in found:
@@ -318,13 +195,15 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
 @pass_app
 def prune(app: App, cache: bool) -> None:
     """Remove older images no sandbox uses and every layer no image uses."""
+    from sandboxmgr.catalog import prune as prune_
+
     _require_root(app, "prune")
-    images_removed, layers_removed = app.store.prune()
+    images_removed, layers_removed = prune_(app.store)
     if not app.quiet:
         click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
     if cache:
         from sandboxmgr import rootcache
-        from sandboxmgr.store import warn
+        from sandboxmgr.errors import warn
 
         removed, busy = rootcache.remove_all(app.store)
         if not app.quiet:
@@ -477,53 +356,35 @@ def shell(app: App, user: str | None, name: str) -> int:
 # --- sandboxes --------------------------------------------------------------------------------
 
 
-def _sandbox_info(app: App, name: str) -> dict[str, Any]:
-    from sandboxmgr.store import is_locked, tree_size
-
-    record = app.store.sandbox(name)
-    info = dict(record.meta)
-    info["path"] = str(record.path)
-    info["changes_size"] = tree_size(record.upper)
-    info["in_use"] = is_locked(app.store.locks_dir / f"sandbox-{name}.lock")
-    info["image_present"] = app.store.image(record.image_key) is not None
-    return info
-
-
 @cli.command(name="ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def ls_(app: App, as_json: bool) -> None:
     """List named sandboxes."""
-    rows = [_sandbox_info(app, record.name) for record in app.store.sandboxes()]
+    from sandboxmgr.catalog import sandbox_info
+
+    rows = [sandbox_info(app.store, record.name) for record in app.store.sandboxes()]
     if as_json:
         print_json(rows)
         return
-    print_table(
-        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
-        [[r["name"], r["profile"], r["image"], r["created"], human_size(r["changes_size"]),
-          "running" if r["in_use"] else "idle"] for r in rows],
-    )
+    ui.sandboxes_table(rows)
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (the default output is JSON too).")
+# Output is JSON either way: --json is accepted (scripts and the README of old pass it), not offered.
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Accepted; the output is JSON either way.")
 @click.argument("name")
 @pass_app
 def inspect(app: App, as_json: bool, name: str) -> None:
     """Show a sandbox's (or else an image's) metadata as JSON."""
+    from sandboxmgr.catalog import lookup, sandbox_info
     from sandboxmgr.errors import NotFoundError
-    from sandboxmgr.images import find_images
 
     try:
-        print_json(_sandbox_info(app, name))
+        print_json(sandbox_info(app.store, name))
         return
     except NotFoundError as missing:
-        found = find_images(app.store, name)
-        if not found:
-            try:
-                found = find_images(app.store, app.registry.load(name).name)
-            except SandboxError:
-                raise missing from None
+        found = lookup(app.store, app.registry, name)
         if not found:
             raise missing from None
     print_json([{**r.meta, "path": str(r.path)} for r in found])
@@ -560,13 +421,7 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
     if as_json:
         print_json([f.to_json() for f in findings])
         return 1 if left else 0
-    if not findings:
-        click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
-                   f"or processes, and the store is private ({app.store.root})")
-        return 0
-    print_table(["KIND", "WHAT", "DETAIL"],
-                [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
-                                              if f.error else "")] for f in findings])
+    ui.findings_table(findings, app.store.root)
     if left and not fix:
         click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {len(left)} leftovers "
                    "(it unmounts, never deletes through a mount)", err=True)
@@ -574,41 +429,6 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
 
 
 # --- matrix -----------------------------------------------------------------------------------
-
-
-class MatrixView:
-    """One line per profile with its state and elapsed time on a terminal; a plain,
-    prefixed line per state change otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.drawn = 0
-        self.reported: dict[str, str] = {}
-
-    def __call__(self, results: list[Any]) -> None:
-        if self.quiet:
-            return
-        import time
-
-        now = time.monotonic()
-        if not self.tty:
-            for r in results:
-                if self.reported.get(r.name) != r.status and r.status != "pending":
-                    self.reported[r.name] = r.status
-                    extra = f" in {r.duration:.1f}s (exit {r.exit_code})" if r.duration is not None else ""
-                    click.echo(f"[{r.name}] {r.status}{extra}", err=True)
-            return
-        lines = []
-        for r in results:
-            elapsed = r.duration if r.duration is not None else (now - r.started if r.started else 0.0)
-            code = f" exit {r.exit_code}" if r.exit_code is not None else ""
-            lines.append(f"  {r.name:<28} {r.status:<10} {elapsed:7.1f}s{code}")
-        if self.drawn:
-            sys.stderr.write(f"\x1b[{self.drawn}F")
-        sys.stderr.write("".join(f"\x1b[2K{line}\n" for line in lines))
-        sys.stderr.flush()
-        self.drawn = len(lines)
 
 
 @cli.command(context_settings=_COMMAND_SETTINGS)
@@ -636,42 +456,13 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     import time
 
     from sandboxmgr import matrix as matrix_
-    from sandboxmgr import trust
 
     _require_root(app, "matrix")
     if command[:1] == ("--",):
         command = command[1:]
-    root = Path(project_dir).resolve()
-    if not trust_files and not trust.trusted_as_is(app.store, root / matrix_.PROJECT_FILE):
-        # Until the trust check below: profile files it names are read only from the project
-        # and the profile directories (nothing else of the host is opened for it).
-        app.registry.confine = (root, *app.registry.dirs)
-    project = matrix_.load_project(root, app.registry)
-    if patterns:
-        app.registry.confine = None  # named on the command line: the user's own choice
-    from_project_file = not patterns
-    patterns = patterns or project.profiles
-    if not patterns:
-        raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
-    command = command or project.command
-    if not command:
-        raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
-    selected = matrix_.entries(matrix_.expand(patterns, project, app.registry), project, app.registry)
-    # Before anything is built: keys that make the host run or trust what the project chose.
-    if not trust_files:
-        inline = {e.name: e.profile for e in selected if e.name in project.inline}
-        others = [e.profile for e in selected if e.name not in project.inline]
-        found, digests = trust.findings(project.raw, inline, others, app.registry)
-        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
-        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
-                                      app.registry.dirs)
-        trust.check(app.store, found, digests, project.root, set(covered))
-    # Every image first, each once, even when two entries share one.
-    built: set[str] = set()
-    for entry in selected:
-        if entry.profile.image_key() not in built:
-            app.image_for(entry.profile)
-            built.add(entry.profile.image_key())
+    project, selected, command = matrix_.prepare(app.store, app.registry, Path(project_dir).resolve(), patterns,
+                                                 command, trust_files)
+    matrix_.build_images(selected, app.image_for)
     logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
                           MatrixView(app.quiet))
@@ -680,14 +471,7 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     if as_json:
         click.echo(matrix_.as_json(results))
     else:
-        print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
-                    [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
-                      "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
-        for r in results:
-            if r.status == "failed" and r.reason:
-                click.echo(f"{r.name}: {r.reason}")
-            if r.sandbox:
-                click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
+        ui.results_table(results)
     if any(r.status == "cancelled" for r in results) and not fail_fast:
         return 130
     return 0 if all(r.status == "passed" for r in results) else 1

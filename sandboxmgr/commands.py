@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
@@ -107,6 +107,40 @@ def _die_with_manager() -> None:  # pragma: no cover - runs between fork and exe
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _environment(env: Mapping[str, str] | None, in_tool_root: bool) -> dict[str, str]:
+    if not in_tool_root:
+        full_env = dict(os.environ)
+    else:
+        # A tool in a tool root gets nothing of the caller's environment (tokens, sockets'
+        # addresses) but what reaching a mirror needs.
+        full_env = {key: value for key, value in os.environ.items() if key.lower() in _PASSED_TO_TOOLS}
+        full_env.update({"PATH": _TOOL_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root"})
+    if env:
+        full_env.update(env)
+    return full_env
+
+
+def _stream(process: subprocess.Popen[bytes], tail: deque[str], handle: TextIO | None,
+            on_line: Callable[[str], None] | None) -> int:
+    """Pass the output on line by line (to the log, to ``on_line``), keeping the last lines in
+    ``tail``; the exit status. Interrupted, the process is killed first."""
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            line = text.rstrip("\n")
+            tail.append(line)
+            if handle is not None:
+                handle.write(line + "\n")
+            if on_line is not None:
+                on_line(line)
+        return process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
 def run(
     argv: Sequence[str],
     log_file: Path | None = None,
@@ -127,15 +161,7 @@ def run(
 
     full_argv = [require(argv[0]), *argv[1:]]
     log.debug("running: %s", shlex.join(full_argv))
-    if tool_root is None:
-        full_env = dict(os.environ)
-    else:
-        # A tool in a tool root gets nothing of the caller's environment (tokens, sockets'
-        # addresses) but what reaching a mirror needs.
-        full_env = {key: value for key, value in os.environ.items() if key.lower() in _PASSED_TO_TOOLS}
-        full_env.update({"PATH": _TOOL_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root"})
-    if env:
-        full_env.update(env)
+    full_env = _environment(env, tool_root is not None)
     tail: deque[str] = deque(maxlen=40)
     handle = open(log_file, "a") if log_file is not None else None  # noqa: SIM115
     try:
@@ -154,21 +180,7 @@ def run(
             # takes no lock that thread could hold.
             preexec_fn=_die_with_manager if tool_root is None else _contain(mounts, tool_root),  # noqa: PLW1509
         )
-        try:
-            assert process.stdout is not None
-            for raw in process.stdout:
-                text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-                line = text.rstrip("\n")
-                tail.append(line)
-                if handle is not None:
-                    handle.write(line + "\n")
-                if on_line is not None:
-                    on_line(line)
-            code = process.wait()
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
+        code = _stream(process, tail, handle, on_line)
     finally:
         if handle is not None:
             handle.close()

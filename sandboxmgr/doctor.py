@@ -40,14 +40,14 @@ from typing import Any
 from sandboxmgr import cgroups, linux, mountinfo
 from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError
-from sandboxmgr.store import Store, is_locked, tighten_dir
-
-KINDS = ("process", "cgroup", "mount", "tmp", "lock", "permissions")
+from sandboxmgr.locations import tighten_dir
+from sandboxmgr.locks import is_locked, lock_files
+from sandboxmgr.store import Store
 
 
 @dataclass
 class Finding:
-    kind: str  # one of KINDS
+    kind: str  # process, cgroup, mount, tmp, lock or permissions (the module's docstring)
     what: str  # a pid or a path
     detail: str
     repair: Callable[[], None] | None = field(default=None, repr=False)
@@ -170,11 +170,11 @@ def _stale_owner(store: Store, root: Path, path: str) -> str | None:
     """What a path under the store belongs to, if that is a leftover of a dead process."""
     relative = Path(path).relative_to(root).parts
     if len(relative) >= 2 and relative[0] == "tmp":
-        if not is_locked(store.locks_dir / f"tmp-{relative[1]}.lock"):
+        if not is_locked(store.lock("tmp", relative[1]).path):
             return f"a dead run's directory tmp/{relative[1]}"
         return None
     if len(relative) >= 2 and relative[0] == "sandboxes":
-        if not is_locked(store.locks_dir / f"sandbox-{relative[1]}.lock"):
+        if not is_locked(store.lock("sandbox", relative[1]).path):
             return f"sandbox {relative[1]}, which no command is using"
         return None
     return f"the store ({'/'.join(relative[:2]) or '.'})"
@@ -255,7 +255,7 @@ def _temporaries(store: Store) -> list[Finding]:
         return []
     findings = []
     for entry in sorted(store.tmp_dir.iterdir()):
-        if not is_locked(store.locks_dir / f"tmp-{entry.name}.lock"):
+        if not is_locked(store.lock("tmp", entry.name).path):
             findings.append(Finding("tmp", str(entry), "temporary directory of a process that died"))
     return findings
 
@@ -265,11 +265,8 @@ def _locks(store: Store) -> list[Finding]:
         return []
     homes = {"tmp": store.tmp_dir, "sandbox": store.sandboxes_dir}
     findings = []
-    for entry in sorted(store.locks_dir.iterdir()):
-        kind, _, rest = entry.name.partition("-")
-        if kind not in homes or not entry.name.endswith(".lock"):
-            continue
-        name = rest[: -len(".lock")]
+    for kind, name in lock_files(store.locks_dir, homes):
+        entry = store.lock(kind, name).path
         if (homes[kind] / name).exists() or is_locked(entry):
             continue
         findings.append(Finding("lock", str(entry), f"lock file of a {kind} that is gone",

@@ -9,6 +9,10 @@ status is the command's own.
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
+
 EXIT_MANAGER = 125
 EXIT_CANNOT_INVOKE = 126
 EXIT_NOT_FOUND = 127
@@ -34,9 +38,12 @@ class NotRootError(SandboxError):
     """The operation needs root (namespaces, mounts, debootstrap)."""
 
 
-def require_root(action: str) -> None:
-    import os
+def warn(message: str) -> None:
+    """A warning on stderr: something was left or skipped, and the command goes on."""
+    print(f"sandboxmgr: warning: {message}", file=sys.stderr)
 
+
+def require_root(action: str) -> None:
     if os.geteuid() != 0:
         raise NotRootError(
             f"{action} needs root (namespaces, mounts and debootstrap do)",
@@ -74,6 +81,42 @@ def no_space(store: object, detail: str = "") -> NoSpaceError:
                         "nothing half-made was kept",
                         hint="free some space (sandboxmgr prune, sandboxmgr rmi PROFILE, sandboxmgr rm NAME), "
                              "then try again")
+
+
+def out_of_space(exc: OSError | SandboxError, store: object, where: str | os.PathLike[str]) -> NoSpaceError | None:
+    """The full-disk error to report for ``exc``, raised while making something in ``where``
+    (the store's tmp/), or None when the disk is not what failed. A tool that ran out of
+    space (dnf, mmdebstrap) fails with its own words: this says what happened."""
+    literal = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, NoSpaceError) or not (literal or _full(where)):
+        return None
+    if isinstance(exc, SandboxError):
+        detail = exc.message
+    else:
+        detail = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+    return no_space(store, f"{detail}; {_free_text(where)}")
+
+
+def _full(path: str | os.PathLike[str]) -> bool:
+    """Whether the file system of ``path`` is (as good as) full: less than 2% of its space (at
+    least 8 MiB, at most 64 MiB: dnf refuses a transaction that would not fit, before the
+    disk is quite full) or of its inodes left."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    free = info.f_bavail * info.f_frsize
+    space = free < min(64 << 20, max(8 << 20, info.f_blocks * info.f_frsize // 50))
+    inodes = info.f_files > 0 and info.f_favail < max(16, info.f_files // 50)
+    return space or inodes
+
+
+def _free_text(path: str | os.PathLike[str]) -> str:
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return "free space unknown"
+    return f"{info.f_bavail * info.f_frsize // 1024} kB free"
 
 
 class CommandFailed(SandboxError):

@@ -22,12 +22,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr import rootcache
+from sandboxmgr import catalog, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
-from sandboxmgr.errors import BuildError, BusyError, require_root
+from sandboxmgr.errors import BuildError, BusyError, require_root, warn
+from sandboxmgr.locks import Lock
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import LayerPlan, Profile
-from sandboxmgr.store import ImageRecord, LayerRecord, Lock, Store, now_iso, remove_tree, tree_size, warn
+from sandboxmgr.removal import remove_tree, tree_size
+from sandboxmgr.store import ImageRecord, LayerRecord, Store, now_iso
 
 Progress = Callable[[str], None]
 
@@ -46,10 +48,9 @@ def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def rebuild_reason(store: Store, profile: Profile) -> str | None:
     """Why the profile needs a new image although an older one exists."""
-    older = [r for r in store.images() if r.profile == profile.name]
-    if not older:
+    newest = catalog.newest(store.images()).get(profile.name)
+    if newest is None:
         return None
-    newest = max(older, key=lambda r: r.built_ns)
     changed = changed_inputs(newest.meta.get("inputs", {}), profile.build_inputs())
     what = ", ".join(changed) if changed else "the build inputs"
     return f"{profile.name} changed since image {newest.key} was built ({what})"
@@ -136,14 +137,14 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
 def _check_rebuild(store: Store, profile: Profile) -> None:
     """A rebuild replaces layers in place: refuse while any image that shares one of
     them has a sandbox, named or running (its lower layers would change under it)."""
-    from sandboxmgr.store import is_held
+    from sandboxmgr.locks import is_held
 
     keys = {layer.key for layer in profile.layers()}
     for image in store.images():
         if not keys & set(image.layers):
             continue
         users = [s.name for s in store.sandboxes() if s.meta.get("image") == image.key]
-        if users or is_held(store.locks_dir / f"image-{image.key}.lock"):
+        if users or is_held(store.lock("image", image.key).path):
             what = f"sandbox {', '.join(users)}" if users else "a running sandbox"
             raise BusyError(f"cannot rebuild {profile.name}: {what} uses a layer it shares with image "
                             f"{image.key} ({image.profile})",
@@ -277,11 +278,3 @@ def _publish_layer(store: Store, profile: Profile, step: LayerPlan, parents: lis
     os.rename(diff, layer_dir / "diff")
     return store.publish_layer(layer_dir, step.key, meta)
 
-
-def find_images(store: Store, ref: str) -> list[ImageRecord]:
-    """Images named by a profile name or a key (or a unique key prefix)."""
-    images = store.images()
-    by_profile = [r for r in images if r.profile == ref]
-    if by_profile:
-        return by_profile
-    return [r for r in images if r.key.startswith(ref)] if len(ref) >= 4 else []

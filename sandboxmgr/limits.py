@@ -80,14 +80,30 @@ def parse_cpus(value: object) -> float:
     return cpus
 
 
-def format_bytes(size: int) -> str:
+def format_bytes(size: int | float | None, decimal: bool = False) -> str:
+    """A size for people; ``-`` for an unknown one.
+
+    Binary by default, the way limits are given (``1536M``, ``1.4M``, ``100B``: a whole
+    number of units when it is one), so a limit reads back as it was written. ``decimal``
+    for what the store holds, as ``df -H`` (``512B``, ``1.5MB``, ``2.3GB``).
+    """
+    if size is None:
+        return "-"
+    if decimal:
+        value = float(size)
+        for unit in ("B", "KB", "MB", "GB"):
+            if value < 1000:
+                return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+            value /= 1000
+        return f"{value:.1f}TB"
+    whole = int(size)
     for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
+        if whole >= factor and whole % factor == 0:
+            return f"{whole // factor}{unit}"
     for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size >= factor:
-            return f"{size / factor:.1f}{unit}"
-    return f"{size}B"
+        if whole >= factor:
+            return f"{whole / factor:.1f}{unit}"
+    return f"{whole}B"
 
 
 @dataclass(frozen=True)

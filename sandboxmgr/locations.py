@@ -1,4 +1,5 @@
-"""Where things live: the shipped profiles, the profile search path, the store.
+"""Where things live: the shipped profiles, the profile search path, the store; and that
+no one but root may enter the store.
 
 In a source checkout (the README's way) the shipped profiles are ``configs/``
 and the store is ``sandboxes/`` beside them; an installed tool uses
@@ -8,10 +9,17 @@ and the store is ``sandboxes/`` beside them; an installed tool uses
 from __future__ import annotations
 
 import os
+import stat
 import sys
+from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 
+from sandboxmgr.errors import SandboxError
+
 INSTALLED_STORE = Path("/var/lib/sandboxmgr")
+# As Docker's /var/lib/docker (0710), but without even the group's search right.
+STORE_MODE = 0o700
 
 
 def checkout_root() -> Path | None:
@@ -51,3 +59,76 @@ def profile_dirs(extra: tuple[str, ...] = ()) -> list[Path]:
     dirs += [Path(p) for p in env.split(":") if p]
     dirs += [Path(p) for p in extra]
     return dirs
+
+
+# --- the store is root's alone ----------------------------------------------------------------
+#
+# The store's root and every top directory are root's alone (0700): root inside a
+# sandbox can plant a setuid-root binary or a device node in its upper directory,
+# images have setuid binaries of their own, and the store is on an ordinary file
+# system (not nosuid, not nodev). A local user who could reach those files by path
+# would run them as root or open the devices. Store.ensure makes the store so, and
+# tightens one whose modes were loosened; ``doctor`` reports it.
+
+
+def make_private(directories: Sequence[str], create: bool) -> None:
+    """Make ``directories`` (the store's root first, then its top directories) 0700, creating
+    the missing ones with ``create``."""
+    # One stat per directory (every run passes here twice: the fast path counts).
+    for directory in directories:
+        try:
+            mode = os.stat(directory).st_mode
+        except FileNotFoundError:
+            if not create:
+                continue
+            if directory == directories[0]:
+                os.makedirs(os.path.dirname(directory), exist_ok=True)
+            with suppress(FileExistsError):
+                os.mkdir(directory, STORE_MODE)
+            mode = os.stat(directory).st_mode
+        if mode & 0o077:
+            tighten_dir(Path(directory))
+
+
+def loose_dirs(directories: Sequence[Path]) -> list[tuple[Path, int]]:
+    """Those of ``directories`` that another local user may enter, with their modes."""
+    found = []
+    for directory in directories:
+        try:
+            mode = stat.S_IMODE(os.stat(directory).st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            found.append((directory, mode))
+    return found
+
+
+def require_access(store: Path, directory: Path) -> None:
+    """For the commands that only read (ls, images): a clear error, not a traceback or an
+    empty list, when the store is root's and the caller is not."""
+    try:
+        os.stat(directory)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        pass
+    else:
+        if os.access(directory, os.R_OK | os.X_OK):
+            return
+    raise SandboxError(
+        f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
+        "and device nodes of sandboxes)",
+        hint="run it as root (sudo sandboxmgr ...)")
+
+
+def tighten_dir(directory: Path) -> None:
+    """Make a directory of the store 0700 (from anything looser); refuse a shared one."""
+    info = os.stat(directory)
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if mode & (stat.S_ISVTX | stat.S_IWOTH) or os.path.realpath(directory) == "/":
+        # /tmp, /: making it 0700 would break the machine, and a store there is not one's own.
+        raise SandboxError(f"the store {directory} is a shared directory (mode {mode:04o}), not one of its own",
+                           hint="point --store (or SANDBOXMGR_STORE) at a new directory, e.g. /var/lib/sandboxmgr")
+    os.chmod(directory, mode & ~0o077)

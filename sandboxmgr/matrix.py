@@ -23,7 +23,6 @@ import os
 import re
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr.enter import exit_status
-from sandboxmgr.errors import ProfileError, SandboxError
+from sandboxmgr.errors import ProfileError, SandboxError, warn
 from sandboxmgr.mounts import BindMount
+from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.profile import (
     ENV_KEY_RE,
     NAME_RE,
@@ -76,7 +76,7 @@ class Project:
 def load_project(root: Path, registry: ProfileRegistry) -> Project:
     """The project file in ``root`` (sandboxmgr.yaml), validated like a profile:
     every problem named with its line, all at once."""
-    if set(str(root)) & set(",:\\\n"):
+    if overlay_unsafe(root):
         # The project is shown through overlayfs, whose options cannot carry these.
         raise SandboxError(f"the project directory {root} contains ',', ':' or '\\'",
                            hint="move or link the project to a path without them")
@@ -194,6 +194,50 @@ def entries(names: Sequence[str], project: Project, registry: ProfileRegistry) -
                                       setup=(*base.setup, *steps), aliases=())
         result.append(Entry(label, profile))
     return result
+
+
+def build_images(selected: Sequence[Entry], build: Callable[[Profile], object]) -> None:
+    """Every image first, each once, even when two entries share one (``build`` is the
+    caller's: the CLI's shows a progress line)."""
+    built: set[str] = set()
+    for entry in selected:
+        if entry.profile.image_key() not in built:
+            build(entry.profile)
+            built.add(entry.profile.image_key())
+
+
+def prepare(store: Store, registry: ProfileRegistry, root: Path, patterns: tuple[str, ...],
+            command: tuple[str, ...], trusted: bool) -> tuple[Project, list[Entry], tuple[str, ...]]:
+    """The project in ``root``, the entries of ``patterns`` (else of its profiles) and the command
+    (else its own), refused before anything is built if its files set keys that need trust
+    and ``trusted`` (--trust) does not give it."""
+    from sandboxmgr import trust
+
+    if not trusted and not trust.trusted_as_is(store, root / PROJECT_FILE):
+        # Until the trust check below: profile files it names are read only from the project
+        # and the profile directories (nothing else of the host is opened for it).
+        registry.confine = (root, *registry.dirs)
+    project = load_project(root, registry)
+    if patterns:
+        registry.confine = None  # named on the command line: the user's own choice
+    from_project_file = not patterns
+    patterns = patterns or project.profiles
+    if not patterns:
+        raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
+    command = command or project.command
+    if not command:
+        raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
+    selected = entries(expand(patterns, project, registry), project, registry)
+    # Before anything is built: keys that make the host run or trust what the project chose.
+    if not trusted:
+        inline = {e.name: e.profile for e in selected if e.name in project.inline}
+        others = [e.profile for e in selected if e.name not in project.inline]
+        found, digests = trust.findings(project.raw, inline, others, registry)
+        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
+        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
+                                      registry.dirs)
+        trust.check(store, found, digests, project.root, set(covered))
+    return project, selected, command
 
 
 def _prepare_steps(project: Project, profile: Profile) -> tuple[str, ...]:
@@ -371,7 +415,7 @@ def _finish(store: Store, result: Result, keep: bool) -> None:
     try:
         store.remove_sandbox(store.sandbox(result.sandbox))
     except SandboxError as exc:
-        print(f"sandboxmgr: warning: cannot remove {result.sandbox}: {exc.message}", file=sys.stderr)
+        warn(f"cannot remove {result.sandbox}: {exc.message}")
     result.sandbox = None
 
 

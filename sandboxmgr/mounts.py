@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.record import record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
@@ -74,7 +75,7 @@ class BindMount:
             raise ValueError(f"{spec!r}: the target {target!r} must be an absolute path")
         refuse_kernel_target(target)
         path = Path(source).expanduser().absolute()
-        if copy_on_write and set(str(path)) & set(",:\\\n"):
+        if copy_on_write and overlay_unsafe(path):
             # The path becomes an overlayfs option: a comma could smuggle in another option.
             raise ValueError(f"{spec!r}: a copy-on-write source may not contain ',', ':' or '\\'")
         return cls(path, target, readonly, copy_on_write)

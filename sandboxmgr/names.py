@@ -15,6 +15,10 @@ from sandboxmgr.errors import ProfileError
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 NAME_RULE = "names are lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# Characters an overlayfs mount option cannot carry: ',' separates options (a path with one
+# could smuggle in another option), ':' separates lower dirs, '\\' escapes, and a newline
+# would end the mount's line in /proc/self/mountinfo.
+OVERLAY_UNSAFE = ",:\\\n"
 # Bumped when the meaning of a build input changes, so old layers are not reused.
 BUILD_FORMAT = 2
 
@@ -23,6 +27,12 @@ def hostname_for(name: str) -> str:
     """A valid host name made from a profile or sandbox name (``my_prof.x`` -> ``my-prof-x``)."""
     cleaned = re.sub(r"[^A-Za-z0-9-]+", "-", name)[:63].strip("-")
     return cleaned or "sandbox"
+
+
+def overlay_unsafe(path: object, blanks: bool = False) -> bool:
+    """Whether ``path`` has a character overlayfs options cannot carry (OVERLAY_UNSAFE), or
+    with ``blanks`` also a space or a tab (the store refuses those too)."""
+    return not set(str(path)).isdisjoint(OVERLAY_UNSAFE + (" \t" if blanks else ""))
 
 
 def check_name(name: str, what: str = "name") -> str:

@@ -1,4 +1,4 @@
-"""Frozen records for the modules `sandboxmgr run` and `exec` import.
+"""Frozen records for the modules `sandboxmgr run` and `exec` import, and their JSON files.
 
 ``@dataclass`` costs about 10 ms at start-up (its import pulls in inspect,
 ast, dis and tokenize) and half a millisecond per class it generates code for;
@@ -14,9 +14,13 @@ fields, no ``__post_init__``. Modules off the fast path use dataclasses.
 
 from __future__ import annotations
 
+import json
+import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
     from typing import Any, TypeVar, dataclass_transform
 
     _T = TypeVar("_T")
@@ -83,3 +87,21 @@ def record(cls: type[_T]) -> type[_T]:
         method.__qualname__ = f"{qualname}.{method.__name__}"
         setattr(cls, method.__name__, method)
     return cls
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a record's JSON file atomically (a temporary file renamed over it)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written record behind
+        raise
+    os.rename(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data

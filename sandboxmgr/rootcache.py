@@ -43,7 +43,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandboxmgr.store import Lock, Store, now_iso, remove_tree
+from sandboxmgr.locks import Lock
+from sandboxmgr.removal import remove_tree
+from sandboxmgr.store import Store, now_iso
 
 if TYPE_CHECKING:
     from sandboxmgr.builders import Builder

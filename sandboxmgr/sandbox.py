@@ -20,8 +20,9 @@ from sandboxmgr.enter import (
     enter,
 )
 from sandboxmgr.errors import NotFoundError, SandboxError
+from sandboxmgr.locks import Lock
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.store import ImageRecord, Lock, SandboxRecord, Store, now_iso
+from sandboxmgr.store import ImageRecord, SandboxRecord, Store, now_iso
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:

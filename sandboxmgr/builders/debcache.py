@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandboxmgr.builders.debindex import PackageIndex
-from sandboxmgr.store import warn
+from sandboxmgr.errors import warn
 
 _CHUNK = 1 << 20
 _INCOMING = ".incoming-"  # a package being copied in by keep()
@@ -214,7 +214,7 @@ class DebCache:
         try:
             info = os.stat(name, dir_fd=cache_fd, follow_symlinks=False)
             if stat.S_ISDIR(info.st_mode):
-                from sandboxmgr.store import remove_tree
+                from sandboxmgr.removal import remove_tree
 
                 remove_tree(self.directory / name)
             else:

@@ -25,7 +25,7 @@ from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount, overlay_options
 from sandboxmgr.profile import Profile
-from sandboxmgr.store import remove_tree
+from sandboxmgr.removal import remove_tree
 from sandboxmgr.toolroot import ToolRoot
 
 # Where the repositories of the profile are written inside the root while it is

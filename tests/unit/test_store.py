@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr.errors import BusyError, NotFoundError, ProfileError, SandboxError
-from sandboxmgr.store import Store, remove_tree
+from sandboxmgr.removal import remove_tree
+from sandboxmgr.store import Store
 
 
 def test_remove_tree_never_follows_a_symlink_out(tmp_path: Path) -> None:

@@ -1,0 +1,137 @@
+"""What the store holds, listed and looked up: images (with their layers) and named sandboxes.
+
+The images layer's reading side: which image is a profile's newest (the others are
+"older", and ``prune`` removes them), which profiles share a layer, and what a
+reference on the command line (a profile, an alias, an image key or its prefix)
+names. Building is images.py's; the records and their removal are store.py's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.locks import is_locked
+from sandboxmgr.profile import Profile, ProfileRegistry
+from sandboxmgr.removal import tree_size
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sandboxmgr.store import ImageRecord, Store
+
+
+def newest(images: Iterable[ImageRecord]) -> dict[str, ImageRecord]:
+    """The newest image of each profile (the first of equals, as ``max``), by profile name."""
+    found: dict[str, ImageRecord] = {}
+    for image in images:
+        best = found.get(image.profile)
+        if best is None or image.built_ns > best.built_ns:
+            found[image.profile] = image
+    return found
+
+
+def prune(store: Store) -> tuple[list[str], list[str]]:
+    """Remove superseded images (a newer one of their profile exists) that no sandbox uses,
+    then unused layers; return both lists of keys."""
+    latest = {profile: image.built_ns for profile, image in newest(store.images()).items()}
+    removed_images: list[str] = []
+    removed_layers: list[str] = []
+    for image in store.images():
+        if image.built_ns < latest[image.profile] and not store.users(image):
+            removed_layers += store.remove_image(image)
+            removed_images.append(image.key)
+    return removed_images, removed_layers + store.remove_unused_layers()
+
+
+def find_images(store: Store, ref: str) -> list[ImageRecord]:
+    """Images named by a profile name or a key (or a unique key prefix)."""
+    images = store.images()
+    by_profile = [r for r in images if r.profile == ref]
+    if by_profile:
+        return by_profile
+    return [r for r in images if r.key.startswith(ref)] if len(ref) >= 4 else []
+
+
+def lookup(store: Store, registry: ProfileRegistry, ref: str) -> list[ImageRecord]:
+    """The images ``ref`` names (see :func:`find_images`), else those of the profile it names
+    (an alias, a path); none when neither finds any."""
+    found = find_images(store, ref)
+    if found:
+        return found
+    try:
+        return find_images(store, registry.load(ref).name)
+    except SandboxError:
+        return []
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    """Every image's metadata (its build inputs left out) with its path, whether it is older
+    than its profile's newest ("outdated"), and its layers, each with the other profiles that
+    share it: the rows of ``sandboxmgr images`` (and its --json)."""
+    records = store.images()
+    latest = {profile: image.built_ns for profile, image in newest(records).items()}
+    users: dict[str, set[str]] = {}
+    for record in records:
+        for key in record.layers:
+            users.setdefault(key, set()).add(record.profile)
+    rows = []
+    for record in records:
+        meta = dict(record.meta)
+        meta.pop("inputs", None)
+        meta["path"] = str(record.path)
+        meta["outdated"] = record.built_ns != latest[record.profile]
+        meta["layers"] = [_layer_row(store, key, users[key] - {record.profile}) for key in record.layers]
+        rows.append(meta)
+    return rows
+
+
+def _layer_row(store: Store, key: str, shared_with: set[str]) -> dict[str, Any]:
+    layer = store.layer(key)
+    return {
+        "key": key,
+        "kind": layer.meta.get("kind") if layer else None,
+        "label": layer.meta.get("label") if layer else None,
+        "size": layer.meta.get("size") if layer else None,
+        "path": str(layer.path) if layer else None,
+        "shared_with": sorted(shared_with),
+        "missing": layer is None,
+        # When the kept bootstrap root this layer links was made (rootcache.py), if it does.
+        "kept_root": layer.meta.get("kept_root") if layer else None,
+    }
+
+
+def profile_listing(store: Store, registry: ProfileRegistry) -> tuple[list[dict[str, Any]], bool]:
+    """Every profile (an invalid one with its error) as a row of ``sandboxmgr profiles`` (and
+    its --json), and whether the store could be read: profiles need no store, so a user other
+    than root lists them too, with "built" unknown (None)."""
+    try:
+        store.require_access(store.images_dir)
+        readable = True
+    except SandboxError:
+        readable = False
+    rows: list[dict[str, Any]] = []
+    for name, item in registry.load_all():
+        if isinstance(item, Profile):
+            built = store.image(item.image_key()) is not None if readable else None
+            rows.append({"name": name, "distro": item.distro, "release": item.release,
+                         "arch": item.arch, "aliases": list(item.aliases), "built": built,
+                         "key": item.image_key(), "description": item.description,
+                         "path": str(item.path), "error": None})
+        else:
+            rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],
+                         "built": False, "key": None, "description": "",
+                         "path": str(registry.files()[name]), "error": item.message})
+    return rows, readable
+
+
+def sandbox_info(store: Store, name: str) -> dict[str, Any]:
+    """A named sandbox's metadata with its path, the size of its changes, whether a command
+    runs in it, and whether its image is still in the store (ls, inspect)."""
+    record = store.sandbox(name)
+    info = dict(record.meta)
+    info["path"] = str(record.path)
+    info["changes_size"] = tree_size(record.upper)
+    info["in_use"] = is_locked(store.lock("sandbox", name).path)
+    info["image_present"] = store.image(record.image_key) is not None
+    return info

@@ -1,0 +1,96 @@
+"""Deleting (never through a mount) and measuring the trees of the store.
+
+A tree in the store may hold anything a sandbox made (symlinks to the host's /,
+a directory a crashed build left mounted): the walks here never follow a
+symlink, and removal goes by directory descriptors and refuses to cross into
+another file system.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import suppress
+from pathlib import Path
+
+from sandboxmgr import linux, mountinfo
+from sandboxmgr.errors import UnsafeRemovalError
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything below it, never through a mount.
+
+    Anything mounted at or under the tree (a bind mount that a crash left, a
+    mount of a killed build) is first unmounted with a detached unmount, which
+    removes the mount without touching what it shows. If something is still
+    mounted after that, nothing is deleted. The walk itself never follows a
+    symlink and never enters a directory on another device.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path)
+        return
+    for point in mountinfo.mounts_under(path):
+        with suppress(OSError):
+            linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
+    left = mountinfo.mounts_under(path)
+    if left:
+        raise UnsafeRemovalError(
+            f"refusing to delete {path}: {left[0]} is still mounted inside it",
+            hint=f"unmount it (umount -l {left[0]}) and try again; nothing was deleted",
+        )
+    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _remove_contents(top, info.st_dev, str(path))
+    finally:
+        os.close(top)
+    os.rmdir(path)
+
+
+def _remove_contents(dir_fd: int, device: int, where: str) -> None:
+    with os.scandir(dir_fd) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        if info.st_dev != device:
+            raise UnsafeRemovalError(
+                f"refusing to delete {where}/{name}: it is on another filesystem",
+                hint="something is mounted there; unmount it and try again",
+            )
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            _remove_contents(child, device, f"{where}/{name}")
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes used by the files of a tree (hard links counted once), like du."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_blocks * 512
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(entry.path)
+    return total

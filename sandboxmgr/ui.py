@@ -1,0 +1,165 @@
+"""What the command line shows: progress lines, the matrix's live view, tables and JSON.
+
+Progress goes to stderr, results to stdout: ``sandboxmgr images --json | jq`` gets
+the JSON alone. On a terminal, progress redraws one line (a matrix: one line per
+profile); off a terminal (a CI log), it prints a line per change of phase instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from sandboxmgr.limits import format_bytes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sandboxmgr.doctor import Finding
+    from sandboxmgr.matrix import Result
+
+_COUNTED = re.compile(r"\(\d+\)$")
+
+
+class ProgressLine:
+    """One updating status line on a terminal; phase changes only otherwise."""
+
+    def __init__(self, label: str, quiet: bool = False) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last_phase = ""
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
+            sys.stderr.write(f"\r\x1b[K[{self.label}] {message}"[: width + 4])
+            sys.stderr.flush()
+            self.shown = True
+            return
+        # Off a terminal, per-package lines ("... (12)") would be a wall of log.
+        if _COUNTED.search(message) or message == self.last_phase:
+            return
+        self.last_phase = message
+        print(f"[{self.label}] {message}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.shown = False
+
+
+class MatrixView:
+    """One line per profile with its state and elapsed time on a terminal; a plain,
+    prefixed line per state change otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.drawn = 0
+        self.reported: dict[str, str] = {}
+
+    def __call__(self, results: list[Any]) -> None:
+        if self.quiet:
+            return
+        import time
+
+        now = time.monotonic()
+        if not self.tty:
+            for r in results:
+                if self.reported.get(r.name) != r.status and r.status != "pending":
+                    self.reported[r.name] = r.status
+                    extra = f" in {r.duration:.1f}s (exit {r.exit_code})" if r.duration is not None else ""
+                    click.echo(f"[{r.name}] {r.status}{extra}", err=True)
+            return
+        lines = []
+        for r in results:
+            elapsed = r.duration if r.duration is not None else (now - r.started if r.started else 0.0)
+            code = f" exit {r.exit_code}" if r.exit_code is not None else ""
+            lines.append(f"  {r.name:<28} {r.status:<10} {elapsed:7.1f}s{code}")
+        if self.drawn:
+            sys.stderr.write(f"\x1b[{self.drawn}F")
+        sys.stderr.write("".join(f"\x1b[2K{line}\n" for line in lines))
+        sys.stderr.flush()
+        self.drawn = len(lines)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for row in [list(headers), *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- each listing's table ------------------------------------------------------------------------
+
+
+def profiles_table(rows: list[dict[str, Any]]) -> None:
+    print_table(
+        ["PROFILE", "DISTRO", "RELEASE", "ARCH", "BUILT", "ALIASES", "DESCRIPTION"],
+        [[r["name"], r["distro"], r["release"], r["arch"], "?" if r["built"] is None else "yes" if r["built"] else "no",
+          ",".join(r["aliases"]), r["description"] if not r["error"] else f"INVALID: {r['error'].splitlines()[0]}"]
+         for r in rows],
+    )
+
+
+def images_table(rows: list[dict[str, Any]], show_layers: bool) -> None:
+    print_table(
+        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
+        [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
+          format_bytes(r.get("size"), decimal=True), str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
+         for r in rows],
+    )
+    if show_layers:
+        for row in rows:
+            click.echo(f"\n{row['profile']} ({row['key']}):")
+            for layer in row["layers"]:
+                shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
+                size = format_bytes(layer["size"], decimal=True)
+                click.echo(f"  {layer['key']}  {size:>8}  {layer['label']}{shared}")
+
+
+def sandboxes_table(rows: list[dict[str, Any]]) -> None:
+    print_table(
+        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
+        [[r["name"], r["profile"], r["image"], r["created"], format_bytes(r["changes_size"], decimal=True),
+          "running" if r["in_use"] else "idle"] for r in rows],
+    )
+
+
+def findings_table(findings: list[Finding], store: Path) -> None:
+    """What the doctor found (and fixed), or that there is nothing."""
+    if not findings:
+        click.echo(f"nothing left over: no stray mounts, temporary directories, locks, cgroups "
+                   f"or processes, and the store is private ({store})")
+        return
+    print_table(["KIND", "WHAT", "DETAIL"],
+                [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
+                                              if f.error else "")] for f in findings])
+
+
+def results_table(results: list[Result]) -> None:
+    """A matrix run's results, then why each failed profile failed and where a kept one is."""
+    print_table(["PROFILE", "RESULT", "EXIT", "TIME", "LOG"],
+                [[r.name, r.status, "-" if r.exit_code is None else str(r.exit_code),
+                  "-" if r.duration is None else f"{r.duration:.1f}s", str(r.log)] for r in results])
+    for r in results:
+        if r.status == "failed" and r.reason:
+            click.echo(f"{r.name}: {r.reason}")
+        if r.sandbox:
+            click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
