@@ -83,7 +83,8 @@ def test_the_fast_path_imports_nothing_it_does_not_need() -> None:
     # out of them: the full CLI and its parsers, and the standard library's heavy modules.
     code = (
         "import sys, sandboxmgr.fastrun, sandboxmgr.runcache, sandboxmgr.locations, "
-        "sandboxmgr.store, sandboxmgr.sandbox, sandboxmgr.enter; print(' '.join(sys.modules))"
+        "sandboxmgr.store, sandboxmgr.sandbox, sandboxmgr.enter, sandboxmgr.config, sandboxmgr.resolve, "
+        "sandboxmgr.entry; print(' '.join(sys.modules))"
     )
     loaded = set(subprocess.run([sys.executable, "-S", "-c", code], check=True, capture_output=True,
                                 text=True, cwd=Path(__file__).parents[2]).stdout.split())
