@@ -177,6 +177,7 @@ def _require_root(app: App, action: str) -> None:
 @pass_app
 def profiles(app: App, as_json: bool) -> None:
     """List profiles: the shipped ones, then system, user and --configs ones."""
+    from sandboxmgr.identity import image_key
     from sandboxmgr.profile import Profile
 
     # Profiles need no store: a user other than root lists them too, with BUILT unknown.
@@ -188,10 +189,11 @@ def profiles(app: App, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for name, item in app.registry.load_all():
         if isinstance(item, Profile):
-            built = app.store.image(item.image_key()) is not None if readable else None
+            key = image_key(item)
+            built = app.store.image(key) is not None if readable else None
             rows.append({"name": name, "distro": item.distro, "release": item.release,
                          "arch": item.arch, "aliases": list(item.aliases), "built": built,
-                         "key": item.image_key(), "description": item.description,
+                         "key": key, "description": item.description,
                          "path": str(item.path), "error": None})
         else:
             rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],
@@ -734,6 +736,7 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
 
     from sandboxmgr import matrix as matrix_
     from sandboxmgr import trust
+    from sandboxmgr.identity import image_key
 
     _require_root(app, "matrix")
     if command[:1] == ("--",):
@@ -766,9 +769,9 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
     # Every image first, each once, even when two entries share one.
     built: set[str] = set()
     for entry in selected:
-        if entry.profile.image_key() not in built:
+        if image_key(entry.profile) not in built:
             app.image_for(entry.profile)
-            built.add(entry.profile.image_key())
+            built.add(image_key(entry.profile))
     logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
                           MatrixView(app.quiet))

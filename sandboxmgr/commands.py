@@ -40,7 +40,7 @@ PACKAGES = {
     "rpm": "rpm",
 }
 
-__all__ = ["ProcessExecutionError", "require", "run"]
+__all__ = ["ProcessExecutionError", "capture", "require", "run"]
 
 _PASSED_TO_TOOLS = {"http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "tz", "lang"}
 _TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -173,3 +173,13 @@ def run(
             handle.close()
     if code != 0:
         raise ProcessExecutionError(list(argv), code, "\n".join(tail), "")
+
+
+def capture(argv: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
+    """Run a short host query (dpkg-query, cp) to completion, its output captured, whatever
+    its exit status; None when the program cannot be started (not installed)."""
+    log.debug("running: %s", shlex.join(argv))
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except OSError:
+        return None

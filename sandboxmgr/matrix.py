@@ -32,18 +32,8 @@ from typing import Any
 
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.profile import (
-    ENV_KEY_RE,
-    NAME_RE,
-    Profile,
-    ProfileRegistry,
-    _check_keys,
-    _Raw,
-    _read,
-    _scalar,
-    _string_list,
-    _type_name,
-)
+from sandboxmgr.profile import NAME_RE, Profile, ProfileRegistry
+from sandboxmgr.schema import Raw, check_keys, read, scalar, string_list, type_name, validate_env
 from sandboxmgr.store import SandboxRecord, Store
 
 PROJECT_FILE = "sandboxmgr.yaml"
@@ -63,7 +53,7 @@ class Project:
     prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)
     inline: dict[str, Profile] = field(default_factory=dict)
     # The project file as it was parsed: what trust.py checks is what runs.
-    raw: _Raw | None = field(default=None, compare=False, repr=False)
+    raw: Raw | None = field(default=None, compare=False, repr=False)
 
     @property
     def slug(self) -> str:
@@ -82,12 +72,12 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
     path = root / PROJECT_FILE
     if not path.is_file():
         return Project(path=None, root=root)
-    raw = _read(path)
+    raw = read(path)
     data = raw.data
-    _check_keys(raw, data, (), PROJECT_KEYS)
-    profiles = _string_list(raw, data, ("profiles",)) or []
+    check_keys(raw, data, (), PROJECT_KEYS)
+    profiles = string_list(raw, data, ("profiles",)) or []
     command = _command(raw, data)
-    workdir = _scalar(raw, data, ("workdir",)) or SOURCE_DIR
+    workdir = scalar(raw, data, ("workdir",)) or SOURCE_DIR
     if not workdir.startswith("/"):
         raw.error(("workdir",), "must be an absolute path inside the sandbox, like /src")
     env = _env(raw, data.get("env"))
@@ -95,23 +85,23 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
     if "prepare" in data:
         value = data["prepare"]
         if not isinstance(value, dict):
-            raw.error(("prepare",), f"must map a profile name, distro or family to steps, not {_type_name(value)}")
+            raw.error(("prepare",), f"must map a profile name, distro or family to steps, not {type_name(value)}")
         else:
             for key in value:
-                steps = _string_list(raw, value, ("prepare", key))
+                steps = string_list(raw, value, ("prepare", key))
                 if steps is not None:
                     prepare[key] = tuple(steps)
-    inline_raws: dict[str, _Raw] = {}
+    inline_raws: dict[str, Raw] = {}
     if "inline" in data:
         value = data["inline"]
         if not isinstance(value, dict):
-            raw.error(("inline",), f"must map names to profiles, not {_type_name(value)}")
+            raw.error(("inline",), f"must map names to profiles, not {type_name(value)}")
         else:
             for name, body in value.items():
                 if not NAME_RE.fullmatch(name):
                     raw.error(("inline", name), f"{name!r} is not a valid profile name")
                 elif not isinstance(body, dict):
-                    raw.error(("inline", name), f"must be a profile (a mapping), not {_type_name(body)}")
+                    raw.error(("inline", name), f"must be a profile (a mapping), not {type_name(body)}")
                 else:
                     inline_raws[name] = raw.part(("inline", name), body)
     if raw.errors:
@@ -121,37 +111,24 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
                    env=env, prepare=prepare, inline=inline, raw=raw)
 
 
-def _problems(raw: _Raw) -> ProfileError:
+def _problems(raw: Raw) -> ProfileError:
     count = len(raw.errors)
     return ProfileError(f"{count} problem{'s' if count > 1 else ''} in {raw.path}:\n  " + "\n  ".join(raw.errors),
                         hint="fix the keys named above; the README describes sandboxmgr.yaml")
 
 
-def _command(raw: _Raw, data: dict[str, Any]) -> tuple[str, ...]:
+def _command(raw: Raw, data: dict[str, Any]) -> tuple[str, ...]:
     value = data.get("command")
     if value is None:
         return ()
     if isinstance(value, str):
         return ("/bin/sh", "-c", value)
-    items = _string_list(raw, data, ("command",))
+    items = string_list(raw, data, ("command",))
     return tuple(items or ())
 
 
-def _env(raw: _Raw, value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raw.error(("env",), f"must be a mapping of NAME: value, not {_type_name(value)}")
-        return {}
-    env = {}
-    for key, item in value.items():
-        if not ENV_KEY_RE.fullmatch(str(key)):
-            raw.error(("env", str(key)), "is not a valid environment variable name")
-        elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
-            env[str(key)] = str(item)
-        else:
-            raw.error(("env", str(key)), f"must be a string or number, not {_type_name(item)}")
-    return env
+def _env(raw: Raw, value: Any) -> dict[str, str]:
+    return {} if value is None else validate_env(raw, value)
 
 
 # --- entries ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sandboxmgr.identity import image_key, layers
 from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.profile import ProfileRegistry
 
@@ -47,7 +48,7 @@ def test_image_keys_of_shipped_profiles_never_change(tmp_path: Path, parent: str
                                                       key: str) -> None:
     registry = ProfileRegistry([shipped_configs_dir(), tmp_path])
     profile = registry.load(child(tmp_path, parent, arch, method))
-    assert profile.image_key() == key
+    assert image_key(profile) == key
 
 
 def test_image_key_of_a_custom_rpm_distro_that_bootstraps_its_packages(tmp_path: Path) -> None:
@@ -56,5 +57,5 @@ def test_image_key_of_a_custom_rpm_distro_that_bootstraps_its_packages(tmp_path:
         "distro: tinydistro\nrelease: '1'\narch: x86_64\nbootstrap: {method: dnf}\npackages: [bash, tiny-release]\n"
         f"repositories: [{{name: tiny, baseurl: 'file:///srv/repo', gpgkey: 'file://{tmp_path}/key.asc'}}]\n")
     profile = ProfileRegistry([tmp_path]).load("tiny")
-    assert [layer.kind for layer in profile.layers()] == ["bootstrap"]
-    assert profile.image_key() == "c7543ff4c8b8e822f275"
+    assert [layer.kind for layer in layers(profile)] == ["bootstrap"]
+    assert image_key(profile) == "c7543ff4c8b8e822f275"
