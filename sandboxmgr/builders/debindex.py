@@ -210,3 +210,11 @@ def load_saved(directory: Path, mirror: str, components: tuple[str, ...], arch: 
         return PackageIndex(str(data["digest"]), packages) if data.get("format") == FORMAT else None
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
+
+
+def release_indexes(release: str, components: tuple[str, ...], arch: str) -> list[str]:
+    """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
+    components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
+    wanted = tuple(f"{component}/binary-{a}/Packages" for component in components for a in (arch, "all"))
+    return sorted(f"{sha256} {size} {path}" for path, (sha256, size) in release_hashes(release).items()
+                  if path.startswith(wanted))

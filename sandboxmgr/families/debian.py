@@ -150,7 +150,7 @@ class _DebianFamily(Builder):
         signed = fetch(f"{base}/InRelease") or fetch(f"{base}/Release")
         if signed is None:
             return None  # the mirror answered without it: the bootstrap will say why
-        indexes = release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
+        indexes = debindex.release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
         if not indexes:
             return None
         return digest([self.method, *map(str, versions), *indexes])
@@ -266,14 +266,6 @@ class DebootstrapBuilder(_DebianFamily):
         if script is not None:
             argv.append(str(script))
         return argv
-
-
-def release_indexes(release: str, components: tuple[str, ...], arch: str) -> list[str]:
-    """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
-    components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
-    wanted = tuple(f"{component}/binary-{a}/Packages" for component in components for a in (arch, "all"))
-    return sorted(f"{sha256} {size} {path}" for path, (sha256, size) in debindex.release_hashes(release).items()
-                  if path.startswith(wanted))
 
 
 def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) -> Path | None:

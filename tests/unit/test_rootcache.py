@@ -14,7 +14,8 @@ import pytest
 
 from sandboxmgr import rootcache
 from sandboxmgr.builders import index
-from sandboxmgr.families.debian import MmdebstrapBuilder, release_indexes
+from sandboxmgr.builders.debindex import release_indexes
+from sandboxmgr.families.debian import MmdebstrapBuilder
 from sandboxmgr.images import _keep_root
 from sandboxmgr.store import Store
 
