@@ -292,3 +292,14 @@ def test_a_custom_rpm_distro_without_include_bootstraps_its_packages(tmp_path: P
     # The packages are installed by the bootstrap itself, so they key the bootstrap layer.
     assert [layer.kind for layer in two] == ["bootstrap"]
     assert two[0].key != three[0].key
+
+
+def test_each_profile_key_is_stated_once_in_the_field_table() -> None:
+    import dataclasses
+
+    from sandboxmgr.profile import Profile
+    from sandboxmgr.profilefields import FIELDS, TOP_KEYS
+
+    assert len(set(TOP_KEYS)) == len(TOP_KEYS) == len(FIELDS)
+    assert set(TOP_KEYS) <= {item.name for item in dataclasses.fields(Profile)}
+    assert {item.kind for item in FIELDS} == {"build", "runtime", "meta"}
