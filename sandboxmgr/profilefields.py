@@ -284,22 +284,23 @@ def _method_and_variant(raw: Raw, value: dict[str, Any]) -> dict[str, Any]:
 
 
 FIELDS: tuple[Field, ...] = (
+    # In the order the checks report problems.
     Field("description", _text("description"), "meta"),
-    Field("distro", _distro, "build"),
-    Field("release", _text("release", numbers=True, rule=_release), "build"),
-    Field("arch", _text("arch", rule=_arch), "build"),
-    Field("aliases", _items("aliases", _aliases), "meta", inherited=False),  # an alias names one profile
+    Field("hostname", _text("hostname", rule=_hostname), "runtime"),
+    Field("workdir", _text("workdir", rule=_workdir), "runtime"),
     Field("extends", _text("extends"), "meta"),
-    Field("bootstrap", _present("bootstrap", _validate_bootstrap), "build"),
+    Field("release", _text("release", numbers=True, rule=_release), "build"),
+    Field("user", _text("user", numbers=True), "runtime"),
+    Field("distro", _distro, "build"),
+    Field("arch", _text("arch", rule=_arch), "build"),
+    Field("network", _text("network", rule=_network), "runtime"),
+    Field("aliases", _items("aliases", _aliases), "meta", inherited=False),  # an alias names one profile
     Field("packages", _items("packages", lambda raw, items: no_options(raw, ("packages",), items)), "build"),
     Field("setup", _items("setup"), "build"),
     # Setup steps run with the profile's environment, so with setup it is a build input too.
     Field("env", _present("env", validate_env), "runtime"),
-    Field("hostname", _text("hostname", rule=_hostname), "runtime"),
-    Field("workdir", _text("workdir", rule=_workdir), "runtime"),
-    Field("user", _text("user", numbers=True), "runtime"),
     Field("mounts", _present("mounts", _validate_mounts), "runtime"),
-    Field("network", _text("network", rule=_network), "runtime"),
+    Field("bootstrap", _present("bootstrap", _validate_bootstrap), "build"),
     Field("repositories", _present("repositories", _validate_repositories), "build"),
     Field("limits", _present("limits", _validate_limits), "runtime"),
     Field("no_new_privs", _present("no_new_privs", lambda raw, v: boolean(raw, ("no_new_privs",), v, True)),
