@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.identity import image_key
 from sandboxmgr.locks import is_locked
 from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.removal import tree_size
@@ -113,10 +114,11 @@ def profile_listing(store: Store, registry: ProfileRegistry) -> tuple[list[dict[
     rows: list[dict[str, Any]] = []
     for name, item in registry.load_all():
         if isinstance(item, Profile):
-            built = store.image(item.image_key()) is not None if readable else None
+            key = image_key(item)
+            built = store.image(key) is not None if readable else None
             rows.append({"name": name, "distro": item.distro, "release": item.release,
                          "arch": item.arch, "aliases": list(item.aliases), "built": built,
-                         "key": item.image_key(), "description": item.description,
+                         "key": key, "description": item.description,
                          "path": str(item.path), "error": None})
         else:
             rows.append({"name": name, "distro": "?", "release": "?", "arch": "?", "aliases": [],

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
@@ -27,7 +27,6 @@ from sandboxmgr.errors import SandboxError
 if TYPE_CHECKING:
     from plumbum.commands.processes import ProcessExecutionError
 
-    from sandboxmgr.toolroot import ToolRoot
 
 log = logging.getLogger("sandboxmgr")
 
@@ -40,7 +39,7 @@ PACKAGES = {
     "rpm": "rpm",
 }
 
-__all__ = ["ProcessExecutionError", "require", "run"]
+__all__ = ["ProcessExecutionError", "capture", "require", "run"]
 
 _PASSED_TO_TOOLS = {"http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy", "tz", "lang"}
 _TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -81,26 +80,12 @@ class PreMount:
     data: str | None = None
 
 
-def _contain(mounts: Sequence[PreMount], tool_root: ToolRoot) -> Callable[[], None]:
-    from sandboxmgr import toolroot  # here, not in the child (see run)
-    from sandboxmgr.libseccomp import program
-    from sandboxmgr.seccomp import default_policy
+class Confinement(Protocol):
+    """Where a tool runs instead of on the host as it is (toolroot.ToolRoot): what its child
+    does between fork and exec, after ``mounts`` are made in a mount namespace of its own."""
 
-    # Built here: the child only loads it.
-    seccomp_program = program(default_policy(), None)
-
-    def child() -> None:  # pragma: no cover - runs between fork and exec
-        # Dies with the manager; a private mount namespace, so what we mount for the
-        # command vanishes with it, even after kill -9.
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        linux.unshare(linux.CLONE_NEWNS)
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        for mount in mounts:
-            flags = linux.MS_BIND if mount.fstype is None else 0
-            linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
-        toolroot.enter(tool_root, seccomp_program)
-
-    return child
+    def preexec(self, mounts: Sequence[PreMount]) -> Callable[[], None]:
+        """The function the child runs before exec; built in the parent, as it may not import."""
 
 
 def _die_with_manager() -> None:  # pragma: no cover - runs between fork and exec
@@ -147,7 +132,7 @@ def run(
     on_line: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
     mounts: Sequence[PreMount] = (),
-    tool_root: ToolRoot | None = None,
+    tool_root: Confinement | None = None,
 ) -> None:
     """Run ``argv`` to completion, streaming its combined output. With ``tool_root``: in
     mount and PID namespaces of its own, in that root (toolroot.py), after ``mounts``; a
@@ -178,7 +163,7 @@ def run(
             # The signed index may be fetched in a thread meanwhile (debcache.Later): the child
             # runs only our own code (syscalls through ctypes, toolroot imported already) and
             # takes no lock that thread could hold.
-            preexec_fn=_die_with_manager if tool_root is None else _contain(mounts, tool_root),  # noqa: PLW1509
+            preexec_fn=_die_with_manager if tool_root is None else tool_root.preexec(mounts),  # noqa: PLW1509
         )
         code = _stream(process, tail, handle, on_line)
     finally:
@@ -186,3 +171,13 @@ def run(
             handle.close()
     if code != 0:
         raise ProcessExecutionError(list(argv), code, "\n".join(tail), "")
+
+
+def capture(argv: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
+    """Run a short host query (dpkg-query, cp) to completion, its output captured, whatever
+    its exit status; None when the program cannot be started (not installed)."""
+    log.debug("running: %s", shlex.join(argv))
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except OSError:
+        return None

@@ -1,6 +1,6 @@
 """Images: find the image of a profile, or build its missing layers safely.
 
-An image is a stack of layers (see :meth:`Profile.layers`): the bootstrap, then
+An image is a stack of layers (see identity.py): the bootstrap, then
 the packages, then one layer per setup step. Each layer is keyed by its inputs
 and its parent's key, so a layer already in the store - built for this
 profile before, or for another profile with the same base - is reused, and
@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr import catalog, rootcache
-from sandboxmgr.builders import BuildContext, Builder, BuildRoot, get_builder
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot, builder_for
+from sandboxmgr.builders.index import Unreachable
 from sandboxmgr.errors import BuildError, BusyError, require_root, warn
+from sandboxmgr.identity import Identity, LayerPlan, build_inputs, identify
 from sandboxmgr.locks import Lock
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.profile import LayerPlan, Profile
+from sandboxmgr.profile import Profile
 from sandboxmgr.removal import remove_tree, tree_size
 from sandboxmgr.store import ImageRecord, LayerRecord, Store, now_iso
 
@@ -46,12 +48,13 @@ def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changed
 
 
-def rebuild_reason(store: Store, profile: Profile) -> str | None:
-    """Why the profile needs a new image although an older one exists."""
+def rebuild_reason(store: Store, profile: Profile, inputs: dict[str, Any] | None = None) -> str | None:
+    """Why the profile needs a new image although an older one exists (``inputs``: its
+    build inputs, when they are known already)."""
     newest = catalog.newest(store.images()).get(profile.name)
     if newest is None:
         return None
-    changed = changed_inputs(newest.meta.get("inputs", {}), profile.build_inputs())
+    changed = changed_inputs(newest.meta.get("inputs", {}), build_inputs(profile) if inputs is None else inputs)
     what = ", ".join(changed) if changed else "the build inputs"
     return f"{profile.name} changed since image {newest.key} was built ({what})"
 
@@ -65,23 +68,24 @@ def package_caches(store: Store, profile: Profile) -> tuple[BindMount, ...]:
     """The shared package caches to mount into a build step or a sandbox of ``profile``."""
     cache = store.cache_dir / cache_key(profile)
     cache.mkdir(parents=True, exist_ok=True)
-    return get_builder(profile.bootstrap.method).cache_dirs(profile, cache)
+    return builder_for(profile).cache_dirs(profile, cache)
 
 
 def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bool = False,
                  use_kept_roots: bool = True) -> ImageRecord:
     """The image of ``profile``, its missing layers built first (all of them with
     ``rebuild``; ``use_kept_roots=False`` bootstraps afresh even when the mirror is unchanged)."""
-    key = profile.image_key()
+    identity = identify(profile)  # once: it reads the keyring and key files
+    key = identity.key
     record = store.image(key)
     if record is not None and not rebuild and _layers_present(store, record):
         return record
     require_root("building an image")
-    builder = get_builder(profile.bootstrap.method)
+    builder = builder_for(profile)
     builder.preflight(profile)
     store.ensure()
     if rebuild:
-        _check_rebuild(store, profile)
+        _check_rebuild(store, profile, identity)
     with ExitStack() as held:
         held.enter_context(_locked(store.lock("image", key), progress, f"image of {profile.name}"))
         record = store.image(key)
@@ -89,7 +93,7 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
             return record  # built by the process we waited for
         store.clean_leftovers()
         if record is None:
-            reason = rebuild_reason(store, profile)
+            reason = rebuild_reason(store, profile, identity.inputs)
         else:
             reason = "rebuild requested" if rebuild else "layers of the image are missing"
         if reason:
@@ -101,9 +105,8 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
         scratch = held.enter_context(store.temporary("cache-view"))
         context = BuildContext(log_file=log_file, progress=progress, caches=caches,
                                verified=builder.open_cache(profile, store.cache_dir / cache_key(profile), scratch))
-        plan = profile.layers()
         built: list[LayerRecord] = []
-        for step in plan:
+        for step in identity.layers:
             # Each layer stays locked until the image that uses it is recorded, so a
             # concurrent rmi or prune cannot take it away in between.
             held.enter_context(_locked(store.lock("layer", step.key), progress, step.label))
@@ -113,33 +116,38 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
             else:
                 layer = _build_layer(store, profile, builder, step, built, context, use_kept_roots)
             built.append(layer)
-        meta = {
-            "key": key,
-            "profile": profile.name,
-            "profile_path": str(profile.path),
-            "description": profile.description,
-            "distro": profile.distro,
-            "release": profile.release,
-            "arch": profile.arch,
-            "method": builder.method,
-            "built_at": now_iso(),
-            "built_ns": time.time_ns(),
-            "build_seconds": round(time.monotonic() - started, 1),
-            "layers": [layer.key for layer in built],
-            "size": sum(int(layer.meta.get("size", 0)) for layer in built),
-            "inputs": profile.build_inputs(),
-        }
+        meta = _image_meta(profile, identity, builder, built, started)
         record = store.publish_image(key, meta)
     progress(f"ready: {profile.name} ({key}), {len(built)} layers, in {meta['build_seconds']}s")
     return record
 
 
-def _check_rebuild(store: Store, profile: Profile) -> None:
+def _image_meta(profile: Profile, identity: Identity, builder: Builder, built: list[LayerRecord],
+                started: float) -> dict[str, Any]:
+    return {
+        "key": identity.key,
+        "profile": profile.name,
+        "profile_path": str(profile.path),
+        "description": profile.description,
+        "distro": profile.distro,
+        "release": profile.release,
+        "arch": profile.arch,
+        "method": builder.method,
+        "built_at": now_iso(),
+        "built_ns": time.time_ns(),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "layers": [layer.key for layer in built],
+        "size": sum(int(layer.meta.get("size", 0)) for layer in built),
+        "inputs": identity.inputs,
+    }
+
+
+def _check_rebuild(store: Store, profile: Profile, identity: Identity) -> None:
     """A rebuild replaces layers in place: refuse while any image that shares one of
     them has a sandbox, named or running (its lower layers would change under it)."""
     from sandboxmgr.locks import is_held
 
-    keys = {layer.key for layer in profile.layers()}
+    keys = {layer.key for layer in identity.layers}
     for image in store.images():
         if not keys & set(image.layers):
             continue
@@ -179,8 +187,8 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
             # is kept only if the index did not change in between.
             unreachable = None
             try:
-                state = rootcache.fingerprint(builder, profile)
-            except rootcache.Unreachable as exc:
+                state = rootcache.fingerprint(builder.index_state(profile))
+            except Unreachable as exc:
                 unreachable = exc
             kept = rootcache.find(store, cache_key(profile), step.key, state) if state and use_kept_roots else None
             if kept is not None:
@@ -232,8 +240,8 @@ def _keep_root(store: Store, profile: Profile, builder: Builder, layer_key: str,
     succeeds without it. Only if the index is still the one fingerprinted before the
     bootstrap - a mirror that moved on meanwhile may have served either."""
     try:
-        unchanged = rootcache.fingerprint(builder, profile) == state
-    except rootcache.Unreachable:
+        unchanged = rootcache.fingerprint(builder.index_state(profile)) == state
+    except Unreachable:
         unchanged = False
     if not unchanged:
         progress("bootstrap: the mirror's index changed during the build; not keeping the root")

@@ -16,236 +16,21 @@ the entry's log file. The sandbox is a named one (``matrix-...``) so that
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fnmatch
 import json
 import os
-import re
 import select
 import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandboxmgr.enter import exit_status
-from sandboxmgr.errors import ProfileError, SandboxError, warn
+from sandboxmgr.errors import SandboxError, warn
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.names import overlay_unsafe
-from sandboxmgr.profile import (
-    ENV_KEY_RE,
-    NAME_RE,
-    Profile,
-    ProfileRegistry,
-    _check_keys,
-    _Raw,
-    _read,
-    _scalar,
-    _string_list,
-    _type_name,
-)
+from sandboxmgr.project import Entry, Project
 from sandboxmgr.store import SandboxRecord, Store
-
-PROJECT_FILE = "sandboxmgr.yaml"
-PROJECT_KEYS = ("profiles", "command", "workdir", "env", "prepare", "inline")
-SOURCE_DIR = "/src"
-
-
-@dataclass(frozen=True)
-class Project:
-    path: Path | None  # the project file, if there is one
-    root: Path  # the project directory, shown at workdir
-    profiles: tuple[str, ...] = ()
-    command: tuple[str, ...] = ()
-    workdir: str = SOURCE_DIR
-    env: dict[str, str] = field(default_factory=dict)
-    # profile name, distro or family -> shell steps run once in the image (cached as layers)
-    prepare: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    inline: dict[str, Profile] = field(default_factory=dict)
-    # The project file as it was parsed: what trust.py checks is what runs.
-    raw: _Raw | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def slug(self) -> str:
-        """The project's name as it appears in image and sandbox names."""
-        slug = re.sub(r"[^a-z0-9.-]+", "-", self.root.name.lower()).strip("-.")
-        return slug or "project"
-
-
-def load_project(root: Path, registry: ProfileRegistry) -> Project:
-    """The project file in ``root`` (sandboxmgr.yaml), validated like a profile:
-    every problem named with its line, all at once."""
-    if overlay_unsafe(root):
-        # The project is shown through overlayfs, whose options cannot carry these.
-        raise SandboxError(f"the project directory {root} contains ',', ':' or '\\'",
-                           hint="move or link the project to a path without them")
-    path = root / PROJECT_FILE
-    if not path.is_file():
-        return Project(path=None, root=root)
-    raw = _read(path)
-    data = raw.data
-    _check_keys(raw, data, (), PROJECT_KEYS)
-    profiles = _string_list(raw, data, ("profiles",)) or []
-    command = _command(raw, data)
-    workdir = _scalar(raw, data, ("workdir",)) or SOURCE_DIR
-    if not workdir.startswith("/"):
-        raw.error(("workdir",), "must be an absolute path inside the sandbox, like /src")
-    env = _env(raw, data.get("env"))
-    prepare: dict[str, tuple[str, ...]] = {}
-    if "prepare" in data:
-        value = data["prepare"]
-        if not isinstance(value, dict):
-            raw.error(("prepare",), f"must map a profile name, distro or family to steps, not {_type_name(value)}")
-        else:
-            for key in value:
-                steps = _string_list(raw, value, ("prepare", key))
-                if steps is not None:
-                    prepare[key] = tuple(steps)
-    inline_raws: dict[str, _Raw] = {}
-    if "inline" in data:
-        value = data["inline"]
-        if not isinstance(value, dict):
-            raw.error(("inline",), f"must map names to profiles, not {_type_name(value)}")
-        else:
-            for name, body in value.items():
-                if not NAME_RE.fullmatch(name):
-                    raw.error(("inline", name), f"{name!r} is not a valid profile name")
-                elif not isinstance(body, dict):
-                    raw.error(("inline", name), f"must be a profile (a mapping), not {_type_name(body)}")
-                else:
-                    inline_raws[name] = raw.part(("inline", name), body)
-    if raw.errors:
-        raise _problems(raw)
-    inline = {name: registry.load_inline(name, part) for name, part in inline_raws.items()}
-    return Project(path=path, root=root, profiles=tuple(profiles), command=command, workdir=workdir,
-                   env=env, prepare=prepare, inline=inline, raw=raw)
-
-
-def _problems(raw: _Raw) -> ProfileError:
-    count = len(raw.errors)
-    return ProfileError(f"{count} problem{'s' if count > 1 else ''} in {raw.path}:\n  " + "\n  ".join(raw.errors),
-                        hint="fix the keys named above; the README describes sandboxmgr.yaml")
-
-
-def _command(raw: _Raw, data: dict[str, Any]) -> tuple[str, ...]:
-    value = data.get("command")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return ("/bin/sh", "-c", value)
-    items = _string_list(raw, data, ("command",))
-    return tuple(items or ())
-
-
-def _env(raw: _Raw, value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raw.error(("env",), f"must be a mapping of NAME: value, not {_type_name(value)}")
-        return {}
-    env = {}
-    for key, item in value.items():
-        if not ENV_KEY_RE.fullmatch(str(key)):
-            raw.error(("env", str(key)), "is not a valid environment variable name")
-        elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
-            env[str(key)] = str(item)
-        else:
-            raw.error(("env", str(key)), f"must be a string or number, not {_type_name(item)}")
-    return env
-
-
-# --- entries ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str  # as the user wrote it (or the profile a glob matched)
-    profile: Profile  # the profile plus the project's prepare steps, named after the project
-
-
-def expand(patterns: Sequence[str], project: Project, registry: ProfileRegistry) -> list[str]:
-    """Profile names from names, aliases, paths and globs (``ubuntu-*``), in order, once each."""
-    names: list[str] = []
-    for pattern in patterns:
-        if pattern in project.inline:
-            matched = [pattern]
-        elif any(char in pattern for char in "*?["):
-            candidates = sorted(set(registry.files()) | set(project.inline))
-            matched = [name for name in candidates if fnmatch.fnmatchcase(name, pattern)]
-            if not matched:
-                raise ProfileError(f"no profile matches {pattern!r}", hint="see 'sandboxmgr profiles'")
-        else:
-            matched = [pattern]
-        for name in matched:
-            if name not in names:
-                names.append(name)
-    return names
-
-
-def entries(names: Sequence[str], project: Project, registry: ProfileRegistry) -> list[Entry]:
-    result = []
-    for name in names:
-        base = project.inline[name] if name in project.inline else registry.load(name)
-        steps = _prepare_steps(project, base)
-        label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-        # Images are per profile name: the project's own name keeps its images apart.
-        profile = dataclasses.replace(base, name=f"{project.slug}.{base.name}"[:128],
-                                      setup=(*base.setup, *steps), aliases=())
-        result.append(Entry(label, profile))
-    return result
-
-
-def build_images(selected: Sequence[Entry], build: Callable[[Profile], object]) -> None:
-    """Every image first, each once, even when two entries share one (``build`` is the
-    caller's: the CLI's shows a progress line)."""
-    built: set[str] = set()
-    for entry in selected:
-        if entry.profile.image_key() not in built:
-            build(entry.profile)
-            built.add(entry.profile.image_key())
-
-
-def prepare(store: Store, registry: ProfileRegistry, root: Path, patterns: tuple[str, ...],
-            command: tuple[str, ...], trusted: bool) -> tuple[Project, list[Entry], tuple[str, ...]]:
-    """The project in ``root``, the entries of ``patterns`` (else of its profiles) and the command
-    (else its own), refused before anything is built if its files set keys that need trust
-    and ``trusted`` (--trust) does not give it."""
-    from sandboxmgr import trust
-
-    if not trusted and not trust.trusted_as_is(store, root / PROJECT_FILE):
-        # Until the trust check below: profile files it names are read only from the project
-        # and the profile directories (nothing else of the host is opened for it).
-        registry.confine = (root, *registry.dirs)
-    project = load_project(root, registry)
-    if patterns:
-        registry.confine = None  # named on the command line: the user's own choice
-    from_project_file = not patterns
-    patterns = patterns or project.profiles
-    if not patterns:
-        raise SandboxError("no profiles to run", hint="give -p PROFILE, or list 'profiles:' in sandboxmgr.yaml")
-    command = command or project.command
-    if not command:
-        raise SandboxError("no command to run", hint="give one after --, or set 'command:' in sandboxmgr.yaml")
-    selected = entries(expand(patterns, project, registry), project, registry)
-    # Before anything is built: keys that make the host run or trust what the project chose.
-    if not trusted:
-        inline = {e.name: e.profile for e in selected if e.name in project.inline}
-        others = [e.profile for e in selected if e.name not in project.inline]
-        found, digests = trust.findings(project.raw, inline, others, registry)
-        # What 'sandboxmgr trust DIR' would record (a file named with -p it does not).
-        covered = trust.project_files(project.path, project.inline, others if from_project_file else [],
-                                      registry.dirs)
-        trust.check(store, found, digests, project.root, set(covered))
-    return project, selected, command
-
-
-def _prepare_steps(project: Project, profile: Profile) -> tuple[str, ...]:
-    for key in (profile.name, profile.distro, profile.family):
-        if key in project.prepare:
-            return project.prepare[key]
-    return ()
-
 
 # --- running ------------------------------------------------------------------------------
 
@@ -274,9 +59,6 @@ View = Callable[[list[Result]], None]
 def run(store: Store, project: Project, selected: list[Entry], command: tuple[str, ...], jobs: int,
         fail_fast: bool, keep_failed: bool, logs: Path, view: View) -> list[Result]:
     """Run ``command`` for every entry; the images must be built already."""
-    from sandboxmgr import config, images
-    from sandboxmgr.resolve import create_sandbox
-
     logs.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     results = [Result(e.name, e.profile.name, log=logs / f"{e.name}.log") for e in selected]
@@ -296,16 +78,8 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
         while pending or running:
             while pending and len(running) < jobs and not stop:
                 index = pending.pop(0)
-                entry, result = selected[index], results[index]
-                image = images.ensure_image(store, entry.profile, lambda _m: None)
-                name = f"matrix-{project.slug}-{entry.name}-{run_id}"[:120].rstrip(".-")
-                result.sandbox = name
-                options = config.options(env=dict(project.env), workdir=project.workdir,
-                                         binds=(BindMount(project.root, project.workdir, copy_on_write=True),))
-                record = create_sandbox(store, name, image, entry.profile, options)
-                assert result.log is not None
-                pid = _spawn(store, record, result.log, command)
-                running[pid] = index
+                result = results[index]
+                running[_start(store, project, selected[index], result, run_id, command)] = index
                 result.status, result.started = "running", time.monotonic()
                 view(results)
             if not running:
@@ -336,19 +110,40 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
         # Something failed in the manager itself (an image, a sandbox that could not be
         # made): stop the workers and remove their sandboxes before reporting it.
         forward(signal.SIGTERM, None)
-        for pid, index in running.items():
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            _finish(store, results[index], keep=False)
-        for result in results:
-            if result.status == "pending" and result.sandbox is not None:
-                with contextlib.suppress(SandboxError):
-                    store.remove_sandbox(store.sandbox(result.sandbox))
+        _abort(store, running, results)
         raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return results
+
+
+def _start(store: Store, project: Project, entry: Entry, result: Result, run_id: str,
+           command: tuple[str, ...]) -> int:
+    """Make the entry's sandbox and start its worker; the worker's pid."""
+    from sandboxmgr import config, images
+    from sandboxmgr.resolve import create_sandbox
+
+    image = images.ensure_image(store, entry.profile, lambda _m: None)
+    name = f"matrix-{project.slug}-{entry.name}-{run_id}"[:120].rstrip(".-")
+    result.sandbox = name
+    options = config.options(env=dict(project.env), workdir=project.workdir,
+                             binds=(BindMount(project.root, project.workdir, copy_on_write=True),))
+    record = create_sandbox(store, name, image, entry.profile, options)
+    assert result.log is not None
+    return _spawn(store, record, result.log, command)
+
+
+def _abort(store: Store, running: dict[int, int], results: list[Result]) -> None:
+    """After the workers were told to stop: wait for each, and remove every sandbox made."""
+    for pid, index in running.items():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        _finish(store, results[index], keep=False)
+    for result in results:
+        if result.status == "pending" and result.sandbox is not None:
+            with contextlib.suppress(SandboxError):
+                store.remove_sandbox(store.sandbox(result.sandbox))
 
 
 def _spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...]) -> int:

@@ -29,106 +29,30 @@ used, with a warning (images.py): offline, it is the best there is.
 
 from __future__ import annotations
 
-import errno
-import functools
-import hashlib
 import json
 import os
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sandboxmgr import commands
+from sandboxmgr.builders.index import digest
 from sandboxmgr.locks import Lock
 from sandboxmgr.removal import remove_tree
 from sandboxmgr.store import Store, now_iso
 
-if TYPE_CHECKING:
-    from sandboxmgr.builders import Builder
-    from sandboxmgr.profile import Profile
-
 FORMAT = 1
-_FETCH_TIMEOUT = 15  # per read
-_FETCH_DEADLINE = 300  # for the whole body
-_FETCH_LIMIT = 16 << 20  # a Release file, a repomd.xml: a few hundred kB
 # Kept roots per distro/release/arch (variants, include lists); the least recently used go first.
 KEEP_PER_RELEASE = 3
 
 
-class Unreachable(Exception):
-    """The network does not reach the mirror (no route, no name resolution, refused, timed out)."""
-
-
-_NETWORK_ERRNOS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN)
-
-
-def _network_failure(reason: object) -> bool:
-    return isinstance(reason, (socket.gaierror, ConnectionError, TimeoutError)) or (
-        isinstance(reason, OSError) and reason.errno in _NETWORK_ERRNOS)
-
-
-def fetch(url: str, limit: int = _FETCH_LIMIT) -> bytes | None:
-    """The body of ``url`` (http, https or file). None when it cannot be had although the
-    server answered (404, 503, a TLS certificate Python does not trust, a missing file), or
-    when it is longer than ``limit`` bytes; Unreachable when the network does not get there,
-    or not all of it within _FETCH_DEADLINE seconds (a mirror that drips)."""
-    deadline = time.monotonic() + _FETCH_DEADLINE
-    try:
-        with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT) as response:  # noqa: S310 - the profile's mirror
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := response.read(1 << 16):
-                size += len(chunk)
-                if size > limit:
-                    return None
-                if time.monotonic() > deadline:
-                    raise Unreachable(f"{url}: not received within {_FETCH_DEADLINE} s")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except urllib.error.HTTPError:
-        return None
-    except urllib.error.URLError as exc:
-        if _network_failure(exc.reason):
-            raise Unreachable(f"{url}: {exc.reason}") from None
-        return None
-    except OSError as exc:
-        if _network_failure(exc):
-            raise Unreachable(f"{url}: {exc}") from None
-        return None
-    except ValueError:
-        return None
-
-
-def digest(parts: list[str]) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def fingerprint(builder: Builder, profile: Profile) -> str | None:
-    """The builder's index state (see Builder.index_state) and sandboxmgr's version (how it
-    bootstraps may change with it), or None when the index cannot be fingerprinted.
-    Raises Unreachable when the index cannot be fetched."""
+def fingerprint(state: str | None) -> str | None:
+    """A builder's index state (see Builder.index_state, which images.py asks) with
+    sandboxmgr's version (how it bootstraps may change with it), or None when the index
+    cannot be fingerprinted."""
     from sandboxmgr import __version__
 
-    state = builder.index_state(profile)
     return None if state is None else digest([f"sandboxmgr {__version__}", state])
-
-
-@functools.cache
-def package_version(package: str) -> str | None:
-    """The installed version of a host package (dpkg, else rpm), or None."""
-    for argv in (["dpkg-query", "-W", "-f=${Version}", package],
-                 ["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", package]):
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        except OSError:
-            continue
-        if result.returncode == 0 and result.stdout.strip():
-            return f"{package} {result.stdout.strip()}"
-    return None
 
 
 def roots_dir(store: Store, cache_key: str) -> Path:
@@ -171,8 +95,9 @@ def is_kept(store: Store, layer_key: str) -> bool:
 def link_tree(source: Path, target: Path) -> None:
     """``target`` (not existing yet) as a tree of hard links to ``source``'s files;
     directories are new, with the same owner, mode, times and extended attributes."""
-    result = subprocess.run(["cp", "-a", "--link", "--no-target-directory", "--", str(source), str(target)],
-                            capture_output=True, text=True, check=False)
+    result = commands.capture(["cp", "-a", "--link", "--no-target-directory", "--", str(source), str(target)])
+    if result is None:
+        raise OSError(f"cp --link {source} {target}: cannot run cp")
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
         raise OSError(f"cp --link {source} {target}: {reason[0]}")

@@ -30,13 +30,17 @@ import contextlib
 import os
 import select
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
+from sandboxmgr.commands import PreMount
 from sandboxmgr.enter import exit_status
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.libseccomp import program
 from sandboxmgr.mounts import NOSUID_NODEV, NOSUID_NODEV_NOEXEC, device_steps, link_steps, mask_steps
+from sandboxmgr.seccomp import default_policy
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
 # SETFCAP), users (SETUID, SETGID, SETPCAP), chroot, signals to its own processes
@@ -79,6 +83,25 @@ class ToolRoot:
     @property
     def mountpoint(self) -> Path:
         return self.place / "tool-root"
+
+    def preexec(self, mounts: Sequence[PreMount]) -> Callable[[], None]:
+        """What the tool's child does between fork and exec (commands.run): its own mount
+        namespace, ``mounts`` made there, then this root (:func:`enter`)."""
+        # Built here, in the parent: the child only loads it (it may not import anything).
+        seccomp_program = program(default_policy(), None)
+
+        def child() -> None:  # pragma: no cover - runs between fork and exec
+            # Dies with the manager; a private mount namespace, so what we mount for the
+            # command vanishes with it, even after kill -9.
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            linux.unshare(linux.CLONE_NEWNS)
+            linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+            for mount in mounts:
+                flags = linux.MS_BIND if mount.fstype is None else 0
+                linux.mount(mount.source, mount.target, mount.fstype, flags, mount.data)
+            enter(self, seccomp_program)
+
+        return child
 
 
 # Host paths a profile may not show to a bootstrap tool: the kernel's, the boot files, and

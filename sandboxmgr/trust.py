@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.profile import Profile, ProfileRegistry, _Raw, _read
+from sandboxmgr.profile import Profile, ProfileRegistry
+from sandboxmgr.schema import Raw, read
 from sandboxmgr.store import Store, now_iso
 
 TRUST_FORMAT = 1
@@ -76,7 +77,7 @@ class Finding:
         return f"{self.path}:{self.line}: {self.key}: {self.why}"
 
 
-def scan(raw: _Raw) -> list[Finding]:
+def scan(raw: Raw) -> list[Finding]:
     """The keys of one profile (a file, or a profile inline in a project file) that need trust."""
     found: list[Finding] = []
 
@@ -118,7 +119,7 @@ def scan(raw: _Raw) -> list[Finding]:
     return found
 
 
-def key_files(raw: _Raw) -> list[Path]:
+def key_files(raw: Raw) -> list[Path]:
     """The key files a profile names (``bootstrap.keyring``, ``file://`` gpgkeys): trusting the
     profile's file means trusting their bytes too, as they are when it is trusted."""
     found: list[Path] = []
@@ -164,7 +165,7 @@ def project_files(project_path: Path | None, inline: dict[str, Profile], others:
     return files
 
 
-def findings(project_raw: _Raw | None, inline: dict[str, Profile], others: Iterable[Profile],
+def findings(project_raw: Raw | None, inline: dict[str, Profile], others: Iterable[Profile],
              registry: ProfileRegistry) -> tuple[list[Finding], dict[Path, str]]:
     """Every key needing trust in the files of a matrix run, and the sha256 of each file.
 
@@ -176,7 +177,7 @@ def findings(project_raw: _Raw | None, inline: dict[str, Profile], others: Itera
     for path in project_files(project_path, inline, others, registry.dirs):
         raw = project_raw if project_raw is not None and path == project_path else registry.reads.get(path)
         if raw is None:  # pragma: no cover - every file of a chain was read by the registry
-            raw = _read(path)
+            raw = read(path)
         parts = [raw]
         if path == project_path:
             bodies = raw.data.get("inline")

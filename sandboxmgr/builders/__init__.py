@@ -6,7 +6,10 @@ empty directory - the bottom layer; :meth:`Builder.install` then adds the
 profile's packages with the target's own package manager, run inside the root,
 into a layer of its own (an overlayfs upper directory over the bootstrap).
 Builders know nothing of the CLI or the store: they get a :class:`BuildRoot`
-and a :class:`BuildContext`.
+and a :class:`BuildContext`. The builders of a distribution family live in its
+module (sandboxmgr/families/); this package holds what they share: the roots, the
+context, the Debian index and package cache (debindex, debcache) and fetching an
+index (index.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sandboxmgr import distros
 from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount, overlay_options
@@ -216,7 +220,7 @@ class Builder(ABC):
     def index_state(self, profile: Profile) -> str | None:
         """A digest of the package index the bootstrap would install from right now and
         of the tool that would do it, or None when that cannot be known; raises
-        rootcache.Unreachable when the network does not reach the mirror. Equal
+        index.Unreachable (builders/index.py) when the network does not reach the mirror. Equal
         digests: a bootstrap would give the same root (see rootcache.py)."""
         return None
 
@@ -232,16 +236,6 @@ class Builder(ABC):
         """Undo build-only settings and drop caches before a layer is published."""
 
 
-def get_builder(method: str) -> Builder:
-    from sandboxmgr.builders import debian, rpm
-
-    builders: dict[str, Builder] = {
-        "debootstrap": debian.DebootstrapBuilder(),
-        "mmdebstrap": debian.MmdebstrapBuilder(),
-        "dnf": rpm.DnfBuilder(),
-    }
-    try:
-        return builders[method]
-    except KeyError:
-        raise SandboxError(f"no builder for bootstrap method {method!r}",
-                           hint=f"use one of: {', '.join(builders)}") from None
+def builder_for(profile: Profile) -> Builder:
+    """The builder of the profile's bootstrap method, from its distribution family."""
+    return distros.of(profile).builder(profile.bootstrap.method)

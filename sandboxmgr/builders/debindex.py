@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxmgr import rootcache
+from sandboxmgr.builders import index as mirror_index
 
 FORMAT = 1
 # Compressed forms of a Packages index, the cheapest to fetch first.
@@ -141,15 +141,15 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
     """The verified index from the mirror; None when the mirror answers without it (a
     missing Release or Packages file). ``saved`` is returned as it is when the verified
     Release lists the same Packages files (only the Release file is fetched then).
-    Raises rootcache.Unreachable when the network does not reach the mirror,
+    Raises index.Unreachable when the network does not reach the mirror,
     UnverifiedIndex when what it serves does not verify."""
     base = f"{mirror.rstrip('/')}/dists/{release}"
-    inrelease = rootcache.fetch(f"{base}/InRelease")
+    inrelease = mirror_index.fetch(f"{base}/InRelease")
     if inrelease is not None:
         text = verify_release(inrelease, keyring)
     else:
-        plain = rootcache.fetch(f"{base}/Release")
-        signature = rootcache.fetch(f"{base}/Release.gpg")
+        plain = mirror_index.fetch(f"{base}/Release")
+        signature = mirror_index.fetch(f"{base}/Release.gpg")
         if plain is None or signature is None:
             return None
         text = verify_release(plain, keyring, signature)
@@ -169,15 +169,15 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
                     return None  # the release has no such component or arch: the bootstrap will say so
                 continue
             wanted.append((f"{stem}{form[0]}", form[1], *hashes[stem + form[0]]))
-    digest = rootcache.digest([sha256 for _path, _unpack, sha256, _size in wanted])
+    digest = mirror_index.digest([sha256 for _path, _unpack, sha256, _size in wanted])
     if saved is not None and saved.digest == digest:
         return saved
     packages: dict[str, tuple[int, str]] = {}
     for path, unpack, sha256, size in wanted:
         by_hash_url = f"{base}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{sha256}"
-        data = rootcache.fetch(by_hash_url, limit=size) if by_hash else None
+        data = mirror_index.fetch(by_hash_url, limit=size) if by_hash else None
         if data is None:
-            data = rootcache.fetch(f"{base}/{path}", limit=size)
+            data = mirror_index.fetch(f"{base}/{path}", limit=size)
         if data is None:
             return None
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
@@ -187,7 +187,7 @@ def fetch_index(mirror: str, release: str, components: tuple[str, ...], arch: st
 
 
 def _saved_path(directory: Path, mirror: str, components: tuple[str, ...], arch: str, keyring: str) -> Path:
-    which = rootcache.digest([mirror.rstrip("/"), *components, arch, keyring])[:24]
+    which = mirror_index.digest([mirror.rstrip("/"), *components, arch, keyring])[:24]
     return directory / f"{which}.json"
 
 
@@ -210,3 +210,11 @@ def load_saved(directory: Path, mirror: str, components: tuple[str, ...], arch: 
         return PackageIndex(str(data["digest"]), packages) if data.get("format") == FORMAT else None
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
+
+
+def release_indexes(release: str, components: tuple[str, ...], arch: str) -> list[str]:
+    """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
+    components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
+    wanted = tuple(f"{component}/binary-{a}/Packages" for component in components for a in (arch, "all"))
+    return sorted(f"{sha256} {size} {path}" for path, (sha256, size) in release_hashes(release).items()
+                  if path.startswith(wanted))

@@ -22,7 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sandboxmgr.errors import ProfileError, SandboxError
-from sandboxmgr.profile import TOP_KEYS, Profile, ProfileRegistry, check_name
+from sandboxmgr.identity import image_key
+from sandboxmgr.profile import Profile, ProfileRegistry, check_name
+from sandboxmgr.profilefields import TOP_KEYS
 from tests.conftest import CLI, need_root
 
 pytestmark = [pytest.mark.adversarial]
@@ -115,7 +117,7 @@ def test_wrong_types_huge_values_and_odd_names_are_clean_errors(sandbox_dirs: tu
         # Whatever loaded is sane: the limits in it are the ones the kernel can take.
         assert result.limits.memory is None or result.limits.memory >= 16 << 20
         assert result.limits.cpus is None or math.isfinite(result.limits.cpus)
-        result.image_key()  # the image inputs of anything valid can be computed
+        image_key(result)  # the image inputs of anything valid can be computed
     check_nothing_written(top, before, top / "marker")
 
 
@@ -216,7 +218,8 @@ def test_no_profile_value_makes_a_path_outside_the_store(sandbox_dirs: tuple[Pat
     fields: dict[str, Any] = {"distro": distro, "release": release}
     if arch is not None:
         fields["arch"] = arch
-    if distro not in distros.DISTROS or distros.DISTROS[distro].family == "rpm":
+    known = distros.get(distro, None)
+    if known is None or known.family == "rpm":
         fields["bootstrap"] = {"method": "dnf"}
         fields["repositories"] = [{"name": repo, "baseurl": "file:///srv/r", "gpgkey": "file:///srv/k"}]
     elif components is not None:

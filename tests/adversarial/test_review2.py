@@ -57,8 +57,8 @@ from sandboxmgr.builders import debcache
 from sandboxmgr.builders.debcache import DebCache
 from sandboxmgr.builders.debindex import PackageIndex
 from sandboxmgr.locations import shipped_configs_dir
-from sandboxmgr.matrix import entries, expand, load_project
 from sandboxmgr.profile import ProfileRegistry
+from sandboxmgr.project import entries, expand, load_project
 from sandboxmgr.store import Store
 from tests.conftest import CLI, ConcurrentBuild, Result, missing
 
@@ -327,8 +327,8 @@ def test_an_index_saved_for_one_keyring_is_not_used_offline_for_another(tmp_path
     that trusts other keys), but the saved index is per mirror URL only: offline, a profile
     verifies its keyring's cache against whatever index was last verified for that URL, with
     any keyring."""
-    from sandboxmgr import rootcache
-    from sandboxmgr.builders import debian, debindex
+    from sandboxmgr.builders import debindex, index
+    from sandboxmgr.families import debian
 
     mine, theirs = tmp_path / "mine.gpg", tmp_path / "theirs.gpg"
     mine.write_bytes(b"the distribution's key")
@@ -343,7 +343,7 @@ def test_an_index_saved_for_one_keyring_is_not_used_offline_for_another(tmp_path
     debindex.save(where, boot.mirror, boot.components, profile.arch, theirs_id, foreign)
 
     def unreachable(*_args: object, **_kwargs: object) -> None:
-        raise rootcache.Unreachable("offline")
+        raise index.Unreachable("offline")
 
     monkeypatch.setattr(debindex, "fetch_index", unreachable)
     got = debian.signed_index(profile, where)

@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from sandboxmgr import cli as cli_module
+from sandboxmgr.cli import sandboxes as sandbox_verbs
+from sandboxmgr.cli.app import App
 from sandboxmgr.config import SandboxConfig
 
 
@@ -29,12 +31,12 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[SandboxConfig]:
     """Stop `run` where it would build and enter, keeping the parsed options."""
     seen: list[SandboxConfig] = []
 
-    def fake_run(app: cli_module.App, ref: str, options: SandboxConfig) -> int:
+    def fake_run(app: App, ref: str, options: SandboxConfig) -> int:
         app.registry.load(ref)  # the real resolution, so unknown names still fail
         seen.append(options)
         return 7
 
-    monkeypatch.setattr(cli_module, "_run_ephemeral", fake_run)
+    monkeypatch.setattr(sandbox_verbs, "_run_ephemeral", fake_run)
     monkeypatch.setattr("sandboxmgr.errors.require_root", lambda action: None)
     return seen
 

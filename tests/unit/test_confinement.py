@@ -15,6 +15,7 @@ from sandboxmgr import cli as cli_module
 from sandboxmgr import inroot, linux
 from sandboxmgr.config import SandboxConfig, options, security_opts
 from sandboxmgr.errors import ProfileError, SandboxError
+from sandboxmgr.identity import build_inputs, image_key
 from sandboxmgr.inroot import SymlinkRefused, open_in_root
 from sandboxmgr.limits import Limits
 from sandboxmgr.mounts import (
@@ -161,7 +162,7 @@ def test_profile_limits_are_validated_and_are_not_build_inputs(tmp_path: Path) -
     write_profile(tmp_path, base)
     plain = ProfileRegistry([tmp_path]).load("lim")
     assert plain.limits == Limits() and plain.no_new_privs is True
-    assert plain.build_inputs() == limited.build_inputs() and plain.image_key() == limited.image_key()
+    assert build_inputs(plain) == build_inputs(limited) and image_key(plain) == image_key(limited)
 
 
 def test_bad_profile_limits_name_file_line_and_key(tmp_path: Path) -> None:

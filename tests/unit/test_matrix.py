@@ -8,9 +8,11 @@ from xml.etree import ElementTree
 import pytest
 
 from sandboxmgr.errors import ProfileError
+from sandboxmgr.identity import layers
 from sandboxmgr.locations import shipped_configs_dir
-from sandboxmgr.matrix import Project, Result, entries, expand, junit, load_project
+from sandboxmgr.matrix import Result, junit
 from sandboxmgr.profile import ProfileRegistry
+from sandboxmgr.project import Project, entries, expand, load_project
 
 
 def registry() -> ProfileRegistry:
@@ -41,8 +43,8 @@ def test_a_project_file_is_read_with_inline_profiles_and_prepare(tmp_path: Path)
     for entry in selected:
         assert entry.profile.setup[-1] == "apt-get install -y make"
         assert entry.profile.name.startswith(f"{project.slug}.")
-    base = registry().load("debian-bookworm").layers()
-    assert selected[0].profile.layers()[0].key == base[0].key
+    base = layers(registry().load("debian-bookworm"))
+    assert layers(selected[0].profile)[0].key == base[0].key
 
 
 def test_project_file_errors_name_the_line_including_inline_profiles(tmp_path: Path) -> None:

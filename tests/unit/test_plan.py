@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import linux, mountinfo
-from sandboxmgr.builders.debian import DebootstrapBuilder, MmdebstrapBuilder, debootstrap_script
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.families.debian import DebootstrapBuilder, MmdebstrapBuilder, debootstrap_script
 from sandboxmgr.images import changed_inputs
 from sandboxmgr.inroot import resolve_in_root
 from sandboxmgr.locations import shipped_configs_dir
@@ -159,7 +159,7 @@ def test_host_arch_names_match_debian() -> None:
 
 
 def test_repo_file_carries_every_repository_with_its_key() -> None:
-    from sandboxmgr.builders.rpm import repo_file
+    from sandboxmgr.families.rpm import repo_file
 
     text = repo_file(ProfileRegistry([shipped_configs_dir()]).load("fedora-45"))
     assert "[fedora]" in text and "[updates]" in text

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr.errors import ProfileError
+from sandboxmgr.identity import image_key, layers
 from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.profile import ProfileRegistry, check_name, merge
 
@@ -183,21 +184,21 @@ def test_layers_follow_build_inputs_only(tmp_path: Path) -> None:
     write(tmp_path, "d", "extends: c\nsetup: ['echo one', 'echo two']\n")
     write(tmp_path, "e", "extends: d\nenv: {X: '1'}\n")
     reg = registry(tmp_path)
-    base = [layer.key for layer in reg.load("debian-bookworm").layers()]
+    base = [layer.key for layer in layers(reg.load("debian-bookworm"))]
     # Runtime settings do not change the layers; packages and setup add layers on the same base.
-    assert [layer.key for layer in reg.load("a").layers()] == base
-    assert [layer.key for layer in reg.load("b").layers()] == base
-    c = reg.load("c").layers()
+    assert [layer.key for layer in layers(reg.load("a"))] == base
+    assert [layer.key for layer in layers(reg.load("b"))] == base
+    c = layers(reg.load("c"))
     assert [layer.kind for layer in c] == ["bootstrap", "packages"]
     assert c[0].key == base[0]
-    d = reg.load("d").layers()
+    d = layers(reg.load("d"))
     assert [layer.kind for layer in d] == ["bootstrap", "packages", "setup", "setup"]
     assert [layer.key for layer in d[:2]] == [layer.key for layer in c]
     # Setup steps run with env, so env is an input of setup layers (and only of them).
-    e = reg.load("e").layers()
+    e = layers(reg.load("e"))
     assert e[:2] == d[:2] and e[2].key != d[2].key
     # Images are per profile, like tags over shared layers.
-    assert reg.load("a").image_key() != reg.load("debian-bookworm").image_key()
+    assert image_key(reg.load("a")) != image_key(reg.load("debian-bookworm"))
 
 
 def test_relative_keyring_and_mount_sources_are_relative_to_the_profile(tmp_path: Path) -> None:
@@ -278,7 +279,7 @@ def test_rpm_image_key_follows_repositories(tmp_path: Path) -> None:
         "extends: fedora-45\nrepositories:\n"
         "  - {name: extra, baseurl: 'https://example.org/repo', gpgkey: 'https://example.org/key'}\n"))
     reg = registry(tmp_path)
-    assert reg.load("other-mirror").layers()[0].key != reg.load("fedora-45").layers()[0].key
+    assert layers(reg.load("other-mirror"))[0].key != layers(reg.load("fedora-45"))[0].key
 
 
 def test_a_custom_rpm_distro_without_include_bootstraps_its_packages(tmp_path: Path) -> None:
@@ -287,7 +288,18 @@ def test_a_custom_rpm_distro_without_include_bootstraps_its_packages(tmp_path: P
     write(tmp_path, "two", base + "packages: [a, b]\n")
     write(tmp_path, "three", base + "packages: [a, b, c]\n")
     reg = registry(tmp_path)
-    two, three = reg.load("two").layers(), reg.load("three").layers()
+    two, three = layers(reg.load("two")), layers(reg.load("three"))
     # The packages are installed by the bootstrap itself, so they key the bootstrap layer.
     assert [layer.kind for layer in two] == ["bootstrap"]
     assert two[0].key != three[0].key
+
+
+def test_each_profile_key_is_stated_once_in_the_field_table() -> None:
+    import dataclasses
+
+    from sandboxmgr.profile import Profile
+    from sandboxmgr.profilefields import FIELDS, TOP_KEYS
+
+    assert len(set(TOP_KEYS)) == len(TOP_KEYS) == len(FIELDS)
+    assert set(TOP_KEYS) <= {item.name for item in dataclasses.fields(Profile)}
+    assert {item.kind for item in FIELDS} == {"build", "runtime", "meta"}

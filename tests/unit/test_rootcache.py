@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, cast
 import pytest
 
 from sandboxmgr import rootcache
-from sandboxmgr.builders.debian import MmdebstrapBuilder, release_indexes
+from sandboxmgr.builders import index
+from sandboxmgr.builders.debindex import release_indexes
+from sandboxmgr.families.debian import MmdebstrapBuilder
 from sandboxmgr.images import _keep_root
 from sandboxmgr.store import Store
 
@@ -66,21 +68,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def test_fetch_tells_a_mirror_that_answered_from_one_the_network_does_not_reach(tmp_path: Path) -> None:
     (tmp_path / "InRelease").write_text("signed")
-    assert rootcache.fetch(f"file://{tmp_path}/InRelease") == b"signed"
-    assert rootcache.fetch(f"file://{tmp_path}/missing") is None
-    assert rootcache.fetch("not a url") is None
+    assert index.fetch(f"file://{tmp_path}/InRelease") == b"signed"
+    assert index.fetch(f"file://{tmp_path}/missing") is None
+    assert index.fetch("not a url") is None
     handler = functools.partial(_QuietHandler, directory=str(tmp_path))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
         try:
-            assert rootcache.fetch(f"{base}/InRelease") == b"signed"
-            assert rootcache.fetch(f"{base}/dists/gone/InRelease") is None  # 404: it answered
+            assert index.fetch(f"{base}/InRelease") == b"signed"
+            assert index.fetch(f"{base}/dists/gone/InRelease") is None  # 404: it answered
         finally:
             server.shutdown()
-    with pytest.raises(rootcache.Unreachable, match=r"127\.0\.0\.1:9"):
-        rootcache.fetch("http://127.0.0.1:9/debian/dists/x/InRelease")  # connection refused
+    with pytest.raises(index.Unreachable, match=r"127\.0\.0\.1:9"):
+        index.fetch("http://127.0.0.1:9/debian/dists/x/InRelease")  # connection refused
 
 
 def _kept(store: Store, layer: str, state: str) -> Path:
@@ -200,7 +202,7 @@ def test_a_root_is_not_kept_when_the_index_changed_during_its_bootstrap(tmp_path
     store = Store(tmp_path / "store")
     profile = cast("Profile", None)  # index_state above does not read it
     builder = _MovingMirror()
-    state = rootcache.fingerprint(builder, profile)
+    state = rootcache.fingerprint(builder.index_state(profile))
     assert state is not None
     diff = tmp_path / "diff"
     diff.mkdir()

@@ -179,6 +179,7 @@ def test_valid_users_pass(user: str | None) -> None:
 
 def test_the_profile_key_is_validated_inherited_and_not_a_build_input(tmp_path: Path) -> None:
     from sandboxmgr.errors import ProfileError
+    from sandboxmgr.identity import image_key
     from sandboxmgr.profile import ProfileRegistry
 
     base = "distro: debian\nrelease: bookworm\n"
@@ -191,7 +192,7 @@ def test_the_profile_key_is_validated_inherited_and_not_a_build_input(tmp_path: 
     assert plain.seccomp == "default"
     (tmp_path / "plain.yaml").write_text(base + "seccomp: unconfined\n")
     off = ProfileRegistry([tmp_path]).load("plain")
-    assert off.seccomp == "unconfined" and off.image_key() == plain.image_key()
+    assert off.seccomp == "unconfined" and image_key(off) == image_key(plain)
     (tmp_path / "bad.yaml").write_text(base + "seccomp: strict.json\n")
     with pytest.raises(ProfileError) as caught:
         ProfileRegistry([tmp_path]).load("bad")

@@ -9,8 +9,8 @@ import pytest
 from sandboxmgr import trust
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.locations import shipped_configs_dir
-from sandboxmgr.matrix import entries, expand, load_project
 from sandboxmgr.profile import ProfileRegistry
+from sandboxmgr.project import entries, expand, load_project
 from sandboxmgr.store import Store
 
 DIRS = [shipped_configs_dir()]

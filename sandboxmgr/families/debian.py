@@ -1,15 +1,26 @@
-"""The Debian family (Debian, Ubuntu): debootstrap or mmdebstrap, then apt inside."""
+"""The Debian family: debootstrap or mmdebstrap, then apt inside.
+
+:class:`Debian` is what the distribution is (methods, variants, defaults, what a
+Debian profile may not say, the host's architecture in Debian's naming); the
+builders make its roots. Ubuntu (ubuntu.py) is a subclass that overrides what differs.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import platform
 import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sandboxmgr import commands, distros, rootcache
+from sandboxmgr import commands, distros
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, debindex
 from sandboxmgr.builders.debcache import DebCache, Later
-from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.builders.index import Unreachable, digest, fetch, package_version
+from sandboxmgr.errors import BuildError, ProfileError, SandboxError
+from sandboxmgr.identity import file_digest
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
 from sandboxmgr.toolroot import ToolRoot
@@ -50,19 +61,14 @@ class DebootstrapProgress:
 
 def _check_common(profile: Profile, tool: str) -> None:
     commands.require(tool)
+    distro = _debian(profile)
     keyring = Path(profile.bootstrap.keyring)
     if not keyring.is_file():
-        package = "debian-archive-keyring" if profile.distro == "debian" else "the keyring file"
         raise SandboxError(
             f"the archive keyring {keyring} does not exist, so signatures cannot be checked",
-            hint=f"install {package}, or set bootstrap.keyring in {profile.path}",
+            hint=f"install {distro.keyring_package}, or set bootstrap.keyring in {profile.path}",
         )
-    host = distros.host_arch()
-    if profile.arch != host:
-        raise SandboxError(
-            f"profile {profile.name} is for {profile.arch}, but this machine is {host}",
-            hint=f"set 'arch: {host}' (foreign architectures need qemu-user and are not supported yet)",
-        )
+    distro.check_arch(profile)
 
 
 def readable_paths(profile: Profile) -> tuple[Path, ...]:
@@ -76,7 +82,7 @@ def readable_paths(profile: Profile) -> tuple[Path, ...]:
 def keyring_id(profile: Profile) -> str:
     """Which keys a profile trusts, as a short digest of its keyring file's bytes."""
     try:
-        return hashlib.sha256(Path(profile.bootstrap.keyring).read_bytes()).hexdigest()[:16]
+        return file_digest(Path(profile.bootstrap.keyring))[:16]
     except OSError:
         return "no-keyring"  # preflight stops the build; a sandbox then shares no cache with one
 
@@ -90,7 +96,7 @@ def signed_index(profile: Profile, where: Path) -> debindex.PackageIndex | None:
     try:
         index = debindex.fetch_index(boot.mirror, profile.release, boot.components, profile.arch,
                                      Path(boot.keyring), saved)
-    except rootcache.Unreachable:
+    except Unreachable:
         return saved  # offline: the index verified last time
     except debindex.UnverifiedIndex as exc:
         raise BuildError(f"the package index of {profile.distro} {profile.release} from {boot.mirror} "
@@ -138,16 +144,16 @@ class _DebianFamily(Builder):
             return None  # options passed through to the tool may fetch from elsewhere
         base = f"{boot.mirror.rstrip('/')}/dists/{profile.release}"
         # The tool, and the host's apt (mmdebstrap resolves the package set with it).
-        versions = [rootcache.package_version(self.tool), rootcache.package_version("apt")]
+        versions = [package_version(self.tool), package_version("apt")]
         if None in versions:
             return None
-        signed = rootcache.fetch(f"{base}/InRelease") or rootcache.fetch(f"{base}/Release")
+        signed = fetch(f"{base}/InRelease") or fetch(f"{base}/Release")
         if signed is None:
             return None  # the mirror answered without it: the bootstrap will say why
-        indexes = release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
+        indexes = debindex.release_indexes(signed.decode(errors="replace"), boot.components, profile.arch)
         if not indexes:
             return None
-        return rootcache.digest([self.method, *map(str, versions), *indexes])
+        return digest([self.method, *map(str, versions), *indexes])
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
         # apt's download directory, shared by every build and sandbox of this distro/release/arch
@@ -262,14 +268,6 @@ class DebootstrapBuilder(_DebianFamily):
         return argv
 
 
-def release_indexes(release: str, components: tuple[str, ...], arch: str) -> list[str]:
-    """The SHA256 lines of a Release/InRelease file for the Packages indexes of these
-    components and architecture (and arch 'all'), sorted: what a bootstrap resolves against."""
-    wanted = tuple(f"{component}/binary-{a}/Packages" for component in components for a in (arch, "all"))
-    return sorted(f"{sha256} {size} {path}" for path, (sha256, size) in debindex.release_hashes(release).items()
-                  if path.startswith(wanted))
-
-
 def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) -> Path | None:
     """The script for a release this debootstrap does not know, else None.
 
@@ -279,7 +277,7 @@ def debootstrap_script(profile: Profile, scripts: Path = DEBOOTSTRAP_SCRIPTS) ->
     """
     if (scripts / profile.release).exists():
         return None
-    fallback = scripts / distros.DISTROS[profile.distro].debootstrap_script
+    fallback = scripts / _debian(profile).debootstrap_script
     return fallback if fallback.exists() else None
 
 
@@ -326,3 +324,75 @@ class MmdebstrapBuilder(_DebianFamily):
             argv += ["--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt/cache"]
         argv += [*boot.extra_args, profile.release, str(rootfs), boot.mirror]
         return argv
+
+
+DEBOOTSTRAP_VARIANTS = ("minbase", "buildd", "fakechroot", "default")
+MMDEBSTRAP_VARIANTS = (
+    "extract", "custom", "essential", "apt", "required", "minbase",
+    "buildd", "important", "debootstrap", "standard", "default",
+)
+_BUILDERS: dict[str, Builder] = {"debootstrap": DebootstrapBuilder(), "mmdebstrap": MmdebstrapBuilder()}
+
+# uname -m -> Debian architecture name.
+_DEB_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "armhf",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "i686": "i386",
+}
+
+
+@dataclass(frozen=True)
+class Debian(distros.Distro):
+    name: str = "debian"
+    family: str = "debian"
+    methods: tuple[str, ...] = ("debootstrap", "mmdebstrap")
+    default_mirror: str = "http://deb.debian.org/debian"
+    default_components: tuple[str, ...] = ("main",)
+    default_keyring: str = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    foreign_arch_hint: str = "foreign architectures need qemu-user and are not supported yet"
+    # What to install when the keyring is missing.
+    keyring_package: str = "debian-archive-keyring"
+    # debootstrap has one script per release name, and within a family they are
+    # aliases of one script; an older debootstrap that lacks a newer release's
+    # script is given this one instead.
+    debootstrap_script: str = "sid"
+
+    def variants(self, method: str) -> tuple[str, ...]:
+        return {"debootstrap": DEBOOTSTRAP_VARIANTS, "mmdebstrap": MMDEBSTRAP_VARIANTS}.get(method, ())
+
+    def default_method(self) -> str:
+        """The fastest builder this host has: mmdebstrap over debootstrap when installed."""
+        return "mmdebstrap" if shutil.which("mmdebstrap") else "debootstrap"
+
+    def check(self, path: Path, method: str, boot: Mapping[str, Any], repositories: Sequence[object]) -> str:
+        if repositories:
+            raise ProfileError(f"{path}: repositories are for the dnf method",
+                               hint="Debian-family profiles name their archive with bootstrap.mirror")
+        variant = str(boot.get("variant", "minbase"))
+        allowed = self.variants(method)
+        if variant not in allowed:
+            raise ProfileError(
+                f"{path}: bootstrap.variant {variant!r} is not a {method} variant",
+                hint=f"use one of: {', '.join(allowed)}",
+            )
+        return variant
+
+    def host_arch(self) -> str:
+        machine = platform.machine()
+        return _DEB_ARCH.get(machine, machine)
+
+    def builder(self, method: str) -> Builder:
+        return _BUILDERS[method]
+
+
+def _debian(profile: Profile) -> Debian:
+    distro = distros.of(profile)
+    assert isinstance(distro, Debian), distro
+    return distro
+
+
+distros.register(Debian())

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import platform
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sandboxmgr import commands, distros, rootcache
+from sandboxmgr import commands, distros
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot
-from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.builders.index import digest, fetch, package_version
+from sandboxmgr.errors import BuildError, ProfileError, SandboxError
+from sandboxmgr.identity import file_digest
 from sandboxmgr.mounts import BindMount, overlay_options
-from sandboxmgr.profile import Profile
+from sandboxmgr.profile import Profile, Repository
 from sandboxmgr.removal import remove_tree
 from sandboxmgr.toolroot import ToolRoot
 
@@ -90,12 +96,7 @@ class DnfBuilder(Builder):
     def preflight(self, profile: Profile) -> None:
         commands.require("dnf")
         commands.require("rpm")
-        host = distros.host_arch("rpm")
-        if profile.arch != host:
-            raise SandboxError(
-                f"profile {profile.name} is for {profile.arch}, but this machine is {host}",
-                hint=f"set 'arch: {host}' (foreign architectures are not supported)",
-            )
+        distros.of(profile).check_arch(profile)
         for repo in profile.repositories:
             for url in repo.gpgkey:
                 if url.startswith("file://") and not Path(url[len("file://"):]).is_file():
@@ -109,7 +110,7 @@ class DnfBuilder(Builder):
     def index_state(self, profile: Profile) -> str | None:
         if profile.bootstrap.extra_args or not profile.repositories:
             return None
-        parts = [self.method, rootcache.package_version("dnf") or "", rootcache.package_version("rpm") or ""]
+        parts = [self.method, package_version("dnf") or "", package_version("rpm") or ""]
         if not all(parts):
             return None
         for repo in profile.repositories:
@@ -120,11 +121,11 @@ class DnfBuilder(Builder):
                    .replace("$basearch", profile.arch).rstrip("/"))
             if "$" in url:
                 return None
-            repomd = rootcache.fetch(f"{url}/repodata/repomd.xml")
+            repomd = fetch(f"{url}/repodata/repomd.xml")
             if repomd is None:
                 return None  # answered without it: the bootstrap will say why
             parts.append(f"{repo.name} {hashlib.sha256(repomd).hexdigest()}")
-        return rootcache.digest(parts)
+        return digest(parts)
 
     def cache_dirs(self, profile: Profile, cache: Path) -> tuple[BindMount, ...]:
         # dnf's cache (metadata and packages, kept), shared by builds and sandboxes of this release.
@@ -191,9 +192,7 @@ class DnfBuilder(Builder):
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
         rootfs.mkdir(mode=0o755)
-        packages = [p for p in (profile.release_package, *profile.bootstrap.include) if p]
-        if not packages:
-            packages = list(profile.packages)
+        packages = bootstrap_packages(profile)
         if not packages:
             raise BuildError(f"{profile.name} installs nothing: a custom RPM distro names its packages",
                              hint=f"add packages (the release package, a shell) to {profile.path}")
@@ -211,7 +210,7 @@ class DnfBuilder(Builder):
         return next((path for path in TARGET_DNFS if root.exists(path)), None)
 
     def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
-        if not any(p for p in (profile.release_package, *profile.bootstrap.include) if p):
+        if _rpm(profile).packages_in_bootstrap(profile):
             return  # the bootstrap installed the packages already
         packages = list(profile.packages)
         target_dnf = self._target_dnf(root)
@@ -241,3 +240,83 @@ class DnfBuilder(Builder):
         if cache.is_dir() and not cache.is_symlink():
             for entry in cache.iterdir():
                 remove_tree(entry)
+
+
+def bootstrap_packages(profile: Profile) -> list[str]:
+    """What the host's dnf installs into the empty root: the release package and
+    bootstrap.include, or - a custom distro with neither - the profile's packages."""
+    if _rpm(profile).packages_in_bootstrap(profile):
+        return list(profile.packages)
+    return [p for p in (profile.release_package, *profile.bootstrap.include) if p]
+
+
+def _repository_input(repo: Repository) -> dict[str, Any]:
+    keys = []
+    for url in repo.gpgkey:
+        if url.startswith("file://"):
+            try:
+                keys.append("sha256:" + file_digest(Path(url[len("file://"):])))
+            except OSError:
+                keys.append("missing:" + url)
+        else:
+            keys.append(url)
+    return {"name": repo.name, "baseurl": list(repo.baseurl), "metalink": repo.metalink,
+            "mirrorlist": repo.mirrorlist, "gpgkey": keys, "gpgcheck": repo.gpgcheck}
+
+
+_BUILDER = DnfBuilder()
+
+
+@dataclass(frozen=True)
+class Rpm(distros.Distro):
+    """An RPM distribution: the shipped ones are data (their release package), a custom
+    one names its packages itself."""
+
+    family: str = "rpm"
+    methods: tuple[str, ...] = ("dnf",)
+
+    def check(self, path: Path, method: str, boot: Mapping[str, Any], repositories: Sequence[object]) -> str:
+        debian_only = [key for key in ("variant", "mirror", "components", "keyring", "exclude") if key in boot]
+        if debian_only:
+            raise ProfileError(
+                f"{path}: bootstrap.{debian_only[0]} is a debootstrap/mmdebstrap setting, not a dnf one",
+                hint="dnf profiles list their repositories under 'repositories:'",
+            )
+        if not repositories:
+            raise ProfileError(f"{path}: a dnf profile needs at least one repository",
+                               hint="add 'repositories: [{name: ..., baseurl: ..., gpgkey: ...}]'")
+        return ""
+
+    def host_arch(self) -> str:
+        machine = platform.machine()
+        return "i686" if machine in ("i386", "i586") else machine
+
+    def packages_in_bootstrap(self, profile: Profile) -> bool:
+        # A custom RPM distro with neither a release package nor bootstrap.include
+        # bootstraps its packages themselves.
+        return not self.release_package and not profile.bootstrap.include
+
+    def build_inputs(self, profile: Profile) -> dict[str, Any]:
+        return {"rpm": {
+            "rpmdb": profile.bootstrap.rpmdb,
+            "docs": profile.bootstrap.docs,
+            "repositories": [_repository_input(r) for r in profile.repositories],
+        }}
+
+    def builder(self, method: str) -> Builder:
+        return _BUILDER
+
+
+def _rpm(profile: Profile) -> Rpm:
+    distro = distros.of(profile)
+    assert isinstance(distro, Rpm), distro
+    return distro
+
+
+distros.register(
+    Rpm("fedora", release_package="fedora-release"),
+    Rpm("centos-stream", release_package="centos-stream-release"),
+    Rpm("almalinux", release_package="almalinux-release"),
+    Rpm("rocky", release_package="rocky-release"),
+    custom={"dnf": Rpm},  # a custom distro: named by its profile, no release package
+)

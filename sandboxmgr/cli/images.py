@@ -1,0 +1,118 @@
+"""Verbs of profiles and images: profiles, build, images, rmi, prune."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from sandboxmgr import ui
+from sandboxmgr.cli.app import App, pass_app, require_root
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.limits import format_bytes
+from sandboxmgr.ui import print_json
+
+if TYPE_CHECKING:
+    pass
+
+
+# --- profiles and images ---------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def profiles(app: App, as_json: bool) -> None:
+    """List profiles: the shipped ones, then system, user and --configs ones."""
+    from sandboxmgr.catalog import profile_listing
+
+    rows, readable = profile_listing(app.store, app.registry)
+    if not readable:
+        click.echo(f"note: BUILT is unknown ('?'): the store {app.store.root} is root's alone; "
+                   "run as root to see it", err=True)
+    if as_json:
+        print_json(rows)
+        return
+    ui.profiles_table(rows)
+
+
+@click.command()
+@click.argument("profile")
+@click.option("--rebuild", is_flag=True, help="Build every layer again even if the image exists.")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Like --rebuild, and bootstrap afresh even if a kept root matches the mirror's index.")
+@pass_app
+def build(app: App, profile: str, rebuild: bool, no_cache: bool) -> None:
+    """Build the image of PROFILE (run and create do it when needed)."""
+    from sandboxmgr.images import ensure_image
+
+    require_root(app, "build")
+    loaded = app.registry.load(profile)
+    line = app.progress(loaded.name)
+    try:
+        record = ensure_image(app.store, loaded, line, rebuild=rebuild or no_cache, use_kept_roots=not no_cache)
+    finally:
+        line.done()
+    if not app.quiet:
+        click.echo(f"{loaded.name}: image {record.key} ({format_bytes(record.meta.get('size'), decimal=True)})")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--layers", "show_layers", is_flag=True, help="Also list each image's layers.")
+@pass_app
+def images(app: App, as_json: bool, show_layers: bool) -> None:
+    """List built images, and the layers they are made of."""
+    from sandboxmgr.catalog import listing
+
+    rows = listing(app.store)
+    if as_json:
+        print_json(rows)
+        return
+    ui.images_table(rows, show_layers)
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+@pass_app
+def rmi(app: App, refs: tuple[str, ...]) -> None:
+    """Remove the images of profiles (or image keys), and the layers no other image uses."""
+    from sandboxmgr import rootcache
+    from sandboxmgr.catalog import lookup
+
+    require_root(app, "rmi")
+    for ref in refs:
+        found = lookup(app.store, app.registry, ref)
+        if not found:
+            raise SandboxError(f"no image of {ref!r} in the store", hint="see 'sandboxmgr images'")
+        for record in found:
+            layers = app.store.remove_image(record)
+            if not app.quiet:
+                click.echo(f"removed image {record.key} ({record.profile})"
+                           + (f" and {len(layers)} unused layers" if layers else ""))
+                if record.layers and record.layers[0] in layers and rootcache.is_kept(app.store, record.layers[0]):
+                    click.echo(f"kept: its bootstrap root, for the next build of {record.profile} "
+                               "('sandboxmgr prune --cache' removes it)")
+
+
+@click.command()
+@click.option("--cache", is_flag=True,
+              help="Also remove the kept bootstrap roots (the package caches stay).")
+@pass_app
+def prune(app: App, cache: bool) -> None:
+    """Remove older images no sandbox uses and every layer no image uses."""
+    from sandboxmgr.catalog import prune as prune_
+
+    require_root(app, "prune")
+    images_removed, layers_removed = prune_(app.store)
+    if not app.quiet:
+        click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
+    if cache:
+        from sandboxmgr import rootcache
+        from sandboxmgr.errors import warn
+
+        removed, busy = rootcache.remove_all(app.store)
+        if not app.quiet:
+            click.echo(f"removed {len(removed)} kept bootstrap roots")
+        for place in busy:
+            warn(f"kept root {place.name} is in use by a build; left")

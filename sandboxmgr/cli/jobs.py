@@ -1,0 +1,130 @@
+"""Verbs of jobs: matrix (a project across profiles), trust, doctor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from sandboxmgr import ui
+from sandboxmgr.cli.app import COMMAND_SETTINGS, App, pass_app, require_root
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.ui import MatrixView, print_json
+
+if TYPE_CHECKING:
+    pass
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--fix", is_flag=True, help="Clean up what is found (never deleting through a mount).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def doctor(app: App, fix: bool, as_json: bool) -> int:
+    """Find what a crash left: mounts, temporary directories, locks, cgroups, processes.
+
+    Exits 0 when nothing is left (or --fix cleaned it all), 1 when something is.
+    Cgroups and processes are checked machine-wide, the rest in the store.
+    """
+    from sandboxmgr import doctor as doctor_
+
+    findings = doctor_.examine(app.store)
+    if fix:
+        doctor_.repair(app.store, findings)
+    left = [f for f in findings if not f.fixed]
+    if as_json:
+        print_json([f.to_json() for f in findings])
+        return 1 if left else 0
+    ui.findings_table(findings, app.store.root)
+    if left and not fix:
+        click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {len(left)} leftovers "
+                   "(it unmounts, never deletes through a mount)", err=True)
+    return 1 if left else 0
+
+
+# --- matrix -----------------------------------------------------------------------------------
+
+
+@click.command(context_settings=COMMAND_SETTINGS)
+@click.option("-p", "--profile", "patterns", multiple=True, metavar="PROFILE",
+              help="A profile, alias, path or glob (ubuntu-*); repeatable. Default: the project file's list.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="CPUs",
+              help="How many profiles run at once.")
+@click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, exists=True), default=".",
+              help="The project directory (with its sandboxmgr.yaml); shown at /src, copy-on-write.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failure; the rest are cancelled.")
+@click.option("--keep-failed", is_flag=True, help="Keep each failed profile's sandbox to step into it.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.option("--trust", "trust_files", is_flag=True,
+              help="Trust the project's files for this run: let them set host mounts, bootstrap arguments, "
+                   "keys and local repositories (see 'sandboxmgr trust').")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fail_fast: bool, keep_failed: bool,
+           junit_path: str | None, as_json: bool, trust_files: bool, command: tuple[str, ...]) -> int:
+    """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
+
+    Exit status 0 only if it passed in every profile, 1 if it failed in any.
+    """
+    import time
+
+    from sandboxmgr import matrix as matrix_
+    from sandboxmgr import project as project_file
+
+    require_root(app, "matrix")
+    if command[:1] == ("--",):
+        command = command[1:]
+    project, selected, command = project_file.prepare(app.store, app.registry, Path(project_dir).resolve(), patterns,
+                                                 command, trust_files)
+    project_file.build_images(selected, app.image_for)
+    logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
+                          MatrixView(app.quiet))
+    if junit_path:
+        Path(junit_path).write_text(matrix_.junit(results, project, command))
+    if as_json:
+        click.echo(matrix_.as_json(results))
+    else:
+        ui.results_table(results)
+    if any(r.status == "cancelled" for r in results) and not fail_fast:
+        return 130
+    return 0 if all(r.status == "passed" for r in results) else 1
+
+
+@click.command(name="trust")
+@click.argument("project_dir", type=click.Path(file_okay=False, exists=True), default=".", required=False)
+@click.option("--revoke", is_flag=True, help="No longer trust the project's files.")
+@pass_app
+def trust_(app: App, project_dir: str, revoke: bool) -> None:
+    """Trust PROJECT_DIR's sandboxmgr.yaml (and the profile files it names) as they are now.
+
+    A trusted project file may set what makes the host read, run or trust something it
+    chose: host mounts, bootstrap.extra_args and keyring, file:// mirrors and repositories,
+    repository keys, gpgcheck: false. The sha256 of each file is recorded in the store;
+    any edit to a file revokes its trust.
+    """
+    from sandboxmgr import project as project_file
+    from sandboxmgr import trust
+
+    require_root(app, "trust")
+    project = project_file.load_project(Path(project_dir).resolve(), app.registry)
+    if project.path is None:
+        raise SandboxError(f"no {project_file.PROJECT_FILE} in {project.root}", hint="give the project's directory")
+    names = project_file.expand(project.profiles, project, app.registry)
+    listed = [name for name in names if name not in project.inline]
+    others = [entry.profile for entry in project_file.entries(listed, project, app.registry)]
+    found, digests = trust.findings(project.raw, project.inline, others, app.registry)
+    trust.record(app.store, digests, revoke=revoke)
+    if app.quiet:
+        return
+    for path, sha256 in digests.items():
+        click.echo(f"{'no longer trusted' if revoke else 'trusted'}: {path} (sha256 {sha256[:16]})")
+    if not revoke:
+        for finding in found:
+            click.echo(f"  may now set {finding.key} ({finding.path.name}:{finding.line})")
+        click.echo("an edit to any of these files revokes its trust")

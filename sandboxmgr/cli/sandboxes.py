@@ -1,0 +1,203 @@
+"""Verbs of sandboxes: run, create, exec, shell, ls, inspect, rm."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from sandboxmgr import ui
+from sandboxmgr.cli.app import COMMAND_SETTINGS, App, pass_app, require_root
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.ui import print_json
+
+if TYPE_CHECKING:
+    from sandboxmgr.config import SandboxConfig
+
+
+# --- running ----------------------------------------------------------------------------------
+
+def _run_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("-e", "--env", "env", multiple=True, metavar="K=V",
+                     help="Set an environment variable (K alone: the host's value)."),
+        click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
+        click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user (name or uid)."),
+        click.option("--memory", metavar="SIZE",
+                     help="Memory limit, swap included (512M, 2G); the OOM killer acts inside the sandbox."),
+        click.option("--pids-limit", metavar="N", help="At most N processes and threads (a fork bomb stops there)."),
+        click.option("--cpus", metavar="N", help="CPU time, in CPUs (1.5: one and a half CPUs' worth)."),
+        click.option("--security-opt", metavar="OPT", multiple=True,
+                     help="no-new-privileges=false lets setuid binaries work (default: true); "
+                          "seccomp=unconfined|FILE.json: no system call filter, or a Docker-format one."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _sandbox_options(fn: Any) -> Any:
+    for option in reversed([
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+                     help="Bind-mount a host path (read-only with :ro)."),
+        click.option("--hostname", metavar="NAME", help="Host name inside."),
+        click.option("--network", type=click.Choice(["host", "none"]),
+                     help="host: the host's network (default); none: only loopback."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.command(context_settings=COMMAND_SETTINGS)
+@click.option("-i", "--interactive", is_flag=True,
+              help="Accepted for docker compatibility: stdin always passes through.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
+@click.option("--name", metavar="NAME", help="Keep the sandbox under this name instead of discarding it.")
+@click.option("--rm", "remove", is_flag=True, help="Accepted for docker compatibility: run is ephemeral by default.")
+@click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
+              show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT).")
+@_sandbox_options
+@_run_options
+@click.argument("profile")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: bool, profile: str,
+        command: tuple[str, ...], **flags: Any) -> int:
+    """Run COMMAND in a new sandbox over PROFILE's image (built first if needed).
+
+    The sandbox is discarded when the command exits, unless --name keeps it.
+    Without a COMMAND, the image's shell starts. Put `--` before a command
+    whose options could be taken for sandboxmgr's.
+    """
+    from sandboxmgr import config, sandbox
+
+    require_root(app, "run")
+    options = config.parse_options(command, tty, **flags)
+    if name is not None and remove:
+        raise SandboxError("--rm and --name contradict each other",
+                           hint="drop --name for a throw-away sandbox, or --rm to keep it")
+    if name is None:
+        return _run_ephemeral(app, profile, options)
+    from sandboxmgr.names import check_name
+    from sandboxmgr.resolve import create_sandbox
+
+    check_name(name, "sandbox name")
+    loaded = app.registry.load(profile)
+    record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
+    # Everything else of the command line is saved with the sandbox (its isolation too).
+    return sandbox.run_in(app.store, record, config.options(argv=options.argv, tty=options.tty))
+
+
+def _run_ephemeral(app: App, ref: str, options: SandboxConfig) -> int:
+    """The full CLI's way to the fast path's end: resolve (cached, or load, build, remember), run."""
+    from sandboxmgr import sandbox
+    from sandboxmgr.locations import profile_dirs
+    from sandboxmgr.resolve import resolve_run
+
+    image, saved = resolve_run(app.store, ref, profile_dirs(app.configs), app.image_for)
+    return sandbox.run_ephemeral(app.store, image, saved, options)
+
+
+@click.command()
+@click.argument("profile")
+@click.option("--name", metavar="NAME", help="The sandbox's name (default: PROFILE-<random>).")
+@_sandbox_options
+@_run_options
+@pass_app
+def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
+    """Create a persistent sandbox over PROFILE's image; print its name."""
+    import secrets
+
+    from sandboxmgr.config import parse_options
+    from sandboxmgr.names import check_name
+    from sandboxmgr.resolve import create_sandbox
+
+    require_root(app, "create")
+    if name is not None:
+        check_name(name, "sandbox name")
+    options = parse_options((), False, **flags)
+    loaded = app.registry.load(profile)
+    name = name or f"{loaded.name}-{secrets.token_hex(3)}"
+    if (app.store.sandboxes_dir / name).exists():
+        raise SandboxError(f"a sandbox named {name!r} already exists",
+                           hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
+    record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
+    click.echo(record.name)
+
+
+@click.command(name="exec", context_settings=COMMAND_SETTINGS)
+@click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@_run_options
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_app
+def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[str, ...], **flags: Any) -> int:
+    """Run COMMAND in the named sandbox NAME; its changes stay there."""
+    from sandboxmgr import config, sandbox
+
+    require_root(app, "exec")
+    options = config.parse_options(command, tty, **flags)
+    return sandbox.run_in(app.store, app.store.sandbox(name), options)
+
+
+@click.command()
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Log in as this user.")
+@click.argument("name")
+@pass_app
+def shell(app: App, user: str | None, name: str) -> int:
+    """Start an interactive shell in the named sandbox NAME."""
+    from sandboxmgr import config, sandbox
+
+    require_root(app, "shell")
+    options = config.parse_options((), sys.stdin.isatty(), user=user)
+    return sandbox.run_in(app.store, app.store.sandbox(name), options)
+
+
+# --- sandboxes --------------------------------------------------------------------------------
+
+
+@click.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def ls_(app: App, as_json: bool) -> None:
+    """List named sandboxes."""
+    from sandboxmgr.catalog import sandbox_info
+
+    rows = [sandbox_info(app.store, record.name) for record in app.store.sandboxes()]
+    if as_json:
+        print_json(rows)
+        return
+    ui.sandboxes_table(rows)
+
+
+@click.command()
+# Output is JSON either way: --json is accepted (scripts and the README of old pass it), not offered.
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Accepted; the output is JSON either way.")
+@click.argument("name")
+@pass_app
+def inspect(app: App, as_json: bool, name: str) -> None:
+    """Show a sandbox's (or else an image's) metadata as JSON."""
+    from sandboxmgr.catalog import lookup, sandbox_info
+    from sandboxmgr.errors import NotFoundError
+
+    try:
+        print_json(sandbox_info(app.store, name))
+        return
+    except NotFoundError as missing:
+        found = lookup(app.store, app.registry, name)
+        if not found:
+            raise missing from None
+    print_json([{**r.meta, "path": str(r.path)} for r in found])
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@pass_app
+def rm(app: App, names: tuple[str, ...]) -> None:
+    """Remove named sandboxes and their changes (never what is mounted into them)."""
+    require_root(app, "rm")
+    for name in names:
+        app.store.remove_sandbox(app.store.sandbox(name))
+        if not app.quiet:
+            click.echo(f"removed {name}")

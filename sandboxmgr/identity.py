@@ -1,0 +1,117 @@
+"""Image identity: a profile's build inputs, its layers and its image key.
+
+An image is a stack of layers: the bootstrap, then the packages, then one layer per
+setup step. Each layer's key hashes its inputs and its parent's key, so profiles
+that share a base share its layers; the image key is the profile's name and its top
+layer (images are per profile, like tags; layers are shared). The keys name images
+in users' stores: what goes into them never changes without a new BUILD_FORMAT
+(tests/unit/test_image_keys.py pins them).
+
+The inputs include digests of the keyring and of file:// gpg keys, so computing an
+identity reads files: it is done once per build (:func:`identify`), not by Profile,
+which stays pure data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandboxmgr import distros
+from sandboxmgr.names import BUILD_FORMAT
+from sandboxmgr.profile import Profile
+
+# Inputs of the layers above the bootstrap; every other input belongs to the bootstrap layer.
+_ABOVE_BOOTSTRAP = ("packages", "setup", "setup_env")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    kind: str  # "bootstrap", "packages" or "setup"
+    key: str
+    label: str
+    step: str = ""  # the shell step of a setup layer
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What decides a profile's image, computed once: the inputs, the layers (bottom first), the key."""
+
+    inputs: dict[str, Any]
+    layers: tuple[LayerPlan, ...]
+    key: str
+
+
+def digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes; raises OSError."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_inputs(profile: Profile) -> dict[str, Any]:
+    """Everything that decides the image's content, and nothing else."""
+    keyring = Path(profile.bootstrap.keyring)
+    try:
+        keyring_digest = file_digest(keyring)
+    except OSError:
+        keyring_digest = "missing:" + str(keyring)
+    boot = profile.bootstrap
+    return {
+        "format": BUILD_FORMAT,
+        "distro": profile.distro,
+        "release": profile.release,
+        "arch": profile.arch,
+        "bootstrap": {
+            "method": boot.method,
+            "variant": boot.variant,
+            "mirror": boot.mirror,
+            "components": list(boot.components),
+            "keyring_sha256": keyring_digest,
+            "include": list(boot.include),
+            "exclude": list(boot.exclude),
+            "extra_args": list(boot.extra_args),
+        },
+        "packages": list(profile.packages),
+        "setup": list(profile.setup),
+        # Setup steps run with the profile's environment, so it is one of their inputs.
+        **({"setup_env": dict(sorted(profile.env.items()))} if profile.setup else {}),
+        # The family's own inputs (the RPM family's repositories and rpm settings).
+        **distros.of(profile).build_inputs(profile),
+    }
+
+
+def identify(profile: Profile) -> Identity:
+    """The image as a stack of layers, bottom first, and its key."""
+    inputs = build_inputs(profile)
+    base: dict[str, Any] = {key: value for key, value in inputs.items() if key not in _ABOVE_BOOTSTRAP}
+    # A family may bootstrap the packages themselves (a custom RPM distro with neither a
+    # release package nor bootstrap.include): they are then an input of the bootstrap
+    # layer, and there is no packages layer.
+    packages_in_bootstrap = distros.of(profile).packages_in_bootstrap(profile)
+    if packages_in_bootstrap:
+        base["packages"] = list(profile.packages)
+    plan = [LayerPlan("bootstrap", digest({"layer": "bootstrap", **base}),
+                      f"bootstrap {profile.distro} {profile.release} ({profile.bootstrap.method})")]
+    if profile.packages and not packages_in_bootstrap:
+        plan.append(LayerPlan("packages", digest({"parent": plan[-1].key, "packages": list(profile.packages)}),
+                              f"packages: {' '.join(profile.packages)}"))
+    for number, step in enumerate(profile.setup, 1):
+        key = digest({"parent": plan[-1].key, "setup": step, "env": inputs.get("setup_env", {})})
+        first_line = step.strip().splitlines()[0] if step.strip() else ""
+        plan.append(LayerPlan("setup", key, f"setup {number}: {first_line[:60]}", step))
+    return Identity(inputs, tuple(plan), digest({"profile": profile.name, "top": plan[-1].key}))
+
+
+def layers(profile: Profile) -> list[LayerPlan]:
+    return list(identify(profile).layers)
+
+
+def image_key(profile: Profile) -> str:
+    """The key of ``profile``'s image."""
+    return identify(profile).key
