@@ -4,7 +4,7 @@ Importing click and the YAML machinery costs more than entering a sandbox, so
 the common forms of `run` whose profile resolution is cached (see runcache.py)
 are handled here without either. Anything else - an option this parser does not
 know, a cache miss, a profile that changed, `--help` - returns None and the
-full CLI (cli.py) handles the command, which also refreshes the cache. Both
+full CLI (cli/) handles the command, which also refreshes the cache. Both
 paths resolve a profile with resolve.py, start with entry.py and end in the same
 function (sandbox.run_ephemeral), and a unit test checks that they parse every
 form accepted here the same way.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from sandboxmgr.record import record
 
-# Options of `run` and `exec` that take no value, as cli.py defines them.
+# Options of `run` and `exec` that take no value, as cli/sandboxes.py defines them.
 _RUN_FLAGS = {"--rm": "rm", "-i": "i", "--interactive": "i", "-t": "t", "--tty": "t",
               "-it": "it", "-ti": "it"}
 _EXEC_FLAGS = {key: value for key, value in _RUN_FLAGS.items() if key != "--rm"}

@@ -35,7 +35,7 @@ MAX_FUNCTION_LINES = 60
 
 
 def _modules() -> dict[str, Path]:
-    """Dotted module name below sandboxmgr (``builders.debian``) -> its file."""
+    """Dotted module name below sandboxmgr (``families.debian``) -> its file."""
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
@@ -90,7 +90,7 @@ def test_imports_point_down_the_layers(module: str) -> None:
 def test_no_room_imports_another_rooms_private_names(module: str) -> None:
     for target, names, line in _imports(MODULES[module]):
         if target.partition(".")[0] == module.partition(".")[0]:
-            continue  # a package's own modules (builders.debian from builders) share its privates
+            continue  # a package's own modules (families.debian from families) share its privates
         private = [name for name in names if name.startswith("_")]
         assert not private, f"sandboxmgr/{module}:{line} imports private {private} of {target}"
 
