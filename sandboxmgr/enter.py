@@ -68,7 +68,6 @@ NO_ENV: Mapping[str, str] = MappingProxyType({})  # an immutable default
 DEFAULT_SECCOMP = default_policy()
 
 
-
 @record
 class OverlayRoot:
     """A copy-on-write root: the image's read-only rootfs under a writable upper dir."""

@@ -132,8 +132,6 @@ def _union(first: list[Any], second: list[Any]) -> list[Any]:
     return result
 
 
-
-
 def merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """Merge two validated field sets by the rules in this module's docstring."""
     result = {key: value for key, value in parent.items() if key not in NOT_INHERITED}

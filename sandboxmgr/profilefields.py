@@ -158,8 +158,6 @@ def _validate_limits(raw: Raw, value: Any) -> dict[str, Any]:
     return out
 
 
-
-
 def _validate_repositories(raw: Raw, value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raw.error(("repositories",), f"must be a list of repositories, not {type_name(value)}")
@@ -223,8 +221,6 @@ def _validate_mounts(raw: Raw, value: Any) -> list[dict[str, Any]]:
             source_path = raw.path.parent / source_path
         mounts.append({"source": str(source_path), "target": target, "readonly": readonly})
     return mounts
-
-
 
 
 def _validate_bootstrap(raw: Raw, value: Any) -> dict[str, Any]:
