@@ -29,11 +29,9 @@ from typing import Any
 from sandboxmgr import distros
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.limits import Limits
-from sandboxmgr.names import HOSTNAME_RE, NAME_RE, NAME_RULE, check_name
+from sandboxmgr.names import NAME_RE, check_name
 from sandboxmgr.profilefields import FIELDS, NOT_INHERITED, validate
 from sandboxmgr.schema import Raw, close_matches, read, string_list
-
-__all__ = ["HOSTNAME_RE", "NAME_RE", "NAME_RULE", "Profile", "ProfileRegistry", "check_name"]
 
 
 @dataclass(frozen=True)

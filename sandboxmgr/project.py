@@ -15,8 +15,8 @@ from typing import Any
 
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.identity import image_key
-from sandboxmgr.names import overlay_unsafe
-from sandboxmgr.profile import NAME_RE, Profile, ProfileRegistry
+from sandboxmgr.names import NAME_RE, overlay_unsafe
+from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.schema import Raw, check_keys, read, scalar, string_list, type_name, validate_env
 from sandboxmgr.store import Store
 

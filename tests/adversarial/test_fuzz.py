@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.identity import image_key
-from sandboxmgr.profile import Profile, ProfileRegistry, check_name
+from sandboxmgr.names import check_name
+from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.profilefields import TOP_KEYS
 from tests.conftest import CLI, need_root
 

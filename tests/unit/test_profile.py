@@ -9,7 +9,8 @@ import pytest
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.identity import image_key, layers
 from sandboxmgr.locations import shipped_configs_dir
-from sandboxmgr.profile import ProfileRegistry, check_name, merge
+from sandboxmgr.names import check_name
+from sandboxmgr.profile import ProfileRegistry, merge
 
 SHIPPED = shipped_configs_dir()
 

@@ -11,7 +11,8 @@ import yaml
 
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.locations import shipped_configs_dir
-from sandboxmgr.profile import Profile, ProfileRegistry, check_name
+from sandboxmgr.names import check_name
+from sandboxmgr.profile import Profile, ProfileRegistry
 
 DEBIAN = {"distro": "debian", "release": "bookworm"}
 TINY_REPO = {"name": "tiny", "baseurl": "file:///srv/repo", "gpgkey": "file:///srv/key.asc"}
