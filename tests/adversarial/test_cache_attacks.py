@@ -237,7 +237,7 @@ def test_a_profile_with_its_own_mirror_and_keyring_cannot_fill_the_shared_cache(
 
 # The receiving end of both fd-passing attacks: listen on an abstract socket, take one fd.
 ACCEPT_FD = """s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind("\\\\0" + {name})
+s.bind("\\0" + {name})
 s.listen(1)
 print("LISTENING", flush=True)
 s.settimeout(120)
