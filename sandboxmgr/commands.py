@@ -173,11 +173,13 @@ def run(
         raise ProcessExecutionError(list(argv), code, "\n".join(tail), "")
 
 
-def capture(argv: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
-    """Run a short host query (dpkg-query, cp) to completion, its output captured, whatever
-    its exit status; None when the program cannot be started (not installed)."""
+def capture(argv: Sequence[str], data: bytes | None = None,
+            pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[bytes] | None:
+    """Run a short host program (dpkg-query, cp, gpgv) to completion, ``data`` on its stdin
+    and its output captured, whatever its exit status; None when the program cannot be
+    started (not installed)."""
     log.debug("running: %s", shlex.join(argv))
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+        return subprocess.run(list(argv), input=data, capture_output=True, check=False, pass_fds=tuple(pass_fds))
     except OSError:
         return None

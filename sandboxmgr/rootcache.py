@@ -99,7 +99,8 @@ def link_tree(source: Path, target: Path) -> None:
     if result is None:
         raise OSError(f"cp --link {source} {target}: cannot run cp")
     if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        reason = said[-1:] or [f"exit status {result.returncode}"]
         raise OSError(f"cp --link {source} {target}: {reason[0]}")
 
 

@@ -24,12 +24,12 @@ import hashlib
 import json
 import lzma
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandboxmgr import commands
 from sandboxmgr.builders import index as mirror_index
 
 FORMAT = 1
@@ -64,18 +64,16 @@ def verify_release(data: bytes, keyring: Path, detached: bytes | None = None) ->
     try:
         # The status lines, as apt reads them: gpgv's exit status alone takes an expired or
         # revoked key's signature. (A few lines: the pipe's buffer holds them all.)
-        argv = ["gpgv", "--quiet", f"--keyring={keyring}", f"--status-fd={status_write}"]
+        argv = [commands.require("gpgv"), "--quiet", f"--keyring={keyring}", f"--status-fd={status_write}"]
         if detached is None:
             # A cleartext-signed InRelease on stdin; --output gives only the signed text.
-            result = subprocess.run([*argv, "--output", "-"], input=data, capture_output=True, check=False,
-                                    pass_fds=(status_write,))
+            result = commands.capture([*argv, "--output", "-"], data, pass_fds=(status_write,))
         else:
             with tempfile.TemporaryDirectory(prefix="sandboxmgr-release-") as scratch:
                 signed, signature = Path(scratch) / "Release", Path(scratch) / "Release.gpg"
                 signed.write_bytes(data)
                 signature.write_bytes(detached)
-                result = subprocess.run([*argv, str(signature), str(signed)], capture_output=True, check=False,
-                                        pass_fds=(status_write,))
+                result = commands.capture([*argv, str(signature), str(signed)], pass_fds=(status_write,))
         os.close(status_write)
         status_write = -1
         with os.fdopen(status_read, "rb") as pipe:
@@ -85,6 +83,8 @@ def verify_release(data: bytes, keyring: Path, detached: bytes | None = None) ->
         for fd in (status_read, status_write):
             if fd >= 0:
                 os.close(fd)
+    if result is None:
+        raise UnverifiedIndex("gpgv could not be started, so the signature was not checked")
     words = [line.split()[1] for line in lines if line.startswith("[GNUPG:] ") and len(line.split()) > 1]
     # Good: a valid signature by a key of the keyring; other keys' signatures (NO_PUBKEY, an
     # expired one) are worth nothing, as apt has it, but a bad one fails it all.

@@ -77,7 +77,8 @@ def package_version(package: str) -> str | None:
     for argv in (["dpkg-query", "-W", "-f=${Version}", package],
                  ["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", package]):
         result = commands.capture(argv)
-        if result is not None and result.returncode == 0 and result.stdout.strip():
-            return f"{package} {result.stdout.strip()}"
+        version = result.stdout.decode(errors="replace").strip() if result is not None else ""
+        if result is not None and result.returncode == 0 and version:
+            return f"{package} {version}"
     return None
 
