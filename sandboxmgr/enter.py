@@ -39,6 +39,7 @@ from sandboxmgr.errors import (
     EXIT_NOT_FOUND,
     CommandFailed,
     SandboxError,
+    warn,
 )
 from sandboxmgr.execute import FORWARDED, exec_command, fail
 from sandboxmgr.libseccomp import program
@@ -143,8 +144,7 @@ def enter(spec: EnterSpec) -> int:
     finally:
         if cgroup is not None:
             for left in cgroup.remove():
-                print(f"sandboxmgr: warning: cannot remove the cgroup {left} (still busy); "
-                      "'sandboxmgr doctor --fix' removes it", file=sys.stderr)
+                warn(f"cannot remove the cgroup {left} (still busy); 'sandboxmgr doctor --fix' removes it")
     return status
 
 

@@ -151,7 +151,7 @@ def _check_rebuild(store: Store, profile: Profile, identity: Identity) -> None:
     for image in store.images():
         if not keys & set(image.layers):
             continue
-        users = [s.name for s in store.sandboxes() if s.meta.get("image") == image.key]
+        users = store.users(image)
         if users or is_held(store.lock("image", image.key).path):
             what = f"sandbox {', '.join(users)}" if users else "a running sandbox"
             raise BusyError(f"cannot rebuild {profile.name}: {what} uses a layer it shares with image "
