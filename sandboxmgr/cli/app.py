@@ -63,6 +63,40 @@ pass_app = click.make_pass_decorator(App)
 COMMAND_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 
 
+class CommandVerb(click.Command):
+    """A verb whose last arguments are a command with options of its own (run, exec, matrix).
+
+    click must let the command's options through (``ignore_unknown_options``), but then an
+    unknown option BEFORE the profile or name (``run -d debian``, ``--netwrok``) would be
+    taken for it. So the options up to the first argument are checked here first, as click
+    checks them everywhere else: "No such option", with a "did you mean"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        self._check_leading_options(ctx, args)
+        return super().parse_args(ctx, args)
+
+    def _check_leading_options(self, ctx: click.Context, args: list[str]) -> None:
+        takes_value = {name: not (isinstance(param, click.Option) and (param.is_flag or param.count))
+                       for param in self.get_params(ctx) if isinstance(param, click.Option)
+                       for name in (*param.opts, *param.secondary_opts)}
+        index = 0
+        while index < len(args) and args[index].startswith("-") and args[index] not in ("-", "--"):
+            word = args[index]
+            names = [word.partition("=")[0]] if word.startswith("--") else [f"-{c}" for c in word[1:]]
+            for position, name in enumerate(names):
+                if name not in takes_value:
+                    import difflib
+
+                    close = difflib.get_close_matches(name, list(takes_value), n=3, cutoff=0.6)
+                    raise click.NoSuchOption(name, possibilities=close, ctx=ctx)
+                if takes_value[name]:
+                    # -wDIR, --workdir=DIR: the value is in the word; else it is the next one.
+                    inline = "=" in word if word.startswith("--") else position < len(names) - 1
+                    index += 0 if inline else 1
+                    break
+            index += 1
+
+
 def require_root(app: App, action: str) -> None:
     """Root check for commands that change the store; also removes what dead runs left."""
     from sandboxmgr import errors

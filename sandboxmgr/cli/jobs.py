@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sandboxmgr import ui
-from sandboxmgr.cli.app import COMMAND_SETTINGS, App, pass_app, require_root
+from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, pass_app, require_root
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.ui import MatrixView, print_json
 
@@ -49,7 +49,7 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
 # --- matrix -----------------------------------------------------------------------------------
 
 
-@click.command(context_settings=COMMAND_SETTINGS)
+@click.command(cls=CommandVerb, context_settings=COMMAND_SETTINGS)
 @click.option("-p", "--profile", "patterns", multiple=True, metavar="PROFILE",
               help="A profile, alias, path or glob (ubuntu-*); repeatable. Default: the project file's list.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="CPUs",

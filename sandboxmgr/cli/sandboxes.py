@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandboxmgr import ui
-from sandboxmgr.cli.app import COMMAND_SETTINGS, App, pass_app, require_root
+from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, pass_app, require_root
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.ui import print_json
 
@@ -48,7 +48,7 @@ def _sandbox_options(fn: Any) -> Any:
     return fn
 
 
-@click.command(context_settings=COMMAND_SETTINGS)
+@click.command(cls=CommandVerb, context_settings=COMMAND_SETTINGS)
 @click.option("-i", "--interactive", is_flag=True,
               help="Accepted for docker compatibility: stdin always passes through.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
@@ -125,7 +125,7 @@ def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
     click.echo(record.name)
 
 
-@click.command(name="exec", context_settings=COMMAND_SETTINGS)
+@click.command(name="exec", cls=CommandVerb, context_settings=COMMAND_SETTINGS)
 @click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
 @_run_options

@@ -191,3 +191,34 @@ def test_the_fast_path_parses_exec_like_the_full_cli(form: list[str], tmp_path: 
     invoke(*form, store=tmp_path, stdin_tty=True)
     (options,) = seen
     assert (fast.command, fast.tty) == (options.argv, options.tty)
+
+
+@pytest.mark.parametrize(("args", "unknown", "close"), [
+    (("run", "-d", "debian", "true"), "-d", None),
+    (("run", "--detach", "debian", "true"), "--detach", None),
+    (("run", "-p", "80:80", "debian", "true"), "-p", None),
+    (("run", "--netwrok", "none", "debian", "true"), "--netwrok", "--network"),
+    (("run", "-itd", "debian"), "-d", None),
+    (("exec", "--envv", "A=1", "box", "true"), "--envv", "--env"),
+])
+def test_an_unknown_option_before_the_profile_is_an_unknown_option(
+        tmp_path: Path, captured: list[SandboxConfig], args: tuple[str, ...], unknown: str, close: str | None) -> None:
+    code, output = invoke(*args, store=tmp_path)
+    assert code == 125
+    assert f"No such option '{unknown}'" in output
+    assert "invalid profile name" not in output
+    if close is not None:
+        assert f"Did you mean '{close}'" in output
+    assert captured == []
+
+
+@pytest.mark.parametrize(("args", "argv"), [
+    (("run", "-it", "--rm", "-e", "A=1", "-w/w", "debian", "ls", "-d"), ("ls", "-d")),
+    (("run", "--workdir=/w", "--memory", "64M", "-v", "/tmp:/t:ro", "debian", "--", "-p"), ("-p",)),
+    (("run", "--security-opt", "seccomp=unconfined", "--hostname", "box", "debian"), ()),
+])
+def test_known_options_before_the_profile_and_any_after_it_still_parse(
+        tmp_path: Path, captured: list[SandboxConfig], args: tuple[str, ...], argv: tuple[str, ...]) -> None:
+    code, output = invoke(*args, stdin_tty=True, store=tmp_path)
+    assert code == 7, output  # the fake run's status: parsed, resolved, and handed on
+    assert captured[0].argv == argv
