@@ -17,7 +17,7 @@ from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.identity import image_key
 from sandboxmgr.names import NAME_RE, overlay_unsafe
 from sandboxmgr.profile import Profile, ProfileRegistry
-from sandboxmgr.schema import Raw, check_keys, read, scalar, string_list, type_name, validate_env
+from sandboxmgr.schema import Raw, check_keys, did_you_mean, read, scalar, string_list, type_name, validate_env
 from sandboxmgr.store import Store
 
 PROJECT_FILE = "sandboxmgr.yaml"
@@ -144,9 +144,10 @@ def expand(patterns: Sequence[str], project: Project, registry: ProfileRegistry)
 
 
 def entries(names: Sequence[str], project: Project, registry: ProfileRegistry) -> list[Entry]:
+    bases = [project.inline[name] if name in project.inline else registry.load(name) for name in names]
+    _check_prepare_keys(project, registry, bases)
     result = []
-    for name in names:
-        base = project.inline[name] if name in project.inline else registry.load(name)
+    for name, base in zip(names, bases, strict=True):
         steps = _prepare_steps(project, base)
         label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
         # Images are per profile name: the project's own name keeps its images apart.
@@ -199,6 +200,30 @@ def prepare(store: Store, registry: ProfileRegistry, root: Path, patterns: tuple
                                       registry.dirs)
         trust.check(store, found, digests, project.root, set(covered))
     return project, selected, command
+
+
+def _check_prepare_keys(project: Project, registry: ProfileRegistry, bases: Sequence[Profile]) -> None:
+    """Every ``prepare:`` key names a profile, a distro or a family: a typo (``debain``) would
+    otherwise leave its steps out without a word."""
+    from sandboxmgr import distros
+
+    shipped = distros.known_distros()  # loads the families, so DISTROS holds them all
+    known = {*registry.files(), *project.inline, *shipped, *(distro.family for distro in distros.DISTROS.values()),
+             *(name for base in bases for name in (base.name, base.distro, base.family))}
+    for key in project.prepare:
+        if key in known or key in registry.aliases() or key in _custom_distros(project, registry):
+            continue
+        where = f"{project.path}:{project.raw.line(('prepare', key))}" if project.raw else str(project.path)
+        raise ProfileError(f"{where}: prepare.{key}: names no profile, distro or family{did_you_mean(key, known)}",
+                           hint="a prepare key is a profile name (debian-bookworm), a distro (ubuntu) "
+                                "or a family (debian, rpm)")
+
+
+def _custom_distros(project: Project, registry: ProfileRegistry) -> set[str]:
+    """The distros that profiles name (a custom RPM distro is known only so): every profile is
+    read, so only when a key names nothing else."""
+    profiles = [*project.inline.values(), *(item for _, item in registry.load_all() if isinstance(item, Profile))]
+    return {profile.distro for profile in profiles}
 
 
 def _prepare_steps(project: Project, profile: Profile) -> tuple[str, ...]:

@@ -84,3 +84,20 @@ def test_junit_marks_failures_and_cancellations(tmp_path: Path) -> None:
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
     failure = root.find(".//testcase[@name='b']/failure")
     assert failure is not None and failure.get("message") == "exit code 2: boom"
+
+
+def test_a_prepare_key_that_names_nothing_is_an_error_with_a_close_name(tmp_path: Path) -> None:
+    root = write_project(tmp_path, (
+        "profiles: [debian-bookworm]\n"
+        "prepare:\n"
+        "  debian-bookworm: [\"true\"]\n"
+        "  rpm: [\"true\"]\n"
+        "  ubuntu: [\"true\"]\n"
+        "  debain: [apt-get install -y make]\n"
+    ))
+    project = load_project(root, registry())
+    with pytest.raises(ProfileError) as info:
+        entries(list(project.profiles), project, registry())
+    assert info.value.message.startswith(f"{root / 'sandboxmgr.yaml'}:6: prepare.debain: names no profile")
+    assert "did you mean 'debian'?" in info.value.message
+    assert info.value.hint is not None and "distro" in info.value.hint
