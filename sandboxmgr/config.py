@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.mounts import BindMount
+from sandboxmgr.mounts import BindMount, refuse_kernel_target
 from sandboxmgr.names import HOSTNAME_RE
 from sandboxmgr.record import record
 
@@ -191,6 +191,9 @@ def options(**values: Any) -> SandboxConfig:
     """The config the command line gives: the values that are None or empty are not given
     and leave the saved ones in place."""
     given = {name: value for name, value in values.items() if _is_given(value)}
+    if given.get("argv", ("-",))[0] == "":
+        raise SandboxError("the command to run is an empty string ('')",
+                           hint="give a command, or none at all for the image's shell")
     unknown = set(given) - set(RULES)
     if unknown:
         raise TypeError(f"options() got unknown settings {sorted(unknown)}")
@@ -252,6 +255,7 @@ def _binds(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
             binds.append(BindMount.parse(volume))
         except ValueError as exc:
             raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
+        refuse_kernel_target(binds[-1].target)  # now, not after a build (enter checks again)
     return tuple(binds)
 
 

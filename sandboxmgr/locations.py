@@ -8,6 +8,7 @@ and the store is ``sandboxes/`` beside them; an installed tool uses
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -78,7 +79,7 @@ def make_private(directories: Sequence[str], create: bool) -> None:
     for directory in directories:
         try:
             mode = os.stat(directory).st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if not create:
                 continue
             if directory == directories[0]:
@@ -88,6 +89,25 @@ def make_private(directories: Sequence[str], create: bool) -> None:
             mode = os.stat(directory).st_mode
         if mode & 0o077:
             tighten_dir(Path(directory))
+
+
+def create_private(root: Path, directories: Sequence[str]) -> None:
+    """:func:`make_private` creating what is missing, with a one-line error for a place where
+    the store cannot be."""
+    try:
+        make_private(directories, create=True)
+    except PermissionError:
+        raise SandboxError(f"cannot create the store at {root}: permission denied",
+                           hint="run as root, or point --store at a directory you own") from None
+    except (FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
+        # /proc/nope, a path through a file, a file where the store should be.
+        raise SandboxError(f"cannot create the store at {root}: {exc.strerror} ({exc.filename})",
+                           hint="point --store (or SANDBOXMGR_STORE) at a directory you can create") from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise  # a full disk is the entry's to explain (errors.no_space)
+        raise SandboxError(f"cannot create the store at {root}: the file system is read-only",
+                           hint="point --store (or SANDBOXMGR_STORE) at a writable directory") from None
 
 
 def loose_dirs(directories: Sequence[Path]) -> list[tuple[Path, int]]:
@@ -108,8 +128,8 @@ def require_access(store: Path, directory: Path) -> None:
     empty list, when the store is root's and the caller is not."""
     try:
         os.stat(directory)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no store there (yet): nothing in it
     except PermissionError:
         pass
     else:

@@ -33,7 +33,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, out_of_space, warn
-from sandboxmgr.locations import loose_dirs, make_private, require_access
+from sandboxmgr.locations import create_private, loose_dirs, make_private, require_access
 from sandboxmgr.locks import Lock, lock_file, remove_stale_locks
 from sandboxmgr.names import check_name, overlay_unsafe
 from sandboxmgr.record import read_json, record, write_json
@@ -143,11 +143,7 @@ class Store:
     def ensure(self) -> None:
         """Create the store's directories, each 0700, and tighten any an older version or a
         user made looser (a checkout's sandboxes/ is 0755 as git made it)."""
-        try:
-            make_private(self._private_paths, create=True)
-        except PermissionError:
-            raise SandboxError(f"cannot create the store at {self.root}: permission denied",
-                               hint="run as root, or point --store at a directory you own") from None
+        create_private(self.root, self._private_paths)
 
     def tighten(self) -> None:
         """Make the directories of the store that exist 0700 again (nothing is created)."""

@@ -255,3 +255,25 @@ def test_the_cli_refuses_names_and_host_names_with_a_trailing_newline(tiny: CLI)
         assert "internal error" not in result.err, (args, str(result))
     names = set(os.listdir(tiny.store / "sandboxes"))
     assert not names & {"x\n", "nl1", "nl2"}, names
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("args", "said", "hint"), [
+    (("run", "debian", ""), "the command to run is an empty string ('')", "or none at all for the image's shell"),
+    (("exec", "box", ""), "the command to run is an empty string ('')", "or none at all for the image's shell"),
+    (("--store", "/proc/nope", "run", "debian", "true"), "cannot create the store at /proc/nope",
+     "point --store (or SANDBOXMGR_STORE) at a directory you can create"),
+    (("--store", "/etc/passwd/store", "build", "debian"), "cannot create the store at /etc/passwd/store",
+     "point --store (or SANDBOXMGR_STORE) at a directory you can create"),
+    (("run", "-v", "/tmp:/proc", "debian", "true"), "cannot bind-mount onto /proc", "outside /proc"),
+])
+def test_odd_input_is_one_line_with_a_hint_and_builds_nothing(tmp_path: Path, args: tuple[str, ...], said: str,
+                                                               hint: str) -> None:
+    need_root()
+    cli = CLI(tmp_path / "store")
+    result = cli(*args)
+    assert result.code == 125, str(result)
+    assert result.err.startswith(f"sandboxmgr: error: {said}"), str(result)
+    assert "hint: " in result.err and hint in result.err, str(result)
+    assert "internal error" not in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "store" / "images").exists() or not any((tmp_path / "store" / "images").iterdir())
