@@ -51,15 +51,20 @@ def default_store() -> Path:
 def profile_dirs(extra: tuple[str, ...] = ()) -> list[Path]:
     """Profile directories, lowest precedence first: a later one's profile of the
     same name replaces an earlier one's."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     dirs = [
         shipped_configs_dir(),
         Path("/etc/sandboxmgr/profiles"),
-        Path.home() / ".config" / "sandboxmgr" / "profiles",
+        Path(config_home) / "sandboxmgr" / "profiles",
     ]
     env = os.environ.get("SANDBOXMGR_CONFIGS", "")
-    dirs += [Path(p) for p in env.split(":") if p]
-    dirs += [Path(p) for p in extra]
-    return dirs
+    named = [(Path(p), "SANDBOXMGR_CONFIGS") for p in env.split(":") if p] + [(Path(p), "--configs") for p in extra]
+    for directory, where in named:
+        # Named on purpose: a typo would otherwise leave its profiles out without a word.
+        if not directory.is_dir():
+            raise SandboxError(f"{where} {directory}: no such directory",
+                               hint="give an existing directory of profile files (*.yaml)")
+    return dirs + [directory for directory, _ in named]
 
 
 # --- the store is root's alone ----------------------------------------------------------------

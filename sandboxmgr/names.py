@@ -38,8 +38,8 @@ def overlay_unsafe(path: object, blanks: bool = False) -> bool:
 def check_name(name: str, what: str = "name") -> str:
     """Refuse a name that could escape a directory before anything touches disk."""
     if not NAME_RE.fullmatch(name) or len(name) > 128:
-        raise ProfileError(
-            f"invalid {what} {name!r}: {NAME_RULE}",
-            hint="pick a name like 'debian-bookworm' or 'work-1'",
-        )
+        lower = name.lower()
+        hint = (f"names are lowercase: did you mean {lower!r}?" if NAME_RE.fullmatch(lower) and len(lower) <= 128
+                else "pick a name like 'debian-bookworm' or 'work-1'")
+        raise ProfileError(f"invalid {what} {name!r}: {NAME_RULE}", hint=hint)
     return name

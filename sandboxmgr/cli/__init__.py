@@ -31,7 +31,7 @@ from sandboxmgr.errors import EXIT_MANAGER
               help="An extra profile directory (repeatable; also SANDBOXMGR_CONFIGS, colon-separated).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show every external command line and full tracebacks.")
-@click.version_option(package_name="sandboxmgr")
+@click.version_option(None, "-V", "--version", package_name="sandboxmgr")
 @click.pass_context
 def cli(ctx: click.Context, store_path: Path | None, configs: tuple[str, ...], quiet: bool, debug: bool) -> None:
     """Chroot-style sandboxes over distro root filesystems built from YAML profiles.

@@ -222,3 +222,31 @@ def test_known_options_before_the_profile_and_any_after_it_still_parse(
     code, output = invoke(*args, stdin_tty=True, store=tmp_path)
     assert code == 7, output  # the fake run's status: parsed, resolved, and handed on
     assert captured[0].argv == argv
+
+
+def test_dash_capital_v_is_the_version(tmp_path: Path) -> None:
+    code, output = invoke("-V", store=tmp_path)
+    assert code == 0 and "version" in output
+
+
+def test_a_configs_directory_that_does_not_exist_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = invoke("--configs", str(tmp_path / "nope"), "profiles", store=tmp_path)
+    assert code == 125
+    assert f"sandboxmgr: error: --configs {tmp_path / 'nope'}: no such directory" in output
+    monkeypatch.setenv("SANDBOXMGR_CONFIGS", f"{tmp_path}:{tmp_path / 'gone'}")
+    code, output = invoke("profiles", store=tmp_path)
+    assert code == 125 and f"SANDBOXMGR_CONFIGS {tmp_path / 'gone'}: no such directory" in output
+
+
+def test_user_profiles_follow_xdg_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr.locations import profile_dirs
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert tmp_path / "sandboxmgr" / "profiles" in profile_dirs()
+
+
+def test_a_profile_name_in_capitals_suggests_the_lowercase_one(tmp_path: Path, captured: list[SandboxConfig]) -> None:
+    code, output = invoke("run", "Debian", "true", store=tmp_path)
+    assert code == 125
+    assert "invalid profile name 'Debian'" in output
+    assert "hint: names are lowercase: did you mean 'debian'?" in output
