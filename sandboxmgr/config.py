@@ -259,6 +259,12 @@ def _binds(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
     return tuple(binds)
 
 
+def shell_tty(tty: bool, command: tuple[str, ...]) -> bool:
+    """Whether a run gets a pty: with -t, and also with no command at all (the image's shell)
+    while stdin is a terminal - as ``shell`` does; a shell without one has no job control."""
+    return tty or (command in ((), ("--",)) and sys.stdin.isatty())
+
+
 def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] = (), workdir: str | None = None,
                   user: str | None = None, memory: str | None = None, pids_limit: str | None = None,
                   cpus: str | None = None, security_opt: tuple[str, ...] = (), hostname: str | None = None,

@@ -86,7 +86,7 @@ def try_run(argv: Sequence[str]) -> int | None:
     from sandboxmgr.store import Store
 
     store = Store(Path(args.store) if args.store else default_store())
-    options = config.options(argv=args.command, tty=args.tty)
+    options = config.options(argv=args.command, tty=config.shell_tty(args.tty, args.command))
     if args.verb == "exec":
         # A named sandbox keeps its config: nothing of its profile is needed.
         store.clean_leftovers()

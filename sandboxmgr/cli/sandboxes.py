@@ -66,13 +66,14 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: boo
     """Run COMMAND in a new sandbox over PROFILE's image (built first if needed).
 
     The sandbox is discarded when the command exits, unless --name keeps it.
-    Without a COMMAND, the image's shell starts. Put `--` before a command
+    Without a COMMAND, the image's shell starts (with a pty when stdin is a
+    terminal, as `shell` does). Put `--` before a command
     whose options could be taken for sandboxmgr's.
     """
     from sandboxmgr import config, sandbox
 
     require_root(app, "run")
-    options = config.parse_options(command, tty, **flags)
+    options = config.parse_options(command, config.shell_tty(tty, command), **flags)
     if name is not None and remove:
         raise SandboxError("--rm and --name contradict each other",
                            hint="drop --name for a throw-away sandbox, or --rm to keep it")
