@@ -32,14 +32,32 @@ def newest(images: Iterable[ImageRecord]) -> dict[str, ImageRecord]:
     return found
 
 
-def prune(store: Store) -> tuple[list[str], list[str]]:
-    """Remove superseded images (a newer one of their profile exists) that no sandbox uses,
-    then unused layers; return both lists of keys."""
-    latest = {profile: image.built_ns for profile, image in newest(store.images()).items()}
+def current(images: Iterable[ImageRecord], registry: ProfileRegistry) -> dict[str, str]:
+    """The key of each profile's current image: the one its profile's present content keys
+    to, when that one is built; else (the profile changed and was not built again, or is
+    gone, or is a matrix entry's) its newest. A rebuild, then an edit undone, makes the
+    current image an older one: "newest" alone would call it superseded."""
+    found = {profile: image.key for profile, image in newest(images).items()}
+    built = {(image.profile, image.key) for image in images}
+    for profile in found:
+        try:
+            key = image_key(registry.load(profile))
+        except SandboxError:
+            continue
+        if (profile, key) in built:
+            found[profile] = key
+    return found
+
+
+def prune(store: Store, registry: ProfileRegistry) -> tuple[list[str], list[str]]:
+    """Remove the images that are not their profile's current one (see :func:`current`) and
+    that no sandbox uses, then unused layers; return both lists of keys."""
+    images = store.images()
+    keep = current(images, registry)
     removed_images: list[str] = []
     removed_layers: list[str] = []
-    for image in store.images():
-        if image.built_ns < latest[image.profile] and not store.users(image):
+    for image in images:
+        if image.key != keep[image.profile] and not store.users(image):
             removed_layers += store.remove_image(image)
             removed_images.append(image.key)
     return removed_images, removed_layers + store.remove_unused_layers()
@@ -66,12 +84,12 @@ def lookup(store: Store, registry: ProfileRegistry, ref: str) -> list[ImageRecor
         return []
 
 
-def listing(store: Store) -> list[dict[str, Any]]:
-    """Every image's metadata (its build inputs left out) with its path, whether it is older
-    than its profile's newest ("outdated"), and its layers, each with the other profiles that
-    share it: the rows of ``sandboxmgr images`` (and its --json)."""
+def listing(store: Store, registry: ProfileRegistry) -> list[dict[str, Any]]:
+    """Every image's metadata (its build inputs left out) with its path, whether it is not its
+    profile's current image ("outdated", see :func:`current`), and its layers, each with the
+    other profiles that share it: the rows of ``sandboxmgr images`` (and its --json)."""
     records = store.images()
-    latest = {profile: image.built_ns for profile, image in newest(records).items()}
+    keep = current(records, registry)
     users: dict[str, set[str]] = {}
     for record in records:
         for key in record.layers:
@@ -81,7 +99,7 @@ def listing(store: Store) -> list[dict[str, Any]]:
         meta = dict(record.meta)
         meta.pop("inputs", None)
         meta["path"] = str(record.path)
-        meta["outdated"] = record.built_ns != latest[record.profile]
+        meta["outdated"] = record.key != keep[record.profile]
         meta["layers"] = [_layer_row(store, key, users[key] - {record.profile}) for key in record.layers]
         rows.append(meta)
     return rows

@@ -65,7 +65,7 @@ def images(app: App, as_json: bool, show_layers: bool) -> None:
     """List built images, and the layers they are made of."""
     from sandboxmgr.catalog import listing
 
-    rows = listing(app.store)
+    rows = listing(app.store, app.registry)
     if as_json:
         print_json(rows)
         return
@@ -100,11 +100,12 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
               help="Also remove the kept bootstrap roots (the package caches stay).")
 @pass_app
 def prune(app: App, cache: bool) -> None:
-    """Remove older images no sandbox uses and every layer no image uses."""
+    """Remove images other than their profile's current one that no sandbox uses, and every
+    layer no image uses."""
     from sandboxmgr.catalog import prune as prune_
 
     require_root(app, "prune")
-    images_removed, layers_removed = prune_(app.store)
+    images_removed, layers_removed = prune_(app.store, app.registry)
     if not app.quiet:
         click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
     if cache:

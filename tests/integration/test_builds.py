@@ -243,3 +243,27 @@ def test_ctrl_c_during_a_build_removes_it_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert_store_clean(cli)
+
+
+def test_prune_keeps_the_image_the_profile_keys_to_even_when_an_edit_made_a_newer_one(
+        cli: CLI, bookworm: ConcurrentBuild) -> None:
+    """Build, edit, build, undo the edit: the first image is current again although the
+    second is newer; `images` must not call it older, and prune must not remove it."""
+    assert cli.configs is not None
+    profile = cli.configs / "undone.yaml"
+    first = "extends: debian-bookworm\nsetup: [echo one > /etc/which]\n"
+    profile.write_text(first)
+    cli.ok("build", "undone")
+    profile.write_text(first.replace("one", "two"))
+    cli.ok("build", "undone")
+    profile.write_text(first)
+    cli.ok("build", "undone")  # the first image, found: nothing is built
+    rows = [row for row in json.loads(cli.ok("images", "--json").out) if row["profile"] == "undone"]
+    assert len(rows) == 2
+    current = [row for row in rows if not row["outdated"]]
+    assert len(current) == 1 and current[0]["built_ns"] == min(row["built_ns"] for row in rows)
+    assert "removed 1 older images" in cli.ok("prune").out
+    assert cli.ok("run", "undone", "cat", "/etc/which").out == "one\n"
+    left = [row for row in json.loads(cli.ok("images", "--json").out) if row["profile"] == "undone"]
+    assert [row["key"] for row in left] == [current[0]["key"]]
+    cli.ok("rmi", "undone")
