@@ -114,6 +114,10 @@ class EnterSpec:
     seccomp: Policy | None = DEFAULT_SECCOMP
     # Where the filter's BPF is kept between runs (the store's cache); None: built each time.
     seccomp_cache: Path | None = None
+    # A build step: Ctrl-C (or SIGTERM, SIGHUP) to the manager kills the whole sandbox at once
+    # and is raised here, as a host tool's run is interrupted; otherwise it is only forwarded
+    # to the command, which may take its time (a shell waits for its child first).
+    interruptible: bool = False
 
 
 def enter(spec: EnterSpec) -> int:
@@ -183,7 +187,7 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     # does to them (echo off, raw mode, the window size, O_NONBLOCK) is undone at the end.
     caller = None if spec.tty or spec.stdio is not None else tty.save()
     try:
-        status = _supervise(pid, err_read, tty_parent, tty_child)
+        status = _supervise(pid, err_read, tty_parent, tty_child, spec.interruptible)
     finally:
         os.close(alive_write)
         if caller is not None:
@@ -196,10 +200,16 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
 
 
 def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
-               tty_child: socket.socket | None) -> int:
+               tty_child: socket.socket | None, interruptible: bool = False) -> int:
+    caught: list[int] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        stop = interruptible and signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if stop:
+            caught.append(signum)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+            # PID 1 killed: the kernel kills every process of the sandbox with it.
+            os.kill(pid, signal.SIGKILL if stop else signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     master = None
@@ -219,6 +229,10 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if caught:
+        if caught[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + caught[0])
     return exit_status(status)
 
 

@@ -183,6 +183,7 @@ class BuildContext:
                     network="host",
                     binds=binds,
                     stdio=(null, log.fileno(), log.fileno()),
+                    interruptible=True,
                 )
                 try:
                     return enter(spec)

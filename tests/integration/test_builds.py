@@ -267,3 +267,31 @@ def test_prune_keeps_the_image_the_profile_keys_to_even_when_an_edit_made_a_newe
     left = [row for row in json.loads(cli.ok("images", "--json").out) if row["profile"] == "undone"]
     assert [row["key"] for row in left] == [current[0]["key"]]
     cli.ok("rmi", "undone")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_during_a_setup_step_stops_it_at_once(cli: CLI, bookworm: ConcurrentBuild, sig: int,
+                                                     code: int) -> None:
+    assert cli.configs is not None
+    name = f"slow-step-{code}"
+    (cli.configs / f"{name}.yaml").write_text(
+        f"extends: debian-bookworm\nsetup: ['touch /{name}-started; sleep 61; echo done']\n")
+    proc = cli.popen("build", name)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((cli.store / "tmp").glob(f"layer-*/diff/{name}-started")):
+            assert time.monotonic() < deadline and proc.poll() is None, "the setup step never started"
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # only if the test failed: it has ended otherwise
+        proc.wait()
+    assert time.monotonic() - started < 15, "the step ran on"
+    assert proc.returncode == code, err
+    assert "interrupted" in err or code != 130, err
+    assert "failed with exit status" not in err and "fix the step" not in err, err
+    assert not list((cli.store / "tmp").glob(f"layer-*/diff/{name}-started"))
+    assert all(row["profile"] != name for row in json.loads(cli.ok("images", "--json").out))
+    assert subprocess.run(["pgrep", "-f", "sleep 61"], capture_output=True).returncode == 1
