@@ -121,3 +121,8 @@ def _free_text(path: str | os.PathLike[str]) -> str:
 
 class CommandFailed(SandboxError):
     """The command inside the sandbox could not be started (126/127)."""
+
+
+def counted(number: int, noun: str, plural: str = "") -> str:
+    """``1 layer``, ``2 layers``, ``0 layers``: a count and its noun, as people write them."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

@@ -25,7 +25,7 @@ from typing import Any
 from sandboxmgr import catalog, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, builder_for
 from sandboxmgr.builders.index import Unreachable
-from sandboxmgr.errors import BuildError, BusyError, require_root, warn
+from sandboxmgr.errors import BuildError, BusyError, counted, require_root, warn
 from sandboxmgr.identity import Identity, LayerPlan, build_inputs, identify
 from sandboxmgr.locks import Lock
 from sandboxmgr.mounts import BindMount
@@ -118,7 +118,7 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
             built.append(layer)
         meta = _image_meta(profile, identity, builder, built, started)
         record = store.publish_image(key, meta)
-    progress(f"ready: {profile.name} ({key}), {len(built)} layers, in {meta['build_seconds']}s")
+    progress(f"ready: {profile.name} ({key}), {counted(len(built), 'layer')}, in {meta['build_seconds']}s")
     return record
 
 

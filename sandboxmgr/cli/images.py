@@ -8,7 +8,7 @@ import click
 
 from sandboxmgr import ui
 from sandboxmgr.cli.app import App, pass_app, require_root
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.limits import format_bytes
 from sandboxmgr.ui import print_json
 
@@ -89,7 +89,7 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
             layers = app.store.remove_image(record)
             if not app.quiet:
                 click.echo(f"removed image {record.key} ({record.profile})"
-                           + (f" and {len(layers)} unused layers" if layers else ""))
+                           + (f" and {counted(len(layers), 'unused layer')}" if layers else ""))
                 if record.layers and record.layers[0] in layers and rootcache.is_kept(app.store, record.layers[0]):
                     click.echo(f"kept: its bootstrap root, for the next build of {record.profile} "
                                "('sandboxmgr prune --cache' removes it)")
@@ -107,13 +107,14 @@ def prune(app: App, cache: bool) -> None:
     require_root(app, "prune")
     images_removed, layers_removed = prune_(app.store, app.registry)
     if not app.quiet:
-        click.echo(f"removed {len(images_removed)} older images and {len(layers_removed)} unused layers")
+        images_, layers_ = counted(len(images_removed), "older image"), counted(len(layers_removed), "unused layer")
+        click.echo(f"removed {images_} and {layers_}")
     if cache:
         from sandboxmgr import rootcache
         from sandboxmgr.errors import warn
 
         removed, busy = rootcache.remove_all(app.store)
         if not app.quiet:
-            click.echo(f"removed {len(removed)} kept bootstrap roots")
+            click.echo(f"removed {counted(len(removed), 'kept bootstrap root')}")
         for place in busy:
             warn(f"kept root {place.name} is in use by a build; left")

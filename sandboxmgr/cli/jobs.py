@@ -10,7 +10,7 @@ import click
 
 from sandboxmgr import ui
 from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, pass_app, require_root
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.ui import MatrixView, print_json
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
         return 1 if left else 0
     ui.findings_table(findings, app.store.root)
     if left and not fix:
-        click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {len(left)} leftovers "
+        click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {counted(len(left), 'leftover')} "
                    "(it unmounts, never deletes through a mount)", err=True)
     return 1 if left else 0
 

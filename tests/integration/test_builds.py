@@ -66,7 +66,7 @@ def test_a_package_that_does_not_exist_fails_cleanly(tmp_path: Path, bookworm: C
     # attempt (as docker keeps intermediate layers) until prune removes it.
     assert list((cli.store / "images").iterdir()) == []
     assert len(list((cli.store / "layers").iterdir())) == 1
-    assert "removed 0 older images and 1 unused layers" in cli.ok("prune").out
+    assert "removed 0 older images and 1 unused layer\n" in cli.ok("prune").out
     assert_store_clean(cli)
 
 
@@ -128,7 +128,7 @@ def test_layers_are_reused_and_the_package_cache_serves_a_rebuild(tmp_path: Path
     assert again.err.count("reusing layer") == 3
     assert again.err.count("building layer") == 1
     # The older image goes with prune, and with it the one layer only it used.
-    assert "removed 1 older images and 1 unused layers" in cli.ok("prune").out
+    assert "removed 1 older image and 1 unused layer\n" in cli.ok("prune").out
     # After removing everything, a rebuild against the unchanged mirror links the kept
     # bootstrap root instead of running debootstrap again.
     size = json.loads(cli.ok("images", "--json").out)[0]["size"]
@@ -262,7 +262,7 @@ def test_prune_keeps_the_image_the_profile_keys_to_even_when_an_edit_made_a_newe
     assert len(rows) == 2
     current = [row for row in rows if not row["outdated"]]
     assert len(current) == 1 and current[0]["built_ns"] == min(row["built_ns"] for row in rows)
-    assert "removed 1 older images" in cli.ok("prune").out
+    assert "removed 1 older image " in cli.ok("prune").out
     assert cli.ok("run", "undone", "cat", "/etc/which").out == "one\n"
     left = [row for row in json.loads(cli.ok("images", "--json").out) if row["profile"] == "undone"]
     assert [row["key"] for row in left] == [current[0]["key"]]

@@ -122,7 +122,7 @@ def test_a_missing_package_fails_cleanly(rpm_repo: RpmRepo, tmp_path: Path) -> N
     assert "package tinydistro-nonexistent does not exist in the repositories of typo" in result.err
     # The complete bootstrap layer stays for the next attempt, until prune.
     assert list((cli.store / "images").iterdir()) == []
-    assert "removed 0 older images and 1 unused layers" in cli.ok("prune").out
+    assert "removed 0 older images and 1 unused layer\n" in cli.ok("prune").out
     assert_nothing_left(cli)
 
 
@@ -182,7 +182,7 @@ def test_a_rebuild_links_the_kept_root_until_the_repository_changes(rpm_repo: Rp
     assert "host dnf installing" in changed.err and "linking the kept root" not in changed.err
 
     # prune --cache removes the kept roots; the image stays usable.
-    assert "removed 1 kept bootstrap roots" in cli.ok("prune", "--cache").out
+    assert "removed 1 kept bootstrap root\n" in cli.ok("prune", "--cache").out
     assert not list((cli.store / "cache").glob("*/roots/*"))
     assert cli.ok("run", "kept", "--", "true").code == 0
     assert "kept:" not in cli.ok("rmi", "kept").out  # nothing kept any more

@@ -44,3 +44,11 @@ def test_newest_image_per_profile_keeps_the_first_of_equals() -> None:
 
     images = [image("a1", "a", 1), image("a2", "a", 2), image("a3", "a", 2), image("b1", "b", 5)]
     assert {profile: record.key for profile, record in newest(images).items()} == {"a": "a2", "b": "b1"}
+
+
+def test_counts_are_written_as_people_write_them() -> None:
+    from sandboxmgr.errors import counted
+
+    assert [counted(n, "layer") for n in (0, 1, 2)] == ["0 layers", "1 layer", "2 layers"]
+    assert counted(1, "leftover") == "1 leftover"
+    assert counted(3, "child", "children") == "3 children"
