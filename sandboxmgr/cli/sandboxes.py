@@ -38,8 +38,9 @@ def _run_options(fn: Any) -> Any:
 
 def _sandbox_options(fn: Any) -> Any:
     for option in reversed([
-        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
-                     help="Bind-mount a host path (read-only with :ro)."),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro|:O]",
+                     help="Bind-mount a host path (read-only with :ro; copy-on-write with :O, as podman: "
+                          "the changes stay in the sandbox)."),
         click.option("--hostname", metavar="NAME", help="Host name inside."),
         click.option("--network", type=click.Choice(["host", "none"]),
                      help="host: the host's network (default); none: only loopback."),

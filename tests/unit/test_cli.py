@@ -250,3 +250,9 @@ def test_a_profile_name_in_capitals_suggests_the_lowercase_one(tmp_path: Path, c
     assert code == 125
     assert "invalid profile name 'Debian'" in output
     assert "hint: names are lowercase: did you mean 'debian'?" in output
+
+
+def test_run_help_names_every_volume_form_the_readme_does(tmp_path: Path) -> None:
+    code, output = invoke("run", "--help", store=tmp_path)
+    assert code == 0
+    assert "SRC:DST[:ro|:O]" in output and ":O" in output.split("--volume", 1)[1].split("--hostname", 1)[0]
