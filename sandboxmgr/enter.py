@@ -284,6 +284,9 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         linux.join_new_session_keyring()
         # How `sandboxmgr doctor` finds a sandbox whose manager died.
         linux.set_process_name(INIT_NAME)
+        # Nor the host's interpreter and store paths in its command line (as nspawn's and tini's).
+        with contextlib.suppress(OSError):
+            linux.set_command_line(INIT_NAME)
         os.setsid()
         os.umask(0o022)
         root = _setup(spec)

@@ -138,6 +138,21 @@ def set_process_name(name: str) -> None:
                        ctypes.c_ulong(0)), f"prctl(PR_SET_NAME, {name!r})")
 
 
+def set_command_line(text: str) -> None:
+    """What ``/proc/PID/cmdline`` shows (``ps`` with arguments): ``text`` instead of the
+    interpreter's path and its arguments. The process's own argument area is overwritten
+    in place (prctl's PR_SET_MM would move it, but needs CAP_SYS_RESOURCE, which not every
+    root has); what does not fit is cut, the rest zeroed."""
+    fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+    # Fields 48 and 49 of stat(5), counted from the state (field 3) after the command name.
+    arg_start, arg_end = int(fields[45]), int(fields[46])
+    size = arg_end - arg_start
+    if size <= 0:
+        return
+    data = text.encode()[: size - 1].ljust(size, b"\0")
+    ctypes.memmove(arg_start, data, size)
+
+
 # statvfs's ST_* flags -> the MS_* flags a bind remount must repeat to keep them.
 _KEPT_MOUNT_FLAGS = (
     (os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
