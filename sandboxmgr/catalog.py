@@ -153,5 +153,6 @@ def sandbox_info(store: Store, name: str) -> dict[str, Any]:
     info["path"] = str(record.path)
     info["changes_size"] = tree_size(record.upper)
     info["in_use"] = is_locked(store.lock("sandbox", name).path)
+    info["state"] = "running" if info["in_use"] else "idle"  # the STATE column of ls
     info["image_present"] = store.image(record.image_key) is not None
     return info

@@ -138,7 +138,7 @@ def sandboxes_table(rows: list[dict[str, Any]]) -> None:
     print_table(
         ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
         [[r["name"], r["profile"], r["image"], r["created"], format_bytes(r["changes_size"], decimal=True),
-          "running" if r["in_use"] else "idle"] for r in rows],
+          r["state"]] for r in rows],
     )
 
 

@@ -120,6 +120,8 @@ def test_a_busy_sandbox_is_reported(cli: CLI, bookworm: ConcurrentBuild) -> None
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
+        assert row["state"] == "running"  # ls --json has the STATE column ls shows
+        assert "running" in [line.split()[-1] for line in cli.ok("ls").out.splitlines() if line.startswith("busy ")]
         second = cli("exec", "busy", "true")
         assert second.code == 125
         assert "sandbox 'busy' is in use" in second.err
@@ -127,6 +129,8 @@ def test_a_busy_sandbox_is_reported(cli: CLI, bookworm: ConcurrentBuild) -> None
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+        (row,) = [r for r in json.loads(cli.ok("ls", "--json").out) if r["name"] == "busy"]
+        assert row["state"] == "idle"
         cli.ok("rm", "busy")
 
 
