@@ -182,8 +182,11 @@ def inspect(app: App, as_json: bool, name: str) -> None:
     """Show a sandbox's (or else an image's) metadata as JSON."""
     from sandboxmgr.catalog import lookup, sandbox_info
     from sandboxmgr.errors import NotFoundError
+    from sandboxmgr.profile import is_path_ref
 
     try:
+        if is_path_ref(name):  # a profile's file: never a sandbox's name
+            raise NotFoundError(f"no image of {name} in the store", hint="build it: sandboxmgr build " + name)
         print_json(sandbox_info(app.store, name))
         return
     except NotFoundError as missing:

@@ -256,3 +256,13 @@ def test_run_help_names_every_volume_form_the_readme_does(tmp_path: Path) -> Non
     code, output = invoke("run", "--help", store=tmp_path)
     assert code == 0
     assert "SRC:DST[:ro|:O]" in output and ":O" in output.split("--volume", 1)[1].split("--hostname", 1)[0]
+
+
+def test_inspect_takes_a_profile_path_as_every_profile_argument_does(tmp_path: Path) -> None:
+    from sandboxmgr.locations import shipped_configs_dir
+
+    path = str(shipped_configs_dir() / "debian-bookworm.yaml")
+    code, output = invoke("inspect", path, store=tmp_path)
+    assert code == 125
+    assert f"no image of {path} in the store" in output and "invalid sandbox name" not in output
+    assert f"hint: build it: sandboxmgr build {path}" in output
