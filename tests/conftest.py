@@ -105,15 +105,20 @@ class CLI:
                                 stdin=subprocess.DEVNULL, text=True)
 
 
-def run_in_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run ``argv`` on a pty of the test's own, as on a terminal: its exit status and output."""
+def run_in_pty(argv: list[str], timeout: float = 60, keys: bytes = b"") -> tuple[int, str]:
+    """Run ``argv`` on a pty of the test's own, as on a terminal, typing ``keys`` once it has
+    said something (or after 5 s): its exit status and output."""
     pid, master = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs
         os.execv(argv[0], argv)
     output = b""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([master], [], [], 1)
+        if keys and (ready or time.monotonic() > started + 5):
+            os.write(master, keys)
+            keys = b""
         if not ready:
             continue
         try:

@@ -148,35 +148,6 @@ def test_tty_gives_a_real_terminal(cli: CLI, bookworm: ConcurrentBuild) -> None:
     assert "TTY-OK" in text
 
 
-def _type_into_a_terminal(argv: list[str], keys: bytes, timeout: float = 60) -> str:
-    """Run ``argv`` on a pty of the test's own and type ``keys`` once it has started."""
-    import pty
-    import select
-
-    pid, master = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        os.execv(argv[0], argv)
-    output, typed = b"", False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1)
-        if not typed and (ready or time.monotonic() > deadline - timeout + 5):
-            os.write(master, keys)
-            typed = True
-        if not ready:
-            continue
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.waitpid(pid, 0)
-    os.close(master)
-    return output.decode(errors="replace")
-
-
 @pytest.mark.parametrize("fast", [False, True])
 def test_run_without_a_command_on_a_terminal_gives_the_shell_a_pty(cli: CLI, bookworm: ConcurrentBuild,
                                                                    fast: bool) -> None:
@@ -184,7 +155,7 @@ def test_run_without_a_command_on_a_terminal_gives_the_shell_a_pty(cli: CLI, boo
     argv = cli.argv("run", IMAGE)
     if fast:
         argv = [arg for arg in argv if arg != "--configs" and arg != str(cli.configs)]
-    text = _type_into_a_terminal(argv, b"tty; echo JOB-$(set -o | grep -c 'monitor.*on')\nexit\n")
+    _, text = run_in_pty(argv, keys=b"tty; echo JOB-$(set -o | grep -c 'monitor.*on')\nexit\n")
     assert "/dev/pts/0" in text, text
     assert "JOB-1" in text, text  # job control: the shell has a controlling terminal
 
