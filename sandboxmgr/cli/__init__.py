@@ -47,7 +47,19 @@ def cli(ctx: click.Context, store_path: Path | None, configs: tuple[str, ...], q
     ctx.obj = App(store_path=store_path, configs=configs, quiet=quiet, debug=debug)
 
 
-for _command in (images.profiles, images.build, images.images, images.rmi, images.prune, sandboxes.run,
+@click.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script of SHELL: verbs, options, and the names of profiles,
+    aliases, sandboxes and images. Install: see the README."""
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None  # the three choices are click's own
+    click.echo(complete(cli, {}, "sandboxmgr", "_SANDBOXMGR_COMPLETE").source())
+
+
+for _command in (completion, images.profiles, images.build, images.images, images.rmi, images.prune, sandboxes.run,
                  sandboxes.create, sandboxes.exec_, sandboxes.shell, sandboxes.ls_, sandboxes.inspect, sandboxes.rm,
                  jobs.doctor, jobs.matrix, jobs.trust_):
     cli.add_command(_command)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem
 
+from sandboxmgr.errors import SandboxError
 from sandboxmgr.ui import ProgressLine
 
 if TYPE_CHECKING:
@@ -103,3 +105,51 @@ def require_root(app: App, action: str) -> None:
 
     errors.require_root(action)
     app.store.clean_leftovers()
+
+
+# --- shell completion: the names the store and the profile directories hold ---------------------
+
+
+def _root_params(ctx: click.Context) -> dict[str, Any]:
+    # While completing, no command runs: the group's own options are parsed but its callback
+    # (which makes the App) is not called.
+    return ctx.find_root().params
+
+
+def complete_profiles(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Profile names and aliases, for every PROFILE argument."""
+    from sandboxmgr.locations import profile_dirs
+    from sandboxmgr.profile import ProfileRegistry
+
+    try:
+        registry = ProfileRegistry(profile_dirs(tuple(_root_params(ctx).get("configs") or ())))
+        names = {*registry.files(), *registry.aliases()}
+    except (SandboxError, OSError):
+        return []  # a completion never prints an error into the user's command line
+    return [CompletionItem(name) for name in sorted(names) if name.startswith(incomplete)]
+
+
+def complete_sandboxes(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Named sandboxes, for every NAME argument."""
+    try:
+        names = [record.name for record in _store(ctx).sandboxes()]
+    except (SandboxError, OSError):
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+def complete_images(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Profile names (and aliases) and the keys of built images, for rmi."""
+    try:
+        keys = [image.key for image in _store(ctx).images()]
+    except (SandboxError, OSError):
+        keys = []
+    return complete_profiles(ctx, param, incomplete) + [CompletionItem(key) for key in keys
+                                                         if key.startswith(incomplete)]
+
+
+def _store(ctx: click.Context) -> Store:
+    from sandboxmgr.locations import default_store
+    from sandboxmgr.store import Store
+
+    return Store(_root_params(ctx).get("store_path") or default_store())

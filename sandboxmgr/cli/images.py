@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sandboxmgr import ui
-from sandboxmgr.cli.app import App, pass_app, require_root
+from sandboxmgr.cli.app import App, complete_images, complete_profiles, pass_app, require_root
 from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.limits import format_bytes
 from sandboxmgr.ui import print_json
@@ -37,7 +37,7 @@ def profiles(app: App, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.option("--rebuild", is_flag=True, help="Build every layer again even if the image exists.")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Like --rebuild, and bootstrap afresh even if a kept root matches the mirror's index.")
@@ -73,7 +73,7 @@ def images(app: App, as_json: bool, show_layers: bool) -> None:
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=complete_images)
 @pass_app
 def rmi(app: App, refs: tuple[str, ...]) -> None:
     """Remove the images of profiles (or image keys), and the layers no other image uses."""

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandboxmgr import ui
-from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, pass_app, require_root
+from sandboxmgr.cli.app import (
+    COMMAND_SETTINGS,
+    App,
+    CommandVerb,
+    complete_profiles,
+    complete_sandboxes,
+    pass_app,
+    require_root,
+)
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.ui import print_json
 
@@ -59,7 +67,7 @@ def _sandbox_options(fn: Any) -> Any:
               show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT).")
 @_sandbox_options
 @_run_options
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: bool, profile: str,
@@ -101,7 +109,7 @@ def _run_ephemeral(app: App, ref: str, options: SandboxConfig) -> int:
 
 
 @click.command()
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.option("--name", metavar="NAME", help="The sandbox's name (default: PROFILE-<random>).")
 @_sandbox_options
 @_run_options
@@ -131,7 +139,7 @@ def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
 @click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
 @_run_options
-@click.argument("name")
+@click.argument("name", shell_complete=complete_sandboxes)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
 def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[str, ...], **flags: Any) -> int:
@@ -145,7 +153,7 @@ def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[s
 
 @click.command()
 @click.option("-u", "--user", metavar="USER[:GROUP]", help="Log in as this user.")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_sandboxes)
 @pass_app
 def shell(app: App, user: str | None, name: str) -> int:
     """Start an interactive shell in the named sandbox NAME."""
@@ -176,7 +184,7 @@ def ls_(app: App, as_json: bool) -> None:
 @click.command()
 # Output is JSON either way: --json is accepted (scripts and the README of old pass it), not offered.
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Accepted; the output is JSON either way.")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_sandboxes)
 @pass_app
 def inspect(app: App, as_json: bool, name: str) -> None:
     """Show a sandbox's (or else an image's) metadata as JSON."""
@@ -197,7 +205,7 @@ def inspect(app: App, as_json: bool, name: str) -> None:
 
 
 @click.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
 @pass_app
 def rm(app: App, names: tuple[str, ...]) -> None:
     """Remove named sandboxes and their changes (never what is mounted into them)."""

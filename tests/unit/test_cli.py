@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -266,3 +267,40 @@ def test_inspect_takes_a_profile_path_as_every_profile_argument_does(tmp_path: P
     assert code == 125
     assert f"no image of {path} in the store" in output and "invalid sandbox name" not in output
     assert f"hint: build it: sandboxmgr build {path}" in output
+
+
+def complete(words: str, store: Path) -> list[str]:
+    """What the shell would offer for the last of ``words`` (bash's protocol, the real program)."""
+    import subprocess
+
+    env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+           "_SANDBOXMGR_COMPLETE": "bash_complete", "SANDBOXMGR_STORE": str(store)}
+    result = subprocess.run([sys.executable, "-m", "sandboxmgr"], env=env, capture_output=True, text=True, check=True)
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines() if line]
+
+
+def test_completion_offers_verbs_profiles_and_aliases(tmp_path: Path) -> None:
+    assert "build" in complete("sandboxmgr bu", tmp_path)
+    offered = complete("sandboxmgr run debian-b", tmp_path)
+    assert "debian-bookworm" in offered and "debian-bullseye" in offered
+    assert "debian" in complete("sandboxmgr build deb", tmp_path)  # an alias
+    assert complete("sandboxmgr exec nosuch", tmp_path) == []  # no sandboxes: nothing, and no error
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_completion_command_prints_the_shells_script(tmp_path: Path, shell: str) -> None:
+    code, output = invoke("completion", shell, store=tmp_path)
+    assert code == 0
+    assert "_SANDBOXMGR_COMPLETE" in output
+
+
+def test_completion_offers_the_stores_sandboxes_and_image_keys(tmp_path: Path) -> None:
+    from sandboxmgr.store import Store
+
+    store = Store(tmp_path / "store")
+    store.create_sandbox("work-1", {"name": "work-1", "image": "0123456789abcdef0123"})
+    store.publish_image("0123456789abcdef0123", {"key": "0123456789abcdef0123", "profile": "debian-bookworm",
+                                                 "layers": []})
+    assert complete("sandboxmgr exec wo", store.root) == ["work-1"]
+    assert complete("sandboxmgr rm ", store.root) == ["work-1"]
+    assert "0123456789abcdef0123" in complete("sandboxmgr rmi 0123", store.root)
