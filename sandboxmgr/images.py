@@ -226,7 +226,8 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
                 raise BuildError(
                     f"{step.label.split(':')[0]} of {profile.name} failed with exit status {status}: "
                     f"{step.step.strip()[:80]}",
-                    hint=f"fix the step in {profile.path}; its output is in {context.log_file}",
+                    hint=f"fix the step in {profile.setup_origins.get(step.index, profile.path)}; "
+                         f"its output is in {context.log_file}",
                 )
         builder.finish(profile, root, context)
         if step.kind == "bootstrap" and state:
