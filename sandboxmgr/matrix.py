@@ -39,7 +39,7 @@ from sandboxmgr.store import SandboxRecord, Store
 class Result:
     name: str
     profile: str
-    status: str = "pending"  # pending, running, passed, failed, error, cancelled
+    status: str = "pending"  # pending, running, passed, failed, cancelled
     exit_code: int | None = None
     started: float | None = None
     duration: float | None = None
