@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.mounts import BindMount, refuse_kernel_target
 from sandboxmgr.names import HOSTNAME_RE
 from sandboxmgr.record import record
@@ -232,7 +232,7 @@ def security_opts(given: tuple[str, ...]) -> tuple[bool | None, str | None]:
         elif name == "seccomp" and value:
             seccomp = value if value in ("default", "unconfined") else _seccomp_file(option, value)
         else:
-            raise SandboxError(f"--security-opt {option}: not supported", hint=_SECURITY_OPTS_HINT)
+            raise SandboxError(f"--security-opt {shown(option)}: not supported", hint=_SECURITY_OPTS_HINT)
     return no_new_privs, seccomp
 
 
@@ -277,7 +277,7 @@ def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] =
     if command[:1] == ("--",):
         command = command[1:]
     if workdir is not None and not workdir.startswith("/"):
-        raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
+        raise SandboxError(f"-w {shown(workdir)}: the working directory must be an absolute path",
                            hint="write -w /path/inside")
     if tty and not sys.stdin.isatty():
         raise SandboxError("-t needs a terminal on stdin, and stdin is not one",

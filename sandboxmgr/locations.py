@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 
 INSTALLED_STORE = Path("/var/lib/sandboxmgr")
 # As Docker's /var/lib/docker (0710), but without even the group's search right.
@@ -77,7 +77,7 @@ def profile_dirs(extra: tuple[str, ...] = ()) -> list[Path]:
     for directory, where in named:
         # Named on purpose: a typo would otherwise leave its profiles out without a word.
         if not directory.is_dir():
-            raise SandboxError(f"{where} {directory}: no such directory",
+            raise SandboxError(f"{where} {shown(directory)}: no such directory",
                                hint="give an existing directory of profile files (*.yaml)")
     return dirs + [directory for directory, _ in named]
 
