@@ -27,6 +27,7 @@ from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.mounts import BindMount, refuse_kernel_target
 from sandboxmgr.names import HOSTNAME_RE
 from sandboxmgr.record import record
+from sandboxmgr.users import check_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -256,6 +257,9 @@ def _binds(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
         except ValueError as exc:
             raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
         refuse_kernel_target(binds[-1].target)  # now, not after a build (enter checks again)
+        if not binds[-1].source.exists():
+            raise SandboxError(f"-v {shown(volume)}: the source {shown(binds[-1].source)} does not exist",
+                               hint="create it first, or fix the -v SRC:DST path")
     return tuple(binds)
 
 
@@ -285,6 +289,11 @@ def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] =
     limits = Limits.parse(memory, pids_limit, cpus)
     no_new_privs, seccomp = security_opts(security_opt)
     binds = _binds(volumes)
+    # What can be checked on the host is checked now, not after a build (enter checks again).
+    check_user(user)
+    if hostname is not None and not HOSTNAME_RE.match(hostname):
+        raise SandboxError(f"--hostname {shown(hostname)}: not a valid host name",
+                           hint="use letters, digits and '-', up to 63 characters")
     return options(argv=command, tty=tty, env=parse_env(env), workdir=workdir, hostname=hostname,
                    user=user, network=network, binds=binds, isolation=isolation, limits=limits,
                    no_new_privs=no_new_privs, seccomp=seccomp)

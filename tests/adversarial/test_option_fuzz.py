@@ -144,3 +144,18 @@ def test_every_argument_takes_odd_values_cleanly(cli: CLI, bookworm: ConcurrentB
     if verb in ("rm", "rmi", "build"):  # an odd name never reached another's image or sandbox
         assert f'"profile": "{bookworm.profile}"' in cli.ok("images", "--json").out
         assert (cli.store / "sandboxes" / SANDBOX).is_dir()
+
+
+@pytest.mark.parametrize(("option", "said"), [
+    (("--hostname", "a_b"), "--hostname a_b: not a valid host name"),
+    (("-u", "nobody:x:y"), "user nobody:x:y: not a user[:group] of names or numbers"),
+    (("-v", "/nonexistent-source:/x"), "-v /nonexistent-source:/x: the source /nonexistent-source does not exist"),
+])
+def test_what_the_host_can_check_is_refused_before_a_build(tmp_path: Path, option: tuple[str, str], said: str) -> None:
+    """A mistake costs nothing: it is refused before the image (not built yet) is built."""
+    cli = CLI(tmp_path / "store")
+    for verb in (["run", *option, "debian-bookworm", "true"], ["create", *option, "debian-bookworm"]):
+        result = cli(*verb, timeout=120)
+        assert result.code == 125 and result.err.startswith(f"sandboxmgr: error: {said}\nhint: "), str(result)
+        assert "building layer" not in result.err
+        assert not any((tmp_path / "store" / "layers").glob("*")), "a layer was built before the check"
