@@ -65,6 +65,8 @@ class ProfileError(SandboxError):
 class BuildError(SandboxError):
     """A builder failed; the half-made image was discarded."""
 
+    log: str | None = None  # the build's log file, where the failing step's output is
+
 
 class BusyError(SandboxError):
     """Another sandboxmgr process holds the lock on an image or sandbox."""
