@@ -95,10 +95,10 @@ def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
     """One line and a hint for what the system refused: a full disk, a permission."""
     import errno
 
-    from sandboxmgr.errors import no_space
+    from sandboxmgr.errors import no_space, shown
 
     store = _store_of(argv)
-    where = f" ({exc.filename})" if exc.filename else ""
+    where = f" ({shown(exc.filename)})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         full = no_space(store, str(exc.filename) if exc.filename else "")
         if exc.errno == errno.EDQUOT:

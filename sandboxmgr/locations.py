@@ -48,30 +48,13 @@ def default_store() -> Path:
     return INSTALLED_STORE
 
 
-def sudo_invoker_config() -> Path | None:
-    """Under ``sudo``, the invoking user's ``~/.config`` (sudo resets ``XDG_CONFIG_HOME`` and
-    often ``HOME``): their profiles are found as they are without sudo. None otherwise."""
-    uid = os.environ.get("SUDO_UID", "")
-    if not uid.isdigit() or int(uid) == 0 or os.geteuid() != 0:
-        return None
-    import pwd
-
-    try:
-        home = pwd.getpwuid(int(uid)).pw_dir
-    except KeyError:
-        return None
-    return Path(home) / ".config" if os.path.isabs(home) else None
-
-
 def profile_dirs(extra: tuple[str, ...] = ()) -> list[Path]:
     """Profile directories, lowest precedence first: a later one's profile of the
     same name replaces an earlier one's."""
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    dirs = [shipped_configs_dir(), Path("/etc/sandboxmgr/profiles")]
-    invoker = sudo_invoker_config()
-    if invoker is not None:
-        dirs.append(invoker / "sandboxmgr" / "profiles")
-    dirs.append(Path(config_home) / "sandboxmgr" / "profiles")
+    # Under sudo, the invoking user's directory is not read (the README says why): root would
+    # trust what the user - or a sandbox that can write the user's home - put there.
+    dirs = [shipped_configs_dir(), Path("/etc/sandboxmgr/profiles"), Path(config_home) / "sandboxmgr" / "profiles"]
     env = os.environ.get("SANDBOXMGR_CONFIGS", "")
     named = [(Path(p), "SANDBOXMGR_CONFIGS") for p in env.split(":") if p] + [(Path(p), "--configs") for p in extra]
     for directory, where in named:

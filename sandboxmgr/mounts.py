@@ -11,7 +11,7 @@ import posixpath
 from pathlib import Path
 
 from sandboxmgr import linux
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.record import record
 
@@ -35,8 +35,9 @@ def refuse_kernel_target(target: str, resolved: str | None = None) -> None:
     normal = "/" + posixpath.normpath(resolved or target).lstrip("/")
     for place in KERNEL_TARGETS:
         if normal == place or normal.startswith(place + "/"):
-            through = f" (a symlink to {normal})" if resolved else ""
-            raise SandboxError(f"cannot bind-mount onto {target}{through}: {place} is the sandbox's own "
+            # Both spellings may come from the image or a sandbox's changes: quoted, never raw.
+            through = f" (a symlink to {shown(normal)})" if resolved else ""
+            raise SandboxError(f"cannot bind-mount onto {shown(target)}{through}: {place} is the sandbox's own "
                                f"{place[1:]} file system", hint=f"choose a target outside {place}, like /mnt/...")
 
 
@@ -192,8 +193,8 @@ def plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None =
     steps = list(DEFAULT_MOUNTS)
     if etc_dir is not None:
         # Writable, as Docker's: root inside may add a name to /etc/hosts; the host never reads them.
-        steps += [MountStep(f"/etc/{name}", None, str(etc_dir / name), is_file=True, follow=True)
-                  for name in ETC_FILES]
+        steps += [MountStep(f"/etc/{name}", None, str(etc_dir / name), linux.MS_NOSUID | linux.MS_NOEXEC,
+                            is_file=True, follow=True) for name in ETC_FILES]
     elif network == "host" and RESOLV_CONF.exists():
         steps.append(MountStep("/etc/resolv.conf", None, str(RESOLV_CONF.resolve()),
                                is_file=True, readonly=True, follow=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 from sandboxmgr.config import SandboxConfig
@@ -72,11 +73,13 @@ _LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 def _write(path: Path, text: str, keep: bool) -> None:
     """``text`` into ``path``, a file in a directory only the manager writes; ``keep``: not
     over a file that is there (what root inside wrote into it through its bind)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if keep else os.O_TRUNC)
-    try:
-        handle = os.open(path, flags, 0o644)
-    except FileExistsError:
-        return
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        # Kept only if it is ours as we left it (what the bind shows); anything else is replaced.
+        if keep and stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
+            return
+        os.unlink(path)
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(handle, "w") as file:
         file.write(text)
 

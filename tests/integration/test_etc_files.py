@@ -37,6 +37,9 @@ def test_a_run_has_its_own_names_and_the_hosts_resolver(cli: CLI, bookworm: Conc
     out = cli.ok("run", bookworm.profile, "sh", "-c", "echo '192.0.2.7 db' >> /etc/hosts && getent hosts db").out
     assert out.split() == ["192.0.2.7", "db"]
     assert image_etc(cli, bookworm.profile) == before
+    # Nothing in them is a program: no setuid file, no executable, no device node.
+    mounts = cli.ok("run", bookworm.profile, "grep", " /etc/hosts ", "/proc/self/mountinfo").out.split()
+    assert {"nosuid", "noexec", "nodev"} <= set(mounts[5].split(",")), mounts
 
 
 def test_without_a_network_there_is_no_resolver_but_localhost_resolves(cli: CLI, bookworm: ConcurrentBuild) -> None:

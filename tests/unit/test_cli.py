@@ -247,9 +247,9 @@ def test_user_profiles_follow_xdg_config_home(tmp_path: Path, monkeypatch: pytes
     assert tmp_path / "sandboxmgr" / "profiles" in profile_dirs()
 
 
-def test_under_sudo_the_invoking_users_profiles_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """sudo resets XDG_CONFIG_HOME (and often HOME): the invoker's ~/.config is read from the
-    password database, below root's own directory (a name in both is root's)."""
+def test_under_sudo_the_invoking_users_profiles_are_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root would trust what the user (or a sandbox writing the user's home) put there: a
+    profile named as a shipped one that mounts / writable (the README's Profiles section)."""
     import pwd
 
     from sandboxmgr.locations import profile_dirs
@@ -272,12 +272,10 @@ def test_under_sudo_the_invoking_users_profiles_are_read(tmp_path: Path, monkeyp
     monkeypatch.setattr(pwd, "getpwuid", getpwuid)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "root-config"))
     monkeypatch.setenv("SUDO_UID", "4242")
-    dirs = profile_dirs()
-    assert dirs.index(mine) == dirs.index(tmp_path / "root-config" / "sandboxmgr" / "profiles") - 1
-    code, output = invoke("profiles", store=tmp_path / "store")
-    assert code == 0 and "the invoker's own" in output, output
-    monkeypatch.setenv("SUDO_UID", "0")  # sudo from root: nothing more
+    monkeypatch.setenv("SUDO_USER", "someone")
     assert mine not in profile_dirs()
+    code, output = invoke("profiles", store=tmp_path / "store")
+    assert code == 0 and "the invoker's own" not in output, output
 
 
 def test_a_profile_name_in_capitals_suggests_the_lowercase_one(tmp_path: Path, captured: list[SandboxConfig]) -> None:
