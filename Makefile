@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
   dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev
 
-.PHONY: deps venv demo test unit integration lint bench clean
+.PHONY: deps venv demo test unit integration lint bench man clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -36,6 +36,14 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check sandboxmgr tests bench
 	$(BIN)/mypy --strict sandboxmgr tests bench
+
+# Man pages (sandboxmgr.1, sandboxmgr-run.1, ...) from the CLI's own help, with click-man;
+# read one with `man -l build/man/sandboxmgr-run.1`, or copy them to /usr/local/share/man/man1.
+MANDIR ?= build/man
+man: | $(BIN)/sandboxmgr
+	@mkdir -p $(MANDIR)
+	$(BIN)/python -c 'import sys; from click_man.core import write_man_pages; from sandboxmgr import __version__; \
+	  from sandboxmgr.cli import cli; write_man_pages("sandboxmgr", cli, version=__version__, target_dir=sys.argv[1])' $(MANDIR)
 
 test: venv lint
 	$(BIN)/pytest

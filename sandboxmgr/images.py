@@ -223,15 +223,20 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         elif step.kind == "setup":
             status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env))
             if status != 0:
-                raise BuildError(
-                    f"{step.label.split(':')[0]} of {profile.name} failed with exit status {status}: "
-                    f"{step.step.strip()[:80]}",
-                    hint=f"fix the step in {profile.path}; its output is in {context.log_file}",
-                )
+                raise _step_failed(profile, step, status, context.log_file)
         builder.finish(profile, root, context)
         if step.kind == "bootstrap" and state:
             _keep_root(store, profile, builder, step.key, state, diff, progress)
         return _publish_layer(store, profile, step, parents, tmp, started)
+
+
+def _step_failed(profile: Profile, step: LayerPlan, status: int, log: Path) -> BuildError:
+    failure = BuildError(f"{step.label.split(':')[0]} of {profile.name} failed with exit status {status}: "
+                         f"{step.step.strip()[:80]}",
+                         hint=f"fix the step in {profile.setup_origins.get(step.index, profile.path)}; "
+                              f"its output is in {log}")
+    failure.log = str(log)
+    return failure
 
 
 def _keep_root(store: Store, profile: Profile, builder: Builder, layer_key: str, state: str, diff: Path,

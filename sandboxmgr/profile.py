@@ -99,6 +99,9 @@ class Profile:
     seccomp: str = "default"  # default, unconfined, or the absolute path of a Docker-format JSON profile
     # The files this profile was read from: its own, then its parents'.
     sources: tuple[Path, ...] = ()
+    # Where a setup step that is not the profile's own was written (a project's ``prepare:``),
+    # by its index in ``setup``; a failing step's hint names that file.
+    setup_origins: Mapping[int, Path] = field(default_factory=dict)
 
     def input_files(self) -> list[Path]:
         """Every file whose change can change this profile: its YAML chain and its keys."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from sandboxmgr.doctor import Finding
     from sandboxmgr.matrix import Result
+    from sandboxmgr.package import PackageResult
 
 _COUNTED = re.compile(r"\(\d+\)$")
 
@@ -151,6 +152,19 @@ def findings_table(findings: list[Finding], store: Path) -> None:
     print_table(["KIND", "WHAT", "DETAIL"],
                 [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
                                               if f.error else "")] for f in findings])
+
+
+def package_table(results: list[PackageResult]) -> None:
+    """A package build's results, then why each failed build failed and where a kept one is."""
+    print_table(["PROFILE", "RESULT", "STAGE", "TIME", "RESULTS"],
+                [[r.name, r.status, r.stage or "-", "-" if r.duration is None else f"{r.duration:.1f}s",
+                  str(r.results)] for r in results])
+    for r in results:
+        if r.stage:
+            click.echo(f"{r.name}: {r.stage}: {r.reason}" + (f" (blocking: {', '.join(r.packages)})"
+                                                              if r.packages else ""))
+        if r.sandbox:
+            click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
 
 
 def results_table(results: list[Result]) -> None:

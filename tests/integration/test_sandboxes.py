@@ -41,7 +41,8 @@ def test_named_sandbox_changes_persist_and_never_touch_the_image(cli: CLI, bookw
         assert row["profile"] == IMAGE and row["changes_size"] > 0
         table = cli.ok("ls").out
         assert "work" in table and IMAGE in table
-        info = json.loads(cli.ok("inspect", "work", "--json").out)
+        (info,) = json.loads(cli.ok("inspect", "work", "--json").out)
+        assert info["type"] == "sandbox"
         assert info["name"] == "work" and info["distro"] == "debian" and info["release"] == "bookworm"
         assert info["settings"]["hostname"] == "work"
         assert cli.ok("exec", "work", "hostname").out.strip() == "work"
@@ -140,7 +141,7 @@ def test_a_named_sandbox_keeps_its_isolation(cli: CLI, bookworm: ConcurrentBuild
     cli.ok("run", "--name", "jail", "--isolation", "chroot", IMAGE, "true")
     cli.ok("create", IMAGE, "--name", "pivot")
     try:
-        assert json.loads(cli.ok("inspect", "jail").out)["settings"]["isolation"] == "chroot"
+        assert json.loads(cli.ok("inspect", "jail").out)[0]["settings"]["isolation"] == "chroot"
         assert not int(cli.ok("exec", "jail", *probe).out.split()[1], 16) & (1 << 18)
         assert int(cli.ok("exec", "pivot", *probe).out.split()[1], 16) & (1 << 18)
     finally:

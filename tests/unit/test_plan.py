@@ -166,3 +166,22 @@ def test_repo_file_carries_every_repository_with_its_key() -> None:
     assert text.count("gpgcheck=1") == 2
     assert "metalink=https://mirrors.fedoraproject.org/metalink?repo=fedora-$releasever&arch=$basearch" in text
     assert "gpgkey=https://fedoraproject.org/fedora.gpg" in text
+
+
+def test_a_sandboxs_etc_files_are_its_own_and_writable(tmp_path: Path) -> None:
+    for network in ("host", "none"):
+        steps = {s.target: s for s in plan(network, (), tmp_path)}
+        for name in ("hostname", "hosts", "resolv.conf"):
+            step = steps[f"/etc/{name}"]
+            assert step.source == str(tmp_path / name) and step.is_file and step.follow and not step.readonly
+
+
+def test_a_refusal_quotes_what_the_image_spelled_never_raw() -> None:
+    """A symlink's text comes from the image or a sandbox's changes: escape sequences in it
+    must not reach the operator's terminal."""
+    from sandboxmgr.errors import SandboxError
+    from sandboxmgr.mounts import refuse_kernel_target
+
+    with pytest.raises(SandboxError) as caught:
+        refuse_kernel_target("/etc/resolv.conf", "/dev/\x1b]0;pwned\x07\nsandboxmgr: ok")
+    assert caught.value.message.isprintable() and "\\x1b" in caught.value.message
