@@ -113,6 +113,24 @@ def test_prune_cache_leaves_a_package_cache_a_running_sandbox_uses(disk: CLI) ->
     assert list(debs.glob("*.deb"))
 
 
+def test_prune_cache_leaves_a_package_cache_a_build_uses(disk: CLI) -> None:
+    assert disk.configs is not None
+    (disk.configs / "disk-slow.yaml").write_text("extends: debian-bookworm\nsetup: [sleep 8]\n")
+    debs = disk.store / debian_archives()
+    building = disk.popen("build", "disk-slow")
+    try:
+        deadline = time.monotonic() + 60
+        while df(disk)["package caches"]["active"] == 0:
+            assert time.monotonic() < deadline, "the build never held its package cache"
+            time.sleep(0.2)
+        result = disk.ok("prune", "--cache")
+    finally:
+        _out, err = building.communicate(timeout=300)
+    assert building.returncode == 0, err
+    assert "package cache debian-bookworm-amd64 is in use" in result.err
+    assert list(debs.glob("*.deb"))
+
+
 def test_prune_cache_empties_the_package_caches(disk: CLI) -> None:
     debs = disk.store / debian_archives()
     before = df(disk)["package caches"]
