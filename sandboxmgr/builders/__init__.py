@@ -105,7 +105,10 @@ class BuildRoot:
         whiteouts (a deleted file comes back). Nothing is followed: the steps ran as root in it."""
         from sandboxmgr.removal import remove_tree
 
-        directory = self.in_upper(path)
+        try:
+            directory = self.in_upper(path)
+        except BuildError:
+            return  # a step made a directory on the way a symlink: nothing is given back through it
         if directory.is_symlink() or not directory.is_dir():
             return  # unchanged, or made something else (a whiteout: the step removed it all)
         for entry in sorted(directory.iterdir()):
