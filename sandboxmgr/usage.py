@@ -19,6 +19,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from sandboxmgr import mountinfo
+
 Inode = tuple[int, int]
 # Per inode: [bytes, links it has (0 for a directory: it has no other name), names seen].
 Inodes = dict[Inode, list[int]]
@@ -41,19 +43,23 @@ def _entries(fd: int) -> list[tuple[str, os.stat_result]]:
 
 
 def _stats(top: Path) -> Iterator[os.stat_result]:
-    """The lstat of everything below ``top`` on ``top``'s file system, depth first."""
+    """The lstat of everything below ``top`` on ``top``'s file system, depth first: neither a
+    mount point of another file system nor a bind mount (same device, so found by its path in
+    the mount table) is entered or counted."""
     try:
         fd = os.open(top, _DIR_FLAGS)
     except OSError:
         return
     device = os.fstat(fd).st_dev
-    stack = [(fd, iter(_entries(fd)))]
+    real = os.path.realpath(top)
+    mounts = set(mountinfo.mounts_under(real)) - {real}
+    stack = [(fd, iter(_entries(fd)), real)]
     try:
         while stack:
-            fd, pending = stack[-1]
+            fd, pending, where = stack[-1]
             for name, info in pending:
-                if info.st_dev != device:
-                    continue  # a mount point: another file system's, not the store's
+                if info.st_dev != device or (mounts and f"{where}/{name}" in mounts):
+                    continue  # a mount point: not the store's tree
                 yield info
                 if not stat.S_ISDIR(info.st_mode):
                     continue
@@ -65,13 +71,13 @@ def _stats(top: Path) -> Iterator[os.stat_result]:
                 if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
                     os.close(child)  # swapped meanwhile
                     continue
-                stack.append((child, iter(_entries(child))))
+                stack.append((child, iter(_entries(child)), f"{where}/{name}"))
                 break
             else:
                 os.close(fd)
                 stack.pop()
     finally:
-        for fd, _pending in stack:
+        for fd, _pending, _where in stack:
             os.close(fd)
 
 

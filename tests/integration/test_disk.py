@@ -142,3 +142,21 @@ def test_prune_cache_empties_the_package_caches(disk: CLI) -> None:
     assert after["size"] < 100_000 < before["size"]
     # The directories stay: the image's sandboxes still mount them (run's cached resolution too).
     assert disk.ok("run", "disk-child", "ls", "/var/cache/apt/archives").out.split() == ["partial"]
+
+
+def test_measuring_enters_no_bind_mount(tmp_path: Path) -> None:
+    """A bind mount from the same file system has the same st_dev: it is found in the mount
+    table, and neither entered nor counted (df and images measure trees sandboxes wrote)."""
+    need_root()
+    from sandboxmgr import usage
+
+    outside, tree = tmp_path / "outside", tmp_path / "tree"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"x" * 1_000_000)
+    (tree / "mnt").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(outside), str(tree / "mnt")], check=True)
+    try:
+        assert usage.size(usage.scan(tree)) < 100_000
+    finally:
+        subprocess.run(["umount", str(tree / "mnt")], check=True)
+    assert usage.size(usage.scan(tree)) < 100_000 < usage.size(usage.scan(outside))
