@@ -1,9 +1,9 @@
 """``sandboxmgr df``: what the store takes on disk, by kind, and what prune would free.
 
 One row per kind of thing the store holds - images, layers, sandboxes, package caches, kept
-bootstrap roots, logs, temporary trees - each with how many there are, how many are in use,
+bootstrap roots, run caches, logs, temporary trees - each with how many there are, how many are in use,
 their size (each file once, usage.py) and what is reclaimable: what ``prune`` (images, layers)
-and ``prune --cache`` (package caches, kept roots) would free, with hard links counted
+and ``prune --cache`` (package caches, kept roots, run caches) would free, with hard links counted
 (removing an older image whose root is kept frees only what the kept root does not hold).
 Images and layers are the same bytes seen twice: the images' size is the part of the
 layers' that images use. The total counts every file once.
@@ -59,7 +59,7 @@ def report(store: Store, registry: ProfileRegistry, verbose: bool = False) -> di
     """The rows of ``sandboxmgr df`` (and its --json), with each item's with ``verbose``."""
     measured = usage.Trees()
     kinds = [*_images_and_layers(store, registry, measured, verbose), _sandboxes(store), _caches(store),
-             _kept_roots(store), _logs(store), _temporary(store)]
+             _kept_roots(store), _run_caches(store), _logs(store), _temporary(store)]
     rows = [kind.row(measured, verbose) for kind in kinds]
     everything = measured.union(path for kind in kinds for path in kind.paths())
     return {"store": str(store.root), "types": rows, "size": usage.size(everything),
@@ -121,11 +121,21 @@ def _kept_roots(store: Store) -> Kind:
     return kind
 
 
+def _run_caches(store: Store) -> Kind:
+    kind = Kind("run caches")
+    for entry in pkgcache.run_caches(store):
+        kind.add({"name": f"{entry.parent.name}/{entry.name}"}, [entry], False, [entry])
+    return kind
+
+
 def _logs(store: Store) -> Kind:
+    """Build logs, and each matrix run's directory of logs: left for you (prune keeps them)."""
     kind = Kind("logs")
     if store.logs_dir.is_dir():
         for entry in sorted(store.logs_dir.iterdir()):
-            kind.add({"name": entry.name}, [entry], False, [])  # build and matrix logs stay
+            runs = sorted(entry.iterdir()) if entry.is_dir() and not entry.is_symlink() else [entry]
+            for log in runs:
+                kind.add({"name": str(log.relative_to(store.logs_dir))}, [log], False, [])
     return kind
 
 

@@ -1,4 +1,5 @@
-"""The package caches, as a whole: which there are, who uses one, and emptying them.
+"""The package caches, as a whole: which there are, who uses one, and emptying them; and the
+run caches (compiled seccomp filters, resolved profiles), which ``prune --cache`` empties too.
 
 ``STORE/cache/DISTRO-RELEASE-ARCH/`` holds what builds download (the Debian family's
 ``apt-archives/KEYRING/`` and its saved signed ``index/``, the RPM family's ``dnf/``) and
@@ -62,6 +63,27 @@ def using(store: Store, name: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def run_caches(store: Store) -> list[Path]:
+    """What runs keep to start faster: compiled seccomp filters (``cache/seccomp/``, libseccomp.py)
+    and resolved profiles (``refs/``, runcache.py). Either is made again when missing; files a
+    process is still writing (named with a leading dot, or ``.tmp``) are not listed."""
+    found = []
+    for directory, suffix in ((store.cache_dir / "seccomp", ".bpf"), (store.refs_dir, ".json")):
+        if directory.is_dir() and not directory.is_symlink():
+            found += [entry for entry in sorted(directory.iterdir())
+                      if entry.name.endswith(suffix) and not entry.name.startswith(".")]
+    return found
+
+
+def empty_run_caches(store: Store) -> tuple[int, int]:
+    """Remove the run caches' files: (how many, bytes freed)."""
+    files = run_caches(store)
+    freed = usage.freed(usage.merged(usage.scan(entry) for entry in files))
+    for entry in files:
+        remove_tree(entry)
+    return len(files), freed
 
 
 def empty_all(store: Store) -> tuple[list[tuple[Path, int]], list[Path]]:

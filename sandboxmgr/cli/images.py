@@ -120,10 +120,13 @@ def _prune_caches(app: App) -> None:
     app.store.ensure()  # locks/ too: a store restored without it
     removed, busy = rootcache.remove_all(app.store)
     emptied, busy_caches = pkgcache.empty_all(app.store)
+    run_files, run_freed = pkgcache.empty_run_caches(app.store)
     if not app.quiet:
         click.echo(f"removed {counted(len(removed), 'kept bootstrap root')}")
         freed = format_bytes(sum(size for _cache, size in emptied), decimal=True)
         click.echo(f"emptied {counted(len(emptied), 'package cache')} ({freed})")
+        click.echo(f"removed {counted(run_files, 'run cache file')} ({format_bytes(run_freed, decimal=True)}: "
+                   "seccomp filters, resolved profiles)")
     for place in busy:
         warn(f"kept root {place.name} is in use by a build; left")
     for place in busy_caches:

@@ -82,7 +82,9 @@ def df(cli: CLI) -> dict[str, dict[str, int]]:
 
 def test_df_counts_each_kind_and_what_prune_would_free(disk: CLI) -> None:
     rows = df(disk)
-    assert list(rows) == ["images", "layers", "sandboxes", "package caches", "kept roots", "logs", "temporary"]
+    assert list(rows) == ["images", "layers", "sandboxes", "package caches", "kept roots", "run caches", "logs",
+                          "temporary"]
+    assert rows["run caches"]["total"] >= 1  # the runs above: their seccomp filter and resolved profile
     assert rows["images"]["total"] == len(images_by_profile(disk)) >= 2
     assert rows["layers"]["total"] == len(list((disk.store / "layers").iterdir())) >= 3
     assert rows["images"]["size"] >= images_by_profile(disk)["disk-child"]["size"]
@@ -138,8 +140,10 @@ def test_prune_cache_empties_the_package_caches(disk: CLI) -> None:
     assert "emptied 1 package cache (" in result.out
     assert not list(debs.glob("*.deb"))
     assert not [p for p in (debs.parent.parent / "index").rglob("*") if p.is_file()]
-    after = df(disk)["package caches"]
-    assert after["size"] < 100_000 < before["size"]
+    after = df(disk)
+    assert after["package caches"]["size"] < 100_000 < before["size"]
+    assert after["run caches"]["total"] == 0
+    assert not list((disk.store / "refs").glob("*.json")) and not list((disk.store / "cache/seccomp").glob("*.bpf"))
     # The directories stay: the image's sandboxes still mount them (run's cached resolution too).
     assert disk.ok("run", "disk-child", "ls", "/var/cache/apt/archives").out.split() == ["partial"]
 
