@@ -62,8 +62,12 @@ def report(store: Store, registry: ProfileRegistry, verbose: bool = False) -> di
              _kept_roots(store), _run_caches(store), _logs(store), _temporary(store)]
     rows = [kind.row(measured, verbose) for kind in kinds]
     everything = measured.union(path for kind in kinds for path in kind.paths())
+    # What prune --cache frees in all: a file that an older layer and a kept root both link
+    # goes only with both, so it is in no row's reclaimable but in this.
+    whole = measured.union(path for kind in kinds if not kind.files_only for path in kind.doomed)
+    emptied = sum(row["reclaimable"] for kind, row in zip(kinds, rows, strict=True) if kind.files_only)
     return {"store": str(store.root), "types": rows, "size": usage.size(everything),
-            "reclaimable": sum(row["reclaimable"] for row in rows)}
+            "reclaimable": usage.freed(whole) + emptied}
 
 
 def _images_and_layers(store: Store, registry: ProfileRegistry, measured: usage.Trees,
@@ -71,7 +75,10 @@ def _images_and_layers(store: Store, registry: ProfileRegistry, measured: usage.
     records = store.images()
     current = catalog.current(records, registry)
     images, layers = Kind("images"), Kind("layers")
-    in_use = {r.key: bool(store.users(r)) or is_held(store.lock("image", r.key).path) for r in records}
+    users: dict[str, list[str]] = {}
+    for sandbox in store.sandboxes():
+        users.setdefault(str(sandbox.meta.get("image")), []).append(sandbox.name)
+    in_use = {r.key: r.key in users or is_held(store.lock("image", r.key).path) for r in records}
     # prune removes the images other than their profile's current one that no sandbox uses
     older = {r.key for r in records if r.key != current[r.profile] and not in_use[r.key]}
     kept_layers = {key for r in records if r.key not in older for key in r.layers}
@@ -81,7 +88,7 @@ def _images_and_layers(store: Store, registry: ProfileRegistry, measured: usage.
         paths = [store.layers_dir / key for key in record.layers]
         shared, unique = shares.get(record.key, (None, None))
         item = {"key": record.key, "profile": record.profile, "outdated": record.key != current[record.profile],
-                "sandboxes": store.users(record), "shared_size": shared, "unique_size": unique}
+                "sandboxes": users.get(record.key, []), "shared_size": shared, "unique_size": unique}
         # What prune frees of an older image: its layers that no image it keeps uses.
         doomed = [p for p in paths if p.name not in kept_layers] if record.key in older else []
         images.add(item, paths, in_use[record.key], doomed)
