@@ -97,7 +97,8 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
 
 @click.command()
 @click.option("--cache", is_flag=True,
-              help="Also empty the package caches and remove the kept bootstrap roots (a cache in use is left).")
+              help="Also remove the kept bootstrap roots and the run caches, and empty the package caches "
+                   "(a cache a build or a running sandbox uses is left).")
 @pass_app
 def prune(app: App, cache: bool) -> None:
     """Remove images other than their profile's current one that no sandbox uses, and every
