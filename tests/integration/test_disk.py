@@ -34,9 +34,13 @@ def disk(tmp_path_factory: pytest.TempPathFactory, cli: CLI, bookworm: Concurren
     top = tmp_path_factory.mktemp("disk")
     store = top / "store"
     store.mkdir(mode=0o700)
-    for part in ("images", "layers"):
-        subprocess.run(["cp", "-a", "--link", str(cli.store / part), str(store)], check=True)
-    subprocess.run(["cp", "-a", str(cli.store / "cache"), str(store)], check=True)
+    for top_dir in ("images", "layers"):
+        subprocess.run(["cp", "-a", "--link", str(cli.store / top_dir), str(store)], check=True)
+    for cache in (cli.store / "cache").iterdir():
+        (store / "cache" / cache.name).mkdir(parents=True)
+        for part in cache.iterdir():  # kept roots as links (of the layers' files, as in a store)
+            link = ["--link"] if part.name == "roots" else []
+            subprocess.run(["cp", "-a", *link, str(part), str(store / "cache" / cache.name)], check=True)
     configs = top / "configs"
     configs.mkdir()
     (configs / "disk-child.yaml").write_text(CHILD)
