@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr import catalog, rootcache
+from sandboxmgr import catalog, pkgcache, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, builder_for
 from sandboxmgr.builders.index import Unreachable
 from sandboxmgr.errors import BuildError, BusyError, counted, require_root, warn
@@ -91,6 +91,8 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
         record = store.image(key)
         if record is not None and not rebuild and _layers_present(store, record):
             return record  # built by the process we waited for
+        # Its package cache is read and filled throughout: prune --cache leaves it meanwhile.
+        held.enter_context(pkgcache.using(store, cache_key(profile)))
         store.clean_leftovers()
         if record is None:
             reason = rebuild_reason(store, profile, identity.inputs)
@@ -225,6 +227,8 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
             if status != 0:
                 raise _step_failed(profile, step, status, context.log_file)
         builder.finish(profile, root, context)
+        for path, keep in builder.parents_keep if root.lowers else ():
+            root.drop_changes(path, keep)
         if step.kind == "bootstrap" and state:
             _keep_root(store, profile, builder, step.key, state, diff, progress)
         return _publish_layer(store, profile, step, parents, tmp, started)

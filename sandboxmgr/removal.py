@@ -33,6 +33,23 @@ def remove_tree(path: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         os.unlink(path)
         return
+    _remove_below(path, info.st_dev, keep_dirs=False)
+    os.rmdir(path)
+
+
+def empty_tree(path: Path) -> None:
+    """Delete every file below ``path`` and keep its directories (a package cache, whose
+    directories sandboxes mount), with :func:`remove_tree`'s care for mounts and symlinks
+    (a symlink is a file here: it goes, what it names stays)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        _remove_below(path, info.st_dev, keep_dirs=True)
+
+
+def _remove_below(path: Path, device: int, keep_dirs: bool) -> None:
     for point in mountinfo.mounts_under(path):
         with suppress(OSError):
             linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
@@ -44,13 +61,12 @@ def remove_tree(path: Path) -> None:
         )
     top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _remove_contents(top, info.st_dev, str(path))
+        _remove_contents(top, device, str(path), keep_dirs)
     finally:
         os.close(top)
-    os.rmdir(path)
 
 
-def _remove_contents(dir_fd: int, device: int, where: str) -> None:
+def _remove_contents(dir_fd: int, device: int, where: str, keep_dirs: bool = False) -> None:
     with os.scandir(dir_fd) as entries:
         names = [entry.name for entry in entries]
     for name in names:
@@ -65,10 +81,11 @@ def _remove_contents(dir_fd: int, device: int, where: str) -> None:
             )
         child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            _remove_contents(child, device, f"{where}/{name}")
+            _remove_contents(child, device, f"{where}/{name}", keep_dirs)
         finally:
             os.close(child)
-        os.rmdir(name, dir_fd=dir_fd)
+        if not keep_dirs:
+            os.rmdir(name, dir_fd=dir_fd)
 
 
 def tree_size(path: Path) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 from sandboxmgr.config import SandboxConfig
@@ -23,12 +24,13 @@ from sandboxmgr.enter import (
     enter,
 )
 from sandboxmgr.errors import NotFoundError, SandboxError
-from sandboxmgr.locks import Lock
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.store import ImageRecord, SandboxRecord, Store, now_iso
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sandboxmgr.profile import Profile
     from sandboxmgr.seccomp import Policy
 
@@ -136,19 +138,33 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
 def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, options: SandboxConfig) -> int:
     """Run in a throw-away sandbox over ``image``; its changes vanish on exit."""
     config = saved.merged(options)
-    with store.temporary("run") as tmp, _using(store, image):
+    with store.temporary("run") as tmp, _using(store, image, config.caches):
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
         return enter(enter_spec(store, root, config, tmp))
 
 
-def _using(store: Store, image: ImageRecord) -> Lock:
+@contextmanager
+def _using(store: Store, image: ImageRecord, caches: tuple[BindMount, ...] = ()) -> Iterator[None]:
     """A shared hold on the image while a sandbox runs over it: rmi and prune wait for no one
-    but refuse (busy) instead of deleting layers under a running sandbox."""
-    lock = store.lock("image", image.key)
-    lock.acquire_shared()
-    return lock
+    but refuse (busy) instead of deleting layers under a running sandbox. Likewise on each
+    package cache it mounts (``cache-DISTRO-RELEASE-ARCH``, pkgcache.py): ``prune --cache``
+    leaves it, instead of emptying the lower directory of a mounted overlay."""
+    names = []
+    for cache in caches:
+        try:
+            names.append(cache.source.relative_to(store.cache_dir).parts[0])
+        except (ValueError, IndexError):
+            continue  # not in this store's cache (a sandbox saved by another layout)
+    held = [store.lock("image", image.key), *(store.lock("cache", name) for name in dict.fromkeys(names))]
+    try:
+        for lock in held:
+            lock.acquire_shared()
+        yield
+    finally:
+        for lock in held:
+            lock.release()
 
 
 def create(store: Store, name: str, image: ImageRecord, profile: Profile, config: SandboxConfig) -> SandboxRecord:
@@ -192,6 +208,6 @@ def run_in(store: Store, record: SandboxRecord, options: SandboxConfig) -> int:
                 hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
             )
         config = SandboxConfig.from_json(record.meta["settings"]).merged(options)
-        with _using(store, image):
+        with _using(store, image, config.caches):
             root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
             return enter(enter_spec(store, root, config, record.path / "volumes"))

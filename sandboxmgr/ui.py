@@ -121,9 +121,10 @@ def profiles_table(rows: list[dict[str, Any]]) -> None:
 
 def images_table(rows: list[dict[str, Any]], show_layers: bool) -> None:
     print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
+        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "SHARED", "UNIQUE", "LAYERS", "BUILT AT", "KEY"],
         [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
-          format_bytes(r.get("size"), decimal=True), str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
+          *(format_bytes(r.get(field), decimal=True) for field in ("size", "shared_size", "unique_size")),
+          str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
          for r in rows],
     )
     if show_layers:
@@ -133,6 +134,34 @@ def images_table(rows: list[dict[str, Any]], show_layers: bool) -> None:
                 shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
                 size = format_bytes(layer["size"], decimal=True)
                 click.echo(f"  {layer['key']}  {size:>8}  {layer['label']}{shared}")
+
+
+def df_table(found: dict[str, Any], verbose: bool) -> None:
+    """``sandboxmgr df``: a row per kind, the total, and with ``verbose`` each item."""
+    def size(value: int | None) -> str:
+        return format_bytes(value, decimal=True)
+
+    rows = [[row["type"], str(row["total"]), str(row["active"]), size(row["size"]), size(row["reclaimable"])]
+            for row in found["types"]]
+    rows.append(["total (each file once)", "", "", size(found["size"]), size(found["reclaimable"])])
+    print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
+    if not verbose:
+        return
+    for row in found["types"]:
+        if not row["items"]:
+            continue
+        click.echo(f"\n{row['type']}:")
+        for item in row["items"]:
+            what = "  ".join(f"{name}={_shown(name, value)}" for name, value in item.items() if name != "size")
+            click.echo(f"  {size(item['size']):>8}  {what}")
+
+
+def _shown(name: str, value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    if name.endswith("_size"):
+        return format_bytes(value, decimal=True)
+    return str(value)
 
 
 def sandboxes_table(rows: list[dict[str, Any]]) -> None:

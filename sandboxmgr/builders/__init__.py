@@ -99,6 +99,22 @@ class BuildRoot:
     def remove_build_file(self, path: str) -> None:
         self.in_upper(path).unlink(missing_ok=True)
 
+    def drop_changes(self, path: str, keep: tuple[str, ...] = ()) -> None:
+        """Drop what this layer changed in the directory ``path`` (entries named in ``keep``
+        stay), so that its lower layers' entries show through again: new files go, and so do
+        whiteouts (a deleted file comes back). Nothing is followed: the steps ran as root in it."""
+        from sandboxmgr.removal import remove_tree
+
+        try:
+            directory = self.in_upper(path)
+        except BuildError:
+            return  # a step made a directory on the way a symlink: nothing is given back through it
+        if directory.is_symlink() or not directory.is_dir():
+            return  # unchanged, or made something else (a whiteout: the step removed it all)
+        for entry in sorted(directory.iterdir()):
+            if entry.name not in keep:
+                remove_tree(entry)
+
 
 class VerifiedCache(Protocol):
     """A shared package cache that only verified packages enter or leave (debcache.py)."""
@@ -198,6 +214,10 @@ class Builder(ABC):
     """Makes a root filesystem for one bootstrap method."""
 
     method: str
+    # Directories whose changes only a bootstrap keeps (the names in the second item stay):
+    # a layer above gives them back to its parents (images.py), as the Debian family's
+    # package lists, which a setup step's 'apt-get update' would copy up whole.
+    parents_keep: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @abstractmethod
     def preflight(self, profile: Profile) -> None:

@@ -127,6 +127,7 @@ class _DebianFamily(Builder):
     tool_env: dict[str, str] = {}  # noqa: RUF012 - read only
     # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
     keeps_lists = False
+    parents_keep = (("/var/lib/apt/lists", ("lock", "partial")),)  # the bootstrap's lists: README, "apt lists"
 
     def stage_dir(self, rootfs: Path) -> Path:
         """Where the verified cached packages are put for the tool."""

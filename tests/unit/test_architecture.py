@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
     "jobs": ("matrix", "project", "trust", "doctor", "package", "pkgsource"),
-    "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families"),
+    "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
+               "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "enter", "execute", "mounts", "mountexec", "tty", "users", "seccomp",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
     "profiles": ("schema", "profilefields", "profile", "distros"),
