@@ -156,29 +156,48 @@ class DnfProgress:
         self.got = 0
         self.phase = ""
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line: str) -> bool:
+        """Take one line of output; whether it was one of dnf's counts."""
         if (match := _DNF_TOTAL.match(line)) is not None:
             self.need = size_bytes(match.group(1), binary=True)
             self._phase("downloading", f"downloading {format_bytes(self.need, True)}")
-            return
+            return True
         for pattern in _DNF_DOWNLOAD:
             if (match := pattern.match(line)) is not None:
                 self.got += size_bytes(match.group(4), binary=True)
                 sizes = format_bytes(self.got, True) + (f"/{format_bytes(self.need, True)}" if self.need else "")
                 self._phase("downloading", f"downloading {counted(int(match.group(2)), 'package')}")
                 self.progress(Live(f"{self.prefix}: downloading {match.group(1)}/{match.group(2)}, {sizes}"))
-                return
+                return True
         dnf4, dnf5 = (pattern.match(line) for pattern in _DNF_STEP)
         if dnf4 is not None:
             verb, name, done, total = dnf4.groups()
         elif dnf5 is not None:
             done, total, verb, name = dnf5.groups()
         else:
-            return
+            return False
         self._phase("installing", "installing")
         self.progress(Live(f"{self.prefix}: {verb.lower()} {done}/{total} {name}".rstrip()))
+        return True
 
     def _phase(self, phase: str, text: str) -> None:
         if phase != self.phase:
             self.phase = phase
             self.progress(f"{self.prefix}: {text}")
+
+
+class StepOutput:
+    """A setup step's output: apt's or dnf's counts when it installs packages, else its
+    latest line, on a terminal only, so that a long step never looks stuck."""
+
+    def __init__(self, progress: Progress, prefix: str) -> None:
+        self.progress = progress
+        self.prefix = prefix
+        self.parsers = (AptProgress(progress, prefix), DnfProgress(progress, prefix))
+
+    def __call__(self, line: str) -> None:
+        if any(parser(line) for parser in self.parsers):
+            return
+        text = " ".join(line.split())  # no tabs or carriage returns in the status line
+        if text:
+            self.progress(Live(f"{self.prefix}: {text}"))

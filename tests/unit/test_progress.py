@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sandboxmgr import ui
-from sandboxmgr.builders.pkgprogress import AptProgress, BootstrapProgress, DnfProgress, size_bytes
+from sandboxmgr.builders.pkgprogress import AptProgress, BootstrapProgress, DnfProgress, StepOutput, size_bytes
 from sandboxmgr.progress import Live
 
 # What apt-get install and dpkg print in a build step (C locale, stdout not a terminal).
@@ -214,3 +214,12 @@ def test_a_terminal_that_says_it_has_no_columns_still_gets_the_line(monkeypatch:
     line.tty = True
     line(Live("packages: unpacking 1/3 make"))
     assert "[deb] packages: unpacking 1/3 make" in err.getvalue()
+
+
+def test_a_setup_steps_output_shows_apts_counts_or_its_latest_line() -> None:
+    said: list[str] = []
+    feed(StepOutput(said.append, "setup 1"), "compiling\tfoo.c\r\n\n" + APT_INSTALL.splitlines()[4] + "\n"
+         "Unpacking make (4.3-4.1) ...\n")
+    assert said == [Live("setup 1: compiling foo.c"), "setup 1: installing 3 packages",
+                    Live("setup 1: unpacking 1/3 make")]
+    assert [isinstance(m, Live) for m in said] == [True, False, True]
