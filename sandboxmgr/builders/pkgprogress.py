@@ -144,6 +144,7 @@ _DNF_STEP = (re.compile(r"^\s*(Installing|Upgrading|Reinstalling|Downgrading|Run
              re.compile(r"^\[\s*(\d+)/(\d+)\] (Installing|Upgrading|Reinstalling|Downgrading|Verify package files|"
                         r"Running scriptlet|Verifying)\s*((?!\d+%)\S*)"))  # dnf 5: [n/N] VERB NAME
 _DNF_TOTAL = re.compile(r"^Total download size: ([\d.,]+ ?[kKMGT]?i?B?)")
+_DNF_SUMMARY = re.compile(r"^(Install|Upgrade|Reinstall|Downgrade)\s+(\d+) Packages?\s*$")  # dnf 4
 
 
 class DnfProgress:
@@ -155,9 +156,15 @@ class DnfProgress:
         self.need = 0
         self.got = 0
         self.phase = ""
+        self.total = 0  # packages the transaction installs (0: not said)
 
     def __call__(self, line: str) -> bool:
         """Take one line of output; whether it was one of dnf's counts."""
+        if line.startswith("Transaction Summary"):
+            self.total = 0
+        elif (match := _DNF_SUMMARY.match(line)) is not None:
+            self.total += int(match.group(2))
+            return True
         if (match := _DNF_TOTAL.match(line)) is not None:
             self.need = size_bytes(match.group(1), binary=True)
             self._phase("downloading", f"downloading {format_bytes(self.need, True)}")
@@ -176,7 +183,7 @@ class DnfProgress:
             done, total, verb, name = dnf5.groups()
         else:
             return False
-        self._phase("installing", "installing")
+        self._phase("installing", "installing" + (f" {counted(self.total, 'package')}" if self.total else ""))
         self.progress(Live(f"{self.prefix}: {verb.lower()} {done}/{total} {name}".rstrip()))
         return True
 

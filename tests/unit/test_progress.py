@@ -132,6 +132,11 @@ def test_debootstraps_per_package_lines_are_live() -> None:
 def test_dnf4_lines_become_counts_with_bytes() -> None:
     said: list[str] = []
     feed(DnfProgress(said.append, "packages"), """\
+Transaction Summary
+================================================================================
+Install  1 Package
+Upgrade  1 Package
+
 Total download size: 1.5 M
 Downloading Packages:
 (1/2): hello-2.12-1.x86_64.rpm                  1.1 MB/s |  512 kB     00:00
@@ -146,7 +151,7 @@ Running transaction
         "packages: downloading 1.6MB",
         "packages: downloading 1/2, 524.3KB/1.6MB",
         "packages: downloading 2/2, 1.6MB/1.6MB",
-        "packages: installing",
+        "packages: installing 2 packages",
         "packages: installing 1/2 bash-5.2-1.x86_64",
         "packages: running scriptlet 1/2 bash-5.2-1.x86_64",
         "packages: installing 2/2 hello-2.12-1.x86_64",
