@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from sandboxmgr.matrix import Result
 
 
-
 class ProgressLine:
     """One updating status line on a terminal, redrawn with every message, live counts
     (``packages: unpacking 5/34 make``) too; off a terminal, a plain line per phase and
