@@ -40,6 +40,10 @@ class ProgressLine:
     def __call__(self, message: str) -> None:
         if self.quiet:
             return
+        live = isinstance(message, Live)
+        # A build step's output reaches the status line (its latest line, package names): no
+        # escape sequence or control character of its own may reach the user's terminal.
+        message = "".join(c if c.isprintable() else "?" for c in message)
         if self.tty:
             width = _columns() - 1
             sys.stderr.write(f"\r\x1b[K[{self.label}] {message}"[: width + 4])
@@ -47,7 +51,7 @@ class ProgressLine:
             self.shown = True
             return
         # Off a terminal, a line per package or percent would be a wall of log.
-        if isinstance(message, Live) or message == self.last_phase:
+        if live or message == self.last_phase:
             return
         self.last_phase = message
         print(f"[{self.label}] {message}", file=sys.stderr, flush=True)

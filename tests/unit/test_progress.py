@@ -228,3 +228,18 @@ def test_a_setup_steps_output_shows_apts_counts_or_its_latest_line() -> None:
     assert said == [Live("setup 1: compiling foo.c"), "setup 1: installing 3 packages",
                     Live("setup 1: unpacking 1/3 make")]
     assert [isinstance(m, Live) for m in said] == [True, False, True]
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_build_steps_escape_sequences_never_reach_the_terminal(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A setup step's latest line is shown live: a hostile step prints a clipboard write
+    # (OSC 52), a title change, a screen clear and a bidi override.
+    said: list[str] = []
+    step = StepOutput(said.append, "setup 1")
+    feed(step, "\x1b]52;c;ZWNobyBvd25lZA==\x07 \x1b]0;title\x07\x1b[2J\u202egnp.exe\n"
+               "Unpacking ev\x1bil (1) ...\n")
+    step("Need to get 1\x1b[2J kB of archives.")
+    out = drawn(tty, [*said, "setup 1: done\x1b[31m"], monkeypatch)
+    # Nothing but the status line's own redraw ("\r\x1b[K") and newlines is not printable.
+    assert not [c for c in out.replace("\r\x1b[K", "") if not c.isprintable() and c != "\n"], repr(out)
+    assert "setup 1: done?[31m" in out
