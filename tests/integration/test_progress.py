@@ -5,6 +5,7 @@ the packages are downloaded and not taken from a cache."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from tests.conftest import CLI, DEBIAN_MIRROR, need_mirror, need_root, run_in_pt
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
-PROFILE = "extends: debian-bookworm\npackages: [make, patch, file]\n"
+PROFILE = ("extends: debian-bookworm\npackages: [make, patch, file]\n"
+           "setup: ['for i in 1 2 3; do echo step-line-$i; sleep 0.5; done']\n")
 SIZE = r"[\d.]+[KMG]?B"
 
 
@@ -56,6 +58,8 @@ def test_on_a_terminal_downloads_and_installs_show_counts_with_bytes_that_advanc
     sizes = [m.groups() for line in shown if (m := re.search(rf"packages: downloading \d+/\d+, ({SIZE})/({SIZE})$",
                                                                line))]
     assert sizes[-1][0] == sizes[-1][1] and len({got for got, _ in sizes}) >= 2, sizes
+    # A setup step that installs nothing shows its latest line.
+    assert "[tools] setup 1: step-line-2" in shown, shown
 
 
 def test_off_a_terminal_the_build_prints_one_plain_line_per_phase(tmp_path: Path) -> None:
@@ -65,13 +69,13 @@ def test_off_a_terminal_the_build_prints_one_plain_line_per_phase(tmp_path: Path
     for result in (bootstrap, packages):
         lines = result.err.splitlines()
         assert lines and all(line.startswith("[") for line in lines), result.err
-        assert len(lines) == len(set(lines)), result.err  # a line per phase, never the same twice
+        assert all(a != b for a, b in itertools.pairwise(lines)), result.err  # a line per phase, never twice
         assert "\r" not in result.err and "\x1b" not in result.err
         # No hook shell commands, no --skip echoes, no per-package or per-percent lines.
-        for leak in ("sh -c", "-hook", "as requested", "dpkg.cfg.d", "unpacking ", "setting up "):
+        for leak in ("sh -c", "-hook", "as requested", "dpkg.cfg.d", "unpacking ", "setting up ", "step-line-2"):
             assert leak not in result.err, (leak, result.err)
         assert not re.search(r"\d+/\d+", result.err), result.err
     assert re.search(r"bootstrap: downloading \d+ packages \(" + SIZE + r"\)\n", bootstrap.err), bootstrap.err
     assert re.search(r", 1 layer, in ", bootstrap.err), bootstrap.err
     assert re.search(r"\[tools\] packages: downloading \d+ packages \(" + SIZE + r"\)\n", packages.err), packages.err
-    assert "[tools] packages: installing " in packages.err and ", 2 layers, in " in packages.err
+    assert "[tools] packages: installing " in packages.err and ", 3 layers, in " in packages.err
