@@ -16,6 +16,7 @@ text carries the totals (``N newly installed``, ``Need to get``) and each downlo
 from __future__ import annotations
 
 import re
+import time
 
 from sandboxmgr.errors import counted
 from sandboxmgr.limits import format_bytes
@@ -197,14 +198,21 @@ class StepOutput:
     """A setup step's output: apt's or dnf's counts when it installs packages, else its
     latest line, on a terminal only, so that a long step never looks stuck."""
 
+    # A step may print thousands of lines a second (a compiler's): its latest line is shown
+    # at most this often, which is still more often than anyone reads it.
+    EVERY = 0.1
+
     def __init__(self, progress: Progress, prefix: str) -> None:
         self.progress = progress
         self.prefix = prefix
         self.parsers = (AptProgress(progress, prefix), DnfProgress(progress, prefix))
+        self.shown = -self.EVERY
 
     def __call__(self, line: str) -> None:
         if any(parser(line) for parser in self.parsers):
             return
         text = " ".join(line.split())  # no tabs or carriage returns in the status line
-        if text:
+        now = time.monotonic()
+        if text and now - self.shown >= self.EVERY:
+            self.shown = now
             self.progress(Live(f"{self.prefix}: {text}"))

@@ -243,3 +243,12 @@ def test_a_build_steps_escape_sequences_never_reach_the_terminal(tty: bool, monk
     # Nothing but the status line's own redraw ("\r\x1b[K") and newlines is not printable.
     assert not [c for c in out.replace("\r\x1b[K", "") if not c.isprintable() and c != "\n"], repr(out)
     assert "setup 1: done?[31m" in out
+
+
+def test_a_chatty_step_redraws_its_latest_line_a_few_times_a_second_only() -> None:
+    said: list[str] = []
+    step = StepOutput(said.append, "setup 1")
+    feed(step, "".join(f"cc -c file{i}.c\n" for i in range(10_000)))
+    assert said[0] == "setup 1: cc -c file0.c" and len(said) < 100
+    feed(step, APT_INSTALL)  # apt's counts are never held back
+    assert len([m for m in said if "unpacking" in m]) == 3
