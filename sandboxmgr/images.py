@@ -25,6 +25,7 @@ from typing import Any
 from sandboxmgr import catalog, pkgcache, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, builder_for
 from sandboxmgr.builders.index import Unreachable
+from sandboxmgr.builders.pkgprogress import StepOutput
 from sandboxmgr.errors import BuildError, BusyError, counted, require_root, warn
 from sandboxmgr.identity import Identity, LayerPlan, build_inputs, identify
 from sandboxmgr.locks import Lock
@@ -223,7 +224,8 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         if step.kind == "packages":
             builder.install(profile, root, context)
         elif step.kind == "setup":
-            status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env))
+            status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env),
+                                        on_line=StepOutput(context.progress, step.label.split(":")[0]))
             if status != 0:
                 raise _step_failed(profile, step, status, context.log_file)
         builder.finish(profile, root, context)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandboxmgr.limits import format_bytes
+from sandboxmgr.progress import Live
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,11 +25,11 @@ if TYPE_CHECKING:
     from sandboxmgr.matrix import Result
     from sandboxmgr.package import PackageResult
 
-_COUNTED = re.compile(r"\(\d+\)$")
-
 
 class ProgressLine:
-    """One updating status line on a terminal; phase changes only otherwise."""
+    """One updating status line on a terminal, redrawn with every message, live counts
+    (``packages: unpacking 5/34 make``) too; off a terminal, a plain line per phase and
+    no live counts (sandboxmgr/progress.py)."""
 
     def __init__(self, label: str, quiet: bool = False) -> None:
         self.label = label
@@ -41,14 +41,18 @@ class ProgressLine:
     def __call__(self, message: str) -> None:
         if self.quiet:
             return
+        live = isinstance(message, Live)
+        # A build step's output reaches the status line (its latest line, package names): no
+        # escape sequence or control character of its own may reach the user's terminal.
+        message = "".join(c if c.isprintable() else "?" for c in message)
         if self.tty:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
+            width = _columns() - 1
             sys.stderr.write(f"\r\x1b[K[{self.label}] {message}"[: width + 4])
             sys.stderr.flush()
             self.shown = True
             return
-        # Off a terminal, per-package lines ("... (12)") would be a wall of log.
-        if _COUNTED.search(message) or message == self.last_phase:
+        # Off a terminal, a line per package or percent would be a wall of log.
+        if live or message == self.last_phase:
             return
         self.last_phase = message
         print(f"[{self.label}] {message}", file=sys.stderr, flush=True)
@@ -58,6 +62,14 @@ class ProgressLine:
             sys.stderr.write("\n")
             sys.stderr.flush()
             self.shown = False
+
+
+def _columns() -> int:
+    """The terminal's width; 80 when it says 0 (a serial console, a new pty) or cannot say."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80
+    except OSError:
+        return 80
 
 
 class MatrixView:

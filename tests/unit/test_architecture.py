@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "sandboxes": ("sandbox", "config", "enter", "execute", "mounts", "mountexec", "tty", "users", "seccomp",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
     "profiles": ("schema", "profilefields", "profile", "distros"),
-    "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names",
+    "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
                "record", "locations", "limits", "entry", "__init__"),
 }
 # The one import that points up, and why: the Distro base names the Builder type its family
