@@ -141,7 +141,9 @@ def test_sigterm_to_the_manager_kills_the_command_and_its_mount_namespace(tiny: 
     """The sandbox's mounts live in its own mount namespace, which the host's mount table does not
     show: what proves them gone is that no process is left in that namespace."""
     tag = 6100
-    proc = tiny.popen("run", "tiny", "sh", "-c", f"exec sleep {tag}")
+    # Without pipes to the test: a sandbox left running must not keep the test waiting for their end.
+    proc = subprocess.Popen(tiny.argv("run", "tiny", "sh", "-c", f"exec sleep {tag}"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_until(lambda: command_runs(tag) or proc.poll() is not None, timeout=120), "never started"
         (command,) = map(int, subprocess.run(["pgrep", "-x", "-f", f"sleep {tag}"], capture_output=True,
@@ -150,11 +152,11 @@ def test_sigterm_to_the_manager_kills_the_command_and_its_mount_namespace(tiny: 
         assert namespace is not None and namespace != mount_namespace(os.getpid())
         assert command in processes_in_mount_namespace(namespace)
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM
     assert wait_until(lambda: mount_namespace(command) != namespace, timeout=10), f"{command} still runs"
     assert wait_until(lambda: not processes_in_mount_namespace(namespace), timeout=10), \
