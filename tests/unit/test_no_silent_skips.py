@@ -73,3 +73,21 @@ def test_on_ci_a_missing_capability_fails_the_test(tmp_path: Path) -> None:
     result = session(tmp_path, True, "test_a_missing_tool")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "CI must be able to run this test: frobnicate is not installed" in result.stdout, result.stdout
+
+
+def test_every_skip_in_the_suite_goes_through_missing_and_only_an_archive_is_an_outside_cause() -> None:
+    """What the run-time check cannot tell apart: a pytest.skip whose reason imitates an outside
+    cause, or ``required_on_ci=False`` given for something that is not an archive's silence."""
+    plain, outside = [], []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        if path.name == "test_no_silent_skips.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            where = f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+            if any(way in line for way in ("pytest.skip(", "mark.skip", "importorskip(")) and \
+                    not (path.name == "conftest.py" and "pytest.skip(reason if required_on_ci" in line):
+                plain.append(where)
+            if "required_on_ci=False" in line and "``" not in line and "mirror" not in line.lower():
+                outside.append(where)
+    assert not plain, f"skips that bypass tests.conftest.missing(): {plain}"
+    assert not outside, f"required_on_ci=False for something other than an archive (a mirror): {outside}"
