@@ -169,7 +169,7 @@ def test_sigterm_to_the_manager_kills_the_command_and_its_mount_namespace(tiny: 
 # A create's work, and the moment an rm or an exec takes the sandbox, last milliseconds: those
 # kills are sent on the inotify event that starts the phase, and the test checks the command was
 # still running then. The longer phases (an rm deleting 20000 files, a command running) get a
-# seeded delay within them.
+# seeded delay within them. Those commands run niced, so that the test gets the CPU first.
 CREATE_PHASES = ["claiming", "making", "made"]
 RM_CASES = [("locking", 0), ("moved", 0), ("deleting", 14), ("deleting", 4)]
 EXEC_CASES = [("entering", 0), ("running", 1), ("running", 4)]
@@ -205,6 +205,13 @@ def watching(directory: Path, mask: int) -> Iterator[Callable[[subprocess.Popen[
         os.close(fd)
 
 
+def niced(cli: CLI, *args: str) -> subprocess.Popen[str]:
+    """``cli.popen(*args)`` at the lowest CPU priority: on a busy machine the test, woken by the
+    event it waits for, still runs before the command's next few milliseconds of work."""
+    return subprocess.Popen(cli.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, preexec_fn=lambda: os.nice(19))
+
+
 def kill_on_event(start: Callable[[], subprocess.Popen[str]], directory: Path, mask: int,
                   wanted: Callable[[str], bool], what: str) -> None:
     """Start a command with ``start`` and SIGKILL it as soon as an event of ``mask`` about
@@ -232,7 +239,7 @@ def assert_recovered(cli: CLI) -> None:
 def test_sigkill_during_create_leaves_the_sandbox_whole_or_absent(tiny: CLI, phase: str) -> None:
     name = f"killed-create-{phase}"
     def start() -> subprocess.Popen[str]:
-        return tiny.popen("create", "tiny", "--name", name)
+        return niced(tiny, "create", "tiny", "--name", name)
 
     if phase == "claiming":  # its temporary directory's lock is made, the directory not yet
         kill_on_event(start, tiny.store / "locks", IN_CREATE, lambda n: n.startswith(f"tmp-create-{name}-"),
@@ -266,7 +273,7 @@ def test_sigkill_during_rm_leaves_the_sandbox_intact_or_gone(tiny: CLI, phase: s
     tiny.ok("exec", name, "sh", "-c", "echo precious > /data && mkdir /many && cd /many && "
             "seq 1 20000 | xargs touch")
     def start() -> subprocess.Popen[str]:
-        return tiny.popen("rm", name)
+        return niced(tiny, "rm", name)
 
     if phase == "locking":  # taking the sandbox's lock, before its tree leaves sandboxes/
         kill_on_event(start, tiny.store / "locks", IN_OPEN, lambda n: n == f"sandbox-{name}.lock",
@@ -300,7 +307,7 @@ def test_sigkill_during_exec_keeps_the_sandbox_and_its_data(tiny: CLI, phase: st
     tiny.ok("create", "tiny", "--name", name)
     tiny.ok("exec", name, "sh", "-c", "echo precious > /data")
     def start() -> subprocess.Popen[str]:
-        return tiny.popen("exec", name, "sh", "-c", f"echo more >> /data; exec sleep {tag}")
+        return niced(tiny, "exec", name, "sh", "-c", f"echo more >> /data; exec sleep {tag}")
 
     if phase == "entering":  # the sandbox's lock taken, its mounts and namespaces not made yet
         kill_on_event(start, tiny.store / "locks", IN_OPEN, lambda n: n == f"sandbox-{name}.lock",
