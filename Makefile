@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 # Host tools: the builders (debootstrap, mmdebstrap, dnf + rpm), the Debian keyring, gpgv (the
 # signed index is verified on the host), util-linux, libseccomp (every sandbox's filter), a venv;
 # createrepo-c, busybox-static and gnupg build the tests' local RPM repository; gcc and
-# libc6-dev (a static libc) build the adversarial suite's attack programs.
+# libc6-dev (a static libc) build the adversarial suite's attack programs; the tests also run
+# mount's losetup, mount and umount, and procps's pgrep (tests/unit/test_make_deps.py checks the list).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
-  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps
 
 .PHONY: deps venv demo test unit integration lint bench man clean
 
