@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 # signed index is verified on the host), util-linux, libseccomp (every sandbox's filter), a venv;
 # createrepo-c, busybox-static and gnupg build the tests' local RPM repository; gcc and
 # libc6-dev (a static libc) build the adversarial suite's attack programs; the tests also run
-# mount's losetup, mount and umount, and procps's pgrep (tests/unit/test_make_deps.py checks the list).
+# mount's losetup, mount and umount, and procps's pgrep; dpkg-dev's dpkg-source makes the package
+# build tests' .dsc; make runs `make man` (tests/unit/test_make_deps.py checks the list).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
-  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make
 
 .PHONY: deps venv demo test unit integration lint bench man clean
 
