@@ -7,10 +7,12 @@ after the previous round's tree was removed from the same directory lands in the
 group, and every one of its ~9,000 inodes walks over the thousands freed a moment ago: the
 extraction costs seconds of system time, more with every round, depending on how long ago
 the last removal was. A journaled ext4 does not make that check. The peers' trees are
-therefore made under a directory marked `chattr +T` (ext4's "top of a hierarchy": each new
-subdirectory is placed like a top-level one, in a block group with free inodes), the
-previous tree is removed before the round and outside the timed region (its removal timed
-apart), and a `sync` follows it. One uncontrolled case is kept for the record.
+therefore all kept until the end of the benchmark (then removed, each removal timed) and
+made under a directory marked `chattr +T` (ext4's "top of a hierarchy": each new
+subdirectory is placed like a top-level one, searching from a group chosen by a hash of its
+name; each round's tree has a new name), with a `sync` before each round. The old way,
+removing the previous tree from the same directory just before, is kept as one row for the
+record.
 """
 
 from __future__ import annotations
@@ -49,18 +51,34 @@ SPEEDUP_UNTAR = 30  # the target against untar
 
 @dataclass
 class Tree:
-    """A peer's output directory: made in the timed region, removed before the next one (untimed for the
-    peer, but timed here on its own)."""
+    """A peer's output directories, one per round, made in the timed region. ``keep``: they stay until
+    the benchmark's end (``remove_all``), so no removal frees inodes next to the next round's; else
+    each is removed before the next round. Either way the removals are timed apart, outside the peer's
+    figure. Each round's directory has a new name: under a ``chattr +T`` parent ext4 starts its search
+    for a new directory's block group from a hash of its name."""
 
-    path: Path
+    parent: Path
+    prefix: str
+    keep: bool = True
+    path: Path = Path("/nonexistent")
+    made: list[Path] = field(default_factory=list)
     removals: list[float] = field(default_factory=list)
 
-    def drop(self) -> None:
-        if os.path.lexists(self.path):
-            start = time.perf_counter()
-            remove_tree(self.path)
-            self.removals.append(time.perf_counter() - start)
+    def next(self) -> None:
+        """Before a round: (remove the previous tree,) sync, and name the next one."""
+        if not self.keep:
+            self.remove_all()
         os.sync()
+        self.path = self.parent / f"{self.prefix}-{len(self.made) + len(self.removals) + 1}"
+        self.made.append(self.path)
+
+    def remove_all(self) -> None:
+        for path in self.made:
+            if os.path.lexists(path):
+                start = time.perf_counter()
+                remove_tree(path)
+                self.removals.append(time.perf_counter() - start)
+        self.made.clear()
 
 
 def spread_placement(parent: Path) -> bool:
@@ -117,8 +135,8 @@ def size_candidates(bench: Bench, profile: str, label: str, parent: Path) -> Siz
     tar, tar_size = bench.rootfs_tar(profile)
     source = unpacked(bench, profile)
     layers = [d / "diff" for d in layer_dirs(image)]
-    untar_tree = Tree(parent / f"untar-{profile}")
-    link_tree = Tree(parent / f"link-{profile}")
+    untar_tree = Tree(parent, f"untar-{profile}")
+    link_tree = Tree(parent, f"link-{profile}")
 
     def untar() -> float:
         start = time.perf_counter()
@@ -138,9 +156,9 @@ def size_candidates(bench: Bench, profile: str, label: str, parent: Path) -> Siz
     shown_ref = profile if profile == BASE else f"CONFIGS/{profile}.yaml"
     return Size(
         profile, label, int(image.get("size") or 0), tar_size,
-        Candidate(f"untar ({label})", f"mkdir D && tar -xpf {profile}.tar -C D", untar, prepare=untar_tree.drop),
+        Candidate(f"untar ({label})", f"mkdir D && tar -xpf {profile}.tar -C D", untar, prepare=untar_tree.next),
         untar_tree,
-        Candidate(f"cp -al ({label})", f"cp -al TREE D (TREE: {profile} unpacked)", link, prepare=link_tree.drop),
+        Candidate(f"cp -al ({label})", f"cp -al TREE D (TREE: {profile} unpacked)", link, prepare=link_tree.next),
         link_tree,
         Candidate(f"bare overlayfs ({label})", "mkdir u w m; unshare -m: mount overlay + chroot m true; rm -rf",
                   overlay, prepare=os.sync),
@@ -155,7 +173,7 @@ def uncontrolled(bench: Bench, rounds: int) -> Candidate:
     tar = bench.rootfs_tar(BASE)[0]
     parent = bench.scratch / "plain"
     parent.mkdir(exist_ok=True)
-    tree = Tree(parent / "untar")
+    tree = Tree(parent, "untar", keep=False)
 
     def untar() -> float:
         start = time.perf_counter()
@@ -164,10 +182,10 @@ def uncontrolled(bench: Bench, rounds: int) -> Candidate:
         return time.perf_counter() - start
 
     candidate = Candidate("untar (minbase), into a plain directory right after the previous tree's removal",
-                          f"rm -rf D; sync (untimed); mkdir D && tar -xpf {BASE}.tar -C D", untar, prepare=tree.drop)
+                          f"rm -rf D; sync (untimed); mkdir D && tar -xpf {BASE}.tar -C D", untar, prepare=tree.next)
     log(f"create: {rounds} rounds of the uncontrolled untar, for the record")
     alternate([candidate], rounds, warmup=True)
-    tree.drop()
+    tree.remove_all()
     return candidate
 
 
@@ -180,22 +198,24 @@ def bench_create(bench: Bench) -> Section:
     candidates = [c for s in sizes for c in (s.untar, s.link, s.raw, s.ours)]
     log(f"create: {bench.rounds.create} alternating rounds of {len(candidates)} commands")
     alternate(candidates, bench.rounds.create, warmup=True)
+    log("create: removing the peers' trees (each removal timed)")
     for s in sizes:
-        s.untar_tree.drop()
-        s.link_tree.drop()
+        s.untar_tree.remove_all()
+        s.link_tree.remove_all()
     record = uncontrolled(bench, max(2, bench.rounds.create // 3))
 
     fs = filesystem(bench.work)
     section.lines.append(
-        "Each peer's tree is removed before its next round and outside the timed region (the removal is "
-        "timed on its own below), then a `sync`; each sandbox and overlay mount also starts after a `sync`. "
-        "The tarball is uncompressed and in the page cache, and the hard-link copy's source tree unpacked "
-        "beforehand: the fastest case for the peers. sandboxmgr's figure includes the removal of its "
-        f"sandbox, the peers' do not. The bench's filesystem: {fs}. The peers' parent directory is "
-        + ("marked `chattr +T`, so each tree gets a block group of its own (module docstring of "
-           "bench/create.py: on ext4 without a journal, an unpacking right after a removal in the same "
-           "place is slowed by the inode allocator, not by the peer)."
-           if spread else "not marked `chattr +T` (the filesystem refused it)."))
+        "Each round of a peer makes a new tree, kept until the end of the benchmark and then removed (each "
+        "removal timed on its own, shown below, not part of the peer's figure); each measurement of every "
+        "side starts after a `sync`. The tarball is uncompressed and in the page cache, and the hard-link "
+        "copy's source tree unpacked beforehand: the fastest case for the peers. sandboxmgr's figure "
+        f"includes the removal of its sandbox. The bench's filesystem: {fs}. "
+        + ("The peers' parent directory is marked `chattr +T`, so each tree gets block groups of its own. "
+           if spread else "The peers' parent directory could not be marked `chattr +T`. ")
+        + "Why (bench/create.py): on ext4 without a journal, the inode allocator passes over inodes freed in "
+        "the last minutes, one lookup each, so an unpacking right after a removal in the same place costs "
+        "seconds more, growing with each round; the last row measures that case.")
     section.lines.append("")
     section.lines += md_table(TIMING_HEADERS, timing_rows([*candidates, record]))
     section.lines.append("")
