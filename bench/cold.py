@@ -74,6 +74,15 @@ class Content:
         self.packages[label] = installed_packages(root)
         self.had_lists[label] = any((root / APT_STATE[0]).glob("*_Packages"))
 
+    def against(self, label: str, reference: str = "sandboxmgr") -> str:
+        """One peer's content in a few words, against the reference's."""
+        if label not in self.packages or reference not in self.packages:
+            return f"{label}: n/a"
+        mine, theirs = self.packages[label], self.packages[reference]
+        same = "the same packages" if mine == theirs else f"{len(mine)} packages against {len(theirs)}"
+        return (f"{label}: {same}, {fmt_size(statistics.median(self.without_apt[label]))} against "
+                f"{fmt_size(statistics.median(self.without_apt[reference]))}")
+
     def cells(self, label: str, reference: str = "sandboxmgr") -> list[str]:
         if label not in self.total:
             return ["n/a", "n/a", "n/a", "n/a"]
@@ -149,10 +158,8 @@ def section(trio: Sequence[Candidate], content: Content, notes: list[str], tool_
     value = ratio(sm_cold.median, min(medians)) if medians else None
     result.target("cold build no slower than the faster of debootstrap and mmdebstrap, both given dpkg "
                   "`force-unsafe-io` (ratio ≤ 1.0)", fmt_ratio(value), None if value is None else value <= 1.0)
-    sizes = [statistics.median(v) for v in content.without_apt.values()]
-    if len(sizes) > 1:
-        result.reported("output content without apt's lists and cache, largest / smallest",
-                        f"{max(sizes) / min(sizes):.3f}x")
+    result.reported("the peers' output against sandboxmgr's image (installed packages; size without apt's "
+                    "lists and cache)", "; ".join(content.against(c.label) for c in others))
     return result
 
 
