@@ -27,6 +27,18 @@ def processes() -> dict[int, tuple[str, str]]:
     return found
 
 
+def peer_loop(argv: list[str], count: int, env: dict[str, str]) -> float | None:
+    """The same loop with a peer, one after the other (not alternated): its wall time, None if it failed."""
+    start = time.perf_counter()
+    try:
+        for _ in range(count):
+            timed(argv, env=env)
+    except Failed as exc:
+        log(f"{argv[0]} loop: {exc}")
+        return None
+    return time.perf_counter() - start
+
+
 def bench_loop(bench: Bench) -> Section:
     section = Section("Loop")
     sm = bench.main
@@ -58,15 +70,7 @@ def bench_loop(bench: Bench) -> Section:
     tmp_left = sorted(p.name for p in (sm.store / "tmp").iterdir()) if (sm.store / "tmp").is_dir() else []
     locks_left = sorted(p.name for p in (sm.store / "locks").glob("tmp-*"))
 
-    peer_elapsed: float | None = None
-    if "bwrap" not in bench.missing:
-        start = time.perf_counter()
-        try:
-            for _ in range(count):
-                timed(peer_argv, env=bench.env)
-            peer_elapsed = time.perf_counter() - start
-        except Failed as exc:
-            log(f"bwrap loop: {exc}")
+    peer_elapsed = None if "bwrap" in bench.missing else peer_loop(peer_argv, count, bench.env)
 
     def listed(items: list[str]) -> str:
         return "none" if not items else f"{len(items)}: " + "; ".join(f"`{i}`" for i in items[:5])
@@ -85,7 +89,7 @@ def bench_loop(bench: Bench) -> Section:
     ]
     section.lines.append(f"`sandboxmgr run {BASE} -- true`, {count} times in a row, then the host's "
                          "`/proc/self/mountinfo`, the store's `tmp/` and `locks/`, and every process are "
-                         "compared with before.")
+                         "compared with before. Then the same loop with bwrap, for scale (not alternated).")
     section.lines.append("")
     section.lines += md_table(["", ""], rows)
     clean = not (ours_mounts or tmp_left or locks_left or leaked or failures)
