@@ -56,9 +56,10 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration
 
-# Benchmarks against the peers (bench/run.py --help); writes bench/RESULTS.md. BENCH_ARGS=--quick for a smoke test.
+# Benchmarks against the peers (python -m bench --help); writes bench/RESULTS.md. BENCH_ARGS=--quick for a smoke
+# test, BENCH_ARGS="--only entry --rounds 3" to try one (neither writes RESULTS.md).
 bench: venv
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache
