@@ -75,6 +75,11 @@ def test_every_json_shape_is_the_documented_one(cli: CLI, bookworm: ConcurrentBu
     finally:
         cli.ok("rm", name)
 
+    df = json.loads(cli.ok("df", "--json").out)
+    check([df], documented("#### `df --json`"))
+    assert [row["type"] for row in df["types"]] == ["images", "layers", "sandboxes", "package caches", "kept roots",
+                                                    "run caches", "logs", "temporary"]
+
     project = tmp_path / "project"
     project.mkdir()
     (project / "sandboxmgr.yaml").write_text("profiles: [debian-bookworm]\ncommand: 'true'\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, ConcurrentBuild, missing
+from tests.integration.test_json_shapes import check, documented
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -77,6 +78,7 @@ def test_a_source_tree_builds_and_a_second_build_reuses_its_build_deps(cli: CLI,
     before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
     code, (row,), err = build(cli, tree, tmp_path / "out")
     assert code == 0 and row["status"] == "passed" and row["stage"] is None, (row, err)
+    check([row], documented("### Package builds"))  # the README's table, field for field
     out = tmp_path / "out" / "debian-bookworm"
     assert {p.name for p in out.iterdir()} == {"sm-hello_1.0-1_amd64.deb", "sm-hello_1.0-1_amd64.changes",
                                                 "sm-hello_1.0-1_amd64.buildinfo", "build.log", "build-info.json"}
