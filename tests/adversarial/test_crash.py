@@ -37,10 +37,12 @@ from tests.rpmrepo import RpmRepo
 pytestmark = [pytest.mark.adversarial, pytest.mark.root]
 
 # The Tiny Distro's image has two layers (the bootstrap, then the packages), each built in a
-# directory of tmp/ (about 1.1 s, then 0.8 s here): each case kills the build a seeded delay
-# after that layer's directory appears, in its bootstrap, install or publishing.
+# directory of tmp/ (1.1 s then 0.8 s on a loaded machine, 0.6 s then 0.3 s on a quiet one):
+# each case kills the build a seeded fraction of that layer's time (measured by an unkilled
+# build first, on this machine) after its directory appears, in its bootstrap, install or
+# publishing.
 BUILD_CASES = [(1, 14), (1, 7), (1, 9), (2, 5), (2, 6), (2, 20)]
-BUILD_DELAY = {1: (0.0, 0.7), 2: (0.0, 0.5)}
+BUILD_FRACTION = (0.0, 0.7)
 # A run with limits: killed once its cgroup exists, before or just as the command starts
 # (about 30 ms later), or once the command runs.
 RUN_CASES = [("cgroup", 1), ("cgroup", 2), ("cgroup", 3), ("running", 4), ("running", 5)]
@@ -77,13 +79,29 @@ def building_layer(cli: CLI, number: int) -> Callable[[], bool]:
     return phase
 
 
+@pytest.fixture(scope="module")
+def layer_seconds(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> dict[int, float]:
+    """How long each layer of the Tiny Distro's image stays in tmp/ on this machine now."""
+    cli = fresh_tiny(tmp_path_factory.mktemp("timed"), rpm_repo)
+    proc = cli.popen("build", "tiny")
+    phases = {number: building_layer(cli, number) for number in (1, 2)}
+    seconds: dict[int, float] = {}
+    for number, phase in phases.items():
+        assert wait_until(lambda phase=phase: phase() or proc.poll() is not None, timeout=120, step=0.002)
+        started = time.monotonic()
+        assert wait_until(lambda phase=phase: not phase(), timeout=120, step=0.002)
+        seconds[number] = time.monotonic() - started
+    assert proc.wait(timeout=120) == 0
+    return seconds
+
+
 @pytest.mark.parametrize(("layer", "seed"), BUILD_CASES)
 def test_sigkill_during_build_leaves_nothing_half_built(tmp_path: Path, rpm_repo: RpmRepo, layer: int,
-                                                        seed: int) -> None:
+                                                        seed: int, layer_seconds: dict[int, float]) -> None:
     cli = fresh_tiny(tmp_path, rpm_repo)
     proc = cli.popen("build", "tiny")
     kill_in_phase(proc, building_layer(cli, layer), f"building layer {layer}",
-                  random.Random(seed).uniform(*BUILD_DELAY[layer]))
+                  random.Random(seed).uniform(*BUILD_FRACTION) * layer_seconds[layer])
     assert_nothing_running_or_mounted(cli)
     images = json.loads(cli.ok("images", "--json").out) if (cli.store / "images").exists() else []
     assert images == [], images  # killed while the layer was in tmp/: no image was recorded

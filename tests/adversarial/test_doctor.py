@@ -119,7 +119,7 @@ def test_a_dead_runs_cgroup_with_a_process_left_is_emptied_and_removed(tiny: CLI
         (group / "cgroup.procs").write_text(str(pid))
         _, found = doctor(tiny, machine=True)
         (finding,) = [f for f in found if f["what"] == str(group)]
-        assert finding["kind"] == "cgroup" and "1 processes left in it" in str(finding["detail"])
+        assert finding["kind"] == "cgroup" and "1 process left in it" in str(finding["detail"])
         doctor(tiny, "--fix", machine=True)
         assert not group.exists()
         assert wait_until(lambda: not alive(pid), timeout=10)
