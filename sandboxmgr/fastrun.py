@@ -112,6 +112,16 @@ def _collect_from_now_on() -> None:
 
 def main() -> None:
     """The `sandboxmgr` entry point: the fast path if it applies, else the full CLI."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        # Ctrl-C before a command started (the imports take tens of ms) or before click took
+        # over: what was half-made is removed by now (the stack unwound); said as the full CLI says it.
+        print("\nsandboxmgr: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def _main() -> None:
     # Importing the fast path's modules would set off collections (~2 ms of a run):
     # off until they are imported (try_run), and for the full CLI on again at once.
     gc.disable()
