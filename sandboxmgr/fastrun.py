@@ -91,6 +91,7 @@ def try_run(argv: Sequence[str]) -> int | None:
         # A named sandbox keeps its config: nothing of its profile is needed.
         store.clean_leftovers()
         _collect_from_now_on()
+        _say_path("fast")
         return sandbox.run_in(store, store.sandbox(args.ref), options)
     from sandboxmgr.resolve import cached_run
 
@@ -99,7 +100,16 @@ def try_run(argv: Sequence[str]) -> int | None:
         return None
     store.clean_leftovers()
     _collect_from_now_on()
+    _say_path("fast")
     return sandbox.run_ephemeral(store, *found, options)
+
+
+def _say_path(path: str) -> None:
+    """With SANDBOXMGR_DEBUG_PATH=1, say on stderr which path takes the command: ``fast`` (this
+    module) or ``full`` (click and the YAML machinery). A debugging aid, and what the tests
+    read to know the fast path ran; unset, it costs one lookup in the environment."""
+    if os.environ.get("SANDBOXMGR_DEBUG_PATH") == "1":
+        print(f"sandboxmgr: path: {path}", file=sys.stderr, flush=True)
 
 
 def _collect_from_now_on() -> None:
@@ -138,6 +148,7 @@ def _main() -> None:
                     stream.flush()
         os._exit(status)
     gc.enable()
+    _say_path("full")
     from sandboxmgr.cli import main as full_main
 
     full_main()
