@@ -5,11 +5,13 @@ BIN := $(VENV)/bin
 # Host tools: the builders (debootstrap, mmdebstrap, dnf + rpm), the Debian keyring, gpgv (the
 # signed index is verified on the host), util-linux, libseccomp (every sandbox's filter), a venv;
 # createrepo-c, busybox-static and gnupg build the tests' local RPM repository; gcc and
-# libc6-dev (a static libc) build the adversarial suite's attack programs.
+# libc6-dev (a static libc) build the adversarial suite's attack programs; the tests also run
+# mount's losetup, mount and umount, and procps's pgrep; dpkg-dev's dpkg-source makes the package
+# build tests' .dsc; make runs `make man` (tests/unit/test_make_deps.py checks the list).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
-  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make
 
-.PHONY: deps venv demo test unit integration lint bench clean
+.PHONY: deps venv demo test unit integration lint bench man clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -37,6 +39,14 @@ lint: venv
 	$(BIN)/ruff check sandboxmgr tests bench
 	$(BIN)/mypy --strict sandboxmgr tests bench
 
+# Man pages (sandboxmgr.1, sandboxmgr-run.1, ...) from the CLI's own help, with click-man;
+# read one with `man -l build/man/sandboxmgr-run.1`, or copy them to /usr/local/share/man/man1.
+MANDIR ?= build/man
+man: | $(BIN)/sandboxmgr
+	@mkdir -p $(MANDIR)
+	$(BIN)/python -c 'import sys; from click_man.core import write_man_pages; from sandboxmgr import __version__; \
+	  from sandboxmgr.cli import cli; write_man_pages("sandboxmgr", cli, version=__version__, target_dir=sys.argv[1])' $(MANDIR)
+
 test: venv lint
 	$(BIN)/pytest
 
@@ -46,9 +56,10 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration
 
-# Benchmarks against the peers (bench/run.py --help); writes bench/RESULTS.md. BENCH_ARGS=--quick for a smoke test.
+# Benchmarks against the peers (python -m bench --help); writes bench/RESULTS.md. BENCH_ARGS=--quick for a smoke
+# test, BENCH_ARGS="--only entry --rounds 3" to try one (neither writes RESULTS.md).
 bench: venv
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

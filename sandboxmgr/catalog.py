@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sandboxmgr import usage
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.identity import image_key
 from sandboxmgr.locks import is_locked
@@ -18,6 +19,7 @@ from sandboxmgr.removal import tree_size
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from pathlib import Path
 
     from sandboxmgr.store import ImageRecord, Store
 
@@ -87,9 +89,14 @@ def lookup(store: Store, registry: ProfileRegistry, ref: str) -> list[ImageRecor
 def listing(store: Store, registry: ProfileRegistry) -> list[dict[str, Any]]:
     """Every image's metadata (its build inputs left out) with its path, whether it is not its
     profile's current image ("outdated", see :func:`current`), and its layers, each with the
-    other profiles that share it: the rows of ``sandboxmgr images`` (and its --json)."""
+    other profiles that share it: the rows of ``sandboxmgr images`` (and its --json).
+
+    ``size`` is what the image's layers take on disk, each file once; ``shared_size`` the part
+    of it that another image has too (a layer both use, a hard link), ``unique_size`` the rest,
+    which removing the image alone would free (with ``prune --cache`` for a kept root's links)."""
     records = store.images()
     keep = current(records, registry)
+    measured = usage.shares({record.key: _layer_paths(store, record) for record in records}, usage.Trees())
     users: dict[str, set[str]] = {}
     for record in records:
         for key in record.layers:
@@ -100,9 +107,15 @@ def listing(store: Store, registry: ProfileRegistry) -> list[dict[str, Any]]:
         meta.pop("inputs", None)
         meta["path"] = str(record.path)
         meta["outdated"] = record.key != keep[record.profile]
+        meta["shared_size"], meta["unique_size"] = measured[record.key]
+        meta["size"] = meta["shared_size"] + meta["unique_size"]
         meta["layers"] = [_layer_row(store, key, users[key] - {record.profile}) for key in record.layers]
         rows.append(meta)
     return rows
+
+
+def _layer_paths(store: Store, record: ImageRecord) -> list[Path]:
+    return [store.layers_dir / key for key in record.layers if store.layer(key) is not None]
 
 
 def _layer_row(store: Store, key: str, shared_with: set[str]) -> dict[str, Any]:

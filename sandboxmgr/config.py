@@ -23,10 +23,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.mounts import BindMount, refuse_kernel_target
 from sandboxmgr.names import HOSTNAME_RE
 from sandboxmgr.record import record
+from sandboxmgr.users import check_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ def security_opts(given: tuple[str, ...]) -> tuple[bool | None, str | None]:
         elif name == "seccomp" and value:
             seccomp = value if value in ("default", "unconfined") else _seccomp_file(option, value)
         else:
-            raise SandboxError(f"--security-opt {option}: not supported", hint=_SECURITY_OPTS_HINT)
+            raise SandboxError(f"--security-opt {shown(option)}: not supported", hint=_SECURITY_OPTS_HINT)
     return no_new_privs, seccomp
 
 
@@ -256,6 +257,9 @@ def _binds(volumes: tuple[str, ...]) -> tuple[BindMount, ...]:
         except ValueError as exc:
             raise SandboxError(f"-v {exc}", hint="write -v /host/path:/path/inside[:ro]") from None
         refuse_kernel_target(binds[-1].target)  # now, not after a build (enter checks again)
+        if not binds[-1].source.exists():
+            raise SandboxError(f"-v {shown(volume)}: the source {shown(binds[-1].source)} does not exist",
+                               hint="create it first, or fix the -v SRC:DST path")
     return tuple(binds)
 
 
@@ -277,7 +281,7 @@ def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] =
     if command[:1] == ("--",):
         command = command[1:]
     if workdir is not None and not workdir.startswith("/"):
-        raise SandboxError(f"-w {workdir}: the working directory must be an absolute path",
+        raise SandboxError(f"-w {shown(workdir)}: the working directory must be an absolute path",
                            hint="write -w /path/inside")
     if tty and not sys.stdin.isatty():
         raise SandboxError("-t needs a terminal on stdin, and stdin is not one",
@@ -285,6 +289,11 @@ def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] =
     limits = Limits.parse(memory, pids_limit, cpus)
     no_new_privs, seccomp = security_opts(security_opt)
     binds = _binds(volumes)
+    # What can be checked on the host is checked now, not after a build (enter checks again).
+    check_user(user)
+    if hostname is not None and not HOSTNAME_RE.match(hostname):
+        raise SandboxError(f"--hostname {shown(hostname)}: not a valid host name",
+                           hint="use letters, digits and '-', up to 63 characters")
     return options(argv=command, tty=tty, env=parse_env(env), workdir=workdir, hostname=hostname,
                    user=user, network=network, binds=binds, isolation=isolation, limits=limits,
                    no_new_privs=no_new_privs, seccomp=seccomp)

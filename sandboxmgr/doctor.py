@@ -39,7 +39,7 @@ from typing import Any
 
 from sandboxmgr import cgroups, linux, mountinfo
 from sandboxmgr.enter import INIT_NAME
-from sandboxmgr.errors import NotRootError, SandboxError
+from sandboxmgr.errors import NotRootError, SandboxError, counted
 from sandboxmgr.locations import tighten_dir
 from sandboxmgr.locks import is_locked, lock_files
 from sandboxmgr.store import Store
@@ -217,7 +217,7 @@ def _cgroups() -> list[Finding]:
     for group in groups:
         if group.manager_alive:
             continue
-        what = f"{len(group.procs)} processes left in it" if group.procs else "empty"
+        what = f"{counted(len(group.procs), 'process', 'processes')} left in it" if group.procs else "empty"
         findings.append(Finding("cgroup", str(group.path), f"a run's cgroup whose manager is gone ({what})",
                                 _remove_group(group)))
     return findings

@@ -118,6 +118,9 @@ class EnterSpec:
     # and is raised here, as a host tool's run is interrupted; otherwise it is only forwarded
     # to the command, which may take its time (a shell waits for its child first).
     interruptible: bool = False
+    # The sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf (sandbox.write_etc_files);
+    # None for a build step, which sees the image's and the host's resolv.conf.
+    etc_dir: Path | None = None
 
 
 def enter(spec: EnterSpec) -> int:
@@ -336,7 +339,7 @@ def _setup(spec: EnterSpec) -> Path:
     root = _mount_root(spec.root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        mountexec.carry_out(root_fd, full_plan(spec.network, spec.binds))
+        mountexec.carry_out(root_fd, full_plan(spec.network, spec.binds, spec.etc_dir))
     finally:
         os.close(root_fd)
     linux.sethostname(spec.hostname)

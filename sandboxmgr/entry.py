@@ -37,11 +37,20 @@ def start() -> None:
     os.umask(0o022)
 
 
+_LONGEST = 400  # characters of a message or a hint: a 100 kB value given to an option is not echoed whole
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _LONGEST:
+        return text
+    return f"{text[:_LONGEST // 2]}...({len(text) - _LONGEST + 40} characters left out)...{text[-_LONGEST // 2 + 40:]}"
+
+
 def error(message: str, hint: str | None) -> None:
-    """``sandboxmgr: error: ...`` and ``hint: ...`` on stderr."""
-    print(f"sandboxmgr: error: {message}", file=sys.stderr, flush=True)
+    """``sandboxmgr: error: ...`` and ``hint: ...`` on stderr, one line each."""
+    print(f"sandboxmgr: error: {_clip(message)}", file=sys.stderr, flush=True)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr, flush=True)
+        print(f"hint: {_clip(hint)}", file=sys.stderr, flush=True)
 
 
 def guarded(body: Callable[[], _T], argv: Sequence[str]) -> _T:
@@ -86,10 +95,10 @@ def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
     """One line and a hint for what the system refused: a full disk, a permission."""
     import errno
 
-    from sandboxmgr.errors import no_space
+    from sandboxmgr.errors import no_space, shown
 
     store = _store_of(argv)
-    where = f" ({exc.filename})" if exc.filename else ""
+    where = f" ({shown(exc.filename)})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         full = no_space(store, str(exc.filename) if exc.filename else "")
         if exc.errno == errno.EDQUOT:
@@ -101,5 +110,8 @@ def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
             return (f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
                     "and device nodes of sandboxes)", "run it as root (sudo sandboxmgr ...)")
         return f"permission denied{where}", "sandboxmgr works as root: run it with sudo, or as root"
+    if exc.errno == errno.ENAMETOOLONG:
+        return (f"a path is too long for the system{where}",
+                "use shorter paths (--store, -v, -C, --junit) and names")
     return (f"{exc.strerror or exc}{where}",
             "run again with --debug for the traceback; report it if it is not the system's fault")

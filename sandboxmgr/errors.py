@@ -38,6 +38,13 @@ class NotRootError(SandboxError):
     """The operation needs root (namespaces, mounts, debootstrap)."""
 
 
+def shown(value: object) -> str:
+    """``value`` as an error message quotes what a user gave: as is when it is plain text,
+    else Python's quoting, so a newline or a control character never splits the one line."""
+    text = str(value)
+    return text if text and text.isprintable() else repr(text)
+
+
 def warn(message: str) -> None:
     """A warning on stderr: something was left or skipped, and the command goes on."""
     print(f"sandboxmgr: warning: {message}", file=sys.stderr)
@@ -57,6 +64,8 @@ class ProfileError(SandboxError):
 
 class BuildError(SandboxError):
     """A builder failed; the half-made image was discarded."""
+
+    log: str | None = None  # the build's log file, where the failing step's output is
 
 
 class BusyError(SandboxError):

@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from sandboxmgr import linux, tty
-from sandboxmgr.errors import EXIT_CANNOT_INVOKE, EXIT_MANAGER, EXIT_NOT_FOUND, SandboxError
+from sandboxmgr.errors import EXIT_CANNOT_INVOKE, EXIT_MANAGER, EXIT_NOT_FOUND, SandboxError, shown
 from sandboxmgr.users import User, lookup_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
@@ -71,10 +71,10 @@ def exec_command(spec: EnterSpec, err_write: int, pty_number: int | None, seccom
     try:
         os.execvpe(argv[0], argv, env)
     except FileNotFoundError:
-        fail(err_write, EXIT_NOT_FOUND, f"{argv[0]}: command not found in the sandbox",
+        fail(err_write, EXIT_NOT_FOUND, f"{shown(argv[0])}: command not found in the sandbox",
               "install it through the profile's packages, or give the full path")
     except OSError as exc:
-        fail(err_write, EXIT_CANNOT_INVOKE, f"{argv[0]}: cannot run: {exc.strerror}",
+        fail(err_write, EXIT_CANNOT_INVOKE, f"{shown(argv[0])}: cannot run: {exc.strerror}",
               "check that it is an executable file for this architecture")
 
 

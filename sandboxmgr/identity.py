@@ -34,6 +34,7 @@ class LayerPlan:
     key: str
     label: str
     step: str = ""  # the shell step of a setup layer
+    index: int = -1  # a setup layer's place in the profile's ``setup`` (0 for the first)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def identify(profile: Profile) -> Identity:
     for number, step in enumerate(profile.setup, 1):
         key = digest({"parent": plan[-1].key, "setup": step, "env": inputs.get("setup_env", {})})
         first_line = step.strip().splitlines()[0] if step.strip() else ""
-        plan.append(LayerPlan("setup", key, f"setup {number}: {first_line[:60]}", step))
+        plan.append(LayerPlan("setup", key, f"setup {number}: {first_line[:60]}", step,
+                              number - 1))
     return Identity(inputs, tuple(plan), digest({"profile": profile.name, "top": plan[-1].key}))
 
 

@@ -22,9 +22,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr import catalog, rootcache
+from sandboxmgr import catalog, pkgcache, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, builder_for
 from sandboxmgr.builders.index import Unreachable
+from sandboxmgr.builders.pkgprogress import StepOutput
 from sandboxmgr.errors import BuildError, BusyError, counted, require_root, warn
 from sandboxmgr.identity import Identity, LayerPlan, build_inputs, identify
 from sandboxmgr.locks import Lock
@@ -91,6 +92,8 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
         record = store.image(key)
         if record is not None and not rebuild and _layers_present(store, record):
             return record  # built by the process we waited for
+        # Its package cache is read and filled throughout: prune --cache leaves it meanwhile.
+        held.enter_context(pkgcache.using(store, cache_key(profile)))
         store.clean_leftovers()
         if record is None:
             reason = rebuild_reason(store, profile, identity.inputs)
@@ -221,17 +224,25 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         if step.kind == "packages":
             builder.install(profile, root, context)
         elif step.kind == "setup":
-            status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env))
+            status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env),
+                                        on_line=StepOutput(context.progress, step.label.split(":")[0]))
             if status != 0:
-                raise BuildError(
-                    f"{step.label.split(':')[0]} of {profile.name} failed with exit status {status}: "
-                    f"{step.step.strip()[:80]}",
-                    hint=f"fix the step in {profile.path}; its output is in {context.log_file}",
-                )
+                raise _step_failed(profile, step, status, context.log_file)
         builder.finish(profile, root, context)
+        for path, keep in builder.parents_keep if root.lowers else ():
+            root.drop_changes(path, keep)
         if step.kind == "bootstrap" and state:
             _keep_root(store, profile, builder, step.key, state, diff, progress)
         return _publish_layer(store, profile, step, parents, tmp, started)
+
+
+def _step_failed(profile: Profile, step: LayerPlan, status: int, log: Path) -> BuildError:
+    failure = BuildError(f"{step.label.split(':')[0]} of {profile.name} failed with exit status {status}: "
+                         f"{step.step.strip()[:80]}",
+                         hint=f"fix the step in {profile.setup_origins.get(step.index, profile.path)}; "
+                              f"its output is in {log}")
+    failure.log = str(log)
+    return failure
 
 
 def _keep_root(store: Store, profile: Profile, builder: Builder, layer_key: str, state: str, diff: Path,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import shown as quoted
 
 _RESOLVE = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
 _MAX_SYMLINKS = 40
@@ -88,7 +89,7 @@ def _walk(root_fd: int, path: str, create: bool, is_file: bool, follow: bool) ->
                 info = os.stat(name, dir_fd=here, follow_symlinks=False)
             except FileNotFoundError:
                 if not create:
-                    raise FileNotFoundError(errno.ENOENT, f"{shown} does not exist in the root") from None
+                    raise FileNotFoundError(errno.ENOENT, f"{quoted(shown)} does not exist in the root") from None
                 if parts or not is_file:
                     os.mkdir(name, 0o755, dir_fd=here)
                 else:
@@ -97,7 +98,8 @@ def _walk(root_fd: int, path: str, create: bool, is_file: bool, follow: bool) ->
                 info = os.stat(name, dir_fd=here, follow_symlinks=False)
             if stat.S_ISLNK(info.st_mode):
                 if not follow:
-                    raise SymlinkRefused(*_refusal(path, f" ({shown} -> {os.readlink(name, dir_fd=here)})"))
+                    link = quoted(os.readlink(name, dir_fd=here))
+                    raise SymlinkRefused(*_refusal(path, f" ({quoted(shown)} -> {link})"))
                 hops += 1
                 if hops > _MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, f"too many symlinks resolving {path} in the root")
@@ -108,7 +110,7 @@ def _walk(root_fd: int, path: str, create: bool, is_file: bool, follow: bool) ->
                 parts = _components(link) + parts
                 continue
             if parts and not stat.S_ISDIR(info.st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, f"{shown} is not a directory in the root")
+                raise NotADirectoryError(errno.ENOTDIR, f"{quoted(shown)} is not a directory in the root")
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
             opened = os.fstat(fd)
             if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):

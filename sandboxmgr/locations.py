@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 
 INSTALLED_STORE = Path("/var/lib/sandboxmgr")
 # As Docker's /var/lib/docker (0710), but without even the group's search right.
@@ -52,17 +52,15 @@ def profile_dirs(extra: tuple[str, ...] = ()) -> list[Path]:
     """Profile directories, lowest precedence first: a later one's profile of the
     same name replaces an earlier one's."""
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    dirs = [
-        shipped_configs_dir(),
-        Path("/etc/sandboxmgr/profiles"),
-        Path(config_home) / "sandboxmgr" / "profiles",
-    ]
+    # Under sudo, the invoking user's directory is not read (the README says why): root would
+    # trust what the user - or a sandbox that can write the user's home - put there.
+    dirs = [shipped_configs_dir(), Path("/etc/sandboxmgr/profiles"), Path(config_home) / "sandboxmgr" / "profiles"]
     env = os.environ.get("SANDBOXMGR_CONFIGS", "")
     named = [(Path(p), "SANDBOXMGR_CONFIGS") for p in env.split(":") if p] + [(Path(p), "--configs") for p in extra]
     for directory, where in named:
         # Named on purpose: a typo would otherwise leave its profiles out without a word.
         if not directory.is_dir():
-            raise SandboxError(f"{where} {directory}: no such directory",
+            raise SandboxError(f"{where} {shown(directory)}: no such directory",
                                hint="give an existing directory of profile files (*.yaml)")
     return dirs + [directory for directory, _ in named]
 

@@ -1,10 +1,12 @@
 """Locks: flock(2) on files in the store's locks/ directory.
 
 Every lock file is named by :func:`lock_file` (and read back by :func:`parse_lock_file`):
-``image-KEY``, ``layer-KEY``, ``sandbox-NAME``, ``tmp-ID``, each with ``.lock``. A build
-holds its image's and layers' locks, a command in a named sandbox holds the sandbox's
-exclusively, a running sandbox holds its image's shared, and every ``tmp/`` entry is
-locked by the process making it, so a tmp entry whose lock is free is a leftover.
+``image-KEY``, ``layer-KEY``, ``sandbox-NAME``, ``tmp-ID``, ``cache-DISTRO-RELEASE-ARCH``,
+each with ``.lock``. A build holds its image's and layers' locks, a command in a named
+sandbox holds the sandbox's exclusively, a running sandbox holds its image's shared, builds
+and running sandboxes hold their package cache's shared (``prune --cache`` takes it
+exclusively, see pkgcache.py), and every ``tmp/`` entry is locked by the process making
+it, so a tmp entry whose lock is free is a leftover.
 """
 
 from __future__ import annotations

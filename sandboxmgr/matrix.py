@@ -39,7 +39,7 @@ from sandboxmgr.store import SandboxRecord, Store
 class Result:
     name: str
     profile: str
-    status: str = "pending"  # pending, running, passed, failed, error, cancelled
+    status: str = "pending"  # pending, running, passed, failed, cancelled
     exit_code: int | None = None
     started: float | None = None
     duration: float | None = None
@@ -131,7 +131,7 @@ def _start(store: Store, project: Project, entry: Entry, result: Result, run_id:
                              binds=(BindMount(project.root, project.workdir, copy_on_write=True),))
     record = create_sandbox(store, name, image, entry.profile, options)
     assert result.log is not None
-    return _spawn(store, record, result.log, command)
+    return spawn(store, record, result.log, command)
 
 
 def _abort(store: Store, running: dict[int, int], results: list[Result]) -> None:
@@ -146,13 +146,16 @@ def _abort(store: Store, running: dict[int, int], results: list[Result]) -> None
                 store.remove_sandbox(store.sandbox(result.sandbox))
 
 
-def _spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...]) -> int:
-    """A worker process that runs one sandbox, its output in ``log``."""
+def spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None = None,
+          append: bool = False) -> int:
+    """A worker process that runs ``command`` in the named sandbox (as ``user``, else as its
+    config says), its output in ``log``; its pid."""
     from sandboxmgr import sandbox
     from sandboxmgr.config import options
     from sandboxmgr.errors import EXIT_MANAGER
 
-    handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    mode = os.O_APPEND if append else os.O_TRUNC
+    handle = os.open(log, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the worker
         status = EXIT_MANAGER
@@ -166,7 +169,7 @@ def _spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, .
             os.dup2(null, 0)
             os.dup2(handle, 1)
             os.dup2(handle, 2)
-            status = sandbox.run_in(store, record, options(argv=command))
+            status = sandbox.run_in(store, record, options(argv=command, user=user))
         except SandboxError as exc:
             os.write(2, f"sandboxmgr: error: {exc.message}\n".encode())
             status = exc.exit_code

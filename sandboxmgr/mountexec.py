@@ -91,7 +91,7 @@ def mount_step(root_fd: int, step: MountStep) -> None:
             raise SandboxError(f"the bind mount on {step.target} is not {step.source} after mounting it",
                                hint="something changed the sandbox's root while it was set up; try again")
         flags = linux.mount_flags(mounted) | (0 if step.device else linux.MS_NODEV)
-        flags |= linux.MS_RDONLY if step.readonly else 0
+        flags |= (linux.MS_RDONLY if step.readonly else 0) | step.flags
         linux.mount(None, fd_path(mounted), None, linux.MS_BIND | linux.MS_REMOUNT | flags)
     finally:
         os.close(mounted)

@@ -11,7 +11,7 @@ import posixpath
 from pathlib import Path
 
 from sandboxmgr import linux
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.record import record
 
@@ -35,8 +35,9 @@ def refuse_kernel_target(target: str, resolved: str | None = None) -> None:
     normal = "/" + posixpath.normpath(resolved or target).lstrip("/")
     for place in KERNEL_TARGETS:
         if normal == place or normal.startswith(place + "/"):
-            through = f" (a symlink to {normal})" if resolved else ""
-            raise SandboxError(f"cannot bind-mount onto {target}{through}: {place} is the sandbox's own "
+            # Both spellings may come from the image or a sandbox's changes: quoted, never raw.
+            through = f" (a symlink to {shown(normal)})" if resolved else ""
+            raise SandboxError(f"cannot bind-mount onto {shown(target)}{through}: {place} is the sandbox's own "
                                f"{place[1:]} file system", hint=f"choose a target outside {place}, like /mnt/...")
 
 
@@ -180,10 +181,21 @@ def overlay_options(lowers: Iterable[str | Path], upper: str | Path, work: str |
     return options + (",volatile" if volatile else "")
 
 
-def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
-    """The ordered mounts of one sandbox run: its file systems, then what it shows of the host."""
+# The files that tell a sandbox who and where it is, written per sandbox (never into the
+# image) by sandbox.write_etc_files, as Docker writes them per container.
+ETC_FILES = ("hostname", "hosts", "resolv.conf")
+
+
+def plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None = None) -> list[MountStep]:
+    """The ordered mounts of one sandbox run: its file systems, its /etc files (from
+    ``etc_dir``; without it, a build step's: the host's resolv.conf with the host's network),
+    then what it shows of the host."""
     steps = list(DEFAULT_MOUNTS)
-    if network == "host" and RESOLV_CONF.exists():
+    if etc_dir is not None:
+        # Writable, as Docker's: root inside may add a name to /etc/hosts; the host never reads them.
+        steps += [MountStep(f"/etc/{name}", None, str(etc_dir / name), linux.MS_NOSUID | linux.MS_NOEXEC,
+                            is_file=True, follow=True) for name in ETC_FILES]
+    elif network == "host" and RESOLV_CONF.exists():
         steps.append(MountStep("/etc/resolv.conf", None, str(RESOLV_CONF.resolve()),
                                is_file=True, readonly=True, follow=True))
     # Like Docker: shallower targets first, so /a is mounted before /a/b.
@@ -200,11 +212,11 @@ def plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
     return steps
 
 
-def full_plan(network: str, binds: tuple[BindMount, ...] = ()) -> list[MountStep]:
+def full_plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None = None) -> list[MountStep]:
     """Everything mounted (and linked) in the sandbox's root, in order: :func:`plan` with
     /dev filled right after its tmpfs, and the masks last."""
     steps = []
-    for step in plan(network, binds):
+    for step in plan(network, binds, etc_dir):
         steps.append(step)
         if step.target == "/dev":
             steps += device_steps() + link_steps()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr import distros
-from sandboxmgr.errors import ProfileError
+from sandboxmgr.errors import ProfileError, counted
 from sandboxmgr.limits import Limits
 from sandboxmgr.names import NAME_RE, check_name
 from sandboxmgr.profilefields import FIELDS, NOT_INHERITED, validate
@@ -99,6 +99,9 @@ class Profile:
     seccomp: str = "default"  # default, unconfined, or the absolute path of a Docker-format JSON profile
     # The files this profile was read from: its own, then its parents'.
     sources: tuple[Path, ...] = ()
+    # Where a setup step that is not the profile's own was written (a project's ``prepare:``),
+    # by its index in ``setup``; a failing step's hint names that file.
+    setup_origins: Mapping[int, Path] = field(default_factory=dict)
 
     def input_files(self) -> list[Path]:
         """Every file whose change can change this profile: its YAML chain and its keys."""
@@ -287,7 +290,7 @@ class ProfileRegistry:
         check_name(name, "inline profile name")
         fields = validate(raw)
         if raw.errors:
-            raise ProfileError(f"{len(raw.errors)} problem(s) in {raw.path}:\n  " + "\n  ".join(raw.errors),
+            raise ProfileError(f"{counted(len(raw.errors), 'problem')} in {raw.path}:\n  " + "\n  ".join(raw.errors),
                                hint="fix the keys named above; the README lists every profile field")
         parent_ref = fields.pop("extends", None)
         parents: tuple[Path, ...] = ()

@@ -151,8 +151,11 @@ def entries(names: Sequence[str], project: Project, registry: ProfileRegistry) -
         steps = _prepare_steps(project, base)
         label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
         # Images are per profile name: the project's own name keeps its images apart.
+        origins = dict(base.setup_origins)
+        if project.path is not None:
+            origins.update({len(base.setup) + n: project.path for n in range(len(steps))})
         profile = dataclasses.replace(base, name=f"{project.slug}.{base.name}"[:128],
-                                      setup=(*base.setup, *steps), aliases=())
+                                      setup=(*base.setup, *steps), setup_origins=origins, aliases=())
         result.append(Entry(label, profile))
     return result
 

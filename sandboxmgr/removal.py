@@ -34,13 +34,29 @@ def remove_tree(path: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         os.unlink(path)
         return
+    _remove_below(path, info.st_dev, keep_dirs=False)
+    os.rmdir(path)
+
+
+def empty_tree(path: Path) -> None:
+    """Delete every file below ``path`` and keep its directories (a package cache, whose
+    directories sandboxes mount), with :func:`remove_tree`'s care for mounts and symlinks
+    (a symlink is a file here: it goes, what it names stays)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        _remove_below(path, info.st_dev, keep_dirs=True)
+
+
+def _remove_below(path: Path, device: int, keep_dirs: bool) -> None:
     detach_mounts([path])
     top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _remove_contents(top, info.st_dev, str(path))
+        _remove_contents(top, device, str(path), keep_dirs)
     finally:
         os.close(top)
-    os.rmdir(path)
 
 
 def detach_mounts(paths: Iterable[Path]) -> None:
@@ -62,7 +78,7 @@ def detach_mounts(paths: Iterable[Path]) -> None:
             )
 
 
-def _remove_contents(dir_fd: int, device: int, where: str) -> None:
+def _remove_contents(dir_fd: int, device: int, where: str, keep_dirs: bool = False) -> None:
     with os.scandir(dir_fd) as entries:
         names = [entry.name for entry in entries]
     for name in names:
@@ -77,10 +93,11 @@ def _remove_contents(dir_fd: int, device: int, where: str) -> None:
             )
         child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
-            _remove_contents(child, device, f"{where}/{name}")
+            _remove_contents(child, device, f"{where}/{name}", keep_dirs)
         finally:
             os.close(child)
-        os.rmdir(name, dir_fd=dir_fd)
+        if not keep_dirs:
+            os.rmdir(name, dir_fd=dir_fd)
 
 
 def tree_size(path: Path) -> int:

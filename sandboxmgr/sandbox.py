@@ -8,6 +8,10 @@ config: editing the profile later changes new sandboxes, not this one.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 from sandboxmgr.config import SandboxConfig
@@ -20,12 +24,13 @@ from sandboxmgr.enter import (
     enter,
 )
 from sandboxmgr.errors import NotFoundError, SandboxError
-from sandboxmgr.locks import Lock
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.store import ImageRecord, SandboxRecord, Store, now_iso
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sandboxmgr.profile import Profile
     from sandboxmgr.seccomp import Policy
 
@@ -64,6 +69,47 @@ def _seccomp(setting: str, isolation: str) -> Policy | None:
     return load_profile(setting, capabilities)
 
 
+_LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def _write(path: Path, text: str, keep: bool) -> None:
+    """``text`` into ``path``, a file in a directory only the manager writes; ``keep``: not
+    over a file that is there (what root inside wrote into it through its bind)."""
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        # Kept only if it is ours as we left it (what the bind shows); anything else is replaced.
+        if keep and stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
+            return
+        os.unlink(path)
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+
+
+def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
+    """The sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf in ``directory``, as Docker
+    writes them per container: its own host name; localhost and that name (with the host's
+    network, the host's names too, as podman's --network host); the host's resolv.conf, or
+    none at all without a network. The first two are written once (a named sandbox keeps
+    what root inside adds to /etc/hosts); resolv.conf follows the host's at every start."""
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o755, parents=True)
+    hosts = _LOCALHOST
+    if network == "host":
+        with contextlib.suppress(OSError):
+            hosts = Path("/etc/hosts").read_text(errors="replace")
+    if not any(hostname in line.split()[1:] for line in hosts.splitlines() if not line.startswith("#")):
+        hosts = hosts.rstrip("\n") + f"\n127.0.1.1\t{hostname}\n"
+    _write(directory / "hostname", hostname + "\n", keep=True)
+    _write(directory / "hosts", hosts, keep=True)
+    resolv = ""
+    if network == "host":
+        with contextlib.suppress(OSError):
+            resolv = Path("/etc/resolv.conf").read_text(errors="replace")
+    _write(directory / "resolv.conf", resolv, keep=False)
+    return directory
+
+
 def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path) -> EnterSpec:
     """The one place a sandbox's config becomes what enter() takes."""
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": config.hostname}
@@ -85,25 +131,40 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         # Beside the package caches (distro-release-arch, never without a dash), which sandboxes
         # may write; this one only the manager writes: it is never mounted into a sandbox.
         seccomp_cache=store.cache_dir / "seccomp",
+        etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network),
     )
 
 
 def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, options: SandboxConfig) -> int:
     """Run in a throw-away sandbox over ``image``; its changes vanish on exit."""
     config = saved.merged(options)
-    with store.temporary("run") as tmp, _using(store, image):
+    with store.temporary("run") as tmp, _using(store, image, config.caches):
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
         return enter(enter_spec(store, root, config, tmp))
 
 
-def _using(store: Store, image: ImageRecord) -> Lock:
+@contextmanager
+def _using(store: Store, image: ImageRecord, caches: tuple[BindMount, ...] = ()) -> Iterator[None]:
     """A shared hold on the image while a sandbox runs over it: rmi and prune wait for no one
-    but refuse (busy) instead of deleting layers under a running sandbox."""
-    lock = store.lock("image", image.key)
-    lock.acquire_shared()
-    return lock
+    but refuse (busy) instead of deleting layers under a running sandbox. Likewise on each
+    package cache it mounts (``cache-DISTRO-RELEASE-ARCH``, pkgcache.py): ``prune --cache``
+    leaves it, instead of emptying the lower directory of a mounted overlay."""
+    names = []
+    for cache in caches:
+        try:
+            names.append(cache.source.relative_to(store.cache_dir).parts[0])
+        except (ValueError, IndexError):
+            continue  # not in this store's cache (a sandbox saved by another layout)
+    held = [store.lock("image", image.key), *(store.lock("cache", name) for name in dict.fromkeys(names))]
+    try:
+        for lock in held:
+            lock.acquire_shared()
+        yield
+    finally:
+        for lock in held:
+            lock.release()
 
 
 def create(store: Store, name: str, image: ImageRecord, profile: Profile, config: SandboxConfig) -> SandboxRecord:
@@ -147,6 +208,6 @@ def run_in(store: Store, record: SandboxRecord, options: SandboxConfig) -> int:
                 hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
             )
         config = SandboxConfig.from_json(record.meta["settings"]).merged(options)
-        with _using(store, image):
+        with _using(store, image, config.caches):
             root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
             return enter(enter_spec(store, root, config, record.path / "volumes"))

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, out_of_space, warn
+from sandboxmgr.errors import BusyError, NotFoundError, SandboxError, out_of_space, shown, warn
 from sandboxmgr.locations import create_private, loose_dirs, make_private, require_access
 from sandboxmgr.locks import Lock, lock_file, remove_stale_locks
 from sandboxmgr.names import check_name, overlay_unsafe
@@ -122,7 +122,7 @@ class Store:
         self.root = Path(os.path.abspath(root))
         if overlay_unsafe(self.root, blanks=True):
             raise SandboxError(
-                f"the store path {self.root} contains a character overlayfs options cannot carry",
+                f"the store path {shown(str(self.root))} contains a character overlayfs options cannot carry",
                 hint="use a path without spaces, commas, colons or backslashes (--store DIR)",
             )
         self.images_dir = self.root / "images"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,18 +16,20 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandboxmgr.limits import format_bytes
+from sandboxmgr.progress import Live
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from sandboxmgr.doctor import Finding
     from sandboxmgr.matrix import Result
-
-_COUNTED = re.compile(r"\(\d+\)$")
+    from sandboxmgr.package import PackageResult
 
 
 class ProgressLine:
-    """One updating status line on a terminal; phase changes only otherwise."""
+    """One updating status line on a terminal, redrawn with every message, live counts
+    (``packages: unpacking 5/34 make``) too; off a terminal, a plain line per phase and
+    no live counts (sandboxmgr/progress.py)."""
 
     def __init__(self, label: str, quiet: bool = False) -> None:
         self.label = label
@@ -40,14 +41,18 @@ class ProgressLine:
     def __call__(self, message: str) -> None:
         if self.quiet:
             return
+        live = isinstance(message, Live)
+        # A build step's output reaches the status line (its latest line, package names): no
+        # escape sequence or control character of its own may reach the user's terminal.
+        message = "".join(c if c.isprintable() else "?" for c in message)
         if self.tty:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns - 1
+            width = _columns() - 1
             sys.stderr.write(f"\r\x1b[K[{self.label}] {message}"[: width + 4])
             sys.stderr.flush()
             self.shown = True
             return
-        # Off a terminal, per-package lines ("... (12)") would be a wall of log.
-        if _COUNTED.search(message) or message == self.last_phase:
+        # Off a terminal, a line per package or percent would be a wall of log.
+        if live or message == self.last_phase:
             return
         self.last_phase = message
         print(f"[{self.label}] {message}", file=sys.stderr, flush=True)
@@ -57,6 +62,14 @@ class ProgressLine:
             sys.stderr.write("\n")
             sys.stderr.flush()
             self.shown = False
+
+
+def _columns() -> int:
+    """The terminal's width; 80 when it says 0 (a serial console, a new pty) or cannot say."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80
+    except OSError:
+        return 80
 
 
 class MatrixView:
@@ -120,9 +133,10 @@ def profiles_table(rows: list[dict[str, Any]]) -> None:
 
 def images_table(rows: list[dict[str, Any]], show_layers: bool) -> None:
     print_table(
-        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "LAYERS", "BUILT AT", "KEY"],
+        ["PROFILE", "DISTRO", "RELEASE", "SIZE", "SHARED", "UNIQUE", "LAYERS", "BUILT AT", "KEY"],
         [[r["profile"] + (" (older)" if r["outdated"] else ""), r["distro"], r["release"],
-          format_bytes(r.get("size"), decimal=True), str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
+          *(format_bytes(r.get(field), decimal=True) for field in ("size", "shared_size", "unique_size")),
+          str(len(r["layers"])), r.get("built_at", "?"), r["key"]]
          for r in rows],
     )
     if show_layers:
@@ -132,6 +146,34 @@ def images_table(rows: list[dict[str, Any]], show_layers: bool) -> None:
                 shared = f"  shared with {', '.join(layer['shared_with'])}" if layer["shared_with"] else ""
                 size = format_bytes(layer["size"], decimal=True)
                 click.echo(f"  {layer['key']}  {size:>8}  {layer['label']}{shared}")
+
+
+def df_table(found: dict[str, Any], verbose: bool) -> None:
+    """``sandboxmgr df``: a row per kind, the total, and with ``verbose`` each item."""
+    def size(value: int | None) -> str:
+        return format_bytes(value, decimal=True)
+
+    rows = [[row["type"], str(row["total"]), str(row["active"]), size(row["size"]), size(row["reclaimable"])]
+            for row in found["types"]]
+    rows.append(["total (each file once)", "", "", size(found["size"]), size(found["reclaimable"])])
+    print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
+    if not verbose:
+        return
+    for row in found["types"]:
+        if not row["items"]:
+            continue
+        click.echo(f"\n{row['type']}:")
+        for item in row["items"]:
+            what = "  ".join(f"{name}={_shown(name, value)}" for name, value in item.items() if name != "size")
+            click.echo(f"  {size(item['size']):>8}  {what}")
+
+
+def _shown(name: str, value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    if name.endswith("_size"):
+        return format_bytes(value, decimal=True)
+    return str(value)
 
 
 def sandboxes_table(rows: list[dict[str, Any]]) -> None:
@@ -151,6 +193,19 @@ def findings_table(findings: list[Finding], store: Path) -> None:
     print_table(["KIND", "WHAT", "DETAIL"],
                 [[f.kind, f.what, f.detail + (" - fixed" if f.fixed else f" - NOT fixed: {f.error}"
                                               if f.error else "")] for f in findings])
+
+
+def package_table(results: list[PackageResult]) -> None:
+    """A package build's results, then why each failed build failed and where a kept one is."""
+    print_table(["PROFILE", "RESULT", "STAGE", "TIME", "RESULTS"],
+                [[r.name, r.status, r.stage or "-", "-" if r.duration is None else f"{r.duration:.1f}s",
+                  str(r.results)] for r in results])
+    for r in results:
+        if r.stage:
+            click.echo(f"{r.name}: {r.stage}: {r.reason}" + (f" (blocking: {', '.join(r.packages)})"
+                                                              if r.packages else ""))
+        if r.sandbox:
+            click.echo(f"{r.name}: kept as sandbox {r.sandbox}; step into it with: sandboxmgr shell {r.sandbox}")
 
 
 def results_table(results: list[Result]) -> None:

@@ -8,7 +8,7 @@ never consulted.
 
 from __future__ import annotations
 
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.record import record
 
 
@@ -34,11 +34,20 @@ def _read_table(path: str) -> list[list[str]]:
 MAX_ID = 0xFFFFFFFE
 
 
+def _plain_name(part: str) -> bool:
+    """What useradd and groupadd accept (a trailing $: Samba's machine accounts), or a number."""
+    name = part.removeprefix("-").removesuffix("$")
+    return bool(name) and name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum() and name.isascii()
+
+
 def check_user(spec: str | None) -> None:
     """Refuse a numeric uid or gid the kernel cannot take (``-u 4294967295``, ``-u -1``),
     before anything is set up. Names are looked up inside the sandbox later."""
     if not spec:
         return
+    if spec.count(":") > 1 or not all(map(_plain_name, spec.split(":"))):
+        raise SandboxError(f"user {shown(spec)}: not a user[:group] of names or numbers",
+                           hint="give -u (or the profile's user:) a name or a number, optionally :group")
     for part, what in zip(spec.partition(":")[::2], ("uid", "gid"), strict=True):
         negative = part.startswith("-") and part[1:].isdigit()
         if negative or (part.isdigit() and int(part) > MAX_ID):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -42,11 +42,20 @@ def debian_archives(release: str = "bookworm") -> str:
     return f"cache/debian-{release}-amd64/apt-archives/{key}"
 
 
-def missing(reason: str, required_on_ci: bool = True) -> None:
-    """Skip (or, on CI, fail) a test whose environment lacks something."""
+# What a skip's reason starts with when its cause is outside the project and any CI machine:
+# an archive that does not answer (Ubuntu's, Fedora's). The only skips a CI run accepts.
+OUTSIDE_CAUSE = "outside cause: "
+
+
+def missing(reason: str, required_on_ci: bool = True) -> NoReturn:
+    """Skip (or, on CI, fail) a test whose environment lacks something: the one way a test skips.
+
+    ``required_on_ci=False`` is for the outside causes only (an archive that does not answer):
+    CI skips such a test too, and lists it at the end of the run. Any other skip fails a CI
+    run, however it was made (pytest_sessionfinish below)."""
     if ON_CI and required_on_ci:
         pytest.fail(f"CI must be able to run this test: {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason if required_on_ci else OUTSIDE_CAUSE + reason)
 
 
 def need_root() -> None:
@@ -317,6 +326,51 @@ def doctor_finds_nothing_at_the_end(tmp_path_factory: pytest.TempPathFactory) ->
         if left:
             problems[store] = left
     assert not problems, f"sandboxmgr doctor found leftovers after the test suite: {problems}"
+
+
+# --- No silent skips ----------------------------------------------------------------------------
+# Every skip of the run, as (test, reason): listed at the end; on CI, one whose cause is not an
+# outside one (OUTSIDE_CAUSE) fails the run, so a plain pytest.skip cannot hide a test there.
+SKIPS: list[tuple[str, str]] = []
+
+
+def skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        SKIPS.append((report.nodeid, skip_reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        SKIPS.append((report.nodeid, skip_reason(report)))
+
+
+def skips_ci_refuses() -> list[tuple[str, str]]:
+    return [(test, reason) for test, reason in SKIPS if not reason.startswith(OUTSIDE_CAUSE)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if ON_CI and skips_ci_refuses() and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not SKIPS:
+        return
+    terminalreporter.section("skips (SANDBOXMGR_CI=1 accepts only an outside cause)")
+    refused = skips_ci_refuses()
+    for test, reason in SKIPS:
+        verdict = "REFUSED ON CI" if (test, reason) in refused else "accepted on CI"
+        terminalreporter.write_line(f"{verdict}: {test}: {reason}")
+    if ON_CI and refused:
+        terminalreporter.write_line(f"CI run failed: {len(refused)} skip(s) without an outside cause; "
+                                    "a test skips through tests.conftest.missing() and, on CI, only when "
+                                    "an archive does not answer", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")

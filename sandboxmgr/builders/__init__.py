@@ -14,23 +14,27 @@ index (index.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from sandboxmgr import distros
 from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot, enter
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount, overlay_options
 from sandboxmgr.profile import Profile
+from sandboxmgr.progress import Progress
 from sandboxmgr.sandbox import cache_views
 
-Progress = Callable[[str], None]
+# Called with each line a build step prints (a progress parser, builders/pkgprogress.py).
+OnLine = Callable[[str], object]
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,22 @@ class BuildRoot:
     def remove_build_file(self, path: str) -> None:
         self.in_upper(path).unlink(missing_ok=True)
 
+    def drop_changes(self, path: str, keep: tuple[str, ...] = ()) -> None:
+        """Drop what this layer changed in the directory ``path`` (entries named in ``keep``
+        stay), so that its lower layers' entries show through again: new files go, and so do
+        whiteouts (a deleted file comes back). Nothing is followed: the steps ran as root in it."""
+        from sandboxmgr.removal import remove_tree
+
+        try:
+            directory = self.in_upper(path)
+        except BuildError:
+            return  # a step made a directory on the way a symlink: nothing is given back through it
+        if directory.is_symlink() or not directory.is_dir():
+            return  # unchanged, or made something else (a whiteout: the step removed it all)
+        for entry in sorted(directory.iterdir()):
+            if entry.name not in keep:
+                remove_tree(entry)
+
 
 class VerifiedCache(Protocol):
     """A shared package cache that only verified packages enter or leave (debcache.py)."""
@@ -141,9 +161,10 @@ class BuildContext:
             return log.read().decode(errors="replace")
 
     def run_inside(self, root: BuildRoot, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                   binds: tuple[BindMount, ...] = (), with_caches: bool = True) -> int:
-        """Run a command inside the root being built, output to the build log. The step's
-        new downloads in the cache views are verified and kept afterwards."""
+                   binds: tuple[BindMount, ...] = (), with_caches: bool = True, on_line: OnLine | None = None) -> int:
+        """Run a command inside the root being built, output to the build log (and each line
+        to ``on_line``). The step's new downloads in the cache views are verified and kept
+        afterwards."""
         full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
         full_env.update(env or {})
         caches = self.caches if with_caches else ()
@@ -161,7 +182,7 @@ class BuildContext:
             fresh.mkdir(mode=0o700)
             views = cache_views(caches, fresh)
         try:
-            return self._run_inside(root, argv, full_env, views + binds)
+            return self._run_inside(root, argv, full_env, views + binds, on_line)
         finally:
             if self.verified is not None:
                 for view in views:
@@ -169,35 +190,74 @@ class BuildContext:
                     self.verified.keep(view.scratch / "upper")
 
     def _run_inside(self, root: BuildRoot, argv: Sequence[str], full_env: Mapping[str, str],
-                    binds: tuple[BindMount, ...]) -> int:
+                    binds: tuple[BindMount, ...], on_line: OnLine | None) -> int:
         with open(self.log_file, "a") as log:
             log.write(f"$ (inside) {shlex.join(argv)}\n")
             log.flush()
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                spec = EnterSpec(
-                    root=root.spec_root(),
-                    argv=tuple(argv),
-                    env=full_env,
-                    hostname="sandboxmgr-build",
-                    network="host",
-                    binds=binds,
-                    stdio=(null, log.fileno(), log.fileno()),
-                    interruptible=True,
-                )
-                try:
-                    return enter(spec)
-                except SandboxError as exc:
-                    raise BuildError(f"cannot run {argv[0]} in the new root: {exc.message}",
-                                     hint=exc.hint) from None
+                with _lines_to(log, on_line) as output:
+                    spec = EnterSpec(
+                        root=root.spec_root(),
+                        argv=tuple(argv),
+                        env=full_env,
+                        hostname="sandboxmgr-build",
+                        network="host",
+                        binds=binds,
+                        stdio=(null, output, output),
+                        interruptible=True,
+                    )
+                    try:
+                        return enter(spec)
+                    except SandboxError as exc:
+                        raise BuildError(f"cannot run {argv[0]} in the new root: {exc.message}",
+                                         hint=exc.hint) from None
             finally:
                 os.close(null)
+
+
+@contextmanager
+def _lines_to(log: TextIO, on_line: OnLine | None) -> Iterator[int]:
+    """The descriptor a step writes its output to: the log itself, or (with ``on_line``) a pipe
+    whose lines a thread copies into the log and hands to ``on_line`` as they come."""
+    if on_line is None:
+        yield log.fileno()
+        return
+    import threading
+
+    read, write = os.pipe2(os.O_CLOEXEC)
+
+    def copy() -> None:
+        show: OnLine | None = on_line
+        with open(read, "rb") as lines:
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip("\n")
+                log.write(line + "\n")
+                try:
+                    if show is not None:
+                        show(line)
+                except Exception:
+                    logging.getLogger("sandboxmgr").debug("progress display failed", exc_info=True)
+                    show = None
+        log.flush()
+
+    thread = threading.Thread(target=copy, name="build-output", daemon=True)
+    thread.start()
+    try:
+        yield write
+    finally:
+        os.close(write)  # the step is over (its PID namespace with it): the copy reads to the end
+        thread.join()
 
 
 class Builder(ABC):
     """Makes a root filesystem for one bootstrap method."""
 
     method: str
+    # Directories whose changes only a bootstrap keeps (the names in the second item stay):
+    # a layer above gives them back to its parents (images.py), as the Debian family's
+    # package lists, which a setup step's 'apt-get update' would copy up whole.
+    parents_keep: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @abstractmethod
     def preflight(self, profile: Profile) -> None:

@@ -97,7 +97,8 @@ def rmi(app: App, refs: tuple[str, ...]) -> None:
 
 @click.command()
 @click.option("--cache", is_flag=True,
-              help="Also remove the kept bootstrap roots (the package caches stay).")
+              help="Also remove the kept bootstrap roots and the run caches, and empty the package caches "
+                   "(a cache a build or a running sandbox uses is left).")
 @pass_app
 def prune(app: App, cache: bool) -> None:
     """Remove images other than their profile's current one that no sandbox uses, and every
@@ -110,11 +111,41 @@ def prune(app: App, cache: bool) -> None:
         images_, layers_ = counted(len(images_removed), "older image"), counted(len(layers_removed), "unused layer")
         click.echo(f"removed {images_} and {layers_}")
     if cache:
-        from sandboxmgr import rootcache
-        from sandboxmgr.errors import warn
+        _prune_caches(app)
 
-        removed, busy = rootcache.remove_all(app.store)
-        if not app.quiet:
-            click.echo(f"removed {counted(len(removed), 'kept bootstrap root')}")
-        for place in busy:
-            warn(f"kept root {place.name} is in use by a build; left")
+
+def _prune_caches(app: App) -> None:
+    from sandboxmgr import pkgcache, rootcache
+    from sandboxmgr.errors import warn
+
+    app.store.ensure()  # locks/ too: a store restored without it
+    removed, busy = rootcache.remove_all(app.store)
+    emptied, busy_caches = pkgcache.empty_all(app.store)
+    run_files, run_freed = pkgcache.empty_run_caches(app.store)
+    if not app.quiet:
+        click.echo(f"removed {counted(len(removed), 'kept bootstrap root')}")
+        freed = format_bytes(sum(size for _cache, size in emptied), decimal=True)
+        click.echo(f"emptied {counted(len(emptied), 'package cache')} ({freed})")
+        click.echo(f"removed {counted(run_files, 'run cache file')} ({format_bytes(run_freed, decimal=True)}: "
+                   "seccomp filters, resolved profiles)")
+    for place in busy:
+        warn(f"kept root {place.name} is in use by a build; left")
+    for place in busy_caches:
+        warn(f"package cache {place.name} is in use by a build or a running sandbox; left "
+             "(run 'sandboxmgr prune --cache' again when it ends)")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list each image, layer, sandbox, cache and kept root.")
+@pass_app
+def df(app: App, as_json: bool, verbose: bool) -> None:
+    """Show what the store takes on disk, and what prune and prune --cache would free."""
+    from sandboxmgr.df import report
+
+    app.store.require_access(app.store.root)
+    found = report(app.store, app.registry, verbose)
+    if as_json:
+        print_json(found)
+        return
+    ui.df_table(found, verbose)

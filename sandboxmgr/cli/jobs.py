@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sandboxmgr import ui
-from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, pass_app, require_root
+from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, complete_profiles, pass_app, require_root
 from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.ui import MatrixView, print_json
 
@@ -128,3 +128,55 @@ def trust_(app: App, project_dir: str, revoke: bool) -> None:
         for finding in found:
             click.echo(f"  may now set {finding.key} ({finding.path.name}:{finding.line})")
         click.echo("an edit to any of these files revokes its trust")
+
+
+# --- package -----------------------------------------------------------------------------------
+
+
+@click.group()
+def package() -> None:
+    """Build packages from source in clean sandboxes."""
+
+
+@package.command(name="build")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("-p", "--profile", "profiles", multiple=True, required=True, shell_complete=complete_profiles,
+              help="A profile to build in (repeat for several); of the source's family.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True, help="Where the products go, one directory per profile.")
+@click.option("--build-type", type=click.Choice(["binary", "any", "all", "source", "full"]), default="binary",
+              show_default=True, help="dpkg-buildpackage's -b, -B, -A, -S, or everything.")
+@click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
+              help="The build's network once its dependencies are installed (none: as sbuild and mock).")
+@click.option("--keep-failed", is_flag=True, help="Keep each failed build's sandbox to step into it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@pass_app
+def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir: Path, build_type: str,
+                  network: str, keep_failed: bool, as_json: bool) -> int:
+    """Build SOURCE (a Debian source tree or a .dsc) in a fresh sandbox of each profile.
+
+    Exit status 0 if every build made its packages, 1 if any failed (the JSON's `stage` says
+    where: source, build-deps, build, tests, results).
+    """
+    from sandboxmgr import package as package_
+    from sandboxmgr.pkgsource import read_source
+
+    require_root(app, "package build")
+    request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed)
+    loaded = [(name, app.registry.load(name)) for name in dict.fromkeys(profiles)]
+    for name, profile in loaded:
+        if profile.family != request.source.family:
+            raise SandboxError(f"{name} is a {profile.family} profile and {source} a {request.source.family} source",
+                               hint=f"give -p profiles of the {request.source.family} family")
+
+    def view(result: package_.PackageResult) -> None:
+        if not app.quiet and not as_json:
+            click.echo(f"{result.name}: {result.status}" + (f" at {result.stage}: {result.reason}"
+                                                             if result.stage else f", in {result.results}"), err=True)
+
+    results = package_.build_all(app.store, request, loaded, app.image_for, view)
+    if as_json:
+        print_json([r.to_json() for r in results])
+    else:
+        ui.package_table(results)
+    return 0 if all(r.status == "passed" for r in results) else 1

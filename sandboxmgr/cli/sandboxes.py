@@ -184,24 +184,40 @@ def ls_(app: App, as_json: bool) -> None:
 @click.command()
 # Output is JSON either way: --json is accepted (scripts and the README of old pass it), not offered.
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Accepted; the output is JSON either way.")
-@click.argument("name", shell_complete=complete_sandboxes)
+@click.option("--type", "kind", type=click.Choice(["sandbox", "image"]),
+              help="Look NAME up only as a sandbox, or only as an image (a profile or a key).")
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
 @pass_app
-def inspect(app: App, as_json: bool, name: str) -> None:
-    """Show a sandbox's (or else an image's) metadata as JSON."""
-    from sandboxmgr.catalog import lookup, sandbox_info
+def inspect(app: App, as_json: bool, kind: str | None, names: tuple[str, ...]) -> None:
+    """Show sandboxes' (or images') metadata as a JSON array, one object per match.
+
+    A NAME is a sandbox's name, else a profile (its images) or an image key."""
+    found: list[dict[str, object]] = []
+    for name in names:
+        found += _inspect_one(app, name, kind)
+    print_json(found)
+
+
+def _inspect_one(app: App, name: str, kind: str | None) -> list[dict[str, object]]:
+    from sandboxmgr.catalog import listing, lookup, sandbox_info
     from sandboxmgr.errors import NotFoundError
     from sandboxmgr.profile import is_path_ref
 
-    try:
-        if is_path_ref(name):  # a profile's file: never a sandbox's name
-            raise NotFoundError(f"no image of {name} in the store", hint="build it: sandboxmgr build " + name)
-        print_json(sandbox_info(app.store, name))
-        return
-    except NotFoundError as missing:
-        found = lookup(app.store, app.registry, name)
-        if not found:
-            raise missing from None
-    print_json([{**r.meta, "path": str(r.path)} for r in found])
+    not_found: NotFoundError | None = None
+    if kind != "image" and not is_path_ref(name):  # a profile's file: never a sandbox's name
+        try:
+            return [{"type": "sandbox", **sandbox_info(app.store, name)}]
+        except NotFoundError as missing:
+            not_found = missing
+    if kind != "sandbox":
+        images = lookup(app.store, app.registry, name)
+        if images:
+            # The row `images --json` shows for it, and what the image was built from.
+            rows = {row["key"]: row for row in listing(app.store, app.registry)}
+            return [{"type": "image", **rows[r.key], "inputs": r.meta.get("inputs")} for r in images]
+    if not_found is None or kind == "image":
+        raise NotFoundError(f"no image of {name} in the store", hint="build it: sandboxmgr build " + name)
+    raise not_found
 
 
 @click.command()

@@ -19,7 +19,8 @@ from sandboxmgr import commands, distros
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, debindex
 from sandboxmgr.builders.debcache import DebCache, Later
 from sandboxmgr.builders.index import Unreachable, digest, fetch, package_version
-from sandboxmgr.errors import BuildError, ProfileError, SandboxError
+from sandboxmgr.builders.pkgprogress import AptProgress, BootstrapProgress
+from sandboxmgr.errors import BuildError, ProfileError, SandboxError, counted
 from sandboxmgr.identity import file_digest
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.profile import Profile
@@ -35,29 +36,6 @@ _BUILD_ONLY = {
     "etc/dpkg/dpkg.cfg.d/sandboxmgr-unsafe-io": "force-unsafe-io\n",
 }
 _APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"}
-
-_STEP = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) (\S+?)(\.\.\.)?(\s|$)")
-
-
-class DebootstrapProgress:
-    """Turns debootstrap/mmdebstrap output into short progress lines."""
-
-    def __init__(self, context: BuildContext) -> None:
-        self.context = context
-        self.counts: dict[str, int] = {}
-        self.errors: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        if line.startswith(("E: ", "W: Failure")):
-            self.errors.append(line[3:].strip())
-        match = _STEP.match(line)
-        if match and match.group(2) not in ("the", "required", "base"):
-            verb, package = match.group(1).lower(), match.group(2)
-            self.counts[verb] = self.counts.get(verb, 0) + 1
-            self.context.progress(f"bootstrap: {verb} {package} ({self.counts[verb]})")
-        elif line.startswith("I: "):
-            self.context.progress(f"bootstrap: {line[3:].strip().rstrip('.')}")
-
 
 def _check_common(profile: Profile, tool: str) -> None:
     commands.require(tool)
@@ -108,7 +86,7 @@ def signed_index(profile: Profile, where: Path) -> debindex.PackageIndex | None:
 
 
 def _bootstrap_failed(tool: str, profile: Profile, context: BuildContext,
-                      progress: DebootstrapProgress, exc: commands.ProcessExecutionError) -> BuildError:
+                      progress: BootstrapProgress, exc: commands.ProcessExecutionError) -> BuildError:
     # The first error is the cause; the later ones are its consequences.
     reason = progress.errors[0] if progress.errors else f"{tool} exited with status {exc.retcode}"
     hint = f"full log: {context.log_file}"
@@ -127,6 +105,7 @@ class _DebianFamily(Builder):
     tool_env: dict[str, str] = {}  # noqa: RUF012 - read only
     # Whether the bootstrap tool leaves apt's package lists in the root (else: apt-get update).
     keeps_lists = False
+    parents_keep = (("/var/lib/apt/lists", ("lock", "partial")),)  # the bootstrap's lists: README, "apt lists"
 
     def stage_dir(self, rootfs: Path) -> Path:
         """Where the verified cached packages are put for the tool."""
@@ -171,7 +150,7 @@ class _DebianFamily(Builder):
                         cache / "index" / f"verified-{key}.json", scratch)
 
     def bootstrap(self, profile: Profile, rootfs: Path, context: BuildContext) -> None:
-        progress = DebootstrapProgress(context)
+        progress = BootstrapProgress(context.progress)
         context.progress(f"bootstrap: {self.tool} {profile.release} from {profile.bootstrap.mirror}")
         # The tool's own temporary files (mmdebstrap's gpg home) go into the build's tmp/
         # tree, which is removed even when the build is killed; not into the host's /tmp.
@@ -185,7 +164,7 @@ class _DebianFamily(Builder):
         if context.verified is not None:
             staged = context.verified.stage(stage)  # copies: the tool may write what it is given
             if staged:
-                context.progress(f"bootstrap: {staged} cached packages verified against the signed index")
+                context.progress(f"bootstrap: {counted(staged, 'cached package')} verified against the signed index")
         shared = (rootfs, scratch) if stage.is_relative_to(rootfs) else (rootfs, stage, scratch)
         try:
             commands.run(self.bootstrap_argv(profile, rootfs, stage), log_file=context.log_file,
@@ -212,7 +191,8 @@ class _DebianFamily(Builder):
         # The package lists stay in the image, so 'apt-get install' works in a
         # sandbox without an 'apt-get update' first.
         context.progress("bootstrap: apt-get update")
-        if context.run_inside(BuildRoot(rootfs), ["apt-get", "update"], _APT_ENV) != 0:
+        apt = AptProgress(context.progress, "bootstrap")
+        if context.run_inside(BuildRoot(rootfs), ["apt-get", "update"], _APT_ENV, on_line=apt) != 0:
             raise BuildError(f"apt-get update failed in {profile.name}",
                              hint=f"check the mirror; full log: {context.log_file}")
 
@@ -224,7 +204,7 @@ class _DebianFamily(Builder):
         context.progress(f"packages: installing {', '.join(profile.packages)}")
         argv = ["apt-get", "install", "-y", "--no-install-recommends", *profile.packages]
         before = context.log_size()
-        if context.run_inside(root, argv, _APT_ENV) != 0:
+        if context.run_inside(root, argv, _APT_ENV, on_line=AptProgress(context.progress, "packages")) != 0:
             missing = re.findall(r"Unable to locate package (\S+)", context.log_since(before))
             if missing:
                 raise BuildError(
@@ -304,7 +284,9 @@ class MmdebstrapBuilder(_DebianFamily):
         # Keep the package lists mmdebstrap fetched: they are what 'apt-get update' would fetch again.
         # The tool root mounts /proc and /dev in the new root for it (and it may not mount):
         # the directory is not empty, and there is nothing for mmdebstrap to mount.
-        argv = ["mmdebstrap", "--mode=root", "--skip=cleanup/apt/lists", "--skip=check/empty",
+        # --verbose: apt's and dpkg's own lines, with the totals and each download's size, for
+        # the progress (pkgprogress.py); without it mmdebstrap draws a bar on a terminal only.
+        argv = ["mmdebstrap", "--verbose", "--mode=root", "--skip=cleanup/apt/lists", "--skip=check/empty",
                 "--skip=chroot/mount", f"--arch={profile.arch}",
                 f"--components={','.join(boot.components)}", f"--keyring={boot.keyring}"]
         if boot.variant != "default":

@@ -27,6 +27,7 @@ from typing import Any
 from sandboxmgr import commands, distros
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot
 from sandboxmgr.builders.index import digest, fetch, package_version
+from sandboxmgr.builders.pkgprogress import DnfProgress
 from sandboxmgr.errors import BuildError, ProfileError, SandboxError
 from sandboxmgr.identity import file_digest
 from sandboxmgr.mounts import BindMount, overlay_options
@@ -159,12 +160,11 @@ class DnfBuilder(Builder):
                 "--noplugins", f"--setopt=reposdir={work / 'reposdir'}", f"--setopt=varsdir={work / 'varsdir'}",
                 f"--setopt=keepcache={bool(context.caches)}"]
         seen: list[str] = []
+        counts = DnfProgress(context.progress, "bootstrap" if step == "bootstrapping" else "packages")
 
         def on_line(line: str) -> None:
             seen.append(line)
-            match = re.match(r"^\s*(Installing|Upgrading|Running scriptlet|Verifying)\s*:\s*(\S+)", line)
-            if match:
-                context.progress(f"{step}: {match.group(1).lower()} {match.group(2)} ({len(seen)})")
+            counts(line)
 
         def run(extra: list[str], mounts: list[commands.PreMount]) -> None:
             try:
@@ -227,7 +227,8 @@ class DnfBuilder(Builder):
         argv = [target_dnf, *dnf_options(profile), f"--setopt=reposdir={INSIDE_REPOS}",
                 f"--setopt=keepcache={bool(context.caches)}", "install", *packages]
         before = context.log_size()
-        if context.run_inside(root, argv, {"LC_ALL": "C.UTF-8"}, binds=binds) != 0:
+        if context.run_inside(root, argv, {"LC_ALL": "C.UTF-8"}, binds=binds,
+                              on_line=DnfProgress(context.progress, "packages")) != 0:
             raise explain_failure(context.log_since(before), profile, context.log_file, "installing packages into")
 
     def finish(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:

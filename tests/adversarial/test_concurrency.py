@@ -21,37 +21,52 @@ from tests.rpmrepo import RpmRepo
 pytestmark = [pytest.mark.adversarial, pytest.mark.root]
 
 
-def finish(procs: list[subprocess.Popen[str]]) -> list[Result]:
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[Result]:
     results = []
     for proc in procs:
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=timeout)
         results.append(Result(proc.returncode, out, err))
     return results
 
 
-def test_parallel_exec_into_one_sandbox_runs_one_and_refuses_the_others(tiny: CLI) -> None:
-    tiny.ok("create", "tiny", "--name", "crowded")
+def test_parallel_exec_into_one_sandbox_runs_one_and_refuses_the_others(tiny: CLI, tmp_path: Path) -> None:
+    """One exec holds the sandbox until the test opens a gate; the others, started while it
+    holds it, are refused and return while it still runs (a lock that waited would keep them
+    until the gate opens, which it does only after they returned)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    tiny.ok("create", "tiny", "--name", "crowded", "-v", f"{gate}:/gate:ro")
+    holder = tiny.popen("exec", "crowded", "sh", "-c",
+                        "echo $$ >> /log; while [ ! -e /gate/open ]; do sleep 1; done; echo through")
     try:
-        procs = [tiny.popen("exec", "crowded", "sh", "-c", "echo $$ >> /log; sleep 2") for _ in range(4)]
-        results = finish(procs)
-        winners = [r for r in results if r.code == 0]
-        losers = [r for r in results if r.code != 0]
-        assert winners, results
-        for loser in losers:
+        assert wait_until(lambda: in_use(tiny, "crowded") or holder.poll() is not None), "the holder never got in"
+        assert holder.poll() is None, finish([holder])
+        refused = finish([tiny.popen("exec", "crowded", "sh", "-c", "echo $$ >> /log") for _ in range(3)],
+                         timeout=60)
+        assert holder.poll() is None, "the holder ended before the others were refused"
+        for loser in refused:
             assert loser.code == 125 and "sandbox 'crowded' is in use" in loser.err, loser
             assert loser.err.count("\n") == 2 and "hint:" in loser.err  # one error line, one hint
-        log = tiny.ok("exec", "crowded", "cat", "/log").out.split()
-        assert len(log) == len(winners)
+        (gate / "open").touch()
+        (held,) = finish([holder])
+        assert held.code == 0 and held.out == "through\n", held
+        assert len(tiny.ok("exec", "crowded", "cat", "/log").out.split()) == 1  # only the holder wrote
     finally:
+        (gate / "open").touch()
+        if holder.poll() is None:
+            holder.communicate(timeout=30)
         tiny.ok("rm", "crowded")
+
+
+def in_use(cli: CLI, name: str) -> bool:
+    return any(r["name"] == name and r["in_use"] for r in json.loads(cli.ok("ls", "--json").out))
 
 
 def test_rm_while_exec_runs_is_refused_and_the_exec_finishes(tiny: CLI) -> None:
     tiny.ok("create", "tiny", "--name", "busy-rm")
     proc = tiny.popen("exec", "busy-rm", "sh", "-c", "sleep 2; echo finished")
     try:
-        assert wait_until(lambda: any(r["name"] == "busy-rm" and r["in_use"]
-                                      for r in json.loads(tiny.ok("ls", "--json").out)))
+        assert wait_until(lambda: in_use(tiny, "busy-rm"))
         refused = tiny("rm", "busy-rm")
         assert refused.code == 125 and "is in use" in refused.err, refused
         (result,) = finish([proc])

@@ -13,6 +13,7 @@ import os
 import pty
 import subprocess
 import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,11 @@ def test_the_init_cannot_be_read_or_traced_and_no_host_process_is_reachable(
 
 
 def test_tiocsti_cannot_type_into_the_callers_terminal(cli: CLI, bookworm: ConcurrentBuild, attack_dir: Path) -> None:
-    """The command runs in a session of its own: the caller's terminal is not its controlling tty."""
+    """The command runs in a session of its own: the caller's terminal is not its controlling tty.
+
+    TIOCSTI's answer alone proves little (a kernel with dev.tty.legacy_tiocsti=0 says EIO to
+    anyone without CAP_SYS_ADMIN, in the caller's session or not), so the test reads the
+    command's session and controlling terminal from the host while it runs."""
     master, slave = pty.openpty()
     attrs = termios.tcgetattr(slave)
     attrs[3] &= ~(termios.ICANON | termios.ECHO)  # raw-ish: injected bytes are readable at once
@@ -109,13 +114,21 @@ def test_tiocsti_cannot_type_into_the_callers_terminal(cli: CLI, bookworm: Concu
         os.setsid()
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
-    argv = cli.argv("run", "-v", f"{attack_dir}:/attack:ro", IMAGE, "/attack/attack", "tiocsti",
-                    "echo INJECTED\n")
-    proc = subprocess.run(argv, stdin=slave, capture_output=True, text=True, timeout=120,
-                          preexec_fn=become_session_leader_with_the_pty)
+    tag = "3.0731"  # seconds, and a name to find the command by
+    argv = cli.argv("run", "-v", f"{attack_dir}:/attack:ro", IMAGE, "sh", "-c",
+                    f"/attack/attack tiocsti 'echo INJECTED\n'; exec sleep {tag}")
+    proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=become_session_leader_with_the_pty)
     try:
-        assert proc.returncode == 0, proc.stderr
-        assert attempts_of(proc.stdout)["tiocsti"] in ("EPERM", "EIO"), proc.stdout
+        command = wait_for_process(f"sleep {tag}")
+        session, tty = session_and_tty(command)
+        # The caller: sandboxmgr, which the test made the leader of a session on the pty.
+        assert session_and_tty(proc.pid) == (proc.pid, tty_nr(os.fstat(slave).st_rdev))
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert session != proc.pid, f"the command {command} runs in the caller's session {proc.pid}"
+        assert tty != tty_nr(os.fstat(slave).st_rdev), "the caller's terminal is the command's controlling tty"
+        assert attempts_of(out)["tiocsti"] in ("EPERM", "EIO"), out
         # What the caller's shell would read next from its terminal: nothing was pushed.
         fcntl.fcntl(slave, fcntl.F_SETFL, os.O_NONBLOCK)
         try:
@@ -125,8 +138,36 @@ def test_tiocsti_cannot_type_into_the_callers_terminal(cli: CLI, bookworm: Concu
             pushed = b""
         assert b"INJECTED" not in pushed
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         os.close(slave)
         os.close(master)
+
+
+def wait_for_process(command_line: str, timeout: float = 60) -> int:
+    """The PID of the one process whose command line is ``command_line``, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-x", "-f", command_line], capture_output=True, text=True).stdout.split()
+        if found:
+            (pid,) = found
+            return int(pid)
+        time.sleep(0.05)
+    raise AssertionError(f"no process {command_line!r} within {timeout} s")
+
+
+def session_and_tty(pid: int) -> tuple[int, int]:
+    """The session ID and the controlling terminal (tty_nr) of ``pid``, as the host sees them."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rfind(")") + 2:].split()
+    return int(fields[3]), int(fields[4])
+
+
+def tty_nr(device: int) -> int:
+    """A terminal's device number as /proc/PID/stat writes it."""
+    major, minor = os.major(device), os.minor(device)
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
 def attempts_of(text: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sandboxmgr.mounts import MASKED_PATHS, READONLY_PATHS
 from tests.adversarial.conftest import attempts
 from tests.conftest import CLI, ConcurrentBuild
 
@@ -74,8 +75,8 @@ def test_mount_modules_clock_hostname_swap_are_refused(cli: CLI, bookworm: Concu
         assert found[attempt] == ("EPERM" if modules else "ENOSYS"), (attempt, found)
 
 
-def test_proc_knobs_are_read_only_and_kernel_secrets_masked(cli: CLI, bookworm: ConcurrentBuild,
-                                                             attack_dir: Path) -> None:
+def test_proc_knobs_and_sys_are_read_only_and_every_kernel_secret_is_masked(cli: CLI, bookworm: ConcurrentBuild,
+                                                                           attack_dir: Path) -> None:
     knob = "/proc/sys/kernel/printk_ratelimit"
     value = Path(knob).read_text().strip()
     found = run_attack(cli, attack_dir, "write", knob, value)
@@ -86,19 +87,42 @@ def test_proc_knobs_are_read_only_and_kernel_secrets_masked(cli: CLI, bookworm: 
     else:  # this kernel has no sysrq: the write must still fail, and does
         found = run_attack(cli, attack_dir, "write", "/proc/sysrq-trigger", "h")
         assert found.get("open") in ("ENOENT", "EROFS"), found
-    script = ("for f in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug; do "
-              "  [ -e $f ] && echo \"mask $f $(head -c 100 $f | wc -c)\"; done; "
-              "echo \"firmware $(ls -A /sys/firmware | wc -l)\"; "
-              "grep -E ' /proc/(sys|irq|bus|fs) ' /proc/self/mountinfo | awk '{print \"mount\", $5, $6}'")
-    result = cli.ok("run", IMAGE, "sh", "-c", script)
-    rows = [line.split() for line in result.out.splitlines()]
-    masked = {row[1]: row[2] for row in rows if row[0] == "mask"}
-    assert Path("/proc/timer_list").exists() and "/proc/timer_list" in masked, result.out
-    assert set(masked.values()) == {"0"}, result.out  # present, but empty
-    assert ["firmware", "0"] in rows, "the host's /sys/firmware shows inside"
-    mounts = {row[1]: row[2] for row in rows if row[0] == "mount"}
-    assert {"/proc/sys", "/proc/irq"} <= set(mounts), result.out
-    assert all(options.startswith("ro,") for options in mounts.values()), result.out
+    result = cli.ok("run", IMAGE, "sh", "-c", MASK_SCRIPT.format(paths=" ".join(MASKED_PATHS + READONLY_PATHS)))
+    rows = [line.split(" ", 2) for line in result.out.splitlines()]
+    inside = {row[1]: row[2] for row in rows if row[0] == "path"}
+    mounts = {row[1]: row[2] for row in rows if row[0] == "mount"}  # the last mount on each point wins
+    # Every mask of the plan (sandboxmgr/mounts.py): where this kernel has the path, the sandbox
+    # sees it empty, under a read-only mount of its own; where it lacks it, it stays absent.
+    assert {"/proc/timer_list", "/proc/keys", "/sys/firmware"} <= {p for p in MASKED_PATHS if Path(p).exists()}
+    for path in MASKED_PATHS:
+        if not Path(path).exists():
+            assert inside[path] == "absent", (path, result.out)
+            continue
+        assert inside[path] == ("entries 0" if Path(path).is_dir() else "bytes 0"), (path, result.out)
+        assert mounts.get(path, "").startswith("ro,"), (path, result.out)
+    # Every read-only path of the plan, and /sys itself.
+    for path in READONLY_PATHS:
+        if Path(path).exists():
+            assert mounts.get(path, "").startswith("ro,"), (path, result.out)
+        else:
+            assert inside[path] == "absent", (path, result.out)
+    assert mounts["/sys"].startswith("ro,"), result.out
+    # Opening a root-writable sysfs file for writing (nothing is written: `: >` only opens it).
+    assert "sysfs-write Read-only file system" in result.out, result.out
+
+
+# For each path: absent, or what it holds; then whether opening a sysfs file for writing works;
+# then every mount point with its options, as the sandbox's mount table has them.
+MASK_SCRIPT = (
+    "for f in {paths}; do "
+    "  if [ ! -e $f ]; then echo \"path $f absent\"; "
+    "  elif [ -d $f ]; then echo \"path $f entries $(ls -A $f | wc -l)\"; "
+    "  else echo \"path $f bytes $(head -c 100 $f | wc -c)\"; fi; "
+    "done; "
+    "if (: > /sys/kernel/profiling) 2>/tmp/err; then echo sysfs-write ok; "
+    "else echo \"sysfs-write $(sed 's/.*: //' /tmp/err)\"; fi; "
+    "awk '{{print \"mount\", $5, $6}}' /proc/self/mountinfo"
+)
 
 
 def test_no_new_privs_by_default_and_the_security_opt_lifts_it(cli: CLI, bookworm: ConcurrentBuild) -> None:

@@ -112,7 +112,7 @@ def test_limits_of_a_named_sandbox_persist_and_exec_can_change_them(cli: CLI, bo
     cli.ok("create", IMAGE, "--name", name, "--memory", "64M", "--pids-limit", "128", "-v",
            f"{attack_dir}:/attack:ro")
     try:
-        info = json.loads(cli.ok("inspect", name).out)
+        (info,) = json.loads(cli.ok("inspect", name).out)
         assert info["settings"]["limits"] == {"memory": 64 << 20, "pids": 128}
         hog = cli("exec", name, "/attack/attack", "hog", "200")
         assert hog.code == 137 and "out of memory" in hog.err, str(hog)

@@ -70,7 +70,7 @@ DIRS = [shipped_configs_dir()]
 
 def x86_64_only() -> None:
     if platform.machine() != "x86_64":
-        missing("the keyctl system call numbers are x86_64's", required_on_ci=False)
+        missing("the keyctl system call numbers are x86_64's")
 
 
 def project_findings(root: Path) -> tuple[list[trust.Finding], dict[Path, str]]:
@@ -354,7 +354,7 @@ def test_keep_does_not_open_a_device_node_in_the_view(tmp_path: Path) -> None:
     """The same with what a build step really makes (`mknod ... c 1 3`: /dev/null's numbers,
     harmless to open); the open is seen with inotify (IN_OPEN on the node)."""
     if os.geteuid() != 0:
-        missing("mknod needs root", required_on_ci=False)
+        missing("mknod needs root")
     debcache_, _cache, _data = one_package_cache(tmp_path)
     view = tmp_path / "upper"
     view.mkdir()
@@ -363,7 +363,7 @@ def test_keep_does_not_open_a_device_node_in_the_view(tmp_path: Path) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if inotify < 0:
-        missing("no inotify", required_on_ci=False)
+        missing("no inotify")
     try:
         in_open = 0x20
         assert libc.inotify_add_watch(inotify, str(node).encode(), in_open) >= 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import mountinfo
-from tests.conftest import CLI, ConcurrentBuild
+from tests.conftest import CLI, ConcurrentBuild, missing
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
@@ -143,7 +143,7 @@ def test_the_resolv_conf_bind_follows_an_image_link_inside(cli: CLI, bookworm: C
                                                           host_dir: Path) -> None:
     """Ubuntu's /etc/resolv.conf is a link into /run; one aimed at the host stays inside too."""
     if not Path("/etc/resolv.conf").exists():
-        pytest.skip("this host has no /etc/resolv.conf")
+        missing("this host has no /etc/resolv.conf")
     name = "link-resolv"
     planted(cli, name, {"/etc/resolv.conf": str(host_dir / "canary")})
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import mountinfo
-from tests.conftest import CLI, DEBIAN_MIRROR, UBUNTU_MIRROR, ConcurrentBuild, need_mirror, need_root
+from tests.conftest import CLI, DEBIAN_MIRROR, UBUNTU_MIRROR, ConcurrentBuild, missing, need_mirror, need_root
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -169,7 +169,7 @@ def test_mmdebstrap_is_the_default_when_installed(cli: CLI, bookworm: Concurrent
     import shutil
 
     if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed here")
+        missing("mmdebstrap is not installed here (make deps installs it)")
     (image,) = [i for i in json.loads(cli.ok("images", "--json").out) if i["profile"] == "debian-bookworm"]
     assert image["method"] == "mmdebstrap"
     rootfs = Path(image["layers"][0]["path"]) / "diff"
@@ -185,7 +185,7 @@ def test_mmdebstrap_fills_the_package_cache_and_a_rebuild_takes_from_it(tmp_path
     need_root()
     need_mirror(DEBIAN_MIRROR, "bookworm")
     if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed here")
+        missing("mmdebstrap is not installed here (make deps installs it)")
     cli = fresh_cli(tmp_path, {})
     cli.ok("build", "debian-bookworm")
     (archives,) = (cli.store / "cache").glob("*/apt-archives/*")

@@ -87,7 +87,7 @@ def test_a_family_the_tests_define_builds_and_runs_through_the_cli(tmp_path: Pat
     need_root()
     busybox = shutil.which("busybox")
     if busybox is None or not is_static(Path(busybox)):
-        missing("a static busybox is not installed (busybox-static)", required_on_ci=False)
+        missing("a static busybox is not installed (busybox-static; make deps installs it)")
     assert busybox is not None
     root = tmp_path / "root"
     (root / "bin").mkdir(parents=True)

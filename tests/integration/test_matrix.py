@@ -151,3 +151,15 @@ def test_sigint_stops_every_sandbox_and_leaves_nothing(cli: CLI, bookworm: Concu
     assert sorted(Path("/proc/self/mountinfo").read_text().splitlines()) == before
     assert list((cli.store / "tmp").iterdir()) == []
     assert os.path.isdir(project)
+
+
+def test_a_failing_prepare_step_names_the_project_file(cli: CLI, bookworm: ConcurrentBuild,
+                                                       tmp_path: Path) -> None:
+    """The step is in the project's sandboxmgr.yaml, not in the shipped profile: the hint says so."""
+    (tmp_path / "sandboxmgr.yaml").write_text(
+        "profiles: [debian-bookworm]\ncommand: 'true'\nprepare:\n  debian: ['echo half; exit 7']\n")
+    result = matrix(cli, tmp_path)
+    assert result.returncode == 125, result.stderr
+    assert "failed with exit status 7" in result.stderr, result.stderr
+    assert f"fix the step in {tmp_path / 'sandboxmgr.yaml'};" in result.stderr, result.stderr
+    assert "configs/" not in result.stderr.split("fix the step", 1)[1], result.stderr

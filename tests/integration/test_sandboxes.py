@@ -41,7 +41,8 @@ def test_named_sandbox_changes_persist_and_never_touch_the_image(user: UserCLI) 
         assert row["profile"] == IMAGE and row["changes_size"] > 0
         table = user.ok("ls").out
         assert "work" in table and IMAGE in table
-        info = json.loads(user.ok("inspect", "work", "--json").out)
+        (info,) = json.loads(user.ok("inspect", "work", "--json").out)
+        assert info["type"] == "sandbox"
         assert info["name"] == "work" and info["distro"] == "debian" and info["release"] == "bookworm"
         assert info["settings"]["hostname"] == "work"
         assert user.ok("exec", "work", "hostname").out.strip() == "work"
@@ -141,7 +142,7 @@ def test_a_named_sandbox_keeps_its_isolation(user: UserCLI) -> None:
     user.ok("run", "--name", "jail", "--isolation", "chroot", IMAGE, "true")
     user.ok("create", IMAGE, "--name", "pivot")
     try:
-        assert json.loads(user.ok("inspect", "jail").out)["settings"]["isolation"] == "chroot"
+        assert json.loads(user.ok("inspect", "jail").out)[0]["settings"]["isolation"] == "chroot"
         assert not int(user.ok("exec", "jail", *probe).out.split()[1], 16) & (1 << 18)
         assert int(user.ok("exec", "pivot", *probe).out.split()[1], 16) & (1 << 18)
     finally:

@@ -17,12 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 # Top to bottom; a module may import its own layer and the ones below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
-    "jobs": ("matrix", "project", "trust", "doctor"),
-    "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families"),
+    "jobs": ("matrix", "project", "trust", "doctor", "package", "pkgsource"),
+    "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
+               "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "enter", "execute", "mounts", "mountexec", "tty", "users", "seccomp",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
     "profiles": ("schema", "profilefields", "profile", "distros"),
-    "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names",
+    "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
                "record", "locations", "limits", "entry", "__init__"),
 }
 # The one import that points up, and why: the Distro base names the Builder type its family

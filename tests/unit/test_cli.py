@@ -14,6 +14,7 @@ from sandboxmgr import cli as cli_module
 from sandboxmgr.cli import sandboxes as sandbox_verbs
 from sandboxmgr.cli.app import App
 from sandboxmgr.config import SandboxConfig
+from tests.conftest import missing
 
 
 def invoke(*args: str, store: Path, stdin_tty: bool = False) -> tuple[int, str]:
@@ -244,6 +245,37 @@ def test_user_profiles_follow_xdg_config_home(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert tmp_path / "sandboxmgr" / "profiles" in profile_dirs()
+
+
+def test_under_sudo_the_invoking_users_profiles_are_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root would trust what the user (or a sandbox writing the user's home) put there: a
+    profile named as a shipped one that mounts / writable (the README's Profiles section)."""
+    import pwd
+
+    from sandboxmgr.locations import profile_dirs
+
+    if os.geteuid() != 0:
+        missing("sudo's environment is read only by root")
+    home = tmp_path / "home"
+    mine = home / ".config" / "sandboxmgr" / "profiles"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("extends: debian-bookworm\ndescription: the invoker's own\n")
+    real = pwd.getpwuid
+
+    def getpwuid(uid: int) -> pwd.struct_passwd:
+        if uid != 4242:
+            return real(uid)
+        fields = list(real(0))
+        fields[5] = str(home)  # pw_dir
+        return pwd.struct_passwd(fields)
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "root-config"))
+    monkeypatch.setenv("SUDO_UID", "4242")
+    monkeypatch.setenv("SUDO_USER", "someone")
+    assert mine not in profile_dirs()
+    code, output = invoke("profiles", store=tmp_path / "store")
+    assert code == 0 and "the invoker's own" not in output, output
 
 
 def test_a_profile_name_in_capitals_suggests_the_lowercase_one(tmp_path: Path, captured: list[SandboxConfig]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import linux, mountinfo
+from sandboxmgr import linux, mountinfo, mounts
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.families.debian import DebootstrapBuilder, MmdebstrapBuilder, debootstrap_script
 from sandboxmgr.images import changed_inputs
@@ -16,6 +16,7 @@ from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.mounts import BindMount, plan
 from sandboxmgr.profile import ProfileRegistry
 from sandboxmgr.users import lookup_user
+from tests.conftest import missing
 
 
 def test_default_plan_order_and_flags() -> None:
@@ -29,9 +30,11 @@ def test_default_plan_order_and_flags() -> None:
     assert devpts.data is not None and "newinstance" in devpts.data
 
 
-def test_host_network_brings_resolv_conf_read_only_and_none_does_not() -> None:
-    if not Path("/etc/resolv.conf").exists():
-        pytest.skip("this host has no /etc/resolv.conf")
+def test_host_network_brings_resolv_conf_read_only_and_none_does_not(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    resolv = tmp_path / "resolv.conf"  # whether or not this host has one
+    resolv.write_text("nameserver 192.0.2.1\n")
+    monkeypatch.setattr(mounts, "RESOLV_CONF", resolv)
     host = [s for s in plan("host") if s.target == "/etc/resolv.conf"]
     assert len(host) == 1 and host[0].readonly and host[0].is_file
     assert not [s for s in plan("none") if s.target == "/etc/resolv.conf"]
@@ -154,7 +157,7 @@ def test_host_arch_names_match_debian() -> None:
 
     expected = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine)
     if expected is None:
-        pytest.skip(f"no expectation written for {os.uname().machine}")
+        missing(f"no expectation written for {os.uname().machine}")
     assert host_arch() == expected
 
 
@@ -166,3 +169,22 @@ def test_repo_file_carries_every_repository_with_its_key() -> None:
     assert text.count("gpgcheck=1") == 2
     assert "metalink=https://mirrors.fedoraproject.org/metalink?repo=fedora-$releasever&arch=$basearch" in text
     assert "gpgkey=https://fedoraproject.org/fedora.gpg" in text
+
+
+def test_a_sandboxs_etc_files_are_its_own_and_writable(tmp_path: Path) -> None:
+    for network in ("host", "none"):
+        steps = {s.target: s for s in plan(network, (), tmp_path)}
+        for name in ("hostname", "hosts", "resolv.conf"):
+            step = steps[f"/etc/{name}"]
+            assert step.source == str(tmp_path / name) and step.is_file and step.follow and not step.readonly
+
+
+def test_a_refusal_quotes_what_the_image_spelled_never_raw() -> None:
+    """A symlink's text comes from the image or a sandbox's changes: escape sequences in it
+    must not reach the operator's terminal."""
+    from sandboxmgr.errors import SandboxError
+    from sandboxmgr.mounts import refuse_kernel_target
+
+    with pytest.raises(SandboxError) as caught:
+        refuse_kernel_target("/etc/resolv.conf", "/dev/\x1b]0;pwned\x07\nsandboxmgr: ok")
+    assert caught.value.message.isprintable() and "\\x1b" in caught.value.message

@@ -1,0 +1,260 @@
+"""``sandboxmgr package build``: build a package from source in a clean sandbox of each profile.
+
+For each profile, as sbuild does it:
+
+1. **build-deps** - a setup layer over the profile's image installs what the source's
+   build-dependency fields name (pkgsource.build_deps_step); the layer is keyed by those
+   fields, so a second build of the same source installs nothing;
+2. a fresh sandbox over that layer, **without a network** (``--network host`` gives it one),
+   the source shown read-only at ``/src``; as root, the tree is copied (or the ``.dsc``
+   unpacked) to ``/build`` and given to the unprivileged build user;
+3. **build** - ``dpkg-buildpackage -us -uc`` as that user (``tests`` when it was the
+   package's own test suite that failed);
+4. **results** - the products are copied out of the sandbox's own files into
+   ``--results DIR/PROFILE/``, with the build log and ``build-info.json`` (the image, the
+   toolchain's versions).
+
+The sandbox's files are the build's, so hostile: only regular files whose names are
+products are read, each opened without following a symlink, and copied (never moved or
+linked) into a directory the host made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sandboxmgr.errors import BuildError, SandboxError, warn
+from sandboxmgr.mounts import BindMount
+from sandboxmgr.pkgsource import BUILD_USER, Source, build_deps_step, unsatisfiable
+from sandboxmgr.profile import Profile
+from sandboxmgr.store import ImageRecord, SandboxRecord, Store
+
+# What dpkg-buildpackage leaves beside the tree (dpkg-genchanges' files).
+PRODUCT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.~_-]*\."
+                        r"(deb|udeb|ddeb|changes|buildinfo|dsc|tar\.[a-z0-9]+|diff\.gz)\Z")
+BUILD_TYPES = {"binary": "-b", "any": "-B", "all": "-A", "source": "-S", "full": ""}
+STAGES = ("source", "build-deps", "build", "tests", "results")
+TOOLCHAIN = ("dpkg-dev", "gcc", "binutils", "libc6-dev", "make", "debhelper")
+
+
+@dataclass
+class PackageResult:
+    name: str  # the profile, as given
+    profile: str
+    status: str = "pending"  # pending, passed, failed
+    stage: str | None = None  # the stage that failed (STAGES)
+    reason: str = ""
+    packages: list[str] = field(default_factory=list)  # blocking build dependencies (build-deps)
+    results: str | None = None
+    log: str | None = None
+    duration: float | None = None
+    sandbox: str | None = None  # kept with --keep-failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "profile": self.profile, "status": self.status, "stage": self.stage,
+                "reason": self.reason, "packages": self.packages, "results": self.results, "log": self.log,
+                "duration": None if self.duration is None else round(self.duration, 2), "sandbox": self.sandbox}
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: Source
+    results: Path
+    build_type: str = "binary"
+    network: str = "none"
+    keep_failed: bool = False
+
+
+def with_build_deps(profile: Profile, source: Source) -> Profile:
+    """``profile`` with the layer that installs ``source``'s build dependencies on top, under a
+    name of its own (the profile's own current image stays what it is)."""
+    return replace(profile, name=f"package-{source.name}.{profile.name}"[:128], setup=(*profile.setup,
+                   build_deps_step(source)), aliases=())
+
+
+def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Profile]],
+              image_for: Callable[[Profile], ImageRecord],
+              view: Callable[[PackageResult], None]) -> list[PackageResult]:
+    """Build for each (name, profile), one after another; ``view`` hears of each result."""
+    results = []
+    for name, profile in profiles:
+        result = PackageResult(name, profile.name)
+        started = time.monotonic()
+        try:
+            build_one(store, request, profile, image_for, result)
+        finally:
+            result.duration = time.monotonic() - started
+        result.status = "failed" if result.stage else "passed"
+        view(result)
+        results.append(result)
+    return results
+
+
+def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: Callable[[Profile], ImageRecord],
+              result: PackageResult) -> None:
+    """One profile's build, its outcome in ``result``."""
+    from sandboxmgr import config
+    from sandboxmgr.resolve import create_sandbox
+
+    source = request.source
+    if profile.family != source.family:
+        raise SandboxError(f"{profile.name} is of the {profile.family} family, and {source.path} is a "
+                           f"{source.family} source", hint=f"give -p a profile of the {source.family} family")
+    out = request.results / result.name
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "build.log"
+    result.results, result.log = str(out), str(log)
+    deps = with_build_deps(profile, source)
+    try:
+        image = image_for(deps)
+    except BuildError as failure:
+        _failed(result, "build-deps", failure.message)
+        text = _tail(Path(failure.log), 400) if failure.log else failure.message
+        result.packages = unsatisfiable(text)
+        log.write_text(text + "\n")
+        return
+    name = f"pkg-{source.name}-{result.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
+    mount = source.path if source.path.is_dir() else source.path.parent
+    options = config.options(network=request.network, binds=(BindMount(mount, "/src", readonly=True),))
+    record = create_sandbox(store, name, image, deps, options)
+    keep = False
+    try:
+        keep = _steps(store, request, record, log, result) and request.keep_failed
+        if not result.stage:
+            _collect(record, out, result)
+        if not result.stage:
+            _record_info(store, record, image, out, log)
+    finally:
+        if keep:
+            result.sandbox = record.name
+        else:
+            store.remove_sandbox(record)
+
+
+def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path, result: PackageResult) -> bool:
+    """Unpack and build; whether a step failed (its stage and reason are in ``result``)."""
+    source = request.source
+    tree = f"/build/{source.tree_name}"
+    unpack = (f"dpkg-source -x /src/{source.path.name} {tree}" if not source.path.is_dir()
+              else f"mkdir -p {tree} && cp -r --preserve=mode,timestamps,links /src/. {tree}/")
+    prepare = f"set -e\nmkdir -p /build\n{unpack}\nchown -R {BUILD_USER}: /build\n"
+    if _run(store, record, log, ("/bin/sh", "-c", prepare), None, append=False) != 0:
+        _failed(result, "source", f"unpacking {source.path.name} failed: {_tail(log, 1)}")
+        return True
+    option = BUILD_TYPES[request.build_type]
+    build = f"cd {tree} && exec dpkg-buildpackage -us -uc {option}".rstrip()
+    status = _run(store, record, log, ("/bin/sh", "-c", build), BUILD_USER, append=True)
+    if status != 0:
+        text = _tail(log, 60)
+        stage = "tests" if re.search(r"dh_auto_test: error|make(\[\d+\])?: \*\*\* \[[^\]]*(check|test)", text) \
+            else "build"
+        _failed(result, stage, f"dpkg-buildpackage exited with status {status}: {_tail(log, 1)}")
+        return True
+    return False
+
+
+def _run(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None,
+         append: bool) -> int:
+    from sandboxmgr.enter import exit_status
+    from sandboxmgr.matrix import spawn
+
+    pid = spawn(store, record, log, command, user=user, append=append)
+    _, status = os.waitpid(pid, 0)
+    return exit_status(status)
+
+
+def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:
+    """Copy the products from the sandbox's /build (its own files: hostile) into ``out``."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    found = []
+    try:
+        upper = os.open(record.upper, flags | os.O_DIRECTORY)
+        try:
+            build = os.open("build", flags | os.O_DIRECTORY, dir_fd=upper)
+        finally:
+            os.close(upper)
+    except OSError:
+        _failed(result, "results", "the build left no /build directory")
+        return
+    try:
+        for entry in sorted(os.listdir(build)):
+            if PRODUCT_RE.match(entry) and _copy_out(build, entry, out / entry):
+                found.append(entry)
+    finally:
+        os.close(build)
+    changes = [name for name in found if name.endswith(".changes")]
+    if not changes:
+        _failed(result, "results", "the build made no .changes file")
+        return
+    try:
+        listed = [line.split()[-1] for name in changes for line in _files_field(out / name)]
+    except SandboxError as bad:  # the build wrote it: anything may be in it
+        _failed(result, "results", f"the build's .changes cannot be read: {bad.message}")
+        return
+    lost = [name for name in listed if name not in found]
+    if lost:
+        _failed(result, "results", f"the .changes lists files that are missing or not regular files: "
+                                   f"{', '.join(lost[:5])}")
+
+
+def _files_field(changes: Path) -> list[str]:
+    """The lines of a .changes file's ``Files`` field: ``md5 size section priority name``."""
+    from sandboxmgr.pkgsource import paragraphs
+
+    fields = (paragraphs(changes.read_text(errors="replace"), str(changes)) or [{}])[0]
+    return [line for line in fields.get("Files", "").splitlines() if len(line.split()) == 5]
+
+
+def _copy_out(directory: int, name: str, target: Path) -> bool:
+    """``name`` of ``directory`` into ``target`` if it is a regular file; whether it was."""
+    try:
+        handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return False
+    with os.fdopen(handle, "rb") as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()  # a product of an earlier build, or a link someone left there
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as copy:
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+    return True
+
+
+def _record_info(store: Store, record: SandboxRecord, image: ImageRecord, out: Path, log: Path) -> None:
+    """build-info.json: the image built in, and the toolchain's versions in it."""
+    query = ("dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *TOOLCHAIN)
+    versions_log = out / ".toolchain"
+    _run(store, record, versions_log, query, None, append=False)
+    pairs = [line.split(" ", 1) for line in _tail(versions_log, 50).splitlines() if " " in line]
+    versions = {name: version for name, version in pairs if name in TOOLCHAIN and version}  # installed ones
+    versions_log.unlink(missing_ok=True)
+    info = {"image": image.key, "profile": image.profile, "toolchain": versions, "log": log.name}
+    (out / "build-info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def _failed(result: PackageResult, stage: str, reason: str) -> None:
+    result.stage, result.reason = stage, reason
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 200 * lines))
+            text = handle.read().decode(errors="replace")
+    except OSError as exc:
+        warn(f"cannot read {path}: {exc.strerror}")
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
