@@ -166,6 +166,11 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
         tty_parent, tty_child = socket.socketpair()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
+    # The signals to forward wait (blocked) from the fork until each process has its handler:
+    # PID 1's forwarding one (_reap), the command's default (exec_command), the manager's
+    # (_supervise). A Ctrl-C meanwhile is then delivered late, never lost to a handler replaced
+    # before Python ran it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         linux.unshare(linux.CLONE_NEWPID)
         try:
@@ -180,6 +185,9 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
                 tty_parent.close()
             _init(spec, err_write, tty_child, alive_read, cgroup_fds, seccomp_program)
         linux.setns(own_pid_ns, linux.CLONE_NEWPID)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+        raise
     finally:
         os.close(own_pid_ns)
         for fd in cgroup_fds:
@@ -192,6 +200,7 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     try:
         status = _supervise(pid, err_read, tty_parent, tty_child, spec.interruptible)
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # if _supervise did not get there
         os.close(alive_write)
         if caller is not None:
             tty.restore(caller)
@@ -215,6 +224,7 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
             os.kill(pid, signal.SIGKILL if stop else signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked since the fork (_enter)
     master = None
     try:
         if tty_parent is not None and tty_child is not None:
@@ -365,6 +375,7 @@ def _reap(child: int) -> None:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked since the fork (_enter)
     status = 0
     while True:
         try:

@@ -43,6 +43,8 @@ def exec_command(spec: EnterSpec, err_write: int, pty_number: int | None, seccom
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
+        # Blocked since the fork (enter._enter): one that came meanwhile acts now, as the default.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         os.setsid()
         _take_stdio(spec, err_write, pty_number)
         if spec.limits is not None and spec.limits.memory is not None:

@@ -91,6 +91,7 @@ def try_run(argv: Sequence[str]) -> int | None:
         # A named sandbox keeps its config: nothing of its profile is needed.
         store.clean_leftovers()
         _collect_from_now_on()
+        _say_path("fast")
         return sandbox.run_in(store, store.sandbox(args.ref), options)
     from sandboxmgr.resolve import cached_run
 
@@ -99,7 +100,16 @@ def try_run(argv: Sequence[str]) -> int | None:
         return None
     store.clean_leftovers()
     _collect_from_now_on()
+    _say_path("fast")
     return sandbox.run_ephemeral(store, *found, options)
+
+
+def _say_path(path: str) -> None:
+    """With SANDBOXMGR_DEBUG_PATH=1, say on stderr which path takes the command: ``fast`` (this
+    module) or ``full`` (click and the YAML machinery). A debugging aid, and what the tests
+    read to know the fast path ran; unset, it costs one lookup in the environment."""
+    if os.environ.get("SANDBOXMGR_DEBUG_PATH") == "1":
+        print(f"sandboxmgr: path: {path}", file=sys.stderr, flush=True)
 
 
 def _collect_from_now_on() -> None:
@@ -112,6 +122,16 @@ def _collect_from_now_on() -> None:
 
 def main() -> None:
     """The `sandboxmgr` entry point: the fast path if it applies, else the full CLI."""
+    try:
+        _main()
+    except KeyboardInterrupt:
+        # Ctrl-C before a command started (the imports take tens of ms) or before click took
+        # over: what was half-made is removed by now (the stack unwound); said as the full CLI says it.
+        print("\nsandboxmgr: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def _main() -> None:
     # Importing the fast path's modules would set off collections (~2 ms of a run):
     # off until they are imported (try_run), and for the full CLI on again at once.
     gc.disable()
@@ -128,6 +148,7 @@ def main() -> None:
                     stream.flush()
         os._exit(status)
     gc.enable()
+    _say_path("full")
     from sandboxmgr.cli import main as full_main
 
     full_main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
@@ -50,20 +51,31 @@ def empty_tree(path: Path) -> None:
 
 
 def _remove_below(path: Path, device: int, keep_dirs: bool) -> None:
-    for point in mountinfo.mounts_under(path):
-        with suppress(OSError):
-            linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
-    left = mountinfo.mounts_under(path)
-    if left:
-        raise UnsafeRemovalError(
-            f"refusing to delete {path}: {left[0]} is still mounted inside it",
-            hint=f"unmount it (umount -l {left[0]}) and try again; nothing was deleted",
-        )
+    detach_mounts([path])
     top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _remove_contents(top, device, str(path), keep_dirs)
     finally:
         os.close(top)
+
+
+def detach_mounts(paths: Iterable[Path]) -> None:
+    """Unmount (detached) anything mounted at or under each of ``paths``; if something is
+    still mounted after that, refuse (UnsafeRemovalError) before anything is deleted.
+
+    The store calls it before it moves a tree out of its place to delete it: a refusal
+    then leaves the sandbox or image where it was, for the `rm`/`rmi` the hint suggests.
+    """
+    for path in paths:
+        for point in mountinfo.mounts_under(path):
+            with suppress(OSError):
+                linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
+        left = mountinfo.mounts_under(path)
+        if left:
+            raise UnsafeRemovalError(
+                f"refusing to delete {path}: {left[0]} is still mounted inside it",
+                hint=f"unmount it (umount -l {left[0]}) and try again; nothing was deleted",
+            )
 
 
 def _remove_contents(dir_fd: int, device: int, where: str, keep_dirs: bool = False) -> None:

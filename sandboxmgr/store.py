@@ -37,7 +37,7 @@ from sandboxmgr.locations import create_private, loose_dirs, make_private, requi
 from sandboxmgr.locks import Lock, lock_file, remove_stale_locks
 from sandboxmgr.names import check_name, overlay_unsafe
 from sandboxmgr.record import read_json, record, write_json
-from sandboxmgr.removal import remove_tree
+from sandboxmgr.removal import detach_mounts, remove_tree
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -247,6 +247,7 @@ class Store:
         half-deleted image or sandbox; locked, so another command's clean_leftovers
         does not delete the same tree at the same time.
         """
+        detach_mounts([path])  # refused in its place: `rm`/`rmi` again finds it after an umount
         with self._claim(purpose, 4) as doomed:
             try:
                 os.rename(path, doomed)
@@ -314,6 +315,9 @@ class Store:
                     f"image {record.key} ({record.profile}) is used by sandbox {', '.join(users)}",
                     hint=f"remove the sandbox first: sandboxmgr rm {' '.join(users)}",
                 )
+            # The layers going with it first: a refusal must not leave an image without its record.
+            shared = {key for image in self.images() if image.key != record.key for key in image.layers}
+            detach_mounts(self.layers_dir / key for key in record.layers if key not in shared)
             with self._discarding(record.path, f"rmi-{record.key}"):
                 pass
         return self.remove_unused_layers()

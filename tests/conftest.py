@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -89,6 +90,8 @@ class Result:
 class CLI:
     """Runs the real `sandboxmgr` in a subprocess against one store."""
 
+    env: dict[str, str] | None = None  # the subprocess's environment (None: the test's)
+
     def __init__(self, store: Path, configs: Path | None = None) -> None:
         self.store = store
         self.configs = configs
@@ -100,7 +103,7 @@ class CLI:
         return argv + list(args)
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 900) -> Result:
-        proc = subprocess.run(self.argv(*args), input=input, capture_output=True, text=True,
+        proc = subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, env=self.env,
                               timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -111,24 +114,108 @@ class CLI:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, text=True)
+                                stdin=subprocess.DEVNULL, text=True, env=self.env)
 
 
-def run_in_pty(argv: list[str], timeout: float = 60, keys: bytes = b"") -> tuple[int, str]:
+# --- the path users run ------------------------------------------------------------------------
+
+# The options of `run`/`exec` the fast path takes (fastrun.py); any other makes the full CLI run it.
+# Written out here, not imported: the tests check fastrun against what a user may type.
+FAST_OPTIONS = {"-i", "--interactive", "-t", "--tty", "-it", "-ti", "--rm"}
+
+
+def entry_point() -> list[str]:
+    """What a user types: the `sandboxmgr` script of this Python's environment (setup.cfg's
+    entry point, fastrun.main), or `python -m sandboxmgr` (the same function) without one."""
+    script = Path(sys.executable).with_name("sandboxmgr")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "sandboxmgr"]
+
+
+@dataclass
+class PathResult(Result):
+    path: str = ""  # "fast" or "full": the path the command took, as it said (SANDBOXMGR_DEBUG_PATH)
+
+
+def taken_path(err: str) -> tuple[str, str]:
+    """The path a command said it took (SANDBOXMGR_DEBUG_PATH=1), and its stderr without that line."""
+    paths = [line.removeprefix("sandboxmgr: path: ") for line in err.splitlines(keepends=True)
+             if line.startswith("sandboxmgr: path: ")]
+    rest = "".join(line for line in err.splitlines(keepends=True) if not line.startswith("sandboxmgr: path: "))
+    assert len(paths) == 1, f"expected one 'sandboxmgr: path:' line on stderr:\n{err}"
+    return paths[0].strip(), rest
+
+
+class UserCLI(CLI):
+    """`sandboxmgr` run as a user types it, on a test store: the entry point, `--store`, and
+    profiles found where a user's are (the shipped ones, XDG_CONFIG_HOME's) instead of `--configs`,
+    so `run PROFILE` and `exec NAME` can take the fast path. SANDBOXMGR_DEBUG_PATH=1 makes each
+    command say which path it took: a result's ``path``. ``expect`` is the path `run`/`exec` must
+    take when given only options the fast path knows ("full" with ``configs``: `--configs` is given,
+    as the full path's variant); with any other option they must take the full path. Every call
+    checks it."""
+
+    def __init__(self, store: Path, config_home: Path, configs: Path | None = None) -> None:
+        super().__init__(store, configs)
+        self.expect = "full" if configs is not None else "fast"
+        self.config_home = config_home
+        env = {key: value for key, value in os.environ.items() if key != "SANDBOXMGR_CONFIGS"}
+        self.env = env | {"XDG_CONFIG_HOME": str(config_home), "SANDBOXMGR_DEBUG_PATH": "1"}
+
+    @property
+    def profiles(self) -> Path:
+        """Where this user's profiles are: configs/ (full path) or $XDG_CONFIG_HOME/sandboxmgr/profiles."""
+        return self.configs or self.config_home / "sandboxmgr" / "profiles"
+
+    def argv(self, *args: str) -> list[str]:
+        return entry_point() + super().argv(*args)[3:]  # instead of python -m sandboxmgr
+
+    def expected_path(self, *args: str) -> str:
+        """The path ``args`` must take through this helper (whose stdin is never a terminal, so
+        `-t` is the full path's)."""
+        if not args or args[0] not in ("run", "exec"):
+            return "full"
+        options = []
+        for arg in args[1:]:
+            if not arg.startswith("-"):
+                break
+            options.append(arg)
+        return self.expect if set(options) <= FAST_OPTIONS - {"-t", "--tty", "-it", "-ti"} else "full"
+
+    def first_run(self, profile: str) -> None:
+        """`run PROFILE true`, whatever path it takes: on the fast path's side, the full path
+        resolves the profile the first time and caches the answer, and the next runs are fast."""
+        result = super().__call__("run", profile, "true")
+        assert result.code == 0, str(result)
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 900) -> PathResult:
+        result = super().__call__(*args, input=input, timeout=timeout)
+        path, err = taken_path(result.err)
+        assert path == self.expected_path(*args), f"{args}: took the {path} path\n{result}"
+        return PathResult(result.code, result.out, err, path)
+
+    def ok(self, *args: str, input: str | None = None) -> PathResult:
+        result = self(*args, input=input)
+        assert result.code == 0, str(result)
+        return result
+
+
+def run_in_pty(argv: list[str], timeout: float = 60, keys: bytes = b"",
+               env: dict[str, str] | None = None, ready: bytes = b"") -> tuple[int, str]:
     """Run ``argv`` on a pty of the test's own, as on a terminal, typing ``keys`` once it has
-    said something (or after 5 s): its exit status and output."""
+    said something (``ready``, when given; or after 5 s): its exit status and output. Killed
+    when it outlives ``timeout``."""
     pid, master = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs
-        os.execv(argv[0], argv)
+        os.execve(argv[0], argv, os.environ if env is None else env)
     output = b""
     started = time.monotonic()
     deadline = started + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1)
-        if keys and (ready or time.monotonic() > started + 5):
+        ready_now = ready in output if ready else output != b""
+        if keys and (ready_now or (not ready and time.monotonic() > started + 5)):
             os.write(master, keys)
             keys = b""
-        if not ready:
+        if not select.select([master], [], [], 1)[0]:
             continue
         try:
             chunk = os.read(master, 4096)
@@ -137,6 +224,8 @@ def run_in_pty(argv: list[str], timeout: float = 60, keys: bytes = b"") -> tuple
         if not chunk:
             break
         output += chunk
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     os.close(master)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
@@ -282,3 +371,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"CI run failed: {len(refused)} skip(s) without an outside cause; "
                                     "a test skips through tests.conftest.missing() and, on CI, only when "
                                     "an archive does not answer", red=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's XDG_CONFIG_HOME, with an empty sandboxmgr/profiles/ (tests add theirs)."""
+    home = tmp_path_factory.mktemp("config-home")
+    (home / "sandboxmgr" / "profiles").mkdir(parents=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def fast_cli(store_dir: Path, config_home: Path, bookworm: ConcurrentBuild) -> UserCLI:
+    """The session store as a user types commands to it; its first `run debian-bookworm` (the
+    full path) has cached the profile's resolution, so the next ones take the fast path."""
+    user = UserCLI(store_dir, config_home)
+    user.first_run(bookworm.profile)
+    return user
+
+
+@pytest.fixture(params=["fast", "full"])
+def user(request: pytest.FixtureRequest, fast_cli: UserCLI, store_dir: Path, config_home: Path,
+         configs_dir: Path) -> UserCLI:
+    """A test run twice: as users type it (the fast path), and with --configs (the full path)."""
+    if request.param == "fast":
+        return fast_cli
+    return UserCLI(store_dir, config_home, configs_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, ConcurrentBuild, host_mounts, run_in_pty
+from tests.conftest import CLI, ConcurrentBuild, UserCLI, host_mounts, run_in_pty, taken_path
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -29,21 +29,21 @@ def test_two_concurrent_builds_make_one_image(cli: CLI, bookworm: ConcurrentBuil
     assert list((cli.store / "tmp").iterdir()) == []
 
 
-def test_hello_world(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    result = cli.ok("run", IMAGE, "echo", "hello world")
+def test_hello_world(user: UserCLI) -> None:
+    result = user.ok("run", IMAGE, "echo", "hello world")
     assert result.out == "hello world\n"
 
 
-def test_the_kernel_is_the_hosts_and_the_userland_the_targets(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    result = cli.ok("run", IMAGE, "--", "sh", "-c", "uname -r; . /etc/os-release; echo $ID $VERSION_CODENAME")
+def test_the_kernel_is_the_hosts_and_the_userland_the_targets(user: UserCLI) -> None:
+    result = user.ok("run", IMAGE, "--", "sh", "-c", "uname -r; . /etc/os-release; echo $ID $VERSION_CODENAME")
     kernel, userland = result.out.splitlines()
     assert kernel == platform.release()
     assert userland == "debian bookworm"
 
 
-def test_pid_1_is_the_init_and_no_host_process_is_visible(cli: CLI, bookworm: ConcurrentBuild) -> None:
+def test_pid_1_is_the_init_and_no_host_process_is_visible(user: UserCLI) -> None:
     script = "tr '\\0' ' ' < /proc/1/cmdline; echo; ls -d /proc/[0-9]* | wc -l; echo $$"
-    result = cli.ok("run", IMAGE, "--", "sh", "-c", script)
+    result = user.ok("run", IMAGE, "--", "sh", "-c", script)
     init_cmdline, count, own_pid = result.out.splitlines()
     # A neutral command line: not the host's interpreter, nor the store's path.
     assert init_cmdline.strip() == "sandboxmgr-init", init_cmdline
@@ -52,38 +52,39 @@ def test_pid_1_is_the_init_and_no_host_process_is_visible(cli: CLI, bookworm: Co
     assert int(count) <= 4
 
 
-def test_hostname_is_the_sandboxs(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    assert cli.ok("run", IMAGE, "hostname").out.strip() == IMAGE
-    assert cli.ok("run", "--hostname", "box1", IMAGE, "hostname").out.strip() == "box1"
+def test_hostname_is_the_sandboxs(user: UserCLI) -> None:
+    assert user.ok("run", IMAGE, "hostname").out.strip() == IMAGE
+    assert user.ok("run", "--hostname", "box1", IMAGE, "hostname").out.strip() == "box1"
     assert os.uname().nodename != "box1"
 
 
-def test_network_none_leaves_only_loopback(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    result = cli.ok("run", "--network", "none", IMAGE, "ls", "/sys/class/net")
+def test_network_none_leaves_only_loopback(user: UserCLI) -> None:
+    result = user.ok("run", "--network", "none", IMAGE, "ls", "/sys/class/net")
     assert result.out.split() == ["lo"]
-    state = cli.ok("run", "--network", "none", IMAGE, "cat", "/sys/class/net/lo/operstate").out.strip()
+    state = user.ok("run", "--network", "none", IMAGE, "cat", "/sys/class/net/lo/operstate").out.strip()
     assert state in ("unknown", "up")
-    host = cli.ok("run", IMAGE, "ls", "/sys/class/net").out.split()
+    host = user.ok("run", IMAGE, "ls", "/sys/class/net").out.split()
     assert sorted(host) == sorted(os.listdir("/sys/class/net"))
 
 
-def test_exit_codes_propagate(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    assert cli("run", IMAGE, "sh", "-c", "exit 7").code == 7
-    missing = cli("run", IMAGE, "no-such-command")
+def test_exit_codes_propagate(user: UserCLI) -> None:
+    assert user("run", IMAGE, "sh", "-c", "exit 7").code == 7
+    missing = user("run", IMAGE, "no-such-command")
     assert missing.code == 127
     assert "no-such-command: command not found in the sandbox" in missing.err
-    assert cli("run", IMAGE, "/etc/passwd").code == 126
-    assert cli("run", IMAGE, "sh", "-c", "kill -TERM $$").code == 128 + signal.SIGTERM
+    assert user("run", IMAGE, "/etc/passwd").code == 126
+    assert user("run", IMAGE, "sh", "-c", "kill -TERM $$").code == 128 + signal.SIGTERM
     # With stdout and stderr closed (a daemon's cron job), the status still comes through.
     for closed in (">&-", "2>&-"):
-        closed_run = subprocess.run(["sh", "-c", f'"$@" {closed}', "sh", *cli.argv("run", IMAGE, "sh", "-c", "exit 9")],
-                                    capture_output=True, text=True, timeout=60)
+        argv = user.argv("run", IMAGE, "sh", "-c", "exit 9")
+        closed_run = subprocess.run(["sh", "-c", f'"$@" {closed}', "sh", *argv],
+                                    capture_output=True, text=True, timeout=60, env=user.env)
         assert closed_run.returncode == 9, closed_run.stderr
 
 
-def test_stdin_passes_through(cli: CLI, bookworm: ConcurrentBuild) -> None:
+def test_stdin_passes_through(user: UserCLI) -> None:
     data = "line one\nline two\n" * 1000
-    assert cli.ok("run", IMAGE, "cat", input=data).out == data
+    assert user.ok("run", IMAGE, "cat", input=data).out == data
 
 
 def test_bind_mounts_read_write_and_read_only(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
@@ -127,55 +128,55 @@ def test_user_workdir_and_env(cli: CLI, bookworm: ConcurrentBuild) -> None:
     assert "no user 'nosuchuser'" in bad.err
 
 
-def test_capabilities_are_cut_to_dockers_set(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    result = cli.ok("run", IMAGE, "sh", "-c", "grep CapBnd /proc/self/status")
+def test_capabilities_are_cut_to_dockers_set(user: UserCLI) -> None:
+    result = user.ok("run", IMAGE, "sh", "-c", "grep CapBnd /proc/self/status")
     bounding = int(result.out.split()[1], 16)
     assert bounding == 0xA80425FB  # CHOWN..SETFCAP as docker's default
-    mount = cli("run", IMAGE, "mount", "-t", "tmpfs", "none", "/mnt")
+    mount = user("run", IMAGE, "mount", "-t", "tmpfs", "none", "/mnt")
     assert mount.code != 0
 
 
-def test_ephemeral_changes_vanish(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    cli.ok("run", IMAGE, "touch", "/ephemeral-marker")
-    assert cli("run", IMAGE, "test", "-e", "/ephemeral-marker").code == 1
-    assert list((cli.store / "tmp").iterdir()) == []
+def test_ephemeral_changes_vanish(user: UserCLI) -> None:
+    user.ok("run", IMAGE, "touch", "/ephemeral-marker")
+    assert user("run", IMAGE, "test", "-e", "/ephemeral-marker").code == 1
+    assert list((user.store / "tmp").iterdir()) == []
 
 
-def test_tty_gives_a_real_terminal(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    status, text = run_in_pty(cli.argv("run", "-it", IMAGE, "sh", "-c", "tty; test -t 0 && echo TTY-OK"))
+def test_tty_gives_a_real_terminal(user: UserCLI) -> None:
+    status, text = run_in_pty(user.argv("run", "-it", IMAGE, "sh", "-c", "tty; test -t 0 && echo TTY-OK"),
+                              env=user.env)
     assert status == 0, text
+    assert f"sandboxmgr: path: {user.expect}" in text, text  # -t on a terminal: the fast path's too
     assert "/dev/pts/0" in text
     assert "TTY-OK" in text
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_run_without_a_command_on_a_terminal_gives_the_shell_a_pty(cli: CLI, bookworm: ConcurrentBuild,
-                                                                   fast: bool) -> None:
-    # The user's own command line (no --configs: the fast path's), and the full CLI's.
-    argv = cli.argv("run", IMAGE)
-    if fast:
-        argv = [arg for arg in argv if arg != "--configs" and arg != str(cli.configs)]
-    _, text = run_in_pty(argv, keys=b"tty; echo JOB-$(set -o | grep -c 'monitor.*on')\nexit\n")
+def test_run_without_a_command_on_a_terminal_gives_the_shell_a_pty(user: UserCLI) -> None:
+    _, text = run_in_pty(user.argv("run", IMAGE), keys=b"tty; echo JOB-$(set -o | grep -c 'monitor.*on')\nexit\n",
+                         env=user.env, ready=f"@{IMAGE}:".encode())  # at the prompt
+    assert f"sandboxmgr: path: {user.expect}" in text, text
     assert "/dev/pts/0" in text, text
     assert "JOB-1" in text, text  # job control: the shell has a controlling terminal
 
 
-def test_sigterm_to_the_manager_stops_the_sandbox_and_leaves_no_mount(cli: CLI, bookworm: ConcurrentBuild) -> None:
+def test_sigterm_to_the_manager_stops_the_sandbox_and_leaves_no_mount(user: UserCLI) -> None:
     before = host_mounts()
-    proc = cli.popen("run", IMAGE, "sleep", "60")
+    proc = user.popen("run", IMAGE, "sleep", "60")
     time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=20)
+    assert taken_path(err)[0] == user.expect, err
     assert proc.returncode == 128 + signal.SIGTERM
     assert host_mounts() == before
 
 
-def test_sigkill_of_the_manager_kills_the_sandbox(cli: CLI, bookworm: ConcurrentBuild) -> None:
+def test_sigkill_of_the_manager_kills_the_sandbox(user: UserCLI) -> None:
     before = host_mounts()
-    proc = cli.popen("run", IMAGE, "sleep", "1234")
+    proc = user.popen("run", IMAGE, "sleep", "1234")
     time.sleep(1.5)
     proc.kill()
-    proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=20)
+    assert taken_path(err)[0] == user.expect, err
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         alive = subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True).returncode == 0
@@ -185,8 +186,8 @@ def test_sigkill_of_the_manager_kills_the_sandbox(cli: CLI, bookworm: Concurrent
     assert not alive
     assert host_mounts() == before
     # The next command removes the dead run's directory.
-    cli.ok("run", IMAGE, "true")
-    assert list((cli.store / "tmp").iterdir()) == []
+    user.ok("run", IMAGE, "true")
+    assert list((user.store / "tmp").iterdir()) == []
 
 
 def test_chroot_isolation_works_and_drops_sys_chroot(cli: CLI, bookworm: ConcurrentBuild) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import mountinfo
-from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, need_mirror
+from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, UserCLI, need_mirror, taken_path
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -26,41 +26,41 @@ def in_image(cli: CLI, path: str) -> bool:
     return any((layer / path.lstrip("/")).exists() for layer in image_layers(cli))
 
 
-def test_named_sandbox_changes_persist_and_never_touch_the_image(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    assert cli.ok("create", IMAGE, "--name", "work").out.strip() == "work"
+def test_named_sandbox_changes_persist_and_never_touch_the_image(user: UserCLI) -> None:
+    assert user.ok("create", IMAGE, "--name", "work").out.strip() == "work"
     try:
-        cli.ok("exec", "work", "sh", "-c", "echo kept > /persisted; rm /etc/debian_version")
-        assert cli.ok("exec", "work", "cat", "/persisted").out == "kept\n"
-        assert cli("exec", "work", "test", "-e", "/etc/debian_version").code == 1
-        assert not in_image(cli, "/persisted")
-        assert in_image(cli, "/etc/debian_version")
+        user.ok("exec", "work", "sh", "-c", "echo kept > /persisted; rm /etc/debian_version")
+        assert user.ok("exec", "work", "cat", "/persisted").out == "kept\n"
+        assert user("exec", "work", "test", "-e", "/etc/debian_version").code == 1
+        assert not in_image(user, "/persisted")
+        assert in_image(user, "/etc/debian_version")
         # A fresh ephemeral sandbox sees the pristine image.
-        assert cli("run", IMAGE, "test", "-e", "/persisted").code == 1
-        listing = json.loads(cli.ok("ls", "--json").out)
+        assert user("run", IMAGE, "test", "-e", "/persisted").code == 1
+        listing = json.loads(user.ok("ls", "--json").out)
         (row,) = [r for r in listing if r["name"] == "work"]
         assert row["profile"] == IMAGE and row["changes_size"] > 0
-        table = cli.ok("ls").out
+        table = user.ok("ls").out
         assert "work" in table and IMAGE in table
-        (info,) = json.loads(cli.ok("inspect", "work", "--json").out)
+        (info,) = json.loads(user.ok("inspect", "work", "--json").out)
         assert info["type"] == "sandbox"
         assert info["name"] == "work" and info["distro"] == "debian" and info["release"] == "bookworm"
         assert info["settings"]["hostname"] == "work"
-        assert cli.ok("exec", "work", "hostname").out.strip() == "work"
+        assert user.ok("exec", "work", "hostname").out.strip() == "work"
     finally:
-        cli.ok("rm", "work")
-    assert cli("exec", "work", "true").code == 125
-    assert not (cli.store / "sandboxes" / "work").exists()
+        user.ok("rm", "work")
+    assert user("exec", "work", "true").code == 125
+    assert not (user.store / "sandboxes" / "work").exists()
 
 
-def test_apt_get_install_in_a_named_sandbox(cli: CLI, bookworm: ConcurrentBuild) -> None:
+def test_apt_get_install_in_a_named_sandbox(user: UserCLI) -> None:
     need_mirror(DEBIAN_MIRROR, "bookworm")
-    cli.ok("create", IMAGE, "--name", "apt")
+    user.ok("create", IMAGE, "--name", "apt")
     try:
-        cli.ok("exec", "apt", "apt-get", "install", "-y", "hello")
-        assert cli.ok("exec", "apt", "hello").out == "Hello, world!\n"
-        assert not in_image(cli, "/usr/bin/hello")
+        user.ok("exec", "apt", "apt-get", "install", "-y", "hello")
+        assert user.ok("exec", "apt", "hello").out == "Hello, world!\n"
+        assert not in_image(user, "/usr/bin/hello")
     finally:
-        cli.ok("rm", "apt")
+        user.ok("rm", "apt")
 
 
 def test_images_lists_the_built_image(cli: CLI, bookworm: ConcurrentBuild) -> None:
@@ -110,39 +110,40 @@ def test_rmi_refuses_while_a_sandbox_uses_the_image(cli: CLI, bookworm: Concurre
         cli.ok("rm", "user1")
 
 
-def test_a_busy_sandbox_is_reported(cli: CLI, bookworm: ConcurrentBuild) -> None:
-    cli.ok("create", IMAGE, "--name", "busy")
-    proc = cli.popen("exec", "busy", "sleep", "30")
+def test_a_busy_sandbox_is_reported(user: UserCLI) -> None:
+    user.ok("create", IMAGE, "--name", "busy")
+    proc = user.popen("exec", "busy", "sleep", "30")
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
-            (row,) = [r for r in json.loads(cli.ok("ls", "--json").out) if r["name"] == "busy"]
+            (row,) = [r for r in json.loads(user.ok("ls", "--json").out) if r["name"] == "busy"]
             if row["in_use"]:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
         assert row["state"] == "running"  # ls --json has the STATE column ls shows
-        assert "running" in [line.split()[-1] for line in cli.ok("ls").out.splitlines() if line.startswith("busy ")]
-        second = cli("exec", "busy", "true")
+        assert "running" in [line.split()[-1] for line in user.ok("ls").out.splitlines() if line.startswith("busy ")]
+        second = user("exec", "busy", "true")
         assert second.code == 125
         assert "sandbox 'busy' is in use" in second.err
-        assert cli("rm", "busy").code == 125
+        assert user("rm", "busy").code == 125
     finally:
         proc.terminate()
-        proc.communicate(timeout=20)
-        (row,) = [r for r in json.loads(cli.ok("ls", "--json").out) if r["name"] == "busy"]
+        _, err = proc.communicate(timeout=20)
+        assert taken_path(err)[0] == user.expect, err
+        (row,) = [r for r in json.loads(user.ok("ls", "--json").out) if r["name"] == "busy"]
         assert row["state"] == "idle"
-        cli.ok("rm", "busy")
+        user.ok("rm", "busy")
 
 
-def test_a_named_sandbox_keeps_its_isolation(cli: CLI, bookworm: ConcurrentBuild) -> None:
+def test_a_named_sandbox_keeps_its_isolation(user: UserCLI) -> None:
     # --isolation chroot drops CAP_SYS_CHROOT (bit 18 of the bounding set); pivot_root keeps it.
     probe = ("sh", "-c", "grep CapBnd /proc/self/status")
-    cli.ok("run", "--name", "jail", "--isolation", "chroot", IMAGE, "true")
-    cli.ok("create", IMAGE, "--name", "pivot")
+    user.ok("run", "--name", "jail", "--isolation", "chroot", IMAGE, "true")
+    user.ok("create", IMAGE, "--name", "pivot")
     try:
-        assert json.loads(cli.ok("inspect", "jail").out)[0]["settings"]["isolation"] == "chroot"
-        assert not int(cli.ok("exec", "jail", *probe).out.split()[1], 16) & (1 << 18)
-        assert int(cli.ok("exec", "pivot", *probe).out.split()[1], 16) & (1 << 18)
+        assert json.loads(user.ok("inspect", "jail").out)[0]["settings"]["isolation"] == "chroot"
+        assert not int(user.ok("exec", "jail", *probe).out.split()[1], 16) & (1 << 18)
+        assert int(user.ok("exec", "pivot", *probe).out.split()[1], 16) & (1 << 18)
     finally:
-        cli.ok("rm", "jail", "pivot")
+        user.ok("rm", "jail", "pivot")
