@@ -8,6 +8,7 @@ import platform
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -159,15 +160,28 @@ def test_run_without_a_command_on_a_terminal_gives_the_shell_a_pty(user: UserCLI
     assert "JOB-1" in text, text  # job control: the shell has a controlling terminal
 
 
-def test_sigterm_to_the_manager_stops_the_sandbox_and_leaves_no_mount(user: UserCLI) -> None:
+def test_sigterm_to_the_manager_kills_the_command_and_leaves_no_mount(user: UserCLI) -> None:
+    """On both paths; the sandbox's own mount namespace is checked gone by
+    tests/adversarial/test_crash.py (its mounts are not in the host's table)."""
     before = host_mounts()
-    proc = user.popen("run", IMAGE, "sleep", "60")
-    time.sleep(1.5)
+    proc = user.popen("run", IMAGE, "sleep", "6172")
+    assert wait_for(lambda: subprocess.run(["pgrep", "-x", "-f", "sleep 6172"], capture_output=True).returncode == 0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert taken_path(err)[0] == user.expect, err
     assert proc.returncode == 128 + signal.SIGTERM
+    assert wait_for(lambda: subprocess.run(["pgrep", "-x", "-f", "sleep 6172"], capture_output=True).returncode != 0), \
+        "the command outlived the manager's SIGTERM"
     assert host_mounts() == before
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_sigkill_of_the_manager_kills_the_sandbox(user: UserCLI) -> None:
