@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, debian_archives, need_mirror, need_root
+from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, Result, debian_archives, need_mirror, need_root
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -101,18 +101,25 @@ def test_df_counts_each_kind_and_what_prune_would_free(disk: CLI) -> None:
     assert "total (each file once)" in table
 
 
+def prune_cache_while(disk: CLI, proc: subprocess.Popen[str], what: str) -> tuple[Result, str]:
+    """``prune --cache`` once ``proc`` holds its package cache; its result, and ``proc``'s stderr
+    when it has ended."""
+    try:
+        deadline = time.monotonic() + 60
+        while df(disk)["package caches"]["active"] == 0:
+            assert time.monotonic() < deadline, f"{what} never held its package cache"
+            time.sleep(0.2)
+        result = disk.ok("prune", "--cache")
+    finally:
+        _out, err = proc.communicate(timeout=300)
+    return result, err
+
+
 def test_prune_cache_leaves_a_package_cache_a_running_sandbox_uses(disk: CLI) -> None:
     debs = disk.store / debian_archives()
     assert list(debs.glob("*.deb"))
     running = disk.popen("run", "debian-bookworm", "sleep", "10")
-    try:
-        deadline = time.monotonic() + 30
-        while df(disk)["package caches"]["active"] == 0:
-            assert time.monotonic() < deadline, "the sandbox never held its package cache"
-            time.sleep(0.2)
-        result = disk.ok("prune", "--cache")
-    finally:
-        running.communicate(timeout=120)
+    result, _ = prune_cache_while(disk, running, "the sandbox")
     assert running.returncode == 0
     assert "package cache debian-bookworm-amd64 is in use" in result.err
     assert "emptied 0 package caches" in result.out
@@ -124,14 +131,7 @@ def test_prune_cache_leaves_a_package_cache_a_build_uses(disk: CLI) -> None:
     (disk.configs / "disk-slow.yaml").write_text("extends: debian-bookworm\nsetup: [sleep 8]\n")
     debs = disk.store / debian_archives()
     building = disk.popen("build", "disk-slow")
-    try:
-        deadline = time.monotonic() + 60
-        while df(disk)["package caches"]["active"] == 0:
-            assert time.monotonic() < deadline, "the build never held its package cache"
-            time.sleep(0.2)
-        result = disk.ok("prune", "--cache")
-    finally:
-        _out, err = building.communicate(timeout=300)
+    result, err = prune_cache_while(disk, building, "the build")
     assert building.returncode == 0, err
     assert "package cache debian-bookworm-amd64 is in use" in result.err
     assert list(debs.glob("*.deb"))

@@ -5,8 +5,6 @@ Ctrl-C's exit status. Most tests run twice (the `user` fixture): the fast path a
 from __future__ import annotations
 
 import json
-import os
-import pty
 import select
 import signal
 import subprocess
@@ -202,39 +200,11 @@ def test_sigint_to_the_manager_ends_the_run_with_130(user: UserCLI) -> None:
     assert subprocess.run(["pgrep", "-f", "sleep 120"], capture_output=True).returncode == 1
 
 
-def ctrl_c_on_a_terminal(argv: list[str], env: dict[str, str] | None, ready: bytes) -> tuple[int, str]:
-    """Run ``argv`` on a pty of its own and type Ctrl-C once it has printed ``ready``."""
-    pid, master = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs
-        os.execve(argv[0], argv, env or dict(os.environ))
-    output = b""
-    typed = False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not typed and ready in output:
-            os.write(master, b"\x03")
-            typed = True
-        if not select.select([master], [], [], 1)[0]:
-            continue
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    if not typed:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    os.close(master)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
-
-
 @pytest.mark.parametrize("tty", [False, True])
 def test_ctrl_c_on_the_terminal_ends_the_run_with_130(user: UserCLI, tty: bool) -> None:
     argv = user.argv("run", *(["-t"] if tty else []), IMAGE, "sh", "-c", "echo READY; exec sleep 120")
     started = time.monotonic()
-    status, text = ctrl_c_on_a_terminal(argv, user.env, b"READY")
+    status, text = run_in_pty(argv, keys=b"\x03", env=user.env, ready=b"READY")  # Ctrl-C, once it runs
     assert status == 130, text
     assert time.monotonic() - started < 30, text
     assert f"sandboxmgr: path: {user.expect}" in text, text
