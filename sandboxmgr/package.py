@@ -110,7 +110,7 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: 
     if profile.family != source.family:
         raise SandboxError(f"{profile.name} is of the {profile.family} family, and {source.path} is a "
                            f"{source.family} source", hint=f"give -p a profile of the {source.family} family")
-    out = request.results / result.name
+    out = request.results / profile.name  # a checked name, whatever spelling -p used (an alias, a path)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "build.log"
     result.results, result.log = str(out), str(log)
@@ -123,7 +123,7 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: 
         result.packages = unsatisfiable(text)
         log.write_text(text + "\n")
         return
-    name = f"pkg-{source.name}-{result.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
+    name = f"pkg-{source.name}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
     mount = source.path if source.path.is_dir() else source.path.parent
     options = config.options(network=request.network, binds=(BindMount(mount, "/src", readonly=True),))
     record = create_sandbox(store, name, image, deps, options)

@@ -163,7 +163,9 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
 
     require_root(app, "package build")
     request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed)
-    loaded = [(name, app.registry.load(name)) for name in dict.fromkeys(profiles)]
+    # One build per profile, however many spellings name it (an alias, a path).
+    loaded = list({profile.name: (name, profile) for name in profiles
+                   for profile in [app.registry.load(name)]}.values())
     for name, profile in loaded:
         if profile.family != request.source.family:
             raise SandboxError(f"{name} is a {profile.family} profile and {source} a {request.source.family} source",
