@@ -6,8 +6,8 @@ For each profile, as sbuild does it:
    build-dependency fields name (pkgsource.build_deps_step); the layer is keyed by those
    fields, so a second build of the same source installs nothing;
 2. a fresh sandbox over that layer, **without a network** (``--network host`` gives it one),
-   the source shown read-only at ``/src``; as root, the tree is copied (or the ``.dsc``
-   unpacked) to ``/build`` and given to the unprivileged build user;
+   the source shown read-only at ``/src``; root copies it to ``/build`` for the unprivileged
+   build user, who unpacks a ``.dsc`` there (nothing of the source runs as root);
 3. **build** - ``dpkg-buildpackage -us -uc`` as that user (``tests`` when it was the
    package's own test suite that failed);
 4. **results** - the products are copied out of the sandbox's own files into
@@ -145,10 +145,15 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
     """Unpack and build; whether a step failed (its stage and reason are in ``result``)."""
     source = request.source
     tree = f"/build/{source.tree_name}"
-    unpack = (f"dpkg-source -x /src/{source.path.name} {tree}" if not source.path.is_dir()
-              else f"mkdir -p {tree} && cp -r --preserve=mode,timestamps,links /src/. {tree}/")
-    prepare = f"set -e\nmkdir -p /build\n{unpack}\nchown -R {BUILD_USER}: /build\n"
-    if _run(store, record, log, ("/bin/sh", "-c", prepare), None, append=False) != 0:
+    # Root only copies the files (cp -r copies links as links) and gives them to the build user;
+    # nothing of the source runs as root, not even its unpacking (dpkg-source -x runs as the
+    # build user). The tree's name is made of a checked name and version.
+    copy = tree if source.path.is_dir() else "/build/source"
+    made = _run(store, record, log, ("/bin/sh", "-c", f"mkdir -p /build && cp -r --preserve=mode,timestamps,links "
+                                     f"/src/. {copy} && chown -R {BUILD_USER}: /build"), None, append=False)
+    unpacked = made == 0 and (source.path.is_dir() or _run(
+        store, record, log, ("dpkg-source", "-x", f"{copy}/{source.path.name}", tree), BUILD_USER, append=True) == 0)
+    if not unpacked:
         _failed(result, "source", f"unpacking {source.path.name} failed: {_tail(log, 1)}")
         return True
     option = BUILD_TYPES[request.build_type]

@@ -108,6 +108,13 @@ def test_each_failure_names_its_stage(cli: CLI, bookworm: ConcurrentBuild, tmp_p
         "results": source(tmp_path, "sm-noproducts", binary="dpkg-deb --build debian/tmp /tmp/x.deb && "
                           "ln -s /tmp/x.deb ../sm-noproducts_1.0-1_amd64.deb"),
     }
+    # A .dsc whose tarball is not beside it: dpkg-source -x (as the build user) fails.
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    (lost / "sm-lost_1.0.dsc").write_text("Format: 3.0 (native)\nSource: sm-lost\nVersion: 1.0\n"
+                                          "Build-Depends: make\nFiles:\n 0123456789abcdef0123456789abcdef 10 "
+                                          "sm-lost_1.0.tar.xz\n")
+    cases["source"] = lost / "sm-lost_1.0.dsc"
     for stage, tree in cases.items():
         code, (row,), err = build(cli, tree, tmp_path / "out" / stage)
         assert code == 1 and row["status"] == "failed" and row["stage"] == stage, (stage, row, err)
