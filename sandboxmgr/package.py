@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import stat
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from sandboxmgr.store import ImageRecord, SandboxRecord, Store
 PRODUCT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.~_-]*\."
                         r"(deb|udeb|ddeb|changes|buildinfo|dsc|tar\.[a-z0-9]+|diff\.gz)\Z")
 BUILD_TYPES = {"binary": "-b", "any": "-B", "all": "-A", "source": "-S", "full": ""}
-STAGES = ("source", "build-deps", "build", "tests", "results")
+STAGES = ("source", "build-deps", "build", "tests", "results", "timeout")
 TOOLCHAIN = ("dpkg-dev", "gcc", "binutils", "libc6-dev", "make", "debhelper")
 
 
@@ -73,6 +74,7 @@ class BuildRequest:
     build_type: str = "binary"
     network: str = "none"
     keep_failed: bool = False
+    timeout: float | None = None  # seconds the build step may take
 
 
 def with_build_deps(profile: Profile, source: Source) -> Profile:
@@ -158,7 +160,12 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
         return True
     option = BUILD_TYPES[request.build_type]
     build = f"cd {tree} && exec dpkg-buildpackage -us -uc {option}".rstrip()
-    status = _run(store, record, log, ("/bin/sh", "-c", build), BUILD_USER, append=True)
+    try:
+        status = _run(store, record, log, ("/bin/sh", "-c", build), BUILD_USER, append=True,
+                      timeout=request.timeout)
+    except TimedOut:
+        _failed(result, "timeout", f"the build ran longer than {request.timeout:g} s and was killed")
+        return True
     if status != 0:
         text = _tail(log, 60)
         stage = "tests" if re.search(r"dh_auto_test: error|make(\[\d+\])?: \*\*\* \[[^\]]*(check|test)", text) \
@@ -168,14 +175,47 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
     return False
 
 
+class TimedOut(Exception):
+    """The build step ran longer than --timeout; its worker (and so its sandbox) was killed."""
+
+
 def _run(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None,
-         append: bool) -> int:
+         append: bool, timeout: float | None = None) -> int:
+    """``command`` in the sandbox by a worker (matrix.spawn); its exit status. The worker is
+    killed on a timeout (TimedOut) and on anything else that ends the wait (Ctrl-C): its sandbox
+    dies with it (PID 1 has PDEATHSIG), so the sandbox can be removed at once."""
+    import select
+
     from sandboxmgr.enter import exit_status
     from sandboxmgr.matrix import spawn
 
     pid = spawn(store, record, log, command, user=user, append=append)
-    _, status = os.waitpid(pid, 0)
+    try:
+        handle = os.pidfd_open(pid)
+        try:
+            if not select.select([handle], [], [], timeout)[0]:
+                raise TimedOut
+        finally:
+            os.close(handle)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        _until_stopped(store, record)
+        raise
     return exit_status(status)
+
+
+def _until_stopped(store: Store, record: SandboxRecord, seconds: float = 20) -> None:
+    """Until the sandbox's PID 1, which holds its lock and dies with the killed worker, is gone."""
+    from sandboxmgr.locks import is_locked
+
+    lock = store.lock("sandbox", record.name).path
+    deadline = time.monotonic() + seconds
+    while is_locked(lock) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:

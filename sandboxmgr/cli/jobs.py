@@ -149,10 +149,12 @@ def package() -> None:
 @click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
               help="The build's network once its dependencies are installed (none: as sbuild and mock).")
 @click.option("--keep-failed", is_flag=True, help="Keep each failed build's sandbox to step into it.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Kill a build that runs longer (stage: timeout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @pass_app
 def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir: Path, build_type: str,
-                  network: str, keep_failed: bool, as_json: bool) -> int:
+                  network: str, keep_failed: bool, timeout: float | None, as_json: bool) -> int:
     """Build SOURCE (a Debian source tree or a .dsc) in a fresh sandbox of each profile.
 
     Exit status 0 if every build made its packages, 1 if any failed (the JSON's `stage` says
@@ -162,7 +164,8 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
     from sandboxmgr.pkgsource import read_source
 
     require_root(app, "package build")
-    request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed)
+    request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed,
+                                    timeout)
     # One build per profile, however many spellings name it (an alias, a path).
     loaded = list({profile.name: (name, profile) for name in profiles
                    for profile in [app.registry.load(name)]}.values())

@@ -165,3 +165,13 @@ def test_a_dsc_builds_and_a_profile_of_another_family_is_refused(cli: CLI, bookw
     assert refused.code == 125 and "rpm profile" in refused.err and "hint:" in refused.err, str(refused)
     nothing = cli("package", "build", str(tmp_path / "out"), "-p", "debian-bookworm")
     assert nothing.code == 125 and "has no debian/control" in nothing.err, str(nothing)
+
+
+def test_a_build_past_its_timeout_is_killed_and_leaves_nothing(cli: CLI, bookworm: ConcurrentBuild,
+                                                               tmp_path: Path) -> None:
+    tree = source(tmp_path, "sm-slow", build="sleep 6173")
+    code, (row,), err = build(cli, tree, tmp_path / "out", "--timeout", "3")
+    assert code == 1 and row["status"] == "failed" and row["stage"] == "timeout", (row, err)
+    assert float(str(row["duration"])) < 60, row
+    assert subprocess.run(["pgrep", "-f", "sleep 6173"], capture_output=True).returncode != 0
+    assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("pkg-")]
