@@ -88,6 +88,11 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
               image_for: Callable[[Profile], ImageRecord],
               view: Callable[[PackageResult], None]) -> list[PackageResult]:
     """Build for each (name, profile), one after another; ``view`` hears of each result."""
+    family = request.source.family
+    for name, profile in profiles:  # all of them before anything is built
+        if profile.family != family:
+            raise SandboxError(f"{name} is a {profile.family} profile and {request.source.path} a {family} source",
+                               hint=f"give -p profiles of the {family} family")
     results = []
     for name, profile in profiles:
         result = PackageResult(name, profile.name)
@@ -109,9 +114,6 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: 
     from sandboxmgr.resolve import create_sandbox
 
     source = request.source
-    if profile.family != source.family:
-        raise SandboxError(f"{profile.name} is of the {profile.family} family, and {source.path} is a "
-                           f"{source.family} source", hint=f"give -p a profile of the {source.family} family")
     out = request.results / profile.name  # a checked name, whatever spelling -p used (an alias, a path)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "build.log"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from contextlib import contextmanager
 from pathlib import Path
 
 from sandboxmgr.config import SandboxConfig
@@ -145,7 +144,7 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, option
         return enter(enter_spec(store, root, config, tmp))
 
 
-@contextmanager
+@contextlib.contextmanager
 def _using(store: Store, image: ImageRecord, caches: tuple[BindMount, ...] = ()) -> Iterator[None]:
     """A shared hold on the image while a sandbox runs over it: rmi and prune wait for no one
     but refuse (busy) instead of deleting layers under a running sandbox. Likewise on each

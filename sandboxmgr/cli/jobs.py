@@ -169,10 +169,6 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
     # One build per profile, however many spellings name it (an alias, a path).
     loaded = list({profile.name: (name, profile) for name in profiles
                    for profile in [app.registry.load(name)]}.values())
-    for name, profile in loaded:
-        if profile.family != request.source.family:
-            raise SandboxError(f"{name} is a {profile.family} profile and {source} a {request.source.family} source",
-                               hint=f"give -p profiles of the {request.source.family} family")
 
     def view(result: package_.PackageResult) -> None:
         if not app.quiet and not as_json:
