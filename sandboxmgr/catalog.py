@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from sandboxmgr import usage
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.identity import image_key
-from sandboxmgr.locks import is_locked
 from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.removal import tree_size
 
@@ -165,7 +164,9 @@ def sandbox_info(store: Store, name: str) -> dict[str, Any]:
     info = dict(record.meta)
     info["path"] = str(record.path)
     info["changes_size"] = tree_size(record.upper)
-    info["in_use"] = is_locked(store.lock("sandbox", name).path)
-    info["state"] = "running" if info["in_use"] else "idle"  # the STATE column of ls
+    from sandboxmgr.live import status
+
+    info.update(status(store, record))
+    info["in_use"] = info["state"] == "running"
     info["image_present"] = store.image(record.image_key) is not None
     return info

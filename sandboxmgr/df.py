@@ -103,9 +103,9 @@ def _images_and_layers(store: Store, registry: ProfileRegistry, measured: usage.
 def _sandboxes(store: Store) -> Kind:
     kind = Kind("sandboxes")
     for record in store.sandboxes():
-        running = is_locked(store.lock("sandbox", record.name).path)
+        running = is_locked(store.lock("live", record.name).path)
         item = {"name": record.name, "profile": record.meta.get("profile"), "image": record.meta.get("image"),
-                "state": "running" if running else "idle"}
+                "state": "running" if running else "stopped"}
         kind.add(item, [record.path], running, [])  # removed by 'rm NAME' only
     return kind
 

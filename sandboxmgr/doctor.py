@@ -174,8 +174,8 @@ def _stale_owner(store: Store, root: Path, path: str) -> str | None:
             return f"a dead run's directory tmp/{relative[1]}"
         return None
     if len(relative) >= 2 and relative[0] == "sandboxes":
-        if not is_locked(store.lock("sandbox", relative[1]).path):
-            return f"sandbox {relative[1]}, which no command is using"
+        if not is_locked(store.lock("live", relative[1]).path):
+            return f"sandbox {relative[1]}, which is not running"
         return None
     return f"the store ({'/'.join(relative[:2]) or '.'})"
 
@@ -263,7 +263,7 @@ def _temporaries(store: Store) -> list[Finding]:
 def _locks(store: Store) -> list[Finding]:
     if not store.locks_dir.is_dir():
         return []
-    homes = {"tmp": store.tmp_dir, "sandbox": store.sandboxes_dir}
+    homes = {"tmp": store.tmp_dir, **dict.fromkeys(("sandbox", "live", "use"), store.sandboxes_dir)}
     findings = []
     for kind, name in lock_files(store.locks_dir, homes):
         entry = store.lock(kind, name).path

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, MappingProxyType
 
-from sandboxmgr import linux, mountexec, tty
+from sandboxmgr import linux, mountexec, pid1, tty
 from sandboxmgr.errors import (
     EXIT_CANNOT_INVOKE,
     EXIT_MANAGER,
@@ -51,9 +51,12 @@ from sandboxmgr.users import check_user
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
     from sandboxmgr.limits import Limits
     from sandboxmgr.runcgroup import RunCgroup
+
+    Ready = Callable[[int, RunCgroup | None], None]
 
 # Docker's default capability set: enough for apt-get and dnf, not for mount,
 # module loading, raw I/O, ptrace, the clock or the network configuration.
@@ -121,15 +124,19 @@ class EnterSpec:
     # The sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf (sandbox.write_etc_files);
     # None for a build step, which sees the image's and the host's resolv.conf.
     etc_dir: Path | None = None
+    # A live sandbox's PID 1 (live.py): it runs no command of its own but holds the sandbox's
+    # namespaces and mounts while commands join it (join.py), until it is stopped (pid1.py).
+    hold: bool = False
 
 
-def enter(spec: EnterSpec) -> int:
+def enter(spec: EnterSpec, ready: Ready | None = None) -> int:
     """Run ``spec.argv`` in a new sandbox over ``spec.root``; return its exit status.
 
     Raises :class:`SandboxError` when the sandbox cannot be set up (125) and
     :class:`CommandFailed` when the command cannot be run (126, 127). When a
     limit stopped something (the OOM killer, the pids limit) one line on
-    stderr says so.
+    stderr says so. ``ready`` is called with PID 1's pid and the run's cgroup once the
+    sandbox is set up (a held one: live.py), before the manager waits for it.
     """
     for bind in spec.binds:
         refuse_kernel_target(bind.target)
@@ -147,7 +154,7 @@ def enter(spec: EnterSpec) -> int:
 
         cgroup = RunCgroup.create(spec.limits)
     try:
-        status = _enter(spec, cgroup, seccomp_program)
+        status = _enter(spec, cgroup, seccomp_program, ready)
     finally:
         if cgroup is not None:
             for left in cgroup.remove():
@@ -155,7 +162,8 @@ def enter(spec: EnterSpec) -> int:
     return status
 
 
-def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | None) -> int:
+def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | None,
+           ready: Ready | None) -> int:
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
     # PID 1 sees this pipe hang up if the manager is already gone (see _init).
     alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
@@ -167,8 +175,8 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
     # The signals to forward wait (blocked) from the fork until each process has its handler:
-    # PID 1's forwarding one (_reap), the command's default (exec_command), the manager's
-    # (_supervise). A Ctrl-C meanwhile is then delivered late, never lost to a handler replaced
+    # PID 1's forwarding one (pid1.reap), the command's default (exec_command), the manager's
+    # (supervise). A Ctrl-C meanwhile is then delivered late, never lost to a handler replaced
     # before Python ran it.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
@@ -198,9 +206,10 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     # does to them (echo off, raw mode, the window size, O_NONBLOCK) is undone at the end.
     caller = None if spec.tty or spec.stdio is not None else tty.save()
     try:
-        status = _supervise(pid, err_read, tty_parent, tty_child, spec.interruptible)
+        status = supervise(pid, err_read, tty_parent, tty_child, spec.interruptible,
+                           None if ready is None else lambda: ready(pid, cgroup))
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # if _supervise did not get there
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # if supervise did not get there
         os.close(alive_write)
         if caller is not None:
             tty.restore(caller)
@@ -211,8 +220,10 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     return status
 
 
-def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
-               tty_child: socket.socket | None, interruptible: bool = False) -> int:
+def supervise(pid: int, err_read: int, tty_parent: socket.socket | None, tty_child: socket.socket | None,
+              interruptible: bool = False, ready: Callable[[], None] | None = None) -> int:
+    """Forward signals to ``pid`` (PID 1, or a joined command: join.py), relay its pty, turn its
+    error report into the exception, and return its exit status."""
     caught: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -236,6 +247,8 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
             if master is not None:
                 os.close(master)
             raise _report_to_error(report)
+        if ready is not None:
+            ready()
         if master is not None:
             tty.relay(master)
         _, status = os.waitpid(pid, 0)
@@ -246,13 +259,7 @@ def _supervise(pid: int, err_read: int, tty_parent: socket.socket | None,
         if caught[0] == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + caught[0])
-    return exit_status(status)
-
-
-def exit_status(wait_status: int) -> int:
-    """A wait status as a shell would report it: the code, or 128 + signal."""
-    code = os.waitstatus_to_exitcode(wait_status)
-    return 128 - code if code < 0 else code
+    return pid1.exit_status(status)
 
 
 def _report_to_error(report: str) -> SandboxError:
@@ -314,6 +321,9 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
     except Exception as exc:
         fail(err_write, EXIT_MANAGER, f"cannot set up the sandbox: {exc}")
+    if spec.hold:  # set up: the error pipe hangs up, and PID 1 holds the sandbox (pid1.py)
+        os.close(err_write)
+        pid1.hold()
     env = dict(spec.env)
     env.setdefault("PATH", DEFAULT_PATH)
     capabilities = spec.capabilities
@@ -323,7 +333,7 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
     if child == 0:
         exec_command(spec, err_write, pty_number, seccomp_program, env, capabilities)
     os.close(err_write)
-    _reap(child)
+    pid1.reap(child)
 
 
 def _setup(spec: EnterSpec) -> Path:
@@ -364,27 +374,3 @@ def _switch_root(root: Path, isolation: str) -> None:
         linux.pivot_root(".", ".")
         linux.umount2(".", linux.MNT_DETACH)
     os.chdir("/")
-
-
-def _reap(child: int) -> None:
-    """Forward signals to the command, reap every orphan, exit with the command's status."""
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked since the fork (_enter)
-    status = 0
-    while True:
-        try:
-            pid, wait_status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == child:
-            status = exit_status(wait_status)
-            break
-    # Leaving PID 1 makes the kernel kill whatever else is left in the namespace.
-    os._exit(status)
-

@@ -81,7 +81,7 @@ def try_run(argv: Sequence[str]) -> int | None:
         return None
     from pathlib import Path
 
-    from sandboxmgr import config, sandbox
+    from sandboxmgr import config
     from sandboxmgr.locations import default_store, profile_dirs
     from sandboxmgr.store import Store
 
@@ -92,7 +92,9 @@ def try_run(argv: Sequence[str]) -> int | None:
         store.clean_leftovers()
         _collect_from_now_on()
         _say_path("fast")
-        return sandbox.run_in(store, store.sandbox(args.ref), options)
+        from sandboxmgr import live
+
+        return live.run_in(store, store.sandbox(args.ref), options)
     from sandboxmgr.resolve import cached_run
 
     found = cached_run(store, args.ref, profile_dirs(()))
@@ -101,6 +103,8 @@ def try_run(argv: Sequence[str]) -> int | None:
     store.clean_leftovers()
     _collect_from_now_on()
     _say_path("fast")
+    from sandboxmgr import sandbox
+
     return sandbox.run_ephemeral(store, *found, options)
 
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr.enter import exit_status
+from sandboxmgr import live
 from sandboxmgr.errors import SandboxError, warn
 from sandboxmgr.mounts import BindMount
+from sandboxmgr.pid1 import exit_status
 from sandboxmgr.project import Entry, Project
 from sandboxmgr.store import SandboxRecord, Store
 
@@ -143,14 +144,13 @@ def _abort(store: Store, running: dict[int, int], results: list[Result]) -> None
     for result in results:
         if result.status == "pending" and result.sandbox is not None:
             with contextlib.suppress(SandboxError):
-                store.remove_sandbox(store.sandbox(result.sandbox))
+                live.remove(store, store.sandbox(result.sandbox), force=True)
 
 
 def spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None = None,
           append: bool = False) -> int:
     """A worker process that runs ``command`` in the named sandbox (as ``user``, else as its
     config says), its output in ``log``; its pid."""
-    from sandboxmgr import sandbox
     from sandboxmgr.config import options
     from sandboxmgr.errors import EXIT_MANAGER
 
@@ -169,7 +169,7 @@ def spawn(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ..
             os.dup2(null, 0)
             os.dup2(handle, 1)
             os.dup2(handle, 2)
-            status = sandbox.run_in(store, record, options(argv=command, user=user))
+            status = live.run_in(store, record, options(argv=command, user=user))
         except SandboxError as exc:
             os.write(2, f"sandboxmgr: error: {exc.message}\n".encode())
             status = exc.exit_code
@@ -211,7 +211,7 @@ def _finish(store: Store, result: Result, keep: bool) -> None:
     if keep:
         return
     try:
-        store.remove_sandbox(store.sandbox(result.sandbox))
+        live.remove(store, store.sandbox(result.sandbox), force=True)
     except SandboxError as exc:
         warn(f"cannot remove {result.sandbox}: {exc.message}")
     result.sandbox = None

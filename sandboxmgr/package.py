@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sandboxmgr import live
 from sandboxmgr.errors import BuildError, SandboxError, warn
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.pkgsource import BUILD_USER, Source, build_deps_step, unsatisfiable
@@ -142,7 +143,7 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: 
         if keep:
             result.sandbox = record.name
         else:
-            store.remove_sandbox(record)
+            live.remove(store, record, force=True)
 
 
 def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path, result: PackageResult) -> bool:
@@ -184,12 +185,12 @@ class TimedOut(Exception):
 def _run(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None,
          append: bool, timeout: float | None = None) -> int:
     """``command`` in the sandbox by a worker (matrix.spawn); its exit status. The worker is
-    killed on a timeout (TimedOut) and on anything else that ends the wait (Ctrl-C): its sandbox
-    dies with it (PID 1 has PDEATHSIG), so the sandbox can be removed at once."""
+    killed on a timeout (TimedOut) and on anything else that ends the wait (Ctrl-C), and its
+    sandbox stopped at once (the command runs on in it otherwise)."""
     import select
 
-    from sandboxmgr.enter import exit_status
     from sandboxmgr.matrix import spawn
+    from sandboxmgr.pid1 import exit_status
 
     pid = spawn(store, record, log, command, user=user, append=append)
     try:
@@ -210,14 +211,9 @@ def _run(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...
     return exit_status(status)
 
 
-def _until_stopped(store: Store, record: SandboxRecord, seconds: float = 20) -> None:
-    """Until the sandbox's PID 1, which holds its lock and dies with the killed worker, is gone."""
-    from sandboxmgr.locks import is_locked
-
-    lock = store.lock("sandbox", record.name).path
-    deadline = time.monotonic() + seconds
-    while is_locked(lock) and time.monotonic() < deadline:
-        time.sleep(0.05)
+def _until_stopped(store: Store, record: SandboxRecord) -> None:
+    """Stop the sandbox of a killed worker at once (its command is still running in it)."""
+    live.stop(store, record, 0)
 
 
 def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:

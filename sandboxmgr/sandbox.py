@@ -18,11 +18,12 @@ from sandboxmgr.enter import (
     CAPABILITY_NUMBERS,
     DEFAULT_PATH,
     DEFAULT_SECCOMP,
+    DirectoryRoot,
     EnterSpec,
     OverlayRoot,
     enter,
 )
-from sandboxmgr.errors import NotFoundError, SandboxError
+from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.store import ImageRecord, SandboxRecord, Store, now_iso
 
@@ -30,6 +31,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from sandboxmgr.locks import Lock
     from sandboxmgr.profile import Profile
     from sandboxmgr.seccomp import Policy
 
@@ -109,8 +111,9 @@ def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
     return directory
 
 
-def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path) -> EnterSpec:
-    """The one place a sandbox's config becomes what enter() takes."""
+def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path, hold: bool = False) -> EnterSpec:
+    """The one place a sandbox's config becomes what enter() takes (``hold``: a live sandbox's
+    PID 1, with no command of its own and /dev/null as stdio: live.py)."""
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": config.hostname}
     env.update(config.env)
     return EnterSpec(
@@ -122,7 +125,7 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         user=config.user,
         network=config.network,
         binds=cache_views(config.caches, scratch, root.volatile) + _volumes(config.binds, scratch, root.volatile),
-        tty=config.tty,
+        tty=config.tty and not hold,  # a held PID 1 has no terminal: each command makes its own
         isolation=config.isolation,
         limits=config.limits,
         no_new_privs=config.no_new_privs,
@@ -131,13 +134,29 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         # may write; this one only the manager writes: it is never mounted into a sandbox.
         seccomp_cache=store.cache_dir / "seccomp",
         etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network),
+        hold=hold,
+        stdio=(0, 1, 2) if hold else None,
+    )
+
+
+def join_spec(store: Store, config: SandboxConfig) -> EnterSpec:
+    """What a command joining a live sandbox (join.py) takes of its config: the command's own
+    settings, and nothing that mounts (the sandbox's root and mounts are PID 1's)."""
+    env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": config.hostname}
+    env.update(config.env)
+    return EnterSpec(
+        root=DirectoryRoot(Path("/")),  # unused: the command takes PID 1's root
+        argv=config.argv, env=env, workdir=config.workdir, hostname=config.hostname, user=config.user,
+        network=config.network, tty=config.tty, isolation=config.isolation, limits=config.limits,
+        no_new_privs=config.no_new_privs, seccomp=_seccomp(config.seccomp, config.isolation),
+        seccomp_cache=store.cache_dir / "seccomp",
     )
 
 
 def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, options: SandboxConfig) -> int:
     """Run in a throw-away sandbox over ``image``; its changes vanish on exit."""
     config = saved.merged(options)
-    with store.temporary("run") as tmp, _using(store, image, config.caches):
+    with store.temporary("run") as tmp, using(store, image, config.caches):
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
@@ -145,18 +164,12 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, option
 
 
 @contextlib.contextmanager
-def _using(store: Store, image: ImageRecord, caches: tuple[BindMount, ...] = ()) -> Iterator[None]:
+def using(store: Store, image: ImageRecord, caches: tuple[BindMount, ...] = ()) -> Iterator[None]:
     """A shared hold on the image while a sandbox runs over it: rmi and prune wait for no one
     but refuse (busy) instead of deleting layers under a running sandbox. Likewise on each
     package cache it mounts (``cache-DISTRO-RELEASE-ARCH``, pkgcache.py): ``prune --cache``
     leaves it, instead of emptying the lower directory of a mounted overlay."""
-    names = []
-    for cache in caches:
-        try:
-            names.append(cache.source.relative_to(store.cache_dir).parts[0])
-        except (ValueError, IndexError):
-            continue  # not in this store's cache (a sandbox saved by another layout)
-    held = [store.lock("image", image.key), *(store.lock("cache", name) for name in dict.fromkeys(names))]
+    held = holds(store, image, caches)
     try:
         for lock in held:
             lock.acquire_shared()
@@ -180,33 +193,36 @@ def create(store: Store, name: str, image: ImageRecord, profile: Profile, config
         "settings": config.to_json(),
     }
     # Holding the image, so a concurrent rmi either sees this sandbox or is refused.
-    with _using(store, image):
+    with using(store, image):
         if store.image(image.key) is None:
             raise SandboxError(f"the image {image.key} of {profile.name} was removed meanwhile",
                                hint="run the command again: the image is built anew")
         return store.create_sandbox(name, meta)
 
 
-def run_in(store: Store, record: SandboxRecord, options: SandboxConfig) -> int:
-    """Run a command in a named sandbox with its saved config (``options`` on top); its
-    changes stay in the sandbox."""
-    lock = store.lock("sandbox", record.name)
-    lock.acquire(False, f"sandbox {record.name!r} is in use",
-                 "one command at a time runs in a named sandbox; wait for the other to finish")
-    with lock:
-        # Read again under the lock: an rm (or rm and create) may have come in between.
+def image_of(store: Store, record: SandboxRecord) -> ImageRecord:
+    """The image a named sandbox lies over; SandboxError when it was removed meanwhile."""
+    image = store.image(record.image_key)
+    if image is None:
+        raise SandboxError(
+            f"the image {record.image_key} of sandbox {record.name!r} is gone",
+            hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
+        )
+    return image
+
+
+def holds(store: Store, image: ImageRecord, caches: tuple[BindMount, ...]) -> list[Lock]:
+    """The locks a running sandbox holds shared (see :func:`using`)."""
+    names = []
+    for cache in caches:
         try:
-            record = store.sandbox(record.name)
-        except NotFoundError:
-            lock.path.unlink(missing_ok=True)  # ours, made by the acquire: the sandbox is gone
-            raise
-        image = store.image(record.image_key)
-        if image is None:
-            raise SandboxError(
-                f"the image {record.image_key} of sandbox {record.name!r} is gone",
-                hint=f"remove the sandbox (sandboxmgr rm {record.name}) and create it again",
-            )
-        config = SandboxConfig.from_json(record.meta["settings"]).merged(options)
-        with _using(store, image, config.caches):
-            root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
-            return enter(enter_spec(store, root, config, record.path / "volumes"))
+            names.append(cache.source.relative_to(store.cache_dir).parts[0])
+        except (ValueError, IndexError):
+            continue  # not in this store's cache (a sandbox saved by another layout)
+    return [store.lock("image", image.key), *(store.lock("cache", name) for name in dict.fromkeys(names))]
+
+
+def hold_spec(store: Store, record: SandboxRecord, image: ImageRecord, config: SandboxConfig) -> EnterSpec:
+    """The spec of a live sandbox's PID 1 over ``image`` (live.py)."""
+    root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
+    return enter_spec(store, root, config, record.path / "volumes", hold=True)

@@ -200,7 +200,8 @@ class Store:
         self.tighten()
         if not self.tmp_dir.is_dir():
             return removed
-        homes = {"tmp": str(self.tmp_dir), "sandbox": str(self.sandboxes_dir)}  # str: no Path cost per lock
+        # str: no Path cost per lock
+        homes = {"tmp": str(self.tmp_dir), **dict.fromkeys(("sandbox", "live", "use"), str(self.sandboxes_dir))}
         remove_stale_locks(self.locks_dir, homes)
         for entry in sorted(self.tmp_dir.iterdir()):
             lock = self.lock("tmp", entry.name)
@@ -390,11 +391,8 @@ class Store:
         return SandboxRecord(name, target, meta)
 
     def remove_sandbox(self, record: SandboxRecord) -> None:
-        lock = self.lock("sandbox", record.name)
-        lock.acquire(False, f"sandbox {record.name!r} is in use",
-                     "wait for the command running in it to finish, then try again")
-        with lock:
-            with self._discarding(record.path, f"rm-{record.name}"):
-                pass
-            # Unlinked while held: whoever waits on this file then sees it is gone (_flock).
-            lock.path.unlink(missing_ok=True)
+        """Remove a stopped sandbox; the caller holds its transition lock (live.remove)."""
+        with self._discarding(record.path, f"rm-{record.name}"):
+            pass
+        # Unlinked while held: whoever waits on this file then sees it is gone (_flock).
+        self.lock("sandbox", record.name).path.unlink(missing_ok=True)

@@ -36,10 +36,10 @@ from pathlib import Path
 
 from sandboxmgr import linux, mountinfo
 from sandboxmgr.commands import PreMount
-from sandboxmgr.enter import exit_status
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.libseccomp import program
 from sandboxmgr.mounts import NOSUID_NODEV, NOSUID_NODEV_NOEXEC, device_steps, link_steps, mask_steps
+from sandboxmgr.pid1 import exit_status
 from sandboxmgr.seccomp import default_policy
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,

@@ -178,10 +178,20 @@ def _shown(name: str, value: Any) -> str:
 
 def sandboxes_table(rows: list[dict[str, Any]]) -> None:
     print_table(
-        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE"],
+        ["NAME", "PROFILE", "IMAGE", "CREATED", "CHANGES", "STATE", "PROCS"],
         [[r["name"], r["profile"], r["image"], r["created"], format_bytes(r["changes_size"], decimal=True),
-          r["state"]] for r in rows],
+          _state(r), "-" if r["processes"] is None else str(r["processes"])] for r in rows],
     )
+
+
+def _state(row: dict[str, Any]) -> str:
+    """``running since TIME``, ``exited (CODE) at TIME``, or ``stopped`` (never ran)."""
+    if row["state"] == "running":
+        return f"running since {row['started']}"
+    if row["finished"]:
+        code = "?" if row["exit_code"] is None else row["exit_code"]
+        return f"exited ({code}) at {row['finished']}"
+    return "stopped"
 
 
 def findings_table(findings: list[Finding], store: Path) -> None:

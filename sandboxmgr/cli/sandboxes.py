@@ -79,7 +79,7 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: boo
     terminal, as `shell` does). Put `--` before a command
     whose options could be taken for sandboxmgr's.
     """
-    from sandboxmgr import config, sandbox
+    from sandboxmgr import config, live
 
     require_root(app, "run")
     options = config.parse_options(command, config.shell_tty(tty, command), **flags)
@@ -95,7 +95,7 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: boo
     loaded = app.registry.load(profile)
     record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
     # Everything else of the command line is saved with the sandbox (its isolation too).
-    return sandbox.run_in(app.store, record, config.options(argv=options.argv, tty=options.tty))
+    return live.run_in(app.store, record, config.options(argv=options.argv, tty=options.tty))
 
 
 def _run_ephemeral(app: App, ref: str, options: SandboxConfig) -> int:
@@ -138,17 +138,24 @@ def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
 @click.command(name="exec", cls=CommandVerb, context_settings=COMMAND_SETTINGS)
 @click.option("-i", "--interactive", is_flag=True, help="Accepted for docker compatibility.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@click.option("--keep-running", is_flag=True,
+              help="If NAME was stopped, leave it running after the command (as `start` does).")
 @_run_options
 @click.argument("name", shell_complete=complete_sandboxes)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
-def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[str, ...], **flags: Any) -> int:
-    """Run COMMAND in the named sandbox NAME; its changes stay there."""
-    from sandboxmgr import config, sandbox
+def exec_(app: App, /, interactive: bool, tty: bool, keep_running: bool, name: str, command: tuple[str, ...],
+          **flags: Any) -> int:
+    """Run COMMAND in the named sandbox NAME; its changes stay there.
+
+    A running sandbox is joined: any number of commands run in it at once, and see each
+    other's processes and files. A stopped one is started for the command and stops again
+    when the last command in it ends (unless --keep-running)."""
+    from sandboxmgr import config, live
 
     require_root(app, "exec")
     options = config.parse_options(command, tty, **flags)
-    return sandbox.run_in(app.store, app.store.sandbox(name), options)
+    return live.run_in(app.store, app.store.sandbox(name), options, keep_running=keep_running)
 
 
 @click.command()
@@ -157,11 +164,11 @@ def exec_(app: App, /, interactive: bool, tty: bool, name: str, command: tuple[s
 @pass_app
 def shell(app: App, user: str | None, name: str) -> int:
     """Start an interactive shell in the named sandbox NAME."""
-    from sandboxmgr import config, sandbox
+    from sandboxmgr import config, live
 
     require_root(app, "shell")
     options = config.parse_options((), sys.stdin.isatty(), user=user)
-    return sandbox.run_in(app.store, app.store.sandbox(name), options)
+    return live.run_in(app.store, app.store.sandbox(name), options)
 
 
 # --- sandboxes --------------------------------------------------------------------------------
@@ -221,12 +228,100 @@ def _inspect_one(app: App, name: str, kind: str | None) -> list[dict[str, object
 
 
 @click.command()
+@click.option("-f", "--force", is_flag=True, help="Stop a running sandbox at once (SIGKILL) and remove it.")
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
 @pass_app
-def rm(app: App, names: tuple[str, ...]) -> None:
-    """Remove named sandboxes and their changes (never what is mounted into them)."""
+def rm(app: App, force: bool, names: tuple[str, ...]) -> None:
+    """Remove named sandboxes and their changes (never what is mounted into them).
+
+    A running sandbox is refused unless --force."""
+    from sandboxmgr import live
+
     require_root(app, "rm")
     for name in names:
-        app.store.remove_sandbox(app.store.sandbox(name))
+        live.remove(app.store, app.store.sandbox(name), force=force)
         if not app.quiet:
             click.echo(f"removed {name}")
+
+
+# --- the lifecycle ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
+@pass_app
+def start(app: App, names: tuple[str, ...]) -> None:
+    """Start named sandboxes; each stays running until `stop` (exec joins it)."""
+    from sandboxmgr import live
+
+    require_root(app, "start")
+    for name in names:
+        live.start_verb(app.store, app.store.sandbox(name))
+        if not app.quiet:
+            click.echo(name)
+
+
+def _grace(fn: Any) -> Any:
+    return click.option("-t", "--time", "seconds", type=click.IntRange(0, 86400), default=10, show_default=True,
+                        help="Seconds between SIGTERM and SIGKILL.")(fn)
+
+
+@click.command()
+@_grace
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
+@pass_app
+def stop(app: App, seconds: int, names: tuple[str, ...]) -> None:
+    """Stop running sandboxes: SIGTERM to every process, SIGKILL after the grace time."""
+    from sandboxmgr import live
+
+    require_root(app, "stop")
+    for name in names:
+        live.stop(app.store, app.store.sandbox(name), seconds)
+        if not app.quiet:
+            click.echo(name)
+
+
+@click.command()
+@_grace
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
+@pass_app
+def restart(app: App, seconds: int, names: tuple[str, ...]) -> None:
+    """Stop (as `stop`) and start named sandboxes again."""
+    from sandboxmgr import live
+
+    require_root(app, "restart")
+    for name in names:
+        live.stop(app.store, app.store.sandbox(name), seconds)
+        live.start_verb(app.store, app.store.sandbox(name))
+        if not app.quiet:
+            click.echo(name)
+
+
+@click.command()
+@click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, metavar="SIGNAL",
+              help="The signal, by name (TERM, SIGHUP) or number; KILL stops the sandbox at once.")
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
+@pass_app
+def kill(app: App, signal_name: str, names: tuple[str, ...]) -> None:
+    """Send a signal to every process of running sandboxes."""
+    from sandboxmgr import live
+
+    require_root(app, "kill")
+    sig = _signal(signal_name)
+    for name in names:
+        live.kill(app.store, app.store.sandbox(name), sig)
+        if not app.quiet:
+            click.echo(name)
+
+
+def _signal(text: str) -> Any:
+    import signal
+
+    name = text.upper()
+    try:
+        if name.isdigit():
+            return signal.Signals(int(name))
+        return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        raise SandboxError(f"--signal {text!r}: no such signal",
+                           hint="give a name (TERM, HUP, KILL) or a number (15)") from None

@@ -117,23 +117,27 @@ def test_a_busy_sandbox_is_reported(user: UserCLI) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
             (row,) = [r for r in json.loads(user.ok("ls", "--json").out) if r["name"] == "busy"]
-            if row["in_use"]:
+            if row["in_use"] and row["processes"]:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
-        assert row["state"] == "running"  # ls --json has the STATE column ls shows
-        assert "running" in [line.split()[-1] for line in user.ok("ls").out.splitlines() if line.startswith("busy ")]
-        second = user("exec", "busy", "true")
-        assert second.code == 125
-        assert "sandbox 'busy' is in use" in second.err
-        assert user("rm", "busy").code == 125
+        assert row["state"] == "running" and row["processes"] == 1  # ls --json has what ls shows
+        line = next(line for line in user.ok("ls").out.splitlines() if line.startswith("busy "))
+        assert "running since" in line and line.split()[-1] == "1"
+        # A second command joins it (issue 15); rm is refused while it runs.
+        assert user.ok("exec", "busy", "echo", "joined").out == "joined\n"
+        refused = user("rm", "busy")
+        assert refused.code == 125 and "sandbox 'busy' is running" in refused.err
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
         assert taken_path(err)[0] == user.expect, err
+    deadline = time.monotonic() + 20
+    while row["state"] != "stopped" and time.monotonic() < deadline:
         (row,) = [r for r in json.loads(user.ok("ls", "--json").out) if r["name"] == "busy"]
-        assert row["state"] == "idle"
-        user.ok("rm", "busy")
+        time.sleep(0.1)
+    assert row["state"] == "stopped"  # its last command ended
+    user.ok("rm", "busy")
 
 
 def test_a_named_sandbox_keeps_its_isolation(user: UserCLI) -> None:

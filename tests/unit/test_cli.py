@@ -181,11 +181,11 @@ def test_the_fast_path_parses_exec_like_the_full_cli(form: list[str], tmp_path: 
 
     seen: list[SandboxConfig] = []
 
-    def fake_run_in(store: object, record: object, options: SandboxConfig) -> int:
+    def fake_run_in(store: object, record: object, options: SandboxConfig, keep_running: bool = False) -> int:
         seen.append(options)
         return 0
 
-    monkeypatch.setattr("sandboxmgr.sandbox.run_in", fake_run_in)
+    monkeypatch.setattr("sandboxmgr.live.run_in", fake_run_in)
     monkeypatch.setattr(Store, "sandbox", lambda self, name: SandboxRecord(name, tmp_path, {}))
     monkeypatch.setattr("sandboxmgr.errors.require_root", lambda action: None)
     fast = fastrun.parse(["--store", str(tmp_path), *form])

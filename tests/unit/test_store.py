@@ -140,7 +140,7 @@ def test_create_sandbox_is_atomic_and_refuses_duplicates(tmp_path: Path) -> None
 
 def test_a_command_for_a_sandbox_removed_meanwhile_is_refused_not_run(tmp_path: Path) -> None:
     from sandboxmgr.config import options
-    from sandboxmgr.sandbox import run_in
+    from sandboxmgr.live import run_in
 
     store = Store(tmp_path)
     record = store.create_sandbox("work", {"name": "work", "image": "k", "settings": {"hostname": "work"}})

@@ -1,0 +1,242 @@
+"""Live sandboxes: a named sandbox is stopped or running, as a container is.
+
+Stopped: its changes on disk, nothing mounted, no process. Running: a PID 1 holds its
+namespaces and its mounted root (monitor.py starts it and waits for it), and any number of
+commands run in it at once, each joining it (join.py): they see each other's processes and
+files. A command into a stopped sandbox starts it, and the sandbox stops again once the
+last command in it has ended (an ``auto`` start); ``start`` starts one that stays running
+until ``stop``.
+
+Three locks per sandbox (locks.py spells their files):
+
+- ``sandbox-NAME``: its transitions. Start, stop and rm hold it exclusively; a command holds
+  it only while it arrives (looks, starts if needed, registers), never while it runs.
+- ``live-NAME``: the monitor holds it for exactly as long as PID 1 lives; "is it running?"
+  is a probe of it, true after any crash or reboot.
+- ``use-NAME``: each command holds it shared while it runs; an auto monitor waits for it
+  exclusively to stop the sandbox, and ``rm`` takes it to know no command is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+from sandboxmgr import monitor
+from sandboxmgr.config import SandboxConfig
+from sandboxmgr.errors import BusyError, NotFoundError, SandboxError
+from sandboxmgr.join import Holder, open_holder, run_joined
+from sandboxmgr.locks import is_locked
+from sandboxmgr.record import read_json, write_json
+from sandboxmgr.sandbox import hold_spec, holds, image_of, join_spec
+
+if TYPE_CHECKING:
+    from sandboxmgr.locks import Lock
+    from sandboxmgr.store import SandboxRecord, Store
+
+DEFAULT_STOP_SECONDS = 10  # docker stop's
+_STOPPED_WAIT_SECONDS = 30.0  # for the monitor to record the end, once PID 1 is dead
+
+
+def read_state(record: SandboxRecord) -> dict[str, Any]:
+    """What the sandbox's monitor last recorded (monitor.STATE_FILE), or {} (never started)."""
+    try:
+        return read_json(record.path / monitor.STATE_FILE)
+    except (OSError, ValueError):
+        return {}
+
+
+def holder(store: Store, record: SandboxRecord) -> Holder | None:
+    """The running sandbox's PID 1 as recorded, or None when the sandbox is stopped."""
+    if not is_locked(store.lock("live", record.name).path):
+        return None
+    state = read_state(record)
+    if state.get("status") != "running":
+        return None
+    try:
+        return Holder(int(state["pid"]), int(state["start_time"]), tuple(str(c) for c in state.get("cgroups", ())))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def processes(found: Holder) -> list[int]:
+    """The host pids of the sandbox's processes but its PID 1 (those in its PID namespace)."""
+    try:
+        namespace = os.readlink(f"/proc/{found.pid}/ns/pid")
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != found.pid:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
+                    pids.append(int(entry))
+    return pids
+
+
+def status(store: Store, record: SandboxRecord) -> dict[str, Any]:
+    """``state`` (running or stopped); ``pid`` (its PID 1 on the host), ``started`` and
+    ``processes`` (how many, PID 1 not counted) while running; ``finished`` and ``exit_code``
+    (None when its monitor was killed) once stopped after a run. Absent ones are None."""
+    found = holder(store, record)
+    state = read_state(record)
+    if found is not None:
+        return {"state": "running", "pid": found.pid, "started": state.get("started"),
+                "processes": len(processes(found)), "finished": None, "exit_code": None}
+    return {"state": "stopped", "pid": None, "started": None, "processes": None,
+            "finished": state.get("finished"), "exit_code": state.get("exit_code")}
+
+
+def _arrive(store: Store, record: SandboxRecord, transition: Lock) -> SandboxRecord:
+    """Read the sandbox again once its transition lock is held: an rm may have come first."""
+    try:
+        return store.sandbox(record.name)
+    except NotFoundError:
+        transition.path.unlink(missing_ok=True)  # ours, made by the acquire: the sandbox is gone
+        raise
+
+
+def start(store: Store, record: SandboxRecord, config: SandboxConfig, auto: bool) -> Holder:
+    """Start the sandbox (its transition lock held by the caller); return its PID 1."""
+    image = image_of(store, record)
+    monitor.spawn(store, record, hold_spec(store, record, image, config), holds(store, image, config.caches), auto)
+    found = holder(store, record)
+    if found is None:
+        raise SandboxError(f"sandbox {record.name!r} stopped as soon as it started", hint="see 'sandboxmgr doctor'")
+    return found
+
+
+def run_in(store: Store, record: SandboxRecord, options: SandboxConfig, keep_running: bool = False) -> int:
+    """Run a command in a named sandbox with its saved config (``options`` on top), joining it
+    when it runs, else starting it (to stop once no command is left, unless ``keep_running``)."""
+    transition = store.lock("sandbox", record.name)
+    use = store.lock("use", record.name)
+    transition.acquire(True, "", "")
+    try:
+        record = _arrive(store, record, transition)
+        use.acquire_shared()
+        config = SandboxConfig.from_json(record.meta["settings"]).merged(options)
+        found = holder(store, record)
+        if found is None:
+            found = start(store, record, config, auto=not keep_running)
+        elif options.limits is not None:
+            raise SandboxError(f"sandbox {record.name!r} is running: its limits were set when it started",
+                               hint=f"stop it first (sandboxmgr stop {record.name}), or run without limits")
+        pidfd = open_holder(found)
+        if pidfd is None:
+            raise SandboxError(f"sandbox {record.name!r} stopped while the command was arriving",
+                               hint="run the command again")
+    except BaseException:
+        use.release()
+        raise
+    finally:
+        transition.release()
+    try:
+        return run_joined(found, pidfd, join_spec(store, config))
+    finally:
+        os.close(pidfd)
+        _leave(store, record, use)
+
+
+def _leave(store: Store, record: SandboxRecord, use: Lock) -> None:
+    """A command ended: let go of the sandbox, and stop it when it was started for commands
+    and this was the last one (before returning, so that an ``rm`` right after finds it stopped)."""
+    use.release()  # first: an rm -f holds the transition lock while it waits for the commands to go
+    transition = store.lock("sandbox", record.name)
+    transition.acquire(True, "", "")
+    with transition:
+        if not (record.path / "sandbox.json").exists():  # removed meanwhile (rm -f)
+            transition.path.unlink(missing_ok=True)
+            return
+        if not read_state(record).get("auto"):
+            return
+        last = store.lock("use", record.name)
+        if last.try_acquire():  # no other command in it
+            with last:
+                _stop(store, record, monitor.AUTO_GRACE_SECONDS)
+
+
+def start_verb(store: Store, record: SandboxRecord) -> bool:
+    """``sandboxmgr start``: start it to stay running; False when it already ran."""
+    with _transition(store, record) as current:
+        if holder(store, current) is not None:
+            state = read_state(current)
+            if state.get("auto"):  # started for commands: now it stays
+                write_json(current.path / monitor.STATE_FILE, state | {"auto": False})
+            return False
+        start(store, current, SandboxConfig.from_json(current.meta["settings"]), auto=False)
+        return True
+
+
+def stop(store: Store, record: SandboxRecord, grace: float = DEFAULT_STOP_SECONDS) -> bool:
+    """Stop the sandbox: SIGTERM to every process, SIGKILL after ``grace`` seconds (as
+    ``docker stop``); return once it is stopped and recorded. False when it was not running."""
+    with _transition(store, record) as current:
+        return _stop(store, current, grace)
+
+
+def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
+    found = holder(store, record)
+    if found is None:
+        return False
+    pidfd = open_holder(found)
+    if pidfd is not None:
+        try:
+            monitor.terminate(pidfd, grace)
+        finally:
+            os.close(pidfd)
+    deadline = time.monotonic() + _STOPPED_WAIT_SECONDS
+    while is_locked(store.lock("live", record.name).path):
+        if time.monotonic() > deadline:
+            raise SandboxError(f"sandbox {record.name!r} does not stop: its monitor holds on",
+                               hint="see 'sandboxmgr doctor'")
+        time.sleep(0.01)
+    return True
+
+
+def kill(store: Store, record: SandboxRecord, sig: signal.Signals) -> int:
+    """Send ``sig`` to every process of the running sandbox; SIGKILL kills it whole at once
+    (its PID 1). Returns how many processes got it."""
+    found = holder(store, record)
+    if found is None:
+        raise SandboxError(f"sandbox {record.name!r} is not running", hint=f"start it: sandboxmgr start {record.name}")
+    if sig == signal.SIGKILL:
+        with _transition(store, record) as current:
+            _stop(store, current, 0)
+        return 1
+    sent = 0
+    for pid in processes(found):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+            sent += 1
+    return sent
+
+
+def remove(store: Store, record: SandboxRecord, force: bool = False) -> None:
+    """Remove the sandbox; a running one only with ``force`` (it is killed first, as
+    ``docker rm -f``)."""
+    name = record.name
+    with _transition(store, record, wait=False) as current:
+        if holder(store, current) is not None:
+            if not force:
+                raise BusyError(f"sandbox {name!r} is running",
+                                hint=f"stop it first (sandboxmgr stop {name}), or: sandboxmgr rm -f {name}")
+            _stop(store, current, 0)
+        use = store.lock("use", name)
+        use.acquire(True, "", "")  # the commands' managers, their commands dead, let go
+        with use:
+            store.remove_sandbox(current)
+            for kind in ("use", "live"):
+                store.lock(kind, name).path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _transition(store: Store, record: SandboxRecord, wait: bool = True) -> Any:
+    transition = store.lock("sandbox", record.name)
+    transition.acquire(wait, f"sandbox {record.name!r} is busy starting or stopping",
+                       "wait for that to finish, then try again")
+    with transition:
+        yield _arrive(store, record, transition)
