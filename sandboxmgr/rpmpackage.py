@@ -1,10 +1,11 @@
 """``package build`` of an RPM source (rpmsource.py): the steps mock takes, in package.py's frame.
 
-1. **build-deps** - the source's BuildRequires and ``rpm-build`` join the profile's packages,
-   which the family's builder installs in a layer keyed by them (the image's own dnf, as
-   ``dnf builddep`` installs what it reads; the host's dnf for an image without one), with
-   a setup layer above that adds the unprivileged build user: the same image machinery as
-   the Debian path's build-deps layer, so a second build of the same source installs nothing;
+1. **build-deps** - over the profile's image, a setup layer adds the unprivileged build user
+   and a layer above it the source's BuildRequires and ``rpm-build`` (the profile's
+   ``build_packages``), which the family's builder installs as it installs ``packages`` (the
+   image's own dnf with the profile's repositories, as ``dnf builddep`` installs what it
+   reads; the host's dnf for an image without one). The same image machinery as the Debian
+   path's build-deps layer: keyed by the requirements, so a second build installs nothing;
 2. a fresh sandbox over it without a network; root copies the source from ``/src`` to
    ``/build/src`` and gives it to the build user;
 3. **build** - ``rpmbuild --rebuild`` (a ``.src.rpm``) or ``rpmbuild -ba`` (a ``.spec``, its
@@ -54,11 +55,10 @@ _STAGES = ((r"Failed build dependencies:", "build-deps"),
 def with_build_requires(profile: Profile, source: Source) -> Profile:
     """``profile`` with ``source``'s BuildRequires installed and the build user added, under a
     name of its own."""
-    needs = dict.fromkeys(("rpm-build", *(value for _, value in source.build_deps)))
+    needs = tuple(dict.fromkeys(("rpm-build", *(value for _, value in source.build_deps))))
     name = re.sub(r"[^a-z0-9._-]+", "-", source.name.lower())
     return replace(profile, name=f"package-{name}.{profile.name}"[:128], aliases=(),
-                   packages=(*profile.packages, *(need for need in needs if need not in profile.packages)),
-                   setup=(*profile.setup, USER_STEP))
+                   setup=(*profile.setup, USER_STEP), build_packages=needs)
 
 
 def rpmbuild_argv(source: Source, build_type: str) -> tuple[str, ...]:

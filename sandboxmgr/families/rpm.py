@@ -216,8 +216,8 @@ class DnfBuilder(Builder):
         return next((path for path in TARGET_DNFS if root.exists(path)), None)
 
     def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
-        if _rpm(profile).packages_in_bootstrap(profile):
-            return  # the bootstrap installed the packages already
+        # (A profile whose bootstrap installs its packages has no packages layer of its own;
+        # a layer of build packages - package build's - is installed here all the same.)
         packages = list(profile.packages)
         target_dnf = self._target_dnf(root)
         if target_dnf is None:

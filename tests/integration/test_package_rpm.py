@@ -84,7 +84,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> CLI:
     except RpmRepoError as exc:  # the host's rpm tools lack a file the stand-in carries
         missing(f"the rpm-build stand-in cannot be made from the host's rpm: {exc}")
     (base / "configs").mkdir()
-    (base / "configs" / "tiny.yaml").write_text(tiny_profile(rpm_repo, repo_dir=repo))
+    # Without tinydistro-hello, whose dependency is the test specs' build requirement.
+    (base / "configs" / "tiny.yaml").write_text(tiny_profile(rpm_repo, repo_dir=repo, packages="[]"))
     return CLI(base / "store", base / "configs")
 
 
@@ -120,6 +121,16 @@ def test_a_spec_builds_with_rpmbuild_and_a_second_build_reuses_its_build_require
     info = json.loads((out / "build-info.json").read_text())
     assert info["toolchain"] == {"rpm-build": "tinydistro-rpm-build-1-1"} and len(info["image"]) == 20, info
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before, "the build wrote into the source"
+
+    # As the Debian path's: the profile's own image, then the build user's layer and the
+    # build requirements' (installed by the family's builder: here the host's dnf) on top.
+    tiny.ok("run", "tiny", "--", "test", "!", "-e", "/usr/share/tinydistro/greeting")
+    images = {i["profile"]: [(layer["kind"], layer["path"]) for layer in i["layers"]]
+              for i in json.loads(tiny.ok("images", "--json").out)}
+    assert images["package-sm-hello.tiny"][:-2] == images["tiny"], images
+    assert [kind for kind, _ in images["package-sm-hello.tiny"][-2:]] == ["setup", "packages"], images
+    log = next((tiny.store / "logs").glob("build-package-sm-hello.tiny-*.log")).read_text()
+    assert "install rpm-build 'tinydistro-greeting >= 1'" in log, log
 
     layers = sorted(p.name for p in (tiny.store / "layers").iterdir())
     cached = sorted(p.name for p in (tiny.store / "cache").rglob("*.rpm"))

@@ -183,3 +183,27 @@ def test_only_regular_rpm_files_are_collected(tmp_path: Path) -> None:
     result = PackageResult("p", "p")
     collect(record, tmp_path / "results", result)
     assert result.stage == "results" and "no .rpm" in result.reason
+
+
+def test_the_build_requirements_are_one_layer_over_the_profiles_own_image(tmp_path: Path) -> None:
+    """As the Debian path's build-deps layer: the profile's own layers stay, the build user's
+    step and the requirements go on top, the requirements' layer keyed by them alone."""
+    from sandboxmgr.identity import layers
+    from sandboxmgr.locations import shipped_configs_dir
+    from sandboxmgr.package import with_build_deps
+    from sandboxmgr.pkgsource import Source
+    from sandboxmgr.profile import ProfileRegistry
+
+    (tmp_path / "f.yaml").write_text("extends: fedora\npackages: [gcc]\nsetup: ['echo configured']\n")
+    profile = ProfileRegistry([tmp_path, shipped_configs_dir()]).load("f")
+    first = Source("rpm", Path("/s/a.spec"), "Sm-A", "1", (("BuildRequires", "make >= 4"),))
+    deps = with_build_deps(profile, first)
+    own, built = layers(profile), layers(deps)
+    assert built[:len(own)] == own and len(built) == len(own) + 2, built
+    assert built[-1].kind == "packages" and built[-1].packages == ("rpm-build", "make >= 4"), built[-1]
+    assert deps.name == "package-sm-a.f" and deps.packages == profile.packages
+    # Another source with the same needs: the same layers; other needs: only the top one differs.
+    same = with_build_deps(profile, Source("rpm", Path("/s/b.src.rpm"), "b", "2-1", first.build_deps))
+    assert layers(same) == built
+    other = layers(with_build_deps(profile, Source("rpm", Path("/s/c.spec"), "c", "1", (("BuildRequires", "sed"),))))
+    assert other[:-1] == built[:-1] and other[-1].key != built[-1].key
