@@ -84,7 +84,9 @@ def steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path,
         log.write_text(result.reason + "\n")
         return True
     # Root only copies the files and gives them to the build user; rpmbuild runs as that user.
-    copy = (f"mkdir -p {SOURCES} {OUT} && cp -Rp /src/. {SOURCES} && chown -R {BUILD_USER}:{BUILD_USER} /build")
+    # chown -h: a link of the source's (to the image's /etc/passwd) is given away, never its target
+    # (some busybox builds' chown -R follows links).
+    copy = (f"mkdir -p {SOURCES} {OUT} && cp -Rp /src/. {SOURCES} && chown -hR {BUILD_USER}:{BUILD_USER} /build")
     if run_step(store, record, log, ("/bin/sh", "-c", copy), None, append=False) != 0:
         _failed(result, "source", f"copying {source.path.name} into the sandbox failed: {tail(log, 1)}")
         return True

@@ -216,8 +216,12 @@ def test_only_regular_rpm_files_come_out_of_the_sandbox(tiny: CLI, tmp_path: Pat
     secret = tmp_path / "host-secret"
     secret.write_text("the host's\n")
     plant = (f"ln -s {secret} /build/out/evil-1.0-1.noarch.rpm && ln -s /etc/shadow /build/out/shadow.src.rpm "
-             "&& mkfifo /build/out/fifo-1.0-1.noarch.rpm")
-    code, row, err = build(tiny, spec(tmp_path, "sm-links", build=plant), tmp_path / "out")
+             "&& mkfifo /build/out/fifo-1.0-1.noarch.rpm"
+             # The source's link to a file of the image's did not give that file to the build user.
+             "\ntest \"$(stat -c %u /etc/passwd)\" = 0")
+    source = spec(tmp_path, "sm-links", build=plant)
+    (source / "passwd").symlink_to("/etc/passwd")
+    code, row, err = build(tiny, source, tmp_path / "out")
     assert code == 0, (row, err)
     out = tmp_path / "out" / "tiny"
     assert (out / "sm-links-1.0-1.noarch.rpm").is_file()
