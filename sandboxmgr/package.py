@@ -97,6 +97,10 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
         if profile.family != family:
             raise SandboxError(f"{name} is a {profile.family} profile and {request.source.path} a {family} source",
                                hint=f"give -p profiles of the {family} family")
+    if family == "rpm":
+        from sandboxmgr.rpmpackage import check_request
+
+        check_request(request)
     results = []
     for name, profile in profiles:
         result = PackageResult(name, profile.name)

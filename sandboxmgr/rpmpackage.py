@@ -26,6 +26,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from sandboxmgr.errors import SandboxError
 from sandboxmgr.package import BuildRequest, PackageResult, TimedOut, copy_out, run_step, tail
 from sandboxmgr.pkgsource import BUILD_USER, Source
 from sandboxmgr.profile import Profile
@@ -61,6 +62,13 @@ def with_build_requires(profile: Profile, source: Source) -> Profile:
                    setup=(*profile.setup, USER_STEP), build_packages=needs)
 
 
+def check_request(request: BuildRequest) -> None:
+    """Refuse what rpmbuild cannot do for this source, before anything is built."""
+    if request.build_type == "source" and request.source.path.suffix != ".spec":
+        raise SandboxError(f"{request.source.path} is a source package already: --build-type source has "
+                           "nothing to make", hint="--build-type source makes a .src.rpm from a .spec")
+
+
 def rpmbuild_argv(source: Source, build_type: str) -> tuple[str, ...]:
     """rpmbuild for ``source`` (copied into SOURCES), every product flat in OUT."""
     defines = {"_topdir": TOPDIR, "_rpmdir": OUT, "_srcrpmdir": OUT,
@@ -89,9 +97,6 @@ def steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path,
     copy = (f"mkdir -p {SOURCES} {OUT} && cp -Rp /src/. {SOURCES} && chown -hR {BUILD_USER}:{BUILD_USER} /build")
     if run_step(store, record, log, ("/bin/sh", "-c", copy), None, append=False) != 0:
         _failed(result, "source", f"copying {source.path.name} into the sandbox failed: {tail(log, 1)}")
-        return True
-    if request.build_type == "source" and source.path.suffix != ".spec":
-        _failed(result, "source", f"{source.path.name} is a source package already: there is nothing to make")
         return True
     try:
         status = run_step(store, record, log, rpmbuild_argv(source, request.build_type), BUILD_USER,

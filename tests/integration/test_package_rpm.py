@@ -151,6 +151,12 @@ def test_a_spec_builds_with_rpmbuild_and_a_second_build_reuses_its_build_require
     assert {p.name for p in (tmp_path / "rebuilt" / "tiny").iterdir()} == {
         "sm-hello-1.0-1.noarch.rpm", "build.log", "build-info.json"}
     assert "Installing /build/src/sm-hello-1.0-1.src.rpm" in (tmp_path / "rebuilt" / "tiny" / "build.log").read_text()
+    refused = tiny("package", "build", str(srpm / "sm-hello-1.0-1.src.rpm"), "-p", "tiny", "--build-type", "source")
+    assert refused.code == 125 and "is a source package already" in refused.err and "hint:" in refused.err, refused
+    # --build-type source of a spec: rpmbuild -bs, the .src.rpm alone.
+    code, row, err = build(tiny, source, tmp_path / "srpm-only", "--build-type", "source")
+    assert code == 0 and {p.name for p in (tmp_path / "srpm-only" / "tiny").iterdir()} == {
+        "sm-hello-1.0-1.src.rpm", "build.log", "build-info.json"}, (row, err)
     assert not [s for s in json.loads(tiny.ok("ls", "--json").out) if s["name"].startswith("pkg-")]
 
 
