@@ -17,6 +17,9 @@ For each profile, as sbuild does it:
 The sandbox's files are the build's, so hostile: only regular files whose names are
 products are read, each opened without following a symlink, and copied (never moved or
 linked) into a directory the host made.
+
+An RPM source (a .src.rpm, a .spec) takes the same frame with its family's layer, steps,
+collection and toolchain (rpmpackage.py, dispatched by :func:`_family`).
 """
 
 from __future__ import annotations

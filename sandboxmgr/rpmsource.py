@@ -128,6 +128,8 @@ def parse_spec(text: str, where: str) -> Spec:
             preamble = True
         elif _SECTIONS.match(stripped):
             preamble = False
+        elif preamble and stripped.startswith("%{") and "buildrequires:" in stripped.lower():
+            unread.append(stripped)  # a tag inside a macro (%{?with_x:BuildRequires: y})
         elif preamble and (tag := re.match(r"([A-Za-z]+[0-9]*)\s*:\s*(.*)", stripped)):
             key, value = tag.group(1).lower(), _expand(tag.group(2), macros)
             if key in ("name", "version", "release", "epoch") and not depth and key not in tags:

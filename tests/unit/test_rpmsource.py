@@ -63,7 +63,8 @@ def test_a_spec_is_read_with_its_own_macros_and_nothing_run(tmp_path: Path) -> N
     assert spec.build_requires == ("gcc", "make >= 4.3", "libfoo3-devel", "pkgconfig(glib-2.0) >= 2.56",
                                    "(python3 or python2)", "/usr/bin/perl", "zlib-devel", "libs-only-devel")
     # What depends on the distribution's macros or on %if is left to rpmbuild's own check.
-    assert spec.unread == ("fedora-only", "elsewhere", "%{distro_macro}-devel")
+    assert spec.unread == ("fedora-only", "elsewhere", "%{distro_macro}-devel",
+                           "%{!?_without_tests:BuildRequires: check-devel}")
     assert spec.sources == ("sm-tool-2.4.tar.gz", "sm-tool.conf", "fix-sm-tool.patch")
     # Through read_source: a directory with one spec is that spec's source.
     (tmp_path / "sm-tool.spec").write_text(SPEC)
