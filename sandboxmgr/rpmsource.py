@@ -219,7 +219,7 @@ def read_header(data: bytes) -> Header:
     full = f"{epoch[0]}:{version}-{release}" if isinstance(epoch, list) and epoch else f"{version}-{release}"
     names, versions, flags = tags.get(_REQUIRENAME, []), tags.get(_REQUIREVERSION, []), tags.get(_REQUIREFLAGS, [])
     if not (isinstance(names, list) and isinstance(versions, list) and isinstance(flags, list)
-            and len(names) == len(versions) == len(flags)):
+            and len(names) == len(versions) == len(flags) and all(isinstance(flag, int) for flag in flags)):
         raise SourceError("the package's requirements are malformed", hint=_HINT)
     needs = []
     for need, wanted, flag in zip(names, versions, flags, strict=True):

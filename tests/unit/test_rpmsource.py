@@ -3,7 +3,9 @@ byte by byte), rpmbuild's failures told apart, and the collection of its product
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,10 +123,37 @@ def test_a_src_rpm_header_gives_the_requirements_rpm_would(tmp_path: Path) -> No
     assert header.build_requires == ("(a or b)", "c < 2", "d <= 3", "e = 1", "gcc", "make >= 4")
     source = read_source(srpm)
     assert (source.family, source.name, source.version) == ("rpm", "sm-hdr", "2:1.5-3")
-    # A header cut short, or not an RPM at all, is one clear error.
-    for data, said in ((srpm.read_bytes()[:200], "truncated"), (b"not an rpm" * 20, "not an RPM package")):
+    # A header cut short, not an RPM at all, or whose requirement flags are strings: one clear error.
+    data = srpm.read_bytes()
+    flags = _retyped(data, 1048, 8)
+    for bad, said in ((data[:200], "truncated"), (b"not an rpm" * 20, "not an RPM package"),
+                      (flags, "requirements are malformed")):
         with pytest.raises(SourceError, match=said):
-            read_header(data)
+            read_header(bad)
+    # A hostile header, byte flips anywhere past the lead: a header or one clear error, never a crash.
+
+    rng = random.Random(16)
+    variants = [data, _retyped(data, 1049, 4), _retyped(data, 1049, 6), _retyped(data, 1000, 4)]
+    for _ in range(800):
+        mutated = bytearray(rng.choice(variants)[:8192])
+        for _ in range(rng.randint(0, 6)):
+            mutated[rng.randrange(96, len(mutated))] = rng.randrange(256)
+        with contextlib.suppress(SourceError):
+            read_header(bytes(mutated))
+
+
+def _retyped(data: bytes, tag: int, kind: int) -> bytes:
+    """``data`` with the main header's entry of ``tag`` given another type."""
+    import struct
+
+    signature = 96 + 16 + 16 * struct.unpack(">I", data[104:108])[0] + struct.unpack(">I", data[108:112])[0]
+    header = signature + (-signature % 8)
+    count = struct.unpack(">I", data[header + 8:header + 12])[0]
+    for index in range(count):
+        entry = header + 16 + 16 * index
+        if struct.unpack(">i", data[entry:entry + 4])[0] == tag:
+            return data[:entry + 4] + struct.pack(">i", kind) + data[entry + 8:]
+    raise AssertionError(f"no tag {tag}")
 
 
 def test_rpmbuild_failures_are_told_apart() -> None:
