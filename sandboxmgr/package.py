@@ -138,7 +138,8 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: 
         result.packages = unsatisfiable(text)
         log.write_text(text + "\n")
         return
-    name = f"pkg-{source.name}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
+    plain = re.sub(r"[^a-z0-9._-]+", "-", source.name.lower())  # an RPM's Name may be PyYAML or gtk+
+    name = f"pkg-{plain}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
     mount = source.path if source.path.is_dir() else source.path.parent
     options = config.options(network=request.network, binds=(BindMount(mount, "/src", readonly=True),))
     record = create_sandbox(store, name, image, deps, options)

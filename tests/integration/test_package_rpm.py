@@ -239,6 +239,13 @@ def test_only_regular_rpm_files_come_out_of_the_sandbox(tiny: CLI, tmp_path: Pat
         assert not (out / name).exists() and not (out / name).is_symlink(), name
 
 
+def test_a_name_with_capitals_and_a_plus_builds(tiny: CLI, tmp_path: Path) -> None:
+    """An RPM's Name may be what no sandbox may be called (PyYAML, gtk+)."""
+    code, row, err = build(tiny, spec(tmp_path, "Sm_Hello+Plus"), tmp_path / "out")
+    assert code == 0 and row["status"] == "passed", (row, err)
+    assert (tmp_path / "out" / "tiny" / "Sm_Hello+Plus-1.0-1.noarch.rpm").is_file()
+
+
 def test_a_profile_of_the_other_family_is_refused(tiny: CLI, tmp_path: Path) -> None:
     source = spec(tmp_path, "sm-family")
     shipped = CLI(tmp_path / "store")  # the shipped profiles; nothing is built before the check
