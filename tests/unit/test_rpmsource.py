@@ -237,3 +237,15 @@ def test_the_build_requirements_are_one_layer_over_the_profiles_own_image(tmp_pa
     assert layers(same) == built
     other = layers(with_build_deps(profile, Source("rpm", Path("/s/c.spec"), "c", "1", (("BuildRequires", "sed"),))))
     assert other[:-1] == built[:-1] and other[-1].key != built[-1].key
+
+
+def test_a_tree_with_debian_and_a_spec_is_a_debian_source(tmp_path: Path) -> None:
+    (tmp_path / "debian").mkdir()
+    (tmp_path / "debian" / "control").write_text("Source: both\n")
+    (tmp_path / "debian" / "changelog").write_text("both (1.0) unstable; urgency=low\n")
+    (tmp_path / "both.spec").write_text("Name: both\nVersion: 1.0\n")
+    assert read_source(tmp_path).family == "debian"
+    (tmp_path / "debian" / "control").unlink()
+    (tmp_path / "debian" / "changelog").unlink()
+    (tmp_path / "debian").rmdir()
+    assert read_source(tmp_path).family == "rpm"
