@@ -1,8 +1,9 @@
 """Image identity: a profile's build inputs, its layers and its image key.
 
 An image is a stack of layers: the bootstrap, then the packages, then one layer per
-setup step. Each layer's key hashes its inputs and its parent's key, so profiles
-that share a base share its layers; the image key is the profile's name and its top
+setup step, then (``package build`` of an RPM source) one of build packages. Each
+layer's key hashes its inputs and its parent's key, so profiles that share a base
+share its layers; the image key is the profile's name and its top
 layer (images are per profile, like tags; layers are shared). The keys name images
 in users' stores: what goes into them never changes without a new BUILD_FORMAT
 (tests/unit/test_image_keys.py pins them).
@@ -25,7 +26,7 @@ from sandboxmgr.names import BUILD_FORMAT
 from sandboxmgr.profile import Profile
 
 # Inputs of the layers above the bootstrap; every other input belongs to the bootstrap layer.
-_ABOVE_BOOTSTRAP = ("packages", "setup", "setup_env")
+_ABOVE_BOOTSTRAP = ("packages", "setup", "setup_env", "build_packages")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class LayerPlan:
     label: str
     step: str = ""  # the shell step of a setup layer
     index: int = -1  # a setup layer's place in the profile's ``setup`` (0 for the first)
+    packages: tuple[str, ...] = ()  # what a packages layer installs
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def build_inputs(profile: Profile) -> dict[str, Any]:
         "setup": list(profile.setup),
         # Setup steps run with the profile's environment, so it is one of their inputs.
         **({"setup_env": dict(sorted(profile.env.items()))} if profile.setup else {}),
+        **({"build_packages": list(profile.build_packages)} if profile.build_packages else {}),
         # The family's own inputs (the RPM family's repositories and rpm settings).
         **distros.of(profile).build_inputs(profile),
     }
@@ -101,12 +104,15 @@ def identify(profile: Profile) -> Identity:
                       f"bootstrap {profile.distro} {profile.release} ({profile.bootstrap.method})")]
     if profile.packages and not packages_in_bootstrap:
         plan.append(LayerPlan("packages", digest({"parent": plan[-1].key, "packages": list(profile.packages)}),
-                              f"packages: {' '.join(profile.packages)}"))
+                              f"packages: {' '.join(profile.packages)}", packages=profile.packages))
     for number, step in enumerate(profile.setup, 1):
         key = digest({"parent": plan[-1].key, "setup": step, "env": inputs.get("setup_env", {})})
         first_line = step.strip().splitlines()[0] if step.strip() else ""
         plan.append(LayerPlan("setup", key, f"setup {number}: {first_line[:60]}", step,
                               number - 1))
+    if profile.build_packages:
+        plan.append(LayerPlan("packages", digest({"parent": plan[-1].key, "packages": list(profile.build_packages)}),
+                              f"build packages: {' '.join(profile.build_packages)}", packages=profile.build_packages))
     return Identity(inputs, tuple(plan), digest({"profile": profile.name, "top": plan[-1].key}))
 
 

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +223,7 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
             root = BuildRoot(diff, lowers, tmp / "work", tmp / "root")
         builder.prepare(profile, root, context)
         if step.kind == "packages":
-            builder.install(profile, root, context)
+            builder.install(replace(profile, packages=step.packages), root, context)
         elif step.kind == "setup":
             status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env),
                                         on_line=StepOutput(context.progress, step.label.split(":")[0]))

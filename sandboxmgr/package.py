@@ -17,6 +17,9 @@ For each profile, as sbuild does it:
 The sandbox's files are the build's, so hostile: only regular files whose names are
 products are read, each opened without following a symlink, and copied (never moved or
 linked) into a directory the host made.
+
+An RPM source (a .src.rpm, a .spec) takes the same frame with its family's layer, steps,
+collection and toolchain (rpmpackage.py, dispatched by :func:`_family`).
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ class BuildRequest:
 def with_build_deps(profile: Profile, source: Source) -> Profile:
     """``profile`` with the layer that installs ``source``'s build dependencies on top, under a
     name of its own (the profile's own current image stays what it is)."""
+    if source.family == "rpm":
+        from sandboxmgr.rpmpackage import with_build_requires
+
+        return with_build_requires(profile, source)
     return replace(profile, name=f"package-{source.name}.{profile.name}"[:128], setup=(*profile.setup,
                    build_deps_step(source)), aliases=())
 
@@ -94,6 +101,10 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
         if profile.family != family:
             raise SandboxError(f"{name} is a {profile.family} profile and {request.source.path} a {family} source",
                                hint=f"give -p profiles of the {family} family")
+    if family == "rpm":
+        from sandboxmgr.rpmpackage import check_request
+
+        check_request(request)
     results = []
     for name, profile in profiles:
         result = PackageResult(name, profile.name)
@@ -124,26 +135,39 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: 
         image = image_for(deps)
     except BuildError as failure:
         _failed(result, "build-deps", failure.message)
-        text = _tail(Path(failure.log), 400) if failure.log else failure.message
+        text = tail(Path(failure.log), 400) if failure.log else failure.message
         result.packages = unsatisfiable(text)
         log.write_text(text + "\n")
         return
-    name = f"pkg-{source.name}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
+    plain = re.sub(r"[^a-z0-9._-]+", "-", source.name.lower())  # an RPM's Name may be PyYAML or gtk+
+    name = f"pkg-{plain}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
     mount = source.path if source.path.is_dir() else source.path.parent
     options = config.options(network=request.network, binds=(BindMount(mount, "/src", readonly=True),))
     record = create_sandbox(store, name, image, deps, options)
+    steps, collect, record_info = _family(source.family)
     keep = False
     try:
-        keep = _steps(store, request, record, log, result) and request.keep_failed
+        keep = steps(store, request, record, log, result) and request.keep_failed
         if not result.stage:
-            _collect(record, out, result)
+            collect(record, out, result)
         if not result.stage:
-            _record_info(store, record, image, out, log)
+            record_info(store, record, image, out, log)
     finally:
         if keep:
             result.sandbox = record.name
         else:
             live.remove(store, record, force=True)
+
+
+def _family(family: str) -> tuple[Callable[[Store, BuildRequest, SandboxRecord, Path, PackageResult], bool],
+                                  Callable[[SandboxRecord, Path, PackageResult], None],
+                                  Callable[[Store, SandboxRecord, ImageRecord, Path, Path], None]]:
+    """How a source of ``family`` is built in its sandbox, its products collected, its toolchain recorded."""
+    if family == "rpm":
+        from sandboxmgr import rpmpackage
+
+        return rpmpackage.steps, rpmpackage.collect, rpmpackage.record_info
+    return _steps, _collect, _record_info
 
 
 def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path, result: PackageResult) -> bool:
@@ -154,26 +178,26 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
     # nothing of the source runs as root, not even its unpacking (dpkg-source -x runs as the
     # build user). The tree's name is made of a checked name and version.
     copy = tree if source.path.is_dir() else "/build/source"
-    made = _run(store, record, log, ("/bin/sh", "-c", f"mkdir -p /build && cp -r --preserve=mode,timestamps,links "
-                                     f"/src/. {copy} && chown -R {BUILD_USER}: /build"), None, append=False)
-    unpacked = made == 0 and (source.path.is_dir() or _run(
+    made = run_step(store, record, log, ("/bin/sh", "-c", f"mkdir -p /build && cp -r --preserve=mode,timestamps,"
+                                         f"links /src/. {copy} && chown -R {BUILD_USER}: /build"), None, append=False)
+    unpacked = made == 0 and (source.path.is_dir() or run_step(
         store, record, log, ("dpkg-source", "-x", f"{copy}/{source.path.name}", tree), BUILD_USER, append=True) == 0)
     if not unpacked:
-        _failed(result, "source", f"unpacking {source.path.name} failed: {_tail(log, 1)}")
+        _failed(result, "source", f"unpacking {source.path.name} failed: {tail(log, 1)}")
         return True
     option = BUILD_TYPES[request.build_type]
     build = f"cd {tree} && exec dpkg-buildpackage -us -uc {option}".rstrip()
     try:
-        status = _run(store, record, log, ("/bin/sh", "-c", build), BUILD_USER, append=True,
-                      timeout=request.timeout)
+        status = run_step(store, record, log, ("/bin/sh", "-c", build), BUILD_USER, append=True,
+                          timeout=request.timeout)
     except TimedOut:
         _failed(result, "timeout", f"the build ran longer than {request.timeout:g} s and was killed")
         return True
     if status != 0:
-        text = _tail(log, 60)
+        text = tail(log, 60)
         stage = "tests" if re.search(r"dh_auto_test: error|make(\[\d+\])?: \*\*\* \[[^\]]*(check|test)", text) \
             else "build"
-        _failed(result, stage, f"dpkg-buildpackage exited with status {status}: {_tail(log, 1)}")
+        _failed(result, stage, f"dpkg-buildpackage exited with status {status}: {tail(log, 1)}")
         return True
     return False
 
@@ -182,8 +206,8 @@ class TimedOut(Exception):
     """The build step ran longer than --timeout; its worker (and so its sandbox) was killed."""
 
 
-def _run(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None,
-         append: bool, timeout: float | None = None) -> int:
+def run_step(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None,
+             append: bool, timeout: float | None = None) -> int:
     """``command`` in the sandbox by a worker (matrix.spawn); its exit status. The worker is
     killed on a timeout (TimedOut) and on anything else that ends the wait (Ctrl-C), and its
     sandbox stopped at once (the command runs on in it otherwise)."""
@@ -231,7 +255,7 @@ def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:
         return
     try:
         for entry in sorted(os.listdir(build)):
-            if PRODUCT_RE.match(entry) and _copy_out(build, entry, out / entry):
+            if PRODUCT_RE.match(entry) and copy_out(build, entry, out / entry):
                 found.append(entry)
     finally:
         os.close(build)
@@ -258,7 +282,7 @@ def _files_field(changes: Path) -> list[str]:
     return [line for line in fields.get("Files", "").splitlines() if len(line.split()) == 5]
 
 
-def _copy_out(directory: int, name: str, target: Path) -> bool:
+def copy_out(directory: int, name: str, target: Path) -> bool:
     """``name`` of ``directory`` into ``target`` if it is a regular file; whether it was."""
     try:
         handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
@@ -280,8 +304,8 @@ def _record_info(store: Store, record: SandboxRecord, image: ImageRecord, out: P
     """build-info.json: the image built in, and the toolchain's versions in it."""
     query = ("dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *TOOLCHAIN)
     versions_log = out / ".toolchain"
-    _run(store, record, versions_log, query, None, append=False)
-    pairs = [line.split(" ", 1) for line in _tail(versions_log, 50).splitlines() if " " in line]
+    run_step(store, record, versions_log, query, None, append=False)
+    pairs = [line.split(" ", 1) for line in tail(versions_log, 50).splitlines() if " " in line]
     versions = {name: version for name, version in pairs if name in TOOLCHAIN and version}  # installed ones
     versions_log.unlink(missing_ok=True)
     info = {"image": image.key, "profile": image.profile, "toolchain": versions, "log": log.name}
@@ -292,7 +316,7 @@ def _failed(result: PackageResult, stage: str, reason: str) -> None:
     result.stage, result.reason = stage, reason
 
 
-def _tail(path: Path, lines: int) -> str:
+def tail(path: Path, lines: int) -> str:
     try:
         with path.open("rb") as handle:
             handle.seek(max(0, path.stat().st_size - 200 * lines))

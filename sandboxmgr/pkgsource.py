@@ -33,11 +33,12 @@ class SourceError(SandboxError):
 
 @dataclass(frozen=True)
 class Source:
-    family: str  # "debian"
-    path: Path  # the tree or the .dsc, absolute
+    family: str  # "debian" or "rpm"
+    path: Path  # the tree or the .dsc (the .spec or the .src.rpm), absolute
     name: str
     version: str
-    build_deps: tuple[tuple[str, str], ...]  # (field, value), in BUILD_DEP_FIELDS order
+    build_deps: tuple[tuple[str, str], ...]  # (field, value), in BUILD_DEP_FIELDS order (BuildRequires)
+    sources: tuple[str, ...] = ()  # a .spec's Source/Patch files, expected beside it
 
     @property
     def upstream_version(self) -> str:
@@ -115,9 +116,10 @@ def _deps(fields: dict[str, str], where: str) -> tuple[tuple[str, str], ...]:
 
 
 def read_source(path: Path) -> Source:
-    """The source at ``path``: a tree with ``debian/`` or a ``.dsc``."""
+    """The source at ``path``: a tree with ``debian/`` or a ``.dsc``; or an RPM source
+    (rpmsource.py): a ``.src.rpm``, a ``.spec``, a directory with one ``.spec``."""
     path = path.resolve()
-    if path.is_dir():
+    if path.is_dir() and ((path / "debian").exists() or not any(path.glob("*.spec"))):
         control = path / "debian" / "control"
         if not control.is_file():
             raise SourceError(f"{path} has no debian/control",
@@ -134,11 +136,13 @@ def read_source(path: Path) -> Source:
         fields = (paragraphs(_read(path), str(path)) or [{}])[0]
         name, version = _checked(fields.get("Source", ""), fields.get("Version", ""), str(path))
         return Source("debian", path, name, version, _deps(fields, str(path)))
-    if path.suffix in (".spec", ".rpm") or path.name.endswith(".src.rpm"):
-        raise SourceError(f"{path}: building RPM packages is not supported yet",
-                          hint="package build takes Debian sources for now: a tree with debian/, or a .dsc")
+    if path.suffix in (".spec", ".rpm") or (path.is_dir() and any(path.glob("*.spec"))):
+        from sandboxmgr.rpmsource import read_rpm_source
+
+        return read_rpm_source(path)
     raise SourceError(f"{path}: not a package source",
-                      hint="give a Debian source tree (with debian/) or a .dsc with its files beside it")
+                      hint="give a Debian source tree (with debian/) or a .dsc, a .src.rpm, or a .spec with its "
+                           "sources beside it")
 
 
 BUILD_USER = "sandboxmgr-build"
@@ -168,11 +172,12 @@ def build_deps_step(source: Source) -> str:
 
 
 def unsatisfiable(log: str) -> list[str]:
-    """The packages apt named as what it could not install, from its output."""
+    """The packages apt (or dnf) named as what it could not install, from its output."""
     names: list[str] = []
     patterns = (r"Unable to locate package (\S+)", r"the package (\S+) cannot be found",
                 r"Depends: (\S+)[^\n]*but it is not (?:installable|going to be installed)",
-                r"Package '?(\S+?)'? has no installation candidate")
+                r"Package '?(\S+?)'? has no installation candidate",
+                r"No match for argument: (\S+)", r"nothing provides (\S+)")
     for pattern in patterns:
         for name in re.findall(pattern, log):
             if name not in names:

@@ -86,6 +86,9 @@ class Profile:
     extends: tuple[str, ...] = ()  # the chain of parents, nearest first
     packages: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    # Packages installed last, by the family's builder, in a layer of their own over the setup
+    # layers: what ``package build`` adds for an RPM source (its BuildRequires). No YAML sets it.
+    build_packages: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     hostname: str | None = None
     workdir: str | None = None

@@ -216,6 +216,7 @@ class RpmRepo:
     key: Path
     other_key: Path
     arch: str
+    fingerprint: str = ""  # of ``key``, whose secret half stays in the work directory's gnupg-key
 
     def baseurl(self, repo: Path) -> str:
         return "file://" + str(repo.resolve())
@@ -392,7 +393,7 @@ def build_repo(workdir: Path) -> RpmRepo:
             raise RpmRepoError(f"createrepo_c wrote no repodata/repomd.xml in {repo}")
 
     return RpmRepo(signed=signed, unsigned=unsigned, other_signed=other_signed,
-                   key=key.public, other_key=other.public, arch=arch)
+                   key=key.public, other_key=other.public, arch=arch, fingerprint=key.fingerprint)
 
 
 def tiny_profile(repo: RpmRepo, repo_dir: Path | None = None, key: Path | None = None,
@@ -412,3 +413,122 @@ def tiny_profile(repo: RpmRepo, repo_dir: Path | None = None, key: Path | None =
         f"    gpgcheck: {'true' if gpgcheck else 'false'}\n"
         f"packages: {packages}\n"
     )
+
+
+# --- a build root: the host's rpmbuild, packaged for Tiny Distro ---------------------------------
+#
+# Tiny Distro has no compiler and no rpm-build of its own. `tinydistro-rpm-build` (which
+# provides rpm-build) carries the host's own rpm, rpmbuild and rpmspec with every shared
+# library they and /usr/lib/rpm's helpers load, rpm's configuration, libmagic's database and
+# the busybox applets rpmbuild's scripts call: real rpmbuild, running inside the sandbox on
+# the image's own rpmdb. What it cannot do is compile C: the test specs build shell scripts.
+
+RPMBUILD_PROGRAMS = (Path("/usr/bin/rpm"), Path("/usr/bin/rpmbuild"), Path("/usr/bin/rpmspec"))
+RPMBUILD_TREES = (Path("/usr/lib/rpm"), Path("/usr/lib/file/magic.mgc"))
+BUILD_APPLETS = ("tar", "gzip", "gunzip", "zcat", "cpio", "diff", "xz", "unxz", "bzip2", "patch", "wget", "md5sum",
+                 "sha256sum", "cmp", "od", "sha1sum", "realpath", "nproc", "getopt")
+TINY_RPM_MACROS = """\
+%_dbpath /var/lib/rpm
+%_tmppath /var/tmp
+%_buildshell /bin/sh
+%__os_install_post %{nil}
+%debug_package %{nil}
+%_binary_payload w6.gzdio
+%_source_payload w6.gzdio
+"""
+
+
+def _in_image(path: Path) -> Path:
+    """Where a host file goes in a merged-/usr root (/lib -> /usr/lib); libmagic's database
+    where Debian's libmagic looks for it."""
+    if path.name == "magic.mgc":
+        return Path("/usr/share/misc/magic.mgc")
+    parts = path.parts
+    return Path("/usr", *parts[1:]) if parts[1] in ("lib", "lib64", "bin", "sbin") else path
+
+
+def _elf_closure(files: Sequence[Path], env: Mapping[str, str]) -> set[Path]:
+    """The shared libraries and the loader that ``files`` (the ELF ones among them) need."""
+    found: set[Path] = set()
+    for path in files:
+        with path.open("rb") as handle:
+            if handle.read(4) != b"\x7fELF":
+                continue
+        proc = subprocess.run(["ldd", str(path)], env=dict(env), capture_output=True, text=True, check=False)
+        for line in proc.stdout.splitlines():
+            words = line.split()
+            library = words[2] if len(words) >= 3 and words[1] == "=>" else words[0] if words else ""
+            if library.startswith("/"):
+                found.add(Path(library))
+    return found
+
+
+def _stage_rpmbuild(root: Path, env: Mapping[str, str]) -> list[str]:
+    """The stand-in's files under ``root`` (absent, made here); their paths in the image."""
+    files = [*RPMBUILD_PROGRAMS]
+    for tree in RPMBUILD_TREES:
+        files += [tree] if tree.is_file() else sorted(p for p in tree.rglob("*") if p.is_file() or p.is_symlink())
+    absent = [str(path) for path in files if not path.exists()]
+    if absent:
+        raise RpmRepoError(f"the host lacks what the rpm-build stand-in carries: {absent}")
+    listed: list[str] = []
+    for path in [*files, *sorted(_elf_closure([f for f in files if f.is_file()], env))]:
+        target = root / str(_in_image(path)).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() and path.resolve().is_relative_to(RPMBUILD_TREES[0]):
+            target.symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path.resolve(), target)
+        listed.append(str(_in_image(path)))
+    for applet in BUILD_APPLETS:
+        (root / "usr" / "bin" / applet).symlink_to("busybox")
+        listed.append(f"/usr/bin/{applet}")
+    (root / "etc" / "rpm").mkdir(parents=True)
+    (root / "etc" / "rpm" / "macros.tinydistro").write_text(TINY_RPM_MACROS)
+    listed.append("/etc/rpm/macros.tinydistro")
+    return sorted(set(listed))
+
+
+def _rpmbuild_spec(root: Path, listed: Sequence[str]) -> str:
+    return COMMON + f"""\
+Name: tinydistro-rpm-build
+Summary: The host's rpmbuild, for building packages in Tiny Distro
+Provides: rpm-build
+Requires: tinydistro-busybox
+AutoReqProv: no
+
+%description
+rpm, rpmbuild and rpmspec with their libraries and configuration.
+
+%install
+mkdir -p %{{buildroot}}
+cp -a {root}/. %{{buildroot}}/
+
+%files
+%defattr(-,root,root,-)
+""" + "".join(f'"{path}"\n' for path in listed)
+
+
+def add_rpm_build(repo: RpmRepo, workdir: Path) -> Path:
+    """A copy of ``repo``'s signed repository with the rpm-build stand-in added, signed with
+    the same key and indexed: a Tiny Distro with a build root."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = _rpm_env(workdir)
+    root = workdir / "standin-root"
+    listed = _stage_rpmbuild(root, env)
+    topdir = workdir / "rpmbuild"
+    (topdir / "SPECS").mkdir(parents=True)
+    spec = topdir / "SPECS" / "tinydistro-rpm-build.spec"
+    spec.write_text(_rpmbuild_spec(root, listed))
+    _run(["rpmbuild", "-bb", "--nodeps", "--quiet", "--define", f"_topdir {topdir}",
+          *_dbpath(workdir / "rpmdb-build"), str(spec)], env)
+    built = sorted((topdir / "RPMS").glob("*/*.rpm"))
+    target = workdir / "repo"
+    shutil.copytree(repo.signed, target, ignore=shutil.ignore_patterns("repodata"))
+    for rpm in built:
+        shutil.copy2(rpm, target / rpm.name)
+    key = _Key(repo.key.parent.parent / "gnupg-key", repo.fingerprint, repo.key)
+    _sign([target / rpm.name for rpm in built], key, env)
+    _run(["createrepo_c", "--quiet", "--no-database", str(target)], env)
+    return target

@@ -145,7 +145,8 @@ def package() -> None:
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True, help="Where the products go, one directory per profile.")
 @click.option("--build-type", type=click.Choice(["binary", "any", "all", "source", "full"]), default="binary",
-              show_default=True, help="dpkg-buildpackage's -b, -B, -A, -S, or everything.")
+              show_default=True,
+              help="dpkg-buildpackage's -b, -B, -A, -S, or everything (rpmbuild: -bs for source, else -ba).")
 @click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
               help="The build's network once its dependencies are installed (none: as sbuild and mock).")
 @click.option("--keep-failed", is_flag=True, help="Keep each failed build's sandbox to step into it.")
@@ -155,7 +156,8 @@ def package() -> None:
 @pass_app
 def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir: Path, build_type: str,
                   network: str, keep_failed: bool, timeout: float | None, as_json: bool) -> int:
-    """Build SOURCE (a Debian source tree or a .dsc) in a fresh sandbox of each profile.
+    """Build SOURCE in a fresh sandbox of each profile: a Debian source tree or a .dsc, or a
+    .src.rpm, a .spec with its sources beside it, or a directory holding one .spec.
 
     Exit status 0 if every build made its packages, 1 if any failed (the JSON's `stage` says
     where: source, build-deps, build, tests, results).

@@ -71,8 +71,9 @@ def explain_failure(log: str, profile: Profile, log_file: Path, step: str) -> Bu
     hint = f"full log: {log_file}"
     missing = re.findall(r"No match for argument: (\S+)", log)
     if missing:
-        return BuildError(f"package {', '.join(sorted(set(missing)))} does not exist in the repositories of "
-                          f"{profile.name}", hint=f"fix the package names in {profile.path}; {hint}")
+        return _with_log(log_file, BuildError(
+            f"package {', '.join(sorted(set(missing)))} does not exist in the repositories of {profile.name}",
+            hint=f"fix the package names in {profile.path}; {hint}"))
     if re.search(r"is not signed|GPG check FAILED|public key .* is not installed|"
                  r"[Ss]ignature .*(invalid|not OK|bad)|NOKEY|BAD", log):
         return BuildError(f"a package signature did not verify while {step} {profile.name}",
@@ -84,6 +85,11 @@ def explain_failure(log: str, profile: Profile, log_file: Path, step: str) -> Bu
     if "Error: Unable to find a match" in log:
         return BuildError(f"a package of {profile.name} was not found", hint=hint)
     return BuildError(f"dnf failed while {step} {profile.name}", hint=hint)
+
+
+def _with_log(log_file: Path, failure: BuildError) -> BuildError:
+    failure.log = str(log_file)  # the caller may read what dnf said (package build names the packages)
+    return failure
 
 
 def readable_paths(profile: Profile) -> tuple[Path, ...]:
@@ -210,8 +216,8 @@ class DnfBuilder(Builder):
         return next((path for path in TARGET_DNFS if root.exists(path)), None)
 
     def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
-        if _rpm(profile).packages_in_bootstrap(profile):
-            return  # the bootstrap installed the packages already
+        # (A profile whose bootstrap installs its packages has no packages layer of its own;
+        # a layer of build packages - package build's - is installed here all the same.)
         packages = list(profile.packages)
         target_dnf = self._target_dnf(root)
         if target_dnf is None:

@@ -73,8 +73,8 @@ def test_a_source_that_cannot_be_read_is_one_clear_error(tmp_path: Path, files: 
     assert caught.value.hint
 
 
-def test_rpm_sources_are_refused_for_now_and_other_files_are_not_sources(tmp_path: Path) -> None:
-    for name, said in (("x.spec", "not supported yet"), ("x-1.src.rpm", "not supported yet"),
+def test_rpm_sources_go_to_their_reader_and_other_files_are_not_sources(tmp_path: Path) -> None:
+    for name, said in (("x.spec", "no Name or Version tag"), ("x-1.src.rpm", "not an RPM package"),
                        ("notes.txt", "not a package source")):
         (tmp_path / name).write_text("")
         with pytest.raises(SourceError, match=said):
