@@ -30,6 +30,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,8 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
         if image is None:
             result.duration, result.status = time.monotonic() - started, "failed"
             continue
-        work.append(BuildJob(store, request, profile, image, result))
+        report = _results_dir(request, profile) / ".outcome.json"
+        work.append(PackageJob(result, report, partial(build_one, store, request, profile, image, result)))
     run_jobs(work, parallel, fail_fast, lambda _rows: view(results))
     return results
 
@@ -159,17 +161,16 @@ def _results_dir(request: BuildRequest, profile: Profile) -> Path:
     return out
 
 
-class BuildJob:
-    """One profile's build after its build-deps layer, by a worker (runner.fork_job)."""
+class PackageJob:
+    """One profile's work in a worker (runner.fork_job): ``work`` fills ``result``, which the
+    worker reports to ``report``."""
 
-    def __init__(self, store: Store, request: BuildRequest, profile: Profile, image: ImageRecord,
-                 result: PackageResult) -> None:
-        self.store, self.request, self.profile, self.image, self.result = store, request, profile, image, result
-        self.report = _results_dir(request, profile) / ".outcome.json"
+    def __init__(self, result: PackageResult, report: Path, work: Callable[[], None]) -> None:
+        self.result, self.report, self.work = result, report, work
 
     def start(self) -> int:
         def body() -> dict[str, Any]:
-            build_one(self.store, self.request, self.profile, self.image, self.result)
+            self.work()
             return self.result.to_json()
 
         return fork_job(body, self.report)

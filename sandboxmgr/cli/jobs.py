@@ -210,3 +210,45 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
     results = package_.build_all(app.store, request, _profiles(app, profiles), app.image_for, jobs, fail_fast, view)
     stopped = any(r.status == "cancelled" for r in results)
     return _report(results, stopped, fail_fast, junit_path, as_json, "package build")
+
+
+@package.command(name="test")
+@click.argument("packages", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-p", "--profile", "profiles", multiple=True, required=True, shell_complete=complete_profiles,
+              help="A profile to test in (repeat for several).")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Test the .deb files of package build's results (DIR/PROFILE/, or one profile's directory).")
+@click.option("--check", "checks", multiple=True, metavar="CMD",
+              help="A shell command that must succeed once the packages are installed (as root); repeatable.")
+@job_options
+@pass_app
+def package_test(app: App, packages: tuple[Path, ...], profiles: tuple[str, ...], results_dir: Path | None,
+                 checks: tuple[str, ...], jobs: int, fail_fast: bool, keep_failed: bool, timeout: float | None,
+                 junit_path: Path | None, as_json: bool) -> int:
+    """Install PACKAGES (.deb files) in a fresh sandbox of each profile, run the checks, remove
+    and purge them, and report the files left behind.
+
+    The checks: each --check CMD, and the package's autopkgtest tests (debian/tests/control)
+    when its source is known (package build's results). Exit status 0 if every profile
+    passed, 1 if any failed (the JSON's `stage` says where: install, tests, remove, purge,
+    leftovers, timeout), 130 when interrupted.
+    """
+    import time
+
+    from sandboxmgr import pkgtest
+
+    require_root(app, "package test")
+    for path in packages:
+        if path.suffix != ".deb":
+            raise SandboxError(f"{path}: " + ("testing RPM packages is not supported yet" if path.suffix == ".rpm"
+                                              else "not a .deb file"),
+                               hint="give .deb files, or --results DIR of package build")
+    if not packages and results_dir is None:
+        raise SandboxError("no packages to test", hint="give .deb files, or --results DIR of package build")
+    loaded = [(name, profile, pkgtest.packages_for(profile.name, list(packages), results_dir))
+              for name, profile in _profiles(app, profiles)]
+    logs = app.store.logs_dir / "package-test" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    request = pkgtest.TestRequest(checks, logs, keep_failed, timeout)
+    results = pkgtest.test_all(app.store, request, loaded, app.image_for, jobs, fail_fast, MatrixView(app.quiet))
+    stopped = any(r.status == "cancelled" for r in results)
+    return _report(results, stopped, fail_fast, junit_path, as_json, "package test")

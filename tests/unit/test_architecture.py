@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 # Top to bottom; a module may import its own layer and the ones below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
-    "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource"),
+    "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "enter", "execute", "mounts", "mountexec", "tty", "users", "seccomp",
