@@ -136,6 +136,10 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
             continue
         report = _results_dir(request, profile) / ".outcome.json"
         work.append(PackageJob(result, report, partial(build_one, store, request, profile, image, result)))
+    if fail_fast and any(r.status == "failed" for r in results):
+        for job in work:  # their build-deps were ready before another's failed
+            job.result.status = "cancelled"
+        work = []
     run_jobs(work, parallel, fail_fast, lambda _rows: view(results))
     return results
 

@@ -159,6 +159,13 @@ def test_package_build_runs_profiles_at_once_and_fail_fast_stops_the_rest(cli: C
     assert cases["bookworm-twin"].find("skipped") is not None
     assert subprocess.run(["pgrep", "-f", "sleep 6176"], capture_output=True).returncode != 0
     assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("pkg-")]
+    # A build-deps failure is the first failure too: the twin is not built at all.
+    tree = source(tmp_path, "sm-pairdeps", deps="make, sm-no-such-package-xyz")
+    result = cli("package", "build", str(tree), "-p", "debian-bookworm", "-p", "bookworm-twin", "--fail-fast",
+                 "--results", str(tmp_path / "out1"), "--json")
+    assert result.code == 1, str(result)
+    assert [(row["status"], row["stage"]) for row in json.loads(result.out)] == [("failed", "build-deps"),
+                                                                                 ("cancelled", None)]
     # Without --fail-fast both run to their end, at once: the twin's build passes.
     tree = source(tmp_path, "sm-pair2", build=f"case {HOST} in *twin*) true;; *) exit 3;; esac")
     result = cli("package", "build", str(tree), "-p", "debian-bookworm", "-p", "bookworm-twin", "-j", "2",
