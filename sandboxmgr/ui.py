@@ -200,7 +200,7 @@ def package_table(results: list[PackageResult]) -> None:
     """A package build's results, then why each failed build failed and where a kept one is."""
     print_table(["PROFILE", "RESULT", "STAGE", "TIME", "RESULTS"],
                 [[r.name, r.status, r.stage or "-", "-" if r.duration is None else f"{r.duration:.1f}s",
-                  str(r.results)] for r in results])
+                  r.results or "-"] for r in results])
     for r in results:
         if r.stage:
             click.echo(f"{r.name}: {r.stage}: {r.reason}" + (f" (blocking: {', '.join(r.packages)})"

@@ -4,7 +4,9 @@ tests build from sources they write (tests.integration.test_package.source)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -122,6 +124,9 @@ def test_each_failure_of_a_package_test_names_its_stage(cli: CLI, bookworm: Conc
     code, (row,), _ = package_test(cli, str(deb), "-p", "debian-bookworm", "--check", "test -x /usr/bin/sm-stray",
                                    "--check", "exit 9")
     assert code == 1 and row["stage"] == "tests" and "--check 'exit 9' exited with status 9" in str(row["reason"])
+    code, (row,), _ = package_test(cli, str(deb), "-p", "debian-bookworm", "--check", "sleep 6178", "--timeout", "3")
+    assert code == 1 and row["stage"] == "timeout" and float(str(row["duration"])) < 60, row
+    assert subprocess.run(["pgrep", "-f", "sleep 6178"], capture_output=True).returncode != 0
     assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("pkgtest-")]
 
 
@@ -140,14 +145,40 @@ def test_package_test_refuses_what_it_cannot_test(cli: CLI, tmp_path: Path) -> N
         assert result.code == 125 and said in result.err and "hint:" in result.err, str(result)
 
 
-def test_package_build_runs_profiles_at_once_and_fail_fast_stops_the_rest(cli: CLI, bookworm: ConcurrentBuild,
-                                                                        tmp_path: Path) -> None:
+def twin(cli: CLI) -> str:
+    """A second profile of bookworm's image: two profiles at once for the price of one image."""
     assert cli.configs is not None
     (cli.configs / "bookworm-twin.yaml").write_text("extends: debian-bookworm\ndescription: a second name\n")
+    return "bookworm-twin"
+
+
+def test_ctrl_c_stops_every_package_test_and_leaves_nothing(cli: CLI, bookworm: ConcurrentBuild,
+                                                           tmp_path: Path) -> None:
+    out = built(cli, source(tmp_path, "sm-waiting"), tmp_path / "out")
+    proc = subprocess.Popen(cli.argv("package", "test", "--results", str(out / "debian-bookworm"), "-p",
+                                     "debian-bookworm", "-p", twin(cli), "-j", "2", "--check", "sleep 6179"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run(["pgrep", "-fxc", "sleep 6179"], capture_output=True, text=True).stdout.strip() != "2":
+            assert time.monotonic() < deadline and proc.poll() is None, "the checks never ran in both profiles"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert out_text.count("cancelled") == 2, out_text
+    assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("pkgtest-")]
+    assert subprocess.run(["pgrep", "-f", "sleep 6179"], capture_output=True).returncode != 0
+
+
+def test_package_build_runs_profiles_at_once_and_fail_fast_stops_the_rest(cli: CLI, bookworm: ConcurrentBuild,
+                                                                        tmp_path: Path) -> None:
+    twin(cli)
     # The twin's build sleeps; debian-bookworm's fails at once and stops it.
     tree = source(tmp_path, "sm-pair", build=f"case {HOST} in *twin*) sleep 6176;; *) exit 3;; esac")
     junit = tmp_path / "junit.xml"
-    result = cli("package", "build", str(tree), "-p", "debian-bookworm", "-p", "bookworm-twin", "-j", "2",
+    result = cli("package", "build", str(tree), "-p", "debian-bookworm", "-p", twin(cli), "-j", "2",
                  "--fail-fast", "--results", str(tmp_path / "out"), "--json", "--junit", str(junit), "--timeout", "300")
     assert result.code == 1, str(result)
     rows = {row["name"]: row for row in json.loads(result.out)}
