@@ -83,7 +83,7 @@ def packages_for(profile: str, debs: list[Path], results: Path | None) -> Packag
     return Packages(tuple(dict.fromkeys(found)), tree, origin)
 
 
-def test_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profile, Packages]],
+def run_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profile, Packages]],
              image_for: Callable[[Profile], ImageRecord], parallel: int, fail_fast: bool,
              view: View) -> list[PackageResult]:
     """Test for each (name, profile, packages): the images first, then the tests, ``parallel``
@@ -106,13 +106,13 @@ def test_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profi
                 shutil.copyfile(path, place / path.name, follow_symlinks=False)
                 (place / path.name).chmod(0o644)
             tests = read_tests(packages.source_tree) if packages.source_tree else []
-            job = partial(test_one, store, request, profile, image, place, tests, result)
+            job = partial(run_one, store, request, profile, image, place, tests, result)
             work.append(PackageJob(result, request.logs / f".{profile.name}.outcome.json", job))
         run_jobs(work, parallel, fail_fast, lambda _rows: view(results))
     return results
 
 
-def test_one(store: Store, request: TestRequest, profile: Profile, image: ImageRecord, place: Path,
+def run_one(store: Store, request: TestRequest, profile: Profile, image: ImageRecord, place: Path,
              tests: list[TestCase], result: PackageResult) -> None:
     """One profile's test, its outcome in ``result``."""
     from sandboxmgr import config

@@ -148,6 +148,7 @@ def fork_job(body: Callable[[], dict[str, Any]], report: Path) -> int:
 
     A signal raises :class:`Stopped` in it, so that its ``finally`` blocks (a sandbox's
     removal) run before it ends; so does its manager's death."""
+    report.unlink(missing_ok=True)  # an earlier run's, which must not pass for this one's
     pid = os.fork()
     if pid != 0:
         return pid

@@ -249,6 +249,6 @@ def package_test(app: App, packages: tuple[Path, ...], profiles: tuple[str, ...]
               for name, profile in _profiles(app, profiles)]
     logs = app.store.logs_dir / "package-test" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     request = pkgtest.TestRequest(checks, logs, keep_failed, timeout)
-    results = pkgtest.test_all(app.store, request, loaded, app.image_for, jobs, fail_fast, MatrixView(app.quiet))
+    results = pkgtest.run_all(app.store, request, loaded, app.image_for, jobs, fail_fast, MatrixView(app.quiet))
     stopped = any(r.status == "cancelled" for r in results)
     return _report(results, stopped, fail_fast, junit_path, as_json, "package test")
