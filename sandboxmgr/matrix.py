@@ -80,10 +80,10 @@ class ProjectJob:
         entry, project = self.entry, self.project
         image = images.ensure_image(self.store, entry.profile, lambda _m: None)
         name = f"matrix-{project.slug}-{entry.name}-{self.run_id}"[:120].rstrip(".-")
-        self.result.sandbox = name
         options = config.options(env=dict(project.env), workdir=project.workdir,
                                  binds=(BindMount(project.root, project.workdir, copy_on_write=True),))
         record = create_sandbox(self.store, name, image, entry.profile, options)
+        self.result.sandbox = name
         assert self.result.log is not None
         return spawn(self.store, record, self.result.log, self.command)
 
