@@ -29,19 +29,20 @@ import json
 import os
 import re
 import secrets
-import signal
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sandboxmgr import live
-from sandboxmgr.errors import BuildError, SandboxError, warn
+from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.pkgsource import BUILD_USER, Source, build_deps_step, unsatisfiable
 from sandboxmgr.profile import Profile
+from sandboxmgr.runner import TimedOut, View, fork_job, read_report, run_jobs, run_step, tail
 from sandboxmgr.store import ImageRecord, SandboxRecord, Store
 
 # What dpkg-buildpackage leaves beside the tree (dpkg-genchanges' files).
@@ -49,6 +50,7 @@ PRODUCT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.~_-]*\."
                         r"(deb|udeb|ddeb|changes|buildinfo|dsc|tar\.[a-z0-9]+|diff\.gz)\Z")
 BUILD_TYPES = {"binary": "-b", "any": "-B", "all": "-A", "source": "-S", "full": ""}
 STAGES = ("source", "build-deps", "build", "tests", "results", "timeout")
+SOURCE_TREE = "source-tree.tar.gz"  # the unpacked source, for package test's autopkgtest tests
 TOOLCHAIN = ("dpkg-dev", "gcc", "binutils", "libc6-dev", "make", "debhelper")
 
 
@@ -56,19 +58,45 @@ TOOLCHAIN = ("dpkg-dev", "gcc", "binutils", "libc6-dev", "make", "debhelper")
 class PackageResult:
     name: str  # the profile, as given
     profile: str
-    status: str = "pending"  # pending, passed, failed
-    stage: str | None = None  # the stage that failed (STAGES)
+    status: str = "pending"  # pending, running, passed, failed, cancelled
+    stage: str | None = None  # the stage that failed (STAGES, pkgtest.STAGES)
     reason: str = ""
-    packages: list[str] = field(default_factory=list)  # blocking build dependencies (build-deps)
+    packages: list[str] = field(default_factory=list)  # what apt could not install (build-deps, install)
     results: str | None = None
     log: str | None = None
     duration: float | None = None
     sandbox: str | None = None  # kept with --keep-failed
+    leftovers: list[str] = field(default_factory=list)  # package test: files no package owns after the purge
+    started: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "profile": self.profile, "status": self.status, "stage": self.stage,
                 "reason": self.reason, "packages": self.packages, "results": self.results, "log": self.log,
-                "duration": None if self.duration is None else round(self.duration, 2), "sandbox": self.sandbox}
+                "duration": None if self.duration is None else round(self.duration, 2), "sandbox": self.sandbox,
+                "leftovers": self.leftovers}
+
+    @property
+    def shown(self) -> str:
+        return f"at {self.stage}" if self.stage else ""
+
+    @property
+    def failure(self) -> tuple[str, str]:
+        return self.stage or "error", self.reason
+
+    @property
+    def log_path(self) -> Path | None:
+        return Path(self.log) if self.log else None
+
+    def finished(self, report: dict[str, Any] | None, code: int, stopped: bool) -> None:
+        """The outcome its worker reported (runner.fork_job), or why there is none."""
+        if report is None:
+            self.status = "cancelled" if stopped else "failed"
+            if not stopped:
+                self.reason = f"its worker ended with status {code} before reporting (see the messages above)"
+            return
+        for key in ("stage", "reason", "packages", "leftovers", "sandbox"):
+            setattr(self, key, report[key])
+        self.status = "failed" if self.stage else "passed"
 
 
 @dataclass(frozen=True)
@@ -93,9 +121,11 @@ def with_build_deps(profile: Profile, source: Source) -> Profile:
 
 
 def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Profile]],
-              image_for: Callable[[Profile], ImageRecord],
-              view: Callable[[PackageResult], None]) -> list[PackageResult]:
-    """Build for each (name, profile), one after another; ``view`` hears of each result."""
+              image_for: Callable[[Profile], ImageRecord], parallel: int, fail_fast: bool,
+              view: View) -> list[PackageResult]:
+    """Build for each (name, profile): the build-deps layers first, one after another (each
+    with its progress), then the builds, ``parallel`` at once (runner.run_jobs); ``view``
+    is the live view of them all."""
     family = request.source.family
     for name, profile in profiles:  # all of them before anything is built
         if profile.family != family:
@@ -105,40 +135,78 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
         from sandboxmgr.rpmpackage import check_request
 
         check_request(request)
-    results = []
-    for name, profile in profiles:
-        result = PackageResult(name, profile.name)
+    results = [PackageResult(name, profile.name) for name, profile in profiles]
+    work = []
+    for (_, profile), result in zip(profiles, results, strict=True):
+        if fail_fast and any(r.status == "failed" for r in results):
+            result.status = "cancelled"
+            continue
         started = time.monotonic()
-        try:
-            build_one(store, request, profile, image_for, result)
-        finally:
-            result.duration = time.monotonic() - started
-        result.status = "failed" if result.stage else "passed"
-        view(result)
-        results.append(result)
+        image = _build_deps(request, profile, image_for, result)
+        if image is None:
+            result.duration, result.status = time.monotonic() - started, "failed"
+            continue
+        report = _results_dir(request, profile) / ".outcome.json"
+        work.append(PackageJob(result, report, partial(build_one, store, request, profile, image, result)))
+    if fail_fast and any(r.status == "failed" for r in results):
+        for job in work:  # their build-deps were ready before another's failed
+            job.result.status = "cancelled"
+        work = []
+    run_jobs(work, parallel, fail_fast, lambda _rows: view(results))
     return results
 
 
-def build_one(store: Store, request: BuildRequest, profile: Profile, image_for: Callable[[Profile], ImageRecord],
-              result: PackageResult) -> None:
-    """One profile's build, its outcome in ``result``."""
-    from sandboxmgr import config
-    from sandboxmgr.resolve import create_sandbox
-
-    source = request.source
-    out = request.results / profile.name  # a checked name, whatever spelling -p used (an alias, a path)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "build.log"
-    result.results, result.log = str(out), str(log)
-    deps = with_build_deps(profile, source)
+def _build_deps(request: BuildRequest, profile: Profile, image_for: Callable[[Profile], ImageRecord],
+                result: PackageResult) -> ImageRecord | None:
+    """The image with ``request``'s build dependencies (stage build-deps), or None if they fail."""
+    out = _results_dir(request, profile)
+    result.results, result.log = str(out), str(out / "build.log")
     try:
-        image = image_for(deps)
+        return image_for(with_build_deps(profile, request.source))
     except BuildError as failure:
         _failed(result, "build-deps", failure.message)
         text = tail(Path(failure.log), 400) if failure.log else failure.message
         result.packages = unsatisfiable(text)
-        log.write_text(text + "\n")
-        return
+        (out / "build.log").write_text(text + "\n")
+        return None
+
+
+def _results_dir(request: BuildRequest, profile: Profile) -> Path:
+    out = request.results / profile.name  # a checked name, whatever spelling -p used (an alias, a path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class PackageJob:
+    """One profile's work in a worker (runner.fork_job): ``work`` fills ``result``, which the
+    worker reports to ``report``."""
+
+    def __init__(self, result: PackageResult, report: Path, work: Callable[[], None]) -> None:
+        self.result, self.report, self.work = result, report, work
+
+    def start(self) -> int:
+        def body() -> dict[str, Any]:
+            self.work()
+            return self.result.to_json()
+
+        return fork_job(body, self.report)
+
+    def finish(self, status: int, stopped: bool) -> None:
+        from sandboxmgr.pid1 import exit_status
+
+        self.result.finished(read_report(self.report), exit_status(status), stopped)
+
+
+def build_one(store: Store, request: BuildRequest, profile: Profile, image: ImageRecord,
+              result: PackageResult) -> None:
+    """One profile's build over its build-deps ``image``, its outcome in ``result``."""
+    from sandboxmgr import config
+    from sandboxmgr.resolve import create_sandbox
+
+    source = request.source
+    out = Path(str(result.results))
+    log = Path(str(result.log))
+    deps = with_build_deps(profile, source)
     plain = re.sub(r"[^a-z0-9._-]+", "-", source.name.lower())  # an RPM's Name may be PyYAML or gtk+
     name = f"pkg-{plain}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
     mount = source.path if source.path.is_dir() else source.path.parent
@@ -185,6 +253,10 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
     if not unpacked:
         _failed(result, "source", f"unpacking {source.path.name} failed: {tail(log, 1)}")
         return True
+    # The package's own tests (debian/tests/control) run from its source tree: `package test`
+    # takes it from the results, as the build user had it before the build.
+    run_step(store, record, log, ("/bin/sh", "-c", f"cd /build && if [ -f {tree}/debian/tests/control ]; then "
+                                  f"tar -czf {SOURCE_TREE} {source.tree_name}; fi"), BUILD_USER, append=True)
     option = BUILD_TYPES[request.build_type]
     build = f"cd {tree} && exec dpkg-buildpackage -us -uc {option}".rstrip()
     try:
@@ -200,44 +272,6 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
         _failed(result, stage, f"dpkg-buildpackage exited with status {status}: {tail(log, 1)}")
         return True
     return False
-
-
-class TimedOut(Exception):
-    """The build step ran longer than --timeout; its worker (and so its sandbox) was killed."""
-
-
-def run_step(store: Store, record: SandboxRecord, log: Path, command: tuple[str, ...], user: str | None,
-             append: bool, timeout: float | None = None) -> int:
-    """``command`` in the sandbox by a worker (matrix.spawn); its exit status. The worker is
-    killed on a timeout (TimedOut) and on anything else that ends the wait (Ctrl-C), and its
-    sandbox stopped at once (the command runs on in it otherwise)."""
-    import select
-
-    from sandboxmgr.matrix import spawn
-    from sandboxmgr.pid1 import exit_status
-
-    pid = spawn(store, record, log, command, user=user, append=append)
-    try:
-        handle = os.pidfd_open(pid)
-        try:
-            if not select.select([handle], [], [], timeout)[0]:
-                raise TimedOut
-        finally:
-            os.close(handle)
-        _, status = os.waitpid(pid, 0)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        _until_stopped(store, record)
-        raise
-    return exit_status(status)
-
-
-def _until_stopped(store: Store, record: SandboxRecord) -> None:
-    """Stop the sandbox of a killed worker at once (its command is still running in it)."""
-    live.stop(store, record, 0)
 
 
 def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:
@@ -314,14 +348,3 @@ def _record_info(store: Store, record: SandboxRecord, image: ImageRecord, out: P
 
 def _failed(result: PackageResult, stage: str, reason: str) -> None:
     result.stage, result.reason = stage, reason
-
-
-def tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, path.stat().st_size - 200 * lines))
-            text = handle.read().decode(errors="replace")
-    except OSError as exc:
-        warn(f"cannot read {path}: {exc.strerror}")
-        return ""
-    return "\n".join(text.splitlines()[-lines:])

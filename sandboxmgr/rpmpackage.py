@@ -27,9 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.package import BuildRequest, PackageResult, TimedOut, copy_out, run_step, tail
+from sandboxmgr.package import BuildRequest, PackageResult, copy_out
 from sandboxmgr.pkgsource import BUILD_USER, Source
 from sandboxmgr.profile import Profile
+from sandboxmgr.runner import TimedOut, run_step, tail
 from sandboxmgr.store import ImageRecord, SandboxRecord, Store
 
 PRODUCT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+~^-]*\.rpm\Z")

@@ -73,8 +73,8 @@ def _columns() -> int:
 
 
 class MatrixView:
-    """One line per profile with its state and elapsed time on a terminal; a plain,
-    prefixed line per state change otherwise."""
+    """The live view of matrix and package jobs (runner.Outcome): one line per profile with
+    its state and elapsed time on a terminal; a plain, prefixed line per state change otherwise."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -92,14 +92,15 @@ class MatrixView:
             for r in results:
                 if self.reported.get(r.name) != r.status and r.status != "pending":
                     self.reported[r.name] = r.status
-                    extra = f" in {r.duration:.1f}s (exit {r.exit_code})" if r.duration is not None else ""
+                    shown = f" ({r.shown})" if r.shown else ""
+                    extra = f" in {r.duration:.1f}s{shown}" if r.duration is not None else ""
                     click.echo(f"[{r.name}] {r.status}{extra}", err=True)
             return
         lines = []
         for r in results:
             elapsed = r.duration if r.duration is not None else (now - r.started if r.started else 0.0)
-            code = f" exit {r.exit_code}" if r.exit_code is not None else ""
-            lines.append(f"  {r.name:<28} {r.status:<10} {elapsed:7.1f}s{code}")
+            shown = f" {r.shown}" if r.shown else ""
+            lines.append(f"  {r.name:<28} {r.status:<10} {elapsed:7.1f}s{shown}")
         if self.drawn:
             sys.stderr.write(f"\x1b[{self.drawn}F")
         sys.stderr.write("".join(f"\x1b[2K{line}\n" for line in lines))
@@ -209,7 +210,7 @@ def package_table(results: list[PackageResult]) -> None:
     """A package build's results, then why each failed build failed and where a kept one is."""
     print_table(["PROFILE", "RESULT", "STAGE", "TIME", "RESULTS"],
                 [[r.name, r.status, r.stage or "-", "-" if r.duration is None else f"{r.duration:.1f}s",
-                  str(r.results)] for r in results])
+                  r.results or "-"] for r in results])
     for r in results:
         if r.stage:
             click.echo(f"{r.name}: {r.stage}: {r.reason}" + (f" (blocking: {', '.join(r.packages)})"

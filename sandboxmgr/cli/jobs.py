@@ -1,10 +1,11 @@
-"""Verbs of jobs: matrix (a project across profiles), trust, doctor."""
+"""Verbs of jobs: matrix (a project across profiles), trust, doctor, package build and test."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,7 +15,8 @@ from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.ui import MatrixView, print_json
 
 if TYPE_CHECKING:
-    pass
+    from sandboxmgr.package import PackageResult
+    from sandboxmgr.profile import Profile
 
 
 # --- doctor ------------------------------------------------------------------------------------
@@ -135,7 +137,47 @@ def trust_(app: App, project_dir: str, revoke: bool) -> None:
 
 @click.group()
 def package() -> None:
-    """Build packages from source in clean sandboxes."""
+    """Build packages from source, and test them, in clean sandboxes."""
+
+
+def job_options(verb: Callable[..., Any]) -> Callable[..., Any]:
+    """The options package build and test share with matrix: -j, --fail-fast, --keep-failed,
+    --timeout, --junit, --json."""
+    for option in reversed((
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="CPUs",
+                     help="How many profiles run at once."),
+        click.option("--fail-fast", is_flag=True, help="Stop at the first failure; the rest are cancelled."),
+        click.option("--keep-failed", is_flag=True, help="Keep each failed profile's sandbox to step into it."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                     help="Kill a step that runs longer (stage: timeout)."),
+        click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write JUnit XML here (a failure's type is its stage)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table."),
+    )):
+        verb = option(verb)
+    return verb
+
+
+def _report(results: list[PackageResult], stopped: bool, fail_fast: bool, junit_path: Path | None,
+            as_json: bool, suite: str) -> int:
+    """The table or JSON, the JUnit file; the exit status (0, 1, or 130 when interrupted)."""
+    from sandboxmgr.runner import junit
+
+    if junit_path:
+        junit_path.write_text(junit(results, f"sandboxmgr {suite}", suite.replace(" ", "."),
+                                    lambda r: f"results: {r.results}\nlog: {r.log}\n", cause="stage"))
+    if as_json:
+        print_json([r.to_json() for r in results])
+    else:
+        ui.package_table(results)
+    if stopped and not fail_fast:
+        return 130
+    return 0 if all(r.status == "passed" for r in results) else 1
+
+
+def _profiles(app: App, names: tuple[str, ...]) -> list[tuple[str, Profile]]:
+    """One entry per profile, however many spellings name it (an alias, a path)."""
+    return list({profile.name: (name, profile) for name in names for profile in [app.registry.load(name)]}.values())
 
 
 @package.command(name="build")
@@ -149,18 +191,16 @@ def package() -> None:
               help="dpkg-buildpackage's -b, -B, -A, -S, or everything (rpmbuild: -bs for source, else -ba).")
 @click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
               help="The build's network once its dependencies are installed (none: as sbuild and mock).")
-@click.option("--keep-failed", is_flag=True, help="Keep each failed build's sandbox to step into it.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Kill a build that runs longer (stage: timeout).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@job_options
 @pass_app
 def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir: Path, build_type: str,
-                  network: str, keep_failed: bool, timeout: float | None, as_json: bool) -> int:
+                  network: str, jobs: int, fail_fast: bool, keep_failed: bool, timeout: float | None,
+                  junit_path: Path | None, as_json: bool) -> int:
     """Build SOURCE in a fresh sandbox of each profile: a Debian source tree or a .dsc, or a
     .src.rpm, a .spec with its sources beside it, or a directory holding one .spec.
 
     Exit status 0 if every build made its packages, 1 if any failed (the JSON's `stage` says
-    where: source, build-deps, build, tests, results).
+    where: source, build-deps, build, tests, results, timeout), 130 when interrupted.
     """
     from sandboxmgr import package as package_
     from sandboxmgr.pkgsource import read_source
@@ -168,18 +208,49 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
     require_root(app, "package build")
     request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed,
                                     timeout)
-    # One build per profile, however many spellings name it (an alias, a path).
-    loaded = list({profile.name: (name, profile) for name in profiles
-                   for profile in [app.registry.load(name)]}.values())
+    view = MatrixView(app.quiet)
+    results = package_.build_all(app.store, request, _profiles(app, profiles), app.image_for, jobs, fail_fast, view)
+    stopped = any(r.status == "cancelled" for r in results)
+    return _report(results, stopped, fail_fast, junit_path, as_json, "package build")
 
-    def view(result: package_.PackageResult) -> None:
-        if not app.quiet and not as_json:
-            click.echo(f"{result.name}: {result.status}" + (f" at {result.stage}: {result.reason}"
-                                                             if result.stage else f", in {result.results}"), err=True)
 
-    results = package_.build_all(app.store, request, loaded, app.image_for, view)
-    if as_json:
-        print_json([r.to_json() for r in results])
-    else:
-        ui.package_table(results)
-    return 0 if all(r.status == "passed" for r in results) else 1
+@package.command(name="test")
+@click.argument("packages", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-p", "--profile", "profiles", multiple=True, required=True, shell_complete=complete_profiles,
+              help="A profile to test in (repeat for several).")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Test the .deb files of package build's results (DIR/PROFILE/, or one profile's directory).")
+@click.option("--check", "checks", multiple=True, metavar="CMD",
+              help="A shell command that must succeed once the packages are installed (as root); repeatable.")
+@job_options
+@pass_app
+def package_test(app: App, packages: tuple[Path, ...], profiles: tuple[str, ...], results_dir: Path | None,
+                 checks: tuple[str, ...], jobs: int, fail_fast: bool, keep_failed: bool, timeout: float | None,
+                 junit_path: Path | None, as_json: bool) -> int:
+    """Install PACKAGES (.deb files) in a fresh sandbox of each profile, run the checks, remove
+    and purge them, and report the files left behind.
+
+    The checks: each --check CMD, and the package's autopkgtest tests (debian/tests/control)
+    when its source is known (package build's results). Exit status 0 if every profile
+    passed, 1 if any failed (the JSON's `stage` says where: install, tests, remove, purge,
+    leftovers, timeout), 130 when interrupted.
+    """
+    import time
+
+    from sandboxmgr import pkgtest
+
+    require_root(app, "package test")
+    for path in packages:
+        if path.suffix != ".deb":
+            raise SandboxError(f"{path}: " + ("testing RPM packages is not supported yet" if path.suffix == ".rpm"
+                                              else "not a .deb file"),
+                               hint="give .deb files, or --results DIR of package build")
+    if not packages and results_dir is None:
+        raise SandboxError("no packages to test", hint="give .deb files, or --results DIR of package build")
+    loaded = [(name, profile, pkgtest.packages_for(profile.name, list(packages), results_dir))
+              for name, profile in _profiles(app, profiles)]
+    logs = app.store.logs_dir / "package-test" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
+    request = pkgtest.TestRequest(checks, logs, keep_failed, timeout)
+    results = pkgtest.run_all(app.store, request, loaded, app.image_for, jobs, fail_fast, MatrixView(app.quiet))
+    stopped = any(r.status == "cancelled" for r in results)
+    return _report(results, stopped, fail_fast, junit_path, as_json, "package test")

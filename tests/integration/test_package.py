@@ -23,7 +23,7 @@ Standards-Version: 4.6.2
 
 Package: {name}
 Architecture: any
-Depends: ${{shlibs:Depends}}, ${{misc:Depends}}
+Depends: ${{shlibs:Depends}}, ${{misc:Depends}}{depends}
 Description: a test package of sandboxmgr's
  It prints hello.
 """
@@ -44,6 +44,7 @@ binary binary-arch binary-indep: build
 \tmkdir -p debian/tmp/DEBIAN debian/tmp/usr/bin
 \tcp {name} debian/tmp/usr/bin/
 \tdpkg-gencontrol -p{name} -Pdebian/tmp
+\t! test -f debian/postinst || install -m 755 debian/postinst debian/tmp/DEBIAN/
 \t{binary}
 clean:
 \trm -rf {name} debian/tmp
@@ -53,15 +54,23 @@ check:
 
 
 def source(root: Path, name: str, deps: str = "make", build: str = "true",
-           binary: str = "dpkg-deb --build debian/tmp ..", version: str = "1.0-1") -> Path:
+           binary: str = "dpkg-deb --build debian/tmp ..", version: str = "1.0-1", depends: str = "",
+           files: dict[str, str] | None = None) -> Path:
+    """A source tree; ``files`` adds files below debian/ (``tests/control``, ``postinst``), and
+    ``depends`` to the binary package's Depends."""
     tree = root / name
     (tree / "debian" / "source").mkdir(parents=True)
-    (tree / "debian" / "control").write_text(CONTROL.format(name=name, deps=deps))
+    (tree / "debian" / "control").write_text(CONTROL.format(name=name, deps=deps, depends=depends))
     (tree / "debian" / "changelog").write_text(CHANGELOG.format(name=name, version=version))
     (tree / "debian" / "source" / "format").write_text("3.0 (native)\n")
     rules = tree / "debian" / "rules"
     rules.write_text(RULES.format(name=name, build=build, binary=binary))
     rules.chmod(0o755)
+    for path, text in (files or {}).items():
+        (tree / "debian" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / "debian" / path).write_text(text)
+        if not path.endswith("control"):
+            (tree / "debian" / path).chmod(0o755)
     (tree / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello, world"); return 0; }\n')
     return tree
 

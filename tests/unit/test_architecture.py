@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 # Top to bottom; a module may import its own layer and the ones below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
-    "jobs": ("matrix", "project", "trust", "doctor", "package", "pkgsource", "rpmsource",
-             "rpmpackage"),
+    "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol",
+             "rpmsource", "rpmpackage"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "live", "monitor", "join", "enter", "pid1", "execute", "mounts", "mountexec",

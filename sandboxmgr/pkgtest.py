@@ -1,0 +1,254 @@
+"""``sandboxmgr package test``: does a package install, work, and go away cleanly on each distro?
+
+For each profile, in a fresh sandbox of its image (with the network: the archive is needed),
+as piuparts and autopkgtest do it:
+
+1. the files of the sandbox are listed (``find``), and the test user is made;
+2. **install** - ``apt-get install`` of the ``.deb`` files, their dependencies resolved from
+   that distro's archive;
+3. **tests** - each ``--check`` command (as root), then the package's own autopkgtest tests
+   when its source is known (``source-tree.tar.gz`` beside the packages, as ``package build``
+   leaves it): unpacked by the test user, each test run from the tree (as that user, or as
+   root with ``needs-root``), after its own Depends are installed;
+4. **remove** (``apt-get remove``), then **purge** (``dpkg --purge``, and ``apt-get autoremove
+   --purge`` for the dependencies that came with the packages);
+5. **leftovers** - the files listed now that were not before and that no package owns.
+
+The report is ``package build``'s (package.PackageResult), the stage one of STAGES.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from sandboxmgr import live
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.mounts import BindMount
+from sandboxmgr.package import SOURCE_TREE, PackageJob, PackageResult
+from sandboxmgr.pkgsource import unsatisfiable
+from sandboxmgr.profile import Profile
+from sandboxmgr.runner import TimedOut, View, run_jobs, run_step, tail
+from sandboxmgr.store import ImageRecord, SandboxRecord, Store
+from sandboxmgr.testcontrol import TestCase, read_tests
+
+STAGES = ("install", "tests", "remove", "purge", "leftovers", "timeout")
+TEST_USER = "sandboxmgr-test"
+MOUNT = "/packages"
+# The lists and the tests' tree: not in /tmp, a tmpfs of each step's own, but left out of the lists.
+WORK = "/var/lib/sandboxmgr-test"
+# What the file lists leave out, as piuparts ignores them: mounts, temporary and volatile files,
+# the package managers' own state and caches, logs, the homes the tests run in.
+IGNORED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", MOUNT, "/var/cache", "/var/lib/apt",
+           "/var/lib/dpkg", "/var/log", "/var/lib/systemd", "/var/lib/ucf", "/etc/ld.so.cache", "/root",
+           f"/home/{TEST_USER}", WORK)
+_LEFTOVERS_SHOWN = 100
+
+
+@dataclass(frozen=True)
+class TestRequest:
+    checks: tuple[str, ...]  # --check commands
+    logs: Path
+    keep_failed: bool = False
+    timeout: float | None = None  # seconds each step may take
+
+
+@dataclass(frozen=True)
+class Packages:
+    """What one profile tests: the .deb files, the source tree if known, where they came from."""
+    debs: tuple[Path, ...]
+    source_tree: Path | None
+    origin: Path | None
+
+
+def packages_for(profile: str, debs: list[Path], results: Path | None) -> Packages:
+    """The packages to test in ``profile``: ``debs``, and those of ``results`` (a directory of
+    ``package build --results``: its ``PROFILE/`` subdirectory, else the directory itself)."""
+    found = [deb.resolve() for deb in debs]
+    origin = None
+    if results is not None:
+        origin = results / profile if (results / profile).is_dir() else results
+        listed = sorted(p for p in origin.glob("*.deb") if p.is_file() and not p.is_symlink())
+        if not listed:
+            raise SandboxError(f"{origin} holds no .deb file for {profile}",
+                               hint=f"give the results of package build (DIR, with {profile}/ in it, "
+                                    "or one profile's directory)")
+        found += [p.resolve() for p in listed]
+    places = [origin] if origin else [deb.parent for deb in found]
+    tree = next((place / SOURCE_TREE for place in places if (place / SOURCE_TREE).is_file()), None)
+    return Packages(tuple(dict.fromkeys(found)), tree, origin)
+
+
+def run_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profile, Packages]],
+             image_for: Callable[[Profile], ImageRecord], parallel: int, fail_fast: bool,
+             view: View) -> list[PackageResult]:
+    """Test for each (name, profile, packages): the images first, then the tests, ``parallel``
+    at once (runner.run_jobs)."""
+    for name, profile, _ in profiles:
+        if profile.family != "debian":
+            raise SandboxError(f"{name} is a {profile.family} profile: testing its packages is not supported yet",
+                               hint="give -p profiles of the debian family (Debian, Ubuntu) and .deb files")
+    request.logs.mkdir(parents=True, exist_ok=True)
+    results = [PackageResult(name, profile.name, results=str(packages.origin) if packages.origin else None,
+                             log=str(request.logs / f"{profile.name}.log")) for name, profile, packages in profiles]
+    work = []
+    with store.temporary("package-test") as shown:
+        for (_, profile, packages), result in zip(profiles, results, strict=True):
+            image = image_for(profile)
+            place = shown / profile.name
+            place.mkdir(mode=0o755)
+            place.chmod(0o755)
+            for path in (*packages.debs, *([packages.source_tree] if packages.source_tree else [])):
+                shutil.copyfile(path, place / path.name, follow_symlinks=False)
+                (place / path.name).chmod(0o644)
+            tests = read_tests(packages.source_tree) if packages.source_tree else []
+            job = partial(run_one, store, request, profile, image, place, tests, result)
+            work.append(PackageJob(result, request.logs / f".{profile.name}.outcome.json", job))
+        run_jobs(work, parallel, fail_fast, lambda _rows: view(results))
+    return results
+
+
+def run_one(store: Store, request: TestRequest, profile: Profile, image: ImageRecord, place: Path,
+             tests: list[TestCase], result: PackageResult) -> None:
+    """One profile's test, its outcome in ``result``."""
+    from sandboxmgr import config
+    from sandboxmgr.resolve import create_sandbox
+
+    name = f"pkgtest-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
+    options = config.options(network="host", env={"DEBIAN_FRONTEND": "noninteractive"},
+                             binds=(BindMount(place, MOUNT, readonly=True),))
+    record = create_sandbox(store, name, image, profile, options)
+    keep = False
+    try:
+        steps = _Steps(store, record, Path(str(result.log)), request.timeout, result)
+        try:
+            debs = sorted(path.name for path in place.glob("*.deb"))
+            steps.run(debs, request.checks, tests, (place / SOURCE_TREE).is_file())
+        except TimedOut:
+            steps.failed("timeout", f"a step ran longer than {request.timeout:g} s and was killed")
+        keep = bool(result.stage) and request.keep_failed
+    finally:
+        if keep:
+            result.sandbox = record.name
+        else:
+            live.remove(store, record, force=True)
+
+
+class _Steps:
+    """The steps in one sandbox; the first failure is the result's stage."""
+
+    def __init__(self, store: Store, record: SandboxRecord, log: Path, timeout: float | None,
+                 result: PackageResult) -> None:
+        self.store, self.record, self.log, self.timeout, self.result = store, record, log, timeout, result
+        self.log.write_bytes(b"")
+
+    def sh(self, script: str, *args: str, user: str | None = None, log: Path | None = None) -> int:
+        command = ("/bin/sh", "-c", script, "sh", *args)
+        return run_step(self.store, self.record, log or self.log, command, user, append=log is None,
+                        timeout=self.timeout)
+
+    def failed(self, stage: str, reason: str) -> None:
+        self.result.stage, self.result.reason = stage, reason
+
+    def run(self, debs: list[str], checks: tuple[str, ...], tests: list[TestCase], tree: bool) -> None:
+        prune = " -o ".join(f"-path {path}" for path in IGNORED)
+        listing = f"find / \\( {prune} \\) -prune -o -print | LC_ALL=C sort"
+        if self.sh(f"set -e; id -u {TEST_USER} >/dev/null 2>&1 || useradd --create-home --shell /bin/sh {TEST_USER}; "
+                   f"mkdir -p {WORK}; chown {TEST_USER}: {WORK}; {listing} > {WORK}/before") != 0:
+            self.failed("install", f"the sandbox could not be prepared: {tail(self.log, 1)}")
+            return
+        if self.sh("echo '# install'; exec apt-get install -y -q --no-install-recommends \"$@\"",
+                   *(f"{MOUNT}/{deb}" for deb in debs)) != 0:
+            self.failed("install", f"apt-get install failed: {tail(self.log, 1)}")
+            self.result.packages = unsatisfiable(tail(self.log, 200))
+            return
+        if not self._checks(checks) or (tree and not self._tests(tests)):
+            return
+        names = "$(for deb in " + MOUNT + "/*.deb; do dpkg-deb -f \"$deb\" Package; done)"
+        for stage, command in (("remove", f"apt-get remove -y -q {names}"),
+                               ("purge", f"dpkg --purge {names} && apt-get autoremove --purge -y -q")):
+            if self.sh(f"echo '# {stage}'; {command}") != 0:
+                self.failed(stage, f"{stage} failed: {tail(self.log, 1)}")
+                return
+        self._leftovers(listing)
+
+    def _checks(self, checks: tuple[str, ...]) -> bool:
+        for check in checks:
+            status = self.sh("echo \"# check: $1\"; cd / && exec /bin/sh -c \"$1\"", check)
+            if status != 0:
+                self.failed("tests", f"--check {shlex.quote(check)} exited with status {status}")
+                return False
+        return True
+
+    def _tests(self, tests: list[TestCase]) -> bool:
+        if self.sh(f"set -e; mkdir -p {WORK}/tree; tar -xzf {MOUNT}/{SOURCE_TREE} -C {WORK}/tree "
+                   "--strip-components=1 --no-same-owner", user=TEST_USER) != 0:
+            self.failed("tests", f"the source tree could not be unpacked: {tail(self.log, 1)}")
+            return False
+        for test in tests:
+            if test.skip:
+                self.sh("echo \"# autopkgtest $1: SKIP ($2)\"", test.name, test.skip)
+                continue
+            if test.depends and self.sh("echo \"# autopkgtest $1: installing its Depends\"; shift; "
+                                        "exec apt-get install -y -q --no-install-recommends \"$@\"",
+                                        test.name, *test.depends) != 0:
+                self.failed("install", f"the Depends of test {test.name} cannot be installed: {tail(self.log, 1)}")
+                self.result.packages = unsatisfiable(tail(self.log, 200))
+                return False
+            status = self.sh(_RUN_TEST, test.name, "allow-stderr" if "allow-stderr" in test.restrictions else "",
+                             "script" if test.script else "command", test.script or test.command or "",
+                             user=None if "needs-root" in test.restrictions else TEST_USER)
+            verdict = "PASS" if status == 0 else "SKIP" if status == 77 and "skippable" in test.restrictions \
+                else "FLAKY" if "flaky" in test.restrictions else "FAIL"
+            self.sh("echo \"# autopkgtest $1: $2\"", test.name, verdict)
+            if verdict == "FAIL":
+                self.failed("tests", f"autopkgtest {test.name} failed (exit status {status}): {tail(self.log, 2)}")
+                return False
+        return True
+
+    def _leftovers(self, listing: str) -> None:
+        found = self.log.with_name(f".{self.log.stem}.leftovers")
+        status = self.sh(f"{listing} > {WORK}/after && cat /var/lib/dpkg/info/*.list | LC_ALL=C sort -u > "
+                         f"{WORK}/owned && LC_ALL=C comm -13 {WORK}/before {WORK}/after | LC_ALL=C comm -23 - "
+                         f"{WORK}/owned", log=found)
+        lines = tail(found, 10_000).splitlines()
+        found.unlink(missing_ok=True)
+        if status != 0:
+            self.failed("leftovers", "the files could not be listed")
+            return
+        left = [line for line in lines if line.startswith("/") and line.isprintable()]
+        self.result.leftovers = left[:_LEFTOVERS_SHOWN]
+        if left:
+            more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+            self.failed("leftovers", f"the purge left files no package owns: {', '.join(left[:3])}{more}")
+        with self.log.open("a") as log:
+            log.write("# leftovers: " + (" ".join(left) if left else "none") + "\n")
+
+
+# One autopkgtest test: $1 its name, $2 "allow-stderr" or "", $3 "script" or "command", $4 the
+# script's path in the tree or the command. Output on stderr fails it, unless allowed.
+_RUN_TEST = f"""\
+echo "# autopkgtest $1"
+tmp=$(mktemp -d)
+export AUTOPKGTEST_TMP="$tmp" ADTTMP="$tmp" AUTOPKGTEST_ARTIFACTS="$tmp/artifacts" ADT_ARTIFACTS="$tmp/artifacts"
+mkdir -p "$tmp/artifacts"
+cd {WORK}/tree || exit 125
+if [ "$3" = script ]; then
+    [ -x "$4" ] || chmod +x "$4" 2>/dev/null
+    "./$4" 2>"$tmp/stderr"
+else
+    /bin/sh -c "$4" 2>"$tmp/stderr"
+fi
+status=$?
+cat "$tmp/stderr" >&2
+if [ "$status" = 0 ] && [ -s "$tmp/stderr" ] && [ -z "$2" ]; then
+    echo "sandboxmgr: test $1 wrote to stderr (and has no allow-stderr restriction)" >&2
+    status=1
+fi
+exit "$status"
+"""
