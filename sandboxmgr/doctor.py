@@ -43,6 +43,7 @@ from sandboxmgr.errors import NotRootError, SandboxError, counted
 from sandboxmgr.locations import tighten_dir
 from sandboxmgr.locks import is_locked, lock_files
 from sandboxmgr.store import Store
+from sandboxmgr.userns import entered
 
 
 @dataclass
@@ -143,6 +144,13 @@ def _kill(pid: int) -> Callable[[], None]:
     return kill
 
 
+def _ours(status: dict[str, str]) -> bool:
+    """Whether the process is this user's: for an ordinary user (in its user namespace, see
+    userns.py), an init of its sandboxes is uid 0 there; root's and other users' are not
+    mapped (the overflow id) and are none of its business."""
+    return not entered() or status.get("Uid", "").split()[:1] == ["0"]
+
+
 def _orphaned_inits() -> list[Finding]:
     """Sandbox inits whose manager died: PDEATHSIG makes this (nearly) impossible,
     so one found here is worth a look."""
@@ -155,7 +163,7 @@ def _orphaned_inits() -> list[Finding]:
         if comm != INIT_NAME:
             continue
         status = _status(pid)
-        if not status or _dying(status):
+        if not status or _dying(status) or not _ours(status):
             continue
         parent = int(status.get("PPid", "0") or 0)
         if parent > 1 and _is_manager(parent):

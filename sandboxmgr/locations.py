@@ -42,6 +42,12 @@ def default_store() -> Path:
     env = os.environ.get("SANDBOXMGR_STORE")
     if env:
         return Path(env)
+    from sandboxmgr import userns
+
+    if userns.rootless():
+        # An ordinary user's store is its own, never the checkout's or root's (see userns.py).
+        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data_home) / "sandboxmgr"
     top = checkout_root()
     if top is not None:
         return top / "sandboxes"
