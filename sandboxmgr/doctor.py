@@ -72,6 +72,15 @@ def examine(store: Store) -> list[Finding]:
     return findings
 
 
+def rootless_findings() -> list[Finding]:
+    """For an ordinary user: what keeps it from rootless mode (userns.problems), as findings of
+    kind ``rootless``, each with its fix; before anything else, as the store is reached only
+    from the user's namespace."""
+    from sandboxmgr.userns import problems
+
+    return [Finding("rootless", what, f"{line}; fix: {fix}") for what, line, fix in problems()]
+
+
 def repair(store: Store, findings: list[Finding]) -> None:
     """Clean up what :func:`examine` found; each finding records whether it worked."""
     killed = False

@@ -98,13 +98,14 @@ def _find(program: str) -> str | None:
     return None
 
 
-def restriction() -> tuple[str, str] | None:
-    """Why this host refuses an ordinary user's user namespaces, with the fix; or None."""
+def restriction() -> tuple[str, str, str] | None:
+    """Why this host refuses an ordinary user's user namespaces (what, line, fix); or None."""
     if _read_int(MAX_USER_NAMESPACES) == 0:
-        return ("user namespaces are turned off on this host (user.max_user_namespaces=0)",
+        return ("user.max_user_namespaces", "user namespaces are turned off on this host (user.max_user_namespaces=0)",
                 "as root: sysctl -w user.max_user_namespaces=15000 (and in /etc/sysctl.d/ to keep it)")
     if _read_int(APPARMOR_RESTRICT) == 1:
-        return ("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)",
+        return ("kernel.apparmor_restrict_unprivileged_userns",
+                "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)",
                 "as root: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run sandboxmgr as root")
     return None
 
@@ -117,8 +118,9 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def problems(uid: int | None = None) -> list[tuple[str, str]]:
-    """What keeps the user ``uid`` (default: the caller) from rootless mode: (line, fix) each."""
+def problems(uid: int | None = None) -> list[tuple[str, str, str]]:
+    """What keeps the user ``uid`` (default: the caller) from rootless mode: (what, line, fix)
+    each, what being the setting, program or file to look at."""
     uid = os.getuid() if uid is None else uid
     user = user_name(uid)
     found = []
@@ -127,11 +129,11 @@ def problems(uid: int | None = None) -> list[tuple[str, str]]:
         found.append(restricted)
     for program in MAP_TOOLS:
         if _find(program) is None:
-            found.append((f"{program} is not installed (an ordinary user's sandboxes need it)",
+            found.append((program, f"{program} is not installed (an ordinary user's sandboxes need it)",
                           "as root: apt-get install uidmap (dnf install shadow-utils)"))
     for path, kind in ((SUBUID, "uid"), (SUBGID, "gid")):
         if subordinate(path, user, uid) is None:
-            found.append((f"{user} has no subordinate {kind} range in {path}",
+            found.append((path, f"{user} has no subordinate {kind} range in {path}",
                           f"as root: usermod --add-sub{kind}s 100000-165535 {user} (a range no other user has)"))
     return found
 
@@ -143,7 +145,7 @@ def enter() -> None:
     uid, gid = os.getuid(), os.getgid()
     found = problems(uid)
     if found:
-        raise SandboxError(found[0][0], hint=found[0][1])
+        raise SandboxError(found[0][1], hint=found[0][2])
     user = user_name(uid)
     uids = subordinate(SUBUID, user, uid)
     gids = subordinate(SUBGID, user, uid)
@@ -200,7 +202,7 @@ def fork_in_pid_namespace(own_pid_ns: int) -> int:
 def _refused(exc: OSError) -> SandboxError:
     restricted = restriction()
     if restricted is not None:
-        return SandboxError(restricted[0], hint=restricted[1])
+        return SandboxError(restricted[1], hint=restricted[2])
     return SandboxError(f"cannot make a user namespace: {exc.strerror}",
                         hint="this host does not let ordinary users make user namespaces: run sandboxmgr as root")
 

@@ -53,14 +53,16 @@ def test_user_namespaces_turned_off_are_named_with_the_sysctl(host: Path) -> Non
     (host / "max").write_text("0\n")
     problems = userns.problems(1000)
     assert len(problems) == 1
-    line, fix = problems[0]
+    what, line, fix = problems[0]
+    assert what == "user.max_user_namespaces"
     assert "user.max_user_namespaces=0" in line
     assert "sysctl -w user.max_user_namespaces=" in fix
 
 
 def test_apparmor_restriction_is_named_with_the_sysctl(host: Path) -> None:
     (host / "apparmor").write_text("1\n")
-    [(line, fix)] = userns.problems(1000)
+    [(what, line, fix)] = userns.problems(1000)
+    assert what == "kernel.apparmor_restrict_unprivileged_userns"
     assert "kernel.apparmor_restrict_unprivileged_userns=1" in line
     assert "apparmor_restrict_unprivileged_userns=0" in fix
 
@@ -69,14 +71,15 @@ def test_a_user_without_ranges_is_told_how_to_add_them(host: Path) -> None:
     (host / "subuid").write_text("")
     (host / "subgid").write_text("other:1:2\n")
     problems = userns.problems(1000)
-    assert [line for line, _ in problems] == ["me has no subordinate uid range in " + str(host / "subuid"),
+    assert [line for _, line, _ in problems] == ["me has no subordinate uid range in " + str(host / "subuid"),
                                              "me has no subordinate gid range in " + str(host / "subgid")]
-    assert all("usermod --add-sub" in fix for _, fix in problems)
+    assert all("usermod --add-sub" in fix for _, _, fix in problems)
 
 
 def test_missing_newuidmap_names_the_package(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(userns, "_find", lambda program: None if program == "newuidmap" else "/usr/bin/" + program)
-    [(line, fix)] = userns.problems(1000)
+    [(what, line, fix)] = userns.problems(1000)
+    assert what == "newuidmap"
     assert line.startswith("newuidmap is not installed")
     assert "apt-get install uidmap" in fix
 

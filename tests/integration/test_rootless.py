@@ -1,0 +1,169 @@
+"""Every verb as an ordinary user (issue 14): a user made for the session (tests/rootless.py)
+builds debian-bookworm with mmdebstrap in its own user namespace, runs a command, a command
+on a terminal, a named sandbox, a matrix of two profiles and doctor; then nothing of its store
+belongs to the host's root, and no mount or process of it is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEBIAN_MIRROR, need_mirror, run_in_pty
+from tests.rootless import OrdinaryUser, ordinary_user, subordinate_range
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+# A profile of the user's own, in $XDG_CONFIG_HOME/sandboxmgr/profiles: two setup steps
+# (two layers over the bootstrap), one of them installing a package through the package cache.
+HELLO = """\
+extends: debian-bookworm
+setup:
+  - echo layered > /etc/layered
+  - apt-get install -y hello
+"""
+
+
+@pytest.fixture(scope="module")
+def user(rootless_user: OrdinaryUser) -> OrdinaryUser:
+    """The session's ordinary user, with debian-bookworm built in its own store."""
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    rootless_user.ok("build", "debian-bookworm", timeout=1500)
+    return rootless_user
+
+
+def _owners(tree: Path) -> dict[tuple[int, int], list[str]]:
+    """(uid, gid) -> a few paths of the tree with those owners, as the host sees them."""
+    found: dict[tuple[int, int], list[str]] = {}
+    for top, dirs, files in os.walk(tree):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            found.setdefault((info.st_uid, info.st_gid), []).append(path)
+    return found
+
+
+def _subordinate(user: OrdinaryUser) -> tuple[tuple[int, int], tuple[int, int]]:
+    uids = subordinate_range("/etc/subuid", user.name)
+    gids = subordinate_range("/etc/subgid", user.name)
+    assert uids is not None and gids is not None
+    return uids, gids
+
+
+def _owned_by_user_or_its_range(user: OrdinaryUser, tree: Path) -> None:
+    (uid_start, uid_count), (gid_start, gid_count) = _subordinate(user)
+    for (uid, gid), paths in _owners(tree).items():
+        assert uid == user.uid or uid_start <= uid < uid_start + uid_count, f"owner {uid}: {paths[:3]}"
+        assert gid == user.gid or gid_start <= gid < gid_start + gid_count, f"group {gid}: {paths[:3]}"
+
+
+def test_the_build_is_in_the_users_own_store_and_nothing_of_it_is_roots(user: OrdinaryUser) -> None:
+    store = user.store
+    info = store.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (user.uid, 0o700)
+    images = json.loads(user.ok("images", "--json").out)
+    assert [image["profile"] for image in images] == ["debian-bookworm"]
+    _owned_by_user_or_its_range(user, store)
+    # Root's files inside are the user's outside; the others' are its subordinate ids.
+    (layer,) = (store / "layers").iterdir()
+    (uid_start, _), (gid_start, _) = _subordinate(user)
+    assert (layer / "diff" / "usr" / "bin" / "passwd").stat().st_uid == user.uid
+    shadow = (layer / "diff" / "etc" / "shadow").stat()
+    assert (shadow.st_uid, shadow.st_gid) == (user.uid, gid_start + 41)  # shadow is gid 42 inside
+    apt = (layer / "diff" / "var" / "cache" / "apt" / "archives" / "partial").stat()
+    assert apt.st_uid == uid_start + 41  # _apt is uid 42 inside
+
+
+def test_run_is_root_inside_and_the_user_outside(user: OrdinaryUser) -> None:
+    out = user.ok("run", "debian-bookworm", "--", "sh", "-c", "id -u; cat /proc/self/uid_map").out
+    lines = out.split("\n")
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(user.uid), "1"]
+
+
+def test_files_written_through_a_bind_belong_to_the_user_or_its_range(user: OrdinaryUser) -> None:
+    shared = user.home / "shared"
+    os.mkdir(shared)
+    os.chown(shared, user.uid, user.gid)
+    user.ok("run", "-v", f"{shared}:/out", "debian-bookworm", "--",
+            "sh", "-c", "echo root > /out/by-root && echo x > /out/by-daemon && chown 1:1 /out/by-daemon")
+    (uid_start, _), (gid_start, _) = _subordinate(user)
+    by_root = (shared / "by-root").stat()
+    by_daemon = (shared / "by-daemon").stat()
+    assert (by_root.st_uid, by_root.st_gid) == (user.uid, user.gid)
+    assert (by_daemon.st_uid, by_daemon.st_gid) == (uid_start, gid_start)
+
+
+def test_run_t_runs_on_a_terminal(user: OrdinaryUser) -> None:
+    code, output = run_in_pty(user.argv("run", "-t", "debian-bookworm", "--", "sh", "-c", "tty; id -un"),
+                              env=user.env())
+    assert code == 0, output
+    assert "/dev/pts/0" in output and "root" in output
+
+
+def test_a_named_sandbox_keeps_its_changes_until_rm(user: OrdinaryUser) -> None:
+    user.ok("create", "--name", "mine", "debian-bookworm")
+    user.ok("exec", "mine", "--", "sh", "-c", "echo kept > /root/kept")
+    assert user.ok("exec", "mine", "--", "cat", "/root/kept").out == "kept\n"
+    assert [s["name"] for s in json.loads(user.ok("ls", "--json").out)] == ["mine"]
+    user.ok("rm", "mine")
+    assert json.loads(user.ok("ls", "--json").out) == []
+
+
+def test_a_matrix_of_two_profiles_with_layered_setup_steps(user: OrdinaryUser) -> None:
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    (user.profiles / "bookworm-hello.yaml").write_text(HELLO)
+    project = user.home / "project"
+    project.mkdir()
+    (project / "sandboxmgr.yaml").write_text("profiles: [debian-bookworm, bookworm-hello]\n"
+                                             "command: sh -c 'cat /etc/debian_version; touch built'\n")
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles, project):
+        os.chown(path, user.uid, user.gid)
+    result = user("matrix", "-C", str(project), "--json", "-j", "2", timeout=1500)
+    assert result.code == 0, str(result)
+    rows = {row["name"]: row for row in json.loads(result.out)}
+    assert {name: row["status"] for name, row in rows.items()} == {"debian-bookworm": "passed",
+                                                                  "bookworm-hello": "passed"}
+    assert not (project / "built").exists()  # the project is shown copy-on-write
+    out = user.ok("run", "bookworm-hello", "--", "sh", "-c", "cat /etc/layered; hello").out
+    assert out == "layered\nHello, world!\n"
+    layers = json.loads(user.ok("images", "--json").out)
+    hello = next(image for image in layers if image["profile"] == "bookworm-hello")
+    assert len(hello["layers"]) == 3, hello  # the bootstrap, one per setup step
+
+
+def test_doctor_finds_nothing(user: OrdinaryUser) -> None:
+    result = user("doctor")
+    assert result.code == 0, str(result)
+    assert result.out.startswith("nothing left over")
+
+
+def test_zz_nothing_is_left_and_nothing_is_roots(user: OrdinaryUser) -> None:
+    """After every test above (the file's order): no mount under the user's home, no process of
+    the user or its subordinate ids, no file of its store the host's root owns."""
+    with open("/proc/self/mountinfo") as handle:
+        mounts = [line.split()[4] for line in handle if line.split()[4].startswith(str(user.home))]
+    assert mounts == []
+    # A build's signed-index thread may still be finishing its gpgv when the manager exits (a race
+    # of root's builds too): what is left must go on its own within seconds.
+    deadline = time.monotonic() + 10
+    while user.processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert user.processes() == []
+    _owned_by_user_or_its_range(user, user.store)
+
+
+def test_a_user_without_subordinate_ids_gets_one_line_and_the_fix() -> None:
+    with ordinary_user(subordinate_ids=False) as user:
+        result = user("run", "debian-bookworm", "--", "true")
+        assert result.code == 125
+        assert result.err == (f"sandboxmgr: error: {user.name} has no subordinate uid range in /etc/subuid\n"
+                              f"hint: as root: usermod --add-subuids 100000-165535 {user.name} "
+                              "(a range no other user has)\n")
+        doctor = user("doctor", "--json")
+        assert doctor.code == 1
+        found = json.loads(doctor.out)
+        assert [(f["kind"], f["what"]) for f in found] == [("rootless", "/etc/subuid"), ("rootless", "/etc/subgid")]
