@@ -167,3 +167,19 @@ def test_a_user_without_subordinate_ids_gets_one_line_and_the_fix() -> None:
         assert doctor.code == 1
         found = json.loads(doctor.out)
         assert [(f["kind"], f["what"]) for f in found] == [("rootless", "/etc/subuid"), ("rootless", "/etc/subgid")]
+
+
+def test_another_user_cannot_use_the_users_store(user: OrdinaryUser) -> None:
+    """Two users never share a store: the store is 0700 and its owner's ids are not mapped in
+    another user's namespace, so every verb gets one line and the hint, and nothing changes."""
+    before = _owners(user.store)
+    with ordinary_user() as other:
+        for verb in (["ls"], ["images"], ["run", "debian-bookworm", "--", "true"], ["rmi", "debian-bookworm"],
+                     ["doctor", "--fix"]):
+            result = other("--store", str(user.store), *verb)
+            assert result.code == 125, str(result)
+            assert result.err == (f"sandboxmgr: error: cannot read the store {user.store}: it is not yours "
+                                  "(root's or another user's; a store is its owner's alone)\n"
+                                  "hint: use a store of your own: the default, $XDG_DATA_HOME/sandboxmgr, "
+                                  "or --store DIR in a directory you own\n"), verb
+    assert _owners(user.store) == before
