@@ -96,6 +96,38 @@ class OrdinaryUser:
         return found
 
 
+# Runs as root: a user namespace of the test's own (root and the user mapped to themselves,
+# written by this privileged parent, no newuidmap), where user.max_user_namespaces is set to
+# argv[3] - a per-namespace limit, so the host's stays as it is - then argv[4:] in it.
+_IN_RESTRICTED_NAMESPACE = r"""
+import ctypes, os, sys
+uid, gid, limit, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+go_read, go_write = os.pipe()
+helper = os.fork()
+if helper == 0:
+    os.close(go_write)
+    os.read(go_read, 1)
+    for name, own in (("uid_map", uid), ("gid_map", gid)):
+        with open(f"/proc/{os.getppid()}/{name}", "w") as handle:
+            handle.write(f"0 0 1\n{own} {own} 1\n")
+    os._exit(0)
+os.close(go_read)
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:
+    sys.exit(f"unshare: {os.strerror(ctypes.get_errno())}")
+os.close(go_write)
+os.waitpid(helper, 0)
+with open("/proc/sys/user/max_user_namespaces", "w") as handle:
+    handle.write(limit)
+os.execv(argv[0], argv)
+"""
+
+
+def with_max_user_namespaces(user: OrdinaryUser, limit: int, argv: list[str]) -> list[str]:
+    """``argv`` (one of ``user.argv()``) run where user.max_user_namespaces is ``limit``: a
+    restricted host, simulated in a user namespace of the test's own."""
+    return [sys.executable, "-c", _IN_RESTRICTED_NAMESPACE, str(user.uid), str(user.gid), str(limit), *argv]
+
+
 def subordinate_range(path: str, name: str) -> tuple[int, int] | None:
     """The user's first range (start, count) in /etc/subuid or /etc/subgid (read here, not with
     sandboxmgr's code: the tests check that code)."""

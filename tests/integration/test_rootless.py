@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DEBIAN_MIRROR, need_mirror, run_in_pty
-from tests.rootless import OrdinaryUser, ordinary_user, subordinate_range
+from tests.rootless import OrdinaryUser, ordinary_user, subordinate_range, with_max_user_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -82,6 +83,25 @@ def test_run_is_root_inside_and_the_user_outside(user: OrdinaryUser) -> None:
     lines = out.split("\n")
     assert lines[0] == "0"
     assert lines[1].split() == ["0", str(user.uid), "1"]
+
+
+def test_network_none_is_a_network_namespace_of_its_own(user: OrdinaryUser) -> None:
+    out = user.ok("run", "--network", "none", "debian-bookworm", "--",
+                  "sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1; ls /sys/class/net").out
+    assert out.split() == ["lo", "lo"]
+
+
+def test_debootstrap_builds_too(user: OrdinaryUser) -> None:
+    """debootstrap runs in the tool root as it does for root (no device node of its own)."""
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles):
+        os.chown(path, user.uid, user.gid)
+    (user.profiles / "bookworm-debootstrap.yaml").write_text("extends: debian-bookworm\n"
+                                                            "bootstrap: {method: debootstrap}\n")
+    user.ok("build", "bookworm-debootstrap", timeout=1500)
+    out = user.ok("run", "bookworm-debootstrap", "--", "sh", "-c", "stat -c '%u %g' /etc/shadow; id -u").out
+    assert out == "0 42\n0\n"
+    user.ok("rmi", "bookworm-debootstrap")
 
 
 def test_files_written_through_a_bind_belong_to_the_user_or_its_range(user: OrdinaryUser) -> None:
@@ -183,3 +203,24 @@ def test_another_user_cannot_use_the_users_store(user: OrdinaryUser) -> None:
                                   "hint: use a store of your own: the default, $XDG_DATA_HOME/sandboxmgr, "
                                   "or --store DIR in a directory you own\n"), verb
     assert _owners(user.store) == before
+
+
+def test_user_namespaces_turned_off_are_one_line_and_a_doctor_finding(rootless_user: OrdinaryUser) -> None:
+    """A host with user.max_user_namespaces=0, simulated in a user namespace of the test's own."""
+    user = rootless_user
+    run = subprocess.run(with_max_user_namespaces(user, 0, user.argv("run", "debian-bookworm", "--", "true")),
+                         capture_output=True, text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert run.returncode == 125
+    assert run.stderr == ("sandboxmgr: error: user namespaces are turned off on this host "
+                          "(user.max_user_namespaces=0)\n"
+                          "hint: as root: sysctl -w user.max_user_namespaces=15000 "
+                          "(and in /etc/sysctl.d/ to keep it)\n")
+    doctor = subprocess.run(with_max_user_namespaces(user, 0, user.argv("doctor", "--json")),
+                            capture_output=True, text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert doctor.returncode == 1, doctor.stderr
+    assert [(f["kind"], f["what"]) for f in json.loads(doctor.stdout)] == [("rootless", "user.max_user_namespaces")]
+    # The same user where the limit allows it: the namespace of the test's own is no obstacle.
+    allowed = subprocess.run(with_max_user_namespaces(user, 100, user.argv("doctor", "--json")),
+                             capture_output=True, text=True, env=user.env(), cwd=user.home,
+                             stdin=subprocess.DEVNULL)
+    assert "user.max_user_namespaces" not in allowed.stdout + allowed.stderr
