@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEBIAN_MIRROR, need_mirror, run_in_pty
+from tests.conftest import DEBIAN_MIRROR, missing, need_mirror, run_in_pty
 from tests.rootless import OrdinaryUser, ordinary_user, subordinate_range, with_max_user_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
@@ -224,3 +224,56 @@ def test_user_namespaces_turned_off_are_one_line_and_a_doctor_finding(rootless_u
                              capture_output=True, text=True, env=user.env(), cwd=user.home,
                              stdin=subprocess.DEVNULL)
     assert "user.max_user_namespaces" not in allowed.stdout + allowed.stderr
+
+
+def _unified_mount() -> Path | None:
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return Path(fields[4])
+    return None
+
+
+def test_limits_outside_a_delegated_cgroup_subtree_are_one_error(user: OrdinaryUser) -> None:
+    """The test's own cgroup is root's: --memory, --pids-limit, --cpus are refused, never ignored."""
+    result = user("run", "--memory", "64M", "--pids-limit", "32", "debian-bookworm", "--", "true")
+    assert result.code == 125, str(result)
+    [line, hint] = result.err.splitlines()
+    assert line.startswith("sandboxmgr: error: cannot apply the memory and pids limits as an ordinary user: "
+                           "it needs a cgroup v2 subtree delegated to you")
+    assert hint.startswith("hint: run it in a scope that delegates cgroups to you (systemd-run --user --scope")
+
+
+def test_limits_in_a_delegated_cgroup_subtree(user: OrdinaryUser) -> None:
+    """A subtree delegated as systemd delegates one (the directory and its cgroup.procs,
+    cgroup.subtree_control and cgroup.threads chowned to the user), with the user's sandboxmgr
+    started in a cgroup of it: the limit is applied there if the subtree offers its controller,
+    else the error names what it lacks (this machine's v2 hierarchy offers no pids controller)."""
+    unified = _unified_mount()
+    if unified is None:
+        missing("no cgroup v2 hierarchy is mounted")
+    base = unified / f"sandboxmgr-test-{user.name}"
+    base.mkdir()
+    try:
+        (base / "session").mkdir()
+        for path in (base, base / "cgroup.procs", base / "cgroup.subtree_control", base / "cgroup.threads",
+                     base / "session", base / "session" / "cgroup.procs"):
+            os.chown(path, user.uid, user.gid)
+        argv = ["sh", "-c", f'echo $$ > {base}/session/cgroup.procs && exec "$@"', "sh",
+                *user.argv("run", "--pids-limit", "32", "debian-bookworm", "--", "cat", "/proc/self/cgroup")]
+        result = subprocess.run(argv, capture_output=True, text=True, env=user.env(), cwd=user.home,
+                                stdin=subprocess.DEVNULL, timeout=300)
+        offered = (base / "cgroup.controllers").read_text().split()
+        if "pids" in offered:
+            assert (result.returncode, result.stdout) == (0, "0::/\n"), result.stderr
+        else:
+            assert result.returncode == 125
+            assert result.stderr.splitlines()[0] == (
+                f"sandboxmgr: error: cannot apply the pids limit as an ordinary user: the cgroup delegated to you "
+                f"({base}) offers only: {' '.join(sorted(offered)) or 'no controller'}")
+    finally:
+        for directory in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
+            if directory.is_dir():
+                directory.rmdir()
+        base.rmdir()
