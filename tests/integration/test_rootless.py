@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -153,6 +154,29 @@ def test_a_matrix_of_two_profiles_with_layered_setup_steps(user: OrdinaryUser) -
     layers = json.loads(user.ok("images", "--json").out)
     hello = next(image for image in layers if image["profile"] == "bookworm-hello")
     assert len(hello["layers"]) == 3, hello  # the bootstrap, one per setup step
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_a_signal_to_the_manager_ends_the_sandbox(user: OrdinaryUser, signum: int) -> None:
+    """Ctrl-C (SIGINT) or kill -9 of the user's manager: its sandbox goes with it (PID 1 dies
+    with the manager, the namespaces with PID 1), nothing of the user's is left running."""
+    proc = subprocess.Popen(user.argv("run", "debian-bookworm", "--", "sleep", "300"), env=user.env(),
+                            cwd=user.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(line.endswith(" sleep") for line in user.processes()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the sandbox never started"
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 130), err
+    deadline = time.monotonic() + 10
+    while user.processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert user.processes() == []
+    # What a kill -9 leaves in tmp/ (the ephemeral sandbox's directory) goes with the next command.
+    user.ok("run", "debian-bookworm", "--", "true")
+    assert list((user.store / "tmp").iterdir()) == []
 
 
 def test_doctor_finds_nothing(user: OrdinaryUser) -> None:
