@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import DEBIAN_MIRROR, missing, need_mirror, run_in_pty
 from tests.rootless import OrdinaryUser, ordinary_user, subordinate_range, with_max_user_namespaces
+from tests.rpmrepo import RpmRepo, build_repo, tiny_profile
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -103,6 +104,25 @@ def test_debootstrap_builds_too(user: OrdinaryUser) -> None:
     out = user.ok("run", "bookworm-debootstrap", "--", "sh", "-c", "stat -c '%u %g' /etc/shadow; id -u").out
     assert out == "0 42\n0\n"
     user.ok("rmi", "bookworm-debootstrap")
+
+
+def test_the_rpm_family_builds_with_dnf_too(user: OrdinaryUser, rpm_repo: RpmRepo) -> None:
+    """The made-up Tiny Distro (tests/rpmrepo.py) from a signed repository of the user's own (the
+    session's is in root's tmp), built with the host's dnf in the user's namespace."""
+    (user.home / "rpmrepo").mkdir()
+    repo = build_repo(user.home / "rpmrepo")  # rpm_repo: the tools are there (else skipped)
+    for top, dirs, files in os.walk(user.home / "rpmrepo"):
+        for name in [top, *(os.path.join(top, entry) for entry in (*dirs, *files))]:
+            os.lchown(name, user.uid, user.gid)
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles):
+        os.chown(path, user.uid, user.gid)
+    (user.profiles / "tiny.yaml").write_text(tiny_profile(repo))
+    user.ok("build", "tiny", timeout=600)
+    out = user.ok("run", "tiny", "--", "sh", "-c", ". /etc/os-release; echo $ID; id -u").out
+    assert out == "tinydistro\n0\n", out
+    _owned_by_user_or_its_range(user, user.store)
+    user.ok("rmi", "tiny")
 
 
 def test_files_written_through_a_bind_belong_to_the_user_or_its_range(user: OrdinaryUser) -> None:
