@@ -232,12 +232,21 @@ def _cgroups() -> list[Finding]:
     except OSError:
         return []
     for group in groups:
-        if group.manager_alive:
+        if group.manager_alive or not _own_group(group.path):
             continue
         what = f"{counted(len(group.procs), 'process', 'processes')} left in it" if group.procs else "empty"
         findings.append(Finding("cgroup", str(group.path), f"a run's cgroup whose manager is gone ({what})",
                                 _remove_group(group)))
     return findings
+
+
+def _own_group(path: Path) -> bool:
+    """Root's doctor judges every run cgroup; an ordinary user's only its own (uid 0 in its
+    namespace), never root's or another user's, which it could not remove anyway."""
+    try:
+        return not entered() or os.stat(path).st_uid == 0
+    except OSError:
+        return False
 
 
 def _remove_group(group: cgroups.RunGroup) -> Callable[[], None]:

@@ -150,6 +150,10 @@ def test_a_named_sandbox_keeps_its_changes_until_rm(user: OrdinaryUser) -> None:
     user.ok("exec", "mine", "--", "sh", "-c", "echo kept > /root/kept")
     assert user.ok("exec", "mine", "--", "cat", "/root/kept").out == "kept\n"
     assert [s["name"] for s in json.loads(user.ok("ls", "--json").out)] == ["mine"]
+    # shell: the image's shell on a terminal, in the named sandbox.
+    code, output = run_in_pty(user.argv("shell", "mine"), env=user.env(), keys=b"cat /root/kept; exit 3\n",
+                              ready=b"#")
+    assert code == 3 and "kept" in output, output
     user.ok("rm", "mine")
     assert json.loads(user.ok("ls", "--json").out) == []
 
@@ -203,6 +207,28 @@ def test_doctor_finds_nothing(user: OrdinaryUser) -> None:
     result = user("doctor")
     assert result.code == 0, str(result)
     assert result.out.startswith("nothing left over")
+
+
+def test_doctor_leaves_roots_run_cgroups_to_root(user: OrdinaryUser) -> None:
+    """A run cgroup of root's whose manager is gone is root's doctor's to report: the user's
+    doctor neither reports it nor tries to remove it (it could not)."""
+    from sandboxmgr.cgroups import hierarchies
+
+    v1 = next((h for h in hierarchies() if h.version == 1), None)
+    if v1 is None:
+        missing("no cgroup v1 hierarchy to put a run cgroup of root's in")
+    top = v1.mount / f"sandboxmgr-test-{user.name}"
+    group = top / "sandboxmgr" / "999999999-1-abcdef"  # no such manager: a leftover
+    group.mkdir(parents=True)
+    try:
+        result = user("doctor", "--json")
+        assert result.code == 0, str(result)
+        assert json.loads(result.out) == []
+        assert group.is_dir()
+    finally:
+        group.rmdir()
+        group.parent.rmdir()
+        top.rmdir()
 
 
 def test_zz_nothing_is_left_and_nothing_is_roots(user: OrdinaryUser) -> None:
