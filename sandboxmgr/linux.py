@@ -88,7 +88,9 @@ def fork_in_new_pid_namespace() -> int:
     """fork(2) whose child is PID 1 of a new PID namespace (clone with CLONE_NEWPID), for a
     process that may not setns() back into its own PID namespace after unshare(CLONE_NEWPID):
     one in a user namespace, whose PID namespace the host's user namespace owns.
-    Python's own before/after-fork steps run around it, as os.fork() runs them."""
+    Python's own before/after-fork steps run around it, as os.fork() runs them. glibc's cached
+    thread id stays the parent's in the child (so raise() would miss it): the child here only
+    mounts, forks (glibc's fork sets the grandchild's right), waits and exits."""
     number = _SYS_CLONE.get(os.uname().machine)
     if number is None:
         raise OSError(errno.ENOSYS, f"clone: unknown syscall number on {os.uname().machine}")
