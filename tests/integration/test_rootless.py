@@ -347,3 +347,20 @@ def test_limits_in_a_delegated_cgroup_subtree(user: OrdinaryUser) -> None:
             if directory.is_dir():
                 directory.rmdir()
         base.rmdir()
+
+
+def test_no_newuidmap_is_one_line_and_a_doctor_finding(rootless_user: OrdinaryUser) -> None:
+    """A host without the uidmap package, simulated in a mount namespace of the test's own where
+    /usr/bin/newuidmap is covered (by /dev/null, which no one may execute)."""
+    user = rootless_user
+    hide = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind /dev/null /usr/bin/newuidmap && exec "$@"', "sh"]
+    run = subprocess.run([*hide, *user.argv("run", "debian-bookworm", "--", "true")], capture_output=True,
+                         text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert run.returncode == 125
+    assert run.stderr == ("sandboxmgr: error: newuidmap is not installed (an ordinary user's sandboxes need it)\n"
+                          "hint: as root: apt-get install uidmap (dnf install shadow-utils)\n")
+    doctor = subprocess.run([*hide, *user.argv("doctor", "--json")], capture_output=True, text=True,
+                            env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert doctor.returncode == 1, doctor.stderr
+    assert [(f["kind"], f["what"]) for f in json.loads(doctor.stdout)] == [("rootless", "newuidmap")]
