@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 # libc6-dev (a static libc) build the adversarial suite's attack programs; the tests also run
 # mount's losetup, mount and umount, and procps's pgrep; dpkg-dev's dpkg-source makes the package
 # build tests' .dsc; make runs `make man` (tests/unit/test_make_deps.py checks the list).
+# uidmap: newuidmap/newgidmap for rootless mode; passwd: useradd/userdel for its tests (a made-up user).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
-  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd
 
 .PHONY: deps venv demo test unit integration lint bench man clean
 

@@ -20,6 +20,8 @@ warm    a rebuild with the package cache, and a rebuild after adding one package
         (bench/warm.py; cold and warm share the loop in bench/builds.py)
 disk    ten named sandboxes over one image: disk used vs the image plus their changes (bench/disk.py)
 loop    ephemeral runs in a row: leaked mounts, temp dirs, processes; throughput (bench/loop.py)
+rootless an ordinary user's cold build and entry next to root's, bwrap as that user and
+        systemd-nspawn (bench/rootless.py)
 
 What they share is in bench/common.py (running and timing commands, candidates, results) and
 bench/workspace.py (stores, profiles, the peers' root); bench/report.py writes RESULTS.md.
@@ -48,6 +50,7 @@ from bench.disk import bench_disk
 from bench.entry import bench_entry
 from bench.loop import bench_loop
 from bench.report import code_state, machine, report
+from bench.rootless import bench_rootless
 from bench.workspace import FULL, QUICK, Bench
 
 
@@ -105,6 +108,7 @@ def steps(bench: Bench, wanted: set[str]) -> list[tuple[str, Callable[[], list[S
         ("cold+warm", lambda: bench_builds(bench, "cold" in wanted, "warm" in wanted)),
         ("disk", lambda: [bench_disk(bench)]),
         ("loop", lambda: [bench_loop(bench)]),
+        ("rootless", lambda: [bench_rootless(bench)]),
     ]
 
 

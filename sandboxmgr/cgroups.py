@@ -44,6 +44,8 @@ class Hierarchy:
     mount: Path
     controllers: frozenset[str]  # v1: those bound to it; v2: those it offers
     own: str  # this process's cgroup in it, like /user.slice/session-1.scope
+    # v2, for an ordinary user: the parent of its cgroup is delegated to it (see delegated()).
+    delegated: bool = False
 
     @property
     def own_dir(self) -> Path:
@@ -54,7 +56,10 @@ class Hierarchy:
         """Where runs' cgroups go. v1: below the caller's own cgroup. v2 forbids
         processes in a cgroup whose children use controllers (the caller's cgroup
         has at least the caller), so there: below the hierarchy's root, whose
-        subtree_control is exempt, as Docker's cgroupfs driver does."""
+        subtree_control is exempt, as Docker's cgroupfs driver does; for an ordinary
+        user, beside its own cgroup, in the subtree delegated to it."""
+        if self.delegated:
+            return self.own_dir.parent / GROUP_DIR
         return (self.mount if self.version == 2 else self.own_dir) / GROUP_DIR
 
 
@@ -129,6 +134,57 @@ def choose(controllers: tuple[str, ...], found: list[Hierarchy]) -> dict[Hierarc
             )
         plan.setdefault(place, []).append(controller)
     return plan
+
+
+_DELEGATE_HINT = ("run it in a scope that delegates cgroups to you (systemd-run --user --scope -p Delegate=yes "
+                  "sandboxmgr ...), or as root, or without limits")
+
+
+def delegated(found: list[Hierarchy], controllers: tuple[str, ...]) -> list[Hierarchy]:
+    """For an ordinary user (rootless mode, userns.py): the cgroup v2 hierarchy, marked
+    ``delegated``, when the parent of the caller's cgroup is the caller's own (a subtree
+    delegated to it, as systemd gives a user's services and Delegate=yes scopes) and offers
+    ``controllers``; else one error naming what is missing. Never a v1 hierarchy: those are
+    not delegated to users, and a limit is never silently left out."""
+    what = _limits(controllers)
+    unified = next((h for h in found if h.version == 2), None)
+    if unified is None:
+        raise SandboxError(f"cannot apply {what} as an ordinary user: it needs a cgroup v2 subtree "
+                           "delegated to you, and no cgroup v2 hierarchy is mounted (v1 ones are root's)",
+                           hint=_DELEGATE_HINT)
+    parent = unified.own_dir.parent
+    if unified.own.strip("/") == "" or not _mine(parent):
+        raise SandboxError(f"cannot apply {what} as an ordinary user: it needs a cgroup v2 subtree "
+                           f"delegated to you, and the parent of this process's cgroup ({unified.own} in "
+                           f"{unified.mount}) is not yours", hint=_DELEGATE_HINT)
+    try:
+        offered = frozenset((parent / "cgroup.controllers").read_text().split())
+    except OSError:
+        offered = frozenset()
+    missing = [c for c in controllers if c not in offered]
+    if missing:
+        raise SandboxError(f"cannot apply {_limits(missing)} as an ordinary user: the cgroup delegated "
+                           f"to you ({parent}) offers only: {' '.join(sorted(offered)) or 'no controller'}",
+                           hint="delegate the controller to users (systemd: Delegate=cpu memory pids in "
+                                "user@.service), or run without that limit")
+    return [Hierarchy(2, unified.mount, offered, unified.own, delegated=True)]
+
+
+def _limits(controllers: tuple[str, ...] | list[str]) -> str:
+    """'the memory limit', 'the memory and pids limits'."""
+    names = list(controllers)
+    if len(names) == 1:
+        return f"the {names[0]} limit"
+    return f"the {', '.join(names[:-1])} and {names[-1]} limits"
+
+
+def _mine(directory: Path) -> bool:
+    """The caller owns ``directory`` and may make cgroups in it (in the user's namespace the
+    user is uid 0; cgroups of root and other users show as the overflow id)."""
+    try:
+        return os.stat(directory).st_uid == os.geteuid() and os.access(directory, os.W_OK)
+    except OSError:
+        return False
 
 
 # --- a run cgroup's directory --------------------------------------------------------------------

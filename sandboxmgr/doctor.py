@@ -43,6 +43,7 @@ from sandboxmgr.errors import NotRootError, SandboxError, counted
 from sandboxmgr.locations import tighten_dir
 from sandboxmgr.locks import is_locked, lock_files
 from sandboxmgr.store import Store
+from sandboxmgr.userns import entered
 
 
 @dataclass
@@ -69,6 +70,15 @@ def examine(store: Store) -> list[Finding]:
     findings = _orphaned_inits() + _processes_in(store, root) + _cgroups()
     findings += _mounts(store, root) + _temporaries(store) + _locks(store) + _permissions(store)
     return findings
+
+
+def rootless_findings() -> list[Finding]:
+    """For an ordinary user: what keeps it from rootless mode (userns.problems), as findings of
+    kind ``rootless``, each with its fix; before anything else, as the store is reached only
+    from the user's namespace."""
+    from sandboxmgr.userns import problems
+
+    return [Finding("rootless", what, f"{line}; fix: {fix}") for what, line, fix in problems()]
 
 
 def repair(store: Store, findings: list[Finding]) -> None:
@@ -143,6 +153,13 @@ def _kill(pid: int) -> Callable[[], None]:
     return kill
 
 
+def _ours(status: dict[str, str]) -> bool:
+    """Whether the process is this user's: for an ordinary user (in its user namespace, see
+    userns.py), an init of its sandboxes is uid 0 there; root's and other users' are not
+    mapped (the overflow id) and are none of its business."""
+    return not entered() or status.get("Uid", "").split()[:1] == ["0"]
+
+
 def _orphaned_inits() -> list[Finding]:
     """Sandbox inits whose manager died: PDEATHSIG makes this (nearly) impossible,
     so one found here is worth a look."""
@@ -155,7 +172,7 @@ def _orphaned_inits() -> list[Finding]:
         if comm != INIT_NAME:
             continue
         status = _status(pid)
-        if not status or _dying(status):
+        if not status or _dying(status) or not _ours(status):
             continue
         parent = int(status.get("PPid", "0") or 0)
         if parent > 1 and _is_manager(parent):
@@ -215,12 +232,21 @@ def _cgroups() -> list[Finding]:
     except OSError:
         return []
     for group in groups:
-        if group.manager_alive:
+        if group.manager_alive or not _own_group(group.path):
             continue
         what = f"{counted(len(group.procs), 'process', 'processes')} left in it" if group.procs else "empty"
         findings.append(Finding("cgroup", str(group.path), f"a run's cgroup whose manager is gone ({what})",
                                 _remove_group(group)))
     return findings
+
+
+def _own_group(path: Path) -> bool:
+    """Root's doctor judges every run cgroup; an ordinary user's only its own (uid 0 in its
+    namespace), never root's or another user's, which it could not remove anyway."""
+    try:
+        return not entered() or os.stat(path).st_uid == 0
+    except OSError:
+        return False
 
 
 def _remove_group(group: cgroups.RunGroup) -> Callable[[], None]:

@@ -46,6 +46,7 @@ from sandboxmgr.libseccomp import program
 from sandboxmgr.mounts import BindMount, full_plan, refuse_kernel_target
 from sandboxmgr.record import record
 from sandboxmgr.seccomp import Policy, default_policy
+from sandboxmgr.userns import fork_in_pid_namespace
 from sandboxmgr.users import check_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
@@ -180,19 +181,13 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     # before Python ran it.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
-        linux.unshare(linux.CLONE_NEWPID)
-        try:
-            pid = os.fork()
-        except BaseException:
-            linux.setns(own_pid_ns, linux.CLONE_NEWPID)
-            raise
+        pid = fork_in_pid_namespace(own_pid_ns)
         if pid == 0:  # pragma: no cover - runs in the sandbox's PID 1
             os.close(err_read)
             os.close(alive_write)
             if tty_parent is not None:
                 tty_parent.close()
             _init(spec, err_write, tty_child, alive_read, cgroup_fds, seccomp_program)
-        linux.setns(own_pid_ns, linux.CLONE_NEWPID)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         raise

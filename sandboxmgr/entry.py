@@ -106,9 +106,16 @@ def _os_error(exc: OSError, argv: Sequence[str]) -> tuple[str, str | None]:
         return full.message, full.hint
     if exc.errno in (errno.EACCES, errno.EPERM):
         inside = exc.filename is not None and (str(exc.filename) + "/").startswith(str(store) + "/")
-        if inside and os.geteuid() != 0:
-            return (f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
-                    "and device nodes of sandboxes)", "run it as root (sudo sandboxmgr ...)")
+        from sandboxmgr import userns
+
+        if inside and userns.rootless():
+            from sandboxmgr.locations import not_yours
+
+            refused = not_yours(store)
+            return refused.message, refused.hint
+        if userns.entered():
+            return (f"permission denied{where}", "an ordinary user's sandboxmgr reaches only what the user "
+                    "may: its own store, and -v sources it can read (write)")
         return f"permission denied{where}", "sandboxmgr works as root: run it with sudo, or as root"
     if exc.errno == errno.ENAMETOOLONG:
         return (f"a path is too long for the system{where}",

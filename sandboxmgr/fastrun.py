@@ -77,10 +77,13 @@ def try_run(argv: Sequence[str]) -> int | None:
     if os.environ.get("SANDBOXMGR_CONFIGS") or "--debug" in argv:
         return None
     args = parse(argv)
-    if args is None or os.geteuid() != 0 or (args.tty and not sys.stdin.isatty()):
+    if args is None or (args.tty and not sys.stdin.isatty()):
         return None
     from pathlib import Path
 
+    from sandboxmgr.userns import enter
+
+    enter()  # an ordinary user's: nothing for root
     from sandboxmgr import config
     from sandboxmgr.locations import default_store, profile_dirs
     from sandboxmgr.store import Store

@@ -16,6 +16,7 @@ from pathlib import Path
 # <sched.h>
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -54,10 +55,14 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # pivot_root has no libc wrapper in glibc < 2.36; its number differs by arch.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+# clone(2) (as fork, with namespace flags): the child's stack and the tid and tls pointers unused.
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "s390x": 120, "riscv64": 220}
+_SIGCHLD = 17
 # openat2 (Linux 5.6) is one of the syscalls numbered alike on every architecture.
 _SYS_OPENAT2 = 437
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_pylibc = ctypes.PyDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> int:
@@ -77,6 +82,30 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns({fd}, {nstype:#x})")
+
+
+def fork_in_new_pid_namespace() -> int:
+    """fork(2) whose child is PID 1 of a new PID namespace (clone with CLONE_NEWPID), for a
+    process that may not setns() back into its own PID namespace after unshare(CLONE_NEWPID):
+    one in a user namespace, whose PID namespace the host's user namespace owns.
+    Python's own before/after-fork steps run around it, as os.fork() runs them. glibc's cached
+    thread id stays the parent's in the child (so raise() would miss it): the child here only
+    mounts, forks (glibc's fork sets the grandchild's right), waits and exits."""
+    number = _SYS_CLONE.get(os.uname().machine)
+    if number is None:
+        raise OSError(errno.ENOSYS, f"clone: unknown syscall number on {os.uname().machine}")
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    # The GIL stays held through the call (PyDLL), so the child's copy of it is its own.
+    pid = _pylibc.syscall(ctypes.c_long(number), ctypes.c_ulong(CLONE_NEWPID | _SIGCHLD), None, None, None, None)
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone(CLONE_NEWPID) failed: {os.strerror(err)}")
+    return int(pid)
 
 
 def mount(

@@ -42,6 +42,12 @@ def default_store() -> Path:
     env = os.environ.get("SANDBOXMGR_STORE")
     if env:
         return Path(env)
+    from sandboxmgr import userns
+
+    if userns.rootless():
+        # An ordinary user's store is its own, never the checkout's or root's (see userns.py).
+        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data_home) / "sandboxmgr"
     top = checkout_root()
     if top is not None:
         return top / "sandboxes"
@@ -138,7 +144,20 @@ def require_access(store: Path, directory: Path) -> None:
     else:
         if os.access(directory, os.R_OK | os.X_OK):
             return
-    raise SandboxError(
+    raise not_yours(store)
+
+
+def not_yours(store: Path) -> SandboxError:
+    """The error for a store the caller may not read: root's, or in rootless mode (userns.py)
+    root's or another user's - there both are ids the user's namespace does not map."""
+    from sandboxmgr import userns
+
+    if userns.entered():
+        return SandboxError(f"cannot read the store {store}: it is not yours (root's or another user's; "
+                            "a store is its owner's alone)",
+                            hint="use a store of your own: the default, $XDG_DATA_HOME/sandboxmgr, "
+                                 "or --store DIR in a directory you own")
+    return SandboxError(
         f"cannot read the store {store}: it is root's alone (it holds setuid binaries "
         "and device nodes of sandboxes)",
         hint="run it as root (sudo sandboxmgr ...)")

@@ -14,6 +14,7 @@ from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.names import overlay_unsafe
 from sandboxmgr.record import record
+from sandboxmgr.userns import entered
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -178,6 +179,9 @@ def overlay_options(lowers: Iterable[str | Path], upper: str | Path, work: str |
                     volatile: bool = False) -> str:
     """overlayfs's mount options: ``lowers`` top first, and the upper and work dirs."""
     options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+    if entered():
+        # In a user namespace overlayfs may not write trusted.* xattrs: user.overlay.* instead.
+        options += ",userxattr"
     return options + (",volatile" if volatile else "")
 
 
@@ -191,6 +195,10 @@ def plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None =
     ``etc_dir``; without it, a build step's: the host's resolv.conf with the host's network),
     then what it shows of the host."""
     steps = list(DEFAULT_MOUNTS)
+    if network != "none" and entered():
+        # A sysfs is mounted only from a network namespace of the user namespace's own: with
+        # the host's network, the host's /sys is bound read-only instead (as podman does).
+        steps[1] = MountStep("/sys", None, "/sys", NOSUID_NODEV_NOEXEC, readonly=True)
     if etc_dir is not None:
         # Writable, as Docker's: root inside may add a name to /etc/hosts; the host never reads them.
         steps += [MountStep(f"/etc/{name}", None, str(etc_dir / name), linux.MS_NOSUID | linux.MS_NOEXEC,

@@ -37,6 +37,7 @@ from sandboxmgr.cgroups import (
     Hierarchy,
     cgroup_procs,
     choose,
+    delegated,
     hierarchies,
     kill_all,
     manager_alive,
@@ -47,6 +48,7 @@ from sandboxmgr.cgroups import (
 )
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.limits import MIN_CPUS, Limits, format_bytes
+from sandboxmgr.userns import entered
 
 CPU_PERIOD_US = 100_000
 
@@ -94,7 +96,10 @@ class RunCgroup:
     @classmethod
     def create(cls, limits: Limits, found: list[Hierarchy] | None = None) -> RunCgroup:
         """Make and configure the run's cgroup; SandboxError when the machine cannot."""
-        plan = choose(limits.controllers(), hierarchies() if found is None else found)
+        found = hierarchies() if found is None else found
+        if entered():  # an ordinary user: a subtree delegated to it, else one error
+            found = delegated(found, limits.controllers())
+        plan = choose(limits.controllers(), found)
         if limits.cpus is not None and limits.cpus > (os.cpu_count() or 1):
             raise SandboxError(f"--cpus {limits.cpus:g}: this machine has only {os.cpu_count()} CPUs",
                                hint=f"give a number from {MIN_CPUS} to {os.cpu_count()}")
@@ -118,7 +123,8 @@ class RunCgroup:
     def _make(self, hierarchy: Hierarchy, controllers: list[str], name: str) -> Path:
         parent = hierarchy.run_parent
         if hierarchy.version == 2:
-            _enable(hierarchy.mount, controllers)
+            # A delegated subtree: the parent of the caller's cgroup offers them (delegated()).
+            _enable(parent.parent if hierarchy.delegated else hierarchy.mount, controllers)
         for _ in range(10):
             try:
                 parent.mkdir(exist_ok=True)

@@ -41,6 +41,7 @@ from sandboxmgr.libseccomp import program
 from sandboxmgr.mounts import NOSUID_NODEV, NOSUID_NODEV_NOEXEC, device_steps, link_steps, mask_steps
 from sandboxmgr.pid1 import exit_status
 from sandboxmgr.seccomp import default_policy
+from sandboxmgr.userns import entered
 
 # What a bootstrap needs: files of any owner (CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
 # SETFCAP), users (SETUID, SETGID, SETPCAP), chroot, signals to its own processes
@@ -58,6 +59,7 @@ MASKED_ETC = ("shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d"
               "postgresql", "mysql/debian.cnf", "docker/key.json", "restic", "sandboxmgr")
 _HOST_DIRS = ("usr", "etc")
 _MAX_FD = 0x7FFFFFFF
+HOST_PROC = "/.host-proc"
 _TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -169,6 +171,9 @@ def enter(tool_root: ToolRoot, seccomp_program: bytes | None) -> None:  # pragma
     _mount_proc(Path("/proc"))
     if tool_root.target is not None:
         _prepare_target(tool_root.target)
+    if entered():
+        linux.umount2(HOST_PROC, linux.MNT_DETACH)  # see _switch
+        os.rmdir(HOST_PROC)
     # No keyring of the caller's (its session's keys, root's user keyring): a fresh session
     # keyring, and the sandboxes' system call filter, which denies the keyring calls, user
     # namespaces and the rest. Loaded while CAP_SYS_ADMIN allows it without no_new_privs
@@ -215,7 +220,10 @@ def _mount_proc(proc: Path) -> None:  # pragma: no cover - runs between fork and
 def _prepare_target(target: Path) -> None:  # pragma: no cover - runs between fork and exec
     """/proc and a minimal /dev in the new root, for its maintainer scripts."""
     target.mkdir(exist_ok=True)
-    _mount_proc(target / "proc")
+    if not entered():
+        # In a user namespace a proc's root is the host root's (nobody inside): the tool's tar
+        # cannot set ./proc's owner and times on it, so a rootless bootstrap runs without one.
+        _mount_proc(target / "proc")
     (target / "dev").mkdir(exist_ok=True)
     _make_dev(target / "dev", links=False)
 
@@ -248,6 +256,11 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
     (root / "var" / "tmp").mkdir(mode=0o1777)
     _make_dev(root / "dev")
     (root / "sys").mkdir()
+    if entered():
+        # In a user namespace the kernel mounts a proc only where one is fully visible already
+        # (mount_too_revealing): the host's, shown until the tool's own are mounted (enter).
+        (root / HOST_PROC.lstrip("/")).mkdir()
+        _bind("/proc", root / HOST_PROC.lstrip("/"), NOSUID_NODEV_NOEXEC, recursive=False)
     for path in tool_root.readable:
         if path.parts[1:2] and path.parts[1] in _HOST_DIRS:
             continue  # under /usr or /etc: there already

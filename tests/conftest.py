@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 if TYPE_CHECKING:
+    from tests.rootless import OrdinaryUser
     from tests.rpmrepo import RpmRepo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -397,3 +398,14 @@ def user(request: pytest.FixtureRequest, fast_cli: UserCLI, store_dir: Path, con
     if request.param == "fast":
         return fast_cli
     return UserCLI(store_dir, config_home, configs_dir)
+
+
+@pytest.fixture(scope="session")
+def rootless_user() -> Iterator[OrdinaryUser]:
+    """An ordinary user made for this session (useradd, its own HOME, /etc/subuid and
+    /etc/subgid ranges), running the real sandboxmgr (tests/rootless.py); removed at the end."""
+    need_root()
+    from tests.rootless import ordinary_user
+
+    with ordinary_user() as user:
+        yield user

@@ -43,7 +43,9 @@ class App:
         if self._store is None:
             from sandboxmgr.locations import default_store
             from sandboxmgr.store import Store
+            from sandboxmgr.userns import enter
 
+            enter()  # an ordinary user's store is reached from its user namespace only
             self._store = Store(self.store_path or default_store())
         return self._store
 
@@ -100,11 +102,13 @@ class CommandVerb(click.Command):
 
 
 def require_root(app: App, action: str) -> None:
-    """Root check for commands that change the store; also removes what dead runs left."""
+    """Root check for commands that change the store; also removes what dead runs left.
+    An ordinary user's sandboxmgr enters its user namespace first (app.store), where it is root."""
     from sandboxmgr import errors
 
+    store = app.store
     errors.require_root(action)
-    app.store.clean_leftovers()
+    store.clean_leftovers()
 
 
 # --- shell completion: the names the store and the profile directories hold ---------------------

@@ -12,6 +12,7 @@ import click
 from sandboxmgr import ui
 from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, complete_profiles, pass_app, require_root
 from sandboxmgr.errors import SandboxError, counted
+from sandboxmgr.locations import default_store
 from sandboxmgr.ui import MatrixView, print_json
 
 if TYPE_CHECKING:
@@ -34,6 +35,13 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
     """
     from sandboxmgr import doctor as doctor_
 
+    findings = doctor_.rootless_findings() if os.geteuid() != 0 else []
+    if findings:  # an ordinary user whose store is out of reach until they are fixed
+        if as_json:
+            print_json([f.to_json() for f in findings])
+        else:
+            ui.findings_table(findings, app.store_path or default_store())
+        return 1
     findings = doctor_.examine(app.store)
     if fix:
         doctor_.repair(app.store, findings)

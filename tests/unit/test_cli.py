@@ -99,12 +99,18 @@ def test_profiles_json_lists_shipped_profiles(tmp_path: Path) -> None:
     assert rows["ubuntu-resolute"]["built"] is False
 
 
-def test_not_root_is_one_line_and_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_ordinary_user_without_a_subuid_range_is_one_line_and_a_hint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not root: sandboxmgr enters the user's user namespace (rootless mode), which needs a range.
+    (tmp_path / "subuid").write_text("someone-else:100000:65536\n")
     monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setattr("sandboxmgr.userns.SUBUID", str(tmp_path / "subuid"))
     code, output = invoke("run", "debian", "true", store=tmp_path)
     assert code == 125
-    assert "sandboxmgr: error: run needs root" in output
-    assert "hint: run it with sudo, or as root" in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 2, output
+    assert "has no subordinate uid range in" in lines[0]
+    assert lines[1].startswith("hint: as root: usermod --add-subuids")
 
 
 def test_empty_store_lists_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,366 @@
+"""Every verb as an ordinary user (issue 14): a user made for the session (tests/rootless.py)
+builds debian-bookworm with mmdebstrap in its own user namespace, runs a command, a command
+on a terminal, a named sandbox, a matrix of two profiles and doctor; then nothing of its store
+belongs to the host's root, and no mount or process of it is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEBIAN_MIRROR, missing, need_mirror, run_in_pty
+from tests.rootless import OrdinaryUser, ordinary_user, subordinate_range, with_max_user_namespaces
+from tests.rpmrepo import RpmRepo, build_repo, tiny_profile
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+# A profile of the user's own, in $XDG_CONFIG_HOME/sandboxmgr/profiles: two setup steps
+# (two layers over the bootstrap), one of them installing a package through the package cache.
+HELLO = """\
+extends: debian-bookworm
+setup:
+  - echo layered > /etc/layered
+  - apt-get install -y hello
+"""
+
+
+@pytest.fixture(scope="module")
+def user(rootless_user: OrdinaryUser) -> OrdinaryUser:
+    """The session's ordinary user, with debian-bookworm built in its own store."""
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    rootless_user.ok("build", "debian-bookworm", timeout=1500)
+    return rootless_user
+
+
+def _owners(tree: Path) -> dict[tuple[int, int], list[str]]:
+    """(uid, gid) -> a few paths of the tree with those owners, as the host sees them."""
+    found: dict[tuple[int, int], list[str]] = {}
+    for top, dirs, files in os.walk(tree):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            found.setdefault((info.st_uid, info.st_gid), []).append(path)
+    return found
+
+
+def _subordinate(user: OrdinaryUser) -> tuple[tuple[int, int], tuple[int, int]]:
+    uids = subordinate_range("/etc/subuid", user.name)
+    gids = subordinate_range("/etc/subgid", user.name)
+    assert uids is not None and gids is not None
+    return uids, gids
+
+
+def _owned_by_user_or_its_range(user: OrdinaryUser, tree: Path) -> None:
+    (uid_start, uid_count), (gid_start, gid_count) = _subordinate(user)
+    for (uid, gid), paths in _owners(tree).items():
+        assert uid == user.uid or uid_start <= uid < uid_start + uid_count, f"owner {uid}: {paths[:3]}"
+        assert gid == user.gid or gid_start <= gid < gid_start + gid_count, f"group {gid}: {paths[:3]}"
+
+
+def test_the_build_is_in_the_users_own_store_and_nothing_of_it_is_roots(user: OrdinaryUser) -> None:
+    store = user.store
+    info = store.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (user.uid, 0o700)
+    images = json.loads(user.ok("images", "--json").out)
+    assert [image["profile"] for image in images] == ["debian-bookworm"]
+    _owned_by_user_or_its_range(user, store)
+    # Root's files inside are the user's outside; the others' are its subordinate ids.
+    (layer,) = (store / "layers").iterdir()
+    (uid_start, _), (gid_start, _) = _subordinate(user)
+    assert (layer / "diff" / "usr" / "bin" / "passwd").stat().st_uid == user.uid
+    shadow = (layer / "diff" / "etc" / "shadow").stat()
+    assert (shadow.st_uid, shadow.st_gid) == (user.uid, gid_start + 41)  # shadow is gid 42 inside
+    apt = (layer / "diff" / "var" / "cache" / "apt" / "archives" / "partial").stat()
+    assert apt.st_uid == uid_start + 41  # _apt is uid 42 inside
+
+
+def test_run_is_root_inside_and_the_user_outside(user: OrdinaryUser) -> None:
+    out = user.ok("run", "debian-bookworm", "--", "sh", "-c", "id -u; cat /proc/self/uid_map").out
+    lines = out.split("\n")
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(user.uid), "1"]
+
+
+def test_network_none_is_a_network_namespace_of_its_own(user: OrdinaryUser) -> None:
+    out = user.ok("run", "--network", "none", "debian-bookworm", "--",
+                  "sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1; ls /sys/class/net").out
+    assert out.split() == ["lo", "lo"]
+
+
+def test_debootstrap_builds_too(user: OrdinaryUser) -> None:
+    """debootstrap runs in the tool root as it does for root (no device node of its own)."""
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles):
+        os.chown(path, user.uid, user.gid)
+    (user.profiles / "bookworm-debootstrap.yaml").write_text("extends: debian-bookworm\n"
+                                                            "bootstrap: {method: debootstrap}\n")
+    user.ok("build", "bookworm-debootstrap", timeout=1500)
+    out = user.ok("run", "bookworm-debootstrap", "--", "sh", "-c", "stat -c '%u %g' /etc/shadow; id -u").out
+    assert out == "0 42\n0\n"
+    user.ok("rmi", "bookworm-debootstrap")
+
+
+def test_the_rpm_family_builds_with_dnf_too(user: OrdinaryUser, rpm_repo: RpmRepo) -> None:
+    """The made-up Tiny Distro (tests/rpmrepo.py) from a signed repository of the user's own (the
+    session's is in root's tmp), built with the host's dnf in the user's namespace."""
+    (user.home / "rpmrepo").mkdir()
+    repo = build_repo(user.home / "rpmrepo")  # rpm_repo: the tools are there (else skipped)
+    for top, dirs, files in os.walk(user.home / "rpmrepo"):
+        for name in [top, *(os.path.join(top, entry) for entry in (*dirs, *files))]:
+            os.lchown(name, user.uid, user.gid)
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles):
+        os.chown(path, user.uid, user.gid)
+    (user.profiles / "tiny.yaml").write_text(tiny_profile(repo))
+    user.ok("build", "tiny", timeout=600)
+    out = user.ok("run", "tiny", "--", "sh", "-c", ". /etc/os-release; echo $ID; id -u").out
+    assert out == "tinydistro\n0\n", out
+    _owned_by_user_or_its_range(user, user.store)
+    user.ok("rmi", "tiny")
+
+
+def test_files_written_through_a_bind_belong_to_the_user_or_its_range(user: OrdinaryUser) -> None:
+    shared = user.home / "shared"
+    os.mkdir(shared)
+    os.chown(shared, user.uid, user.gid)
+    user.ok("run", "-v", f"{shared}:/out", "debian-bookworm", "--",
+            "sh", "-c", "echo root > /out/by-root && echo x > /out/by-daemon && chown 1:1 /out/by-daemon")
+    (uid_start, _), (gid_start, _) = _subordinate(user)
+    by_root = (shared / "by-root").stat()
+    by_daemon = (shared / "by-daemon").stat()
+    assert (by_root.st_uid, by_root.st_gid) == (user.uid, user.gid)
+    assert (by_daemon.st_uid, by_daemon.st_gid) == (uid_start, gid_start)
+
+
+def test_run_t_runs_on_a_terminal(user: OrdinaryUser) -> None:
+    code, output = run_in_pty(user.argv("run", "-t", "debian-bookworm", "--", "sh", "-c", "tty; id -un"),
+                              env=user.env())
+    assert code == 0, output
+    assert "/dev/pts/0" in output and "root" in output
+
+
+def test_a_named_sandbox_keeps_its_changes_until_rm(user: OrdinaryUser) -> None:
+    user.ok("create", "--name", "mine", "debian-bookworm")
+    user.ok("exec", "mine", "--", "sh", "-c", "echo kept > /root/kept")
+    assert user.ok("exec", "mine", "--", "cat", "/root/kept").out == "kept\n"
+    assert [s["name"] for s in json.loads(user.ok("ls", "--json").out)] == ["mine"]
+    # shell: the image's shell on a terminal, in the named sandbox.
+    code, output = run_in_pty(user.argv("shell", "mine"), env=user.env(), keys=b"cat /root/kept; exit 3\n",
+                              ready=b"#")
+    assert code == 3 and "kept" in output, output
+    user.ok("rm", "mine")
+    assert json.loads(user.ok("ls", "--json").out) == []
+
+
+def test_a_matrix_of_two_profiles_with_layered_setup_steps(user: OrdinaryUser) -> None:
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    (user.profiles / "bookworm-hello.yaml").write_text(HELLO)
+    project = user.home / "project"
+    project.mkdir()
+    (project / "sandboxmgr.yaml").write_text("profiles: [debian-bookworm, bookworm-hello]\n"
+                                             "command: sh -c 'cat /etc/debian_version; touch built'\n")
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles, project):
+        os.chown(path, user.uid, user.gid)
+    result = user("matrix", "-C", str(project), "--json", "-j", "2", timeout=1500)
+    assert result.code == 0, str(result)
+    rows = {row["name"]: row for row in json.loads(result.out)}
+    assert {name: row["status"] for name, row in rows.items()} == {"debian-bookworm": "passed",
+                                                                  "bookworm-hello": "passed"}
+    assert not (project / "built").exists()  # the project is shown copy-on-write
+    out = user.ok("run", "bookworm-hello", "--", "sh", "-c", "cat /etc/layered; hello").out
+    assert out == "layered\nHello, world!\n"
+    layers = json.loads(user.ok("images", "--json").out)
+    hello = next(image for image in layers if image["profile"] == "bookworm-hello")
+    assert len(hello["layers"]) == 3, hello  # the bootstrap, one per setup step
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_a_signal_to_the_manager_ends_the_sandbox(user: OrdinaryUser, signum: int) -> None:
+    """Ctrl-C (SIGINT) or kill -9 of the user's manager: its sandbox goes with it (PID 1 dies
+    with the manager, the namespaces with PID 1), nothing of the user's is left running."""
+    proc = subprocess.Popen(user.argv("run", "debian-bookworm", "--", "sleep", "300"), env=user.env(),
+                            cwd=user.home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(line.endswith(" sleep") for line in user.processes()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the sandbox never started"
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 130), err
+    deadline = time.monotonic() + 10
+    while user.processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert user.processes() == []
+    # What a kill -9 leaves in tmp/ (the ephemeral sandbox's directory) goes with the next command.
+    user.ok("run", "debian-bookworm", "--", "true")
+    assert list((user.store / "tmp").iterdir()) == []
+
+
+def test_doctor_finds_nothing(user: OrdinaryUser) -> None:
+    result = user("doctor")
+    assert result.code == 0, str(result)
+    assert result.out.startswith("nothing left over")
+
+
+def test_doctor_leaves_roots_run_cgroups_to_root(user: OrdinaryUser) -> None:
+    """A run cgroup of root's whose manager is gone is root's doctor's to report: the user's
+    doctor neither reports it nor tries to remove it (it could not)."""
+    from sandboxmgr.cgroups import hierarchies
+
+    v1 = next((h for h in hierarchies() if h.version == 1), None)
+    if v1 is None:
+        missing("no cgroup v1 hierarchy to put a run cgroup of root's in")
+    top = v1.mount / f"sandboxmgr-test-{user.name}"
+    group = top / "sandboxmgr" / "999999999-1-abcdef"  # no such manager: a leftover
+    group.mkdir(parents=True)
+    try:
+        result = user("doctor", "--json")
+        assert result.code == 0, str(result)
+        assert json.loads(result.out) == []
+        assert group.is_dir()
+    finally:
+        group.rmdir()
+        group.parent.rmdir()
+        top.rmdir()
+
+
+def test_zz_nothing_is_left_and_nothing_is_roots(user: OrdinaryUser) -> None:
+    """After every test above (the file's order): no mount under the user's home, no process of
+    the user or its subordinate ids, no file of its store the host's root owns."""
+    with open("/proc/self/mountinfo") as handle:
+        mounts = [line.split()[4] for line in handle if line.split()[4].startswith(str(user.home))]
+    assert mounts == []
+    # A build's signed-index thread may still be finishing its gpgv when the manager exits (a race
+    # of root's builds too): what is left must go on its own within seconds.
+    deadline = time.monotonic() + 10
+    while user.processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert user.processes() == []
+    _owned_by_user_or_its_range(user, user.store)
+
+
+def test_a_user_without_subordinate_ids_gets_one_line_and_the_fix() -> None:
+    with ordinary_user(subordinate_ids=False) as user:
+        result = user("run", "debian-bookworm", "--", "true")
+        assert result.code == 125
+        assert result.err == (f"sandboxmgr: error: {user.name} has no subordinate uid range in /etc/subuid\n"
+                              f"hint: as root: usermod --add-subuids 100000-165535 {user.name} "
+                              "(a range no other user has)\n")
+        doctor = user("doctor", "--json")
+        assert doctor.code == 1
+        found = json.loads(doctor.out)
+        assert [(f["kind"], f["what"]) for f in found] == [("rootless", "/etc/subuid"), ("rootless", "/etc/subgid")]
+
+
+def test_another_user_cannot_use_the_users_store(user: OrdinaryUser) -> None:
+    """Two users never share a store: the store is 0700 and its owner's ids are not mapped in
+    another user's namespace, so every verb gets one line and the hint, and nothing changes."""
+    before = _owners(user.store)
+    with ordinary_user() as other:
+        for verb in (["ls"], ["images"], ["run", "debian-bookworm", "--", "true"], ["rmi", "debian-bookworm"],
+                     ["doctor", "--fix"]):
+            result = other("--store", str(user.store), *verb)
+            assert result.code == 125, str(result)
+            assert result.err == (f"sandboxmgr: error: cannot read the store {user.store}: it is not yours "
+                                  "(root's or another user's; a store is its owner's alone)\n"
+                                  "hint: use a store of your own: the default, $XDG_DATA_HOME/sandboxmgr, "
+                                  "or --store DIR in a directory you own\n"), verb
+    assert _owners(user.store) == before
+
+
+def test_user_namespaces_turned_off_are_one_line_and_a_doctor_finding(rootless_user: OrdinaryUser) -> None:
+    """A host with user.max_user_namespaces=0, simulated in a user namespace of the test's own."""
+    user = rootless_user
+    run = subprocess.run(with_max_user_namespaces(user, 0, user.argv("run", "debian-bookworm", "--", "true")),
+                         capture_output=True, text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert run.returncode == 125
+    assert run.stderr == ("sandboxmgr: error: user namespaces are turned off on this host "
+                          "(user.max_user_namespaces=0)\n"
+                          "hint: as root: sysctl -w user.max_user_namespaces=15000 "
+                          "(and in /etc/sysctl.d/ to keep it)\n")
+    doctor = subprocess.run(with_max_user_namespaces(user, 0, user.argv("doctor", "--json")),
+                            capture_output=True, text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert doctor.returncode == 1, doctor.stderr
+    assert [(f["kind"], f["what"]) for f in json.loads(doctor.stdout)] == [("rootless", "user.max_user_namespaces")]
+    # The same user where the limit allows it: the namespace of the test's own is no obstacle.
+    allowed = subprocess.run(with_max_user_namespaces(user, 100, user.argv("doctor", "--json")),
+                             capture_output=True, text=True, env=user.env(), cwd=user.home,
+                             stdin=subprocess.DEVNULL)
+    assert "user.max_user_namespaces" not in allowed.stdout + allowed.stderr
+
+
+def _unified_mount() -> Path | None:
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return Path(fields[4])
+    return None
+
+
+def test_limits_outside_a_delegated_cgroup_subtree_are_one_error(user: OrdinaryUser) -> None:
+    """The test's own cgroup is root's: --memory, --pids-limit, --cpus are refused, never ignored."""
+    result = user("run", "--memory", "64M", "--pids-limit", "32", "debian-bookworm", "--", "true")
+    assert result.code == 125, str(result)
+    [line, hint] = result.err.splitlines()
+    assert line.startswith("sandboxmgr: error: cannot apply the memory and pids limits as an ordinary user: "
+                           "it needs a cgroup v2 subtree delegated to you")
+    assert hint.startswith("hint: run it in a scope that delegates cgroups to you (systemd-run --user --scope")
+
+
+def test_limits_in_a_delegated_cgroup_subtree(user: OrdinaryUser) -> None:
+    """A subtree delegated as systemd delegates one (the directory and its cgroup.procs,
+    cgroup.subtree_control and cgroup.threads chowned to the user), with the user's sandboxmgr
+    started in a cgroup of it: the limit is applied there if the subtree offers its controller,
+    else the error names what it lacks (this machine's v2 hierarchy offers no pids controller)."""
+    unified = _unified_mount()
+    if unified is None:
+        missing("no cgroup v2 hierarchy is mounted")
+    base = unified / f"sandboxmgr-test-{user.name}"
+    base.mkdir()
+    try:
+        (base / "session").mkdir()
+        for path in (base, base / "cgroup.procs", base / "cgroup.subtree_control", base / "cgroup.threads",
+                     base / "session", base / "session" / "cgroup.procs"):
+            os.chown(path, user.uid, user.gid)
+        argv = ["sh", "-c", f'echo $$ > {base}/session/cgroup.procs && exec "$@"', "sh",
+                *user.argv("run", "--pids-limit", "32", "debian-bookworm", "--", "cat", "/proc/self/cgroup")]
+        result = subprocess.run(argv, capture_output=True, text=True, env=user.env(), cwd=user.home,
+                                stdin=subprocess.DEVNULL, timeout=300)
+        offered = (base / "cgroup.controllers").read_text().split()
+        if "pids" in offered:
+            assert (result.returncode, result.stdout) == (0, "0::/\n"), result.stderr
+        else:
+            assert result.returncode == 125
+            assert result.stderr.splitlines()[0] == (
+                f"sandboxmgr: error: cannot apply the pids limit as an ordinary user: the cgroup delegated to you "
+                f"({base}) offers only: {' '.join(sorted(offered)) or 'no controller'}")
+    finally:
+        for directory in sorted(base.rglob("*"), key=lambda p: -len(p.parts)):
+            if directory.is_dir():
+                directory.rmdir()
+        base.rmdir()
+
+
+def test_no_newuidmap_is_one_line_and_a_doctor_finding(rootless_user: OrdinaryUser) -> None:
+    """A host without the uidmap package, simulated in a mount namespace of the test's own where
+    /usr/bin/newuidmap is covered (by /dev/null, which no one may execute)."""
+    user = rootless_user
+    hide = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind /dev/null /usr/bin/newuidmap && exec "$@"', "sh"]
+    run = subprocess.run([*hide, *user.argv("run", "debian-bookworm", "--", "true")], capture_output=True,
+                         text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert run.returncode == 125
+    assert run.stderr == ("sandboxmgr: error: newuidmap is not installed (an ordinary user's sandboxes need it)\n"
+                          "hint: as root: apt-get install uidmap (dnf install shadow-utils)\n")
+    doctor = subprocess.run([*hide, *user.argv("doctor", "--json")], capture_output=True, text=True,
+                            env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert doctor.returncode == 1, doctor.stderr
+    assert [(f["kind"], f["what"]) for f in json.loads(doctor.stdout)] == [("rootless", "newuidmap")]

@@ -1,0 +1,93 @@
+"""Rootless mode's pure logic: the subordinate ranges, the id map, what a restricted host says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr import userns
+
+
+def test_the_first_range_of_the_user_by_name_or_number_is_used(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:65536\nbob:165536:65536\nbob:300000:10\n1234:400000:65536\nbroken:x:1\n")
+    assert userns.subordinate(str(subuid), "bob", 1001) == (165536, 65536)
+    assert userns.subordinate(str(subuid), "carol", 1234) == (400000, 65536)
+    assert userns.subordinate(str(subuid), "broken", 5) is None
+    assert userns.subordinate(str(subuid), "dave", 5) is None
+    assert userns.subordinate(str(tmp_path / "none"), "alice", 5) is None
+
+
+def test_an_empty_range_is_no_range(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:0\n")
+    assert userns.subordinate(str(subuid), "alice", 1000) is None
+
+
+def test_root_inside_is_the_user_and_the_others_its_subordinate_ids() -> None:
+    # newuidmap PID 0 1000 1 1 100000 65536: inside 0 -> 1000, inside 1.. -> 100000..
+    assert userns.id_map(1000, (100000, 65536)) == ["0", "1000", "1", "1", "100000", "65536"]
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A made-up host: its sysctls, subuid and subgid files in tmp_path."""
+    for name, text in (("max", "15000\n"), ("apparmor", "0\n"), ("subuid", "me:100000:65536\n"),
+                       ("subgid", "me:100000:65536\n")):
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(userns, "MAX_USER_NAMESPACES", str(tmp_path / "max"))
+    monkeypatch.setattr(userns, "APPARMOR_RESTRICT", str(tmp_path / "apparmor"))
+    monkeypatch.setattr(userns, "SUBUID", str(tmp_path / "subuid"))
+    monkeypatch.setattr(userns, "SUBGID", str(tmp_path / "subgid"))
+    monkeypatch.setattr(userns, "user_name", lambda uid: "me")
+    return tmp_path
+
+
+def test_a_host_that_allows_it_has_no_problem(host: Path) -> None:
+    assert userns.restriction() is None
+    assert userns.problems(1000) == []
+
+
+def test_user_namespaces_turned_off_are_named_with_the_sysctl(host: Path) -> None:
+    (host / "max").write_text("0\n")
+    problems = userns.problems(1000)
+    assert len(problems) == 1
+    what, line, fix = problems[0]
+    assert what == "user.max_user_namespaces"
+    assert "user.max_user_namespaces=0" in line
+    assert "sysctl -w user.max_user_namespaces=" in fix
+
+
+def test_apparmor_restriction_is_named_with_the_sysctl(host: Path) -> None:
+    (host / "apparmor").write_text("1\n")
+    [(what, line, fix)] = userns.problems(1000)
+    assert what == "kernel.apparmor_restrict_unprivileged_userns"
+    assert "kernel.apparmor_restrict_unprivileged_userns=1" in line
+    assert "apparmor_restrict_unprivileged_userns=0" in fix
+
+
+def test_a_user_without_ranges_is_told_how_to_add_them(host: Path) -> None:
+    (host / "subuid").write_text("")
+    (host / "subgid").write_text("other:1:2\n")
+    problems = userns.problems(1000)
+    assert [line for _, line, _ in problems] == ["me has no subordinate uid range in " + str(host / "subuid"),
+                                             "me has no subordinate gid range in " + str(host / "subgid")]
+    assert all("usermod --add-sub" in fix for _, _, fix in problems)
+
+
+def test_missing_newuidmap_names_the_package(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(userns, "_find", lambda program: None if program == "newuidmap" else "/usr/bin/" + program)
+    [(what, line, fix)] = userns.problems(1000)
+    assert what == "newuidmap"
+    assert line.startswith("newuidmap is not installed")
+    assert "apt-get install uidmap" in fix
+
+
+def test_root_is_not_rootless_outside_a_namespace_of_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(userns.MARK, raising=False)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert not userns.entered()
+    assert not userns.rootless()
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert userns.rootless()
