@@ -46,7 +46,7 @@ from sandboxmgr.libseccomp import program
 from sandboxmgr.mounts import BindMount, full_plan, refuse_kernel_target
 from sandboxmgr.record import record
 from sandboxmgr.seccomp import Policy, default_policy
-from sandboxmgr.userns import fork_in_pid_namespace
+from sandboxmgr.userns import entered, fork_in_pid_namespace
 from sandboxmgr.users import check_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
@@ -310,8 +310,12 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
             pty_number = tty.open_pty(root, tty_child)
         _switch_root(root, spec.isolation)
         # Not dumpable: no process of the sandbox may ptrace PID 1 or open its
-        # /proc/1/exe, which is the host's Python.
-        linux.prctl(linux.PR_SET_DUMPABLE, 0)
+        # /proc/1/exe, which is the host's Python. An ordinary user's PID 1 stays dumpable,
+        # or the user could not join it (exec: setns on its pidfd needs ptrace access, and
+        # the host's CAP_SYS_PTRACE for a process that is not); there the sandbox's
+        # commands lack what PID 1 has (capabilities cut, other ids), which ptrace requires.
+        if not entered():
+            linux.prctl(linux.PR_SET_DUMPABLE, 0)
     except SandboxError as exc:
         fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
     except Exception as exc:

@@ -81,14 +81,16 @@ def try_run(argv: Sequence[str]) -> int | None:
         return None
     from pathlib import Path
 
+    from sandboxmgr.locations import default_store, profile_dirs
     from sandboxmgr.userns import enter
 
-    enter()  # an ordinary user's: nothing for root
+    store_path = Path(args.store) if args.store else default_store()
+    # An ordinary user's (nothing for root); exec into a running sandbox takes its namespace.
+    enter(store_path / "sandboxes" / args.ref if args.verb == "exec" and "/" not in args.ref else None)
     from sandboxmgr import config
-    from sandboxmgr.locations import default_store, profile_dirs
     from sandboxmgr.store import Store
 
-    store = Store(Path(args.store) if args.store else default_store())
+    store = Store(store_path)
     options = config.options(argv=args.command, tty=config.shell_tty(args.tty, args.command))
     if args.verb == "exec":
         # A named sandbox keeps its config: nothing of its profile is needed.

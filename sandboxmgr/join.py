@@ -10,8 +10,9 @@ The process tree of a joined command::
 The manager makes its next child be born in the sandbox's PID namespace (``setns`` on a
 pidfd of its PID 1, CLONE_NEWPID: it concerns children only) and forks; the child joins
 the sandbox's cgroup, its mount, UTS, IPC, network and cgroup namespaces (one ``setns``
-on the pidfd), takes PID 1's root (``/proc/PID/root``, opened before the join: in the
-chroot isolation the namespace's root is not the sandbox's), and from there is exactly a
+on the pidfd; joining the mount namespace takes it to that namespace's root, which
+pivot_root made the sandbox's; with the chroot isolation it then chroots into PID 1's
+root, ``/proc/PID/root``, opened before the join), and from there is exactly a
 command of the sandbox: execute.py cuts its capabilities, switches its user, sets
 no_new_privs and loads the filter as for the first command.
 
@@ -38,7 +39,18 @@ from sandboxmgr.execute import FORWARDED, exec_command, fail
 from sandboxmgr.libseccomp import program
 from sandboxmgr.record import record
 
-_JOINED = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNET | linux.CLONE_NEWCGROUP
+_JOINED = {"mnt": linux.CLONE_NEWNS, "uts": linux.CLONE_NEWUTS, "ipc": linux.CLONE_NEWIPC,
+           "net": linux.CLONE_NEWNET, "cgroup": linux.CLONE_NEWCGROUP}
+
+
+def _differing(pid: int) -> int:
+    """The flags of the namespaces PID 1 has and we have not: the host's network (--network
+    host) is joined by staying in it, which an ordinary user's manager could not setns into."""
+    flags = 0
+    for name, flag in _JOINED.items():
+        if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
+            flags |= flag
+    return flags
 
 
 @record
@@ -73,14 +85,20 @@ def run_joined(holder: Holder, pidfd: int, spec: EnterSpec) -> int:
     """Run ``spec``'s command in the live sandbox of ``holder`` (``pidfd`` from
     :func:`open_holder`); return its exit status. ``spec.root`` is unused: the root is PID 1's."""
     seccomp_program = program(spec.seccomp, spec.seccomp_cache) if spec.seccomp is not None else None
-    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-    root_fd = os.open(f"/proc/{holder.pid}/root", flags)
-    opened = [root_fd]
+    opened: list[int] = []
     try:
-        signal.pidfd_send_signal(pidfd, 0)  # the root opened is that process's
+        root_fd = None
+        if spec.isolation == "chroot":
+            # The mount namespace's root is not the sandbox's: PID 1 chrooted into it. With
+            # pivot_root it is, and setns() takes the joining command there by itself.
+            root_fd = os.open(f"/proc/{holder.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append(root_fd)
+            signal.pidfd_send_signal(pidfd, 0)  # the root opened is that process's
         cgroup_fds = [os.open(Path(leaf) / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for leaf in holder.cgroups]
         opened += cgroup_fds
-        return _fork_joined(spec, pidfd, root_fd, cgroup_fds, seccomp_program)
+        flags = _differing(holder.pid)
+        signal.pidfd_send_signal(pidfd, 0)  # what /proc said was that process's
+        return _fork_joined(spec, pidfd, flags, root_fd, cgroup_fds, seccomp_program)
     except ProcessLookupError:
         raise SandboxError("the sandbox stopped while the command was joining it",
                            hint="run the command again: it starts the sandbox") from None
@@ -91,7 +109,7 @@ def run_joined(holder: Holder, pidfd: int, spec: EnterSpec) -> int:
             os.close(fd)
 
 
-def _fork_joined(spec: EnterSpec, pidfd: int, root_fd: int, cgroup_fds: list[int],
+def _fork_joined(spec: EnterSpec, pidfd: int, flags: int, root_fd: int | None, cgroup_fds: list[int],
                  seccomp_program: bytes | None) -> int:
     err_read, err_write = os.pipe2(os.O_CLOEXEC)
     tty_parent = tty_child = None
@@ -106,14 +124,14 @@ def _fork_joined(spec: EnterSpec, pidfd: int, root_fd: int, cgroup_fds: list[int
         try:
             pid = os.fork()
         except BaseException:
-            linux.setns(own_pid_ns, linux.CLONE_NEWPID)
+            _back_to(own_pid_ns)
             raise
         if pid == 0:  # pragma: no cover - the joined command
             os.close(err_read)
             if tty_parent is not None:
                 tty_parent.close()
-            _joined(spec, err_write, pidfd, root_fd, cgroup_fds, tty_child, seccomp_program)
-        linux.setns(own_pid_ns, linux.CLONE_NEWPID)
+            _joined(spec, err_write, pidfd, flags, root_fd, cgroup_fds, tty_child, seccomp_program)
+        _back_to(own_pid_ns)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         raise
@@ -129,7 +147,20 @@ def _fork_joined(spec: EnterSpec, pidfd: int, root_fd: int, cgroup_fds: list[int
             tty.restore(caller)
 
 
-def _joined(spec: EnterSpec, err_write: int, pidfd: int, root_fd: int, cgroup_fds: list[int],
+def _back_to(own_pid_ns: int) -> None:
+    """Our next children in our own PID namespace again. In an ordinary user's namespace
+    (userns.py) the host's user namespace owns it and setns() is refused: the manager forks
+    nothing after a joined command, so its children stay the sandbox's."""
+    try:
+        linux.setns(own_pid_ns, linux.CLONE_NEWPID)
+    except PermissionError:
+        from sandboxmgr.userns import entered
+
+        if not entered():
+            raise
+
+
+def _joined(spec: EnterSpec, err_write: int, pidfd: int, flags: int, root_fd: int | None, cgroup_fds: list[int],
             tty_child: object, seccomp_program: bytes | None) -> None:
     """The child: join, then become the command (execute.py). Never returns."""
     try:
@@ -138,12 +169,13 @@ def _joined(spec: EnterSpec, err_write: int, pidfd: int, root_fd: int, cgroup_fd
         for fd in cgroup_fds:  # before the cgroup namespace: the sandbox's view is rooted there
             os.write(fd, b"0")
             os.close(fd)
-        linux.setns(pidfd, _JOINED)
+        linux.setns(pidfd, flags)  # with the mount namespace, its root (see run_joined)
         os.close(pidfd)
-        os.fchdir(root_fd)
-        os.chroot(".")
+        if root_fd is not None:
+            os.fchdir(root_fd)
+            os.chroot(".")
+            os.close(root_fd)
         os.chdir("/")
-        os.close(root_fd)
         linux.join_new_session_keyring()
         pty_number = None
         if tty_child is not None:

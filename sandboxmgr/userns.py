@@ -27,6 +27,7 @@ the two setuid programs on the manager's pid.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
@@ -138,9 +139,14 @@ def problems(uid: int | None = None) -> list[tuple[str, str, str]]:
     return found
 
 
-def enter() -> None:
-    """Enter the caller's user namespace (see the module's docstring); nothing for root."""
+def enter(running: Path | None = None) -> None:
+    """Enter the caller's user namespace (see the module's docstring); nothing for root.
+    ``running``: the directory of a named sandbox a command is for; if it runs (live.py), its
+    user namespace is entered instead of a new one - a command joins the sandbox's other
+    namespaces from there, and from a sibling namespace it could not."""
     if os.geteuid() == 0:
+        return
+    if running is not None and _join_running(running):
         return
     uid, gid = os.getuid(), os.getgid()
     found = problems(uid)
@@ -179,6 +185,35 @@ def enter() -> None:
     # The user's supplementary groups are not mapped (they would show as nogroup inside).
     os.setgroups([])
     os.environ[MARK] = "1"
+
+
+def _join_running(sandbox: Path) -> bool:
+    """Enter the user namespace of the running sandbox at ``sandbox`` (its PID 1, as its monitor
+    recorded it, checked by name while a pidfd holds it); False when it is not running."""
+    import json
+
+    try:
+        state = json.loads((sandbox / "state.json").read_text())
+        pid = int(state["pid"]) if state.get("status") == "running" else 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() != "sandboxmgr-init":
+                return False
+        linux.setns(pidfd, linux.CLONE_NEWUSER)  # allowed: the user made it
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+    os.environ[MARK] = "1"
+    return True
 
 
 def fork_in_pid_namespace(own_pid_ns: int) -> int:

@@ -38,6 +38,15 @@ class App:
             self._registry = ProfileRegistry(profile_dirs(self.configs))
         return self._registry
 
+    def enter_for(self, name: str) -> None:
+        """Before the store is reached: an ordinary user's command for the named sandbox NAME
+        takes its user namespace when it runs (userns.enter), so that it can join it."""
+        if self._store is None and "/" not in name:
+            from sandboxmgr.locations import default_store
+            from sandboxmgr.userns import enter
+
+            enter((self.store_path or default_store()) / "sandboxes" / name)
+
     @property
     def store(self) -> Store:
         if self._store is None:

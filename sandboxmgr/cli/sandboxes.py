@@ -155,6 +155,7 @@ def exec_(app: App, /, interactive: bool, tty: bool, keep_running: bool, name: s
 
     require_root(app, "exec")
     options = config.parse_options(command, tty, **flags)
+    app.enter_for(name)
     return live.run_in(app.store, app.store.sandbox(name), options, keep_running=keep_running)
 
 
@@ -168,6 +169,7 @@ def shell(app: App, user: str | None, name: str) -> int:
 
     require_root(app, "shell")
     options = config.parse_options((), sys.stdin.isatty(), user=user)
+    app.enter_for(name)
     return live.run_in(app.store, app.store.sandbox(name), options)
 
 

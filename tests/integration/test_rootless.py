@@ -364,3 +364,29 @@ def test_no_newuidmap_is_one_line_and_a_doctor_finding(rootless_user: OrdinaryUs
                             env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
     assert doctor.returncode == 1, doctor.stderr
     assert [(f["kind"], f["what"]) for f in json.loads(doctor.stdout)] == [("rootless", "newuidmap")]
+
+
+def test_commands_of_an_ordinary_user_join_its_running_sandbox(user: OrdinaryUser) -> None:
+    """Issue 15 in rootless mode: a second command (another sandboxmgr, which would make a user
+    namespace of its own) joins the running sandbox through the sandbox's user namespace."""
+    user.ok("create", "--name", "both", "debian-bookworm")
+    try:
+        user.ok("start", "both")
+        first = subprocess.Popen(user.argv("exec", "both", "--", "sh", "-c",
+                                           "echo first > /root/note; while [ ! -e /root/go ]; do sleep 0.1; done"),
+                                 env=user.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while user("exec", "both", "--", "test", "-e", "/root/note").code != 0:
+                assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+                time.sleep(0.1)
+            second = user.ok("exec", "both", "--", "sh", "-c",
+                             "cat /root/note; grep -l 'go' /proc/[0-9]*/cmdline | wc -l; touch /root/go")
+            assert second.out.split()[0] == "first" and int(second.out.split()[1]) >= 1, second
+            assert first.wait(timeout=30) == 0
+        finally:
+            first.kill()
+            first.communicate()
+        user.ok("stop", "both")
+    finally:
+        user.ok("rm", "-f", "both")
