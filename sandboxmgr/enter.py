@@ -309,11 +309,8 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         if tty_child is not None:
             pty_number = tty.open_pty(root, tty_child)
         _switch_root(root, spec.isolation)
-        # Not dumpable: no process of the sandbox may ptrace PID 1 or open its
-        # /proc/1/exe, which is the host's Python. An ordinary user's PID 1 stays dumpable,
-        # or the user could not join it (exec: setns on its pidfd needs ptrace access, and
-        # the host's CAP_SYS_PTRACE for a process that is not); there the sandbox's
-        # commands lack what PID 1 has (capabilities cut, other ids), which ptrace requires.
+        # Not dumpable: nothing inside may ptrace PID 1 or open /proc/1/exe (the host's Python).
+        # An ordinary user's stays dumpable, or no command could join it (README: Live sandboxes).
         if not entered():
             linux.prctl(linux.PR_SET_DUMPABLE, 0)
     except SandboxError as exc:
