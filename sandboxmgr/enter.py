@@ -273,10 +273,9 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
           cgroup_fds: list[int], seccomp_program: bytes | None) -> None:
     """PID 1 of the sandbox. Never returns."""
     try:
-        # If the manager dies (even by SIGKILL), PID 1 dies, and with it the
-        # whole PID namespace and every mount of the sandbox. getppid() is 0
-        # across a PID namespace, so a manager that died before the prctl is
-        # seen as a hang-up on the pipe whose write end only it holds.
+        # If the manager dies (even by SIGKILL), PID 1 dies, and with it the whole PID namespace
+        # and every mount of the sandbox. getppid() is 0 across a PID namespace, so a manager
+        # that died before the prctl is seen as a hang-up on the pipe whose write end only it holds.
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if select.select([alive], [], [], 0)[0]:
             os._exit(EXIT_MANAGER)
