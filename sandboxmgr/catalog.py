@@ -166,6 +166,7 @@ def sandbox_info(store: Store, name: str) -> dict[str, Any]:
     info["changes_size"] = tree_size(record.upper)
     from sandboxmgr.live import status
 
+    info["command"] = record.meta.get("command")  # a detached one's main command (run -d), else None
     info.update(status(store, record))
     info["in_use"] = info["state"] == "running"
     info["image_present"] = store.image(record.image_key) is not None

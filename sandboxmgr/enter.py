@@ -128,6 +128,9 @@ class EnterSpec:
     # A live sandbox's PID 1 (live.py): it runs no command of its own but holds the sandbox's
     # namespaces and mounts while commands join it (join.py), until it is stopped (pid1.py).
     hold: bool = False
+    # A live sandbox's PID 1 with a main command (run -d): a SIGTERM to it (stop) goes to every
+    # process of the sandbox, not to the command alone.
+    live: bool = False
 
 
 def enter(spec: EnterSpec, ready: Ready | None = None) -> int:
@@ -328,7 +331,7 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
     if child == 0:
         exec_command(spec, err_write, pty_number, seccomp_program, env, capabilities)
     os.close(err_write)
-    pid1.reap(child)
+    pid1.reap(child, everyone=spec.live)
 
 
 def _setup(spec: EnterSpec) -> Path:

@@ -23,6 +23,8 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxmgr import monitor
@@ -38,6 +40,12 @@ if TYPE_CHECKING:
     from sandboxmgr.store import SandboxRecord, Store
 
 DEFAULT_STOP_SECONDS = 10  # docker stop's
+LOG_FILE = "output.log"
+
+
+def logs_dir(record: SandboxRecord) -> Path:
+    """Where a sandbox's main command's output is kept (monitor.Log), beside its changes."""
+    return record.path / "logs"
 _STOPPED_WAIT_SECONDS = 30.0  # for the monitor to record the end, once PID 1 is dead
 
 
@@ -100,9 +108,17 @@ def _arrive(store: Store, record: SandboxRecord, transition: Lock) -> SandboxRec
 
 
 def start(store: Store, record: SandboxRecord, config: SandboxConfig, auto: bool) -> Holder:
-    """Start the sandbox (its transition lock held by the caller); return its PID 1."""
+    """Start the sandbox (its transition lock held by the caller) with its main command if it
+    has one (run -d, in sandbox.json), else held; return its PID 1."""
     image = image_of(store, record)
-    monitor.spawn(store, record, hold_spec(store, record, image, config), holds(store, image, config.caches), auto)
+    command = tuple(str(arg) for arg in record.meta.get("command") or ())
+    log = None
+    if command:
+        log = logs_dir(record)
+        log.mkdir(mode=0o700, exist_ok=True)
+        log = log / LOG_FILE
+    monitor.spawn(store, record, hold_spec(store, record, image, config, command or None),
+                  holds(store, image, config.caches), auto and not command, log)
     found = holder(store, record)
     if found is None:
         raise SandboxError(f"sandbox {record.name!r} stopped as soon as it started", hint="see 'sandboxmgr doctor'")
@@ -157,6 +173,72 @@ def _leave(store: Store, record: SandboxRecord, use: Lock) -> None:
         if last.try_acquire():  # no other command in it
             with last:
                 _stop(store, record, monitor.AUTO_GRACE_SECONDS)
+
+
+def run_detached(store: Store, record: SandboxRecord, command: tuple[str, ...]) -> None:
+    """``run -d``: make ``command`` the sandbox's main command and start it; the sandbox stops
+    when it ends, and ``start`` runs it again, as a container's."""
+    with _transition(store, record) as current:
+        if holder(store, current) is not None:
+            raise SandboxError(f"sandbox {current.name!r} is running", hint="pick another --name")
+        meta = dict(current.meta) | {"command": list(command)}
+        write_json(current.path / "sandbox.json", meta)
+        start(store, store.sandbox(current.name), SandboxConfig.from_json(meta["settings"]), auto=False)
+
+
+def wait(store: Store, record: SandboxRecord) -> int | None:
+    """Until the sandbox is stopped; its exit status (None: its monitor was killed)."""
+    live = store.lock("live", record.name)
+    live.acquire_shared()  # the monitor holds it exclusively while the sandbox runs
+    live.release()
+    code = read_state(record).get("exit_code")
+    return code if isinstance(code, int) else None
+
+
+def logs(store: Store, record: SandboxRecord, write: Callable[[bytes], None], tail: int | None = None,
+         follow: bool = False) -> None:
+    """Give ``write`` the main command's output (the last ``tail`` lines); with ``follow``, what
+    it writes next too, until the sandbox stops. The files are the sandbox's output: anything
+    may be in them, and they are read as bytes, never through a link."""
+    path = logs_dir(record) / LOG_FILE
+    data = b"".join(_read(path.with_name(LOG_FILE + ".1")) + _read(path))
+    if tail is not None:
+        data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+    write(data)
+    if not follow:
+        return
+    position, inode = _where(path)
+    while True:
+        running = holder(store, record) is not None
+        now_inode = _where(path)[1]
+        if now_inode != inode:  # rotated: the rest of the old one is in .1; go on with the new one
+            position, inode = 0, now_inode
+        chunk = b"".join(_read(path, position))
+        if chunk:
+            write(chunk)
+            position += len(chunk)
+        elif not running:
+            return
+        else:
+            time.sleep(0.1)
+
+
+def _read(path: Path, offset: int = 0) -> list[bytes]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
+        return []
+    with os.fdopen(fd, "rb") as handle:
+        handle.seek(offset)
+        return [handle.read()]
+
+
+def _where(path: Path) -> tuple[int, int]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return 0, 0
+    return info.st_size, info.st_ino
 
 
 def start_verb(store: Store, record: SandboxRecord) -> bool:

@@ -26,6 +26,7 @@ import select
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandboxmgr import linux
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 MONITOR_NAME = "sandboxmgr-mon"  # as ps shows it (15 bytes at most)
 STATE_FILE = "state.json"
 AUTO_GRACE_SECONDS = 10.0
+LOG_MAX_BYTES = 8 * 1024 * 1024  # per file: a detached command's log takes 16 MiB at most
 _UNUSED_POLL_SECONDS = 1.0
 _MAX_FD = 0x7FFFFFFF
 
@@ -50,16 +52,20 @@ _MAX_FD = 0x7FFFFFFF
 def terminate(pidfd: int, grace: float) -> None:
     """Stop a live sandbox's PID 1: SIGTERM (it passes it to every process inside, pid1.hold),
     then SIGKILL when ``grace`` seconds pass first (the kernel kills the rest with it)."""
-    with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+    if grace > 0:  # none: SIGKILL alone, as ``docker rm -f`` (a SIGTERM first could still be obeyed)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
     if grace <= 0 or not select.select([pidfd], [], [], grace)[0]:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
-def spawn(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[Lock], auto: bool) -> None:
-    """Start ``record``'s monitor with ``spec`` (a held sandbox's); return once PID 1 is set up.
-    ``holds``: locks the monitor takes (shared) for its life, as a run holds its image's."""
+def spawn(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[Lock], auto: bool,
+          log: Path | None = None) -> None:
+    """Start ``record``'s monitor with ``spec`` (a held sandbox's, or one with its main command);
+    return once PID 1 is set up (and the main command started). ``holds``: locks the monitor
+    takes (shared) for its life, as a run holds its image's; ``log``: where the main command's
+    output goes (see :class:`Log`)."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the monitor's side
@@ -67,7 +73,7 @@ def spawn(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[Lock
             os.close(read_fd)
             os.setsid()
             if os.fork() == 0:
-                _monitor(store, record, spec, holds, auto, write_fd)
+                _monitor(store, record, spec, holds, auto, write_fd, log)
         finally:
             os._exit(0)
     os.close(write_fd)
@@ -77,13 +83,14 @@ def spawn(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[Lock
         report = pipe.readline().decode(errors="replace").rstrip("\n")
     if report == "ok":
         return
-    message, _, hint = report.partition("\t")
+    code, _, rest = report.partition("\t")
+    message, _, hint = rest.partition("\t")
     raise SandboxError(message or f"sandbox {record.name!r} did not start: its monitor died",
-                       hint=hint or "see 'sandboxmgr doctor'")
+                       hint=hint or "see 'sandboxmgr doctor'", exit_code=int(code) if code.isdigit() else 125)
 
 
 def _monitor(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[Lock], auto: bool,
-             ready_fd: int) -> None:
+             ready_fd: int, log_path: Path | None) -> None:
     """The monitor (see the module's docstring). Never returns."""
     # Nothing of the manager's: its locks above all (an inherited flock lasts as long as any copy).
     os.closerange(3, ready_fd)
@@ -92,6 +99,7 @@ def _monitor(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[L
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+    log = Log(log_path) if log_path is not None else None
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(OSError):
@@ -105,12 +113,14 @@ def _monitor(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[L
         write_json(record.path / STATE_FILE, {"status": "starting", "monitor": os.getpid()})
         for lock in holds:
             lock.acquire_shared()
-        status = enter(spec, lambda pid, cgroup: _ready(store, record, pid, cgroup, auto, ready_fd))
+        status = enter(spec, lambda pid, cgroup: _ready(store, record, pid, cgroup, auto, ready_fd, log))
     except SandboxError as exc:
-        _report(ready_fd, f"{exc.message}\t{exc.hint or ''}")
+        _report(ready_fd, f"{exc.exit_code}\t{exc.message}\t{exc.hint or ''}")
     except BaseException as exc:
-        _report(ready_fd, f"sandbox {record.name!r} did not start: {exc}")
+        _report(ready_fd, f"125\tsandbox {record.name!r} did not start: {exc}")
     finally:
+        if log is not None:
+            log.finish()
         with contextlib.suppress(OSError):
             write_json(record.path / STATE_FILE, {"status": "stopped", "exit_code": status,
                                                   "finished": now_iso()})
@@ -123,7 +133,7 @@ def _report(ready_fd: int, text: str) -> None:
 
 
 def _ready(store: Store, record: SandboxRecord, pid: int, cgroup: RunCgroup | None, auto: bool,
-           ready_fd: int) -> None:
+           ready_fd: int, log: Log | None) -> None:
     """PID 1 is set up: record it, tell the starter, and (auto) wait for the commands to end."""
     from sandboxmgr.cgroups import LEAF, process_start_time
 
@@ -133,10 +143,55 @@ def _ready(store: Store, record: SandboxRecord, pid: int, cgroup: RunCgroup | No
         "monitor": os.getpid(), "started": now_iso(), "auto": auto, "cgroups": leaves,
     })
     pidfd = os.pidfd_open(pid)  # before PID 1 can be reaped: never another process's pid
+    if log is not None:
+        log.start()
     _report(ready_fd, "ok")
     os.close(ready_fd)
     if auto:
         threading.Thread(target=_stop_when_unused, args=(store, record, pidfd), daemon=True).start()
+
+
+class Log:
+    """A detached main command's stdout and stderr (run -d): a pipe whose other end the monitor
+    copies to ``output.log``, as Docker's json-file driver keeps a container's; over
+    :data:`LOG_MAX_BYTES` it becomes ``output.log.1`` (the one before goes) and a new one begins.
+    The monitor's own fds 1 and 2 are the pipe (the command gets them through PID 1)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.read_fd, write_fd = os.pipe()
+        os.set_inheritable(self.read_fd, False)
+        for fd in (1, 2):
+            os.dup2(write_fd, fd)
+        os.close(write_fd)
+        self.thread = threading.Thread(target=self._copy, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+    def _copy(self) -> None:
+        out = self._open()
+        size = os.fstat(out).st_size
+        while chunk := os.read(self.read_fd, 65536):
+            if size + len(chunk) > LOG_MAX_BYTES and size:
+                os.close(out)
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                out, size = self._open(), 0
+            os.write(out, chunk)
+            size += len(chunk)
+        os.close(out)
+
+    def finish(self) -> None:
+        """Every process of the sandbox is gone: what they wrote is copied, up to the end."""
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
 
 
 def _still_auto(record: SandboxRecord) -> bool:

@@ -33,12 +33,13 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def reap(child: int) -> None:
-    """Forward signals to the command, reap every orphan, exit with the command's status."""
+def reap(child: int, everyone: bool = False) -> None:
+    """Forward signals to the command (a SIGTERM to every process with ``everyone``: a live
+    sandbox's main command, stopped), reap every orphan, exit with the command's status."""
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
+            os.kill(-1 if everyone and signum == signal.SIGTERM else child, signum)
 
     for sig in FORWARDED:
         signal.signal(sig, forward)

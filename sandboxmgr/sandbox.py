@@ -111,9 +111,11 @@ def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
     return directory
 
 
-def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path, hold: bool = False) -> EnterSpec:
+def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path, hold: bool = False,
+               live: bool = False) -> EnterSpec:
     """The one place a sandbox's config becomes what enter() takes (``hold``: a live sandbox's
-    PID 1, with no command of its own and /dev/null as stdio: live.py)."""
+    PID 1, with no command of its own; ``live``: with its main command, run -d; both with the
+    monitor's stdio and no terminal: live.py)."""
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": config.hostname}
     env.update(config.env)
     return EnterSpec(
@@ -125,7 +127,7 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         user=config.user,
         network=config.network,
         binds=cache_views(config.caches, scratch, root.volatile) + _volumes(config.binds, scratch, root.volatile),
-        tty=config.tty and not hold,  # a held PID 1 has no terminal: each command makes its own
+        tty=config.tty and not (hold or live),  # a live PID 1 has none: each joined command makes its own
         isolation=config.isolation,
         limits=config.limits,
         no_new_privs=config.no_new_privs,
@@ -135,7 +137,8 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         seccomp_cache=store.cache_dir / "seccomp",
         etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network),
         hold=hold,
-        stdio=(0, 1, 2) if hold else None,
+        live=live,
+        stdio=(0, 1, 2) if hold or live else None,
     )
 
 
@@ -222,7 +225,13 @@ def holds(store: Store, image: ImageRecord, caches: tuple[BindMount, ...]) -> li
     return [store.lock("image", image.key), *(store.lock("cache", name) for name in dict.fromkeys(names))]
 
 
-def hold_spec(store: Store, record: SandboxRecord, image: ImageRecord, config: SandboxConfig) -> EnterSpec:
-    """The spec of a live sandbox's PID 1 over ``image`` (live.py)."""
+def hold_spec(store: Store, record: SandboxRecord, image: ImageRecord, config: SandboxConfig,
+              command: tuple[str, ...] | None = None) -> EnterSpec:
+    """The spec of a live sandbox's PID 1 over ``image`` (live.py): holding it, or running its
+    main ``command`` (run -d)."""
     root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
+    if command:
+        from sandboxmgr.config import options
+
+        return enter_spec(store, root, config.merged(options(argv=command)), record.path / "volumes", live=True)
     return enter_spec(store, root, config, record.path / "volumes", hold=True)

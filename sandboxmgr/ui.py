@@ -185,6 +185,13 @@ def sandboxes_table(rows: list[dict[str, Any]]) -> None:
     )
 
 
+def ps_table(rows: list[dict[str, Any]]) -> None:
+    """``ps``: what runs, and since when (the objects of ``ls --json``)."""
+    print_table(["NAME", "PROFILE", "COMMAND", "STATE", "PROCS"],
+                [[r["name"], r["profile"], " ".join(r.get("command") or ()) or "-", _state(r),
+                  "-" if r["processes"] is None else str(r["processes"])] for r in rows])
+
+
 def _state(row: dict[str, Any]) -> str:
     """``running since TIME``, ``exited (CODE) at TIME``, or ``stopped`` (never ran)."""
     if row["state"] == "running":

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from sandboxmgr.cli import images, jobs, sandboxes
+from sandboxmgr.cli import images, jobs, lifecycle, sandboxes
 from sandboxmgr.cli.app import App
 from sandboxmgr.errors import EXIT_MANAGER
 
@@ -61,7 +61,8 @@ def completion(shell: str) -> None:
 
 for _command in (completion, images.profiles, images.build, images.images, images.rmi, images.prune, sandboxes.run,
                  sandboxes.create, sandboxes.exec_, sandboxes.shell, sandboxes.ls_, sandboxes.inspect, sandboxes.rm,
-                 sandboxes.start, sandboxes.stop, sandboxes.restart, sandboxes.kill,
+                 lifecycle.start, lifecycle.stop, lifecycle.restart, lifecycle.kill, lifecycle.logs,
+                 lifecycle.wait, lifecycle.ps,
                  jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df):
     cli.add_command(_command)
 

@@ -62,6 +62,9 @@ def _sandbox_options(fn: Any) -> Any:
               help="Accepted for docker compatibility: stdin always passes through.")
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (a pty inside the sandbox).")
 @click.option("--name", metavar="NAME", help="Keep the sandbox under this name instead of discarding it.")
+@click.option("-d", "--detach", is_flag=True,
+              help="Start COMMAND in a named sandbox (--name, else PROFILE-<random>) and print its name; "
+                   "its output goes to `sandboxmgr logs`.")
 @click.option("--rm", "remove", is_flag=True, help="Accepted for docker compatibility: run is ephemeral by default.")
 @click.option("--isolation", type=click.Choice(["pivot_root", "chroot"]), default="pivot_root",
               show_default=True, help="How the root is switched (chroot also drops CAP_SYS_CHROOT).")
@@ -70,11 +73,12 @@ def _sandbox_options(fn: Any) -> Any:
 @click.argument("profile", shell_complete=complete_profiles)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: bool, profile: str,
+def run(app: App, /, interactive: bool, tty: bool, name: str | None, detach: bool, remove: bool, profile: str,
         command: tuple[str, ...], **flags: Any) -> int:
     """Run COMMAND in a new sandbox over PROFILE's image (built first if needed).
 
-    The sandbox is discarded when the command exits, unless --name keeps it.
+    The sandbox is discarded when the command exits, unless --name keeps it
+    (or -d starts it detached, as its main command: the sandbox stops when it ends).
     Without a COMMAND, the image's shell starts (with a pty when stdin is a
     terminal, as `shell` does). Put `--` before a command
     whose options could be taken for sandboxmgr's.
@@ -82,20 +86,44 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, remove: boo
     from sandboxmgr import config, live
 
     require_root(app, "run")
+    if detach:
+        _check_detach(remove, tty, command)
     options = config.parse_options(command, config.shell_tty(tty, command), **flags)
     if name is not None and remove:
         raise SandboxError("--rm and --name contradict each other",
                            hint="drop --name for a throw-away sandbox, or --rm to keep it")
-    if name is None:
+    if name is None and not detach:
         return _run_ephemeral(app, profile, options)
+    import secrets
+
     from sandboxmgr.names import check_name
     from sandboxmgr.resolve import create_sandbox
 
-    check_name(name, "sandbox name")
     loaded = app.registry.load(profile)
+    name = name or f"{loaded.name}-{secrets.token_hex(3)}"
+    check_name(name, "sandbox name")
     record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
+    if detach:
+        try:
+            live.run_detached(app.store, record, options.argv)
+        except SandboxError:
+            live.remove(app.store, record, force=True)  # made for this command: nothing half-made is left
+            raise
+        click.echo(record.name)
+        return 0
     # Everything else of the command line is saved with the sandbox (its isolation too).
     return live.run_in(app.store, record, config.options(argv=options.argv, tty=options.tty))
+
+
+def _check_detach(remove: bool, tty: bool, command: tuple[str, ...]) -> None:
+    if remove:
+        raise SandboxError("--rm and -d contradict each other: a detached sandbox is kept",
+                           hint="remove it when done: sandboxmgr rm -f NAME")
+    if tty:
+        raise SandboxError("-t and -d contradict each other: a detached command has no terminal",
+                           hint="drop -t; follow its output with: sandboxmgr logs -f NAME")
+    if not command:
+        raise SandboxError("run -d needs a COMMAND", hint="give one: sandboxmgr run -d PROFILE -- CMD ARGS...")
 
 
 def _run_ephemeral(app: App, ref: str, options: SandboxConfig) -> int:
@@ -244,86 +272,3 @@ def rm(app: App, force: bool, names: tuple[str, ...]) -> None:
         live.remove(app.store, app.store.sandbox(name), force=force)
         if not app.quiet:
             click.echo(f"removed {name}")
-
-
-# --- the lifecycle ------------------------------------------------------------------------------
-
-
-@click.command()
-@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
-@pass_app
-def start(app: App, names: tuple[str, ...]) -> None:
-    """Start named sandboxes; each stays running until `stop` (exec joins it)."""
-    from sandboxmgr import live
-
-    require_root(app, "start")
-    for name in names:
-        live.start_verb(app.store, app.store.sandbox(name))
-        if not app.quiet:
-            click.echo(name)
-
-
-def _grace(fn: Any) -> Any:
-    return click.option("-t", "--time", "seconds", type=click.IntRange(0, 86400), default=10, show_default=True,
-                        help="Seconds between SIGTERM and SIGKILL.")(fn)
-
-
-@click.command()
-@_grace
-@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
-@pass_app
-def stop(app: App, seconds: int, names: tuple[str, ...]) -> None:
-    """Stop running sandboxes: SIGTERM to every process, SIGKILL after the grace time."""
-    from sandboxmgr import live
-
-    require_root(app, "stop")
-    for name in names:
-        live.stop(app.store, app.store.sandbox(name), seconds)
-        if not app.quiet:
-            click.echo(name)
-
-
-@click.command()
-@_grace
-@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
-@pass_app
-def restart(app: App, seconds: int, names: tuple[str, ...]) -> None:
-    """Stop (as `stop`) and start named sandboxes again."""
-    from sandboxmgr import live
-
-    require_root(app, "restart")
-    for name in names:
-        live.stop(app.store, app.store.sandbox(name), seconds)
-        live.start_verb(app.store, app.store.sandbox(name))
-        if not app.quiet:
-            click.echo(name)
-
-
-@click.command()
-@click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, metavar="SIGNAL",
-              help="The signal, by name (TERM, SIGHUP) or number; KILL stops the sandbox at once.")
-@click.argument("names", nargs=-1, required=True, shell_complete=complete_sandboxes)
-@pass_app
-def kill(app: App, signal_name: str, names: tuple[str, ...]) -> None:
-    """Send a signal to every process of running sandboxes."""
-    from sandboxmgr import live
-
-    require_root(app, "kill")
-    sig = _signal(signal_name)
-    for name in names:
-        live.kill(app.store, app.store.sandbox(name), sig)
-        if not app.quiet:
-            click.echo(name)
-
-
-def _signal(text: str) -> Any:
-    import signal
-
-    name = text.upper()
-    try:
-        if name.isdigit():
-            return signal.Signals(int(name))
-        return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-    except (KeyError, ValueError):
-        raise SandboxError(f"--signal {text!r}: no such signal",
-                           hint="give a name (TERM, HUP, KILL) or a number (15)") from None

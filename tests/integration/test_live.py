@@ -239,3 +239,55 @@ def test_exec_into_a_removed_image_or_missing_sandbox_says_so(cli: CLI, tmp_path
     missing = cli("start", "no-such-box")
     assert missing.code == 125 and "no sandbox named 'no-such-box'" in missing.err
     assert cli("stop", "no-such-box").code == 125
+
+
+def test_run_d_logs_ps_stop_wait_and_start_again(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    name = f"det-{os.urandom(3).hex()}"
+    script = "trap 'echo got-term; exit 5' TERM; echo started; while :; do sleep 0.1; done"
+    assert cli.ok("run", "-d", "--name", name, IMAGE, "sh", "-c", script).out.strip() == name
+    try:
+        wait_for(lambda: "started" in cli.ok("logs", name).out, "its first line")
+        listed = next(line for line in cli.ok("ps").out.splitlines() if line.startswith(name + " "))
+        assert "running since" in listed and "trap" in listed
+        assert name in cli.ok("ps", "-q").out.split()
+        follower = cli.popen("logs", "-f", name)
+        waiter = cli.popen("wait", name)
+        cli.ok("stop", name)
+        followed, _ = follower.communicate(timeout=30)  # -f ends when the sandbox stops
+        assert "started" in followed and "got-term" in followed
+        assert waiter.communicate(timeout=30)[0].strip() == "5"
+        assert name not in cli.ok("ps", "-q").out.split() and name in cli.ok("ps", "-a", "-q").out.split()
+        assert cli.ok("logs", "--tail", "1", name).out == "got-term\n"
+        (row,) = [r for r in json.loads(cli.ok("ps", "-a", "--json").out) if r["name"] == name]
+        assert row["exit_code"] == 5 and row["command"] == ["sh", "-c", script]
+        cli.ok("start", name)  # its main command again, as a container's
+        wait_for(lambda: cli.ok("logs", name).out.count("started") == 2, "the second start")
+        cli.ok("kill", name)
+        assert cli.ok("wait", name).out.strip() == str(128 + signal.SIGKILL)
+    finally:
+        cli("rm", "-f", name)
+
+
+def test_run_d_refuses_what_cannot_be_detached_and_leaves_nothing(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    before = json.loads(cli.ok("ls", "--json").out)
+    missing = cli("run", "-d", IMAGE, "no-such-command")
+    assert missing.code == 127 and "no-such-command: command not found" in missing.err, missing
+    for args, words in ((("-d", "-t"), "-t and -d contradict"), (("-d", "--rm"), "--rm and -d contradict")):
+        refused = cli("run", *args, IMAGE, "true")
+        assert refused.code == 125 and words in refused.err, refused
+    bare = cli("run", "-d", IMAGE)
+    assert bare.code == 125 and "run -d needs a COMMAND" in bare.err
+    assert json.loads(cli.ok("ls", "--json").out) == before  # no sandbox made by any of them
+
+
+def test_a_detached_commands_log_is_capped(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    name = f"loud-{os.urandom(3).hex()}"
+    cli.ok("run", "-d", "--name", name, IMAGE, "sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo end")
+    try:
+        assert cli.ok("wait", name).out.strip() == "0"
+        logs = cli.store / "sandboxes" / name / "logs"
+        sizes = sorted(path.stat().st_size for path in logs.iterdir())
+        assert len(sizes) == 2 and all(size <= 8 * 1024 * 1024 for size in sizes), sizes
+        assert cli.ok("logs", "--tail", "1", name).out == "end\n"
+    finally:
+        cli("rm", "-f", name)

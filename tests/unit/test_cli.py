@@ -202,11 +202,9 @@ def test_the_fast_path_parses_exec_like_the_full_cli(form: list[str], tmp_path: 
 
 
 @pytest.mark.parametrize(("args", "unknown", "close"), [
-    (("run", "-d", "debian", "true"), "-d", None),
-    (("run", "--detach", "debian", "true"), "--detach", None),
     (("run", "-p", "80:80", "debian", "true"), "-p", None),
     (("run", "--netwrok", "none", "debian", "true"), "--netwrok", "--network"),
-    (("run", "-itd", "debian"), "-d", None),
+    (("run", "-itx", "debian"), "-x", None),
     (("exec", "--envv", "A=1", "box", "true"), "--envv", "--env"),
 ])
 def test_an_unknown_option_before_the_profile_is_an_unknown_option(
