@@ -16,6 +16,7 @@ reused while the mirror's index is unchanged (rootcache.py).
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -277,9 +278,27 @@ def _link_kept(kept: Path, diff: Path, otherwise: str) -> bool:
         return False
 
 
+def _forget_build_host(diff: Path) -> None:
+    """The bootstrap tools copy the build machine's /etc/hostname into the root: an image is
+    not that machine (each sandbox gets its own name, sandbox.write_etc_files). A new file,
+    never a write into this one: it may be a hard link to a kept root's."""
+    hostname = diff / "etc" / "hostname"
+    try:
+        if not stat.S_ISREG(os.lstat(hostname).st_mode):
+            return
+    except OSError:
+        return
+    hostname.unlink()
+    fd = os.open(hostname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("localhost\n")
+
+
 def _publish_layer(store: Store, profile: Profile, step: LayerPlan, parents: list[LayerRecord],
                    tmp: Path, started: float, kept: Path | None = None) -> LayerRecord:
     diff = tmp / "diff"
+    if step.kind == "bootstrap":
+        _forget_build_host(diff)
     meta: dict[str, Any] = {
         "key": step.key,
         "kind": step.kind,

@@ -1,5 +1,5 @@
 """Every sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf: its own, written per sandbox,
-never into the image (as Docker writes them per container)."""
+never into the image (as Docker writes them per container); the image itself holds no build machine's name."""
 
 from __future__ import annotations
 
@@ -65,3 +65,11 @@ def test_a_named_sandbox_keeps_its_hosts_entries_and_follows_the_hosts_resolver(
         assert result.code != 0 and "busy" in result.err.lower(), str(result)
     finally:
         cli.ok("rm", "named-etc")
+
+
+def test_the_image_does_not_hold_the_build_machines_name(cli: CLI, bookworm: ConcurrentBuild) -> None:
+    import socket
+
+    held = image_etc(cli, bookworm.profile)["hostname"]
+    assert held == b"localhost\n", held  # the bootstrap copied the build machine's; it is dropped
+    assert socket.gethostname().encode() + b"\n" != held
