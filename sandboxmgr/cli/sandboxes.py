@@ -99,9 +99,10 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, detach: boo
     from sandboxmgr.names import check_name
     from sandboxmgr.resolve import create_sandbox
 
+    if name is not None:
+        check_name(name, "sandbox name")
     loaded = app.registry.load(profile)
     name = name or f"{loaded.name}-{secrets.token_hex(3)}"
-    check_name(name, "sandbox name")
     record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
     if detach:
         try:

@@ -63,7 +63,8 @@ def argv_for(verb: str, option: str, value: str, profile: str, project: Path) ->
     if verb == "":
         return [option, value, "profiles"]
     rest = {"run": [profile, "true"], "create": [profile, "--name", "fuzz-created"], "exec": [SANDBOX, "true"],
-            "shell": [SANDBOX], "matrix": ["-C", str(project)], "inspect": [profile]}[verb]
+            "shell": [SANDBOX], "matrix": ["-C", str(project)], "inspect": [profile], "stop": [SANDBOX],
+            "restart": [SANDBOX], "kill": [SANDBOX], "logs": [SANDBOX]}[verb]
     if verb == "matrix" and option == "-C":
         rest = []
     return [verb, option, value, *rest]
