@@ -23,6 +23,7 @@ from bench.common import (
     Section,
     alternate,
     fmt_ratio,
+    fmt_size,
     fmt_time,
     log,
     md_table,
@@ -107,6 +108,9 @@ def entry_under_writes(bench: Bench, live: LiveSandboxes, clean: dict[str, Candi
              "and unmounts nothing; into a stopped one it mounts, and unmounts when it stops it again.",
              ""]
     lines += md_table(["", "median", "min", "slower than without the writes"], rows)
+    if live.dirty:
+        lines += ["", f"Dirty page cache right after each round of writes (`/proc/meminfo`): median "
+                  f"{fmt_size(statistics.median(live.dirty))}, least {fmt_size(min(live.dirty))}."]
     return lines
 
 

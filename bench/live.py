@@ -29,6 +29,15 @@ def start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def dirty_bytes() -> int:
+    """The machine's dirty page cache, written but not yet on disk (/proc/meminfo's Dirty)."""
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("Dirty:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class LiveSandboxes:
     """The two named sandboxes, made by :meth:`setup` and removed by :meth:`teardown`."""
 
@@ -36,6 +45,7 @@ class LiveSandboxes:
         self.sm = sm
         self.pid: int | None = None
         self.since: int | None = None
+        self.dirty: list[int] = []  # /proc/meminfo's Dirty (bytes) right after each round of writes
 
     def inspect(self, name: str) -> dict[str, object]:
         rows = json.loads(self.sm.call("inspect", name))
@@ -75,6 +85,7 @@ class LiveSandboxes:
         def prepare() -> None:
             self.sm.call("exec", RUNNING_SANDBOX, "--", "sh", "-c", script)
             self.check_running()
+            self.dirty.append(dirty_bytes())
         return prepare
 
     def teardown(self) -> None:
