@@ -308,7 +308,7 @@ def remove(store: Store, record: SandboxRecord, force: bool = False) -> None:
     """Remove the sandbox; a running one only with ``force`` (it is killed first, as
     ``docker rm -f``)."""
     name = record.name
-    with _transition(store, record, wait=False) as current:
+    with _transition(store, record) as current:  # waits for a start or stop under way
         if holder(store, current) is not None:
             if not force:
                 raise BusyError(f"sandbox {name!r} is running",
@@ -323,9 +323,10 @@ def remove(store: Store, record: SandboxRecord, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _transition(store: Store, record: SandboxRecord, wait: bool = True) -> Any:
+def _transition(store: Store, record: SandboxRecord) -> Any:
+    """The sandbox's transition lock, once a start or stop under way (seconds, at most a stop's
+    grace time) is over; the sandbox as it is then."""
     transition = store.lock("sandbox", record.name)
-    transition.acquire(wait, f"sandbox {record.name!r} is busy starting or stopping",
-                       "wait for that to finish, then try again")
+    transition.acquire(True, "", "")
     with transition:
         yield _arrive(store, record, transition)
