@@ -62,19 +62,36 @@ def holder(store: Store, record: SandboxRecord) -> Holder | None:
         return None
 
 
-def processes(found: Holder) -> list[int]:
-    """The host pids of the sandbox's processes but its PID 1 (those in its PID namespace)."""
+def _pid_namespace(found: Holder) -> str | None:
+    """The PID namespace of ``found`` while it is that sandbox's PID 1, else None: the pid in
+    the store is never trusted alone (it may be another process's by now)."""
+    pidfd = open_holder(found)
+    if pidfd is None:
+        return None
     try:
         namespace = os.readlink(f"/proc/{found.pid}/ns/pid")
-    except OSError:
-        return []
+        signal.pidfd_send_signal(pidfd, 0)  # still that PID 1: the namespace read was its
+        return namespace
+    except (OSError, ProcessLookupError):
+        return None
+    finally:
+        os.close(pidfd)
+
+
+def _members(namespace: str, init: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != found.pid:
+        if entry.isdigit() and int(entry) != init:
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
                     pids.append(int(entry))
     return pids
+
+
+def processes(found: Holder) -> list[int]:
+    """The host pids of the sandbox's processes but its PID 1 (those in its PID namespace)."""
+    namespace = _pid_namespace(found)
+    return [] if namespace is None else _members(namespace, found.pid)
 
 
 def status(store: Store, record: SandboxRecord) -> dict[str, Any]:
@@ -207,11 +224,19 @@ def kill(store: Store, record: SandboxRecord, sig: signal.Signals) -> int:
         with _transition(store, record) as current:
             _stop(store, current, 0)
         return 1
+    namespace = _pid_namespace(found)
+    if namespace is None:
+        raise SandboxError(f"sandbox {record.name!r} is not running", hint=f"start it: sandboxmgr start {record.name}")
     sent = 0
-    for pid in processes(found):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            sent += 1
+    for pid in _members(namespace, found.pid):
+        with contextlib.suppress(OSError):  # ended meanwhile (ProcessLookupError)
+            target = os.pidfd_open(pid)
+            try:  # and not a pid used again since it was listed: the process the pidfd holds
+                if os.readlink(f"/proc/{pid}/ns/pid") == namespace:
+                    signal.pidfd_send_signal(target, sig)
+                    sent += 1
+            finally:
+                os.close(target)
     return sent
 
 
