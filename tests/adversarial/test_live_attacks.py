@@ -23,7 +23,7 @@ import pytest
 from sandboxmgr import mountinfo
 from sandboxmgr.store import Store
 from tests.adversarial.conftest import processes_named, processes_rooted_in, wait_until
-from tests.conftest import CLI, ConcurrentBuild, Result
+from tests.conftest import CLI, ConcurrentBuild, Result, run_in_pty
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
@@ -196,6 +196,46 @@ def monitors_of(name: str) -> list[int]:
         except (OSError, IndexError):
             continue
     return found
+
+
+@pytest.mark.parametrize("isolation", ["pivot_root", "chroot"])
+def test_what_root_inside_plants_for_the_next_exec_does_not_lead_it_out(
+        cli: CLI, bookworm: ConcurrentBuild, attack_dir: Path, host_marker: Path, isolation: str) -> None:
+    """A running sandbox has had time to prepare: a symlink out for the next exec's -w, a fake
+    /dev/ptmx, a process named as PID 1. The next exec (with a descriptor of the host's open
+    in its manager, as a careless caller's) still lands inside, confined, with stdin, stdout
+    and stderr only; with chroot isolation too, where the host's tree is in the sandbox's
+    mount namespace."""
+    name = f"atk-plant-{os.urandom(3).hex()}"
+    cli.ok("run", "--name", name, "--isolation", isolation, "-v", f"{attack_dir}:/attack:ro", IMAGE, "true")
+    try:
+        cli.ok("start", name)
+        plant = (f"ln -s {'../' * 16} /up; ln -sf /proc/1/root /dev/ptmx; "
+                 "cp /bin/sleep /sandboxmgr-init; (/sandboxmgr-init 300 > /dev/null 2>&1 &)")
+        cli.ok("exec", name, "sh", "-c", plant)
+        leaked = os.open(host_marker.parent, os.O_RDONLY | os.O_DIRECTORY)  # no O_CLOEXEC
+        try:
+            argv = cli.argv("exec", "-w", f"/up{host_marker.parent}", name, "sh", "-c",
+                            f"cat ./{host_marker.name} {host_marker}; /attack/attack fds; "
+                            f"/attack/attack fd-escape {host_marker}; /attack/attack escape {host_marker}")
+            proc = subprocess.run(argv, pass_fds=(leaked,), capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+        finally:
+            os.close(leaked)
+        assert "on the host only" not in proc.stdout, proc.stdout
+        fds = sorted(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("fd "))
+        assert fds == [0, 1, 2], proc.stdout
+        found = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+        assert found.get("no-directory-fd") == "ok", proc.stdout
+        assert found["marker-visible"] == "ENOENT" and found["marker-via-proc1-root"] in ("EACCES", "EPERM"), found
+        if isolation == "chroot":
+            assert found["chroot-subdir"] == "EPERM", found
+        # With -t the pty still comes from the sandbox's own devpts, not from the planted /dev/ptmx.
+        code, output = run_in_pty(cli.argv("exec", "-t", name, "sh", "-c", "tty; echo done"), timeout=120)
+        assert code == 0 and "/dev/pts/" in output and "done" in output, output
+        assert host_marker.exists()
+    finally:
+        cli("rm", "-f", name)
 
 
 # --- the host's commands racing each other -------------------------------------------------------
