@@ -23,6 +23,7 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxmgr import monitor
@@ -199,6 +200,7 @@ def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
     found = holder(store, record)
     if found is None:
         return False
+    namespace = _pid_namespace(found)
     pidfd = open_holder(found)
     if pidfd is not None:
         try:
@@ -206,12 +208,42 @@ def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
         finally:
             os.close(pidfd)
     deadline = time.monotonic() + _STOPPED_WAIT_SECONDS
+    look = time.monotonic() + 0.2
     while is_locked(store.lock("live", record.name).path):
         if time.monotonic() > deadline:
             raise SandboxError(f"sandbox {record.name!r} does not stop: its monitor holds on",
                                hint="see 'sandboxmgr doctor'")
+        if namespace is not None and time.monotonic() > look:
+            _resume_suspended_execs(namespace)
+            look = time.monotonic() + 0.5
         time.sleep(0.01)
     return True
+
+
+def _resume_suspended_execs(namespace: str) -> None:
+    """A joined command is the child of its exec on the host, and the kernel keeps PID 1 (so
+    the sandbox) until that exec reaps it: an exec suspended by Ctrl-Z would hold the stop up
+    for as long as it stays suspended. Resume those whose command is dead (a zombie): each
+    reaps it and returns its status (137), as the stop meant."""
+    for pid in _members(namespace, 0):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if _proc_state(pid) != "Z":
+                continue
+            parent = _parent(pid)
+            target = os.pidfd_open(parent)
+            try:  # still that zombie's parent (not a pid used again), and stopped
+                if _parent(pid) == parent and _proc_state(pid) == "Z" and _proc_state(parent) == "T":
+                    signal.pidfd_send_signal(target, signal.SIGCONT)
+            finally:
+                os.close(target)
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 def kill(store: Store, record: SandboxRecord, sig: signal.Signals) -> int:
