@@ -198,6 +198,24 @@ def monitors_of(name: str) -> list[int]:
     return found
 
 
+def test_kill_and_rm_f_send_sigkill_alone(cli: CLI, box: str) -> None:
+    """`kill` (KILL) and `rm -f` kill at once, as docker's: nothing inside gets a SIGTERM first
+    and runs its handler (which PID 1, woken by a SIGTERM sent just before the SIGKILL, passed
+    on to every process now and then)."""
+    for _ in range(6):
+        cli.ok("start", box)
+        trapper = cli.popen("exec", box, "sh", "-c", "trap 'echo got-term; exit 7' TERM; echo up; "
+                            "while :; do sleep 0.05; done")
+        try:
+            assert trapper.stdout is not None and trapper.stdout.readline() == "up\n"
+            cli.ok("kill", box)
+            result = finish(trapper)
+        finally:
+            trapper.kill()
+            trapper.communicate()
+        assert result.code == 128 + signal.SIGKILL and "got-term" not in result.out, result
+
+
 @pytest.mark.parametrize("isolation", ["pivot_root", "chroot"])
 def test_what_root_inside_plants_for_the_next_exec_does_not_lead_it_out(
         cli: CLI, bookworm: ConcurrentBuild, attack_dir: Path, host_marker: Path, isolation: str) -> None:
