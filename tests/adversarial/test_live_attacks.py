@@ -23,7 +23,7 @@ import pytest
 from sandboxmgr import mountinfo
 from sandboxmgr.store import Store
 from tests.adversarial.conftest import processes_named, processes_rooted_in, wait_until
-from tests.conftest import CLI, ConcurrentBuild, Result, run_in_pty
+from tests.conftest import CLI, ConcurrentBuild, Result, missing, run_in_pty
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
@@ -196,6 +196,30 @@ def monitors_of(name: str) -> list[int]:
         except (OSError, IndexError):
             continue
     return found
+
+
+def test_a_joined_exec_gets_a_session_keyring_of_its_own(cli: CLI, box: str) -> None:
+    """Not the caller's session keyring (its keys), nor another command's: a fresh one, as a
+    run's command gets. Read with the filter off (keyctl is filtered by default) through perl's
+    syscall(): keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        missing("keyctl's system call number is x86_64's here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = libc.syscall(_SYS_KEYCTL, 0, -3, 1)
+    assert ours > 0, ctypes.get_errno()
+    cli.ok("start", box)
+    seen = set()
+    for _ in range(2):
+        result = cli.ok("exec", "--security-opt", "seccomp=unconfined", box, "perl", "-e",
+                        f"print syscall({_SYS_KEYCTL}, 0, -3, 0)")
+        seen.add(int(result.out))
+    assert ours not in seen and len(seen) == 2 and all(key > 0 for key in seen), (ours, seen)
+
+
+_SYS_KEYCTL = 250  # x86_64
 
 
 def test_kill_and_rm_f_send_sigkill_alone(cli: CLI, box: str) -> None:
