@@ -73,19 +73,36 @@ def holder(store: Store, record: SandboxRecord) -> Holder | None:
         return None
 
 
-def processes(found: Holder) -> list[int]:
-    """The host pids of the sandbox's processes but its PID 1 (those in its PID namespace)."""
+def _pid_namespace(found: Holder) -> str | None:
+    """The PID namespace of ``found`` while it is that sandbox's PID 1, else None: the pid in
+    the store is never trusted alone (it may be another process's by now)."""
+    pidfd = open_holder(found)
+    if pidfd is None:
+        return None
     try:
         namespace = os.readlink(f"/proc/{found.pid}/ns/pid")
-    except OSError:
-        return []
+        signal.pidfd_send_signal(pidfd, 0)  # still that PID 1: the namespace read was its
+        return namespace
+    except (OSError, ProcessLookupError):
+        return None
+    finally:
+        os.close(pidfd)
+
+
+def _members(namespace: str, init: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != found.pid:
+        if entry.isdigit() and int(entry) != init:
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
                     pids.append(int(entry))
     return pids
+
+
+def processes(found: Holder) -> list[int]:
+    """The host pids of the sandbox's processes but its PID 1 (those in its PID namespace)."""
+    namespace = _pid_namespace(found)
+    return [] if namespace is None else _members(namespace, found.pid)
 
 
 def status(store: Store, record: SandboxRecord) -> dict[str, Any]:
@@ -269,6 +286,7 @@ def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
     found = holder(store, record)
     if found is None:
         return False
+    namespace = _pid_namespace(found)
     pidfd = open_holder(found)
     if pidfd is not None:
         try:
@@ -278,12 +296,42 @@ def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
         finally:
             os.close(pidfd)
     deadline = time.monotonic() + _STOPPED_WAIT_SECONDS
+    look = time.monotonic() + 0.2
     while is_locked(store.lock("live", record.name).path):
         if time.monotonic() > deadline:
             raise SandboxError(f"sandbox {record.name!r} does not stop: its monitor holds on",
                                hint="see 'sandboxmgr doctor'")
+        if namespace is not None and time.monotonic() > look:
+            _resume_suspended_execs(namespace)
+            look = time.monotonic() + 0.5
         time.sleep(0.01)
     return True
+
+
+def _resume_suspended_execs(namespace: str) -> None:
+    """A joined command is the child of its exec on the host, and the kernel keeps PID 1 (so
+    the sandbox) until that exec reaps it: an exec suspended by Ctrl-Z would hold the stop up
+    for as long as it stays suspended. Resume those whose command is dead (a zombie): each
+    reaps it and returns its status (137), as the stop meant."""
+    for pid in _members(namespace, 0):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if _proc_state(pid) != "Z":
+                continue
+            parent = _parent(pid)
+            target = os.pidfd_open(parent)
+            try:  # still that zombie's parent (not a pid used again), and stopped
+                if _parent(pid) == parent and _proc_state(pid) == "Z" and _proc_state(parent) == "T":
+                    signal.pidfd_send_signal(target, signal.SIGCONT)
+            finally:
+                os.close(target)
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 def kill(store: Store, record: SandboxRecord, sig: signal.Signals) -> int:
@@ -296,11 +344,19 @@ def kill(store: Store, record: SandboxRecord, sig: signal.Signals) -> int:
         with _transition(store, record) as current:
             _stop(store, current, 0)
         return 1
+    namespace = _pid_namespace(found)
+    if namespace is None:
+        raise SandboxError(f"sandbox {record.name!r} is not running", hint=f"start it: sandboxmgr start {record.name}")
     sent = 0
-    for pid in processes(found):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            sent += 1
+    for pid in _members(namespace, found.pid):
+        with contextlib.suppress(OSError):  # ended meanwhile (ProcessLookupError)
+            target = os.pidfd_open(pid)
+            try:  # and not a pid used again since it was listed: the process the pidfd holds
+                if os.readlink(f"/proc/{pid}/ns/pid") == namespace:
+                    signal.pidfd_send_signal(target, sig)
+                    sent += 1
+            finally:
+                os.close(target)
     return sent
 
 

@@ -50,13 +50,15 @@ _MAX_FD = 0x7FFFFFFF
 
 def terminate(pidfd: int, grace: float) -> None:
     """Stop a live sandbox's PID 1: SIGTERM (it passes it to every process inside, pid1.hold),
-    then SIGKILL when ``grace`` seconds pass first (the kernel kills the rest with it)."""
-    if grace > 0:  # none: SIGKILL alone, as ``docker rm -f`` (a SIGTERM first could still be obeyed)
+    then SIGKILL when ``grace`` seconds pass first (the kernel kills the rest with it). No
+    grace (``kill``, ``rm -f``): SIGKILL alone, so that nothing inside gets a SIGTERM first."""
+    if grace > 0:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-    if grace <= 0 or not select.select([pidfd], [], [], grace)[0]:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if select.select([pidfd], [], [], grace)[0]:
+            return
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
 def spawn(store: Store, record: SandboxRecord, spec: EnterSpec, holds: list[Lock], auto: bool,

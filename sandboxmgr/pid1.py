@@ -7,9 +7,10 @@ in the namespace.
 
 A live sandbox's PID 1 (:func:`hold`, see live.py) runs no command of its own. It holds the
 sandbox's namespaces and mounted root while any number of commands join it (join.py), and
-reaps what is reparented to it. A SIGTERM (``sandboxmgr stop``, from the host) makes it send
-SIGTERM to every other process of the sandbox and exit once none is left; the stopper sends
-SIGKILL to PID 1 when its grace time is over, and the kernel kills the rest with it.
+reaps what is reparented to it. A SIGTERM from the host (``sandboxmgr stop``; one sent from
+inside the sandbox is ignored) makes it send SIGTERM to every other process of the sandbox
+and exit once none is left; the stopper sends SIGKILL to PID 1 when its grace time is over,
+and the kernel kills the rest with it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def hold() -> None:
     while True:
         info = signal.sigtimedwait(waited, _POLL_SECONDS if stopping else 3600.0)
         _reap_orphans()
-        if info is not None and info.si_signo in _STOP and not stopping:
+        # Only from the host: a sender in an ancestor PID namespace (stop, the monitor) is seen
+        # as pid 0. Root inside may kill its own processes, but not stop the sandbox for the host.
+        if info is not None and info.si_signo in _STOP and info.si_pid == 0 and not stopping:
             stopping = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGTERM)  # every process of the namespace but PID 1
