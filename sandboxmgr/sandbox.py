@@ -111,13 +111,35 @@ def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
     return directory
 
 
+def user_ids(store: Store, config: SandboxConfig, owner: Path, named: bool) -> int | None:
+    """The first host id of the range of the sandbox at ``owner`` with ``--userns auto``
+    (idmap.py; a named sandbox keeps its own), or None."""
+    if config.userns != "auto":
+        return None
+    from sandboxmgr import idmap
+    from sandboxmgr.userns import rootless
+
+    if rootless():
+        raise SandboxError("--userns auto is for root: an ordinary user's sandboxes are in its user namespace already",
+                           hint="drop --userns auto (root inside is already the user outside)")
+    with store.lock("userns", "ranges") as lock:
+        lock.acquire(True, "", "")
+        directory = store.root / "userns"
+        return idmap.for_sandbox(directory, owner) if named else idmap.reserve(directory, owner)
+
+
 def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path, hold: bool = False,
-               live: bool = False) -> EnterSpec:
+               live: bool = False, ids: int | None = None) -> EnterSpec:
     """The one place a sandbox's config becomes what enter() takes (``hold``: a live sandbox's
     PID 1, with no command of its own; ``live``: with its main command, run -d; both with the
-    monitor's stdio and no terminal: live.py)."""
+    monitor's stdio and no terminal: live.py; ``ids``: its range, :func:`user_ids`)."""
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": config.hostname}
     env.update(config.env)
+    binds = cache_views(config.caches, scratch, root.volatile) + _volumes(config.binds, scratch, root.volatile)
+    if ids is not None:  # root inside owns what the sandbox writes to (its copy-on-write layers)
+        from sandboxmgr.idmap import own
+
+        own(ids, root.upper, root.work, *(b.scratch / sub for b in binds if b.scratch for sub in ("upper", "work")))
     return EnterSpec(
         root=root,
         argv=config.argv,
@@ -126,7 +148,7 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         hostname=config.hostname,
         user=config.user,
         network=config.network,
-        binds=cache_views(config.caches, scratch, root.volatile) + _volumes(config.binds, scratch, root.volatile),
+        binds=binds,
         tty=config.tty and not (hold or live),  # a live PID 1 has none: each joined command makes its own
         isolation=config.isolation,
         limits=config.limits,
@@ -139,6 +161,7 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         hold=hold,
         live=live,
         stdio=(0, 1, 2) if hold or live else None,
+        ids=ids,
     )
 
 
@@ -163,7 +186,7 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, option
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
-        return enter(enter_spec(store, root, config, tmp))
+        return enter(enter_spec(store, root, config, tmp, ids=user_ids(store, config, tmp, named=False)))
 
 
 @contextlib.contextmanager
@@ -230,8 +253,10 @@ def hold_spec(store: Store, record: SandboxRecord, image: ImageRecord, config: S
     """The spec of a live sandbox's PID 1 over ``image`` (live.py): holding it, or running its
     main ``command`` (run -d)."""
     root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
+    ids = user_ids(store, config, record.path, named=True)
     if command:
         from sandboxmgr.config import options
 
-        return enter_spec(store, root, config.merged(options(argv=command)), record.path / "volumes", live=True)
-    return enter_spec(store, root, config, record.path / "volumes", hold=True)
+        return enter_spec(store, root, config.merged(options(argv=command)), record.path / "volumes", live=True,
+                          ids=ids)
+    return enter_spec(store, root, config, record.path / "volumes", hold=True, ids=ids)
