@@ -73,21 +73,24 @@ def _seccomp(setting: str, isolation: str) -> Policy | None:
 _LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-def _write(path: Path, text: str, keep: bool) -> None:
+def _write(path: Path, text: str, keep: bool, owner: int = 0) -> None:
     """``text`` into ``path``, a file in a directory only the manager writes; ``keep``: not
-    over a file that is there (what root inside wrote into it through its bind)."""
+    over a file that is there (what root inside wrote into it through its bind); ``owner``:
+    root inside's host uid (--userns auto), who may write it."""
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
         # Kept only if it is ours as we left it (what the bind shows); anything else is replaced.
-        if keep and stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
+        if keep and stat.S_ISREG(info.st_mode) and info.st_uid == owner and info.st_nlink == 1:
             return
         os.unlink(path)
     handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    if owner:
+        os.fchown(handle, owner, owner)
     with os.fdopen(handle, "w") as file:
         file.write(text)
 
 
-def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
+def write_etc_files(directory: Path, hostname: str, network: str, owner: int = 0) -> Path:
     """The sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf in ``directory``, as Docker
     writes them per container: its own host name; localhost and that name (with the host's
     network, the host's names too, as podman's --network host); the host's resolv.conf, or
@@ -101,13 +104,13 @@ def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
             hosts = Path("/etc/hosts").read_text(errors="replace")
     if not any(hostname in line.split()[1:] for line in hosts.splitlines() if not line.startswith("#")):
         hosts = hosts.rstrip("\n") + f"\n127.0.1.1\t{hostname}\n"
-    _write(directory / "hostname", hostname + "\n", keep=True)
-    _write(directory / "hosts", hosts, keep=True)
+    _write(directory / "hostname", hostname + "\n", keep=True, owner=owner)
+    _write(directory / "hosts", hosts, keep=True, owner=owner)
     resolv = ""
     if network == "host":
         with contextlib.suppress(OSError):
             resolv = Path("/etc/resolv.conf").read_text(errors="replace")
-    _write(directory / "resolv.conf", resolv, keep=False)
+    _write(directory / "resolv.conf", resolv, keep=False, owner=owner)
     return directory
 
 
@@ -157,7 +160,7 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         # Beside the package caches (distro-release-arch, never without a dash), which sandboxes
         # may write; this one only the manager writes: it is never mounted into a sandbox.
         seccomp_cache=store.cache_dir / "seccomp",
-        etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network),
+        etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network, ids or 0),
         hold=hold,
         live=live,
         stdio=(0, 1, 2) if hold or live else None,
