@@ -116,15 +116,14 @@ def write_etc_files(directory: Path, hostname: str, network: str, owner: int = 0
 
 def user_ids(store: Store, config: SandboxConfig, owner: Path, named: bool) -> int | None:
     """The first host id of the range of the sandbox at ``owner`` with ``--userns auto``
-    (idmap.py; a named sandbox keeps its own), or None."""
-    if config.userns != "auto":
-        return None
-    from sandboxmgr import idmap
+    (idmap.py; a named sandbox keeps its own), or None. An ordinary user's sandboxes are in
+    its user namespace already (userns.py): root inside is the user outside, as ``auto`` asks."""
     from sandboxmgr.userns import rootless
 
-    if rootless():
-        raise SandboxError("--userns auto is for root: an ordinary user's sandboxes are in its user namespace already",
-                           hint="drop --userns auto (root inside is already the user outside)")
+    if config.userns != "auto" or rootless():
+        return None
+    from sandboxmgr import idmap
+
     with store.lock("userns", "ranges") as lock:
         lock.acquire(True, "", "")
         directory = store.root / "userns"

@@ -9,7 +9,7 @@ import pytest
 
 from sandboxmgr import idmap
 from sandboxmgr.config import SandboxConfig, options
-from sandboxmgr.errors import ProfileError, SandboxError
+from sandboxmgr.errors import ProfileError
 from sandboxmgr.mounts import full_plan
 from sandboxmgr.profile import ProfileRegistry
 
@@ -83,12 +83,17 @@ def test_a_profile_sets_it_and_a_wrong_value_names_the_choices(tmp_path: Path) -
         registry.load("bad")
 
 
-def test_an_ordinary_user_is_told_it_has_a_user_namespace_already(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_reserves_a_range_for_root_and_none_for_an_ordinary_user(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ordinary user's sandboxes are in its user namespace already: root inside is the user."""
     from sandboxmgr import sandbox, userns
     from sandboxmgr.store import Store
 
-    monkeypatch.setattr(userns, "rootless", lambda: True)
+    store = Store(tmp_path / "store")
+    store.ensure()
     config = SandboxConfig().merged(options(userns="auto"))
-    with pytest.raises(SandboxError, match="--userns auto is for root"):
-        sandbox.user_ids(Store(tmp_path / "store"), config, tmp_path, named=False)
+    monkeypatch.setattr(userns, "rootless", lambda: False)
+    assert sandbox.user_ids(store, config, tmp_path, named=False) == idmap.FIRST
+    assert sandbox.user_ids(store, SandboxConfig(), tmp_path, named=False) is None
+    monkeypatch.setattr(userns, "rootless", lambda: True)
+    assert sandbox.user_ids(store, config, tmp_path, named=False) is None
