@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, ConcurrentBuild
+from tests.conftest import CLI, DEBIAN_MIRROR, ConcurrentBuild, need_mirror
+from tests.rootless import OrdinaryUser
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -102,3 +103,14 @@ def test_a_profile_asks_for_it_with_userns_auto(cli: CLI, configs_dir: Path, boo
     # --userns host on the command line wins over the profile's.
     host = cli.ok("run", "--userns", "host", "bookworm-userns", "cat", "/proc/self/uid_map").out
     assert host.split()[:3] == ["0", "0", "4294967295"]
+
+
+def test_an_ordinary_users_sandbox_takes_a_profiles_userns_auto_as_given(rootless_user: OrdinaryUser) -> None:
+    """Rootless mode is a user namespace already: root inside is the user outside, as auto asks."""
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    rootless_user.ok("build", "debian-bookworm", timeout=1500)
+    rootless_user.profiles.mkdir(parents=True, exist_ok=True)
+    (rootless_user.profiles / "bookworm-auto.yaml").write_text("extends: debian-bookworm\nuserns: auto\n")
+    for args in (("bookworm-auto",), ("--userns", "auto", "debian-bookworm")):
+        out = rootless_user.ok("run", *args, "--", "sh", "-c", "id -u; cat /proc/self/uid_map").out.splitlines()
+        assert out[0] == "0" and out[1].split() == ["0", str(rootless_user.uid), "1"], out
