@@ -23,7 +23,6 @@ BIG = "bench-bookworm-build"  # BASE plus build-essential: the bigger image
 PLUS_ONE = "bench-bookworm-plus-one"  # BASE plus one small package
 UNCONFINED = "bench-bookworm-unconfined"  # BASE without the seccomp filter: what the filter costs
 EXTRA_PACKAGE = "hello"
-ENTRY_SANDBOX = "bench-entry"
 DISK_SANDBOXES = 10
 BENCHMARKS = ("entry", "create", "cold", "warm", "disk", "loop", "rootless")
 PEER_PACKAGES = {"bwrap": "bubblewrap", "systemd-nspawn": "systemd-container",

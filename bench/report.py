@@ -19,13 +19,15 @@ HEADER = """\
 # sandboxmgr benchmark results
 
 What each benchmark measures. **Entry**: the wall time to enter a built image and run
-`true` — `sandboxmgr run` (an ephemeral sandbox, created and removed around the command)
-and `sandboxmgr exec` in an existing named sandbox — against `unshare -mpfui chroot`,
-`bwrap` and `systemd-nspawn` on a private copy of the same root filesystem, and against
-`python3 -c pass` with sandboxmgr's own interpreter and the flags of its `#!` line, the
-floor any Python tool pays, and `sandboxmgr run` of a profile with `seccomp: unconfined`
-for what the system call filter costs; then the same again right after 512 MB of
-unflushed writes to the store's filesystem, as concurrent builds leave them.
+`true` — `sandboxmgr run` (an ephemeral sandbox, created and removed around the command),
+`sandboxmgr exec` into a running named sandbox (started before, stopped after: it joins,
+no mount, no unmount) and `exec` into a stopped one (which starts it, joins it and stops
+it again) — against `unshare -mpfui chroot`, `bwrap` and `systemd-nspawn` on a private
+copy of the same root filesystem, and against `python3 -c pass` with sandboxmgr's own
+interpreter and the flags of its `#!` line, the floor any Python tool pays, and
+`sandboxmgr run` of a profile with `seccomp: unconfined` for what the system call filter
+costs; then the same again right after 512 MB of unflushed writes in the running
+sandbox (on the store's filesystem), as concurrent builds leave them.
 **Create**: a throw-away sandbox (`sandboxmgr run IMAGE true`) against two peers, for two
 image sizes: what mock's root cache does, untarring an uncompressed tarball of the same
 root filesystem into a fresh directory, and what pbuilder/cowbuilder do, a hard-link copy
@@ -49,7 +51,7 @@ round), a noisy machine slows both alike; where they do not, the table says so:
 
 | benchmark | sides | alternated |
 | --- | --- | --- |
-| Entry | floor, unshare + chroot, bwrap, nspawn, sandboxmgr run / exec | yes: rotated, after a warm-up round |
+| Entry | floor, unshare + chroot, bwrap, nspawn, sandboxmgr run / exec running / exec stopped | yes: rotated, warm-up |
 | Entry under unflushed writes | the same, and bare overlayfs | yes: rotated each round |
 | Entry: import profile | sandboxmgr only | no peer |
 | Create | untar, `cp -al`, bare overlayfs, sandboxmgr run; two sizes | yes: rotated, after a warm-up round |

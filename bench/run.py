@@ -9,9 +9,10 @@ bench/RESULTS.md.
 
 Benchmarks (names for ``--only``), one module each:
 
-entry   enter a built image and run ``true``: ``sandboxmgr run`` and ``exec`` vs
-        unshare+chroot, bwrap, systemd-nspawn, and the interpreter's own start-up;
-        and ``run`` without the seccomp filter, for what the filter costs (bench/entry.py)
+entry   enter a built image and run ``true``: ``sandboxmgr run``, ``exec`` into a running
+        sandbox and ``exec`` into a stopped one vs unshare+chroot, bwrap, systemd-nspawn, and
+        the interpreter's own start-up; and ``run`` without the seccomp filter, for what the
+        filter costs; idle and right after unflushed writes (bench/entry.py, bench/live.py)
 create  a throw-away sandbox vs untarring the same root filesystem and vs a hard-link
         copy of it, two image sizes (bench/create.py)
 cold    a cold build (empty store, empty package cache) vs debootstrap and mmdebstrap,

@@ -72,12 +72,13 @@ class Manager:
         return profile if profile == BASE else str(self.configs / f"{profile}.yaml")
 
     def teardown(self) -> None:
-        """Remove every sandbox and image of this store with sandboxmgr itself, then the store."""
+        """Remove every sandbox and image of this store with sandboxmgr itself, then the store; a sandbox a
+        failed benchmark left running is stopped by ``rm -f``."""
         if not self.store.is_dir():
             return
         names = self.sandboxes()
         if names:
-            self.call("-q", "rm", *names)
+            self.call("-q", "rm", "-f", *names)
         keys = [str(row["key"]) for row in self.images()]
         if keys:
             self.call("-q", "rmi", *keys)

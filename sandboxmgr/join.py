@@ -32,7 +32,6 @@ import signal
 from pathlib import Path
 
 from sandboxmgr import linux, tty
-from sandboxmgr.cgroups import process_start_time
 from sandboxmgr.enter import CAPABILITY_NUMBERS, DEFAULT_PATH, INIT_NAME, EnterSpec, supervise
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
 from sandboxmgr.execute import FORWARDED, exec_command, fail
@@ -63,6 +62,18 @@ class Holder:
     cgroups: tuple[str, ...] = ()  # the leaves of its run cgroup, which joined commands enter
 
 
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22); as
+    cgroups.process_start_time, whose module the fast path of ``exec`` does not import."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
 def open_holder(holder: Holder) -> int | None:
     """A pidfd of ``holder``'s process while it is that sandbox's PID 1, else None (it died;
     its pid may be another process's by now)."""
@@ -73,7 +84,7 @@ def open_holder(holder: Holder) -> int | None:
     try:
         with open(f"/proc/{holder.pid}/comm") as comm:
             name = comm.read().strip()
-        if name == INIT_NAME and process_start_time(holder.pid) == holder.start_time:
+        if name == INIT_NAME and start_time(holder.pid) == holder.start_time:
             signal.pidfd_send_signal(pidfd, 0)  # still that process: what /proc said was its
             return pidfd
     except (OSError, ProcessLookupError):

@@ -25,9 +25,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from sandboxmgr import monitor
 from sandboxmgr.config import SandboxConfig
 from sandboxmgr.errors import BusyError, NotFoundError, SandboxError
 from sandboxmgr.join import Holder, open_holder, run_joined
@@ -35,11 +33,16 @@ from sandboxmgr.locks import is_locked
 from sandboxmgr.record import read_json, write_json
 from sandboxmgr.sandbox import hold_spec, holds, image_of, join_spec
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path of exec)
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandboxmgr.locks import Lock
     from sandboxmgr.store import SandboxRecord, Store
 
 DEFAULT_STOP_SECONDS = 10  # docker stop's
+AUTO_GRACE_SECONDS = 10.0  # for what a sandbox's last command left running (auto stop)
+STATE_FILE = "state.json"  # what a sandbox's monitor records (monitor.py), beside sandbox.json
 LOG_FILE = "output.log"
 
 
@@ -50,9 +53,9 @@ _STOPPED_WAIT_SECONDS = 30.0  # for the monitor to record the end, once PID 1 is
 
 
 def read_state(record: SandboxRecord) -> dict[str, Any]:
-    """What the sandbox's monitor last recorded (monitor.STATE_FILE), or {} (never started)."""
+    """What the sandbox's monitor last recorded (monitor.py), or {} (never started)."""
     try:
-        return read_json(record.path / monitor.STATE_FILE)
+        return read_json(record.path / STATE_FILE)
     except (OSError, ValueError):
         return {}
 
@@ -117,6 +120,8 @@ def start(store: Store, record: SandboxRecord, config: SandboxConfig, auto: bool
         log = logs_dir(record)
         log.mkdir(mode=0o700, exist_ok=True)
         log = log / LOG_FILE
+    from sandboxmgr import monitor  # only a start pays for it (threading): not a joining exec
+
     monitor.spawn(store, record, hold_spec(store, record, image, config, command or None),
                   holds(store, image, config.caches), auto and not command, log)
     found = holder(store, record)
@@ -172,7 +177,7 @@ def _leave(store: Store, record: SandboxRecord, use: Lock) -> None:
         last = store.lock("use", record.name)
         if last.try_acquire():  # no other command in it
             with last:
-                _stop(store, record, monitor.AUTO_GRACE_SECONDS)
+                _stop(store, record, AUTO_GRACE_SECONDS)
 
 
 def run_detached(store: Store, record: SandboxRecord, command: tuple[str, ...]) -> None:
@@ -247,7 +252,7 @@ def start_verb(store: Store, record: SandboxRecord) -> bool:
         if holder(store, current) is not None:
             state = read_state(current)
             if state.get("auto"):  # started for commands: now it stays
-                write_json(current.path / monitor.STATE_FILE, state | {"auto": False})
+                write_json(current.path / STATE_FILE, state | {"auto": False})
             return False
         start(store, current, SandboxConfig.from_json(current.meta["settings"]), auto=False)
         return True
@@ -267,7 +272,9 @@ def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
     pidfd = open_holder(found)
     if pidfd is not None:
         try:
-            monitor.terminate(pidfd, grace)
+            from sandboxmgr.monitor import terminate
+
+            terminate(pidfd, grace)
         finally:
             os.close(pidfd)
     deadline = time.monotonic() + _STOPPED_WAIT_SECONDS
@@ -301,7 +308,7 @@ def remove(store: Store, record: SandboxRecord, force: bool = False) -> None:
     """Remove the sandbox; a running one only with ``force`` (it is killed first, as
     ``docker rm -f``)."""
     name = record.name
-    with _transition(store, record, wait=False) as current:
+    with _transition(store, record) as current:  # waits for a start or stop under way
         if holder(store, current) is not None:
             if not force:
                 raise BusyError(f"sandbox {name!r} is running",
@@ -316,9 +323,10 @@ def remove(store: Store, record: SandboxRecord, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _transition(store: Store, record: SandboxRecord, wait: bool = True) -> Any:
+def _transition(store: Store, record: SandboxRecord) -> Any:
+    """The sandbox's transition lock, once a start or stop under way (seconds, at most a stop's
+    grace time) is over; the sandbox as it is then."""
     transition = store.lock("sandbox", record.name)
-    transition.acquire(wait, f"sandbox {record.name!r} is busy starting or stopping",
-                       "wait for that to finish, then try again")
+    transition.acquire(True, "", "")
     with transition:
         yield _arrive(store, record, transition)

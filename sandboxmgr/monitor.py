@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from sandboxmgr import linux
 from sandboxmgr.enter import enter
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.live import AUTO_GRACE_SECONDS, STATE_FILE
 from sandboxmgr.record import read_json, write_json
 from sandboxmgr.store import now_iso
 
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from sandboxmgr.store import SandboxRecord, Store
 
 MONITOR_NAME = "sandboxmgr-mon"  # as ps shows it (15 bytes at most)
-STATE_FILE = "state.json"
-AUTO_GRACE_SECONDS = 10.0
 LOG_MAX_BYTES = 8 * 1024 * 1024  # per file: a detached command's log takes 16 MiB at most
 _UNUSED_POLL_SECONDS = 1.0
 _MAX_FD = 0x7FFFFFFF
@@ -135,11 +134,12 @@ def _report(ready_fd: int, text: str) -> None:
 def _ready(store: Store, record: SandboxRecord, pid: int, cgroup: RunCgroup | None, auto: bool,
            ready_fd: int, log: Log | None) -> None:
     """PID 1 is set up: record it, tell the starter, and (auto) wait for the commands to end."""
-    from sandboxmgr.cgroups import LEAF, process_start_time
+    from sandboxmgr.cgroups import LEAF
+    from sandboxmgr.join import start_time
 
     leaves = [str(directory / LEAF) for directory in (cgroup.directories if cgroup else {})]
     write_json(record.path / STATE_FILE, {
-        "status": "running", "pid": pid, "start_time": process_start_time(pid) or 0,
+        "status": "running", "pid": pid, "start_time": start_time(pid) or 0,
         "monitor": os.getpid(), "started": now_iso(), "auto": auto, "cgroups": leaves,
     })
     pidfd = os.pidfd_open(pid)  # before PID 1 can be reaped: never another process's pid

@@ -37,8 +37,13 @@ def kill_mid_run(cli: CLI, canary: Path, tag: int, *options: str) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=20)
-    # The sandbox dies with its manager (PDEATHSIG on its PID 1).
+    # An ephemeral sandbox dies with its manager (PDEATHSIG on its PID 1); a named one is stopped
+    # by its monitor once no command holds it (live.py), and then reads as stopped.
     assert wait_until(lambda: not sleeping(tag)), "the sandbox outlived its killed manager"
+    if "--name" in options:
+        name = options[options.index("--name") + 1]
+        assert wait_until(lambda: all(r["state"] == "stopped" for r in json.loads(cli.ok("ls", "--json").out)
+                                      if r["name"] == name)), "the named sandbox still runs"
 
 
 def test_sigkill_mid_run_then_rm_and_doctor_keep_the_bind_mounted_canary(tiny: CLI, canary: Path) -> None:

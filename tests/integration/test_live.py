@@ -291,3 +291,22 @@ def test_a_detached_commands_log_is_capped(cli: CLI, bookworm: ConcurrentBuild) 
         assert cli.ok("logs", "--tail", "1", name).out == "end\n"
     finally:
         cli("rm", "-f", name)
+
+
+def test_a_killed_exec_manager_leaves_its_auto_started_sandbox_to_stop(cli: CLI, box: str) -> None:
+    """kill -9 of the sandboxmgr that started a sandbox for its command: the command is left
+    running in it, no command holds it any more, and its monitor stops it (nothing half-started,
+    nothing left running)."""
+    proc = cli.popen("exec", box, "sh", "-c", "touch /started; sleep 60")
+    try:
+        wait_for(lambda: in_box(cli, box, "/started"), "the command")
+        pid = int(str(state_file(cli, box)["pid"]))
+        proc.kill()
+        proc.communicate()
+        wait_for(lambda: row(cli, box)["state"] == "stopped", "its monitor to stop it")
+        wait_for(lambda: not alive(pid), "PID 1 to be gone")
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not [m for m in host_mounts() if f"/sandboxes/{box}/" in m + "/"]
+    assert cli.ok("doctor").code == 0
