@@ -156,6 +156,7 @@ class SandboxConfig:
     no_new_privs: bool = _rule(True)  # PR_SET_NO_NEW_PRIVS; --security-opt no-new-privileges=false
     seccomp: str = _rule("default")  # "default", "unconfined" or the absolute path of a JSON profile
     isolation: str = _rule("pivot_root")  # how the root is switched: "pivot_root" or "chroot"
+    userns: str = _rule("host")  # "host", or "auto": root's sandbox in a user namespace (idmap.py)
     argv: tuple[str, ...] = _rule((), saved=False)  # the command; empty: the image's shell
     tty: bool = _rule(False, saved=False)
     # The fields the command line set (see options()); not a setting itself.
@@ -273,7 +274,7 @@ def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] =
                   user: str | None = None, memory: str | None = None, pids_limit: str | None = None,
                   cpus: str | None = None, security_opt: tuple[str, ...] = (), hostname: str | None = None,
                   network: str | None = None, volumes: tuple[str, ...] = (),
-                  isolation: str | None = None) -> SandboxConfig:
+                  isolation: str | None = None, userns: str | None = None) -> SandboxConfig:
     """The config ``run``, ``create``, ``exec`` and ``shell`` give, from their options as
     docker spells them; checked now, before anything is built or entered."""
     from sandboxmgr.limits import Limits
@@ -295,5 +296,5 @@ def parse_options(command: tuple[str, ...], tty: bool, *, env: tuple[str, ...] =
         raise SandboxError(f"--hostname {shown(hostname)}: not a valid host name",
                            hint="use letters, digits and '-', up to 63 characters")
     return options(argv=command, tty=tty, env=parse_env(env), workdir=workdir, hostname=hostname,
-                   user=user, network=network, binds=binds, isolation=isolation, limits=limits,
+                   user=user, network=network, binds=binds, isolation=isolation, userns=userns, limits=limits,
                    no_new_privs=no_new_privs, seccomp=seccomp)

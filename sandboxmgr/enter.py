@@ -131,6 +131,9 @@ class EnterSpec:
     # A live sandbox's PID 1 with a main command (run -d): a SIGTERM to it (stop) goes to every
     # process of the sandbox, not to the command alone.
     live: bool = False
+    # --userns auto (idmap.py): the first host id of the sandbox's range, which root inside is;
+    # None: the host's user namespace (root inside is root outside).
+    ids: int | None = None
 
 
 def enter(spec: EnterSpec, ready: Ready | None = None) -> int:
@@ -178,6 +181,10 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
         tty_parent, tty_child = socket.socketpair()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     cgroup_fds = cgroup.open_procs() if cgroup is not None else []
+    if spec.ids is not None:
+        from sandboxmgr.idmap import user_namespace
+
+        cgroup_fds.append(user_namespace(spec.ids))  # the last one: closed with them below
     # The signals to forward wait (blocked) from the fork until each process has its handler:
     # PID 1's forwarding one (pid1.reap), the command's default (exec_command), the manager's
     # (supervise). A Ctrl-C meanwhile is then delivered late, never lost to a handler replaced
@@ -190,7 +197,8 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
             os.close(alive_write)
             if tty_parent is not None:
                 tty_parent.close()
-            _init(spec, err_write, tty_child, alive_read, cgroup_fds, seccomp_program)
+            userns_fd = cgroup_fds.pop() if spec.ids is not None else None
+            _init(spec, err_write, tty_child, alive_read, cgroup_fds, seccomp_program, userns_fd)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         raise
@@ -273,7 +281,7 @@ def _report_to_error(report: str) -> SandboxError:
 
 
 def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, alive: int,
-          cgroup_fds: list[int], seccomp_program: bytes | None) -> None:
+          cgroup_fds: list[int], seccomp_program: bytes | None, userns_fd: int | None) -> None:
     """PID 1 of the sandbox. Never returns."""
     try:
         # If the manager dies (even by SIGKILL), PID 1 dies, and with it the whole PID namespace
@@ -282,7 +290,8 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if select.select([alive], [], [], 0)[0]:
             os._exit(EXIT_MANAGER)
-        os.close(alive)
+        if userns_fd is None:
+            os.close(alive)
         if cgroup_fds:
             # First of all, so that every mount, page and process below is counted.
             from sandboxmgr.runcgroup import join
@@ -294,23 +303,18 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
                 # equal and the larger process - the command - goes first anyway.
                 with contextlib.suppress(OSError):
                     Path("/proc/self/oom_score_adj").write_text("-999")
-        # A fresh, anonymous session keyring for the sandbox: the caller's session keys
-        # (@s, inherited through fork) are not reachable inside, and keys added there die with
-        # the sandbox. Root's user keyring (@u) is per uid, not per sandbox: only the seccomp
-        # filter (no keyctl, add_key, request_key) keeps the sandbox from it.
-        linux.join_new_session_keyring()
-        # How `sandboxmgr doctor` finds a sandbox whose manager died.
-        linux.set_process_name(INIT_NAME)
-        # Nor the host's interpreter and store paths in its command line (as nspawn's and tini's).
-        with contextlib.suppress(OSError):
-            linux.set_command_line(INIT_NAME)
-        os.setsid()
-        os.umask(0o022)
-        root = _setup(spec)
+        _become_init()
+        root = _setup(spec, userns_fd)
         pty_number = None
-        if tty_child is not None:
+        if tty_child is not None and userns_fd is None:
             pty_number = tty.open_pty(root, tty_child)
         _switch_root(root, spec.isolation)
+        if userns_fd is not None:
+            from sandboxmgr.idmap import pid1_becomes_root  # imported by then (_setup): no file read
+
+            pid1_becomes_root(userns_fd, alive)
+            if tty_child is not None:  # a pty of root inside (the host's root's it could not open)
+                pty_number = tty.open_pty(Path("/"), tty_child)
         # Not dumpable: nothing inside may ptrace PID 1 or open /proc/1/exe (the host's Python).
         # An ordinary user's stays dumpable, or no command could join it (README: Live sandboxes).
         if not entered():
@@ -334,7 +338,23 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
     pid1.reap(child, everyone=spec.live)
 
 
-def _setup(spec: EnterSpec) -> Path:
+def _become_init() -> None:
+    """PID 1's own keyring, name, session and umask."""
+    # A fresh, anonymous session keyring for the sandbox: the caller's session keys
+    # (@s, inherited through fork) are not reachable inside, and keys added there die with
+    # the sandbox. Root's user keyring (@u) is per uid, not per sandbox: only the seccomp
+    # filter (no keyctl, add_key, request_key) keeps the sandbox from it.
+    linux.join_new_session_keyring()
+    # How `sandboxmgr doctor` finds a sandbox whose manager died.
+    linux.set_process_name(INIT_NAME)
+    # Nor the host's interpreter and store paths in its command line (as nspawn's and tini's).
+    with contextlib.suppress(OSError):
+        linux.set_command_line(INIT_NAME)
+    os.setsid()
+    os.umask(0o022)
+
+
+def _setup(spec: EnterSpec, userns_fd: int | None = None) -> Path:
     # A cgroup namespace of its own, made after the init joined the run's cgroup (if
     # any): the sandbox's view of the cgroup tree is rooted there, so neither the host's
     # cgroup paths nor any other process's cgroup can be named from inside.
@@ -344,10 +364,14 @@ def _setup(spec: EnterSpec) -> Path:
     linux.unshare(flags)
     # Nothing mounted from here on may propagate back to the host.
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    if userns_fd is not None and isinstance(spec.root, OverlayRoot):
+        from sandboxmgr.idmap import idmap_layers
+
+        idmap_layers(spec.root.lowers + tuple(bind.source for bind in spec.binds if bind.copy_on_write), userns_fd)
     root = _mount_root(spec.root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        mountexec.carry_out(root_fd, full_plan(spec.network, spec.binds, spec.etc_dir))
+        mountexec.carry_out(root_fd, full_plan(spec.network, spec.binds, spec.etc_dir, spec.ids))
     finally:
         os.close(root_fd)
     linux.sethostname(spec.hostname)

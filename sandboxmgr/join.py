@@ -35,6 +35,7 @@ from sandboxmgr import linux, tty
 from sandboxmgr.enter import CAPABILITY_NUMBERS, DEFAULT_PATH, INIT_NAME, EnterSpec, supervise
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
 from sandboxmgr.execute import FORWARDED, exec_command, fail
+from sandboxmgr.idmap import become_root
 from sandboxmgr.libseccomp import program
 from sandboxmgr.record import record
 
@@ -46,7 +47,7 @@ def _differing(pid: int) -> int:
     """The flags of the namespaces PID 1 has and we have not: the host's network (--network
     host) is joined by staying in it, which an ordinary user's manager could not setns into."""
     flags = 0
-    for name, flag in _JOINED.items():
+    for name, flag in (*_JOINED.items(), ("user", linux.CLONE_NEWUSER)):
         if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
             flags |= flag
     return flags
@@ -180,13 +181,16 @@ def _joined(spec: EnterSpec, err_write: int, pidfd: int, flags: int, root_fd: in
         for fd in cgroup_fds:  # before the cgroup namespace: the sandbox's view is rooted there
             os.write(fd, b"0")
             os.close(fd)
-        linux.setns(pidfd, flags)  # with the mount namespace, its root (see run_joined)
-        os.close(pidfd)
+        linux.setns(pidfd, flags & ~linux.CLONE_NEWUSER)  # with the mount namespace, its root (see run_joined)
         if root_fd is not None:
             os.fchdir(root_fd)
             os.chroot(".")
             os.close(root_fd)
         os.chdir("/")
+        if flags & linux.CLONE_NEWUSER:  # --userns auto: PID 1's, last (idmap.py)
+            become_root(pidfd)
+            linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the change of credentials reset it
+        os.close(pidfd)
         linux.join_new_session_keyring()
         pty_number = None
         if tty_child is not None:

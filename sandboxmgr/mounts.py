@@ -220,15 +220,31 @@ def plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None =
     return steps
 
 
-def full_plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None = None) -> list[MountStep]:
+def full_plan(network: str, binds: tuple[BindMount, ...] = (), etc_dir: Path | None = None,
+              ids: int | None = None) -> list[MountStep]:
     """Everything mounted (and linked) in the sandbox's root, in order: :func:`plan` with
-    /dev filled right after its tmpfs, and the masks last."""
+    /dev filled right after its tmpfs, and the masks last; ``ids``: the base of the sandbox's
+    id range (--userns auto, idmap.py), whose root then owns its file systems."""
     steps = []
-    for step in plan(network, binds, etc_dir):
+    for planned in plan(network, binds, etc_dir):
+        step = planned if ids is None else owned_by(planned, ids)
         steps.append(step)
         if step.target == "/dev":
             steps += device_steps() + link_steps()
     return steps + mask_steps()
+
+
+def owned_by(step: MountStep, ids: int) -> MountStep:
+    """``step`` with its tmpfs owned by root of the id range starting at ``ids`` (the host's
+    root shows as nobody inside it), and devpts's tty group (5 inside) shifted likewise."""
+    if step.fstype == "tmpfs":
+        data = f"{step.data},uid={ids},gid={ids}"
+    elif step.fstype == "devpts":
+        data = (step.data or "").replace("gid=5", f"gid={ids + 5}")
+    else:
+        return step
+    return MountStep(step.target, step.fstype, step.source, step.flags, data, step.is_file, step.readonly,
+                     step.device, step.kind, step.follow)
 
 
 def device_steps() -> list[MountStep]:

@@ -100,6 +100,7 @@ class Profile:
     limits: Limits = field(default_factory=Limits)
     no_new_privs: bool = True
     seccomp: str = "default"  # default, unconfined, or the absolute path of a Docker-format JSON profile
+    userns: str = "host"  # or "auto": root inside is an id of a range of its own outside (idmap.py)
     # The files this profile was read from: its own, then its parents'.
     sources: tuple[Path, ...] = ()
     # Where a setup step that is not the profile's own was written (a project's ``prepare:``),

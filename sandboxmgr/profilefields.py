@@ -111,6 +111,10 @@ def _network(raw: Raw, value: str) -> None:
     choice(raw, ("network",), value, NETWORKS)
 
 
+def _userns(raw: Raw, value: str) -> None:
+    choice(raw, ("userns",), value, ("host", "auto"))
+
+
 def _aliases(raw: Raw, items: list[str]) -> None:
     for index, alias in enumerate(items):
         if not NAME_RE.fullmatch(alias):
@@ -302,6 +306,7 @@ FIELDS: tuple[Field, ...] = (
     Field("no_new_privs", _present("no_new_privs", lambda raw, v: boolean(raw, ("no_new_privs",), v, True)),
           "runtime"),
     Field("seccomp", _present("seccomp", _seccomp), "runtime"),
+    Field("userns", _text("userns", rule=_userns), "runtime"),
 )
 TOP_KEYS = tuple(field.name for field in FIELDS)
 NOT_INHERITED = tuple(field.name for field in FIELDS if not field.inherited)

@@ -72,6 +72,7 @@ def profile_config(store: Store, profile: Profile, default_hostname: str) -> San
         limits=None if profile.limits.empty else profile.limits,
         no_new_privs=profile.no_new_privs,
         seccomp=profile.seccomp,
+        userns=profile.userns,
     )
 
 

@@ -73,21 +73,24 @@ def _seccomp(setting: str, isolation: str) -> Policy | None:
 _LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-def _write(path: Path, text: str, keep: bool) -> None:
+def _write(path: Path, text: str, keep: bool, owner: int = 0) -> None:
     """``text`` into ``path``, a file in a directory only the manager writes; ``keep``: not
-    over a file that is there (what root inside wrote into it through its bind)."""
+    over a file that is there (what root inside wrote into it through its bind); ``owner``:
+    root inside's host uid (--userns auto), who may write it."""
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
         # Kept only if it is ours as we left it (what the bind shows); anything else is replaced.
-        if keep and stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
+        if keep and stat.S_ISREG(info.st_mode) and info.st_uid == owner and info.st_nlink == 1:
             return
         os.unlink(path)
     handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    if owner:
+        os.fchown(handle, owner, owner)
     with os.fdopen(handle, "w") as file:
         file.write(text)
 
 
-def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
+def write_etc_files(directory: Path, hostname: str, network: str, owner: int = 0) -> Path:
     """The sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf in ``directory``, as Docker
     writes them per container: its own host name; localhost and that name (with the host's
     network, the host's names too, as podman's --network host); the host's resolv.conf, or
@@ -101,23 +104,44 @@ def write_etc_files(directory: Path, hostname: str, network: str) -> Path:
             hosts = Path("/etc/hosts").read_text(errors="replace")
     if not any(hostname in line.split()[1:] for line in hosts.splitlines() if not line.startswith("#")):
         hosts = hosts.rstrip("\n") + f"\n127.0.1.1\t{hostname}\n"
-    _write(directory / "hostname", hostname + "\n", keep=True)
-    _write(directory / "hosts", hosts, keep=True)
+    _write(directory / "hostname", hostname + "\n", keep=True, owner=owner)
+    _write(directory / "hosts", hosts, keep=True, owner=owner)
     resolv = ""
     if network == "host":
         with contextlib.suppress(OSError):
             resolv = Path("/etc/resolv.conf").read_text(errors="replace")
-    _write(directory / "resolv.conf", resolv, keep=False)
+    _write(directory / "resolv.conf", resolv, keep=False, owner=owner)
     return directory
 
 
+def user_ids(store: Store, config: SandboxConfig, owner: Path, named: bool) -> int | None:
+    """The first host id of the range of the sandbox at ``owner`` with ``--userns auto``
+    (idmap.py; a named sandbox keeps its own), or None. An ordinary user's sandboxes are in
+    its user namespace already (userns.py): root inside is the user outside, as ``auto`` asks."""
+    from sandboxmgr.userns import rootless
+
+    if config.userns != "auto" or rootless():
+        return None
+    from sandboxmgr import idmap
+
+    with store.lock("userns", "ranges") as lock:
+        lock.acquire(True, "", "")
+        directory = store.root / "userns"
+        return idmap.for_sandbox(directory, owner) if named else idmap.reserve(directory, owner)
+
+
 def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: Path, hold: bool = False,
-               live: bool = False) -> EnterSpec:
+               live: bool = False, ids: int | None = None) -> EnterSpec:
     """The one place a sandbox's config becomes what enter() takes (``hold``: a live sandbox's
     PID 1, with no command of its own; ``live``: with its main command, run -d; both with the
-    monitor's stdio and no terminal: live.py)."""
+    monitor's stdio and no terminal: live.py; ``ids``: its range, :func:`user_ids`)."""
     env = {"PATH": DEFAULT_PATH, "container": "sandboxmgr", "HOSTNAME": config.hostname}
     env.update(config.env)
+    binds = cache_views(config.caches, scratch, root.volatile) + _volumes(config.binds, scratch, root.volatile)
+    if ids is not None:  # root inside owns what the sandbox writes to (its copy-on-write layers)
+        from sandboxmgr.idmap import own
+
+        own(ids, root.upper, root.work, *(b.scratch / sub for b in binds if b.scratch for sub in ("upper", "work")))
     return EnterSpec(
         root=root,
         argv=config.argv,
@@ -126,7 +150,7 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         hostname=config.hostname,
         user=config.user,
         network=config.network,
-        binds=cache_views(config.caches, scratch, root.volatile) + _volumes(config.binds, scratch, root.volatile),
+        binds=binds,
         tty=config.tty and not (hold or live),  # a live PID 1 has none: each joined command makes its own
         isolation=config.isolation,
         limits=config.limits,
@@ -135,10 +159,11 @@ def enter_spec(store: Store, root: OverlayRoot, config: SandboxConfig, scratch: 
         # Beside the package caches (distro-release-arch, never without a dash), which sandboxes
         # may write; this one only the manager writes: it is never mounted into a sandbox.
         seccomp_cache=store.cache_dir / "seccomp",
-        etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network),
+        etc_dir=write_etc_files(scratch / "etc", config.hostname, config.network, ids or 0),
         hold=hold,
         live=live,
         stdio=(0, 1, 2) if hold or live else None,
+        ids=ids,
     )
 
 
@@ -163,7 +188,7 @@ def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, option
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
-        return enter(enter_spec(store, root, config, tmp))
+        return enter(enter_spec(store, root, config, tmp, ids=user_ids(store, config, tmp, named=False)))
 
 
 @contextlib.contextmanager
@@ -230,8 +255,10 @@ def hold_spec(store: Store, record: SandboxRecord, image: ImageRecord, config: S
     """The spec of a live sandbox's PID 1 over ``image`` (live.py): holding it, or running its
     main ``command`` (run -d)."""
     root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
+    ids = user_ids(store, config, record.path, named=True)
     if command:
         from sandboxmgr.config import options
 
-        return enter_spec(store, root, config.merged(options(argv=command)), record.path / "volumes", live=True)
-    return enter_spec(store, root, config, record.path / "volumes", hold=True)
+        return enter_spec(store, root, config.merged(options(argv=command)), record.path / "volumes", live=True,
+                          ids=ids)
+    return enter_spec(store, root, config, record.path / "volumes", hold=True, ids=ids)

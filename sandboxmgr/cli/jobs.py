@@ -32,6 +32,9 @@ def doctor(app: App, fix: bool, as_json: bool) -> int:
 
     Exits 0 when nothing is left (or --fix cleaned it all), 1 when something is.
     Cgroups and processes are checked machine-wide, the rest in the store.
+
+    Root inside root's sandboxes is root outside unless they run with --userns auto
+    (run, create; the profile key userns: auto): see the README's security model.
     """
     from sandboxmgr import doctor as doctor_
 

@@ -52,6 +52,10 @@ def _sandbox_options(fn: Any) -> Any:
         click.option("--hostname", metavar="NAME", help="Host name inside."),
         click.option("--network", type=click.Choice(["host", "none"]),
                      help="host: the host's network (default); none: only loopback."),
+        click.option("--userns", type=click.Choice(["host", "auto"]),
+                     help="auto: root inside is an unprivileged id outside (a user namespace with an id "
+                          "range of its own; an ordinary user's sandboxes always have one); host: root inside "
+                          "is root outside (default)."),
     ]):
         fn = option(fn)
     return fn

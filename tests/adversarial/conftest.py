@@ -34,6 +34,7 @@ def attack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         missing("gcc is not installed: the attacks are static C programs built with the host's gcc")
         raise AssertionError  # missing() does not return
     out = tmp_path_factory.mktemp("attack")
+    out.chmod(0o755)  # root of a --userns auto sandbox is nobody to it: it may only read and run them
     for program in ("attack", "probe"):
         build = subprocess.run([gcc, "-static", "-O2", "-o", str(out / program), str(HERE / f"{program}.c")],
                                capture_output=True, text=True)

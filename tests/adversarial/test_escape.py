@@ -32,10 +32,11 @@ def attack(cli: CLI, attack_dir: Path, *args: str, options: tuple[str, ...] = ()
     return attempts(result)
 
 
+@pytest.mark.parametrize("userns", ["host", "auto"])
 @pytest.mark.parametrize("isolation", ["pivot_root", "chroot"])
 def test_the_double_chroot_escape_does_not_reach_the_host(cli: CLI, bookworm: ConcurrentBuild, attack_dir: Path,
-                                                         host_marker: Path, isolation: str) -> None:
-    found = attack(cli, attack_dir, "escape", str(host_marker), options=("--isolation", isolation))
+                                                         host_marker: Path, isolation: str, userns: str) -> None:
+    found = attack(cli, attack_dir, "escape", str(host_marker), options=("--isolation", isolation, "--userns", userns))
     assert found["marker-visible"] == "ENOENT", found
     # /proc/1 is the sandbox's init: not dumpable, so its root link is closed too.
     assert found["marker-via-proc1-root"] in ("EACCES", "EPERM"), found
@@ -75,14 +76,15 @@ def test_the_working_directory_never_points_outside(cli: CLI, bookworm: Concurre
     assert "host-cwd-marker" not in proc.stdout
 
 
+@pytest.mark.parametrize("userns", ["host", "auto"])
 def test_the_init_cannot_be_read_or_traced_and_no_host_process_is_reachable(
-        cli: CLI, bookworm: ConcurrentBuild, attack_dir: Path) -> None:
+        cli: CLI, bookworm: ConcurrentBuild, attack_dir: Path, userns: str) -> None:
     """CVE-2019-5736's lesson: PID 1 runs the host's Python and must stay closed."""
     host_pids = [str(os.getpid()), str(os.getppid()), "1"]
     script = ("cat /proc/1/exe > /dev/null; echo exe=$?; readlink /proc/1/fd/1; echo fd=$?; "
               "cat /proc/1/environ > /dev/null; echo environ=$?; "
               f"/attack/attack signals {' '.join(host_pids)}; kill -KILL 1; echo still-here")
-    result = cli("run", "-v", f"{attack_dir}:/attack:ro", IMAGE, "sh", "-c", script)
+    result = cli("run", "--userns", userns, "-v", f"{attack_dir}:/attack:ro", IMAGE, "sh", "-c", script)
     assert result.code == 0, str(result)
     found = attempts(result)
     lines = result.out.splitlines()
