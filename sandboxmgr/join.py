@@ -129,6 +129,9 @@ def _fork_joined(spec: EnterSpec, pidfd: int, flags: int, root_fd: int | None, c
         import socket
 
         tty_parent, tty_child = socket.socketpair()
+    # The caller's terminal never goes in (see tty.terminal_pipes): a process the command leaves in
+    # the running sandbox would keep it, and read and write what the caller types next.
+    pipes = {} if spec.tty or spec.stdio is not None else tty.terminal_pipes()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # as enter._enter: none lost, none early
     try:
@@ -142,6 +145,8 @@ def _fork_joined(spec: EnterSpec, pidfd: int, flags: int, root_fd: int | None, c
             os.close(err_read)
             if tty_parent is not None:
                 tty_parent.close()
+            for target, (theirs, _) in pipes.items():
+                os.dup2(theirs, target)
             _joined(spec, err_write, pidfd, flags, root_fd, cgroup_fds, tty_child, seccomp_program)
         _back_to(own_pid_ns)
     except BaseException:
@@ -150,9 +155,12 @@ def _fork_joined(spec: EnterSpec, pidfd: int, flags: int, root_fd: int | None, c
     finally:
         os.close(own_pid_ns)
     os.close(err_write)
+    for theirs, _ in pipes.values():
+        os.close(theirs)
     caller = None if spec.tty or spec.stdio is not None else tty.save()
     try:
-        return supervise(pid, err_read, tty_parent, tty_child, spec.interruptible)
+        return supervise(pid, err_read, tty_parent, tty_child, spec.interruptible,
+                         ready=(lambda: tty.relay_pipes(pid, pipes)) if pipes else None)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         if caller is not None:

@@ -143,6 +143,67 @@ def relay(master: int) -> None:
         os.close(master)
 
 
+def terminal_pipes() -> dict[int, tuple[int, int]]:
+    """For a command joining a running sandbox without -t: a pipe for each of our stdin, stdout
+    and stderr that is a terminal (fd -> (the command's end, ours)), as ``docker exec`` without
+    -t. A run may give the command the terminal itself: everything in it dies with it. A running
+    sandbox outlives the command, and what the command leaves there would keep the terminal."""
+    pipes = {}
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            pipes[fd] = (read_end, write_end) if fd == 0 else (write_end, read_end)
+    return pipes
+
+
+def relay_pipes(pid: int, pipes: dict[int, tuple[int, int]]) -> None:
+    """Copy between our terminal and the command's pipes (:func:`terminal_pipes`) until the
+    command (our child ``pid``) exits, then what it left in them; never after: whatever it left
+    running in the sandbox writes into pipes no one reads, and reads nothing of ours."""
+    pidfd = os.pidfd_open(pid)
+    # source -> where it goes: our stdin to the command's, its stdout and stderr to ours
+    feeds = {(ours if fd else 0): (pipes[0][1] if fd == 0 else fd) for fd, (_, ours) in pipes.items()}
+    ends = {ours for _, ours in pipes.values()}
+    try:
+        while True:
+            ready, _, _ = select.select([pidfd, *feeds], [], [])
+            for source in [fd for fd in ready if fd != pidfd]:
+                _feed(source, feeds, ends)
+            if pidfd in ready:
+                break
+        for source in [fd for fd in feeds if fd != 0]:  # what it wrote before it ended
+            os.set_blocking(source, False)
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(64):  # at most 4 MiB: something it left may go on writing
+                    if source not in feeds:
+                        break
+                    _feed(source, feeds, ends)
+    finally:
+        os.close(pidfd)
+        for fd in ends:
+            os.close(fd)
+
+
+def _feed(source: int, feeds: dict[int, int], ends: set[int]) -> None:
+    try:
+        data = os.read(source, 65536)
+    except BlockingIOError:
+        raise
+    except OSError:
+        data = b""
+    target = feeds[source]
+    if data:
+        try:
+            _write_all(target, data)
+            return
+        except BrokenPipeError:  # the command closed its stdin
+            pass
+    del feeds[source]
+    if source == 0 and target in ends:  # our stdin ended (Ctrl-D): so does the command's
+        ends.discard(target)
+        os.close(target)
+
+
 # --- the caller's terminal, after a run without -t ------------------------------------------
 
 

@@ -62,9 +62,6 @@ def alive(pid: int) -> bool:
 # --- the inside against the host -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1 of the issue-15 review, not fixed: a joined command "
-                   "without -t gets the caller's terminal itself, and a process it leaves in the running "
-                   "sandbox keeps it (see the report); drop this mark with the fix")
 def test_a_process_left_in_a_running_sandbox_cannot_use_the_callers_terminal_after_its_exec(
         cli: CLI, box: str) -> None:
     """A run ends with everything in it; a live sandbox outlives the command. Without -t the
