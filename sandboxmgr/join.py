@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from pathlib import Path
 
 from sandboxmgr import linux, tty
@@ -110,7 +111,18 @@ def run_joined(holder: Holder, pidfd: int, spec: EnterSpec) -> int:
         opened += cgroup_fds
         flags = _differing(holder.pid)
         signal.pidfd_send_signal(pidfd, 0)  # what /proc said was that process's
-        return _fork_joined(spec, pidfd, flags, root_fd, cgroup_fds, seccomp_program)
+        if not holder.cgroups or spec.limits is None:
+            return _fork_joined(spec, pidfd, flags, root_fd, cgroup_fds, seccomp_program)
+        from sandboxmgr.runcgroup import describe, events_in  # only with limits: a cost the rest avoids
+
+        leaves = [Path(leaf) for leaf in holder.cgroups]
+        before = events_in(leaves)
+        status = _fork_joined(spec, pidfd, flags, root_fd, cgroup_fds, seccomp_program)
+        after = events_in(leaves)
+        said = describe(spec.limits, after[0] - before[0], after[1] - before[1], status)
+        if said:  # what the sandbox's limits did while this command ran (another's too, alike)
+            print(f"sandboxmgr: {said}", file=sys.stderr)
+        return status
     except ProcessLookupError:
         raise SandboxError("the sandbox stopped while the command was joining it",
                            hint="run the command again: it starts the sandbox") from None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,18 +198,7 @@ class RunCgroup:
 
     def report(self, status: int) -> str | None:
         """One line on what the limits did to the run, or None when they did nothing."""
-        oom, refused = self.events()
-        reasons = []
-        if oom and self.limits.memory is not None:
-            what = "process" if oom == 1 else "processes"
-            reasons.append(f"out of memory: the kernel killed {oom} {what} at the memory limit "
-                           f"({format_bytes(self.limits.memory)})")
-        if refused and self.limits.pids is not None:
-            what = "fork was" if refused == 1 else "forks were"
-            reasons.append(f"the process limit ({self.limits.pids}) was reached: {refused} {what} refused")
-        if not reasons:
-            return None
-        return f"{'; '.join(reasons)}; exit status {status}"
+        return describe(self.limits, *self.events(), status)
 
     def remove(self) -> list[Path]:
         """Remove the run's cgroups; returns those that could not be (still busy)."""
@@ -222,6 +212,34 @@ class RunCgroup:
             del self.directories[directory]
             remove_parent(directory.parent)
         return left
+
+
+def describe(limits: Limits, oom: int, refused: int, status: int) -> str | None:
+    """One line on what ``limits`` did (``oom`` processes killed, ``refused`` forks), or None."""
+    reasons = []
+    if oom and limits.memory is not None:
+        what = "process" if oom == 1 else "processes"
+        reasons.append(f"out of memory: the kernel killed {oom} {what} at the memory limit "
+                       f"({format_bytes(limits.memory)})")
+    if refused and limits.pids is not None:
+        what = "fork was" if refused == 1 else "forks were"
+        reasons.append(f"the process limit ({limits.pids}) was reached: {refused} {what} refused")
+    if not reasons:
+        return None
+    return f"{'; '.join(reasons)}; exit status {status}"
+
+
+def events_in(leaves: Iterable[Path]) -> tuple[int, int]:
+    """(OOM kills, refused forks) so far in the run cgroups whose leaves are ``leaves`` (a live
+    sandbox's, as its monitor recorded them: a joined command's report, join.py), counted as
+    :meth:`RunCgroup.events` counts them, whichever hierarchy each is in."""
+    oom = refused = 0
+    for leaf in leaves:
+        for directory in (leaf.parent, leaf):
+            for name in ("memory.events", "memory.oom_control"):
+                oom = max(oom, _counter(directory / name, "oom_kill"))
+            refused = max(refused, _counter(directory / "pids.events", "max"))
+    return oom, refused
 
 
 def join(fds: list[int]) -> None:
