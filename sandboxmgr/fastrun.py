@@ -81,10 +81,11 @@ def try_run(argv: Sequence[str]) -> int | None:
         return None
     from pathlib import Path
 
-    from sandboxmgr.locations import default_store, profile_dirs
+    from sandboxmgr.locations import default_store, profile_dirs, refuse_others
     from sandboxmgr.userns import enter
 
     store_path = Path(args.store) if args.store else default_store()
+    refuse_others(store_path)
     # An ordinary user's (nothing for root); exec into a running sandbox takes its namespace.
     enter(store_path / "sandboxes" / args.ref if args.verb == "exec" and "/" not in args.ref else None)
     from sandboxmgr import config

@@ -147,6 +147,24 @@ def require_access(store: Path, directory: Path) -> None:
     raise not_yours(store)
 
 
+def anothers(store: Path) -> bool:
+    """Whether the caller, an ordinary user, looks at a store that exists and belongs to someone
+    else (root's); False for root, and for a store not there yet (made as the caller's)."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        return os.stat(store).st_uid != os.getuid()
+    except OSError:
+        return False
+
+
+def refuse_others(store: Path) -> None:
+    """For an ordinary user, before anything (its user namespace included): a store that belongs
+    to someone else is refused with the one line of :func:`not_yours`."""
+    if anothers(store):
+        raise not_yours(store)
+
+
 def not_yours(store: Path) -> SandboxError:
     """The error for a store the caller may not read: root's, or in rootless mode (userns.py)
     root's or another user's - there both are ids the user's namespace does not map."""

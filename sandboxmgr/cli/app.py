@@ -42,20 +42,30 @@ class App:
         """Before the store is reached: an ordinary user's command for the named sandbox NAME
         takes its user namespace when it runs (userns.enter), so that it can join it."""
         if self._store is None and "/" not in name:
-            from sandboxmgr.locations import default_store
+            from sandboxmgr.locations import default_store, refuse_others
             from sandboxmgr.userns import enter
 
-            enter((self.store_path or default_store()) / "sandboxes" / name)
+            path = self.store_path or default_store()
+            refuse_others(path)
+            enter(path / "sandboxes" / name)
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            from sandboxmgr.locations import default_store
+            from sandboxmgr.errors import SandboxError
+            from sandboxmgr.locations import anothers, default_store
             from sandboxmgr.store import Store
             from sandboxmgr.userns import enter
 
-            enter()  # an ordinary user's store is reached from its user namespace only
-            self._store = Store(self.store_path or default_store())
+            path = self.store_path or default_store()
+            try:
+                enter()  # an ordinary user's store is reached from its user namespace only
+            except SandboxError:
+                if not anothers(path):
+                    raise
+                # Root's store: what the user may not do there is its own one-line error (ls,
+                # images), not a want of subordinate ids; `profiles` lists without it.
+            self._store = Store(path)
         return self._store
 
     def progress(self, label: str) -> ProgressLine:
