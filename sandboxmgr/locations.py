@@ -170,7 +170,11 @@ def not_yours(store: Path) -> SandboxError:
     root's or another user's - there both are ids the user's namespace does not map."""
     from sandboxmgr import userns
 
-    if userns.entered():
+    owner = None
+    if not userns.entered():  # in the user's namespace another's ids all read as one unmapped id
+        with suppress(OSError):
+            owner = os.stat(store).st_uid
+    if userns.entered() or owner not in (None, 0):
         return SandboxError(f"cannot read the store {store}: it is not yours (root's or another user's; "
                             "a store is its owner's alone)",
                             hint="use a store of your own: the default, $XDG_DATA_HOME/sandboxmgr, "
