@@ -65,6 +65,27 @@ def need_root() -> None:
 
 
 @cache
+def need_fedora_mirrors() -> None:
+    """Root, and Fedora's mirrors answering (they do not from the machine this suite is built
+    on: an outside cause, accepted on CI); the tests' local RPM repository is the main proof."""
+    need_root()
+    try:
+        urllib.request.urlopen("https://mirrors.fedoraproject.org/metalink?repo=fedora-45&arch=x86_64",
+                               timeout=10)
+    except OSError as exc:
+        missing(f"Fedora's mirrors are not reachable from this machine ({exc})", required_on_ci=False)
+
+
+@pytest.fixture
+def live_box(cli: CLI, bookworm: ConcurrentBuild) -> Iterator[str]:
+    """A named sandbox over debian-bookworm for one test, removed (running or not) after it."""
+    name = f"box-{os.urandom(3).hex()}"
+    cli.ok("create", bookworm.profile, "--name", name)
+    yield name
+    cli("rm", "-f", name)
+    assert not (cli.store / "sandboxes" / name).exists()
+
+
 def mirror_reachable(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=15) as response:

@@ -15,7 +15,6 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,8 @@ IMAGE = "debian-bookworm"
 
 
 @pytest.fixture
-def box(cli: CLI, bookworm: ConcurrentBuild) -> Iterator[str]:
-    name = f"atk-{os.urandom(3).hex()}"
-    cli.ok("create", IMAGE, "--name", name)
-    yield name
-    cli("rm", "-f", name)
+def box(live_box: str) -> str:
+    return live_box
 
 
 def state(cli: CLI, name: str) -> dict[str, object]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, missing, need_root
+from tests.conftest import CLI, missing, need_fedora_mirrors, need_root
 from tests.integration.test_json_shapes import check, documented
 from tests.rpmrepo import GREETING, RpmRepo, RpmRepoError, add_rpm_build, tiny_profile
 
@@ -263,12 +263,7 @@ def test_a_profile_of_the_other_family_is_refused(tiny: CLI, tmp_path: Path) -> 
 def test_the_real_fedora_profile_builds_a_spec_when_its_mirrors_answer(tmp_path: Path) -> None:
     """Only where Fedora's mirrors are reachable: rpm-build and the BuildRequires from Fedora,
     installed by the image's own dnf."""
-    need_root()
-    try:
-        urllib.request.urlopen("https://mirrors.fedoraproject.org/metalink?repo=fedora-45&arch=x86_64",
-                               timeout=10)
-    except OSError as exc:
-        missing(f"Fedora's mirrors are not reachable from this machine ({exc})", required_on_ci=False)
+    need_fedora_mirrors()
     source = spec(tmp_path, "sm-fedora", requires="sed")
     (source / "sm-fedora.spec").write_text((source / "sm-fedora.spec").read_text().replace(
         "cat /usr/share/tinydistro/greeting", "echo hello from fedora"))

@@ -7,14 +7,13 @@ import os
 import platform
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandboxmgr import mountinfo
-from tests.conftest import CLI, missing, need_root
+from tests.conftest import CLI, need_fedora_mirrors, need_root
 from tests.rpmrepo import GREETING, RpmRepo, tiny_profile
 
 pytestmark = [pytest.mark.root]
@@ -219,12 +218,7 @@ def assert_nothing_left(cli: CLI) -> None:
 
 def test_the_real_fedora_profile_when_its_mirrors_answer(tmp_path: Path) -> None:
     """Only where Fedora's mirrors are reachable; the local repository above is the main proof."""
-    need_root()
-    try:
-        urllib.request.urlopen("https://mirrors.fedoraproject.org/metalink?repo=fedora-45&arch=x86_64",
-                               timeout=10)
-    except OSError as exc:
-        missing(f"Fedora's mirrors are not reachable from this machine ({exc})", required_on_ci=False)
+    need_fedora_mirrors()
     cli = CLI(tmp_path / "store")
     result = cli.ok("run", "fedora", "--", "sh", "-c", ". /etc/os-release; echo $ID")
     assert result.out.strip() == "fedora"
