@@ -25,7 +25,7 @@ UNCONFINED = "bench-bookworm-unconfined"  # BASE without the seccomp filter: wha
 EXTRA_PACKAGE = "hello"
 ENTRY_SANDBOX = "bench-entry"
 DISK_SANDBOXES = 10
-BENCHMARKS = ("entry", "create", "cold", "warm", "disk", "loop", "rootless")
+BENCHMARKS = ("entry", "create", "cold", "warm", "disk", "loop", "rootless", "package")
 PEER_PACKAGES = {"bwrap": "bubblewrap", "systemd-nspawn": "systemd-container",
                  "debootstrap": "debootstrap", "mmdebstrap": "mmdebstrap", "eatmydata": "eatmydata"}
 SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
