@@ -24,7 +24,7 @@ PLUS_ONE = "bench-bookworm-plus-one"  # BASE plus one small package
 UNCONFINED = "bench-bookworm-unconfined"  # BASE without the seccomp filter: what the filter costs
 EXTRA_PACKAGE = "hello"
 DISK_SANDBOXES = 10
-BENCHMARKS = ("entry", "create", "cold", "warm", "disk", "loop", "rootless")
+BENCHMARKS = ("entry", "create", "cold", "warm", "disk", "loop", "rootless", "package")
 PEER_PACKAGES = {"bwrap": "bubblewrap", "systemd-nspawn": "systemd-container",
                  "debootstrap": "debootstrap", "mmdebstrap": "mmdebstrap", "eatmydata": "eatmydata"}
 SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"

@@ -42,7 +42,10 @@ bootstrap root, which is linked in when the mirror's index is unchanged), the sa
 package to the built one. **Disk**: ten named sandboxes over one image, each
 with a small file written by `exec`, measured with `du` (hard links counted once) against
 the image plus the files. **Loop**: 50 ephemeral runs in a row, then a check that no
-mount, temporary directory, lock or process was left behind.
+mount, temporary directory, lock or process was left behind. **Package build**: `sandboxmgr
+package build` of GNU hello's Debian source on bookworm, cold (the build-dependencies layer
+removed first) and warm (built), against the same build by hand in a fresh `sandboxmgr run`
+sandbox (`apt-get build-dep`, `dpkg-buildpackage`) and against `pbuilder build`.
 
 The figures are medians (with the minimum beside them), and a ratio is sandboxmgr's
 median divided by the peer's (below 1.0: sandboxmgr is faster) unless the row says
@@ -60,11 +63,12 @@ round), a noisy machine slows both alike; where they do not, the table says so:
 | Warm rebuild | sandboxmgr only (against its own cold build) | no peer; after each cold round, fixed order |
 | Disk | sandboxmgr only | no peer (sizes, not times) |
 | Loop | sandboxmgr, then bwrap for scale | no: the 50 runs of one, then the 50 of the other |
+| Package build | package build cold, warm; by hand in `run` (also without fsync); pbuilder | yes: rotated |
 
-Reproduce with `make bench` (as root; it installs bubblewrap, systemd-container and
-eatmydata when missing), which runs `python -m bench` and writes this file; `make bench
-BENCH_ARGS=--quick` is a smoke test, `--only entry,disk` runs a subset and `--rounds N`
-sets every benchmark's rounds (neither writes this file unless `--output` says where).
+Reproduce with `make bench` (as root; it installs bubblewrap, systemd-container,
+eatmydata, and pbuilder without its recommends, when missing), which runs `python -m bench`
+and writes this file; `make bench BENCH_ARGS=--quick` is a smoke test, `--only entry,disk`
+runs a subset and `--rounds N` sets every benchmark's rounds (neither writes this file unless `--output` says where).
 Builds need the Debian mirror, so their figures include its speed that day.
 """
 

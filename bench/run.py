@@ -23,6 +23,8 @@ disk    ten named sandboxes over one image: disk used vs the image plus their ch
 loop    ephemeral runs in a row: leaked mounts, temp dirs, processes; throughput (bench/loop.py)
 rootless an ordinary user's cold build and entry next to root's, bwrap as that user and
         systemd-nspawn (bench/rootless.py)
+package `package build` of GNU hello, cold and warm, vs the same build by hand in a `run`
+        sandbox and vs pbuilder (bench/package.py)
 
 What they share is in bench/common.py (running and timing commands, candidates, results) and
 bench/workspace.py (stores, profiles, the peers' root); bench/report.py writes RESULTS.md.
@@ -50,6 +52,7 @@ from bench.create import bench_create
 from bench.disk import bench_disk
 from bench.entry import bench_entry
 from bench.loop import bench_loop
+from bench.package import bench_package
 from bench.report import code_state, machine, report
 from bench.rootless import bench_rootless
 from bench.workspace import FULL, QUICK, Bench
@@ -110,6 +113,7 @@ def steps(bench: Bench, wanted: set[str]) -> list[tuple[str, Callable[[], list[S
         ("disk", lambda: [bench_disk(bench)]),
         ("loop", lambda: [bench_loop(bench)]),
         ("rootless", lambda: [bench_rootless(bench)]),
+        ("package", lambda: [bench_package(bench)]),
     ]
 
 
