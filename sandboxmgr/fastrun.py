@@ -95,12 +95,13 @@ def try_run(argv: Sequence[str]) -> int | None:
     options = config.options(argv=args.command, tty=config.shell_tty(args.tty, args.command))
     if args.verb == "exec":
         # A named sandbox keeps its config: nothing of its profile is needed.
+        from sandboxmgr import live  # before gc is on again: importing it would set off collections
+
         store.clean_leftovers()
         _collect_from_now_on()
         _say_path("fast")
-        from sandboxmgr import live
-
         return live.run_in(store, store.sandbox(args.ref), options)
+    from sandboxmgr import sandbox
     from sandboxmgr.resolve import cached_run
 
     found = cached_run(store, args.ref, profile_dirs(()))
@@ -109,8 +110,6 @@ def try_run(argv: Sequence[str]) -> int | None:
     store.clean_leftovers()
     _collect_from_now_on()
     _say_path("fast")
-    from sandboxmgr import sandbox
-
     return sandbox.run_ephemeral(store, *found, options)
 
 
