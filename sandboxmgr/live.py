@@ -248,7 +248,7 @@ def logs(store: Store, record: SandboxRecord, write: Callable[[bytes], None], ta
 def _read(path: Path, offset: int = 0) -> list[bytes]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, OSError):
+    except OSError:  # none yet, or not a regular file of ours (a link): nothing to show
         return []
     with os.fdopen(fd, "rb") as handle:
         handle.seek(offset)
