@@ -9,7 +9,9 @@ For each profile, as sbuild does it:
    the source shown read-only at ``/src``; root copies it to ``/build`` for the unprivileged
    build user, who unpacks a ``.dsc`` there (nothing of the source runs as root);
 3. **build** - ``dpkg-buildpackage -us -uc`` as that user (``tests`` when it was the
-   package's own test suite that failed);
+   package's own test suite that failed), with ``parallel=N`` in ``DEB_BUILD_OPTIONS``: the
+   CPUs this build may use (:func:`build_jobs`), as sbuild users set it and mock's
+   ``%_smp_mflags`` does;
 4. **results** - the products are copied out of the sandbox's own files into
    ``--results DIR/PROFILE/``, with the build log and ``build-info.json`` (the image, the
    toolchain's versions).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -107,6 +110,30 @@ class BuildRequest:
     network: str = "none"
     keep_failed: bool = False
     timeout: float | None = None  # seconds the build step may take
+    build_jobs: int | None = None  # --build-jobs: the N of parallel=N (0: none); None: the CPUs shared out
+    deb_build_options: str | None = None  # the caller's DEB_BUILD_OPTIONS, passed on as sbuild does
+    jobs: int = 0  # what one profile's build is given: build_jobs(), set by build_all
+
+
+def build_jobs(request: BuildRequest, profile: Profile, at_once: int) -> int:
+    """How many jobs one build runs (``parallel=N``): ``--build-jobs``, else the CPUs this process
+    may run on (its affinity, as nproc counts them) shared among the ``at_once`` builds running
+    together (-j), and no more than the profile's ``limits.cpus`` (rounded up: jobs that fill
+    the quota). 0: none given (the build tool's own default)."""
+    if request.build_jobs is not None:
+        return request.build_jobs
+    share = max(1, len(os.sched_getaffinity(0)) // max(1, at_once))
+    cpus = profile.limits.cpus
+    return share if cpus is None else max(1, min(share, math.ceil(cpus)))
+
+
+def deb_build_options(given: str, jobs: int, forced: bool) -> str:
+    """``given`` (DEB_BUILD_OPTIONS' words) with ``parallel=jobs``: added unless it says parallel=
+    already; ``forced`` (--build-jobs) replaces its parallel=. 0 jobs adds nothing."""
+    words = given.split()
+    if jobs == 0 or (not forced and any(word.startswith("parallel=") for word in words)):
+        return " ".join(words)
+    return " ".join([*(word for word in words if not word.startswith("parallel=")), f"parallel={jobs}"])
 
 
 def with_build_deps(profile: Profile, source: Source) -> Profile:
@@ -137,6 +164,7 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
         check_request(request)
     results = [PackageResult(name, profile.name) for name, profile in profiles]
     work = []
+    at_once = min(parallel, len(profiles))
     for (_, profile), result in zip(profiles, results, strict=True):
         if fail_fast and any(r.status == "failed" for r in results):
             result.status = "cancelled"
@@ -147,7 +175,9 @@ def build_all(store: Store, request: BuildRequest, profiles: list[tuple[str, Pro
             result.duration, result.status = time.monotonic() - started, "failed"
             continue
         report = _results_dir(request, profile) / ".outcome.json"
-        work.append(PackageJob(result, report, partial(build_one, store, request, profile, image, result)))
+        jobs = build_jobs(request, profile, at_once)
+        work.append(PackageJob(result, report, partial(build_one, store, replace(request, jobs=jobs), profile,
+                                                       image, result)))
     if fail_fast and any(r.status == "failed" for r in results):
         for job in work:  # their build-deps were ready before another's failed
             job.result.status = "cancelled"
@@ -210,7 +240,8 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image: Imag
     plain = re.sub(r"[^a-z0-9._-]+", "-", source.name.lower())  # an RPM's Name may be PyYAML or gtk+
     name = f"pkg-{plain}-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
     mount = source.path if source.path.is_dir() else source.path.parent
-    options = config.options(network=request.network, binds=(BindMount(mount, "/src", readonly=True),))
+    env = _build_env(request, deps) if source.family == "debian" else {}
+    options = config.options(network=request.network, binds=(BindMount(mount, "/src", readonly=True),), env=env)
     record = create_sandbox(store, name, image, deps, options)
     steps, collect, record_info = _family(source.family)
     keep = False
@@ -220,11 +251,29 @@ def build_one(store: Store, request: BuildRequest, profile: Profile, image: Imag
             collect(record, out, result)
         if not result.stage:
             record_info(store, record, image, out, log)
+            _record_jobs(out / "build-info.json", request.jobs, env.get("DEB_BUILD_OPTIONS"))
     finally:
         if keep:
             result.sandbox = record.name
         else:
             live.remove(store, record, force=True)
+
+
+def _build_env(request: BuildRequest, profile: Profile) -> dict[str, str]:
+    """The build's DEB_BUILD_OPTIONS: the caller's (else the profile's ``env``'s) with parallel=N."""
+    given = request.deb_build_options
+    if given is None:
+        given = profile.env.get("DEB_BUILD_OPTIONS", "")
+    value = deb_build_options(given, request.jobs, forced=request.build_jobs is not None)
+    return {"DEB_BUILD_OPTIONS": value} if value or "DEB_BUILD_OPTIONS" in profile.env else {}
+
+
+def _record_jobs(info: Path, jobs: int, options: str | None) -> None:
+    """build-info.json also says how parallel the build was told to be: ``build_jobs`` (0: not told)
+    and the ``DEB_BUILD_OPTIONS`` it had (null: none, or an RPM build)."""
+    data = json.loads(info.read_text())
+    data.update(build_jobs=jobs, deb_build_options=options)
+    info.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _family(family: str) -> tuple[Callable[[Store, BuildRequest, SandboxRecord, Path, PackageResult], bool],
@@ -248,15 +297,16 @@ def _steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path
     copy = tree if source.path.is_dir() else "/build/source"
     made = run_step(store, record, log, ("/bin/sh", "-c", f"mkdir -p /build && cp -r --preserve=mode,timestamps,"
                                          f"links /src/. {copy} && chown -R {BUILD_USER}: /build"), None, append=False)
-    unpacked = made == 0 and (source.path.is_dir() or run_step(
-        store, record, log, ("dpkg-source", "-x", f"{copy}/{source.path.name}", tree), BUILD_USER, append=True) == 0)
-    if not unpacked:
+    # One step as the build user (a sandbox's start less): unpack a .dsc; then, for the package's
+    # own tests (debian/tests/control), keep its tree as the build user had it before the build:
+    # `package test` takes it from the results (a failure to keep it fails nothing, as before).
+    unpack = "" if source.path.is_dir() else 'dpkg-source -x "$1" "$2" || exit; '
+    keep = (f"cd /build && if [ -f {tree}/debian/tests/control ]; then tar -czf {SOURCE_TREE} "
+            f"{source.tree_name} || true; fi")
+    if made != 0 or run_step(store, record, log, ("/bin/sh", "-c", unpack + keep, "sh",
+                                                  f"{copy}/{source.path.name}", tree), BUILD_USER, append=True):
         _failed(result, "source", f"unpacking {source.path.name} failed: {tail(log, 1)}")
         return True
-    # The package's own tests (debian/tests/control) run from its source tree: `package test`
-    # takes it from the results, as the build user had it before the build.
-    run_step(store, record, log, ("/bin/sh", "-c", f"cd /build && if [ -f {tree}/debian/tests/control ]; then "
-                                  f"tar -czf {SOURCE_TREE} {source.tree_name}; fi"), BUILD_USER, append=True)
     option = BUILD_TYPES[request.build_type]
     build = f"cd {tree} && exec dpkg-buildpackage -us -uc {option}".rstrip()
     try:

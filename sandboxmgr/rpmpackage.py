@@ -70,10 +70,13 @@ def check_request(request: BuildRequest) -> None:
                            "nothing to make", hint="--build-type source makes a .src.rpm from a .spec")
 
 
-def rpmbuild_argv(source: Source, build_type: str) -> tuple[str, ...]:
-    """rpmbuild for ``source`` (copied into SOURCES), every product flat in OUT."""
+def rpmbuild_argv(source: Source, build_type: str, jobs: int = 0) -> tuple[str, ...]:
+    """rpmbuild for ``source`` (copied into SOURCES), every product flat in OUT; ``jobs`` (if not 0)
+    is the CPU count ``%_smp_mflags`` (-jN) is made of, as mock gives it."""
     defines = {"_topdir": TOPDIR, "_rpmdir": OUT, "_srcrpmdir": OUT,
                "_build_name_fmt": "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm"}
+    if jobs:  # both, as mock sets them: rpm before 4.15 reads only %_smp_mflags
+        defines.update(_smp_build_ncpus=str(jobs), _smp_mflags=f"-j{jobs}")
     target = f"{SOURCES}/{source.path.name}"
     if source.path.suffix == ".spec":
         defines["_sourcedir"] = SOURCES
@@ -100,7 +103,7 @@ def steps(store: Store, request: BuildRequest, record: SandboxRecord, log: Path,
         _failed(result, "source", f"copying {source.path.name} into the sandbox failed: {tail(log, 1)}")
         return True
     try:
-        status = run_step(store, record, log, rpmbuild_argv(source, request.build_type), BUILD_USER,
+        status = run_step(store, record, log, rpmbuild_argv(source, request.build_type, request.jobs), BUILD_USER,
                           append=True, timeout=request.timeout)
     except TimedOut:
         _failed(result, "timeout", f"the build ran longer than {request.timeout:g} s and was killed")

@@ -202,11 +202,14 @@ def _profiles(app: App, names: tuple[str, ...]) -> list[tuple[str, Profile]]:
               help="dpkg-buildpackage's -b, -B, -A, -S, or everything (rpmbuild: -bs for source, else -ba).")
 @click.option("--network", type=click.Choice(["none", "host"]), default="none", show_default=True,
               help="The build's network once its dependencies are installed (none: as sbuild and mock).")
+@click.option("--build-jobs", type=click.IntRange(min=0), metavar="N",
+              help="Jobs in one build: DEB_BUILD_OPTIONS parallel=N, rpm's -jN [default: the CPUs shared among "
+                   "the builds at once; 0: none given].")
 @job_options
 @pass_app
 def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir: Path, build_type: str,
-                  network: str, jobs: int, fail_fast: bool, keep_failed: bool, timeout: float | None,
-                  junit_path: Path | None, as_json: bool) -> int:
+                  network: str, build_jobs: int | None, jobs: int, fail_fast: bool, keep_failed: bool,
+                  timeout: float | None, junit_path: Path | None, as_json: bool) -> int:
     """Build SOURCE in a fresh sandbox of each profile: a Debian source tree or a .dsc, or a
     .src.rpm, a .spec with its sources beside it, or a directory holding one .spec.
 
@@ -218,7 +221,7 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
 
     require_root(app, "package build")
     request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed,
-                                    timeout)
+                                    timeout, build_jobs, os.environ.get("DEB_BUILD_OPTIONS"))
     view = MatrixView(app.quiet)
     results = package_.build_all(app.store, request, _profiles(app, profiles), app.image_for, jobs, fail_fast, view)
     stopped = any(r.status == "cancelled" for r in results)

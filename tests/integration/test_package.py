@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -184,3 +186,35 @@ def test_a_build_past_its_timeout_is_killed_and_leaves_nothing(cli: CLI, bookwor
     assert float(str(row["duration"])) < 60, row
     assert subprocess.run(["pgrep", "-f", "sleep 6173"], capture_output=True).returncode != 0
     assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("pkg-")]
+
+
+def test_the_build_is_told_how_many_jobs_it_may_run(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    """parallel=N in DEB_BUILD_OPTIONS, on top of the caller's own options: the CPUs this build may
+    use (the caller's affinity here: one, where dpkg-buildpackage alone counts the machine's online
+    CPUs); --build-jobs sets N; a parallel= of the caller's stays."""
+    tree = source(tmp_path, "sm-jobs", build='echo "options: [$$DEB_BUILD_OPTIONS]"')
+    caller = CLI(cli.store, cli.configs)
+    caller.env = {**os.environ, "DEB_BUILD_OPTIONS": "nocheck"}
+
+    def told(out: Path) -> set[str]:
+        # The line as the build echoed it (make shows the command too: that one has the $).
+        found = {line for line in re.findall(r"options: \[(.*)\]", (out / "debian-bookworm" / "build.log").read_text())
+                 if "$" not in line}
+        assert len(found) == 1, found
+        return set(found.pop().split())  # dpkg-buildpackage passes them on in its own order
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        code, (row,), err = build(caller, tree, tmp_path / "one")
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert code == 0, (row, err)
+    assert told(tmp_path / "one") == {"nocheck", "parallel=1"}
+    info = json.loads((tmp_path / "one" / "debian-bookworm" / "build-info.json").read_text())
+    assert info["build_jobs"] == 1 and info["deb_build_options"] == "nocheck parallel=1", info
+    code, (row,), err = build(caller, tree, tmp_path / "three", "--build-jobs", "3")
+    assert code == 0 and told(tmp_path / "three") == {"nocheck", "parallel=3"}, (row, err)
+    caller.env["DEB_BUILD_OPTIONS"] = "parallel=5 nocheck"
+    code, (row,), err = build(caller, tree, tmp_path / "five")
+    assert code == 0 and told(tmp_path / "five") == {"nocheck", "parallel=5"}, (row, err)
