@@ -63,7 +63,7 @@ round), a noisy machine slows both alike; where they do not, the table says so:
 | Warm rebuild | sandboxmgr only (against its own cold build) | no peer; after each cold round, fixed order |
 | Disk | sandboxmgr only | no peer (sizes, not times) |
 | Loop | sandboxmgr, then bwrap for scale | no: the 50 runs of one, then the 50 of the other |
-| Package build | package build cold, warm; by hand in `run` (also without fsync, and with parallel=N); pbuilder | yes: rotated |
+| Package build | package build cold, warm; by hand in `run` (also no fsync, parallel=N); pbuilder | yes: rotated |
 
 Reproduce with `make bench` (as root; it installs bubblewrap, systemd-container,
 eatmydata, and pbuilder without its recommends, when missing), which runs `python -m bench`

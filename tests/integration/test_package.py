@@ -188,21 +188,24 @@ def test_a_build_past_its_timeout_is_killed_and_leaves_nothing(cli: CLI, bookwor
     assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("pkg-")]
 
 
+SHOW_OPTIONS = 'echo "options: [$$DEB_BUILD_OPTIONS]"'  # a build step that shows what the build was told
+
+
+def told(out: Path) -> set[str]:
+    """The DEB_BUILD_OPTIONS a SHOW_OPTIONS build had, from its log in ``out``."""
+    # The line as the build echoed it (make shows the command too: that one has the $).
+    found = {line for line in re.findall(r"options: \[(.*)\]", (out / "build.log").read_text()) if "$" not in line}
+    assert len(found) == 1, found
+    return set(found.pop().split())  # dpkg-buildpackage passes them on in its own order
+
+
 def test_the_build_is_told_how_many_jobs_it_may_run(cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
     """parallel=N in DEB_BUILD_OPTIONS, on top of the caller's own options: the CPUs this build may
     use (the caller's affinity here: one, where dpkg-buildpackage alone counts the machine's online
     CPUs); --build-jobs sets N; a parallel= of the caller's stays."""
-    tree = source(tmp_path, "sm-jobs", build='echo "options: [$$DEB_BUILD_OPTIONS]"')
+    tree = source(tmp_path, "sm-jobs", build=SHOW_OPTIONS)
     caller = CLI(cli.store, cli.configs)
     caller.env = {**os.environ, "DEB_BUILD_OPTIONS": "nocheck"}
-
-    def told(out: Path) -> set[str]:
-        # The line as the build echoed it (make shows the command too: that one has the $).
-        found = {line for line in re.findall(r"options: \[(.*)\]", (out / "debian-bookworm" / "build.log").read_text())
-                 if "$" not in line}
-        assert len(found) == 1, found
-        return set(found.pop().split())  # dpkg-buildpackage passes them on in its own order
-
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})
     try:
@@ -210,11 +213,31 @@ def test_the_build_is_told_how_many_jobs_it_may_run(cli: CLI, bookworm: Concurre
     finally:
         os.sched_setaffinity(0, cpus)
     assert code == 0, (row, err)
-    assert told(tmp_path / "one") == {"nocheck", "parallel=1"}
+    assert told(tmp_path / "one" / "debian-bookworm") == {"nocheck", "parallel=1"}
     info = json.loads((tmp_path / "one" / "debian-bookworm" / "build-info.json").read_text())
     assert info["build_jobs"] == 1 and info["deb_build_options"] == "nocheck parallel=1", info
     code, (row,), err = build(caller, tree, tmp_path / "three", "--build-jobs", "3")
-    assert code == 0 and told(tmp_path / "three") == {"nocheck", "parallel=3"}, (row, err)
+    assert code == 0 and told(tmp_path / "three" / "debian-bookworm") == {"nocheck", "parallel=3"}, (row, err)
     caller.env["DEB_BUILD_OPTIONS"] = "parallel=5 nocheck"
     code, (row,), err = build(caller, tree, tmp_path / "five")
-    assert code == 0 and told(tmp_path / "five") == {"nocheck", "parallel=5"}, (row, err)
+    assert code == 0 and told(tmp_path / "five" / "debian-bookworm") == {"nocheck", "parallel=5"}, (row, err)
+
+
+def test_builds_at_once_share_the_cpus_and_a_cpu_limit_caps_its_own(cli: CLI, bookworm: ConcurrentBuild,
+                                                                     tmp_path: Path) -> None:
+    """With -j 2, two builds share the CPUs; a profile's limits.cpus caps its own build's jobs."""
+    assert cli.configs is not None
+    (cli.configs / "bookworm-one-cpu.yaml").write_text("extends: debian-bookworm\nlimits: {cpus: 1}\n")
+    tree = source(tmp_path, "sm-share", build=SHOW_OPTIONS)
+    cpus = len(os.sched_getaffinity(0))
+    for at_once in (1, 2):
+        out = tmp_path / f"j{at_once}"
+        result = cli("package", "build", str(tree), "-p", "debian-bookworm", "-p", "bookworm-one-cpu", "-j",
+                     str(at_once), "--results", str(out), "--json")
+        assert result.code == 0, str(result)
+        share = max(1, cpus // at_once)
+        jobs = {name: json.loads((out / name / "build-info.json").read_text())["build_jobs"]
+                for name in ("debian-bookworm", "bookworm-one-cpu")}
+        assert jobs == {"debian-bookworm": share, "bookworm-one-cpu": 1}, (at_once, jobs)
+        assert told(out / "debian-bookworm") == {f"parallel={share}"}
+        assert told(out / "bookworm-one-cpu") == {"parallel=1"}
