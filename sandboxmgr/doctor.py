@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr import cgroups, linux, mountinfo
-from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError, counted
 from sandboxmgr.locations import tighten_dir
 from sandboxmgr.locks import is_locked, lock_files
+from sandboxmgr.spec import INIT_NAME
 from sandboxmgr.store import Store
 from sandboxmgr.userns import entered
 

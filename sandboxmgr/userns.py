@@ -27,10 +27,13 @@ the two setuid programs on the manager's pid.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"

@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "idmap", "live", "monitor", "join", "enter", "pid1", "execute", "mounts",
-                  "mountexec", "tty", "users", "seccomp",
+                  "mountexec", "tty", "users", "seccomp", "spec", "supervise", "ticket",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
     "profiles": ("schema", "profilefields", "profile", "distros"),
     "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
