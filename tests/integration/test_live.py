@@ -347,3 +347,20 @@ def test_commands_of_an_auto_started_sandbox_take_the_general_way_until_start_ke
         long.kill()
         long.communicate()
     assert row(cli, box)["state"] == "running"
+
+
+def test_top_lists_the_processes_of_a_running_sandbox(cli: CLI, box: str) -> None:
+    stopped = cli("top", box)
+    assert stopped.code != 0 and f"sandbox {box!r} is not running" in stopped.err, stopped
+    cli.ok("start", box)
+    # A process left running, whose command line holds what a terminal would act on.
+    cli.ok("exec", box, "bash", "-c", "(exec -a \"$(printf 'sleeper\\033[2J')\" sleep 300 > /dev/null 2>&1 &)")
+    rows = json.loads(cli.ok("top", "--json", box).out)
+    init, *rest = rows
+    assert init["sandbox_pid"] == 1 and init["command"].startswith("sandboxmgr-init")
+    (sleeper,) = [r for r in rest if "sleep" in r["command"] or "sleeper" in r["command"]]
+    assert sleeper["command"] == "sleeper?[2J 300" and sleeper["uid"] == 0 and sleeper["sandbox_pid"] > 1
+    assert os.readlink(f"/proc/{sleeper['pid']}/ns/pid") == os.readlink(f"/proc/{init['pid']}/ns/pid")
+    table = cli.ok("top", box).out
+    assert table.splitlines()[0].split() == ["PID", "SANDBOX", "PID", "UID", "STATE", "TIME", "COMMAND"]
+    assert "\033" not in table and "sleeper?[2J 300" in table
