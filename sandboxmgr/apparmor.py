@@ -160,7 +160,8 @@ def profile(path: Path, who: list[str] | None = None) -> str:
     said = warning(path, who or [])
     lines = ""
     if said:
-        lines = "".join(f"# WARNING: {line}\n" for line in _wrap(said, 88)) + "#\n"
+        wrapped = _wrap("WARNING: " + said, 90)
+        lines = "".join(f"# {'' if n == 0 else '  '}{line}\n" for n, line in enumerate(wrapped)) + "#\n"
     return _TEMPLATE.format(path=path, warning=lines, installed=INSTALLED, name=NAME,
                             attachment=attachment(path))
 

@@ -118,7 +118,8 @@ def test_whoever_can_replace_the_script_is_named(tmp_path: Path) -> None:
 
 def test_a_writable_installation_gets_a_warning_in_the_profile() -> None:
     text = apparmor.profile(Path("/home/alice/venv/bin/sandboxmgr"), ["alice"])
-    assert "# WARNING: /home/alice/venv/bin/sandboxmgr can be replaced by alice: with this profile, any" in text
+    assert "\n# WARNING: /home/alice/venv/bin/sandboxmgr can be replaced by alice: with this profile, any\n" \
+           "#   program run by them can make user namespaces" in text
     assert "WARNING" not in apparmor.profile(Path("/opt/sandboxmgr/bin/sandboxmgr"), [])
 
 
