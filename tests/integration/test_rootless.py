@@ -298,6 +298,42 @@ def test_user_namespaces_turned_off_are_one_line_and_a_doctor_finding(rootless_u
     assert "user.max_user_namespaces" not in allowed.stdout + allowed.stderr
 
 
+def test_an_apparmor_restriction_is_one_line_and_a_doctor_finding_naming_the_profile(
+        rootless_user: OrdinaryUser) -> None:
+    """Ubuntu 24.04's kernel.apparmor_restrict_unprivileged_userns=1, simulated in a mount
+    namespace of the test's own where /proc/sys/kernel is a tmpfs holding only that sysctl
+    (this machine has no AppArmor, so the process has no AppArmor label: unconfined, as an
+    unprofiled program on Ubuntu). The hint names the commands that install sandboxmgr's
+    profile, written for the very script the user ran."""
+    user = rootless_user
+    restrict = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                "mount -t tmpfs none /proc/sys/kernel && "
+                'echo 1 > /proc/sys/kernel/apparmor_restrict_unprivileged_userns && exec "$@"', "sh"]
+    script = user.program[0] if len(user.program) == 1 else None  # else python -m: no script to name
+    command = os.path.realpath(script) if script else "sandboxmgr"
+    hint = (f"hint: as root: {command} doctor --apparmor-profile > /etc/apparmor.d/sandboxmgr && "
+            "apparmor_parser -r /etc/apparmor.d/sandboxmgr (README: AppArmor), "
+            "or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+    run = subprocess.run([*restrict, *user.argv("run", "debian-bookworm", "--", "true")], capture_output=True,
+                         text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert run.returncode == 125
+    assert run.stderr == ("sandboxmgr: error: AppArmor restricts unprivileged user namespaces "
+                          "(kernel.apparmor_restrict_unprivileged_userns=1) and no AppArmor profile names this "
+                          f"sandboxmgr\n{hint}\n")
+    doctor = subprocess.run([*restrict, *user.argv("doctor", "--json")], capture_output=True, text=True,
+                            env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+    assert doctor.returncode == 1, doctor.stderr
+    [finding] = json.loads(doctor.stdout)
+    assert (finding["kind"], finding["what"]) == ("rootless", "kernel.apparmor_restrict_unprivileged_userns")
+    assert finding["detail"].endswith("; fix: " + hint.removeprefix("hint: "))
+    # The profile itself, printed for the user to hand to root: no user namespace is needed for it.
+    if script:
+        profile = subprocess.run([*restrict, *user.argv("doctor", "--apparmor-profile")], capture_output=True,
+                                 text=True, env=user.env(), cwd=user.home, stdin=subprocess.DEVNULL)
+        assert profile.returncode == 0, profile.stderr
+        assert f"\nprofile sandboxmgr {command} flags=(unconfined) {{\n  userns,\n" in profile.stdout
+
+
 def _unified_mount() -> Path | None:
     with open("/proc/self/mountinfo") as handle:
         for line in handle:
