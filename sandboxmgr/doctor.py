@@ -81,6 +81,19 @@ def rootless_findings() -> list[Finding]:
     return [Finding("rootless", what, f"{line}; fix: {fix}") for what, line, fix in problems()]
 
 
+def apparmor_profile() -> str:
+    """The AppArmor profile for this installation's script (apparmor.py), and a warning on
+    stderr when others than root can replace the script (the profile's grant would be theirs)."""
+    from sandboxmgr import apparmor
+    from sandboxmgr.errors import warn
+
+    path = apparmor.script()
+    who = apparmor.writers(path)
+    if who:
+        warn(apparmor.warning(path, who))
+    return apparmor.profile(path, who)
+
+
 def repair(store: Store, findings: list[Finding]) -> None:
     """Clean up what :func:`examine` found; each finding records whether it worked."""
     killed = False

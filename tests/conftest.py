@@ -44,7 +44,9 @@ def debian_archives(release: str = "bookworm") -> str:
 
 
 # What a skip's reason starts with when its cause is outside the project and any CI machine:
-# an archive that does not answer (Ubuntu's, Fedora's). The only skips a CI run accepts.
+# an archive that does not answer (Ubuntu's, Fedora's), or a host whose cgroup layout the
+# project must not rearrange (no controller a user's delegated cgroup could have). The only
+# skips a CI run accepts.
 OUTSIDE_CAUSE = "outside cause: "
 
 

@@ -26,18 +26,25 @@ if TYPE_CHECKING:
 @click.command()
 @click.option("--fix", is_flag=True, help="Clean up what is found (never deleting through a mount).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--apparmor-profile", is_flag=True,
+              help="Print the AppArmor profile that lets this installation make user namespaces where AppArmor "
+                   "restricts them (Ubuntu 24.04 and later), and do nothing else.")
 @pass_app
-def doctor(app: App, fix: bool, as_json: bool) -> int:
+def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
     """Find what a crash left: mounts, temporary directories, locks, cgroups, processes.
 
     Exits 0 when nothing is left (or --fix cleaned it all), 1 when something is.
     Cgroups and processes are checked machine-wide, the rest in the store.
+    For an ordinary user it reports first what keeps it from rootless mode.
 
     Root inside root's sandboxes is root outside unless they run with --userns auto
     (run, create; the profile key userns: auto): see the README's security model.
     """
     from sandboxmgr import doctor as doctor_
 
+    if apparmor_profile:
+        click.echo(doctor_.apparmor_profile(), nl=False)
+        return 0
     findings = doctor_.rootless_findings() if os.geteuid() != 0 else []
     if findings:  # an ordinary user whose store is out of reach until they are fixed
         if as_json:
