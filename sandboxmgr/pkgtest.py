@@ -110,7 +110,7 @@ def packages_for(name: str, profile: Profile, files: list[Path], results: Path |
     suffix = family_of(profile).suffix
     for path in files:
         if path.suffix != suffix:
-            raise SandboxError(f"{path} is not a {suffix} file, and {name} is a {profile.family} profile",
+            raise SandboxError(f"{name} is a profile of the {profile.family} family and {path} is not a {suffix} file",
                                hint=f"give {suffix} files to -p profiles of the {profile.family} family "
                                     "(one run per family)")
     found = [path.resolve() for path in files]
