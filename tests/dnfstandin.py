@@ -78,7 +78,7 @@ def _python_files(env: Mapping[str, str]) -> list[Path]:
     files: set[Path] = set()
     for line in proc.stdout.splitlines():
         path = Path(line)
-        if path.is_relative_to("/usr/lib") and "dist-packages" not in path.parts:
+        if path.is_relative_to("/usr/lib"):  # not the host's own /usr/local
             files.add(path)
     for top in DNF_MODULES:
         found = subprocess.run([str(PYTHON), "-I", "-c", f"import {top}; print({top}.__file__)"], env=dict(env),
@@ -91,31 +91,35 @@ def _python_files(env: Mapping[str, str]) -> list[Path]:
     return sorted(files)
 
 
-def _copy(path: Path, root: Path) -> str:
-    """``path`` into ``root`` where the image has it; its path in the image."""
+def _copy(path: Path, root: Path, links: bool = True) -> list[str]:
+    """``path`` into ``root`` where the image has it; its paths in the image (a link's target too).
+    A library is copied whole under the name ldd gave, as the rpm-build stand-in has it (the two
+    share the file: rpm lets two packages own a path only if they install the same thing there)."""
     inside = _in_image(path)
     target = root / str(inside).lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() or target.is_symlink():
-        return str(inside)
-    if path.is_symlink() and path.resolve().parent == path.parent:
-        target.symlink_to(os.readlink(path))  # python3 -> python3.11, a library's soname link
-    else:
-        shutil.copy2(path.resolve(), target)
-    return str(inside)
+        return [str(inside)]
+    link = os.readlink(path) if path.is_symlink() else ""
+    if links and link and "/" not in link:  # python3 -> python3.11, dnf -> dnf-3, a library's soname link
+        target.symlink_to(link)
+        return [str(inside), *_copy(path.parent / link, root)]
+    shutil.copy2(path.resolve(), target)
+    return [str(inside)]
 
 
 def stage_dnf(root: Path, env: Mapping[str, str]) -> list[str]:
     """The stand-in's files under ``root`` (absent, made here); their paths in the image."""
     programs = [*DNF_PROGRAMS, PYTHON]
-    programs += [path.resolve() for path in programs if path.is_symlink()]  # dnf -> dnf-3, python3 -> python3.11
     absent = [str(path) for path in programs if not path.exists()]
     if absent:
         raise RpmRepoError(f"the host lacks what the dnf stand-in carries: {absent}")
     files = [*programs, *_python_files(env), *sorted(p for p in LOCALE.rglob("*") if p.is_file())]
     rpm_tree = sorted(p for p in RPMBUILD_TREES[0].rglob("*") if p.is_file() or p.is_symlink())
     elves = [f for f in files if f.is_file() and not f.is_symlink()]
-    listed = [_copy(path, root) for path in [*files, *sorted(_elf_closure(elves, env))]]
+    elves += [path.resolve() for path in files if path.is_symlink()]
+    listed = [inside for path in files for inside in _copy(path, root)]
+    listed += [inside for path in sorted(_elf_closure(elves, env)) for inside in _copy(path, root, links=False)]
     for path in rpm_tree:  # rpm's configuration, as the rpm-build stand-in carries it
         target = root / str(_in_image(path)).lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,8 @@ def test_the_results_of_an_rpm_package_build_are_tested(tiny: CLI, tmp_path: Pat
     built = tiny("package", "build", str(spec(tmp_path, "sm-built")), "-p", "tiny", "--results", str(out), "--json")
     assert built.code == 0, str(built)
     assert (out / "tiny" / "sm-built-1.0-1.src.rpm").is_file()
+    # The image has a dnf of its own now: the build requirements' layer was installed with it.
+    assert "dnf (the target's) installing rpm-build" in built.err, built.err
     code, row, err = package_test(tiny, "--results", str(out), "-p", "tiny", "--check",
                                   f"test \"$(cat /usr/share/sm-built/greeting.txt)\" = '{GREETING}' && sm-built")
     # It installs and its checks pass; but its %files lists /usr/share/sm-built/greeting.txt and not the
