@@ -208,8 +208,9 @@ class _Steps:
             return
         if self.sh(f"echo '# install'; {family.install}", *(f"{MOUNT}/{name}" for name in files)) != 0:
             self.result.packages = unsatisfiable(tail(self.log, 200))
-            missing = f" (not available: {', '.join(self.result.packages)})" if self.result.packages else ""
-            self.failed("install", f"{family.tool} install failed{missing}: {tail(self.log, 1)}")
+            why = (f"{', '.join(self.result.packages)} cannot be found in the profile's archive"
+                   if self.result.packages else tail(self.log, 1))
+            self.failed("install", f"{family.tool} install failed: {why}")
             return
         if not self._checks(checks) or (tree and not self._tests(tests)):
             return

@@ -39,18 +39,28 @@ Prints the greeting of the package it requires.
 mkdir -p %{{buildroot}}/usr/bin
 printf '#!/bin/sh\\nexec cat /usr/share/tinydistro/greeting\\n' > %{{buildroot}}/usr/bin/{name}
 chmod 0755 %{{buildroot}}/usr/bin/{name}
-{post}
+{scripts}
 %files
 /usr/bin/{name}
 """
 
 
-def rpm(tmp_path: Path, name: str, requires: str = "tinydistro-greeting", post: str = "") -> Path:
-    """NAME-1-1.noarch.rpm, built on the host by rpmbuild."""
+STRAY = """
+%post
+mkdir -p /var/lib/sm-stray && echo state > /var/lib/sm-stray/state
+echo made > /etc/sm-stray.conf
+
+%postun
+echo removed > /var/lib/sm-stray/removed
+"""
+
+
+def rpm(tmp_path: Path, name: str, requires: str = "tinydistro-greeting", scripts: str = "") -> Path:
+    """NAME-1-1.noarch.rpm, built on the host by rpmbuild; ``scripts``: its %post and such."""
     work = tmp_path / f"build-{name}"
     (work / "SPECS").mkdir(parents=True)
     (work / "SPECS" / f"{name}.spec").write_text(COMMON + PACKAGE.format(name=name, requires=requires,
-                                                                post=f"\n%post\n{post}\n" if post else ""))
+                                                                         scripts=scripts))
     _run(["rpmbuild", "-bb", "--nodeps", "--quiet", "--define", f"_topdir {work}", *_dbpath(work / "rpmdb"),
           str(work / "SPECS" / f"{name}.spec")], _rpm_env(work))
     return work / "RPMS" / "noarch" / f"{name}-1-1.noarch.rpm"
@@ -114,8 +124,8 @@ def test_each_failure_of_an_rpm_package_test_names_its_stage(tiny: CLI, tmp_path
     cases = {
         "install": (rpm(tmp_path, "sm-unsatisfied", requires="tinydistro-greeting, sm-no-such-package-xyz"), ()),
         "tests": (rpm(tmp_path, "sm-checked"), ("--check", "sm-checked", "--check", "exit 9")),
-        "leftovers": (rpm(tmp_path, "sm-stray", post="mkdir -p /var/lib/sm-stray && echo state > "
-                          "/var/lib/sm-stray/state\necho made > /etc/sm-stray.conf"), ("--check", "sm-stray")),
+        # Files a scriptlet makes at install, and one at removal.
+        "leftovers": (rpm(tmp_path, "sm-stray", scripts=STRAY), ("--check", "sm-stray")),
     }
     for stage, (package, checks) in cases.items():
         junit = tmp_path / f"{stage}.xml"
@@ -124,11 +134,13 @@ def test_each_failure_of_an_rpm_package_test_names_its_stage(tiny: CLI, tmp_path
         assert failure_type(junit) == stage
         if stage == "install":
             assert row["packages"] == ["sm-no-such-package-xyz"], row
-            assert "sm-no-such-package-xyz" in str(row["reason"]), row
+            assert row["reason"] == "dnf install failed: sm-no-such-package-xyz cannot be found in the profile's " \
+                                    "archive", row
         elif stage == "tests":
             assert row["reason"] == "--check 'exit 9' exited with status 9", row
         else:
-            assert row["leftovers"] == ["/etc/sm-stray.conf", "/var/lib/sm-stray", "/var/lib/sm-stray/state"], row
+            assert row["leftovers"] == ["/etc/sm-stray.conf", "/var/lib/sm-stray", "/var/lib/sm-stray/removed",
+                                        "/var/lib/sm-stray/state"], row
             assert "/etc/sm-stray.conf" in str(row["reason"])
     no_sandbox_left(tiny)
 
