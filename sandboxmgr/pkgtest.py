@@ -256,12 +256,7 @@ class _Steps:
 
     def _leftovers(self, listing: str) -> None:
         found = self.log.with_name(f".{self.log.stem}.leftovers")
-        # grep -Fxv -f, not comm: a minimal image may have no coreutils (grep's status 1 is "none left";
-        # an empty line among the owned would match every path).
-        status = self.sh(f"{listing} > {WORK}/after && {self.family.owned} | sed '/^$/d' | LC_ALL=C sort -u "
-                         f"> {WORK}/owned && "
-                         f"{{ grep -Fxv -f {WORK}/before {WORK}/after > {WORK}/new; [ $? -le 1 ]; }} && "
-                         f"{{ grep -Fxv -f {WORK}/owned {WORK}/new; [ $? -le 1 ]; }}", log=found)
+        status = self.sh(f"{listing} > {WORK}/after && {unowned(WORK, self.family.owned)}", log=found)
         lines = tail(found, 10_000).splitlines()
         found.unlink(missing_ok=True)
         if status != 0:
@@ -274,6 +269,17 @@ class _Steps:
             self.failed("leftovers", f"the purge left files no package owns: {', '.join(left[:3])}{more}")
         with self.log.open("a") as log:
             log.write("# leftovers: " + (" ".join(left) if left else "none") + "\n")
+
+
+def unowned(work: str, owned: str) -> str:
+    """Shell that prints the paths of ``work``/after that are not in ``work``/before and not among
+    those the command ``owned`` prints; its status 0 when it could tell (none left too).
+
+    grep -Fxv -f, not comm: a minimal image may have no coreutils (Tiny Distro's busybox has no
+    comm). grep's status 1 is "no line printed", not a failure."""
+    return (f"{owned} | LC_ALL=C sort -u > {work}/owned && "
+            f"{{ grep -Fxv -f {work}/before {work}/after > {work}/new; [ $? -le 1 ]; }} && "
+            f"{{ grep -Fxv -f {work}/owned {work}/new; [ $? -le 1 ]; }}")
 
 
 # One autopkgtest test: $1 its name, $2 "allow-stderr" or "", $3 "script" or "command", $4 the

@@ -3,6 +3,8 @@ commands and mounts for a profile."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,10 @@ import pytest
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.mounts import BindMount
-from sandboxmgr.pkgtest import DEBIAN, family_of, packages_for
+from sandboxmgr.pkgtest import DEBIAN, family_of, packages_for, unowned
 from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.rpmpkgtest import family
+from tests.conftest import missing
 
 TINY = """\
 distro: tinydistro
@@ -102,3 +105,31 @@ def test_package_builds_results_give_their_binary_rpms(tmp_path: Path) -> None:
     with pytest.raises(SandboxError) as refused:
         packages_for("tiny", profile, [], tmp_path / "out")
     assert f"{out} holds no .rpm file for tiny" in refused.value.message
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "busybox"])
+def test_the_files_left_are_the_new_ones_no_package_owns(tmp_path: Path, shell: str) -> None:
+    """The leftovers' arithmetic, with the host's grep and with busybox's (Tiny Distro's)."""
+    busybox = shutil.which("busybox")
+    if shell == "busybox" and busybox is None:
+        missing("busybox is not installed (make deps installs busybox-static)")
+    argv = [str(busybox), "sh"] if shell == "busybox" else [shell]
+    (tmp_path / "before").write_text("/\n/etc\n/etc/passwd\n/usr\n")
+    (tmp_path / "after").write_text("/\n/etc\n/etc/passwd\n/etc/stray.conf\n/usr\n/usr/bin\n/usr/bin/tool\n/var\n")
+    owned = "printf '/usr/bin\\n\\n/usr/bin/tool\\n/etc\\n'"  # an empty line too: it must not hide the rest
+    env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}
+    if shell == "busybox":  # busybox's own grep, sed and sort, as in Tiny Distro
+        (tmp_path / "bin").mkdir()
+        for applet in ("grep", "sed", "sort", "printf"):
+            (tmp_path / "bin" / applet).symlink_to(str(busybox))
+    proc = subprocess.run([*argv, "-c", unowned(str(tmp_path), owned)], capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stdout) == (0, "/etc/stray.conf\n/var\n"), proc
+    # Nothing left: grep prints nothing and says 1, which is not a failure to list.
+    proc = subprocess.run([*argv, "-c", unowned(str(tmp_path), "printf '/etc/stray.conf\\n/var\\n/usr/bin\\n"
+                                                                   "/usr/bin/tool\\n'")],
+                          capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc
+    # A list that cannot be read is a failure.
+    (tmp_path / "before").unlink()
+    proc = subprocess.run([*argv, "-c", unowned(str(tmp_path), owned)], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0, proc
