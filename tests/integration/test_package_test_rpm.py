@@ -14,6 +14,7 @@ where Fedora's mirrors answer.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -22,7 +23,7 @@ import pytest
 from tests.conftest import CLI, missing, need_fedora_mirrors, need_root
 from tests.integration.test_json_shapes import check, documented
 from tests.integration.test_package_rpm import spec
-from tests.rpmrepo import COMMON, GREETING, RpmRepo, _dbpath, _rpm_env, _run, tiny_profile
+from tests.rpmrepo import COMMON, GREETING, RpmRepo, _dbpath, _Key, _rpm_env, _run, _sign, tiny_profile
 
 pytestmark = [pytest.mark.root]
 
@@ -161,6 +162,43 @@ def test_the_results_of_an_rpm_package_build_are_tested(tiny: CLI, tmp_path: Pat
     log = Path(str(row["log"])).read_text()
     assert "hello, world" in log and "sm-built-1.0-1.noarch" in log and "# remove" in log, log
     assert "src.rpm" not in log.partition("# check")[0], "the source package was given to dnf"
+    no_sandbox_left(tiny)
+
+
+def signed_repo(tmp_path: Path, rpm_repo: RpmRepo, package: Path) -> Path:
+    """A repository of ``package`` alone, signed with the suite's other key."""
+    repo = tmp_path / "extra-repo"
+    repo.mkdir()
+    shutil.copy2(package, repo / package.name)
+    env = _rpm_env(tmp_path)
+    # The other key's secret half is in rpmrepo's work directory; rpmsign takes its user id.
+    _sign([repo / package.name], _Key(rpm_repo.other_key.parent.parent / "gnupg-other", "other@tinydistro.invalid",
+                                      rpm_repo.other_key), env)
+    _run(["createrepo_c", "--quiet", "--no-database", str(repo)], env)
+    return repo
+
+
+def test_the_sandboxs_dnf_imports_a_repositorys_key_and_refuses_a_package_it_did_not_sign(
+        tiny: CLI, rpm_repo: RpmRepo, tiny_dnf_repo: Path, tmp_path: Path) -> None:
+    """A dependency from a second repository signed with another key: dnf in the sandbox imports
+    the key the profile gives for it (gpg, in the sandbox), or refuses the package when the
+    profile gives a key that did not sign it (both repositories with one key file)."""
+    extra = signed_repo(tmp_path, rpm_repo, rpm(tmp_path, "sm-extra-dep", requires="tinydistro-filesystem"))
+    package = rpm(tmp_path, "sm-needs-extra", requires="sm-extra-dep")
+    assert tiny.configs is not None
+    for name, key in (("tiny-extra", rpm_repo.other_key), ("tiny-wrong-key", rpm_repo.key)):
+        (tiny.configs / f"{name}.yaml").write_text(
+            tiny_profile(rpm_repo, repo_dir=tiny_dnf_repo, packages="[tinydistro-dnf]").replace(
+                "packages:", f"  - name: extra\n    baseurl: file://{extra}\n    gpgkey: file://{key}\npackages:"))
+    code, row, err = package_test(tiny, str(package), "-p", "tiny-extra", "--check",
+                                  "test -x /usr/bin/sm-needs-extra -a -x /usr/bin/sm-extra-dep")
+    assert code == 0 and row["status"] == "passed" and row["leftovers"] == [], (row, err)
+    log = Path(str(row["log"])).read_text()
+    assert "Importing GPG key" in log and "Key imported successfully" in log, log
+    code, row, err = package_test(tiny, str(package), "-p", "tiny-wrong-key")
+    assert code == 1 and row["stage"] == "install" and row["reason"] == "dnf install failed: Error: GPG check FAILED", \
+        (row, err)
+    assert "Failing package is: sm-extra-dep-1-1.noarch" in Path(str(row["log"])).read_text()
     no_sandbox_left(tiny)
 
 

@@ -1,5 +1,6 @@
-"""package test's per-family pieces (no root): which files a profile tests, and the RPM family's
-commands and mounts for a profile."""
+"""package test's per-family pieces (no root): which files a profile tests, the RPM family's
+commands and mounts for a profile, the leftovers' arithmetic; and the host paths the host's
+dnf is shown (two repositories of a package test's profile may share a key)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sandboxmgr.mounts import BindMount
 from sandboxmgr.pkgtest import DEBIAN, family_of, packages_for, unowned
 from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.rpmpkgtest import family
+from sandboxmgr.toolroot import shown_once
 from tests.conftest import missing
 
 TINY = """\
@@ -133,3 +135,11 @@ def test_the_files_left_are_the_new_ones_no_package_owns(tmp_path: Path, shell: 
     (tmp_path / "before").unlink()
     proc = subprocess.run([*argv, "-c", unowned(str(tmp_path), owned)], capture_output=True, text=True, env=env)
     assert proc.returncode != 0, proc
+
+
+def test_the_tool_root_shows_each_readable_path_once_and_none_inside_another() -> None:
+    """Two repositories with one key file, a key inside its file:// repository: binding the same
+    file twice (or a mount point inside a read-only bind) failed the host dnf's bootstrap."""
+    key, repo = Path("/srv/tiny/keys/KEY"), Path("/srv/tiny/repo")
+    assert shown_once([key, repo / "KEY", repo, key]) == [repo, key]
+    assert shown_once([Path("/srv/tiny/repo-two"), repo]) == [repo, Path("/srv/tiny/repo-two")]
