@@ -7,8 +7,10 @@ dnf's modules import (found by importing every one of them on the host and listi
 ``sys.modules`` then holds), the ``dnf``, ``libdnf``, ``hawkey``, ``rpm``, ``gpg`` and
 ``libcomps`` modules whole, each with its compiled ``__pycache__`` (so running dnf writes no
 byte code into the root), the programs dnf and gpgme run (``rpm``, ``rpmkeys``, ``gpg``,
-``gpgconf``, ``gpgsm``, ``gpg-agent``), every shared library all of these load (ldd), rpm's
-configuration and a Fedora-like ``/etc/dnf/dnf.conf``. Inside a sandbox of an image with it,
+``gpgconf``, ``gpgsm``, ``gpg-agent``), every shared library all of these load (ldd; copied
+whole under the names ldd gives, as the rpm-build stand-in has them, so both install side by
+side), rpm's configuration, the C.UTF-8 locale, the directories dnf makes when they are
+missing, and a Fedora-like ``/etc/dnf/dnf.conf``. Inside a sandbox of an image with it,
 ``dnf install ./x.rpm`` is real dnf: it reads the profile's repository, checks its packages'
 signatures against the profile's key, solves the dependencies and has rpm install them.
 

@@ -5,7 +5,8 @@ the host's dnf with everything it loads, packaged for Tiny Distro.
 What this proves: the RPM family's whole test path with real dnf and rpm inside the sandbox -
 `dnf install ./x.rpm` resolving a dependency from the profile's (signed, gpgcheck) repository,
 the checks, `dnf remove`, `dnf autoremove`, the files left behind against `rpm -qal` - with
-each failure's stage, and the results of a real RPM `package build`. What it cannot: that
+each failure's stage, the results of a real RPM `package build`, and dnf's own signature
+checks (a key imported with gpg in the sandbox; a package its key did not sign refused). What it cannot: that
 dnf is Debian's dnf 4 on the host's Python, not a distribution's own (Fedora's dnf5 answers
 as dnf 4 does on the command line used; its messages differ); the `fedora` profile's test runs
 where Fedora's mirrors answer.
