@@ -180,7 +180,7 @@ def add_dnf(repo: RpmRepo, workdir: Path, base: Path | None = None) -> Path:
     target = workdir / "repo"
     shutil.copytree(base or repo.signed, target, ignore=shutil.ignore_patterns("repodata"))
     for rpm in built:
-        shutil.copy2(rpm, target / rpm.name)
+        shutil.move(rpm, target / rpm.name)  # a hundred megabytes: moved, not copied
     key = _Key(repo.key.parent.parent / "gnupg-key", repo.fingerprint, repo.key)
     _sign([target / rpm.name for rpm in built], key, env)
     _run(["createrepo_c", "--quiet", "--no-database", str(target)], env)
