@@ -324,6 +324,23 @@ def rpm_repo(tmp_path_factory: pytest.TempPathFactory) -> RpmRepo:
     return build_repo(tmp_path_factory.mktemp("rpmrepo"))
 
 
+@pytest.fixture(scope="session")
+def tiny_dnf_repo(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> Path:
+    """Tiny Distro's signed repository with the rpm-build and dnf stand-ins added (made from
+    the host's rpmbuild and dnf: tests/rpmrepo.py, tests/dnfstandin.py), built once per session."""
+    for tool in ("dnf", "ldd"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (make deps installs it)")
+    from tests.dnfstandin import add_dnf
+    from tests.rpmrepo import RpmRepoError, add_rpm_build
+
+    base = tmp_path_factory.mktemp("tiny-dnf")
+    try:
+        return add_dnf(rpm_repo, base / "dnf", base=add_rpm_build(rpm_repo, base / "rpm-build"))
+    except RpmRepoError as exc:  # the host's rpm or dnf lacks a file a stand-in carries
+        missing(f"the dnf stand-in cannot be made from the host's dnf: {exc}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def doctor_finds_nothing_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the whole suite, `sandboxmgr doctor` finds nothing left in any store the tests ran

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
     "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol",
-             "rpmsource", "rpmpackage"),
+             "rpmsource", "rpmpackage", "rpmpkgtest"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "idmap", "live", "monitor", "join", "enter", "pid1", "execute", "mounts",
