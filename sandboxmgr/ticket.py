@@ -33,6 +33,7 @@ import sys
 from sandboxmgr.join import Holder, open_holder, run_joined
 from sandboxmgr.locks import is_locked, let_go, lock_name, take
 from sandboxmgr.spec import EnterSpec
+from sandboxmgr.userns import entered
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -120,8 +121,8 @@ def exec_running(store: str, name: str, argv: tuple[str, ...], tty: bool, joinin
     """Run ``argv`` in the running sandbox ``name`` of ``store`` by its ticket (``joining()``
     called first); its exit status, or None when the general path must do it (see the module's
     docstring)."""
-    if os.geteuid() != 0 or not argv or not plain_name(name):
-        return None
+    if os.geteuid() != 0 or entered() or not argv or not plain_name(name):
+        return None  # an ordinary user's (userns.py: its namespace is the running sandbox's to join)
     directory = f"{store}/{SANDBOXES_DIR}/{name}"
     if not os.path.isfile(f"{directory}/sandbox.json"):
         return None
