@@ -11,6 +11,10 @@ BIN := $(VENV)/bin
 # uidmap: newuidmap/newgidmap for rootless mode; passwd: useradd/userdel for its tests (a made-up user).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
   dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd
+# apparmor_parser (AppArmor 4, for its `userns` rule) compiles contrib/apparmor/sandboxmgr in the tests:
+# the host's if it is new enough, else Debian 13's unpacked into build/apparmor - installed nowhere, no
+# AppArmor service enabled or started (contrib/apparmor/get-parser says how).
+APPARMOR_DIR := build/apparmor
 
 .PHONY: deps venv demo test unit integration lint bench man clean
 
@@ -20,6 +24,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+	@sh contrib/apparmor/get-parser $(APPARMOR_DIR)
 
 $(BIN)/sandboxmgr: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -8,6 +8,7 @@ names. Building is images.py's; the records and their removal are store.py's.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from sandboxmgr import usage
@@ -171,3 +172,35 @@ def sandbox_info(store: Store, name: str) -> dict[str, Any]:
     info["in_use"] = info["state"] == "running"
     info["image_present"] = store.image(record.image_key) is not None
     return info
+
+
+def sandbox_processes(store: Store, name: str) -> list[dict[str, Any]]:
+    """``top``: the processes of a running sandbox, its PID 1 first - pid on the host and in
+    the sandbox, uid (the host's view), state, CPU seconds, command line."""
+    from sandboxmgr.live import holder, processes
+
+    record = store.sandbox(name)
+    found = holder(store, record)
+    if found is None:
+        raise SandboxError(f"sandbox {name!r} is not running", hint=f"start it first: sandboxmgr start {name}")
+    rows = [_process_row(pid) for pid in (found.pid, *processes(found))]
+    return [row for row in rows if row is not None]
+
+
+def _process_row(pid: int) -> dict[str, Any] | None:
+    """What /proc says of ``pid`` (None once it is gone). Its command line is the sandbox's to
+    write: anything not printable in it is shown as ``?``."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            status = dict(line.split(":", 1) for line in handle.read().splitlines() if ":" in line)
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read().rpartition(")")[2].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().rstrip(b"\0").split(b"\0")
+    except (OSError, ValueError):
+        return None
+    command = " ".join(arg.decode(errors="replace") for arg in argv) or f"[{status.get('Name', '').strip()}]"
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {"pid": pid, "sandbox_pid": int(status["NSpid"].split()[-1]), "uid": int(status["Uid"].split()[0]),
+            "state": stat[0], "cpu_seconds": round((int(stat[11]) + int(stat[12])) / ticks, 2),
+            "command": "".join(char if char.isprintable() else "?" for char in command)}

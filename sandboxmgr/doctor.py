@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr import cgroups, linux, mountinfo
-from sandboxmgr.enter import INIT_NAME
 from sandboxmgr.errors import NotRootError, SandboxError, counted
 from sandboxmgr.locations import tighten_dir
 from sandboxmgr.locks import is_locked, lock_files
+from sandboxmgr.spec import INIT_NAME
 from sandboxmgr.store import Store
 from sandboxmgr.userns import entered
 
@@ -79,6 +79,19 @@ def rootless_findings() -> list[Finding]:
     from sandboxmgr.userns import problems
 
     return [Finding("rootless", what, f"{line}; fix: {fix}") for what, line, fix in problems()]
+
+
+def apparmor_profile() -> str:
+    """The AppArmor profile for this installation's script (apparmor.py), and a warning on
+    stderr when others than root can replace the script (the profile's grant would be theirs)."""
+    from sandboxmgr import apparmor
+    from sandboxmgr.errors import warn
+
+    path = apparmor.script()
+    who = apparmor.writers(path)
+    if who:
+        warn(apparmor.warning(path, who))
+    return apparmor.profile(path, who)
 
 
 def repair(store: Store, findings: list[Finding]) -> None:

@@ -28,24 +28,16 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType, MappingProxyType
 
 from sandboxmgr import linux, mountexec, pid1, tty
-from sandboxmgr.errors import (
-    EXIT_CANNOT_INVOKE,
-    EXIT_MANAGER,
-    EXIT_NOT_FOUND,
-    CommandFailed,
-    SandboxError,
-    warn,
-)
-from sandboxmgr.execute import FORWARDED, exec_command, fail
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError, warn
+from sandboxmgr.execute import FORWARDED, exec_command, fail, import_nothing
 from sandboxmgr.libseccomp import program
-from sandboxmgr.mounts import BindMount, full_plan, refuse_kernel_target
+from sandboxmgr.mounts import full_plan, refuse_kernel_target
 from sandboxmgr.record import record
-from sandboxmgr.seccomp import Policy, default_policy
+from sandboxmgr.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, INIT_NAME, EnterSpec
+from sandboxmgr.supervise import supervise
 from sandboxmgr.userns import entered, fork_in_pid_namespace
 from sandboxmgr.users import check_user
 
@@ -54,24 +46,9 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
-    from sandboxmgr.limits import Limits
     from sandboxmgr.runcgroup import RunCgroup
 
     Ready = Callable[[int, RunCgroup | None], None]
-
-# Docker's default capability set: enough for apt-get and dnf, not for mount,
-# module loading, raw I/O, ptrace, the clock or the network configuration.
-CAPABILITY_NUMBERS = {
-    "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
-    "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
-    "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31,
-}
-DEFAULT_CAPABILITIES = frozenset(CAPABILITY_NUMBERS.values())
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-INIT_NAME = "sandboxmgr-init"  # the sandbox's PID 1 as ps shows it (15 bytes at most)
-NO_ENV: Mapping[str, str] = MappingProxyType({})  # an immutable default
-DEFAULT_SECCOMP = default_policy()
-
 
 @record
 class OverlayRoot:
@@ -93,47 +70,6 @@ class DirectoryRoot:
     """A root used as it is, writable (the builders' case: a rootfs being made)."""
 
     path: Path
-
-
-@record
-class EnterSpec:
-    root: OverlayRoot | DirectoryRoot
-    argv: tuple[str, ...] = ()  # empty: the image's shell
-    env: Mapping[str, str] = NO_ENV
-    workdir: str | None = None
-    hostname: str = "sandbox"
-    user: str | None = None
-    network: str = "host"
-    binds: tuple[BindMount, ...] = ()
-    tty: bool = False
-    isolation: str = "pivot_root"
-    capabilities: frozenset[int] = DEFAULT_CAPABILITIES
-    # File descriptors to give the command as stdin, stdout, stderr (default: ours).
-    stdio: tuple[int, int, int] | None = None
-    # Resource limits, applied with a cgroup of the run's own (see runcgroup.py).
-    limits: Limits | None = None
-    # PR_SET_NO_NEW_PRIVS: setuid binaries and file capabilities grant nothing.
-    no_new_privs: bool = True
-    # The system call filter (see seccomp.py); None: none at all (seccomp=unconfined).
-    seccomp: Policy | None = DEFAULT_SECCOMP
-    # Where the filter's BPF is kept between runs (the store's cache); None: built each time.
-    seccomp_cache: Path | None = None
-    # A build step: Ctrl-C (or SIGTERM, SIGHUP) to the manager kills the whole sandbox at once
-    # and is raised here, as a host tool's run is interrupted; otherwise it is only forwarded
-    # to the command, which may take its time (a shell waits for its child first).
-    interruptible: bool = False
-    # The sandbox's /etc/hostname, /etc/hosts and /etc/resolv.conf (sandbox.write_etc_files);
-    # None for a build step, which sees the image's and the host's resolv.conf.
-    etc_dir: Path | None = None
-    # A live sandbox's PID 1 (live.py): it runs no command of its own but holds the sandbox's
-    # namespaces and mounts while commands join it (join.py), until it is stopped (pid1.py).
-    hold: bool = False
-    # A live sandbox's PID 1 with a main command (run -d): a SIGTERM to it (stop) goes to every
-    # process of the sandbox, not to the command alone.
-    live: bool = False
-    # --userns auto (idmap.py): the first host id of the sandbox's range, which root inside is;
-    # None: the host's user namespace (root inside is root outside).
-    ids: int | None = None
 
 
 def enter(spec: EnterSpec, ready: Ready | None = None) -> int:
@@ -226,57 +162,6 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     return status
 
 
-def supervise(pid: int, err_read: int, tty_parent: socket.socket | None, tty_child: socket.socket | None,
-              interruptible: bool = False, ready: Callable[[], None] | None = None) -> int:
-    """Forward signals to ``pid`` (PID 1, or a joined command: join.py), relay its pty, turn its
-    error report into the exception, and return its exit status."""
-    caught: list[int] = []
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        stop = interruptible and signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        if stop:
-            caught.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            # PID 1 killed: the kernel kills every process of the sandbox with it.
-            os.kill(pid, signal.SIGKILL if stop else signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked since the fork (_enter)
-    master = None
-    try:
-        if tty_parent is not None and tty_child is not None:
-            master = tty.receive_master(tty_parent, tty_child)
-        with os.fdopen(err_read, "rb") as pipe:
-            report = pipe.read().decode(errors="replace")
-        if report:
-            _, status = os.waitpid(pid, 0)
-            if master is not None:
-                os.close(master)
-            raise _report_to_error(report)
-        if ready is not None:
-            ready()
-        if master is not None:
-            tty.relay(master)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        if caught[0] == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + caught[0])
-    return pid1.exit_status(status)
-
-
-def _report_to_error(report: str) -> SandboxError:
-    code_text, _, rest = report.partition("\t")
-    message, _, hint = rest.partition("\t")
-    code = int(code_text) if code_text.isdigit() else EXIT_MANAGER
-    if code in (EXIT_NOT_FOUND, EXIT_CANNOT_INVOKE):
-        return CommandFailed(message, hint=hint or None, exit_code=code)
-    return SandboxError(message, hint=hint or None, exit_code=code)
-
-
 # --- the sandbox side: PID 1 --------------------------------------------------------------
 
 
@@ -309,12 +194,13 @@ def _init(spec: EnterSpec, err_write: int, tty_child: socket.socket | None, aliv
         if tty_child is not None and userns_fd is None:
             pty_number = tty.open_pty(root, tty_child)
         _switch_root(root, spec.isolation)
+        import_nothing()
         if userns_fd is not None:
             from sandboxmgr.idmap import pid1_becomes_root  # imported by then (_setup): no file read
 
             pid1_becomes_root(userns_fd, alive)
             if tty_child is not None:  # a pty of root inside (the host's root's it could not open)
-                pty_number = tty.open_pty(Path("/"), tty_child)
+                pty_number = tty.open_pty("/", tty_child)
         # Not dumpable: nothing inside may ptrace PID 1 or open /proc/1/exe (the host's Python).
         # An ordinary user's stays dumpable, or no command could join it (README: Live sandboxes).
         if not entered():
@@ -368,6 +254,7 @@ def _setup(spec: EnterSpec, userns_fd: int | None = None) -> Path:
         from sandboxmgr.idmap import idmap_layers
 
         idmap_layers(spec.root.lowers + tuple(bind.source for bind in spec.binds if bind.copy_on_write), userns_fd)
+    assert spec.root is not None  # only a joining command's spec has none (join.py)
     root = _mount_root(spec.root)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
+import sys
+import warnings  # noqa: F401 - os.execvpe imports it, in a process that may import nothing (below)
 
 from sandboxmgr import linux, tty
 from sandboxmgr.errors import EXIT_CANNOT_INVOKE, EXIT_MANAGER, EXIT_NOT_FOUND, SandboxError, shown
@@ -20,12 +21,23 @@ from sandboxmgr.users import User, lookup_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
-    from sandboxmgr.enter import EnterSpec
+    from sandboxmgr.spec import EnterSpec
 
 _MAX_FD = 0x7FFFFFFF
 # What the manager and PID 1 pass on to the command, and the command takes back as default.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2)
+
+
+def import_nothing() -> None:
+    """For a process inside a sandbox (PID 1 after the root switch, a joined command): the file
+    system it sees is the sandbox's, so a module imported now would be read from there - the
+    sandbox's code run with the manager's privileges. Everything such a process runs is imported
+    before; from now on an import of anything else fails (ModuleNotFoundError, reported as any
+    error) instead of reading a file."""
+    sys.meta_path.clear()
+    sys.path_hooks.clear()
+    sys.path_importer_cache.clear()
 
 
 def fail(err_write: int, code: int, message: str, hint: str = "") -> None:
@@ -48,8 +60,8 @@ def exec_command(spec: EnterSpec, err_write: int, pty_number: int | None, seccom
         os.setsid()
         _take_stdio(spec, err_write, pty_number)
         if spec.limits is not None and spec.limits.memory is not None:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/oom_score_adj").write_text("0")
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
+                score.write("0")
         user = lookup_user(spec.user)
         env.setdefault("HOME", user.home)
         if pty_number is not None:

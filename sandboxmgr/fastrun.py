@@ -79,6 +79,10 @@ def try_run(argv: Sequence[str]) -> int | None:
     args = parse(argv)
     if args is None or (args.tty and not sys.stdin.isatty()):
         return None
+    if args.verb == "exec":
+        status = _join_by_ticket(args)
+        if status is not None:
+            return status
     from pathlib import Path
 
     from sandboxmgr.locations import default_store, profile_dirs, refuse_others
@@ -113,9 +117,23 @@ def try_run(argv: Sequence[str]) -> int | None:
     return sandbox.run_ephemeral(store, *found, options)
 
 
+def _join_by_ticket(args: FastArgs) -> int | None:
+    """``exec`` into a running sandbox by its ticket (ticket.py): none of the general path's
+    imports (json, pathlib, the config machinery). None: the general path's business."""
+    from sandboxmgr import ticket
+    from sandboxmgr.locations import default_store_text
+
+    def joining() -> None:
+        _collect_from_now_on()
+        _say_path("ticket")
+
+    return ticket.exec_running(args.store or default_store_text(), args.ref, args.command, args.tty, joining)
+
+
 def _say_path(path: str) -> None:
     """With SANDBOXMGR_DEBUG_PATH=1, say on stderr which path takes the command: ``fast`` (this
-    module) or ``full`` (click and the YAML machinery). A debugging aid, and what the tests
+    module), ``ticket`` (exec joining by a running sandbox's ticket) or ``full`` (click and the
+    YAML machinery). A debugging aid, and what the tests
     read to know the fast path ran; unset, it costs one lookup in the environment."""
     if os.environ.get("SANDBOXMGR_DEBUG_PATH") == "1":
         print(f"sandboxmgr: path: {path}", file=sys.stderr, flush=True)

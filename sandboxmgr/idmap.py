@@ -33,10 +33,13 @@ import contextlib
 import os
 import select
 import signal
-from pathlib import Path
 
 from sandboxmgr import linux
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 FIRST = 2**31
 SIZE = 65536

@@ -30,15 +30,18 @@ import contextlib
 import os
 import signal
 import sys
-from pathlib import Path
 
 from sandboxmgr import linux, tty
-from sandboxmgr.enter import CAPABILITY_NUMBERS, DEFAULT_PATH, INIT_NAME, EnterSpec, supervise
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
-from sandboxmgr.execute import FORWARDED, exec_command, fail
+from sandboxmgr.execute import FORWARDED, exec_command, fail, import_nothing
 from sandboxmgr.idmap import become_root
-from sandboxmgr.libseccomp import program
 from sandboxmgr.record import record
+from sandboxmgr.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, INIT_NAME, EnterSpec
+from sandboxmgr.supervise import supervise
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    pass
 
 _JOINED = {"mnt": linux.CLONE_NEWNS, "uts": linux.CLONE_NEWUTS, "ipc": linux.CLONE_NEWIPC,
            "net": linux.CLONE_NEWNET, "cgroup": linux.CLONE_NEWCGROUP}
@@ -94,10 +97,10 @@ def open_holder(holder: Holder) -> int | None:
     return None
 
 
-def run_joined(holder: Holder, pidfd: int, spec: EnterSpec) -> int:
+def run_joined(holder: Holder, pidfd: int, spec: EnterSpec, seccomp_program: bytes | None) -> int:
     """Run ``spec``'s command in the live sandbox of ``holder`` (``pidfd`` from
-    :func:`open_holder`); return its exit status. ``spec.root`` is unused: the root is PID 1's."""
-    seccomp_program = program(spec.seccomp, spec.seccomp_cache) if spec.seccomp is not None else None
+    :func:`open_holder`) under ``seccomp_program`` (``spec.seccomp`` built: libseccomp.program);
+    return its exit status. ``spec.root`` is unused: the root is PID 1's."""
     opened: list[int] = []
     try:
         root_fd = None
@@ -107,12 +110,14 @@ def run_joined(holder: Holder, pidfd: int, spec: EnterSpec) -> int:
             root_fd = os.open(f"/proc/{holder.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             opened.append(root_fd)
             signal.pidfd_send_signal(pidfd, 0)  # the root opened is that process's
-        cgroup_fds = [os.open(Path(leaf) / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for leaf in holder.cgroups]
+        cgroup_fds = [os.open(f"{leaf}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC) for leaf in holder.cgroups]
         opened += cgroup_fds
         flags = _differing(holder.pid)
         signal.pidfd_send_signal(pidfd, 0)  # what /proc said was that process's
         if not holder.cgroups or spec.limits is None:
             return _fork_joined(spec, pidfd, flags, root_fd, cgroup_fds, seccomp_program)
+        from pathlib import Path
+
         from sandboxmgr.runcgroup import describe, events_in  # only with limits: a cost the rest avoids
 
         leaves = [Path(leaf) for leaf in holder.cgroups]
@@ -198,6 +203,7 @@ def _joined(spec: EnterSpec, err_write: int, pidfd: int, flags: int, root_fd: in
     try:
         # First: from now on nothing in the sandbox may ptrace this process or read its /proc.
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
+        import_nothing()  # it is about to see the sandbox's files
         for fd in cgroup_fds:  # before the cgroup namespace: the sandbox's view is rooted there
             os.write(fd, b"0")
             os.close(fd)
@@ -217,7 +223,7 @@ def _joined(spec: EnterSpec, err_write: int, pidfd: int, flags: int, root_fd: in
             import socket
 
             assert isinstance(tty_child, socket.socket)
-            pty_number = tty.open_pty(Path("/"), tty_child)
+            pty_number = tty.open_pty("/", tty_child)
     except SandboxError as exc:
         fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
         return

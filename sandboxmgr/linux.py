@@ -11,7 +11,10 @@ import contextlib
 import ctypes
 import errno
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # <sched.h>
 CLONE_NEWNS = 0x00020000
@@ -206,7 +209,8 @@ def set_command_line(text: str) -> None:
     interpreter's path and its arguments. The process's own argument area is overwritten
     in place (prctl's PR_SET_MM would move it, but needs CAP_SYS_RESOURCE, which not every
     root has); what does not fit is cut, the rest zeroed."""
-    fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+    with open("/proc/self/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
     # Fields 48 and 49 of stat(5), counted from the state (field 3) after the command name.
     arg_start, arg_end = int(fields[45]), int(fields[46])
     size = arg_end - arg_start
@@ -240,7 +244,8 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 
 def last_cap() -> int:
-    return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    with open("/proc/sys/kernel/cap_last_cap") as last:
+        return int(last.read())
 
 
 class _CapHeader(ctypes.Structure):

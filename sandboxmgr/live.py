@@ -26,9 +26,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sandboxmgr import ticket
 from sandboxmgr.config import SandboxConfig
 from sandboxmgr.errors import BusyError, NotFoundError, SandboxError
 from sandboxmgr.join import Holder, open_holder, run_joined
+from sandboxmgr.libseccomp import program
 from sandboxmgr.locks import is_locked
 from sandboxmgr.record import read_json, write_json
 from sandboxmgr.sandbox import hold_spec, holds, image_of, join_spec
@@ -144,6 +146,7 @@ def start(store: Store, record: SandboxRecord, config: SandboxConfig, auto: bool
     found = holder(store, record)
     if found is None:
         raise SandboxError(f"sandbox {record.name!r} stopped as soon as it started", hint="see 'sandboxmgr doctor'")
+    ticket.issue(store, record, found, auto_stop=auto and not command)
     return found
 
 
@@ -173,7 +176,8 @@ def run_in(store: Store, record: SandboxRecord, options: SandboxConfig, keep_run
     finally:
         transition.release()
     try:
-        return run_joined(found, pidfd, join_spec(store, config))
+        spec = join_spec(store, config)
+        return run_joined(found, pidfd, spec, program(spec.seccomp, spec.seccomp_cache) if spec.seccomp else None)
     finally:
         os.close(pidfd)
         _leave(store, record, use)
@@ -266,10 +270,12 @@ def _where(path: Path) -> tuple[int, int]:
 def start_verb(store: Store, record: SandboxRecord) -> bool:
     """``sandboxmgr start``: start it to stay running; False when it already ran."""
     with _transition(store, record) as current:
-        if holder(store, current) is not None:
+        found = holder(store, current)
+        if found is not None:
             state = read_state(current)
             if state.get("auto"):  # started for commands: now it stays
                 write_json(current.path / STATE_FILE, state | {"auto": False})
+                ticket.issue(store, current, found, auto_stop=False)
             return False
         start(store, current, SandboxConfig.from_json(current.meta["settings"]), auto=False)
         return True

@@ -14,49 +14,71 @@ import stat
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
-from pathlib import Path
 
 from sandboxmgr.errors import SandboxError, shown
 
-INSTALLED_STORE = Path("/var/lib/sandboxmgr")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+INSTALLED_STORE = "/var/lib/sandboxmgr"
 # As Docker's /var/lib/docker (0710), but without even the group's search right.
 STORE_MODE = 0o700
 
 
-def checkout_root() -> Path | None:
-    """The source checkout this package runs from, if it runs from one."""
-    top = Path(__file__).resolve().parent.parent
-    if (top / "setup.cfg").is_file() and (top / "configs").is_dir():
+def _path(text: str) -> Path:
+    # pathlib only when a caller wants a Path: exec's joining fast path (ticket.py) takes text.
+    from pathlib import Path
+
+    return Path(text)
+
+
+def _checkout_top() -> str | None:
+    top = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    if os.path.isfile(os.path.join(top, "setup.cfg")) and os.path.isdir(os.path.join(top, "configs")):
         return top
     return None
 
 
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from, if it runs from one."""
+    top = _checkout_top()
+    return None if top is None else _path(top)
+
+
 def shipped_configs_dir() -> Path:
-    top = checkout_root()
+    top = _checkout_top()
     if top is not None:
-        return top / "configs"
-    return Path(sys.prefix) / "share" / "sandboxmgr" / "configs"
+        return _path(os.path.join(top, "configs"))
+    return _path(os.path.join(sys.prefix, "share", "sandboxmgr", "configs"))
 
 
 def default_store() -> Path:
+    return _path(default_store_text())
+
+
+def default_store_text() -> str:
+    """:func:`default_store` as text."""
     env = os.environ.get("SANDBOXMGR_STORE")
     if env:
-        return Path(env)
+        return env
     from sandboxmgr import userns
 
     if userns.rootless():
         # An ordinary user's store is its own, never the checkout's or root's (see userns.py).
-        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return Path(data_home) / "sandboxmgr"
-    top = checkout_root()
+        data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        return os.path.join(data_home, "sandboxmgr")
+    top = _checkout_top()
     if top is not None:
-        return top / "sandboxes"
+        return os.path.join(top, "sandboxes")
     return INSTALLED_STORE
 
 
 def profile_dirs(extra: tuple[str, ...] = ()) -> list[Path]:
     """Profile directories, lowest precedence first: a later one's profile of the
     same name replaces an earlier one's."""
+    from pathlib import Path
+
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     # Under sudo, the invoking user's directory is not read (the README says why): root would
     # trust what the user - or a sandbox that can write the user's home - put there.
@@ -97,7 +119,7 @@ def make_private(directories: Sequence[str], create: bool) -> None:
                 os.mkdir(directory, STORE_MODE)
             mode = os.stat(directory).st_mode
         if mode & 0o077:
-            tighten_dir(Path(directory))
+            tighten_dir(directory)
 
 
 def create_private(root: Path, directories: Sequence[str]) -> None:
@@ -185,7 +207,7 @@ def not_yours(store: Path) -> SandboxError:
         hint="run it as root (sudo sandboxmgr ...)")
 
 
-def tighten_dir(directory: Path) -> None:
+def tighten_dir(directory: str | Path) -> None:
     """Make a directory of the store 0700 (from anything looser); refuse a shared one."""
     info = os.stat(directory)
     mode = stat.S_IMODE(info.st_mode)

@@ -15,17 +15,24 @@ import fcntl
 import os
 from collections.abc import Collection
 from contextlib import suppress
-from pathlib import Path
 
 from sandboxmgr.errors import BusyError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SUFFIX = ".lock"
 
 
 def lock_file(locks_dir: Path, kind: str, name: str) -> Path:
-    """The lock file of the ``kind`` (image, layer, sandbox, tmp) named ``name``: the one place
-    that spells a lock file's name."""
-    return locks_dir / f"{kind}-{name}{SUFFIX}"
+    """The lock file of the ``kind`` (image, layer, sandbox, tmp) named ``name``."""
+    return locks_dir / lock_name(kind, name)
+
+
+def lock_name(kind: str, name: str) -> str:
+    """The file name of :func:`lock_file`: the one place that spells a lock file's name."""
+    return f"{kind}-{name}{SUFFIX}"
 
 
 def parse_lock_file(file_name: str) -> tuple[str, str] | None:
@@ -54,10 +61,10 @@ class Lock:
         self.exclusive = False
 
     def try_acquire(self) -> bool:
-        fd = _flock(self.path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = take(self.path, exclusive=True, wait=False)
         if fd is None:
             return False
-        self._hold(fd, exclusive=True)
+        self.fd, self.exclusive = fd, True
         return True
 
     def acquire(self, wait: bool, busy_message: str, hint: str) -> None:
@@ -65,38 +72,28 @@ class Lock:
             return
         if not wait:
             raise BusyError(busy_message + self.holder_text(), hint=hint)
-        fd = _flock(self.path, fcntl.LOCK_EX)
+        fd = take(self.path, exclusive=True)
         assert fd is not None  # a blocking flock returns only when it holds the lock
-        self._hold(fd, exclusive=True)
+        self.fd, self.exclusive = fd, True
 
     def acquire_shared(self) -> None:
         """A shared hold (several at once), blocking only while someone holds it exclusively."""
-        fd = _flock(self.path, fcntl.LOCK_SH)
+        fd = take(self.path, exclusive=False)
         assert fd is not None
-        self._hold(fd, exclusive=False)
-
-    def _hold(self, fd: int, exclusive: bool) -> None:
-        self.fd = fd
-        if exclusive:
-            with suppress(OSError):  # only for "held by pid N": a full disk must not fail the lock
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-        self.exclusive = exclusive
+        self.fd, self.exclusive = fd, False
 
     def holder_text(self) -> str:
         """" (held by pid N)" while an exclusive holder that is alive wrote its pid, else ""."""
         try:
-            pid = self.path.read_text().strip()
+            with open(self.path) as held:
+                pid = held.read().strip()
         except OSError:
             return ""
         return f" (held by pid {pid})" if pid.isdigit() and os.path.exists(f"/proc/{pid}") else ""
 
     def release(self) -> None:
         if self.fd is not None:
-            if self.exclusive:
-                with suppress(OSError):
-                    os.ftruncate(self.fd, 0)  # no stale pid for the next one who waits
-            os.close(self.fd)
+            let_go(self.fd, self.exclusive)
             self.fd = None
 
     def __enter__(self) -> Lock:
@@ -106,7 +103,29 @@ class Lock:
         self.release()
 
 
-def _flock(path: Path, operation: int) -> int | None:
+def take(path: str | Path, exclusive: bool, wait: bool = True) -> int | None:
+    """A descriptor holding the lock file at ``path``, exclusively (its pid written in, for
+    "held by pid N") or shared; with ``wait=False``, None when someone else holds it. What
+    :class:`Lock` does, for a caller that has the path as text (ticket.py)."""
+    fd = _flock(path, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+    if fd is None:
+        return None
+    if exclusive:
+        with suppress(OSError):  # only for "held by pid N": a full disk must not fail the lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def let_go(fd: int, exclusive: bool) -> None:
+    """Let go of what :func:`take` gave."""
+    if exclusive:
+        with suppress(OSError):
+            os.ftruncate(fd, 0)  # no stale pid for the next one who waits
+    os.close(fd)
+
+
+def _flock(path: str | Path, operation: int) -> int | None:
     """A descriptor of the lock file at ``path`` with ``operation`` (flock) held, or None
     when LOCK_NB and someone else holds it. If the file was unlinked or replaced while we
     waited (rm deletes a sandbox's lock after releasing it), a lock on it would exclude
@@ -161,7 +180,7 @@ def remove_stale_locks(locks_dir: Path, homes: dict[str, str]) -> None:
             lock.release()
 
 
-def _probe(path: Path, mode: int) -> bool:
+def _probe(path: str | Path, mode: int) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -175,7 +194,7 @@ def _probe(path: Path, mode: int) -> bool:
     return False
 
 
-def is_locked(path: Path) -> bool:
+def is_locked(path: str | Path) -> bool:
     """Whether someone holds the lock exclusively (a build, a command in a named sandbox)."""
     return _probe(path, fcntl.LOCK_SH)
 

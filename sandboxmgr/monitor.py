@@ -37,9 +37,9 @@ from sandboxmgr.record import read_json, write_json
 from sandboxmgr.store import now_iso
 
 if TYPE_CHECKING:
-    from sandboxmgr.enter import EnterSpec
     from sandboxmgr.locks import Lock
     from sandboxmgr.runcgroup import RunCgroup
+    from sandboxmgr.spec import EnterSpec
     from sandboxmgr.store import SandboxRecord, Store
 
 MONITOR_NAME = "sandboxmgr-mon"  # as ps shows it (15 bytes at most)

@@ -3,9 +3,10 @@
 For each profile, in a fresh sandbox of its image (with the network: the archive is needed),
 as piuparts and autopkgtest do it:
 
-1. the files of the sandbox are listed (``find``), and the test user is made;
-2. **install** - ``apt-get install`` of the ``.deb`` files, their dependencies resolved from
-   that distro's archive;
+1. the files of the sandbox are listed (``find``), and the family prepares the sandbox (the
+   test user; the profile's repositories for dnf);
+2. **install** - ``apt-get install`` of the ``.deb`` files (``dnf install`` of the ``.rpm``
+   files), their dependencies resolved from that distro's archive;
 3. **tests** - each ``--check`` command (as root), then the package's own autopkgtest tests
    when its source is known (``source-tree.tar.gz`` beside the packages, as ``package build``
    leaves it): unpacked by the test user, each test run from the tree (as that user, or as
@@ -14,7 +15,9 @@ as piuparts and autopkgtest do it:
    --purge`` for the dependencies that came with the packages);
 5. **leftovers** - the files listed now that were not before and that no package owns.
 
-The report is ``package build``'s (package.PackageResult), the stage one of STAGES.
+What differs between the families is data (:class:`TestFamily`): the Debian family's here,
+the RPM family's in rpmpkgtest.py. The report is ``package build``'s (package.PackageResult),
+the stage one of STAGES.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from __future__ import annotations
 import secrets
 import shlex
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -43,11 +46,45 @@ MOUNT = "/packages"
 # The lists and the tests' tree: not in /tmp, a tmpfs of each step's own, but left out of the lists.
 WORK = "/var/lib/sandboxmgr-test"
 # What the file lists leave out, as piuparts ignores them: mounts, temporary and volatile files,
-# the package managers' own state and caches, logs, the homes the tests run in.
-IGNORED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", MOUNT, "/var/cache", "/var/lib/apt",
-           "/var/lib/dpkg", "/var/log", "/var/lib/systemd", "/var/lib/ucf", "/etc/ld.so.cache", "/root",
-           f"/home/{TEST_USER}", WORK)
+# caches, logs, the homes the tests run in (and each family's package manager's state: TestFamily).
+IGNORED = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", MOUNT, "/var/cache", "/var/log",
+           "/var/lib/systemd", "/etc/ld.so.cache", "/root", f"/home/{TEST_USER}", WORK)
 _LEFTOVERS_SHOWN = 100
+
+
+@dataclass(frozen=True)
+class TestFamily:
+    """What a family's package test runs: shell commands, as root, in the sandbox."""
+    suffix: str  # of the package files (".deb")
+    tool: str  # what installs them, for messages
+    state: tuple[str, ...]  # the package manager's own state: left out of the lists
+    prepare: str  # before the first list; $1... are prepare_args
+    install: str  # "$@": the packages' paths in the sandbox
+    remove: str
+    purge: str
+    owned: str  # prints every path a package owns
+    prepare_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    binds: tuple[BindMount, ...] = ()
+
+
+_DEB_NAMES = "$(for deb in " + MOUNT + "/*.deb; do dpkg-deb -f \"$deb\" Package; done)"
+DEBIAN = TestFamily(
+    suffix=".deb", tool="apt-get", state=("/var/lib/apt", "/var/lib/dpkg", "/var/lib/ucf"),
+    prepare=f"id -u {TEST_USER} >/dev/null 2>&1 || useradd --create-home --shell /bin/sh {TEST_USER}; "
+            f"chown {TEST_USER}: {WORK}",
+    install="exec apt-get install -y -q --no-install-recommends \"$@\"",
+    remove=f"apt-get remove -y -q {_DEB_NAMES}", purge=f"dpkg --purge {_DEB_NAMES} && apt-get autoremove --purge -y -q",
+    owned="cat /var/lib/dpkg/info/*.list", env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def family_of(profile: Profile) -> TestFamily:
+    """How packages are tested in ``profile``'s family."""
+    if profile.family == "rpm":
+        from sandboxmgr import rpmpkgtest
+
+        return rpmpkgtest.family(profile)
+    return DEBIAN
 
 
 @dataclass(frozen=True)
@@ -60,26 +97,34 @@ class TestRequest:
 
 @dataclass(frozen=True)
 class Packages:
-    """What one profile tests: the .deb files, the source tree if known, where they came from."""
-    debs: tuple[Path, ...]
+    """What one profile tests: the package files, the source tree if known, where they came from."""
+    files: tuple[Path, ...]
     source_tree: Path | None
     origin: Path | None
 
 
-def packages_for(profile: str, debs: list[Path], results: Path | None) -> Packages:
-    """The packages to test in ``profile``: ``debs``, and those of ``results`` (a directory of
-    ``package build --results``: its ``PROFILE/`` subdirectory, else the directory itself)."""
-    found = [deb.resolve() for deb in debs]
+def packages_for(name: str, profile: Profile, files: list[Path], results: Path | None) -> Packages:
+    """The packages to test in ``profile`` (-p ``name``): ``files``, and those of ``results`` (a
+    directory of ``package build --results``: its ``PROFILE/`` subdirectory, else the directory
+    itself); each of the profile's family."""
+    suffix = family_of(profile).suffix
+    for path in files:
+        if path.suffix != suffix:
+            raise SandboxError(f"{name} is a profile of the {profile.family} family and {path} is not a {suffix} file",
+                               hint=f"give {suffix} files to -p profiles of the {profile.family} family "
+                                    "(one run per family)")
+    found = [path.resolve() for path in files]
     origin = None
     if results is not None:
-        origin = results / profile if (results / profile).is_dir() else results
-        listed = sorted(p for p in origin.glob("*.deb") if p.is_file() and not p.is_symlink())
+        origin = results / profile.name if (results / profile.name).is_dir() else results
+        listed = sorted(p for p in origin.glob(f"*{suffix}")
+                        if p.is_file() and not p.is_symlink() and not p.name.endswith(".src.rpm"))
         if not listed:
-            raise SandboxError(f"{origin} holds no .deb file for {profile}",
-                               hint=f"give the results of package build (DIR, with {profile}/ in it, "
+            raise SandboxError(f"{origin} holds no {suffix} file for {profile.name}",
+                               hint=f"give the results of package build (DIR, with {profile.name}/ in it, "
                                     "or one profile's directory)")
         found += [p.resolve() for p in listed]
-    places = [origin] if origin else [deb.parent for deb in found]
+    places = [origin] if origin else [path.parent for path in found]
     tree = next((place / SOURCE_TREE for place in places if (place / SOURCE_TREE).is_file()), None)
     return Packages(tuple(dict.fromkeys(found)), tree, origin)
 
@@ -89,10 +134,6 @@ def run_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profil
              view: View) -> list[PackageResult]:
     """Test for each (name, profile, packages): the images first, then the tests, ``parallel``
     at once (runner.run_jobs)."""
-    for name, profile, _ in profiles:
-        if profile.family != "debian":
-            raise SandboxError(f"{name} is a {profile.family} profile: testing its packages is not supported yet",
-                               hint="give -p profiles of the debian family (Debian, Ubuntu) and .deb files")
     request.logs.mkdir(parents=True, exist_ok=True)
     results = [PackageResult(name, profile.name, results=str(packages.origin) if packages.origin else None,
                              log=str(request.logs / f"{profile.name}.log")) for name, profile, packages in profiles]
@@ -103,7 +144,7 @@ def run_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profil
             place = shown / profile.name
             place.mkdir(mode=0o755)
             place.chmod(0o755)
-            for path in (*packages.debs, *([packages.source_tree] if packages.source_tree else [])):
+            for path in (*packages.files, *([packages.source_tree] if packages.source_tree else [])):
                 shutil.copyfile(path, place / path.name, follow_symlinks=False)
                 (place / path.name).chmod(0o644)
             tests = read_tests(packages.source_tree) if packages.source_tree else []
@@ -119,16 +160,17 @@ def run_one(store: Store, request: TestRequest, profile: Profile, image: ImageRe
     from sandboxmgr import config
     from sandboxmgr.resolve import create_sandbox
 
+    family = family_of(profile)
     name = f"pkgtest-{profile.name}-{secrets.token_hex(3)}"[:120].rstrip(".-")
-    options = config.options(network="host", env={"DEBIAN_FRONTEND": "noninteractive"},
-                             binds=(BindMount(place, MOUNT, readonly=True),))
+    options = config.options(network="host", env=dict(family.env),
+                             binds=(BindMount(place, MOUNT, readonly=True), *family.binds))
     record = create_sandbox(store, name, image, profile, options)
     keep = False
     try:
-        steps = _Steps(store, record, Path(str(result.log)), request.timeout, result)
+        steps = _Steps(store, record, Path(str(result.log)), request.timeout, result, family)
         try:
-            debs = sorted(path.name for path in place.glob("*.deb"))
-            steps.run(debs, request.checks, tests, (place / SOURCE_TREE).is_file())
+            files = sorted(path.name for path in place.glob(f"*{family.suffix}"))
+            steps.run(files, request.checks, tests, (place / SOURCE_TREE).is_file())
         except TimedOut:
             steps.failed("timeout", f"a step ran longer than {request.timeout:g} s and was killed")
         keep = bool(result.stage) and request.keep_failed
@@ -143,8 +185,9 @@ class _Steps:
     """The steps in one sandbox; the first failure is the result's stage."""
 
     def __init__(self, store: Store, record: SandboxRecord, log: Path, timeout: float | None,
-                 result: PackageResult) -> None:
+                 result: PackageResult, family: TestFamily) -> None:
         self.store, self.record, self.log, self.timeout, self.result = store, record, log, timeout, result
+        self.family = family
         self.log.write_bytes(b"")
 
     def sh(self, script: str, *args: str, user: str | None = None, log: Path | None = None) -> int:
@@ -155,23 +198,23 @@ class _Steps:
     def failed(self, stage: str, reason: str) -> None:
         self.result.stage, self.result.reason = stage, reason
 
-    def run(self, debs: list[str], checks: tuple[str, ...], tests: list[TestCase], tree: bool) -> None:
-        prune = " -o ".join(f"-path {path}" for path in IGNORED)
+    def run(self, files: list[str], checks: tuple[str, ...], tests: list[TestCase], tree: bool) -> None:
+        family = self.family
+        prune = " -o ".join(f"-path {path}" for path in (*IGNORED, *family.state))
         listing = f"find / \\( {prune} \\) -prune -o -print | LC_ALL=C sort"
-        if self.sh(f"set -e; id -u {TEST_USER} >/dev/null 2>&1 || useradd --create-home --shell /bin/sh {TEST_USER}; "
-                   f"mkdir -p {WORK}; chown {TEST_USER}: {WORK}; {listing} > {WORK}/before") != 0:
+        if self.sh(f"set -e; mkdir -p {WORK}; {family.prepare}; {listing} > {WORK}/before",
+                   *family.prepare_args) != 0:
             self.failed("install", f"the sandbox could not be prepared: {tail(self.log, 1)}")
             return
-        if self.sh("echo '# install'; exec apt-get install -y -q --no-install-recommends \"$@\"",
-                   *(f"{MOUNT}/{deb}" for deb in debs)) != 0:
-            self.failed("install", f"apt-get install failed: {tail(self.log, 1)}")
+        if self.sh(f"echo '# install'; {family.install}", *(f"{MOUNT}/{name}" for name in files)) != 0:
             self.result.packages = unsatisfiable(tail(self.log, 200))
+            why = (f"{', '.join(self.result.packages)} cannot be found in the profile's archive"
+                   if self.result.packages else tail(self.log, 1))
+            self.failed("install", f"{family.tool} install failed: {why}")
             return
         if not self._checks(checks) or (tree and not self._tests(tests)):
             return
-        names = "$(for deb in " + MOUNT + "/*.deb; do dpkg-deb -f \"$deb\" Package; done)"
-        for stage, command in (("remove", f"apt-get remove -y -q {names}"),
-                               ("purge", f"dpkg --purge {names} && apt-get autoremove --purge -y -q")):
+        for stage, command in (("remove", family.remove), ("purge", family.purge)):
             if self.sh(f"echo '# {stage}'; {command}") != 0:
                 self.failed(stage, f"{stage} failed: {tail(self.log, 1)}")
                 return
@@ -213,9 +256,7 @@ class _Steps:
 
     def _leftovers(self, listing: str) -> None:
         found = self.log.with_name(f".{self.log.stem}.leftovers")
-        status = self.sh(f"{listing} > {WORK}/after && cat /var/lib/dpkg/info/*.list | LC_ALL=C sort -u > "
-                         f"{WORK}/owned && LC_ALL=C comm -13 {WORK}/before {WORK}/after | LC_ALL=C comm -23 - "
-                         f"{WORK}/owned", log=found)
+        status = self.sh(f"{listing} > {WORK}/after && {unowned(WORK, self.family.owned)}", log=found)
         lines = tail(found, 10_000).splitlines()
         found.unlink(missing_ok=True)
         if status != 0:
@@ -228,6 +269,17 @@ class _Steps:
             self.failed("leftovers", f"the purge left files no package owns: {', '.join(left[:3])}{more}")
         with self.log.open("a") as log:
             log.write("# leftovers: " + (" ".join(left) if left else "none") + "\n")
+
+
+def unowned(work: str, owned: str) -> str:
+    """Shell that prints the paths of ``work``/after that are not in ``work``/before and not among
+    those the command ``owned`` prints; its status 0 when it could tell (none left too).
+
+    grep -Fxv -f, not comm: a minimal image may have no coreutils (Tiny Distro's busybox has no
+    comm). grep's status 1 is "no line printed", not a failure."""
+    return (f"{owned} | LC_ALL=C sort -u > {work}/owned && "
+            f"{{ grep -Fxv -f {work}/before {work}/after > {work}/new; [ $? -le 1 ]; }} && "
+            f"{{ grep -Fxv -f {work}/owned {work}/new; [ $? -le 1 ]; }}")
 
 
 # One autopkgtest test: $1 its name, $2 "allow-stderr" or "", $3 "script" or "command", $4 the

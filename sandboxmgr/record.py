@@ -14,7 +14,6 @@ fields, no ``__post_init__``. Modules off the fast path use dataclasses.
 
 from __future__ import annotations
 
-import json
 import os
 
 TYPE_CHECKING = False
@@ -91,6 +90,8 @@ def record(cls: type[_T]) -> type[_T]:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write a record's JSON file atomically (a temporary file renamed over it)."""
+    import json  # here, not at the top: exec's joining fast path reads no JSON (ticket.py)
+
     tmp = path.with_suffix(".tmp")
     try:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -101,6 +102,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    import json
+
     data = json.loads(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON object")

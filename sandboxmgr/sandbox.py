@@ -14,17 +14,10 @@ import stat
 from pathlib import Path
 
 from sandboxmgr.config import SandboxConfig
-from sandboxmgr.enter import (
-    CAPABILITY_NUMBERS,
-    DEFAULT_PATH,
-    DEFAULT_SECCOMP,
-    DirectoryRoot,
-    EnterSpec,
-    OverlayRoot,
-    enter,
-)
+from sandboxmgr.enter import DirectoryRoot, OverlayRoot, enter
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.mounts import BindMount
+from sandboxmgr.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, DEFAULT_SECCOMP, EnterSpec
 from sandboxmgr.store import ImageRecord, SandboxRecord, Store, now_iso
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)

@@ -141,6 +141,17 @@ def _bind(source: str | Path, target: Path, flags: int, recursive: bool = True) 
             linux.umount2(point, linux.MNT_DETACH)  # what cannot be made read-only is not shown
 
 
+def shown_once(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` to bind read-only, each once, none inside another (two repositories with one
+    key file, a key inside its file:// repository): a mount point made again inside a read-only
+    bind fails."""
+    shown: list[Path] = []
+    for path in sorted(set(paths), key=lambda p: (len(p.parts), p)):
+        if not any(path.is_relative_to(done) for done in shown):
+            shown.append(path)
+    return shown
+
+
 def _make(target: Path, like: Path) -> None:
     """A mount point for ``like`` at ``target``: a directory or an empty file."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +272,7 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
         # (mount_too_revealing): the host's, shown until the tool's own are mounted (enter).
         (root / HOST_PROC.lstrip("/")).mkdir()
         _bind("/proc", root / HOST_PROC.lstrip("/"), NOSUID_NODEV_NOEXEC, recursive=False)
-    for path in tool_root.readable:
+    for path in shown_once(tool_root.readable):
         if path.parts[1:2] and path.parts[1] in _HOST_DIRS:
             continue  # under /usr or /etc: there already
         if path.exists():

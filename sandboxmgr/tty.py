@@ -31,7 +31,6 @@ import signal
 import struct
 import sys
 import termios
-from pathlib import Path
 
 from sandboxmgr.record import record
 
@@ -39,6 +38,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the 
 if TYPE_CHECKING:
     import socket
     from collections.abc import Iterator
+    from pathlib import Path
     from typing import Any
 
 _WINSIZE = b"\0" * 8
@@ -49,9 +49,9 @@ _TIOCGPTN = 0x80045430
 # --- the sandbox side: PID 1 makes the pty, the command takes it ------------------------
 
 
-def open_pty(root: Path, tty_child: socket.socket) -> int:
+def open_pty(root: str | Path, tty_child: socket.socket) -> int:
     """Make a pty in the sandbox's own devpts; hand the master to the manager."""
-    master = os.open(root / "dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    master = os.open(os.path.join(root, "dev/pts/ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, struct.pack("I", 0)))[0]
     import socket

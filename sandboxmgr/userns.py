@@ -27,10 +27,13 @@ the two setuid programs on the manager's pid.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
@@ -104,11 +107,28 @@ def restriction() -> tuple[str, str, str] | None:
     if _read_int(MAX_USER_NAMESPACES) == 0:
         return ("user.max_user_namespaces", "user namespaces are turned off on this host (user.max_user_namespaces=0)",
                 "as root: sysctl -w user.max_user_namespaces=15000 (and in /etc/sysctl.d/ to keep it)")
-    if _read_int(APPARMOR_RESTRICT) == 1:
+    from sandboxmgr import apparmor  # here: the fast path of root's run never needs it
+
+    if _read_int(APPARMOR_RESTRICT) == 1 and apparmor.label() in (None, "unconfined"):
+        # Under a profile (sandboxmgr's own, or one that stacks on it) the profile decides:
+        # its userns rule, or the attempt's refusal (_refused).
         return ("kernel.apparmor_restrict_unprivileged_userns",
-                "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)",
-                "as root: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run sandboxmgr as root")
+                "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1) "
+                "and no AppArmor profile names this sandboxmgr", apparmor_fix())
     return None
+
+
+def apparmor_fix() -> str:
+    """The hint for an AppArmor restriction: install sandboxmgr's profile, written for the
+    running installation's script (apparmor.py), or turn the restriction off."""
+    from sandboxmgr import apparmor
+
+    try:
+        command = str(apparmor.script())
+    except SandboxError:
+        command = "sandboxmgr"
+    return (f"as root: {command} doctor --apparmor-profile > {apparmor.INSTALLED} && apparmor_parser -r "
+            f"{apparmor.INSTALLED} (README: AppArmor), or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
 
 
 def _read_int(path: str) -> int | None:
@@ -238,6 +258,12 @@ def _refused(exc: OSError) -> SandboxError:
     restricted = restriction()
     if restricted is not None:
         return SandboxError(restricted[1], hint=restricted[2])
+    from sandboxmgr import apparmor
+
+    confined = apparmor.label()
+    if confined not in (None, "unconfined", apparmor.NAME):
+        return SandboxError(f"cannot make a user namespace: the AppArmor profile {confined} does not allow it "
+                            f"({exc.strerror})", hint=apparmor_fix())
     return SandboxError(f"cannot make a user namespace: {exc.strerror}",
                         hint="this host does not let ordinary users make user namespaces: run sandboxmgr as root")
 

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from sandboxmgr import distros
-from sandboxmgr.enter import DEFAULT_PATH, DirectoryRoot, EnterSpec, OverlayRoot, enter
+from sandboxmgr.enter import DirectoryRoot, OverlayRoot, enter
 from sandboxmgr.errors import BuildError, SandboxError
 from sandboxmgr.mounts import BindMount, overlay_options
 from sandboxmgr.profile import Profile
 from sandboxmgr.progress import Progress
 from sandboxmgr.sandbox import cache_views
+from sandboxmgr.spec import DEFAULT_PATH, EnterSpec
 
 # Called with each line a build step prints (a progress parser, builders/pkgprogress.py).
 OnLine = Callable[[str], object]

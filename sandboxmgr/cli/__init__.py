@@ -62,7 +62,7 @@ def completion(shell: str) -> None:
 for _command in (completion, images.profiles, images.build, images.images, images.rmi, images.prune, sandboxes.run,
                  sandboxes.create, sandboxes.exec_, sandboxes.shell, sandboxes.ls_, sandboxes.inspect, sandboxes.rm,
                  lifecycle.start, lifecycle.stop, lifecycle.restart, lifecycle.kill, lifecycle.logs,
-                 lifecycle.wait, lifecycle.ps,
+                 lifecycle.wait, lifecycle.ps, lifecycle.top,
                  jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df):
     cli.add_command(_command)
 

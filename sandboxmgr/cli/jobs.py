@@ -26,18 +26,25 @@ if TYPE_CHECKING:
 @click.command()
 @click.option("--fix", is_flag=True, help="Clean up what is found (never deleting through a mount).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--apparmor-profile", is_flag=True,
+              help="Print the AppArmor profile that lets this installation make user namespaces where AppArmor "
+                   "restricts them (Ubuntu 24.04 and later), and do nothing else.")
 @pass_app
-def doctor(app: App, fix: bool, as_json: bool) -> int:
+def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
     """Find what a crash left: mounts, temporary directories, locks, cgroups, processes.
 
     Exits 0 when nothing is left (or --fix cleaned it all), 1 when something is.
     Cgroups and processes are checked machine-wide, the rest in the store.
+    For an ordinary user it reports first what keeps it from rootless mode.
 
     Root inside root's sandboxes is root outside unless they run with --userns auto
     (run, create; the profile key userns: auto): see the README's security model.
     """
     from sandboxmgr import doctor as doctor_
 
+    if apparmor_profile:
+        click.echo(doctor_.apparmor_profile(), nl=False)
+        return 0
     findings = doctor_.rootless_findings() if os.geteuid() != 0 else []
     if findings:  # an ordinary user whose store is out of reach until they are fixed
         if as_json:
@@ -233,7 +240,8 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
 @click.option("-p", "--profile", "profiles", multiple=True, required=True, shell_complete=complete_profiles,
               help="A profile to test in (repeat for several).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Test the .deb files of package build's results (DIR/PROFILE/, or one profile's directory).")
+              help="Test the .deb or .rpm files of package build's results (DIR/PROFILE/, or one profile's "
+                   "directory).")
 @click.option("--check", "checks", multiple=True, metavar="CMD",
               help="A shell command that must succeed once the packages are installed (as root); repeatable.")
 @job_options
@@ -241,13 +249,14 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
 def package_test(app: App, packages: tuple[Path, ...], profiles: tuple[str, ...], results_dir: Path | None,
                  checks: tuple[str, ...], jobs: int, fail_fast: bool, keep_failed: bool, timeout: float | None,
                  junit_path: Path | None, as_json: bool) -> int:
-    """Install PACKAGES (.deb files) in a fresh sandbox of each profile, run the checks, remove
-    and purge them, and report the files left behind.
+    """Install PACKAGES (.deb or .rpm files, of the profiles' family) in a fresh sandbox of each
+    profile, run the checks, remove and purge them, and report the files left behind.
 
-    The checks: each --check CMD, and the package's autopkgtest tests (debian/tests/control)
-    when its source is known (package build's results). Exit status 0 if every profile
-    passed, 1 if any failed (the JSON's `stage` says where: install, tests, remove, purge,
-    leftovers, timeout), 130 when interrupted.
+    apt-get install ./x.deb or dnf install ./x.rpm, with dependencies from the profile's
+    archive. The checks: each --check CMD, and a Debian package's autopkgtest tests
+    (debian/tests/control) when its source is known (package build's results). Exit status 0
+    if every profile passed, 1 if any failed (the JSON's `stage` says where: install, tests,
+    remove, purge, leftovers, timeout), 130 when interrupted.
     """
     import time
 
@@ -255,13 +264,13 @@ def package_test(app: App, packages: tuple[Path, ...], profiles: tuple[str, ...]
 
     require_root(app, "package test")
     for path in packages:
-        if path.suffix != ".deb":
-            raise SandboxError(f"{path}: " + ("testing RPM packages is not supported yet" if path.suffix == ".rpm"
-                                              else "not a .deb file"),
-                               hint="give .deb files, or --results DIR of package build")
+        if path.name.endswith(".src.rpm") or path.suffix not in (".deb", ".rpm"):
+            raise SandboxError(f"{path}: " + ("a source package: build it first" if path.name.endswith(".src.rpm")
+                                              else "not a .deb or .rpm file"),
+                               hint="give .deb or .rpm files, or --results DIR of package build")
     if not packages and results_dir is None:
-        raise SandboxError("no packages to test", hint="give .deb files, or --results DIR of package build")
-    loaded = [(name, profile, pkgtest.packages_for(profile.name, list(packages), results_dir))
+        raise SandboxError("no packages to test", hint="give .deb or .rpm files, or --results DIR of package build")
+    loaded = [(name, profile, pkgtest.packages_for(name, profile, list(packages), results_dir))
               for name, profile in _profiles(app, profiles)]
     logs = app.store.logs_dir / "package-test" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     request = pkgtest.TestRequest(checks, logs, keep_failed, timeout)

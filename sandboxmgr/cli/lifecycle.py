@@ -125,6 +125,23 @@ def wait(app: App, names: tuple[str, ...]) -> None:
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per process.")
+@click.argument("name", shell_complete=complete_sandboxes)
+@pass_app
+def top(app: App, as_json: bool, name: str) -> None:
+    """The processes of a running sandbox, as `docker top`: PID on the host and inside, UID, CPU time, command."""
+    from sandboxmgr.catalog import sandbox_processes
+
+    rows = sandbox_processes(app.store, name)
+    if as_json:
+        print_json(rows)
+    else:
+        ui.print_table(["PID", "SANDBOX PID", "UID", "STATE", "TIME", "COMMAND"],
+                       [[str(r["pid"]), str(r["sandbox_pid"]), str(r["uid"]), r["state"], f"{r['cpu_seconds']:.2f}",
+                         r["command"]] for r in rows])
+
+
+@click.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Stopped sandboxes too.")
 @click.option("-q", "--quiet", "names_only", is_flag=True, help="Names only.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the objects of `ls --json`).")

@@ -14,15 +14,17 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import sandboxmgr
 from sandboxmgr import mountinfo
 from sandboxmgr.store import Store
 from tests.adversarial.conftest import processes_named, processes_rooted_in, wait_until
-from tests.conftest import CLI, ConcurrentBuild, Result, missing, run_in_pty
+from tests.conftest import CLI, ConcurrentBuild, Result, UserCLI, entry_point, missing, run_in_pty
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
@@ -271,6 +273,51 @@ def test_what_root_inside_plants_for_the_next_exec_does_not_lead_it_out(
         assert host_marker.exists()
     finally:
         cli("rm", "-f", name)
+
+
+def _import_path() -> list[str]:
+    """Where the manager (the `sandboxmgr` script of this environment) imports from: the script's
+    directory, then this interpreter's path; and the package's own directory."""
+    script = Path(entry_point()[0])
+    found = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                           capture_output=True, text=True, check=True).stdout
+    package = Path(sandboxmgr.__file__).parent
+    return [str(script.parent), *(p for p in json.loads(found) if p.startswith("/")), str(package)]
+
+
+def _plant_script(directories: list[str]) -> str:
+    """Shell that plants, in each of ``directories`` inside the sandbox, a module for every name of
+    Python's standard library and of sandboxmgr's package, each leaving /imported-NAME if run."""
+    package = Path(sandboxmgr.__file__).parent
+    ours = sorted(p.stem for p in package.rglob("*.py") if p.stem != "__init__")
+    names = sorted(set(sys.stdlib_module_names) | set(ours))
+    lines = ["set -e"]
+    for directory in directories:
+        lines.append(f"mkdir -p '{directory}'")
+        for name in names:
+            lines.append(f"printf '%s\\n' \"open('/imported-{name}', 'w').close()\" > '{directory}/{name}.py'")
+    return "\n".join(lines) + "\n"
+
+
+def test_nothing_the_sandbox_plants_where_the_manager_imports_from_is_imported(
+        cli: CLI, fast_cli: UserCLI, box: str) -> None:
+    """PID 1 after its root switch and a joined command see the sandbox's files at the paths the
+    manager imports from: a module imported there then would be the sandbox's code, run as the
+    manager. Root inside plants a module of every name on every such path; PID 1, commands joined
+    by ticket and by the general way, with and without a terminal, import none of them."""
+    cli.ok("start", box)
+    cli.ok("exec", "-i", box, "sh", input=_plant_script(_import_path()))
+    cli.ok("restart", box)  # a PID 1 that switched into a root holding them
+    assert fast_cli.ok("exec", box, "true").path == "ticket"
+    assert fast_cli.ok("exec", box, "sh", "-c", "exit 0").path == "ticket"
+    cli.ok("exec", box, "true")
+    code, output = run_in_pty([*entry_point(), "--store", str(cli.store), "exec", "-t", box, "sh", "-c", "tty"],
+                              timeout=120)
+    assert code == 0 and "/dev/pts/" in output, output
+    cli.ok("stop", box)
+    assert fast_cli("exec", box, "true").code == 0  # started for it, stopped after it
+    left = cli.ok("exec", box, "sh", "-c", "ls / | grep '^imported-' || true").out
+    assert left == "", f"modules the sandbox planted were imported: {left}"
 
 
 # --- the host's commands racing each other -------------------------------------------------------

@@ -163,7 +163,7 @@ def test_rm_refuses_a_running_sandbox_and_rm_f_kills_and_removes_it(cli: CLI, bo
 
 
 def test_a_running_sandbox_refuses_new_limits_and_its_own_apply_to_joined_commands(
-        cli: CLI, bookworm: ConcurrentBuild) -> None:
+        cli: CLI, fast_cli: UserCLI, bookworm: ConcurrentBuild) -> None:
     name = f"limited-{os.urandom(3).hex()}"
     cli.ok("create", IMAGE, "--name", name, "--pids-limit", "12")
     try:
@@ -172,6 +172,9 @@ def test_a_running_sandbox_refuses_new_limits_and_its_own_apply_to_joined_comman
         assert refused.code == 125 and "its limits were set when it started" in refused.err, refused
         forks = cli("exec", name, "sh", "-c", "i=0; while [ $i -lt 30 ]; do sleep 5 & i=$((i+1)); done; wait")
         assert "fork" in forks.err.lower() or "resource temporarily unavailable" in forks.err.lower(), forks
+        # Its commands go the general way, which enters its cgroup and reports what the limits did.
+        forks = fast_cli("exec", name, "sh", "-c", "i=0; while [ $i -lt 30 ]; do sleep 5 & i=$((i+1)); done; wait")
+        assert forks.path == "fast" and "the process limit (12) was reached" in forks.err, forks
     finally:
         cli.ok("rm", "-f", name)
 
@@ -306,3 +309,58 @@ def test_a_killed_exec_manager_leaves_its_auto_started_sandbox_to_stop(cli: CLI,
         proc.communicate()
     assert not [m for m in host_mounts() if f"/sandboxes/{box}/" in m + "/"]
     assert cli.ok("doctor").code == 0
+
+
+PROBE = ("sh", "-c", "id; hostname; pwd; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; env | sort")
+
+
+def test_exec_into_a_started_sandbox_joins_by_its_ticket_as_the_general_path_would(
+        fast_cli: UserCLI, cli: CLI, box: str) -> None:
+    fast_cli.ok("start", box)
+    by_ticket = fast_cli.ok("exec", box, *PROBE)
+    assert by_ticket.path == "ticket"
+    general = cli.ok("exec", box, *PROBE)  # --configs: the full CLI, live.run_in
+    assert by_ticket.out == general.out  # the same user, host name, capabilities, filter, environment
+    assert "NoNewPrivs:\t1" in by_ticket.out and "Seccomp:\t2" in by_ticket.out
+    assert fast_cli("exec", box, "sh", "-c", "exit 7").code == 7
+    # A ticket that is not one is ignored: the command takes the general way, and works.
+    ticket_file = cli.store / "sandboxes" / box / "join.ticket"
+    ticket_file.write_bytes(b"not a ticket")
+    assert fast_cli.ok("exec", box, *PROBE).path == "fast"
+    # Stopped, the ticket names a dead PID 1: the general way starts the sandbox again (auto).
+    cli.ok("stop", box)
+    assert fast_cli.ok("exec", box, "true").path == "fast"
+    assert row(cli, box)["state"] == "stopped"
+
+
+def test_commands_of_an_auto_started_sandbox_take_the_general_way_until_start_keeps_it(
+        fast_cli: UserCLI, cli: CLI, box: str) -> None:
+    long = fast_cli.popen("exec", box, "sh", "-c", "touch /long; while [ ! -e /go ]; do sleep 0.1; done")
+    try:
+        wait_for(lambda: in_box(cli, box, "/long"), "the first command")
+        # It stops when the last command leaves: the general path (live._leave) sees to that.
+        assert fast_cli.ok("exec", box, "true").path == "fast"
+        cli.ok("start", box)  # now it stays: its ticket says so
+        assert fast_cli.ok("exec", box, "touch", "/go").path == "ticket"
+        assert long.wait(timeout=30) == 0
+    finally:
+        long.kill()
+        long.communicate()
+    assert row(cli, box)["state"] == "running"
+
+
+def test_top_lists_the_processes_of_a_running_sandbox(cli: CLI, box: str) -> None:
+    stopped = cli("top", box)
+    assert stopped.code != 0 and f"sandbox {box!r} is not running" in stopped.err, stopped
+    cli.ok("start", box)
+    # A process left running, whose command line holds what a terminal would act on.
+    cli.ok("exec", box, "bash", "-c", "(exec -a \"$(printf 'sleeper\\033[2J')\" sleep 300 > /dev/null 2>&1 &)")
+    rows = json.loads(cli.ok("top", "--json", box).out)
+    init, *rest = rows
+    assert init["sandbox_pid"] == 1 and init["command"].startswith("sandboxmgr-init")
+    (sleeper,) = [r for r in rest if "sleep" in r["command"] or "sleeper" in r["command"]]
+    assert sleeper["command"] == "sleeper?[2J 300" and sleeper["uid"] == 0 and sleeper["sandbox_pid"] > 1
+    assert os.readlink(f"/proc/{sleeper['pid']}/ns/pid") == os.readlink(f"/proc/{init['pid']}/ns/pid")
+    table = cli.ok("top", box).out
+    assert table.splitlines()[0].split() == ["PID", "SANDBOX", "PID", "UID", "STATE", "TIME", "COMMAND"]
+    assert "\033" not in table and "sleeper?[2J 300" in table

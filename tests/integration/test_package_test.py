@@ -137,10 +137,13 @@ def test_package_test_refuses_what_it_cannot_test(cli: CLI, tmp_path: Path) -> N
     empty.mkdir()
     deb = tmp_path / "x_1.0_amd64.deb"
     deb.write_bytes(b"")
-    for args, said in (((str(rpm),), "testing RPM packages is not supported yet"),
+    text = tmp_path / "notes.txt"
+    text.write_text("")
+    for args, said in (((str(rpm),), f"debian-bookworm is a profile of the debian family and {rpm} is not a .deb"),
+                       ((str(text),), "not a .deb or .rpm file"),
                        ((), "no packages to test"),
                        (("--results", str(empty)), "holds no .deb file for debian-bookworm"),
-                       ((str(deb), "-p", "fedora"), "testing its packages is not supported yet")):
+                       ((str(deb), "-p", "fedora"), "fedora is a profile of the rpm family")):
         result = cli("package", "test", "-p", "debian-bookworm", *args)
         assert result.code == 125 and said in result.err and "hint:" in result.err, str(result)
 

@@ -114,3 +114,57 @@ def test_an_ordinary_users_sandbox_takes_a_profiles_userns_auto_as_given(rootles
     for args in (("bookworm-auto",), ("--userns", "auto", "debian-bookworm")):
         out = rootless_user.ok("run", *args, "--", "sh", "-c", "id -u; cat /proc/self/uid_map").out.splitlines()
         assert out[0] == "0" and out[1].split() == ["0", str(rootless_user.uid), "1"], out
+
+
+def _ranges(cli: CLI) -> list[str]:
+    """The ranges held in the store: userns/N files whose owner (a sandbox's or a run's
+    directory, their first line) is still there; a file whose owner is gone is a free range."""
+    directory = cli.store / "userns"
+    entries = sorted(directory.iterdir()) if directory.is_dir() else []
+    return [entry.name for entry in entries if Path(entry.read_text().splitlines()[0]).exists()]
+
+
+def test_a_matrix_runs_a_userns_auto_profile_in_a_range_of_its_own(cli: CLI, bookworm: ConcurrentBuild,
+                                                                   tmp_path: Path) -> None:
+    """The profile key, in a project's inline profile: its sandbox is in a range of its own, the
+    project at /src (copy-on-write over the host's tree) shows as root's inside, and the
+    sandbox's range is free again once the matrix is done; the plain profile beside it is not."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "sandboxmgr.yaml").write_text(
+        "profiles: [auto, plain]\n"
+        "command: sh -c 'id -u; cat /proc/self/uid_map; stat -c %u /src/sandboxmgr.yaml; echo made > /src/made'\n"
+        f"inline:\n  auto: {{extends: {bookworm.profile}, userns: auto}}\n"
+        f"  plain: {{extends: {bookworm.profile}}}\n")
+    before = _ranges(cli)
+    result = cli("matrix", "-C", str(project), "--json")
+    assert result.code == 0, str(result)
+    logs = {entry["name"]: Path(entry["log"]).read_text().splitlines() for entry in json.loads(result.out)}
+    assert logs["auto"][0] == "0" and range_base(logs["auto"][1]) >= FIRST, logs
+    assert logs["auto"][2] == "0", logs  # the project's files: root's, through an idmapped layer
+    assert logs["plain"][0] == "0" and logs["plain"][1].split() == ["0", "0", "4294967295"], logs
+    assert sorted(p.name for p in project.iterdir()) == ["sandboxmgr.yaml"]
+    assert _ranges(cli) == before
+    assert not [s for s in json.loads(cli.ok("ls", "--json").out) if s["name"].startswith("matrix-")]
+
+
+def test_package_build_in_a_userns_auto_profile(cli: CLI, configs_dir: Path, bookworm: ConcurrentBuild,
+                                               tmp_path: Path) -> None:
+    """package build -p PROFILE whose userns is auto: the build runs in a range of its own (its
+    log shows the map), its products come out whole, and no range is left reserved."""
+    from tests.integration.test_package import source
+
+    (configs_dir / "bookworm-auto-pkg.yaml").write_text(f"extends: {bookworm.profile}\nuserns: auto\n")
+    tree = source(tmp_path, "sm-auto", build="cat /proc/self/uid_map")
+    before = _ranges(cli)
+    result = cli("package", "build", str(tree), "-p", "bookworm-auto-pkg", "--results", str(tmp_path / "out"),
+                 "--json")
+    assert result.code == 0, str(result)
+    [row] = json.loads(result.out)
+    assert row["status"] == "passed", row
+    out = tmp_path / "out" / "bookworm-auto-pkg"
+    assert {"sm-auto_1.0-1_amd64.deb", "sm-auto_1.0-1_amd64.changes"} <= {p.name for p in out.iterdir()}
+    maps = [line.split() for line in (out / "build.log").read_text().splitlines()
+            if len(line.split()) == 3 and line.split()[0] == "0" and line.split()[2] == "65536"]
+    assert maps and int(maps[0][1]) >= FIRST, (out / "build.log").read_text()[-2000:]
+    assert _ranges(cli) == before

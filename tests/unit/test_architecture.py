@@ -18,15 +18,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
     "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol",
-             "rpmsource", "rpmpackage"),
+             "rpmsource", "rpmpackage", "rpmpkgtest"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "usage", "pkgcache", "df"),
     "sandboxes": ("sandbox", "config", "idmap", "live", "monitor", "join", "enter", "pid1", "execute", "mounts",
-                  "mountexec", "tty", "users", "seccomp",
+                  "mountexec", "tty", "users", "seccomp", "spec", "supervise", "ticket",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
     "profiles": ("schema", "profilefields", "profile", "distros"),
     "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
-               "record", "locations", "limits", "entry", "userns", "__init__"),
+               "record", "locations", "limits", "entry", "userns", "apparmor", "__init__"),
 }
 # The one import that points up, and why: the Distro base names the Builder type its family
 # modules (images layer) provide. Those modules are plugins: distros.py loads them by name

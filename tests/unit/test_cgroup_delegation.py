@@ -62,3 +62,15 @@ def test_a_controller_the_delegated_cgroup_lacks_is_named(tmp_path: Path) -> Non
     assert caught.value.message == (f"cannot apply the memory and cpu limits as an ordinary user: the cgroup "
                                     f"delegated to you ({parent}) offers only: pids")
     assert "Delegate=" in (caught.value.hint or "")
+
+
+def test_a_hybrid_hosts_v1_controllers_are_never_a_users_fallback(tmp_path: Path) -> None:
+    """This project's machines: cpu, memory and pids on v1 hierarchies (root's), a v2 hierarchy
+    that offers only hugetlb. A subtree delegated there cannot hold a limit: one error, naming
+    what the subtree offers, and never the v1 hierarchy that has the controller."""
+    unified = _unified(tmp_path, "/user.slice/user@1000.service/app.slice/run.scope", offered="hugetlb")
+    v1 = [Hierarchy(1, tmp_path / name, frozenset({name}), "/") for name in ("cpu", "memory", "pids")]
+    with pytest.raises(SandboxError) as caught:
+        delegated([*v1, unified], ("memory", "pids"))
+    assert caught.value.message == ("cannot apply the memory and pids limits as an ordinary user: the cgroup "
+                                    f"delegated to you ({unified.own_dir.parent}) offers only: hugetlb")

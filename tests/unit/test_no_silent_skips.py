@@ -75,9 +75,17 @@ def test_on_ci_a_missing_capability_fails_the_test(tmp_path: Path) -> None:
     assert "CI must be able to run this test: frobnicate is not installed" in result.stdout, result.stdout
 
 
-def test_every_skip_in_the_suite_goes_through_missing_and_only_an_archive_is_an_outside_cause() -> None:
+# The outside causes, by the word their missing(..., required_on_ci=False) line holds: an
+# archive (a mirror) that does not answer; a host's cgroup layout that has no controller for a
+# user's delegated cgroup (a hybrid host, as this project's machines are), which no test may
+# rearrange.
+OUTSIDE_CAUSES = ("mirror", "cgroup")
+
+
+def test_every_skip_in_the_suite_goes_through_missing_and_only_an_outside_cause_is_one() -> None:
     """What the run-time check cannot tell apart: a pytest.skip whose reason imitates an outside
-    cause, or ``required_on_ci=False`` given for something that is not an archive's silence."""
+    cause, or ``required_on_ci=False`` given for something that is not an archive's silence or
+    the host's cgroup layout."""
     plain, outside = [], []
     for path in sorted((REPO / "tests").rglob("*.py")):
         if path.name == "test_no_silent_skips.py":
@@ -87,7 +95,8 @@ def test_every_skip_in_the_suite_goes_through_missing_and_only_an_archive_is_an_
             if any(way in line for way in ("pytest.skip(", "mark.skip", "importorskip(")) and \
                     not (path.name == "conftest.py" and "pytest.skip(reason if required_on_ci" in line):
                 plain.append(where)
-            if "required_on_ci=False" in line and "``" not in line and "mirror" not in line.lower():
+            if "required_on_ci=False" in line and "``" not in line and \
+                    not any(word in line.lower() for word in OUTSIDE_CAUSES):
                 outside.append(where)
     assert not plain, f"skips that bypass tests.conftest.missing(): {plain}"
-    assert not outside, f"required_on_ci=False for something other than an archive (a mirror): {outside}"
+    assert not outside, f"required_on_ci=False for something other than an outside cause: {outside}"

@@ -1,0 +1,163 @@
+"""A running sandbox's join ticket, and the fast path of ``exec`` that uses it.
+
+``exec NAME -- CMD`` into a running sandbox should cost the interpreter, a setns and a
+fork. The general path (live.run_in) reads the sandbox's JSON files, merges its saved
+config with the command line and builds the command's EnterSpec; the imports that takes
+(json and re, pathlib, the config and mount machinery) cost more than the join itself.
+So a starting sandbox gets a ticket beside its sandbox.json, written by its starter
+(live.start): its PID 1 (pid, start time) and what :func:`sandboxmgr.sandbox.join_spec`
+makes of its saved config for a command - environment, user, working directory, network,
+isolation, capabilities, no_new_privs and its seccomp filter's BPF - in marshal's format
+(a builtin module: nothing to import). :func:`exec_running` reads it and joins.
+
+What the ticket does not cover goes the general way, as fastrun hands what it does not
+know to the full CLI: an ordinary user (rootless: userns.py), a sandbox with limits (the
+general path reports what they did), one started for a command (it stops when the last
+command leaves: live._leave), a ticket of another format or Python, and anything not
+running. The general path then says what is wrong, or starts the sandbox.
+
+Trust: the ticket lives in the sandbox's directory in the store, root's alone (0700) and
+out of the sandbox's reach (its changes are under ``upper/``); it is used only while the
+live lock is held and its PID 1 is the very process it names (pidfd, name and start time,
+as for live.holder). A joined command is set up by the same code either way (join.py,
+execute.py), and nothing is imported once it has joined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import sys
+
+from sandboxmgr.join import Holder, open_holder, run_joined
+from sandboxmgr.locks import is_locked, let_go, lock_name, take
+from sandboxmgr.spec import EnterSpec
+from sandboxmgr.userns import entered
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
+    from sandboxmgr.store import SandboxRecord, Store
+
+TICKET_FILE = "join.ticket"
+FORMAT = 1
+# The store's layout as store.Store spells it (a unit test checks they agree): this module
+# is on a path that does not import store.py.
+SANDBOXES_DIR = "sandboxes"
+LOCKS_DIR = "locks"
+_NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_REST = _NAME_FIRST | frozenset("._-")
+
+
+def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: bytes | None,
+          general: bool) -> None:
+    """Write the ticket of the sandbox in ``directory``, now held by ``holder``; ``spec`` is
+    join_spec of its saved config, ``seccomp_program`` its filter built. ``general``: commands
+    must take the general path (limits, an auto start), which the ticket then says."""
+    data = {
+        "format": FORMAT, "python": list(sys.version_info[:2]), "general": general,
+        "pid": holder.pid, "start_time": holder.start_time, "cgroups": list(holder.cgroups),
+        "env": dict(spec.env), "workdir": spec.workdir, "hostname": spec.hostname, "user": spec.user,
+        "network": spec.network, "tty": spec.tty, "isolation": spec.isolation,
+        "capabilities": sorted(spec.capabilities), "no_new_privs": spec.no_new_privs,
+        "seccomp": seccomp_program,
+    }
+    tmp = directory / (TICKET_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(marshal.dumps(data))
+        os.rename(tmp, directory / TICKET_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def issue(store: Store, record: SandboxRecord, found: Holder, auto_stop: bool) -> None:
+    """Write the ticket of ``record``, just started (live.start) and held by ``found``. A sandbox
+    that stops with its last command (``auto_stop``), or has limits, gets one that sends commands
+    the general way. None at all (a full disk) sends them the general way too."""
+    from sandboxmgr.config import SandboxConfig  # the starter's imports: a start pays for them
+    from sandboxmgr.libseccomp import program
+    from sandboxmgr.sandbox import join_spec
+
+    saved = SandboxConfig.from_json(record.meta["settings"])
+    spec = join_spec(store, saved)
+    general = auto_stop or bool(found.cgroups) or saved.limits is not None
+    with contextlib.suppress(OSError):
+        write(record.path, found, spec, program(spec.seccomp, spec.seccomp_cache) if spec.seccomp else None, general)
+
+
+def read(directory: str) -> dict[str, Any] | None:
+    """The ticket in ``directory`` if it is one this code wrote and commands may use, else None."""
+    try:
+        fd = os.open(f"{directory}/{TICKET_FILE}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as ticket:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                return None  # not the one write() made (the store is root's alone: see locations.py)
+            # marshal runs no code (as pickle would); the file is root's, in root's 0700 store.
+            data = marshal.loads(ticket.read())  # noqa: S302
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("general") is not False:
+        return None
+    if data.get("python") != list(sys.version_info[:2]):  # marshal's format is Python's own
+        return None
+    return data
+
+
+def plain_name(name: str) -> bool:
+    """Whether ``name`` is a well-formed sandbox name (names.check_name's rule, without re):
+    anything else goes the general way, which says what is wrong with it."""
+    return 0 < len(name) <= 128 and name[0] in _NAME_FIRST and all(char in _NAME_REST for char in name)
+
+
+def exec_running(store: str, name: str, argv: tuple[str, ...], tty: bool, joining: Callable[[], None]) -> int | None:
+    """Run ``argv`` in the running sandbox ``name`` of ``store`` by its ticket (``joining()``
+    called first); its exit status, or None when the general path must do it (see the module's
+    docstring)."""
+    if os.geteuid() != 0 or entered() or not argv or not plain_name(name):
+        return None  # an ordinary user's (userns.py: its namespace is the running sandbox's to join)
+    directory = f"{store}/{SANDBOXES_DIR}/{name}"
+    if not os.path.isfile(f"{directory}/sandbox.json"):
+        return None
+    locks = f"{store}/{LOCKS_DIR}"
+    try:
+        transition = take(f"{locks}/{lock_name('sandbox', name)}", exclusive=True)
+    except OSError:
+        return None  # the general path says what is wrong with the store
+    assert transition is not None  # a blocking take returns only when it holds the lock
+    try:
+        # As live.run_in: only under the transition lock is the sandbox's state what it says.
+        ticket = read(directory) if os.path.isfile(f"{directory}/sandbox.json") else None
+        if ticket is None or not is_locked(f"{locks}/{lock_name('live', name)}"):
+            return None
+        holder = Holder(ticket["pid"], ticket["start_time"], tuple(ticket["cgroups"]))
+        pidfd = open_holder(holder)
+        if pidfd is None:
+            return None
+        use = take(f"{locks}/{lock_name('use', name)}", exclusive=False)
+        assert use is not None
+    finally:
+        let_go(transition, exclusive=True)
+    try:
+        joining()
+        return run_joined(holder, pidfd, _spec(ticket, argv, tty), ticket["seccomp"])
+    finally:
+        os.close(pidfd)
+        let_go(use, exclusive=False)
+
+
+def _spec(ticket: dict[str, Any], argv: tuple[str, ...], tty: bool) -> EnterSpec:
+    """What join_spec makes of the saved config merged with ``exec [-t] NAME -- ARGV``."""
+    return EnterSpec(
+        root=None, argv=argv, env=ticket["env"], workdir=ticket["workdir"], hostname=ticket["hostname"],
+        user=ticket["user"], network=ticket["network"], tty=tty or ticket["tty"], isolation=ticket["isolation"],
+        capabilities=frozenset(ticket["capabilities"]), no_new_privs=ticket["no_new_privs"],
+        seccomp=None,  # its BPF is the ticket's, given to run_joined
+    )
