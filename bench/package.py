@@ -312,10 +312,10 @@ def notes(pbuilder_missing: str | None) -> list[str]:
         f"without fsync* gives its apt-get the same `{UNSAFE_IO.strip()}`, to show how much of the gap that "
         "is; the target is against the plain by-hand build, as a user runs it today. "
         f"The row *by hand, parallel={JOBS}* sets `DEB_BUILD_OPTIONS=parallel={JOBS}`, what `package build` "
-        "passes for one profile (the CPUs it may run on); it shows that parallelism is not the gap: bookworm's "
-        "dpkg-buildpackage (since dpkg 1.21.10) already builds with parallel= the machine's online CPUs when "
-        "DEB_BUILD_OPTIONS says nothing, so the plain by-hand build runs `make -j` with them too (hello's "
-        "build log says `make -j2` on a 2-CPU machine either way). pbuilder unpacks its "
+        "passes for one profile (the CPUs it may run on); it shows that parallelism is not the gap: the by-hand "
+        "build as typed is not serial, as dpkg-buildpackage (since dpkg 1.18.11, bookworm's too) builds with "
+        "parallel= the machine's online CPUs when DEB_BUILD_OPTIONS says nothing, so it runs `make -j` with "
+        "them (hello's build log says `make -j2` on a 2-CPU machine either way). pbuilder unpacks its "
         "base tarball and installs the build dependencies every time, and its base has build-essential "
         "already (`pbuilder create` uses debootstrap's buildd variant).",
         "", pbuilder,
