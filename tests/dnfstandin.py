@@ -31,13 +31,9 @@ from tests.rpmrepo import (
     RPMBUILD_TREES,
     RpmRepo,
     RpmRepoError,
-    _dbpath,
     _elf_closure,
     _in_image,
-    _Key,
-    _rpm_env,
-    _run,
-    _sign,
+    add_standin,
 )
 
 PYTHON = Path("/usr/bin/python3")  # the interpreter the host's dnf runs on (its #! line)
@@ -164,24 +160,4 @@ cp -a {root}/. %{{buildroot}}/
 def add_dnf(repo: RpmRepo, workdir: Path, base: Path | None = None) -> Path:
     """A copy of ``repo``'s signed repository (or of the repository ``base``) with the dnf
     stand-in added, signed with ``repo``'s key and indexed: a Tiny Distro with a dnf."""
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = _rpm_env(workdir)
-    root = workdir / "standin-root"
-    listed = stage_dnf(root, env)
-    topdir = workdir / "rpmbuild"
-    (topdir / "SPECS").mkdir(parents=True)
-    spec = topdir / "SPECS" / "tinydistro-dnf.spec"
-    spec.write_text(_dnf_spec(root, listed))
-    _run(["rpmbuild", "-bb", "--nodeps", "--quiet", "--define", f"_topdir {topdir}",
-          *_dbpath(workdir / "rpmdb-build"), str(spec)], env)
-    built = sorted((topdir / "RPMS").glob("*/*.rpm"))
-    shutil.rmtree(root)  # the package holds it now
-    target = workdir / "repo"
-    shutil.copytree(base or repo.signed, target, ignore=shutil.ignore_patterns("repodata"))
-    for rpm in built:
-        shutil.move(rpm, target / rpm.name)  # a hundred megabytes: moved, not copied
-    key = _Key(repo.key.parent.parent / "gnupg-key", repo.fingerprint, repo.key)
-    _sign([target / rpm.name for rpm in built], key, env)
-    _run(["createrepo_c", "--quiet", "--no-database", str(target)], env)
-    return target
+    return add_standin(repo, workdir, "tinydistro-dnf", stage_dnf, _dnf_spec, base)

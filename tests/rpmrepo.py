@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -512,22 +512,31 @@ cp -a {root}/. %{{buildroot}}/
 def add_rpm_build(repo: RpmRepo, workdir: Path) -> Path:
     """A copy of ``repo``'s signed repository with the rpm-build stand-in added, signed with
     the same key and indexed: a Tiny Distro with a build root."""
+    return add_standin(repo, workdir, "tinydistro-rpm-build", _stage_rpmbuild, _rpmbuild_spec)
+
+
+def add_standin(repo: RpmRepo, workdir: Path, name: str, stage: Callable[[Path, Mapping[str, str]], list[str]],
+                spec_text: Callable[[Path, Sequence[str]], str], base: Path | None = None) -> Path:
+    """A copy of ``repo``'s signed repository (or of the repository ``base``) with the package
+    ``name`` added - the files ``stage`` copies from the host into a root, packaged by the spec
+    ``spec_text`` writes - signed with ``repo``'s key and indexed."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = _rpm_env(workdir)
     root = workdir / "standin-root"
-    listed = _stage_rpmbuild(root, env)
+    listed = stage(root, env)
     topdir = workdir / "rpmbuild"
     (topdir / "SPECS").mkdir(parents=True)
-    spec = topdir / "SPECS" / "tinydistro-rpm-build.spec"
-    spec.write_text(_rpmbuild_spec(root, listed))
+    spec = topdir / "SPECS" / f"{name}.spec"
+    spec.write_text(spec_text(root, listed))
     _run(["rpmbuild", "-bb", "--nodeps", "--quiet", "--define", f"_topdir {topdir}",
           *_dbpath(workdir / "rpmdb-build"), str(spec)], env)
     built = sorted((topdir / "RPMS").glob("*/*.rpm"))
+    shutil.rmtree(root)  # the package holds it now
     target = workdir / "repo"
-    shutil.copytree(repo.signed, target, ignore=shutil.ignore_patterns("repodata"))
+    shutil.copytree(base or repo.signed, target, ignore=shutil.ignore_patterns("repodata"))
     for rpm in built:
-        shutil.copy2(rpm, target / rpm.name)
+        shutil.move(rpm, target / rpm.name)  # a stand-in may weigh a hundred megabytes: moved, not copied
     key = _Key(repo.key.parent.parent / "gnupg-key", repo.fingerprint, repo.key)
     _sign([target / rpm.name for rpm in built], key, env)
     _run(["createrepo_c", "--quiet", "--no-database", str(target)], env)

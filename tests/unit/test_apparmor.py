@@ -18,6 +18,7 @@ from sandboxmgr import apparmor, doctor, userns
 from sandboxmgr.cli import cli
 from sandboxmgr.errors import SandboxError
 from tests.conftest import REPO, missing
+from tests.unit.conftest import made_up_host
 
 SHIPPED = REPO / "contrib" / "apparmor" / "sandboxmgr"
 # make deps writes it (contrib/apparmor/get-parser): AppArmor 4's parser, the host's or Debian 13's.
@@ -147,14 +148,7 @@ def test_no_label_without_apparmor(label: Path) -> None:
 def restricted(tmp_path: Path, label: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A made-up Ubuntu 24.04 host: kernel.apparmor_restrict_unprivileged_userns=1, user
     namespaces otherwise allowed, the user's ranges there; this process unconfined."""
-    for name, text in (("max", "15000\n"), ("apparmor", "1\n"), ("subuid", "me:100000:65536\n"),
-                       ("subgid", "me:100000:65536\n")):
-        (tmp_path / name).write_text(text)
-    monkeypatch.setattr(userns, "MAX_USER_NAMESPACES", str(tmp_path / "max"))
-    monkeypatch.setattr(userns, "APPARMOR_RESTRICT", str(tmp_path / "apparmor"))
-    monkeypatch.setattr(userns, "SUBUID", str(tmp_path / "subuid"))
-    monkeypatch.setattr(userns, "SUBGID", str(tmp_path / "subgid"))
-    monkeypatch.setattr(userns, "user_name", lambda uid: "me")
+    made_up_host(tmp_path, monkeypatch, apparmor_restricts=True)
     monkeypatch.setattr(userns, "_find", lambda program: "/usr/bin/" + program)
     script = _script(tmp_path / "venv" / "bin")
     monkeypatch.setattr(sys, "argv", [str(script)])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import userns
+from tests.unit.conftest import made_up_host
 
 
 def test_the_first_range_of_the_user_by_name_or_number_is_used(tmp_path: Path) -> None:
@@ -33,15 +34,7 @@ def test_root_inside_is_the_user_and_the_others_its_subordinate_ids() -> None:
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A made-up host: its sysctls, subuid and subgid files in tmp_path."""
-    for name, text in (("max", "15000\n"), ("apparmor", "0\n"), ("subuid", "me:100000:65536\n"),
-                       ("subgid", "me:100000:65536\n")):
-        (tmp_path / name).write_text(text)
-    monkeypatch.setattr(userns, "MAX_USER_NAMESPACES", str(tmp_path / "max"))
-    monkeypatch.setattr(userns, "APPARMOR_RESTRICT", str(tmp_path / "apparmor"))
-    monkeypatch.setattr(userns, "SUBUID", str(tmp_path / "subuid"))
-    monkeypatch.setattr(userns, "SUBGID", str(tmp_path / "subgid"))
-    monkeypatch.setattr(userns, "user_name", lambda uid: "me")
-    return tmp_path
+    return made_up_host(tmp_path, monkeypatch, apparmor_restricts=False)
 
 
 def test_a_host_that_allows_it_has_no_problem(host: Path) -> None:
