@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -142,7 +143,15 @@ def run_all(bench: Bench, wanted: set[str], keep: bool) -> tuple[list[Section], 
     return sections, status
 
 
+def _exit_on(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # A bench stopped by kill (or its terminal closing) unwinds as one stopped by Ctrl-C: every
+    # step's finally runs, so no sandbox it started is left running and no mount is left behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on)
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, mounts, debootstrap)", file=sys.stderr)
