@@ -15,7 +15,7 @@ from sandboxmgr import ticket
 from sandboxmgr.join import Holder
 from sandboxmgr.names import NAME_RE
 from sandboxmgr.spec import DEFAULT_CAPABILITIES, EnterSpec
-from sandboxmgr.store import Store
+from sandboxmgr.store import SandboxRecord, Store
 
 
 def _spec() -> EnterSpec:
@@ -78,3 +78,14 @@ def test_the_joining_fast_path_imports_neither_json_nor_pathlib_nor_the_config_m
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": os.pathsep.join(sys.path), "PATH": os.environ.get("PATH", "")}).stdout
     assert out.split() == []
+
+
+def test_a_start_whose_ticket_cannot_be_written_leaves_none_of_an_earlier_start(tmp_path: Path) -> None:
+    # The earlier start's ticket names a PID 1 that is gone; a pid and start time seen again
+    # (after a reboot) must not make it this start's, whose settings it may not say.
+    store = Store(tmp_path / "store")
+    record = SandboxRecord("box", tmp_path, {"settings": {"seccomp": "unconfined"}})
+    ticket.write(tmp_path, Holder(41, 99, ()), _spec(), None, general=False)
+    (tmp_path / (ticket.TICKET_FILE + ".tmp")).mkdir()  # what makes this start's write fail
+    ticket.issue(store, record, Holder(42, 100, ()), auto_stop=False)
+    assert not (tmp_path / ticket.TICKET_FILE).exists() and ticket.read(str(tmp_path)) is None
