@@ -29,10 +29,11 @@ import contextlib
 import marshal
 import os
 import sys
+from stat import S_ISDIR
 
 from sandboxmgr.join import Holder, open_holder, run_joined
 from sandboxmgr.locks import is_locked, let_go, lock_name, take
-from sandboxmgr.spec import EnterSpec
+from sandboxmgr.spec import DEFAULT_CAPABILITIES, EnterSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -50,6 +51,12 @@ SANDBOXES_DIR = "sandboxes"
 LOCKS_DIR = "locks"
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _NAME_REST = _NAME_FIRST | frozenset("._-")
+# What write() puts in a ticket besides its format: each field and the types of its value.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "start_time": (int,), "cgroups": (list,), "env": (dict,), "workdir": (str, type(None)),
+    "hostname": (str,), "user": (str, type(None)), "network": (str,), "tty": (bool,), "isolation": (str,),
+    "capabilities": (list,), "no_new_privs": (bool,), "seccomp": (bytes, type(None)),
+}
 
 
 def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: bytes | None,
@@ -112,7 +119,33 @@ def read(directory: str) -> dict[str, Any] | None:
         return None
     if data.get("python") != list(sys.version_info[:2]):  # marshal's format is Python's own
         return None
-    return data
+    return data if _well_formed(data) else None
+
+
+def _well_formed(data: dict[str, Any]) -> bool:
+    """Whether ``data`` holds what :func:`write` writes: each field of its type, text where it
+    is text, and no capability beyond those a command is ever given (join_spec's): a file put
+    where a ticket is looked for gives no more than the general path would."""
+    if not all(isinstance(data.get(key), types) for key, types in _FIELDS.items()):
+        return False
+    texts = (*data["env"], *data["env"].values(), *data["cgroups"])
+    return (all(isinstance(text, str) for text in texts)
+            and all(isinstance(number, int) and number in DEFAULT_CAPABILITIES for number in data["capabilities"]))
+
+
+def _root_only(store: str, directories: tuple[str, ...]) -> bool:
+    """Whether ``store`` and its ``directories`` (below it, no link) are directories of root's
+    (the caller's) that no one else may write, as Store.ensure makes them. In a store another
+    user can write, a ticket could be a link's way to a file root wrote elsewhere (what root
+    inside a sandbox writes in its root is root's on the host): the general path's business."""
+    for path, look in ((store, os.stat), *((directory, os.lstat) for directory in directories)):
+        try:
+            info = look(path)
+        except OSError:
+            return False
+        if not S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return False
+    return True
 
 
 def plain_name(name: str) -> bool:
@@ -128,9 +161,11 @@ def exec_running(store: str, name: str, argv: tuple[str, ...], tty: bool, joinin
     if os.geteuid() != 0 or not argv or not plain_name(name):
         return None
     directory = f"{store}/{SANDBOXES_DIR}/{name}"
+    locks = f"{store}/{LOCKS_DIR}"
+    if not _root_only(store, (f"{store}/{SANDBOXES_DIR}", directory, locks)):
+        return None
     if not os.path.isfile(f"{directory}/sandbox.json"):
         return None
-    locks = f"{store}/{LOCKS_DIR}"
     try:
         transition = take(f"{locks}/{lock_name('sandbox', name)}", exclusive=True)
     except OSError:

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from sandboxmgr import catalog, live
+from sandboxmgr import catalog, live, ticket
+from sandboxmgr.join import Holder, start_time
+from sandboxmgr.locks import let_go, lock_name, take
+from sandboxmgr.spec import INIT_NAME, EnterSpec
 from sandboxmgr.store import Store
 from tests.conftest import CLI, ConcurrentBuild, UserCLI
 
@@ -62,3 +67,45 @@ def test_top_never_shows_a_host_process_that_took_the_pid_of_one_of_the_sandbox(
     rows = catalog.sandbox_processes(Store(cli.store), live_box)
     assert [row["sandbox_pid"] for row in rows][:1] == [1] and any("sleep 300" in row["command"] for row in rows)
     assert os.getpid() not in [row["pid"] for row in rows], rows
+
+
+@pytest.mark.parametrize("how", ["a user's store", "a link in root's store"])
+def test_exec_takes_no_ticket_from_a_store_another_user_can_write(tmp_path: Path, how: str) -> None:
+    """``sudo sandboxmgr --store DIR exec box ...`` on a store a user can write: ``sandboxes/box``
+    may be the user's link to any directory, e.g. a sandbox's root as the host sees it, where
+    root inside writes files that are root's and 0600 on the host - a "ticket" naming a live
+    PID 1 and every capability (the one read refuses now) or no filter and no no_new_privs. The
+    ticket path never reads a store whose directories are not root's alone; the general way
+    takes the command."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / INIT_NAME).symlink_to(sleep)
+    init = subprocess.Popen([str(tmp_path / "bin" / INIT_NAME), "300"])  # any process of that name
+    try:
+        planted = tmp_path / "upper"  # what root inside a sandbox wrote in its root
+        planted.mkdir(mode=0o700)
+        (planted / "sandbox.json").write_text("{}")
+        found = start_time(init.pid)
+        assert found is not None
+        spec = EnterSpec(root=None, no_new_privs=False, seccomp=None)
+        ticket.write(planted, Holder(init.pid, found), spec, None, general=False)
+        store = tmp_path / "store"
+        for directory in (store, store / "sandboxes", store / "locks"):
+            directory.mkdir(mode=0o700)
+            if how == "a user's store":
+                os.chown(directory, 65534, 65534)
+        (store / "sandboxes" / "box").symlink_to(planted)
+        live_lock = take(store / "locks" / lock_name("live", "box"), exclusive=True)  # "running"
+        assert live_lock is not None
+
+        def joining() -> None:
+            raise AssertionError(f"joined by a ticket found through {how}")
+
+        try:
+            assert ticket.exec_running(str(store), "box", ("true",), False, joining) is None
+        finally:
+            let_go(live_lock, exclusive=True)
+    finally:
+        init.kill()
+        init.wait()

@@ -89,3 +89,19 @@ def test_a_start_whose_ticket_cannot_be_written_leaves_none_of_an_earlier_start(
     (tmp_path / (ticket.TICKET_FILE + ".tmp")).mkdir()  # what makes this start's write fail
     ticket.issue(store, record, Holder(42, 100, ()), auto_stop=False)
     assert not (tmp_path / ticket.TICKET_FILE).exists() and ticket.read(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("spoil", ["capability", "unhashable", "env", "pid", "seccomp"])
+def test_a_ticket_never_gives_more_than_the_general_path_would(tmp_path: Path, spoil: str) -> None:
+    # write() only ever writes join_spec's capabilities (Docker's default set): a file that names
+    # CAP_SYS_ADMIN (21), or holds values of other types, is not a ticket this code wrote.
+    path = tmp_path / ticket.TICKET_FILE
+    ticket.write(tmp_path, Holder(41, 99, ()), _spec(), b"BPF", general=False)
+    data = marshal.loads(path.read_bytes())
+    data |= {"capability": {"capabilities": [*data["capabilities"], 21]},
+             "unhashable": {"capabilities": [[0]]},
+             "env": {"env": {"PATH": b"/bin"}},
+             "pid": {"pid": "41"},
+             "seccomp": {"seccomp": "BPF"}}[spoil]
+    path.write_bytes(marshal.dumps(data))
+    assert ticket.read(str(tmp_path)) is None
