@@ -109,3 +109,16 @@ def test_exec_takes_no_ticket_from_a_store_another_user_can_write(tmp_path: Path
     finally:
         init.kill()
         init.wait()
+
+
+def test_top_shows_a_bounded_part_of_each_command_line(cli: CLI, live_box: str) -> None:
+    """A command line is the sandbox's to write, up to 128 KiB an argument and megabytes a process,
+    in as many processes as it likes: top reads and prints its first 4 KiB (catalog.COMMAND_BYTES),
+    then ``...``."""
+    cli.ok("start", live_box)
+    cli.ok("exec", live_box, "bash", "-c",
+           "(exec -a \"$(printf '%*s' 100000 '' | tr ' ' x)\" sleep 300 > /dev/null 2>&1 &)")
+    rows = json.loads(cli.ok("top", "--json", live_box).out)
+    (long,) = [row for row in rows if row["command"].startswith("xxx")]
+    assert long["command"] == "x" * 4096 + "...", len(long["command"])
+    assert max(len(line) for line in cli.ok("top", live_box).out.splitlines()) < 2 * 4096
