@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import catalog, live, ticket
+from sandboxmgr import catalog, join, linux, live, ticket
 from sandboxmgr.join import Holder, start_time
 from sandboxmgr.locks import let_go, lock_name, take
 from sandboxmgr.spec import INIT_NAME, EnterSpec
@@ -122,3 +122,28 @@ def test_top_shows_a_bounded_part_of_each_command_line(cli: CLI, live_box: str) 
     (long,) = [row for row in rows if row["command"].startswith("xxx")]
     assert long["command"] == "x" * 4096 + "...", len(long["command"])
     assert max(len(line) for line in cli.ok("top", live_box).out.splitlines()) < 2 * 4096
+
+
+def test_a_command_joining_a_sandbox_that_stops_meanwhile_says_so() -> None:
+    """``exec`` racing ``stop`` or ``restart``: PID 1 may die between run_joined's look at it and
+    the joining child's setns. The child then says what run_joined says in that case (the sandbox
+    stopped, run the command again), not an errno of setns."""
+    gone = subprocess.Popen(["true"])
+    pidfd = os.pidfd_open(gone.pid)
+    gone.wait()  # a pidfd of a PID 1 that died and was reaped
+    err_read, err_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the joining child, which fails before it joins anything
+        try:
+            os.close(err_read)
+            join._joined(EnterSpec(root=None, argv=("true",)), err_write, pidfd, linux.CLONE_NEWUTS, None, [], None,
+                         None)
+        finally:
+            os._exit(99)
+    os.close(err_write)
+    os.close(pidfd)
+    with os.fdopen(err_read, "rb") as pipe:
+        said = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 125
+    assert said.split("\t")[:2] == ["125", "the sandbox stopped while the command was joining it"], said
