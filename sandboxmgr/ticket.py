@@ -33,7 +33,7 @@ from stat import S_ISDIR
 
 from sandboxmgr.join import Holder, open_holder, run_joined
 from sandboxmgr.locks import is_locked, let_go, lock_name, take
-from sandboxmgr.spec import DEFAULT_CAPABILITIES, EnterSpec
+from sandboxmgr.spec import DEFAULT_CAPABILITIES, DEFAULT_SECCOMP, EnterSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from sandboxmgr.store import SandboxRecord, Store
 
 TICKET_FILE = "join.ticket"
-FORMAT = 1
+FORMAT = 2
 # The store's layout as store.Store spells it (a unit test checks they agree): this module
 # is on a path that does not import store.py.
 SANDBOXES_DIR = "sandboxes"
@@ -55,7 +55,7 @@ _NAME_REST = _NAME_FIRST | frozenset("._-")
 _FIELDS: dict[str, tuple[type, ...]] = {
     "pid": (int,), "start_time": (int,), "cgroups": (list,), "env": (dict,), "workdir": (str, type(None)),
     "hostname": (str,), "user": (str, type(None)), "network": (str,), "tty": (bool,), "isolation": (str,),
-    "capabilities": (list,), "no_new_privs": (bool,), "seccomp": (bytes, type(None)),
+    "capabilities": (list,), "no_new_privs": (bool,), "seccomp": (bytes, type(None)), "policy": (str, type(None)),
 }
 
 
@@ -70,7 +70,7 @@ def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: byt
         "env": dict(spec.env), "workdir": spec.workdir, "hostname": spec.hostname, "user": spec.user,
         "network": spec.network, "tty": spec.tty, "isolation": spec.isolation,
         "capabilities": sorted(spec.capabilities), "no_new_privs": spec.no_new_privs,
-        "seccomp": seccomp_program,
+        "seccomp": seccomp_program, "policy": None if spec.seccomp is None else repr(spec.seccomp),
     }
     tmp = directory / (TICKET_FILE + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -125,8 +125,12 @@ def read(directory: str) -> dict[str, Any] | None:
 def _well_formed(data: dict[str, Any]) -> bool:
     """Whether ``data`` holds what :func:`write` writes: each field of its type, text where it
     is text, and no capability beyond those a command is ever given (join_spec's): a file put
-    where a ticket is looked for gives no more than the general path would."""
+    where a ticket is looked for gives no more than the general path would. Its filter is this
+    code's default one (or none): one a former version wrote (before an upgrade that changed the
+    default policy) is not what the general path gives now."""
     if not all(isinstance(data.get(key), types) for key, types in _FIELDS.items()):
+        return False
+    if (data["policy"] is None) != (data["seccomp"] is None) or data["policy"] not in (None, repr(DEFAULT_SECCOMP)):
         return False
     texts = (*data["env"], *data["env"].values(), *data["cgroups"])
     return (all(isinstance(text, str) for text in texts)
