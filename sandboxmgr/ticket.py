@@ -147,7 +147,9 @@ def _root_only(store: str, directories: tuple[str, ...]) -> bool:
             info = look(path)
         except OSError:
             return False
-        if not S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        # Group write only for root's group (a sandbox's directory under root's umask 0002).
+        others_write = info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != 0)
+        if not S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or others_write:
             return False
     return True
 
