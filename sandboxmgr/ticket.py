@@ -86,21 +86,22 @@ def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: byt
 def issue(store: Store, record: SandboxRecord, found: Holder, auto_stop: bool) -> None:
     """Write the ticket of ``record``, just started (live.start) and held by ``found``. A sandbox
     that stops with its last command (``auto_stop``), has limits, or a seccomp profile file (the
-    general path reads it again at each exec: the README says so) gets one that sends commands
-    the general way. None at all (a full disk) sends them the general way too: the ticket of a
-    previous start is removed first, so that no ticket ever outlives the PID 1 it was made for."""
+    general path reads it again at each exec: the README says so) gets none: its commands take
+    the general way, as they do when there is none for any other reason (a full disk). The
+    ticket of a previous start is removed first, so that none outlives the PID 1 it was made for."""
     from sandboxmgr.config import SandboxConfig  # the starter's imports: a start pays for them
-    from sandboxmgr.libseccomp import program
-    from sandboxmgr.sandbox import join_spec
 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(record.path / TICKET_FILE)
     saved = SandboxConfig.from_json(record.meta["settings"])
+    if auto_stop or found.cgroups or saved.limits is not None or saved.seccomp not in ("default", "unconfined"):
+        return
+    from sandboxmgr.libseccomp import program
+    from sandboxmgr.sandbox import join_spec
+
     spec = join_spec(store, saved)
-    general = (auto_stop or bool(found.cgroups) or saved.limits is not None
-               or saved.seccomp not in ("default", "unconfined"))
     with contextlib.suppress(OSError):
-        write(record.path, found, spec, program(spec.seccomp, spec.seccomp_cache) if spec.seccomp else None, general)
+        write(record.path, found, spec, program(spec.seccomp, spec.seccomp_cache) if spec.seccomp else None, False)
 
 
 def read(directory: str) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from sandboxmgr.join import Holder, start_time
 from sandboxmgr.locks import let_go, lock_name, take
 from sandboxmgr.spec import INIT_NAME, EnterSpec
 from sandboxmgr.store import Store
+from tests.adversarial.conftest import wait_until
 from tests.conftest import CLI, ConcurrentBuild, UserCLI
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
@@ -47,6 +48,29 @@ def test_exec_into_a_started_sandbox_reads_its_seccomp_profile_file_again(
         gone = fast_cli("exec", name, "true")
         assert gone.code == 125 and "cannot read it" in gone.err, gone
     finally:
+        cli("rm", "-f", name)
+
+
+def test_start_keeps_an_auto_started_sandbox_whose_seccomp_profile_file_is_gone(
+        cli: CLI, bookworm: ConcurrentBuild, tmp_path: Path) -> None:
+    """``start`` on a sandbox an exec started (to stop with it) makes it stay; its commands read
+    its profile file at each exec, so nothing of the file is needed then: a file removed (or
+    broken) since does not make ``start`` fail after it made the sandbox stay."""
+    profile = tmp_path / "seccomp.json"
+    profile.write_text(json.dumps(_ALLOW_ALL))
+    name = f"sc-{os.urandom(3).hex()}"
+    cli.ok("create", bookworm.profile, "--name", name, "--security-opt", f"seccomp={profile}")
+    long = cli.popen("exec", name, "sh", "-c", "touch /long; sleep 300")
+    try:
+        assert wait_until(lambda: (cli.store / "sandboxes" / name / "upper" / "long").exists(), timeout=60)
+        profile.unlink()
+        started = cli("start", name)
+        assert started.code == 0, started
+        (listed,) = [row for row in json.loads(cli.ok("ls", "--json").out) if row["name"] == name]
+        assert listed["state"] == "running"
+    finally:
+        long.kill()
+        long.communicate()
         cli("rm", "-f", name)
 
 
