@@ -174,33 +174,53 @@ def sandbox_info(store: Store, name: str) -> dict[str, Any]:
     return info
 
 
+# Of a command line, what top shows: the sandbox writes them (megabytes each, in any number of
+# processes), and what is read is held and printed whole.
+COMMAND_BYTES = 4096
+
+
 def sandbox_processes(store: Store, name: str) -> list[dict[str, Any]]:
     """``top``: the processes of a running sandbox, its PID 1 first - pid on the host and in
     the sandbox, uid (the host's view), state, CPU seconds, command line."""
-    from sandboxmgr.live import holder, processes
+    from sandboxmgr.live import holder, pid_namespace, processes
 
     record = store.sandbox(name)
     found = holder(store, record)
-    if found is None:
+    namespace = None if found is None else pid_namespace(found)
+    if found is None or namespace is None:
         raise SandboxError(f"sandbox {name!r} is not running", hint=f"start it first: sandboxmgr start {name}")
-    rows = [_process_row(pid) for pid in (found.pid, *processes(found))]
+    rows = [_process_row(pid, namespace) for pid in (found.pid, *processes(found))]
     return [row for row in rows if row is not None]
 
 
-def _process_row(pid: int) -> dict[str, Any] | None:
-    """What /proc says of ``pid`` (None once it is gone). Its command line is the sandbox's to
-    write: anything not printable in it is shown as ``?``."""
+def _process_row(pid: int, namespace: str) -> dict[str, Any] | None:
+    """What /proc says of ``pid`` while it is a process of the sandbox's PID ``namespace``, else
+    None: it is gone, or its pid is another's by now (a host process is never shown as the
+    sandbox's). Its command line is the sandbox's to write: anything not printable in it is
+    shown as ``?``, and what is beyond its first COMMAND_BYTES as ``...``."""
+    import signal
+
     try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != namespace:
+            return None
         with open(f"/proc/{pid}/status") as handle:
             status = dict(line.split(":", 1) for line in handle.read().splitlines() if ":" in line)
         with open(f"/proc/{pid}/stat") as handle:
             stat = handle.read().rpartition(")")[2].split()
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            argv = handle.read().rstrip(b"\0").split(b"\0")
-    except (OSError, ValueError):
+            cmdline = handle.read(COMMAND_BYTES + 1)
+        row = {"pid": pid, "sandbox_pid": int(status["NSpid"].split()[-1]), "uid": int(status["Uid"].split()[0]),
+               "state": stat[0], "cpu_seconds": round((int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), 2)}
+        signal.pidfd_send_signal(pidfd, 0)  # still that process: what /proc said was its
+    except (OSError, ValueError, KeyError, IndexError):
         return None
+    finally:
+        os.close(pidfd)
+    argv = cmdline[:COMMAND_BYTES].rstrip(b"\0").split(b"\0")
     command = " ".join(arg.decode(errors="replace") for arg in argv) or f"[{status.get('Name', '').strip()}]"
-    ticks = os.sysconf("SC_CLK_TCK")
-    return {"pid": pid, "sandbox_pid": int(status["NSpid"].split()[-1]), "uid": int(status["Uid"].split()[0]),
-            "state": stat[0], "cpu_seconds": round((int(stat[11]) + int(stat[12])) / ticks, 2),
-            "command": "".join(char if char.isprintable() else "?" for char in command)}
+    command = "".join(char if char.isprintable() else "?" for char in command)
+    return row | {"command": command + ("..." if len(cmdline) > COMMAND_BYTES else "")}

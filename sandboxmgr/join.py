@@ -43,6 +43,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the 
 if TYPE_CHECKING:
     pass
 
+_STOPPED = "the sandbox stopped while the command was joining it"
+_STOPPED_HINT = "run the command again: it starts the sandbox"
 _JOINED = {"mnt": linux.CLONE_NEWNS, "uts": linux.CLONE_NEWUTS, "ipc": linux.CLONE_NEWIPC,
            "net": linux.CLONE_NEWNET, "cgroup": linux.CLONE_NEWCGROUP}
 
@@ -129,8 +131,7 @@ def run_joined(holder: Holder, pidfd: int, spec: EnterSpec, seccomp_program: byt
             print(f"sandboxmgr: {said}", file=sys.stderr)
         return status
     except ProcessLookupError:
-        raise SandboxError("the sandbox stopped while the command was joining it",
-                           hint="run the command again: it starts the sandbox") from None
+        raise SandboxError(_STOPPED, hint=_STOPPED_HINT) from None
     except OSError as exc:
         raise SandboxError(f"cannot join the sandbox: {exc}", hint="see 'sandboxmgr doctor'") from None
     finally:
@@ -226,6 +227,9 @@ def _joined(spec: EnterSpec, err_write: int, pidfd: int, flags: int, root_fd: in
             pty_number = tty.open_pty("/", tty_child)
     except SandboxError as exc:
         fail(err_write, EXIT_MANAGER, exc.message, exc.hint or "")
+        return
+    except ProcessLookupError:  # PID 1 died since run_joined looked (a stop, a restart)
+        fail(err_write, EXIT_MANAGER, _STOPPED, _STOPPED_HINT)
         return
     except Exception as exc:
         fail(err_write, EXIT_MANAGER, f"cannot join the sandbox: {exc}")

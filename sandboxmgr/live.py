@@ -75,7 +75,7 @@ def holder(store: Store, record: SandboxRecord) -> Holder | None:
         return None
 
 
-def _pid_namespace(found: Holder) -> str | None:
+def pid_namespace(found: Holder) -> str | None:
     """The PID namespace of ``found`` while it is that sandbox's PID 1, else None: the pid in
     the store is never trusted alone (it may be another process's by now)."""
     pidfd = open_holder(found)
@@ -103,7 +103,7 @@ def _members(namespace: str, init: int) -> list[int]:
 
 def processes(found: Holder) -> list[int]:
     """The host pids of the sandbox's processes but its PID 1 (those in its PID namespace)."""
-    namespace = _pid_namespace(found)
+    namespace = pid_namespace(found)
     return [] if namespace is None else _members(namespace, found.pid)
 
 
@@ -292,7 +292,7 @@ def _stop(store: Store, record: SandboxRecord, grace: float) -> bool:
     found = holder(store, record)
     if found is None:
         return False
-    namespace = _pid_namespace(found)
+    namespace = pid_namespace(found)
     pidfd = open_holder(found)
     if pidfd is not None:
         try:
@@ -350,7 +350,7 @@ def kill(store: Store, record: SandboxRecord, sig: signal.Signals) -> int:
         with _transition(store, record) as current:
             _stop(store, current, 0)
         return 1
-    namespace = _pid_namespace(found)
+    namespace = pid_namespace(found)
     if namespace is None:
         raise SandboxError(f"sandbox {record.name!r} is not running", hint=f"start it: sandboxmgr start {record.name}")
     sent = 0

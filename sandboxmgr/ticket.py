@@ -29,10 +29,11 @@ import contextlib
 import marshal
 import os
 import sys
+from stat import S_ISDIR
 
 from sandboxmgr.join import Holder, open_holder, run_joined
 from sandboxmgr.locks import is_locked, let_go, lock_name, take
-from sandboxmgr.spec import EnterSpec
+from sandboxmgr.spec import DEFAULT_CAPABILITIES, DEFAULT_SECCOMP, EnterSpec
 from sandboxmgr.userns import entered
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
@@ -44,13 +45,19 @@ if TYPE_CHECKING:
     from sandboxmgr.store import SandboxRecord, Store
 
 TICKET_FILE = "join.ticket"
-FORMAT = 1
+FORMAT = 2
 # The store's layout as store.Store spells it (a unit test checks they agree): this module
 # is on a path that does not import store.py.
 SANDBOXES_DIR = "sandboxes"
 LOCKS_DIR = "locks"
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _NAME_REST = _NAME_FIRST | frozenset("._-")
+# What write() puts in a ticket besides its format: each field and the types of its value.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "start_time": (int,), "cgroups": (list,), "env": (dict,), "workdir": (str, type(None)),
+    "hostname": (str,), "user": (str, type(None)), "network": (str,), "tty": (bool,), "isolation": (str,),
+    "capabilities": (list,), "no_new_privs": (bool,), "seccomp": (bytes, type(None)), "policy": (str, type(None)),
+}
 
 
 def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: bytes | None,
@@ -64,7 +71,7 @@ def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: byt
         "env": dict(spec.env), "workdir": spec.workdir, "hostname": spec.hostname, "user": spec.user,
         "network": spec.network, "tty": spec.tty, "isolation": spec.isolation,
         "capabilities": sorted(spec.capabilities), "no_new_privs": spec.no_new_privs,
-        "seccomp": seccomp_program,
+        "seccomp": seccomp_program, "policy": None if spec.seccomp is None else repr(spec.seccomp),
     }
     tmp = directory / (TICKET_FILE + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -79,17 +86,23 @@ def write(directory: Path, holder: Holder, spec: EnterSpec, seccomp_program: byt
 
 def issue(store: Store, record: SandboxRecord, found: Holder, auto_stop: bool) -> None:
     """Write the ticket of ``record``, just started (live.start) and held by ``found``. A sandbox
-    that stops with its last command (``auto_stop``), or has limits, gets one that sends commands
-    the general way. None at all (a full disk) sends them the general way too."""
+    that stops with its last command (``auto_stop``), has limits, or a seccomp profile file (the
+    general path reads it again at each exec: the README says so) gets none: its commands take
+    the general way, as they do when there is none for any other reason (a full disk). The
+    ticket of a previous start is removed first, so that none outlives the PID 1 it was made for."""
     from sandboxmgr.config import SandboxConfig  # the starter's imports: a start pays for them
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record.path / TICKET_FILE)
+    saved = SandboxConfig.from_json(record.meta["settings"])
+    if auto_stop or found.cgroups or saved.limits is not None or saved.seccomp not in ("default", "unconfined"):
+        return
     from sandboxmgr.libseccomp import program
     from sandboxmgr.sandbox import join_spec
 
-    saved = SandboxConfig.from_json(record.meta["settings"])
     spec = join_spec(store, saved)
-    general = auto_stop or bool(found.cgroups) or saved.limits is not None
     with contextlib.suppress(OSError):
-        write(record.path, found, spec, program(spec.seccomp, spec.seccomp_cache) if spec.seccomp else None, general)
+        write(record.path, found, spec, program(spec.seccomp, spec.seccomp_cache) if spec.seccomp else None, False)
 
 
 def read(directory: str) -> dict[str, Any] | None:
@@ -108,7 +121,39 @@ def read(directory: str) -> dict[str, Any] | None:
         return None
     if data.get("python") != list(sys.version_info[:2]):  # marshal's format is Python's own
         return None
-    return data
+    return data if _well_formed(data) else None
+
+
+def _well_formed(data: dict[str, Any]) -> bool:
+    """Whether ``data`` holds what :func:`write` writes: each field of its type, text where it
+    is text, and no capability beyond those a command is ever given (join_spec's): a file put
+    where a ticket is looked for gives no more than the general path would. Its filter is this
+    code's default one (or none): one a former version wrote (before an upgrade that changed the
+    default policy) is not what the general path gives now."""
+    if not all(isinstance(data.get(key), types) for key, types in _FIELDS.items()):
+        return False
+    if (data["policy"] is None) != (data["seccomp"] is None) or data["policy"] not in (None, repr(DEFAULT_SECCOMP)):
+        return False
+    texts = (*data["env"], *data["env"].values(), *data["cgroups"])
+    return (all(isinstance(text, str) for text in texts)
+            and all(isinstance(number, int) and number in DEFAULT_CAPABILITIES for number in data["capabilities"]))
+
+
+def _root_only(store: str, directories: tuple[str, ...]) -> bool:
+    """Whether ``store`` and its ``directories`` (below it, no link) are directories of root's
+    (the caller's) that no one else may write, as Store.ensure makes them. In a store another
+    user can write, a ticket could be a link's way to a file root wrote elsewhere (what root
+    inside a sandbox writes in its root is root's on the host): the general path's business."""
+    for path, look in ((store, os.stat), *((directory, os.lstat) for directory in directories)):
+        try:
+            info = look(path)
+        except OSError:
+            return False
+        # Group write only for root's group (a sandbox's directory under root's umask 0002).
+        others_write = info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != 0)
+        if not S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or others_write:
+            return False
+    return True
 
 
 def plain_name(name: str) -> bool:
@@ -124,9 +169,11 @@ def exec_running(store: str, name: str, argv: tuple[str, ...], tty: bool, joinin
     if os.geteuid() != 0 or entered() or not argv or not plain_name(name):
         return None  # an ordinary user's (userns.py: its namespace is the running sandbox's to join)
     directory = f"{store}/{SANDBOXES_DIR}/{name}"
+    locks = f"{store}/{LOCKS_DIR}"
+    if not _root_only(store, (f"{store}/{SANDBOXES_DIR}", directory, locks)):
+        return None
     if not os.path.isfile(f"{directory}/sandbox.json"):
         return None
-    locks = f"{store}/{LOCKS_DIR}"
     try:
         transition = take(f"{locks}/{lock_name('sandbox', name)}", exclusive=True)
     except OSError:

@@ -15,7 +15,7 @@ from sandboxmgr import ticket
 from sandboxmgr.join import Holder
 from sandboxmgr.names import NAME_RE
 from sandboxmgr.spec import DEFAULT_CAPABILITIES, EnterSpec
-from sandboxmgr.store import Store
+from sandboxmgr.store import SandboxRecord, Store
 
 
 def _spec() -> EnterSpec:
@@ -38,7 +38,8 @@ def test_a_ticket_gives_back_what_join_spec_made_with_the_commands_argv(tmp_path
 @pytest.mark.parametrize("spoil", ["general", "format", "python", "garbage", "mode", "link", "missing"])
 def test_a_ticket_that_is_not_one_for_this_code_sends_commands_the_general_way(tmp_path: Path, spoil: str) -> None:
     path = tmp_path / ticket.TICKET_FILE
-    ticket.write(tmp_path, Holder(41, 99, ()), _spec(), None, general=spoil == "general")
+    ticket.write(tmp_path, Holder(41, 99, ()), _spec(), b"BPF", general=spoil == "general")
+    assert spoil == "general" or ticket.read(str(tmp_path)) is not None
     data = marshal.loads(path.read_bytes())
     if spoil in ("format", "python"):
         data |= {"format": ticket.FORMAT + 1} if spoil == "format" else {"python": [2, 7]}
@@ -78,3 +79,34 @@ def test_the_joining_fast_path_imports_neither_json_nor_pathlib_nor_the_config_m
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": os.pathsep.join(sys.path), "PATH": os.environ.get("PATH", "")}).stdout
     assert out.split() == []
+
+
+def test_a_start_whose_ticket_cannot_be_written_leaves_none_of_an_earlier_start(tmp_path: Path) -> None:
+    # The earlier start's ticket names a PID 1 that is gone; a pid and start time seen again
+    # (after a reboot) must not make it this start's, whose settings it may not say.
+    store = Store(tmp_path / "store")
+    record = SandboxRecord("box", tmp_path, {"settings": {"seccomp": "unconfined"}})
+    ticket.write(tmp_path, Holder(41, 99, ()), _spec(), None, general=False)
+    (tmp_path / (ticket.TICKET_FILE + ".tmp")).mkdir()  # what makes this start's write fail
+    ticket.issue(store, record, Holder(42, 100, ()), auto_stop=False)
+    assert not (tmp_path / ticket.TICKET_FILE).exists() and ticket.read(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("spoil", ["capability", "unhashable", "env", "pid", "seccomp", "upgraded", "no filter"])
+def test_a_ticket_never_gives_more_than_the_general_path_would(tmp_path: Path, spoil: str) -> None:
+    # write() only ever writes join_spec's capabilities (Docker's default set): a file that names
+    # CAP_SYS_ADMIN (21), or holds values of other types, is not a ticket this code wrote.
+    path = tmp_path / ticket.TICKET_FILE
+    ticket.write(tmp_path, Holder(41, 99, ()), _spec(), b"BPF", general=False)
+    data = marshal.loads(path.read_bytes())
+    data |= {"capability": {"capabilities": [*data["capabilities"], 21]},
+             "unhashable": {"capabilities": [[0]]},
+             "env": {"env": {"PATH": b"/bin"}},
+             "pid": {"pid": "41"},
+             "seccomp": {"seccomp": "BPF"},
+             # Written by a version whose default policy was another (before an upgrade), or
+             # without the filter its policy names.
+             "upgraded": {"policy": str(data.get("policy")).replace("clone3", "clone4")},
+             "no filter": {"seccomp": None}}[spoil]
+    path.write_bytes(marshal.dumps(data))
+    assert ticket.read(str(tmp_path)) is None
