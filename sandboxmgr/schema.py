@@ -257,6 +257,9 @@ def validate_env(raw: Raw, value: Any) -> dict[str, str]:
     for key, item in value.items():
         if not ENV_KEY_RE.fullmatch(key):
             raw.error(("env", key), "is not a valid environment variable name")
+        elif isinstance(item, str) and "\0" in item:
+            # execve(2) takes C strings: the value would be cut there (Python refuses it outright).
+            raw.error(("env", key), "holds a NUL character (\\0), which no environment variable can hold")
         elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
             env[key] = str(item)
         else:

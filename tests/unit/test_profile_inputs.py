@@ -158,3 +158,10 @@ def test_a_file_that_is_not_text_is_a_clean_error_naming_its_line(tmp_path: Path
     with pytest.raises(ProfileError) as info:
         ProfileRegistry([tmp_path]).load("p")
     assert info.value.message.startswith(f"{tmp_path / 'p.yaml'}:3: not ")
+
+
+def test_an_env_value_holding_a_nul_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    # execve(2) cannot pass it: the command would fail with a traceback at its exec.
+    message = refused(tmp_path, {**DEBIAN, "env": {"GREETING": "hello\0world"}}, "env.GREETING")
+    assert "NUL" in message
+    assert dict(load(tmp_path, {**DEBIAN, "env": {"GREETING": "hello world"}}).env) == {"GREETING": "hello world"}
