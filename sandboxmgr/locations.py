@@ -109,7 +109,7 @@ def make_private(directories: Sequence[str], create: bool) -> None:
     # One stat per directory (every run passes here twice: the fast path counts).
     for directory in directories:
         try:
-            mode = os.stat(directory).st_mode
+            info = os.stat(directory)
         except (FileNotFoundError, NotADirectoryError):
             if not create:
                 continue
@@ -117,9 +117,27 @@ def make_private(directories: Sequence[str], create: bool) -> None:
                 os.makedirs(os.path.dirname(directory), exist_ok=True)
             with suppress(FileExistsError):
                 os.mkdir(directory, STORE_MODE)
-            mode = os.stat(directory).st_mode
-        if mode & 0o077:
+            info = os.stat(directory)
+        refuse_foreign(directory, info.st_uid)
+        if info.st_mode & 0o077:
             tighten_dir(directory)
+
+
+def refuse_foreign(directory: str, owner: int) -> None:
+    """Root's store is root's alone, its owner included: 0700 keeps no one out of a directory
+    that is theirs, and images hold setuid-root binaries (``sudo sandboxmgr --store ~/x build``
+    would hand them to the user who owns ~/x). For an ordinary user, in its own namespace
+    (userns.py), its own files read as uid 0 too; someone else's as the overflow id."""
+    if os.geteuid() != 0 or owner == 0:
+        return
+    from sandboxmgr import userns
+
+    if userns.entered():  # an ordinary user in its namespace, on another's store
+        raise not_yours(_path(directory))
+    raise SandboxError(f"the store directory {shown(directory)} belongs to uid {owner}, not to root: "
+                       "whoever owns it could reach the setuid binaries and devices root puts in it",
+                       hint="use a store of root's own (the default, or --store in a directory root owns), "
+                            "or chown -R root: it first")
 
 
 def create_private(root: Path, directories: Sequence[str]) -> None:

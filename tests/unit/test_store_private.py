@@ -59,3 +59,21 @@ def test_stale_lock_files_are_removed_and_live_ones_kept(tmp_path: Path) -> None
                                                        "sandbox-waiting.lock"]
     finally:
         held.release()
+
+
+def test_a_store_directory_root_does_not_own_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0700 keeps no one out of a directory that is theirs: root's images (setuid binaries) in a
+    store a user owns would be the user's to run."""
+    store = Store(tmp_path / "store")
+    store.ensure()
+    if os.geteuid() == 0:
+        foreign = 65534
+        os.chown(store.layers_dir, foreign, -1)
+    else:  # as an ordinary user: the store is all theirs, and root's view of it is what counts
+        foreign = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(SandboxError) as info:
+        store.tighten()
+    assert f"belongs to uid {foreign}, not to root" in info.value.message and info.value.hint, info.value.message
+    with pytest.raises(SandboxError):
+        Store(tmp_path / "store").ensure()
