@@ -70,8 +70,8 @@ def test_start_keeps_an_auto_started_sandbox_whose_seccomp_profile_file_is_gone(
         assert listed["state"] == "running"
     finally:
         long.kill()
+        cli("rm", "-f", name)  # first: its `sleep 300` holds the pipes communicate() reads to the end
         long.communicate()
-        cli("rm", "-f", name)
 
 
 def test_top_never_shows_a_host_process_that_took_the_pid_of_one_of_the_sandbox(
