@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from sandboxmgr import linux, mountexec, pid1, tty
+from sandboxmgr.entry import raise_if_interrupted
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError, warn
 from sandboxmgr.execute import FORWARDED, exec_command, fail, import_nothing
 from sandboxmgr.libseccomp import program
@@ -127,6 +128,7 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     # before Python ran it.
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
+        raise_if_interrupted()
         pid = fork_in_pid_namespace(own_pid_ns)
         if pid == 0:  # pragma: no cover - runs in the sandbox's PID 1
             os.close(err_read)
@@ -149,7 +151,7 @@ def _enter(spec: EnterSpec, cgroup: RunCgroup | None, seccomp_program: bytes | N
     caller = None if spec.tty or spec.stdio is not None else tty.save()
     try:
         status = supervise(pid, err_read, tty_parent, tty_child, spec.interruptible,
-                           None if ready is None else lambda: ready(pid, cgroup))
+                           None if ready is None else lambda _wake: ready(pid, cgroup))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # if supervise did not get there
         os.close(alive_write)

@@ -22,15 +22,33 @@ if TYPE_CHECKING:
     _T = TypeVar("_T")
 
 
-def _raise_exit(signum: int, _frame: object) -> NoReturn:
-    # SIGTERM and SIGHUP unwind like Ctrl-C, so builds remove their temporary trees.
+_CAUGHT: list[int] = []  # the stopping signals received, in order (raise_if_interrupted)
+
+
+def _stop(signum: int, _frame: object) -> NoReturn:
+    # Ctrl-C raises KeyboardInterrupt; SIGTERM and SIGHUP unwind like it, so builds remove
+    # their temporary trees. Recorded too: Python swallows what a handler raises while it
+    # runs a weakref callback or a __del__ (one of importlib's module locks, in an import,
+    # printed "Exception ignored in ..." and the run went on to exit 0).
+    _CAUGHT.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise again a stopping signal whose exception Python swallowed. Called with the
+    forwarded signals blocked, just before a sandbox's command is forked (enter._enter,
+    join.run_joined): one that came earlier is never lost, and one that comes later waits
+    for the handler that forwards it (supervise)."""
+    if _CAUGHT:
+        _stop(_CAUGHT[0], None)
 
 
 def start() -> None:
     """Signals and umask, before anything else is done."""
-    signal.signal(signal.SIGTERM, _raise_exit)
-    signal.signal(signal.SIGHUP, _raise_exit)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     # Directories made in the store become directories of sandboxes and images (an
     # overlay takes a directory's mode from its upper one): a caller's umask of 077
     # would make / or /usr unreadable to users inside.

@@ -32,6 +32,7 @@ import signal
 import sys
 
 from sandboxmgr import linux, tty
+from sandboxmgr.entry import raise_if_interrupted
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError
 from sandboxmgr.execute import FORWARDED, exec_command, fail, import_nothing
 from sandboxmgr.idmap import become_root
@@ -153,6 +154,7 @@ def _fork_joined(spec: EnterSpec, pidfd: int, flags: int, root_fd: int | None, c
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # as enter._enter: none lost, none early
     try:
+        raise_if_interrupted()
         linux.setns(pidfd, linux.CLONE_NEWPID)  # our next child is born in the sandbox's
         try:
             pid = os.fork()
@@ -178,7 +180,7 @@ def _fork_joined(spec: EnterSpec, pidfd: int, flags: int, root_fd: int | None, c
     caller = None if spec.tty or spec.stdio is not None else tty.save()
     try:
         return supervise(pid, err_read, tty_parent, tty_child, spec.interruptible,
-                         ready=(lambda: tty.relay_pipes(pid, pipes)) if pipes else None)
+                         ready=(lambda wake: tty.relay_pipes(pid, pipes, wake)) if pipes else None)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         if caller is not None:

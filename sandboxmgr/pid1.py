@@ -36,31 +36,43 @@ def exit_status(wait_status: int) -> int:
 
 def reap(child: int, everyone: bool = False) -> None:
     """Forward signals to the command (a SIGTERM to every process with ``everyone``: a live
-    sandbox's main command, stopped), reap every orphan, exit with the command's status."""
+    sandbox's main command, stopped), reap every orphan, exit with the command's status.
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(-1 if everyone and signum == signal.SIGTERM else child, signum)
+    The forwarded signals stay blocked, as the fork left them, and are taken by sigwaitinfo
+    with SIGCHLD: a Python handler would run between bytecodes, and one due just before
+    waitpid blocked would wait with it - a Ctrl-C forwarded only once the command ended."""
+    waited = {*FORWARDED, signal.SIGCHLD}
+    for sig in waited:
+        signal.signal(sig, _ignore)
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    while True:
+        status = _reaped(child)
+        if status is not None:
+            # Leaving PID 1 makes the kernel kill whatever else is left in the namespace.
+            os._exit(status)
+        signum = signal.sigwaitinfo(waited).si_signo
+        if signum != signal.SIGCHLD:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1 if everyone and signum == signal.SIGTERM else child, signum)
 
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked since the fork (enter._enter)
-    status = 0
+
+def _reaped(child: int) -> int | None:
+    """Reap every child that ended; the command's exit status once it ended (0 if it is
+    gone without one), else None."""
     while True:
         try:
-            pid, wait_status = os.waitpid(-1, 0)
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            break
+            return 0
+        if pid == 0:
+            return None
         if pid == child:
-            status = exit_status(wait_status)
-            break
-    # Leaving PID 1 makes the kernel kill whatever else is left in the namespace.
-    os._exit(status)
+            return exit_status(wait_status)
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
-    """A handler, never run (the signals are blocked and taken by sigtimedwait): the kernel
-    delivers a signal to a PID namespace's init only when it has one."""
+    """A handler, never run (the signals are blocked and taken by sigwaitinfo/sigtimedwait):
+    the kernel delivers a signal to a PID namespace's init only when it has one."""
 
 
 def hold() -> None:

@@ -100,8 +100,21 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[written:]
 
 
-def relay(master: int) -> None:
-    """Copy between our stdin/stdout and the sandbox's pty until the sandbox closes it."""
+def wait_readable(fds: list[int], wake: int) -> list[int]:
+    """Those of ``fds`` that are readable, waiting until one is. A signal that comes meanwhile
+    (or came just before) makes it return early, empty: the caller loops, and its handler runs
+    on the way back (the interpreter runs handlers that are due at a loop's jump back)."""
+    ready, _, _ = select.select([*fds, wake], [], [])
+    if wake in ready:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wake, 256):
+                pass
+    return [fd for fd in ready if fd != wake]
+
+
+def relay(master: int, wake: int) -> None:
+    """Copy between our stdin/stdout and the sandbox's pty until the sandbox closes it
+    (``wake``: supervise's signal wakeup descriptor)."""
     saved = None
     if os.isatty(0):
         saved = termios.tcgetattr(0)
@@ -119,7 +132,7 @@ def relay(master: int) -> None:
     sources = [master, 0]
     try:
         while True:
-            ready, _, _ = select.select(sources, [], [])
+            ready = wait_readable(sources, wake)
             if master in ready:
                 try:
                     data = os.read(master, 65536)
@@ -156,7 +169,7 @@ def terminal_pipes() -> dict[int, tuple[int, int]]:
     return pipes
 
 
-def relay_pipes(pid: int, pipes: dict[int, tuple[int, int]]) -> None:
+def relay_pipes(pid: int, pipes: dict[int, tuple[int, int]], wake: int) -> None:
     """Copy between our terminal and the command's pipes (:func:`terminal_pipes`) until the
     command (our child ``pid``) exits, then what it left in them; never after: whatever it left
     running in the sandbox writes into pipes no one reads, and reads nothing of ours."""
@@ -166,7 +179,7 @@ def relay_pipes(pid: int, pipes: dict[int, tuple[int, int]]) -> None:
     ends = {ours for _, ours in pipes.values()}
     try:
         while True:
-            ready, _, _ = select.select([pidfd, *feeds], [], [])
+            ready = wait_readable([pidfd, *feeds], wake)
             for source in [fd for fd in ready if fd != pidfd]:
                 _feed(source, feeds, ends)
             if pidfd in ready:

@@ -1,0 +1,69 @@
+"""A stopping signal is never lost to a place where Python swallows exceptions (entry.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+# The handler's exception raised inside a weakref callback, as it was inside one of
+# importlib's module locks during an import: Python prints "Exception ignored" and goes on.
+_SWALLOWED = textwrap.dedent("""
+    import os, signal, sys, weakref
+    from sandboxmgr import entry
+
+    entry.start()
+
+    class Thing:
+        pass
+
+    def callback(_ref):
+        os.kill(os.getpid(), signal.{name})
+
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing  # the callback runs, the handler raises, the exception is swallowed
+    print("went on", flush=True)
+    entry.raise_if_interrupted()
+    print("lost", flush=True)
+""")
+
+
+def _swallowed(name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _SWALLOWED.format(name=name)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_a_ctrl_c_python_swallowed_is_raised_again_before_a_command_starts() -> None:
+    done = _swallowed("SIGINT")
+    assert "Exception ignored" in done.stderr, done.stderr  # the swallowing this guards against
+    assert done.stdout == "went on\n", done.stdout
+    assert "KeyboardInterrupt" in done.stderr.split("went on")[-1]
+    assert done.returncode != 0
+
+
+def test_a_sigterm_python_swallowed_is_raised_again_as_exit_143() -> None:
+    done = _swallowed("SIGTERM")
+    assert done.stdout == "went on\n", done.stdout
+    assert done.returncode == 143, done.stderr
+
+
+def test_nothing_is_raised_when_no_signal_came() -> None:
+    done = subprocess.run([sys.executable, "-c",
+                           "from sandboxmgr import entry; entry.start(); entry.raise_if_interrupted(); print('ok')"],
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+
+
+def test_enter_and_join_check_for_it_with_the_forwarded_signals_blocked() -> None:
+    """The check sits between the block and the fork in both places a command is forked."""
+    from pathlib import Path
+
+    import sandboxmgr
+    root = Path(sandboxmgr.__file__).parent
+    for name in ("enter.py", "join.py"):
+        text = root.joinpath(name).read_text()
+        block = text.index("signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)")
+        check = text.index("raise_if_interrupted()", block)
+        fork = text.index("fork", check)
+        assert block < check < fork < block + 400, name
