@@ -107,6 +107,8 @@ def make_private(directories: Sequence[str], create: bool) -> None:
     """Make ``directories`` (the store's root first, then its top directories) 0700, creating
     the missing ones with ``create``."""
     # One stat per directory (every run passes here twice: the fast path counts).
+    if directories and os.geteuid() == 0:
+        refuse_unsafe_parents(directories[0])
     for directory in directories:
         try:
             info = os.stat(directory)
@@ -138,6 +140,37 @@ def refuse_foreign(directory: str, owner: int) -> None:
                        "whoever owns it could reach the setuid binaries and devices root puts in it",
                        hint="use a store of root's own (the default, or --store in a directory root owns), "
                             "or chown -R root: it first")
+
+
+def refuse_unsafe_parents(store_root: str) -> None:
+    """Root's store must not be below a directory another user can change, as sshd's StrictModes
+    asks of a user's ~/.ssh: whoever can rename entries there can move the store aside and put
+    a symlink in its place (``sandboxes -> /etc``), and root would build, write and remove in the
+    symlink's target. Every directory above the store's real path must be root's and writable by
+    no one else, or sticky (/tmp: then only root may rename the root-owned entry below it)."""
+    from sandboxmgr import userns
+
+    if userns.entered():  # an ordinary user in its namespace: its own home is its to change
+        return
+    real = os.path.realpath(store_root)
+    parent = os.path.dirname(real)
+    while True:
+        try:
+            info = os.stat(parent)
+        except OSError:
+            info = None  # not there yet (a store to create): makedirs will make it root's, 0755
+        if info is not None and (info.st_uid != 0 or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX)):
+            who = f"uid {info.st_uid} owns" if info.st_uid != 0 else \
+                f"{'every user' if info.st_mode & 0o002 else 'its group'} may write"
+            raise SandboxError(
+                f"root's store {shown(store_root)} is below {shown(parent)}, which {who}: whoever can rename "
+                "entries there could put a symlink in the store's place, and root would write and remove "
+                "where it points",
+                hint=f"use a store in a directory only root can change (--store {INSTALLED_STORE}, or "
+                     f"SANDBOXMGR_STORE), or make {shown(parent)} root's and not writable by others")
+        if parent == "/":
+            return
+        parent = os.path.dirname(parent)
 
 
 def create_private(root: Path, directories: Sequence[str]) -> None:

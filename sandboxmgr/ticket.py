@@ -143,7 +143,15 @@ def _root_only(store: str, directories: tuple[str, ...]) -> bool:
     """Whether ``store`` and its ``directories`` (below it, no link) are directories of root's
     (the caller's) that no one else may write, as Store.ensure makes them. In a store another
     user can write, a ticket could be a link's way to a file root wrote elsewhere (what root
-    inside a sandbox writes in its root is root's on the host): the general path's business."""
+    inside a sandbox writes in its root is root's on the host), and one below a directory
+    another user can change (locations.refuse_unsafe_parents): the general path's business."""
+    from sandboxmgr.errors import SandboxError
+    from sandboxmgr.locations import refuse_unsafe_parents
+
+    try:
+        refuse_unsafe_parents(store)
+    except SandboxError:
+        return False
     for path, look in ((store, os.stat), *((directory, os.lstat) for directory in directories)):
         try:
             info = look(path)

@@ -97,7 +97,8 @@ class _Joining(Exception):
     """exec_running went on to join by the ticket (raised before anything is joined)."""
 
 
-@pytest.mark.parametrize("how", ["a user's store", "a link in root's store", "root's store (umask 0002)"])
+@pytest.mark.parametrize("how", ["a user's store", "a link in root's store", "root's store (umask 0002)",
+                                 "root's store below a user's directory"])
 def test_exec_takes_no_ticket_from_a_store_another_user_can_write(tmp_path: Path, how: str) -> None:
     """``sudo sandboxmgr --store DIR exec box ...`` on a store a user can write: ``sandboxes/box``
     may be the user's link to any directory, e.g. a sandbox's root as the host sees it, where
@@ -105,7 +106,7 @@ def test_exec_takes_no_ticket_from_a_store_another_user_can_write(tmp_path: Path
     PID 1 and every capability (the one read refuses now) or no filter and no no_new_privs. The
     ticket path never reads a store whose directories are not root's alone; the general way
     takes the command. (The same ticket in root's own store is taken: what the test plants would
-    be joined.)"""
+    be joined.) A store below a user's directory is the user's to swap for a link to anything."""
     sleep = shutil.which("sleep")
     assert sleep is not None
     (tmp_path / "bin").mkdir()
@@ -120,11 +121,15 @@ def test_exec_takes_no_ticket_from_a_store_another_user_can_write(tmp_path: Path
         spec = EnterSpec(root=None, no_new_privs=False, seccomp=None)
         ticket.write(planted, Holder(init.pid, found), spec, None, general=False)
         store = tmp_path / "store"
+        if how == "root's store below a user's directory":
+            (tmp_path / "alice").mkdir()
+            os.chown(tmp_path / "alice", 65534, 65534)
+            store = tmp_path / "alice" / "store"
         for directory in (store, store / "sandboxes", store / "locks"):
             directory.mkdir(mode=0o700)
             if how == "a user's store":
                 os.chown(directory, 65534, 65534)
-        if how == "root's store (umask 0002)":
+        if how in ("root's store (umask 0002)", "root's store below a user's directory"):
             planted.rename(store / "sandboxes" / "box")
             (store / "sandboxes" / "box").chmod(0o775)
         else:
@@ -136,7 +141,7 @@ def test_exec_takes_no_ticket_from_a_store_another_user_can_write(tmp_path: Path
             raise _Joining(how)
 
         try:
-            if how.startswith("root's store"):
+            if how == "root's store (umask 0002)":
                 with pytest.raises(_Joining):  # nothing is joined: the test stops it here
                     ticket.exec_running(str(store), "box", ("true",), False, joining)
             else:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from sandboxmgr import locations
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.store import TOP_DIRS, Store
+from tests.conftest import need_root
 
 
 def mode(path: Path) -> int:
@@ -72,8 +74,53 @@ def test_a_store_directory_root_does_not_own_is_refused(tmp_path: Path, monkeypa
     else:  # as an ordinary user: the store is all theirs, and root's view of it is what counts
         foreign = os.geteuid()
         monkeypatch.setattr(os, "geteuid", lambda: 0)
+        # (the directories above it are the user's too: that refusal has tests of its own, below)
+        monkeypatch.setattr(locations, "refuse_unsafe_parents", lambda _root: None)
     with pytest.raises(SandboxError) as info:
         store.tighten()
     assert f"belongs to uid {foreign}, not to root" in info.value.message and info.value.hint, info.value.message
     with pytest.raises(SandboxError):
         Store(tmp_path / "store").ensure()
+
+
+@pytest.mark.parametrize("how", ["owned by another user", "group-writable", "world-writable"])
+def test_roots_store_below_a_directory_others_can_change_is_refused_and_nothing_made(tmp_path: Path,
+                                                                                     how: str) -> None:
+    """Whoever can rename entries in a directory above the store can put a symlink in its place
+    (sandboxes -> /etc): root would write and remove where it points."""
+    need_root()  # chowns a directory to another user
+    parent = tmp_path / "home" / "alice"
+    parent.mkdir(parents=True)
+    if how == "owned by another user":
+        os.chown(parent, 65534, 65534)
+    else:
+        parent.chmod(0o775 if how == "group-writable" else 0o777)
+    with pytest.raises(SandboxError) as info:
+        Store(parent / "deeper" / "store").ensure()
+    expected = {"owned by another user": "uid 65534 owns", "group-writable": "its group may write",
+                "world-writable": "every user may write"}[how]
+    assert f"is below {parent}, which {expected}" in info.value.message, info.value.message
+    assert "--store /var/lib/sandboxmgr" in (info.value.hint or "")
+    assert not (parent / "deeper").exists()
+
+
+def test_a_store_reached_through_a_symlink_is_judged_by_where_it_points(tmp_path: Path) -> None:
+    need_root()
+    alice = tmp_path / "alice"
+    (alice / "real").mkdir(parents=True)
+    os.chown(alice, 65534, 65534)
+    (tmp_path / "link").symlink_to(alice / "real")  # root's own link, in root's directory
+    with pytest.raises(SandboxError) as info:
+        Store(tmp_path / "link" / "store").ensure()
+    assert f"is below {alice}, which uid 65534 owns" in info.value.message, info.value.message
+
+
+def test_a_sticky_shared_directory_above_a_store_of_roots_is_accepted(tmp_path: Path) -> None:
+    """As /tmp: others may write it, but not rename root's entries in it."""
+    need_root()  # an ordinary user's tmp_path is below its own directories
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    store = Store(shared / "store")
+    store.ensure()
+    assert mode(store.root) == 0o700
