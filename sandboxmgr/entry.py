@@ -45,6 +45,17 @@ def raise_if_interrupted() -> None:
         _stop(_CAUGHT[0], None)
 
 
+def exit_if_stopped() -> None:
+    """Exit as a stopping signal that came asks (130 for Ctrl-C, with the line), if one came:
+    the exception being handled is its doing, not an error of ours (Python wraps a
+    KeyboardInterrupt raised in a class's __set_name__, in an import, in a RuntimeError)."""
+    if not _CAUGHT:
+        return
+    if _CAUGHT[0] == signal.SIGINT:
+        print("\nsandboxmgr: interrupted", file=sys.stderr, flush=True)
+    sys.exit(128 + _CAUGHT[0])
+
+
 def start() -> None:
     """Signals and umask, before anything else is done."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -80,11 +91,13 @@ def guarded(body: Callable[[], _T], argv: Sequence[str]) -> _T:
         error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
     except OSError as exc:
+        exit_if_stopped()
         if "--debug" in argv:
             raise
         error(*_os_error(exc, argv))
         sys.exit(EXIT_MANAGER)
     except Exception as exc:
+        exit_if_stopped()
         if "--debug" in argv:
             raise
         error(f"internal error: {type(exc).__name__}: {exc}", "run again with --debug for the traceback, and report it")

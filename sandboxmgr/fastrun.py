@@ -156,6 +156,13 @@ def main() -> None:
         # over: what was half-made is removed by now (the stack unwound); said as the full CLI says it.
         print("\nsandboxmgr: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
+    except Exception:
+        # One a stopping signal caused (entry.exit_if_stopped), outside entry.guarded: the
+        # full CLI's imports (click's, the YAML machinery's) come after it.
+        from sandboxmgr import entry
+
+        entry.exit_if_stopped()
+        raise
 
 
 def _main() -> None:

@@ -158,7 +158,9 @@ def test_a_joined_exec_is_confined_as_the_command_of_a_run(cli: CLI, bookworm: C
         leaves = ["/".join(Path(str(leaf)).parts[-3:]) for leaf in state(cli, name)["cgroups"]]  # type: ignore[attr-defined]
         assert leaves, "a sandbox with limits has a cgroup"
         joined = cli.popen("exec", name, "sh", "-c", probe + "; sleep 3")
-        assert wait_until(lambda: row(cli, name)["processes"] == 2)  # sh and its sleep
+        # Its sleep runs: sh and it have joined (a process counted before is the joining child,
+        # in the sandbox's PID namespace before it joins the cgroup and execs).
+        assert wait_until(lambda: any(_cmdline(pid) == b"sleep\x003\x00" for pid in _sandbox_pids(cli, name)))
         host_view = [Path(f"/proc/{pid}/cgroup").read_text() for pid in _sandbox_pids(cli, name)]
         result = finish(joined)
         assert result.code == 0, result
@@ -166,6 +168,13 @@ def test_a_joined_exec_is_confined_as_the_command_of_a_run(cli: CLI, bookworm: C
         assert result.out == ran
     finally:
         cli("rm", "-f", name)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _sandbox_pids(cli: CLI, name: str) -> list[int]:

@@ -260,12 +260,17 @@ def test_pid_1_and_the_manager_wait_where_a_signal_cannot_be_missed(user: UserCL
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         init = [pid for pid in children if _status(int(pid))["Name"] == "sandboxmgr-init"]
         assert len(init) == 1, children
+        # Where each sleeps, once both do (on a loaded machine either may be running a moment).
+        waits = {"init": "", "manager": ""}
         deadline = time.monotonic() + 10
-        while _status(int(init[0]))["State"].startswith("R") and time.monotonic() < deadline:
+        while not all(waits.values()) and time.monotonic() < deadline:
+            for who, pid in (("init", int(init[0])), ("manager", proc.pid)):
+                if not waits[who] and _status(pid)["State"].startswith("S"):
+                    wchan = Path(f"/proc/{pid}/wchan").read_text()
+                    waits[who] = wchan if wchan != "0" else ""
             time.sleep(0.05)
-        assert Path(f"/proc/{init[0]}/wchan").read_text().startswith("do_sigtimedwait")
-        manager = Path(f"/proc/{proc.pid}/wchan").read_text()
-        assert "poll" in manager or "select" in manager, manager
+        assert waits["init"].startswith("do_sigtimedwait"), waits
+        assert "poll" in waits["manager"] or "select" in waits["manager"], waits
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err

@@ -67,3 +67,44 @@ def test_enter_and_join_check_for_it_with_the_forwarded_signals_blocked() -> Non
         check = text.index("raise_if_interrupted()", block)
         fork = text.index("fork", check)
         assert block < check < fork < block + 400, name
+
+
+# A KeyboardInterrupt raised while a class body's __set_name__ runs (platform.uname_result's
+# cached_property, in click's imports) reaches the caller as a RuntimeError.
+_WRAPPED = textwrap.dedent("""
+    import os, signal, sys
+    from sandboxmgr import entry, fastrun
+
+    class Name:
+        def __set_name__(self, owner, name):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a call: the handler runs here
+
+    def body():
+        class Holder:
+            field = Name()
+        print("lost", flush=True)
+
+    {how}
+""")
+
+
+def _wrapped(how: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _WRAPPED.format(how=how)], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_an_exception_a_ctrl_c_caused_is_an_interruption_in_guarded_not_an_internal_error() -> None:
+    done = _wrapped("entry.start(); entry.guarded(body, [])")
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "\nsandboxmgr: interrupted\n"), done.stderr
+
+
+def test_an_exception_a_ctrl_c_caused_before_guarded_is_an_interruption_at_the_entry_point() -> None:
+    done = _wrapped("fastrun._main = lambda: (entry.start(), body())\nfastrun.main()")
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "\nsandboxmgr: interrupted\n"), done.stderr
+
+
+def test_an_error_with_no_signal_behind_it_is_still_an_internal_error() -> None:
+    done = subprocess.run([sys.executable, "-c", "from sandboxmgr import entry; entry.start(); "
+                           "entry.guarded(lambda: 1 / 0, [])"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 125 and "internal error: ZeroDivisionError" in done.stderr, done.stderr
