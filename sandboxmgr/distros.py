@@ -52,6 +52,8 @@ class Distro:
     release_package: str | None = None
     # Said after "this machine is X" when a profile is for another architecture.
     foreign_arch_hint: str = "foreign architectures are not supported"
+    # Whether its builders make images for another architecture, run through qemu-user (binfmt.py).
+    foreign_arches: bool = False
 
     # --- what a profile may say ---------------------------------------------------------
 
@@ -95,13 +97,19 @@ class Distro:
                            hint=f"use one of: {', '.join(self.methods)}")
 
     def check_arch(self, profile: Profile) -> None:
-        """The arch preflight: a profile for another architecture cannot be built here."""
+        """The arch preflight: a profile for another architecture is built only by a family that
+        can (``foreign_arches``), and only where the kernel runs its programs (binfmt.py)."""
         host = self.host_arch()
-        if profile.arch != host:
+        if profile.arch == host:
+            return
+        if not self.foreign_arches:
             raise SandboxError(
                 f"profile {profile.name} is for {profile.arch}, but this machine is {host}",
                 hint=f"set 'arch: {host}' ({self.foreign_arch_hint})",
             )
+        from sandboxmgr import binfmt
+
+        binfmt.require(profile.arch, f"profile {profile.name}")
 
 
 # --- the registry ---------------------------------------------------------------------------
