@@ -69,8 +69,14 @@ class Distro:
         """Refuse what this family cannot build (one ProfileError); return the variant."""
         return ""
 
-    def mirror_for(self, arch: str) -> str:
-        return dict(self.arch_mirrors).get(arch, self.default_mirror)
+    def mirror_for(self, arch: str, given: str | None = None) -> str:
+        """A profile's mirror: the one it names, else the distro's for ``arch``. The distro's default
+        mirror named for an architecture it does not carry (Ubuntu's archive has no arm64: ports
+        has) is that architecture's: ``extends: ubuntu-noble`` with ``arch: arm64`` just works."""
+        mine = dict(self.arch_mirrors).get(arch)
+        if not given or (mine and given.rstrip("/") == self.default_mirror.rstrip("/")):
+            return mine or self.default_mirror
+        return given
 
     def keyring_path(self) -> str:
         if not self.default_keyring or self.default_keyring.startswith("/"):

@@ -126,3 +126,16 @@ def test_the_doctor_names_the_missing_handler_of_the_stores_foreign_images(tmp_p
     assert "lacks the F (fix-binary) flag" in finding.detail and "deb-arm" in finding.detail
     assert "fix: " in finding.detail
     assert foreign_findings(store, binfmt_misc(tmp_path / "ok")) == []
+
+
+def test_an_ubuntu_profile_for_arm64_takes_ports_where_its_base_named_the_main_archive(tmp_path: Path) -> None:
+    """ubuntu-noble names archive.ubuntu.com, which carries no arm64: its arm64 child gets ports."""
+    (tmp_path / "noble-arm64.yaml").write_text("extends: ubuntu-noble\narch: arm64\n")
+    (tmp_path / "own-mirror.yaml").write_text(
+        "extends: ubuntu-noble\narch: arm64\nbootstrap: {mirror: 'http://mirror.example/ubuntu-ports'}\n")
+    from sandboxmgr.locations import shipped_configs_dir
+
+    registry = ProfileRegistry([shipped_configs_dir(), tmp_path])
+    assert registry.load("ubuntu-noble").bootstrap.mirror == "http://archive.ubuntu.com/ubuntu"
+    assert registry.load("noble-arm64").bootstrap.mirror == "http://ports.ubuntu.com/ubuntu-ports"
+    assert registry.load("own-mirror").bootstrap.mirror == "http://mirror.example/ubuntu-ports"
