@@ -139,3 +139,19 @@ def test_an_ubuntu_profile_for_arm64_takes_ports_where_its_base_named_the_main_a
     assert registry.load("ubuntu-noble").bootstrap.mirror == "http://archive.ubuntu.com/ubuntu"
     assert registry.load("noble-arm64").bootstrap.mirror == "http://ports.ubuntu.com/ubuntu-ports"
     assert registry.load("own-mirror").bootstrap.mirror == "http://mirror.example/ubuntu-ports"
+
+
+def test_doctor_says_the_binfmt_fix_and_not_that_doctor_fix_cleans_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sandboxmgr import doctor
+    from sandboxmgr.cli import cli
+
+    found = [doctor.Finding("binfmt", f"qemu-{MACHINE}", "no binfmt_misc handler ...; fix: update-binfmts ...")]
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(doctor, "examine", lambda store: found)
+    result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "doctor"], standalone_mode=False)
+    assert result.return_value == 1, result.output
+    assert f"binfmt  qemu-{MACHINE}" in result.output and "fix: update-binfmts" in result.output
+    assert "doctor --fix" not in result.output  # --fix registers no handler
