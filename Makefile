@@ -9,8 +9,16 @@ BIN := $(VENV)/bin
 # mount's losetup, mount and umount, and procps's pgrep; dpkg-dev's dpkg-source makes the package
 # build tests' .dsc; make runs `make man` (tests/unit/test_make_deps.py checks the list).
 # uidmap: newuidmap/newgidmap for rootless mode; passwd: useradd/userdel for its tests (a made-up user).
+# qemu-user-static, binfmt-support, arch-test: foreign architectures (README, "Foreign architectures"):
+# qemu-user-static's handlers carry the F flag (the kernel opens qemu on the host, nothing of it goes
+# into a sandbox), binfmt-support registers them, arch-test is what mmdebstrap asks before --arch=arm64.
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
-  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd \
+  qemu-user-static binfmt-support arch-test
+# The handlers the tests run foreign images with. The packages register them at boot (binfmt-support's
+# service, or systemd-binfmt); where no service started (a container, policy-rc.d), deps registers the
+# package's own handler, saying so, as that service would: sandboxmgr itself never does.
+BINFMT_HANDLERS := qemu-aarch64
 # apparmor_parser (AppArmor 4, for its `userns` rule) compiles contrib/apparmor/sandboxmgr in the tests:
 # the host's if it is new enough, else Debian 13's unpacked into build/apparmor - installed nowhere, no
 # AppArmor service enabled or started (contrib/apparmor/get-parser says how).
@@ -24,6 +32,9 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+	@for h in $(BINFMT_HANDLERS); do [ -e /proc/sys/fs/binfmt_misc/$$h ] || { \
+	  echo "registering the binfmt_misc handler $$h of qemu-user-static (update-binfmts --enable $$h)"; \
+	  update-binfmts --enable $$h; }; done
 	@sh contrib/apparmor/get-parser $(APPARMOR_DIR)
 
 $(BIN)/sandboxmgr: setup.cfg pyproject.toml

@@ -52,6 +52,8 @@ class Distro:
     release_package: str | None = None
     # Said after "this machine is X" when a profile is for another architecture.
     foreign_arch_hint: str = "foreign architectures are not supported"
+    # Whether its builders make images for another architecture, run through qemu-user (binfmt.py).
+    foreign_arches: bool = False
 
     # --- what a profile may say ---------------------------------------------------------
 
@@ -67,8 +69,14 @@ class Distro:
         """Refuse what this family cannot build (one ProfileError); return the variant."""
         return ""
 
-    def mirror_for(self, arch: str) -> str:
-        return dict(self.arch_mirrors).get(arch, self.default_mirror)
+    def mirror_for(self, arch: str, given: str | None = None) -> str:
+        """A profile's mirror: the one it names, else the distro's for ``arch``. The distro's default
+        mirror named for an architecture it does not carry (Ubuntu's archive has no arm64: ports
+        has) is that architecture's: ``extends: ubuntu-noble`` with ``arch: arm64`` just works."""
+        mine = dict(self.arch_mirrors).get(arch)
+        if not given or (mine and given.rstrip("/") == self.default_mirror.rstrip("/")):
+            return mine or self.default_mirror
+        return given
 
     def keyring_path(self) -> str:
         if not self.default_keyring or self.default_keyring.startswith("/"):
@@ -95,13 +103,19 @@ class Distro:
                            hint=f"use one of: {', '.join(self.methods)}")
 
     def check_arch(self, profile: Profile) -> None:
-        """The arch preflight: a profile for another architecture cannot be built here."""
+        """The arch preflight: a profile for another architecture is built only by a family that
+        can (``foreign_arches``), and only where the kernel runs its programs (binfmt.py)."""
         host = self.host_arch()
-        if profile.arch != host:
+        if profile.arch == host:
+            return
+        if not self.foreign_arches:
             raise SandboxError(
                 f"profile {profile.name} is for {profile.arch}, but this machine is {host}",
                 hint=f"set 'arch: {host}' ({self.foreign_arch_hint})",
             )
+        from sandboxmgr import binfmt
+
+        binfmt.require(profile.arch, f"profile {profile.name}")
 
 
 # --- the registry ---------------------------------------------------------------------------

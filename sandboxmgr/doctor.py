@@ -17,6 +17,9 @@ The doctor checks that promise and cleans up what is left anyway:
 * **permissions** - the store's root or a top directory that another local user
   may enter (the store must be 0700: it holds setuid binaries and device nodes
   that sandboxes planted); fixed by making it 0700 again.
+* **binfmt** - an architecture of an image in the store that this kernel cannot
+  run now: no qemu-user binfmt_misc handler, or one without the F flag (binfmt.py).
+  Reported with the fix and never fixed: the doctor registers no handler.
 
 Processes and cgroups are the machine's, not one store's: the doctor reports
 those of every store. Anything in use (a lock held, a manager alive) is left
@@ -48,7 +51,7 @@ from sandboxmgr.userns import entered
 
 @dataclass
 class Finding:
-    kind: str  # process, cgroup, mount, tmp, lock or permissions (the module's docstring)
+    kind: str  # process, cgroup, mount, tmp, lock, permissions or binfmt (the module's docstring)
     what: str  # a pid or a path
     detail: str
     repair: Callable[[], None] | None = field(default=None, repr=False)
@@ -69,6 +72,27 @@ def examine(store: Store) -> list[Finding]:
     root = Path(os.path.realpath(store.root))
     findings = _orphaned_inits() + _processes_in(store, root) + _cgroups()
     findings += _mounts(store, root) + _temporaries(store) + _locks(store) + _permissions(store)
+    return findings + foreign_findings(store)
+
+
+def foreign_findings(store: Store, binfmt_misc: Path | None = None) -> list[Finding]:
+    """One ``binfmt`` finding per architecture of the store's images that this kernel cannot
+    run now, naming the images' profiles and the fix (no repair: handlers are the host's)."""
+    from sandboxmgr import binfmt
+
+    profiles: dict[str, set[str]] = {}
+    for image in store.images():
+        arch = str(image.meta.get("arch", ""))
+        if arch and binfmt.is_foreign(arch):
+            profiles.setdefault(arch, set()).add(image.profile)
+    findings = []
+    for arch, names in sorted(profiles.items()):
+        found = binfmt.problem(arch, binfmt_misc)
+        if found is not None:
+            line, fix = found
+            findings.append(Finding("binfmt", binfmt.handler_name(arch),
+                                    f"{line}: the {arch} images of {', '.join(sorted(names))} cannot run; "
+                                    f"fix: {fix}"))
     return findings
 
 

@@ -189,7 +189,7 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
     bootstrap = Bootstrap(
         method=method,
         variant=variant,
-        mirror=boot.get("mirror") or distro.mirror_for(arch),
+        mirror=distro.mirror_for(arch, boot.get("mirror")),
         components=tuple(boot.get("components") or distro.default_components),
         keyring=boot.get("keyring") or distro.keyring_path(),
         include=tuple(boot.get("include", ())),

@@ -177,11 +177,22 @@ def join_spec(store: Store, config: SandboxConfig) -> EnterSpec:
 def run_ephemeral(store: Store, image: ImageRecord, saved: SandboxConfig, options: SandboxConfig) -> int:
     """Run in a throw-away sandbox over ``image``; its changes vanish on exit."""
     config = saved.merged(options)
+    runnable(image)
     with store.temporary("run") as tmp, using(store, image, config.caches):
         for sub in ("upper", "work", "root"):
             (tmp / sub).mkdir()
         root = OverlayRoot(store.lower_dirs(image), tmp / "upper", tmp / "work", tmp / "root", volatile=True)
         return enter(enter_spec(store, root, config, tmp, ids=user_ids(store, config, tmp, named=False)))
+
+
+def runnable(image: ImageRecord) -> None:
+    """Refuse, in one line, an image for another architecture that this kernel cannot run now
+    (no qemu-user handler, or one without the F flag: binfmt.py); a native image costs a compare."""
+    arch = str(image.meta.get("arch", ""))
+    from sandboxmgr import binfmt
+
+    if arch and binfmt.is_foreign(arch):
+        binfmt.require(arch, f"the image of {image.profile}")
 
 
 @contextlib.contextmanager
@@ -247,6 +258,7 @@ def hold_spec(store: Store, record: SandboxRecord, image: ImageRecord, config: S
               command: tuple[str, ...] | None = None) -> EnterSpec:
     """The spec of a live sandbox's PID 1 over ``image`` (live.py): holding it, or running its
     main ``command`` (run -d)."""
+    runnable(image)
     root = OverlayRoot(store.lower_dirs(image), record.upper, record.work, record.root)
     ids = user_ids(store, config, record.path, named=True)
     if command:

@@ -270,8 +270,10 @@ def _switch(tool_root: ToolRoot) -> None:  # pragma: no cover - runs between for
     if entered():
         # In a user namespace the kernel mounts a proc only where one is fully visible already
         # (mount_too_revealing): the host's, shown until the tool's own are mounted (enter).
+        # With what is mounted on it (binfmt_misc, on every systemd host): a mount with locked
+        # submounts cannot be bound alone in a user namespace (EINVAL).
         (root / HOST_PROC.lstrip("/")).mkdir()
-        _bind("/proc", root / HOST_PROC.lstrip("/"), NOSUID_NODEV_NOEXEC, recursive=False)
+        _bind("/proc", root / HOST_PROC.lstrip("/"), NOSUID_NODEV_NOEXEC)
     for path in shown_once(tool_root.readable):
         if path.parts[1:2] and path.parts[1] in _HOST_DIRS:
             continue  # under /usr or /etc: there already

@@ -60,8 +60,9 @@ def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
         print_json([f.to_json() for f in findings])
         return 1 if left else 0
     ui.findings_table(findings, app.store.root)
-    if left and not fix:
-        click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {counted(len(left), 'leftover')} "
+    fixable = [f for f in left if f.kind != "binfmt"]  # the host's handlers: each finding names its fix
+    if fixable and not fix:
+        click.echo(f"hint: 'sandboxmgr doctor --fix' cleans up these {counted(len(fixable), 'leftover')} "
                    "(it unmounts, never deletes through a mount)", err=True)
     return 1 if left else 0
 

@@ -335,7 +335,7 @@ class Debian(distros.Distro):
     default_mirror: str = "http://deb.debian.org/debian"
     default_components: tuple[str, ...] = ("main",)
     default_keyring: str = "/usr/share/keyrings/debian-archive-keyring.gpg"
-    foreign_arch_hint: str = "foreign architectures need qemu-user and are not supported yet"
+    foreign_arches: bool = True  # through qemu-user's binfmt_misc handlers (binfmt.py)
     # What to install when the keyring is missing.
     keyring_package: str = "debian-archive-keyring"
     # debootstrap has one script per release name, and within a family they are

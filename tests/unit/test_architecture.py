@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
     "profiles": ("schema", "profilefields", "profile", "distros"),
     "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
-               "record", "locations", "limits", "entry", "userns", "apparmor", "__init__"),
+               "record", "locations", "limits", "entry", "userns", "apparmor", "binfmt", "__init__"),
 }
 # The one import that points up, and why: the Distro base names the Builder type its family
 # modules (images layer) provide. Those modules are plugins: distros.py loads them by name

@@ -26,7 +26,9 @@ PINNED = [
     ("fedora-45", "aarch64", "dnf", "b7d9f82837a77e8de79d"),
     ("rocky-9", "x86_64", "dnf", "3cde303d5efa16e438b8"),
     ("ubuntu-jammy", "amd64", "debootstrap", "1547af52a677a0666c03"),
-    ("ubuntu-noble", "arm64", "debootstrap", "4fc0b4b02401df29c1a6"),
+    # From ports.ubuntu.com since the foreign-architecture work: before, archive.ubuntu.com, which has no
+    # arm64, so no store can hold an image of the old key (4fc0b4b02401df29c1a6).
+    ("ubuntu-noble", "arm64", "debootstrap", "714d7d154830da999a65"),
     ("ubuntu-resolute", "amd64", "mmdebstrap", "a3cf6d25d924cc37c3c4"),
 ]
 
