@@ -116,7 +116,9 @@ def archive_date(layers: list[Path], mirror: str, release: str) -> str | None:
     wanted = _list_name(mirror, release)
     for layer in reversed(layers):
         ends = (f"_dists_{release}_InRelease", f"_dists_{release}_Release")
-        names = [wanted, *sorted(n for n in _listing(layer, LISTS) if n.endswith(ends))]
+        others = [n for n in _listing(layer, LISTS) if n.endswith(ends)]
+        # Under another name (a file:// mirror, a redirect): only when it is the one there is.
+        names = [wanted, *(others if len(others) == 1 else [])]
         for name in dict.fromkeys(names):
             data = _open_regular(layer, f"{LISTS}/{name}", MAX_RELEASE)
             if data is None:
