@@ -124,7 +124,8 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
                 layer = _build_layer(store, profile, builder, step, built, context, use_kept_roots)
             built.append(layer)
         if profile.lock:
-            locked.verify(profile, [layer.diff for layer in built])  # or no image is recorded
+            # Or no image is recorded. Not package build's build dependencies: they are not locked.
+            locked.verify(profile, [layer.diff for layer in built][:-1 if profile.build_packages else None])
         meta = _image_meta(profile, identity, builder, built, started)
         record = store.publish_image(key, meta)
     progress(f"ready: {profile.name} ({key}), {counted(len(built), 'layer')}, in {meta['build_seconds']}s")
@@ -228,7 +229,7 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
             root = BuildRoot(diff, lowers, tmp / "work", tmp / "root")
         builder.prepare(profile, root, context)
         if step.kind == "packages":
-            packages = locked.pinned(profile, locked.load(profile), step.packages) if profile.lock else step.packages
+            packages = locked.pinned(locked.load(profile), step.packages) if profile.lock else step.packages
             builder.install(replace(profile, packages=packages), root, context)
         elif step.kind == "lock":
             locked.install(profile, builder, root, context, step.step)

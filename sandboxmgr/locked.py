@@ -34,21 +34,25 @@ def load(profile: Profile) -> Lock:
     if ours != theirs:
         raise ProfileError(f"{shown(path)} locks {' '.join(theirs)}, but profile {profile.name} is {' '.join(ours)}",
                            hint=f"lock this profile: sandboxmgr lock {profile.name} -o {shown(path)}")
-    pinned(profile, lock, profile.packages)  # every package of the profile is locked
-    return lock
-
-
-def pinned(profile: Profile, lock: Lock, packages: tuple[str, ...]) -> tuple[str, ...]:
-    """The profile's ``packages`` as the lock pins them: a plain ``apt-get install NAME`` after
-    the lock layer would take the archive's newest version instead of the locked one."""
-    versions = {package.name: package.pin(lock.arch) for package in lock.packages}
-    names = [package.partition("=")[0].partition(":")[0] for package in packages]
-    unlocked = [name for name in names if name not in versions]
+    locked = {package.name for package in lock.packages}
+    unlocked = [name for name in map(_name, profile.packages) if name not in locked]
     if unlocked:
         raise ProfileError(f"{profile.path}: {', '.join(unlocked)} of 'packages:' not in the lock "
                            f"{shown(profile.lock)}",
                            hint=f"lock again: remove 'lock:', then sandboxmgr lock {profile.name} -o FILE")
-    return tuple(versions[name] for name in names)
+    return lock
+
+
+def _name(package: str) -> str:
+    return package.partition("=")[0].partition(":")[0]
+
+
+def pinned(lock: Lock, packages: tuple[str, ...]) -> tuple[str, ...]:
+    """``packages`` as the lock pins them: a plain ``apt-get install NAME`` after the lock layer
+    would take the archive's newest version instead of the locked one. What the lock does not
+    name (``package build``'s build dependencies) stays as it is."""
+    versions = {package.name: package.pin(lock.arch) for package in lock.packages}
+    return tuple(versions.get(_name(package), package) for package in packages)
 
 
 def install(profile: Profile, builder: Builder, root: BuildRoot, context: BuildContext, key: str) -> None:
@@ -68,7 +72,8 @@ def install(profile: Profile, builder: Builder, root: BuildRoot, context: BuildC
 
 
 def verify(profile: Profile, layers: list[Path]) -> None:
-    """The built image has exactly the lock's packages, or BuildError."""
+    """The built image has exactly the lock's packages, or BuildError. (The layer of ``package
+    build``'s build dependencies is not the profile's: the caller leaves it out.)"""
     lock = load(profile)
     difference = lockfile.differences(lock, dpkgstatus.installed(layers))
     if difference is not None:

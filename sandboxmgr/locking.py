@@ -82,7 +82,7 @@ def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str |
     packages = reports.parse(reports.read_report(report), shown(report))
     base = registry.load(base_ref)
     require_debian(base, "recreating a report")
-    name = name or f"{base.name}-report"
+    name = name or (out.stem if out is not None else f"{base.name}-report")
     check_name(name, "profile name (--as)")
     path = (out or Path.cwd() / f"{name}.yaml").absolute()
     if path.stem != name or not is_path_ref(str(path)):

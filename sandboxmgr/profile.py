@@ -115,6 +115,8 @@ class Profile:
             files.append(Path(self.bootstrap.keyring))
         for repo in self.repositories:
             files += [Path(url[len("file://"):]) for url in repo.gpgkey if url.startswith("file://")]
+        if self.lock:
+            files.append(Path(self.lock))  # its content is part of the image key
         return files
 
     @property

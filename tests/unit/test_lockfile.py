@@ -13,6 +13,7 @@ from sandboxmgr.builders import missing_pins
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.identity import identify
 from sandboxmgr.locations import shipped_configs_dir
+from sandboxmgr.locked import load as load_locked
 from sandboxmgr.locked import pinned
 from sandboxmgr.lockfile import Lock, Package, differences, dump, load, parse, snapshot_stamp
 from sandboxmgr.profile import ProfileRegistry
@@ -148,10 +149,12 @@ def test_a_profiles_packages_are_installed_as_the_lock_pins_them(tmp_path: Path)
     registry = write_profiles(tmp_path, dump(a_lock()))
     profile = registry.load("locked")
     lock = a_lock()
-    assert pinned(profile, lock, ("sbm-hello", "libc6:i386", "adduser=9")) == (
-        "sbm-hello=1.0", "libc6:i386=2.36-9", "adduser=3.134")
-    with pytest.raises(ProfileError, match=r"curl of 'packages:' not in the lock .*p\.lock"):
-        pinned(profile, lock, ("curl",))
+    assert pinned(lock, ("sbm-hello", "libc6:i386", "adduser=9", "make")) == (
+        "sbm-hello=1.0", "libc6:i386=2.36-9", "adduser=3.134", "make")  # make: a build dependency
+    assert load_locked(profile) == lock
+    (tmp_path / "curl.yaml").write_text("extends: locked\npackages: [curl]\nlock: locks/p.lock\n")
+    with pytest.raises(ProfileError, match=r"curl.yaml: curl of 'packages:' not in the lock .*p\.lock"):
+        load_locked(ProfileRegistry(registry.dirs).load("curl"))
 
 
 def test_the_built_image_must_have_exactly_the_locks_packages(tmp_path: Path) -> None:
@@ -181,3 +184,10 @@ def test_a_lock_is_refused_before_the_build_when_it_does_not_fit_the_profile(tmp
     (tmp_path / "rpm.yaml").write_text("extends: fedora-44\nlock: locks/p.lock\n")
     with pytest.raises(ProfileError, match="lock files are not supported for the rpm family yet"):
         load_locked(ProfileRegistry(registry.dirs).load("rpm"))
+
+
+def test_a_runs_cached_answer_is_dropped_when_the_lock_file_changes(tmp_path: Path) -> None:
+    registry = write_profiles(tmp_path, dump(a_lock()))
+    # run's cache (runcache.py) watches a profile's input files: the lock is one of them.
+    assert tmp_path / "locks" / "p.lock" in registry.load("locked").input_files()
+    assert tmp_path / "locks" / "p.lock" not in registry.load("p").input_files()
