@@ -84,8 +84,9 @@ class Lock:
 
     def snapshot_hint(self) -> str:
         """Where an archive of the lock's date is, for a mirror that has moved on."""
-        stamp = snapshot_stamp(self.archive_date)
-        where = f"https://snapshot.debian.org/archive/{self.distro}/{stamp or 'YYYYMMDDTHHMMSSZ'}/"
+        stamp = snapshot_stamp(self.archive_date) or "YYYYMMDDTHHMMSSZ"
+        where = (f"https://snapshot.ubuntu.com/ubuntu/{stamp}/" if self.distro == "ubuntu"
+                 else f"https://snapshot.debian.org/archive/{self.distro}/{stamp}/")
         date = self.archive_date or "unknown"
         return f"point bootstrap.mirror at an archive of the lock's date ({date}), e.g. {where}"
 

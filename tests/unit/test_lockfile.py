@@ -51,6 +51,8 @@ def test_the_hint_names_a_snapshot_of_the_locks_archive_date() -> None:
     assert snapshot_stamp("Sat, 10 Feb 2024 10:50:14 +0100") == "20240210T095014Z"
     assert snapshot_stamp("yesterday") is None and snapshot_stamp(None) is None
     assert "https://snapshot.debian.org/archive/debian/20240210T095014Z/" in a_lock().snapshot_hint()
+    ubuntu = Lock(**{**a_lock().__dict__, "distro": "ubuntu", "archive_date": None})
+    assert "(unknown), e.g. https://snapshot.ubuntu.com/ubuntu/YYYYMMDDTHHMMSSZ/" in ubuntu.snapshot_hint()
 
 
 @pytest.mark.parametrize("text,problem", [

@@ -176,3 +176,37 @@ def test_the_archive_date_comes_from_the_release_file_in_apts_lists(tmp_path: Pa
     (lists / "deb.debian.org_debian_dists_bookworm_InRelease").unlink()
     assert archive_date([bottom], "http://elsewhere/debian", "bookworm") == "Mon, 01 Jan 2024 00:00:00 UTC"
     assert archive_date([bottom], "http://deb.debian.org/debian", "trixie") is None
+
+
+def test_recreate_writes_the_pins_and_drops_what_the_archive_lacks(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr.builders import MissingVersions
+    from sandboxmgr.locations import shipped_configs_dir
+    from sandboxmgr.locking import recreate
+    from sandboxmgr.profile import Profile, ProfileRegistry
+    from sandboxmgr.store import ImageRecord
+
+    report = tmp_path / "report.txt"
+    report.write_text(REPORTBUG + "\nii  libfoo:i386  1.0  i386  another architecture\n")
+    built: list[tuple[str, ...]] = []
+
+    def build(profile: Profile) -> ImageRecord:
+        built.append(profile.packages)
+        if len(built) == 1:  # as apt says it, through the Debian builder
+            raise MissingVersions("the archive lacks 1 pinned version: debconf=1.5.82", ["debconf=1.5.82"])
+        return ImageRecord("0123", tmp_path, {})
+
+    monkeypatch.chdir(tmp_path)
+    done = recreate(ProfileRegistry([shipped_configs_dir()]), report, "debian-bookworm", None, None, build)
+    assert done.path == tmp_path / "debian-bookworm-report.yaml" and done.profile.name == "debian-bookworm-report"
+    assert built == [("debconf=1.5.82", "libc6=2.36-9+deb12u4", "sbm-hello=1.0"),
+                     ("libc6=2.36-9+deb12u4", "sbm-hello=1.0")]
+    assert (done.lacking, done.foreign) == (["debconf=1.5.82"], ["libfoo:i386=1.0"])
+    text = done.path.read_text()
+    assert "# The archive lacks debconf=1.5.82: not pinned.\n" in text and "extends: debian-bookworm\n" in text
+    # Written again by recreate: fine; a file of the user's own: never overwritten.
+    recreate(ProfileRegistry([shipped_configs_dir()]), report, "debian-bookworm", None, None, build)
+    (tmp_path / "mine.yaml").write_text("extends: debian-bookworm\n")
+    with pytest.raises(SandboxError, match=r"mine\.yaml exists and was not made by recreate"):
+        recreate(ProfileRegistry([shipped_configs_dir()]), report, "debian-bookworm", "mine", None, build)
+    assert (tmp_path / "mine.yaml").read_text() == "extends: debian-bookworm\n"
