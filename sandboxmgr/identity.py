@@ -26,15 +26,15 @@ from sandboxmgr.names import BUILD_FORMAT
 from sandboxmgr.profile import Profile
 
 # Inputs of the layers above the bootstrap; every other input belongs to the bootstrap layer.
-_ABOVE_BOOTSTRAP = ("packages", "setup", "setup_env", "build_packages")
+_ABOVE_BOOTSTRAP = ("packages", "setup", "setup_env", "build_packages", "lock")
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    kind: str  # "bootstrap", "packages" or "setup"
+    kind: str  # "bootstrap", "lock", "packages" or "setup"
     key: str
     label: str
-    step: str = ""  # the shell step of a setup layer
+    step: str = ""  # the shell step of a setup layer; a lock layer's lock digest
     index: int = -1  # a setup layer's place in the profile's ``setup`` (0 for the first)
     packages: tuple[str, ...] = ()  # what a packages layer installs
 
@@ -55,6 +55,14 @@ def digest(data: dict[str, Any]) -> str:
 def file_digest(path: Path) -> str:
     """The sha256 of a file's bytes; raises OSError."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lock_digest(path: str) -> str:
+    """The sha256 of a lock file's bytes (``missing:PATH`` when it cannot be read: the build says why)."""
+    try:
+        return file_digest(Path(path))
+    except OSError:
+        return "missing:" + path
 
 
 def build_inputs(profile: Profile) -> dict[str, Any]:
@@ -85,6 +93,8 @@ def build_inputs(profile: Profile) -> dict[str, Any]:
         # Setup steps run with the profile's environment, so it is one of their inputs.
         **({"setup_env": dict(sorted(profile.env.items()))} if profile.setup else {}),
         **({"build_packages": list(profile.build_packages)} if profile.build_packages else {}),
+        # The lock's content, not its path: a changed lock is a new image.
+        **({"lock": lock_digest(profile.lock)} if profile.lock else {}),
         # The family's own inputs (the RPM family's repositories and rpm settings).
         **distros.of(profile).build_inputs(profile),
     }
@@ -102,6 +112,10 @@ def identify(profile: Profile) -> Identity:
         base["packages"] = list(profile.packages)
     plan = [LayerPlan("bootstrap", digest({"layer": "bootstrap", **base}),
                       f"bootstrap {profile.distro} {profile.release} ({profile.bootstrap.method})")]
+    if profile.lock:
+        # Every locked version, installed over the bootstrap before anything else (images.py).
+        plan.append(LayerPlan("lock", digest({"parent": plan[-1].key, "lock": inputs["lock"]}),
+                              f"lock: {Path(profile.lock).name}", step=inputs["lock"]))
     if profile.packages and not packages_in_bootstrap:
         plan.append(LayerPlan("packages", digest({"parent": plan[-1].key, "packages": list(profile.packages)}),
                               f"packages: {' '.join(profile.packages)}", packages=profile.packages))

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr import catalog, pkgcache, rootcache
+from sandboxmgr import catalog, locked, pkgcache, rootcache
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, builder_for
 from sandboxmgr.builders.index import Unreachable
 from sandboxmgr.builders.pkgprogress import StepOutput
@@ -86,6 +86,8 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
     require_root("building an image")
     builder = builder_for(profile)
     builder.preflight(profile)
+    if profile.lock:
+        locked.load(profile)  # a lock that cannot be used stops the build before it starts
     store.ensure()
     if rebuild:
         _check_rebuild(store, profile, identity)
@@ -121,6 +123,9 @@ def ensure_image(store: Store, profile: Profile, progress: Progress, rebuild: bo
             else:
                 layer = _build_layer(store, profile, builder, step, built, context, use_kept_roots)
             built.append(layer)
+        if profile.lock:
+            # Or no image is recorded. Not package build's build dependencies: they are not locked.
+            locked.verify(profile, [layer.diff for layer in built][:-1 if profile.build_packages else None])
         meta = _image_meta(profile, identity, builder, built, started)
         record = store.publish_image(key, meta)
     progress(f"ready: {profile.name} ({key}), {counted(len(built), 'layer')}, in {meta['build_seconds']}s")
@@ -224,7 +229,10 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
             root = BuildRoot(diff, lowers, tmp / "work", tmp / "root")
         builder.prepare(profile, root, context)
         if step.kind == "packages":
-            builder.install(replace(profile, packages=step.packages), root, context)
+            packages = locked.pinned(locked.load(profile), step.packages) if profile.lock else step.packages
+            builder.install(replace(profile, packages=packages), root, context)
+        elif step.kind == "lock":
+            locked.install(profile, builder, root, context, step.step)
         elif step.kind == "setup":
             status = context.run_inside(root, ["/bin/sh", "-ec", step.step], dict(profile.env),
                                         on_line=StepOutput(context.progress, step.label.split(":")[0]))

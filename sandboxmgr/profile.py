@@ -89,6 +89,7 @@ class Profile:
     # Packages installed last, by the family's builder, in a layer of their own over the setup
     # layers: what ``package build`` adds for an RPM source (its BuildRequires). No YAML sets it.
     build_packages: tuple[str, ...] = ()
+    lock: str | None = None  # a lock file's path (lockfile.py): the build installs exactly its versions
     env: Mapping[str, str] = field(default_factory=dict)
     hostname: str | None = None
     workdir: str | None = None
@@ -114,6 +115,8 @@ class Profile:
             files.append(Path(self.bootstrap.keyring))
         for repo in self.repositories:
             files += [Path(url[len("file://"):]) for url in repo.gpgkey if url.startswith("file://")]
+        if self.lock:
+            files.append(Path(self.lock))  # its content is part of the image key
         return files
 
     @property

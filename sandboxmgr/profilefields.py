@@ -97,6 +97,15 @@ def _workdir(raw: Raw, value: str) -> None:
         raw.error(("workdir",), "must be an absolute path inside the sandbox, like /src")
 
 
+def _lock(raw: Raw, data: dict[str, Any]) -> str | None:
+    """A lock file (lockfile.py), relative to the profile's own file; read when the image is built."""
+    value = scalar(raw, data, ("lock",))
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else raw.path.parent / path)
+
+
 def _release(raw: Raw, value: str) -> None:
     if not RELEASE_RE.fullmatch(value):
         raw.error(("release",), f"{value!r} is not a valid release: {RELEASE_RULE}")
@@ -297,6 +306,8 @@ FIELDS: tuple[Field, ...] = (
     Field("aliases", _items("aliases", _aliases), "meta", inherited=False),  # an alias names one profile
     Field("packages", _items("packages", lambda raw, items: no_options(raw, ("packages",), items)), "build"),
     Field("setup", _items("setup"), "build"),
+    # A lock pins the package set of one profile's image: a child adds packages, so it is not inherited.
+    Field("lock", _lock, "build", inherited=False),
     # Setup steps run with the profile's environment, so with setup it is a build input too.
     Field("env", _present("env", validate_env), "runtime"),
     Field("mounts", _present("mounts", _validate_mounts), "runtime"),

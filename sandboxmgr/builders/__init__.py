@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import stat
 from abc import ABC, abstractmethod
@@ -119,6 +120,24 @@ class BuildRoot:
         for entry in sorted(directory.iterdir()):
             if entry.name not in keep:
                 remove_tree(entry)
+
+
+class MissingVersions(BuildError):
+    """The archive lacks pinned versions (``name=version``) a build asked for: ``missing`` names them."""
+
+    def __init__(self, message: str, missing: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.missing = missing
+
+
+def missing_pins(log: str, packages: Sequence[str]) -> list[str]:
+    """The pinned packages (``name=version``) apt's output (``log``) says the archive lacks: the version,
+    or the package altogether."""
+    pins = {package.partition("=")[0]: package for package in packages if "=" in package}
+    found = [f"{name}={version}" for version, name
+             in re.findall(r"Version '([^'\s]+)' for '([^'\s]+)' was not found", log)]
+    found += [pins[name] for name in re.findall(r"Unable to locate package (\S+)", log) if name in pins]
+    return list(dict.fromkeys(found))
 
 
 class VerifiedCache(Protocol):

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from sandboxmgr.cli import images, jobs, lifecycle, sandboxes
+from sandboxmgr.cli import images, jobs, lifecycle, locks, sandboxes
 from sandboxmgr.cli.app import App
 from sandboxmgr.errors import EXIT_MANAGER
 
@@ -63,7 +63,7 @@ for _command in (completion, images.profiles, images.build, images.images, image
                  sandboxes.create, sandboxes.exec_, sandboxes.shell, sandboxes.ls_, sandboxes.inspect, sandboxes.rm,
                  lifecycle.start, lifecycle.stop, lifecycle.restart, lifecycle.kill, lifecycle.logs,
                  lifecycle.wait, lifecycle.ps, lifecycle.top,
-                 jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df):
+                 jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df, locks.lock, locks.recreate):
     cli.add_command(_command)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr import commands, distros
-from sandboxmgr.builders import BuildContext, Builder, BuildRoot, debindex
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot, MissingVersions, debindex, missing_pins
 from sandboxmgr.builders.debcache import DebCache, Later
 from sandboxmgr.builders.index import Unreachable, digest, fetch, package_version
 from sandboxmgr.builders.pkgprogress import AptProgress, BootstrapProgress
@@ -201,11 +201,21 @@ class _DebianFamily(Builder):
             root.write_build_file(path, text, 0o755)
 
     def install(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
-        context.progress(f"packages: installing {', '.join(profile.packages)}")
-        argv = ["apt-get", "install", "-y", "--no-install-recommends", *profile.packages]
+        packages = profile.packages
+        listed = ", ".join(packages) if len(packages) <= 10 else counted(len(packages), "package")
+        context.progress(f"packages: installing {listed}")  # a lock has hundreds
+        # A pinned version (name=version: a lock, a recreated report) may be older than the bootstrap's.
+        pinned = ["--allow-downgrades"] if any("=" in package for package in profile.packages) else []
+        argv = ["apt-get", "install", "-y", "--no-install-recommends", *pinned, *profile.packages]
         before = context.log_size()
         if context.run_inside(root, argv, _APT_ENV, on_line=AptProgress(context.progress, "packages")) != 0:
-            missing = re.findall(r"Unable to locate package (\S+)", context.log_since(before))
+            log = context.log_since(before)
+            versions = missing_pins(log, profile.packages)
+            if versions:
+                raise MissingVersions(f"the archive lacks {counted(len(versions), 'pinned version')}: "
+                                      f"{', '.join(versions)}", versions,
+                                      hint=f"apt-cache policy NAME lists a mirror's versions; log: {context.log_file}")
+            missing = re.findall(r"Unable to locate package (\S+)", log)
             if missing:
                 raise BuildError(
                     f"package {', '.join(missing)} does not exist in {profile.distro} {profile.release}",

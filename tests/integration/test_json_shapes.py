@@ -75,6 +75,10 @@ def test_every_json_shape_is_the_documented_one(cli: CLI, bookworm: ConcurrentBu
     finally:
         cli.ok("rm", name)
 
+    lock = json.loads(cli.ok("lock", bookworm.profile, "--json").out)
+    check([lock], documented("#### `lock --json`"))
+    assert all(isinstance(package["version"], str) for package in lock["packages"])
+
     df = json.loads(cli.ok("df", "--json").out)
     check([df], documented("#### `df --json`"))
     assert [row["type"] for row in df["types"]] == ["images", "layers", "sandboxes", "package caches", "kept roots",

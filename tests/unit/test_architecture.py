@@ -18,13 +18,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
     "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol",
-             "rpmsource", "rpmpackage", "rpmpkgtest"),
+             "rpmsource", "rpmpackage", "rpmpkgtest", "locking"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
-               "usage", "pkgcache", "df"),
+               "usage", "pkgcache", "df", "locked", "dpkgstatus"),
     "sandboxes": ("sandbox", "config", "idmap", "live", "monitor", "join", "enter", "pid1", "execute", "mounts",
                   "mountexec", "tty", "users", "seccomp", "spec", "supervise", "ticket",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
-    "profiles": ("schema", "profilefields", "profile", "distros"),
+    "profiles": ("schema", "profilefields", "profile", "distros", "lockfile", "reports"),
     "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
                "record", "locations", "limits", "entry", "userns", "apparmor", "binfmt", "__init__"),
 }

@@ -1,0 +1,129 @@
+"""What a Debian-family image has installed, read from its layers on the host.
+
+The same list ``dpkg-query -W -f '${Package} ${Version} ${Architecture}'`` prints
+inside, read from ``/var/lib/dpkg/status`` of the topmost layer that has it, and
+the archive's ``Date`` from the Release file apt keeps in ``/var/lib/apt/lists``.
+Nothing is run and nothing is mounted: reading is all it takes, and it cannot
+change the image. A layer's files were written by build steps that ran as root
+inside, so they are hostile: no symlink is followed on the way
+(inroot.open_in_root), only regular files are read, and their sizes are bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.inroot import SymlinkRefused, open_in_root
+from sandboxmgr.lockfile import ARCH_RE, NAME_RE, VERSION_RE, Package
+
+STATUS = "var/lib/dpkg/status"
+LISTS = "var/lib/apt/lists"
+MAX_STATUS = 64 << 20
+MAX_RELEASE = 1 << 20
+_DATE_RE = re.compile(r"^Date: *(.+?) *$", re.MULTILINE)
+
+
+def _open_regular(layer: Path, path: str, limit: int) -> bytes | None:
+    """The bytes of regular file ``path`` of one layer, None when the layer has no such file;
+    SandboxError for a symlink on the way, something else in its place, or too many bytes."""
+    root = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = open_in_root(root, path, follow=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except SymlinkRefused:
+            raise SandboxError(f"/{path} is reached through a symlink in layer {layer.parent.name}; not read",
+                               hint="the image was changed by a build step; build it again (build --rebuild)") from None
+    finally:
+        os.close(root)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            return None  # an overlayfs whiteout: deleted in this layer
+        if not stat.S_ISREG(info.st_mode):
+            raise SandboxError(f"/{path} is not a regular file in layer {layer.parent.name}",
+                               hint="the image was changed by a build step; build it again (build --rebuild)")
+        if info.st_size > limit:
+            raise SandboxError(f"/{path} in layer {layer.parent.name} is larger than {limit >> 20} MiB",
+                               hint="this is not a package database sandboxmgr reads")
+        with open(f"/proc/self/fd/{fd}", "rb") as handle:
+            return handle.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
+def parse_status(text: str) -> list[Package]:
+    """The installed packages of a dpkg status file, sorted; stanzas that are not installed,
+    or whose fields are not valid, are left out (dpkg-query -W lists neither)."""
+    found = []
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t") or ":" not in line:
+                continue  # continuation lines (descriptions, conffiles)
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+        name, version, arch = fields.get("package", ""), fields.get("version", ""), fields.get("architecture", "")
+        state = fields.get("status", "").split()
+        if len(state) != 3 or state[2] != "installed":
+            continue
+        if NAME_RE.fullmatch(name) and VERSION_RE.fullmatch(version) and ARCH_RE.fullmatch(arch):
+            found.append(Package(name, arch, version))
+    return sorted(found)
+
+
+def installed(layers: list[Path]) -> list[Package]:
+    """The packages installed in the image made of ``layers`` (their diff directories, bottom first)."""
+    for layer in reversed(layers):
+        data = _open_regular(layer, STATUS, MAX_STATUS)
+        if data is not None:
+            return parse_status(data.decode(errors="replace"))
+    raise BuildError("the image has no dpkg database (/var/lib/dpkg/status)",
+                     hint="lock files are made of Debian-family images")
+
+
+def _listing(layer: Path, path: str) -> list[str]:
+    """The names in directory ``path`` of one layer; none when it is not a directory there
+    (or a symlink is on the way)."""
+    root = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = open_in_root(root, path, follow=False)
+    except (OSError, SandboxError):
+        return []
+    finally:
+        os.close(root)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            return []
+        return os.listdir(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def _list_name(mirror: str, release: str) -> str:
+    """apt's file name of a mirror's InRelease in its lists: the URL without its scheme, '/' as '_'."""
+    base = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
+    return f"{base.replace('/', '_')}_dists_{release}_InRelease"
+
+
+def archive_date(layers: list[Path], mirror: str, release: str) -> str | None:
+    """The ``Date`` of the Release file the image's package lists came from (None: not found)."""
+    wanted = _list_name(mirror, release)
+    for layer in reversed(layers):
+        ends = (f"_dists_{release}_InRelease", f"_dists_{release}_Release")
+        others = [n for n in _listing(layer, LISTS) if n.endswith(ends)]
+        # Under another name (a file:// mirror, a redirect): only when it is the one there is.
+        names = [wanted, *(others if len(others) == 1 else [])]
+        for name in dict.fromkeys(names):
+            data = _open_regular(layer, f"{LISTS}/{name}", MAX_RELEASE)
+            if data is None:
+                continue
+            match = _DATE_RE.search(data.decode(errors="replace"))
+            if match and match.group(1).isprintable():
+                return match.group(1)[:100]
+    return None

@@ -1,0 +1,83 @@
+"""Building from a lock file: a profile's ``lock: FILE`` (lockfile.py).
+
+The bootstrap runs as always; the layer above it (identity.py's "lock" layer) installs
+every locked package at its locked version with the target's apt, downgrades allowed;
+the profile's packages and setup steps follow. When every layer is built, the image's
+installed set (dpkgstatus.py) must equal the lock's, or there is no image: the record
+is never written. The lock is checked before anything is built - it must be readable,
+valid, and of the profile's distro, release and architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from sandboxmgr import dpkgstatus, lockfile
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot, MissingVersions
+from sandboxmgr.errors import BuildError, ProfileError, shown
+from sandboxmgr.identity import lock_digest
+from sandboxmgr.lockfile import Lock
+from sandboxmgr.profile import Profile
+
+
+def load(profile: Profile) -> Lock:
+    """The profile's lock, checked against the profile (ProfileError, one line, otherwise)."""
+    assert profile.lock is not None
+    path = Path(profile.lock)
+    if profile.family != "debian":
+        raise ProfileError(f"{profile.path}: lock files are not supported for the {profile.family} family yet",
+                           hint="remove 'lock:' (the Debian family has them; see README, \"Lock files\")")
+    lock = lockfile.load(path)
+    ours = (profile.distro, profile.release, profile.arch)
+    theirs = (lock.distro, lock.release, lock.arch)
+    if ours != theirs:
+        raise ProfileError(f"{shown(path)} locks {' '.join(theirs)}, but profile {profile.name} is {' '.join(ours)}",
+                           hint=f"lock this profile: sandboxmgr lock {profile.name} -o {shown(path)}")
+    locked = {package.name for package in lock.packages}
+    unlocked = [name for name in map(_name, profile.packages) if name not in locked]
+    if unlocked:
+        raise ProfileError(f"{profile.path}: {', '.join(unlocked)} of 'packages:' not in the lock "
+                           f"{shown(profile.lock)}",
+                           hint=f"lock again: remove 'lock:', then sandboxmgr lock {profile.name} -o FILE")
+    return lock
+
+
+def _name(package: str) -> str:
+    return package.partition("=")[0].partition(":")[0]
+
+
+def pinned(lock: Lock, packages: tuple[str, ...]) -> tuple[str, ...]:
+    """``packages`` as the lock pins them: a plain ``apt-get install NAME`` after the lock layer
+    would take the archive's newest version instead of the locked one. What the lock does not
+    name (``package build``'s build dependencies) stays as it is."""
+    versions = {package.name: package.pin(lock.arch) for package in lock.packages}
+    return tuple(versions.get(_name(package), package) for package in packages)
+
+
+def install(profile: Profile, builder: Builder, root: BuildRoot, context: BuildContext, key: str) -> None:
+    """The lock layer: install every locked version into ``root``."""
+    assert profile.lock is not None
+    lock = load(profile)
+    if lock_digest(profile.lock) != key:
+        raise BuildError(f"{shown(profile.lock)} changed while {profile.name} was built",
+                         hint="build again")
+    context.progress(f"lock: installing {len(lock.packages)} locked versions from {shown(profile.lock)}")
+    try:
+        builder.install(replace(profile, packages=lock.pins()), root, context)
+    except MissingVersions as exc:
+        raise MissingVersions(f"{profile.name}: the archive ({profile.bootstrap.mirror}) lacks "
+                              f"{', '.join(exc.missing)} (locked in {shown(profile.lock)})", exc.missing,
+                              hint=lock.snapshot_hint()) from None
+
+
+def verify(profile: Profile, layers: list[Path]) -> None:
+    """The built image has exactly the lock's packages, or BuildError. (The layer of ``package
+    build``'s build dependencies is not the profile's: the caller leaves it out.)"""
+    lock = load(profile)
+    difference = lockfile.differences(lock, dpkgstatus.installed(layers))
+    if difference is not None:
+        raise BuildError(f"the image of {profile.name} does not match {shown(profile.lock)}: {difference}; "
+                         "no image was kept",
+                         hint="packages or setup steps added since the lock was made? lock again: "
+                              f"sandboxmgr lock {profile.name} -o FILE (without 'lock:' first)")

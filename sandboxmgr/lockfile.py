@@ -1,0 +1,213 @@
+"""Lock files: every package of an image with its exact version, as YAML.
+
+``sandboxmgr lock PROFILE`` writes one from a built image (locking.py); a profile's
+``lock: FILE`` makes its build install exactly those versions and check the result
+(images.py). The shape (``LOCK_FORMAT`` 1)::
+
+    lock_format: 1
+    profile: debian-bookworm
+    image: 0123abcd...            # the image key the lock was taken from
+    distro: debian
+    release: bookworm
+    arch: amd64
+    mirror: http://deb.debian.org/debian
+    archive_date: Sat, 10 Feb 2024 09:50:14 UTC   # the Release file's Date (or null)
+    packages:                     # sorted by name, then arch
+    - {name: adduser, version: 3.134, arch: all}
+
+A lock file is a user's file, so it is read as hostile input: bounded in size and
+count, every name, version and arch checked against Debian's rules, one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sandboxmgr.errors import ProfileError, counted, shown
+
+LOCK_FORMAT = 1
+MAX_BYTES = 8 << 20
+MAX_PACKAGES = 50_000
+# Debian policy 5.6.1 (names), 5.6.12 (versions: [epoch:]upstream[-revision]); arch names.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,199}\Z")
+VERSION_RE = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~_-]{0,199}(?::[A-Za-z0-9.+~_-]+)*\Z")
+ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
+_KEYS = ("lock_format", "profile", "image", "distro", "release", "arch", "mirror", "archive_date", "packages")
+
+
+@dataclass(frozen=True, order=True)
+class Package:
+    name: str
+    arch: str
+    version: str
+
+    def pin(self, native: str) -> str:
+        """apt's ``name=version`` (``name:arch=version`` for a foreign architecture)."""
+        if self.arch in (native, "all", ""):
+            return f"{self.name}={self.version}"
+        return f"{self.name}:{self.arch}={self.version}"
+
+    def shown(self) -> str:
+        return f"{self.name}={self.version}" + (f" ({self.arch})" if self.arch else "")
+
+
+@dataclass(frozen=True)
+class Lock:
+    profile: str
+    image: str
+    distro: str
+    release: str
+    arch: str
+    mirror: str
+    archive_date: str | None
+    packages: tuple[Package, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The documented shape, keys in their order (YAML and ``lock --json``)."""
+        return {
+            "lock_format": LOCK_FORMAT, "profile": self.profile, "image": self.image, "distro": self.distro,
+            "release": self.release, "arch": self.arch, "mirror": self.mirror, "archive_date": self.archive_date,
+            "packages": [{"name": p.name, "version": p.version, "arch": p.arch} for p in self.packages],
+        }
+
+    def pins(self) -> tuple[str, ...]:
+        return tuple(package.pin(self.arch) for package in self.packages)
+
+    def snapshot_hint(self) -> str:
+        """Where an archive of the lock's date is, for a mirror that has moved on."""
+        stamp = snapshot_stamp(self.archive_date) or "YYYYMMDDTHHMMSSZ"
+        where = (f"https://snapshot.ubuntu.com/ubuntu/{stamp}/" if self.distro == "ubuntu"
+                 else f"https://snapshot.debian.org/archive/{self.distro}/{stamp}/")
+        date = self.archive_date or "unknown"
+        return f"point bootstrap.mirror at an archive of the lock's date ({date}), e.g. {where}"
+
+
+def snapshot_stamp(date: str | None) -> str | None:
+    """A Release file's ``Date`` as snapshot.debian.org's ``20240210T095014Z``; None if unreadable."""
+    if not date:
+        return None
+    try:
+        when = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return datetime.strftime(when.astimezone(UTC), "%Y%m%dT%H%M%SZ")
+
+
+def dump(lock: Lock) -> str:
+    """The lock as YAML: stable order, one line per package."""
+    header = (f"# sandboxmgr lock file of profile {lock.profile} (image {lock.image}).\n"
+              "# A profile's 'lock: FILE' builds exactly these versions; see README, \"Lock files\".\n")
+    return header + yaml.safe_dump(lock.as_dict(), sort_keys=False, default_flow_style=None, width=1 << 16)
+
+
+def _problem(path: Path, what: str) -> ProfileError:
+    return ProfileError(f"{shown(path)}: {what}", hint="make it again with 'sandboxmgr lock PROFILE -o FILE'")
+
+
+def _text(path: Path, data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None,
+          optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 4096 or not value.isprintable():
+        raise _problem(path, f"{key} must be a line of text")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _problem(path, f"{key} {shown(value)} is not valid")
+    return value
+
+
+def _package(path: Path, index: int, item: Any) -> Package:
+    if not isinstance(item, dict) or set(item) != {"name", "version", "arch"}:
+        raise _problem(path, f"packages[{index}] must be a map of name, version and arch")
+    values = {key: item[key] for key in ("name", "version", "arch")}
+    for key, pattern in (("name", NAME_RE), ("version", VERSION_RE), ("arch", ARCH_RE)):
+        value = values[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = values[key] = str(value)  # a version YAML read as a number: 1.0 (written quoted)
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise _problem(path, f"packages[{index}].{key} {shown(value)} is not a valid package {key}")
+    return Package(values["name"], values["arch"], values["version"])
+
+
+def parse(path: Path, text: str) -> Lock:
+    """A lock from its YAML text; ProfileError naming ``path`` for anything wrong."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise _problem(path, f"not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise _problem(path, "not a lock file (a YAML map is expected)")
+    unknown = sorted(str(key) for key in data if key not in _KEYS)
+    if unknown:
+        raise _problem(path, f"unknown key {shown(unknown[0])}")
+    if data.get("lock_format") != LOCK_FORMAT:
+        raise _problem(path, f"lock_format {shown(data.get('lock_format'))} is not {LOCK_FORMAT}")
+    items = data.get("packages")
+    if not isinstance(items, list) or not items:
+        raise _problem(path, "packages must be a non-empty list")
+    if len(items) > MAX_PACKAGES:
+        raise _problem(path, f"more than {MAX_PACKAGES} packages")
+    packages = sorted(_package(path, index, item) for index, item in enumerate(items))
+    seen: set[tuple[str, str]] = set()
+    for package in packages:
+        if (package.name, package.arch) in seen:
+            raise _problem(path, f"package {package.name} ({package.arch}) is listed twice")
+        seen.add((package.name, package.arch))
+    return Lock(profile=_text(path, data, "profile"), image=_text(path, data, "image"),
+                distro=_text(path, data, "distro"), release=_text(path, data, "release"),
+                arch=_text(path, data, "arch", ARCH_RE), mirror=_text(path, data, "mirror"),
+                archive_date=_text(path, data, "archive_date", optional=True), packages=tuple(packages))
+
+
+def read_bytes(path: Path) -> bytes:
+    """The lock file's bytes, at most MAX_BYTES; ProfileError when it cannot be read."""
+    try:
+        # Not blocking on a FIFO, and only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise _problem(path, "not a regular file")
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ProfileError(f"cannot read the lock file {shown(path)}: {exc.strerror}",
+                           hint="make it with 'sandboxmgr lock PROFILE -o FILE', or fix 'lock:'") from None
+    if len(data) > MAX_BYTES:
+        raise _problem(path, f"larger than {MAX_BYTES >> 20} MiB")
+    return data
+
+
+def load(path: Path) -> Lock:
+    data = read_bytes(path)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise _problem(path, "not UTF-8 text") from None
+    return parse(path, text)
+
+
+def differences(lock: Lock, installed: list[Package], limit: int = 5) -> str | None:
+    """What the installed set has that the lock has not, and the other way round; None when equal."""
+    wanted, found = set(lock.packages), set(installed)
+    if wanted == found:
+        return None
+    parts = []
+    missing, extra = sorted(wanted - found), sorted(found - wanted)
+    for what, items in (("not installed as locked", missing), ("installed but not locked", extra)):
+        if items:
+            listed = ", ".join(package.shown() for package in items[:limit])
+            more = f" and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{counted(len(items), 'package')} {what}: {listed}{more}")
+    return "; ".join(parts)

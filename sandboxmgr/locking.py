@@ -1,0 +1,106 @@
+"""``sandboxmgr lock`` and ``sandboxmgr recreate``: an image's exact package set, and a
+bug report's versions pinned.
+
+``lock`` reads a built image's installed packages (dpkgstatus.py: from its layers,
+read-only) into a lock file (lockfile.py). ``recreate`` writes a profile that extends
+the one named and pins every version a report names (reports.py), builds it, and
+says which of those versions the archive lacks: they are dropped from the profile,
+with a comment saying so, and the image is built with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxmgr import dpkgstatus, reports
+from sandboxmgr.builders import MissingVersions
+from sandboxmgr.errors import SandboxError, shown, warn
+from sandboxmgr.lockfile import Lock
+from sandboxmgr.names import check_name
+from sandboxmgr.profile import Profile, ProfileRegistry, is_path_ref
+from sandboxmgr.store import ImageRecord, Store
+
+Build = Callable[[Profile], ImageRecord]
+_MARK = "# Made by sandboxmgr recreate"
+
+
+def require_debian(profile: Profile, what: str) -> None:
+    if profile.family != "debian":
+        raise SandboxError(f"{what} of {profile.family}-family images is not supported yet ({profile.name})",
+                           hint="the Debian family (Debian, Ubuntu) has it; see README, \"Lock files\"")
+
+
+def take(store: Store, profile: Profile, record: ImageRecord) -> Lock:
+    """The lock of ``record``, an image of ``profile``."""
+    require_debian(profile, "locking")
+    layers = []
+    for key in record.layers:
+        layer = store.layer(key)
+        if layer is None:
+            raise SandboxError(f"layer {key} of image {record.key} is missing",
+                               hint=f"build it again: sandboxmgr build {profile.name}")
+        layers.append(layer.diff)
+    mirror = profile.bootstrap.mirror
+    return Lock(profile=profile.name, image=record.key, distro=profile.distro, release=profile.release,
+                arch=profile.arch, mirror=mirror, archive_date=dpkgstatus.archive_date(layers, mirror, profile.release),
+                packages=tuple(dpkgstatus.installed(layers)))
+
+
+@dataclass
+class Recreated:
+    profile: Profile
+    path: Path
+    record: ImageRecord
+    pinned: list[str]
+    lacking: list[str]
+    foreign: list[str]
+
+
+def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], foreign: list[str]) -> str:
+    lines = [f"{_MARK} from {shown(report.name)}: the versions it names, pinned.",
+             *(f"# The archive lacks {pin}: not pinned." for pin in lacking),
+             *(f"# {pin}: another architecture; not pinned." for pin in foreign),
+             f"extends: {base}",
+             f"description: {shown(report.name)} recreated over {base}",
+             "packages:" if pins else "packages: []",
+             *(f"  - '{pin}'" for pin in pins)]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    if path.exists() and not path.read_text(errors="replace").startswith(_MARK):
+        raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten",
+                           hint="choose another name with --as, or another place with -o")
+    path.write_text(text)
+
+
+def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str | None, out: Path | None,
+             build: Build) -> Recreated:
+    """Write the recreated profile (``out``, else ./NAME.yaml), build it, report what was lacking."""
+    packages = reports.parse(reports.read_report(report), shown(report))
+    base = registry.load(base_ref)
+    require_debian(base, "recreating a report")
+    name = name or (out.stem if out is not None else f"{base.name}-report")
+    check_name(name, "profile name (--as)")
+    path = (out or Path.cwd() / f"{name}.yaml").absolute()
+    if path.stem != name or not is_path_ref(str(path)):
+        raise SandboxError(f"-o {shown(out)} must be a file named {name}.yaml", hint="a profile's name is its file's")
+    base_text = str(base.path) if is_path_ref(base_ref) else base.name
+    native = [p for p in packages if p.arch in ("", "all", base.arch)]
+    foreign = [p.pin(base.arch) for p in packages if p not in native]
+    pins, lacking = [p.pin(base.arch) for p in native], list[str]()
+    for _attempt in range(2):
+        _write(path, _profile_text(base_text, report, pins, lacking, foreign))
+        # A registry of its own each time: a registry holds a file to what it read first.
+        profile = ProfileRegistry(registry.dirs).load(str(path))
+        try:
+            return Recreated(profile, path, build(profile), pins, lacking, foreign)
+        except MissingVersions as exc:
+            if _attempt or not set(exc.missing) & set(pins):
+                raise
+            lacking = [pin for pin in pins if pin in exc.missing]
+            pins = [pin for pin in pins if pin not in exc.missing]
+            warn(f"the archive lacks {', '.join(lacking)}; building {name} without those pins")
+    raise AssertionError("unreachable")
