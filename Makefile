@@ -9,8 +9,12 @@ BIN := $(VENV)/bin
 # mount's losetup, mount and umount, and procps's pgrep; dpkg-dev's dpkg-source makes the package
 # build tests' .dsc; make runs `make man` (tests/unit/test_make_deps.py checks the list).
 # uidmap: newuidmap/newgidmap for rootless mode; passwd: useradd/userdel for its tests (a made-up user).
+# skopeo: `import` copies from docker-archive:, docker:// and the like with it, and the OCI tests read an
+# export with `skopeo inspect`; umoci: the tests unpack an export with `umoci unpack` (podman cannot run
+# containers on a hybrid cgroup host, as the test machines are: these two read the same files).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
-  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd
+  dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd \
+  skopeo umoci
 # apparmor_parser (AppArmor 4, for its `userns` rule) compiles contrib/apparmor/sandboxmgr in the tests:
 # the host's if it is new enough, else Debian 13's unpacked into build/apparmor - installed nowhere, no
 # AppArmor service enabled or started (contrib/apparmor/get-parser says how).

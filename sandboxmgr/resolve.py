@@ -47,9 +47,16 @@ def resolve_run(store: Store, ref: str, dirs: Sequence[Path], build: Build) -> t
     found = cached_run(store, ref, dirs)
     if found is not None:
         return found
+    from sandboxmgr.errors import SandboxError
     from sandboxmgr.profile import ProfileRegistry
 
-    loaded = ProfileRegistry(dirs).load(ref)
+    try:
+        loaded = ProfileRegistry(dirs).load(ref)
+    except SandboxError:
+        image = imported(store, ref)
+        if image is None:
+            raise
+        return image, imported_config(image)  # not cached: a profile of that name, made later, wins
     watched = runcache.fingerprints(ref, dirs, loaded.input_files())  # before the build: see there
     image = build(loaded)
     config = profile_config(store, loaded, hostname_for(loaded.name))
@@ -74,6 +81,27 @@ def profile_config(store: Store, profile: Profile, default_hostname: str) -> San
         seccomp=profile.seccomp,
         userns=profile.userns,
     )
+
+
+def imported(store: Store, ref: str) -> ImageRecord | None:
+    """The newest image imported as ``ref`` (sandboxmgr import SOURCE --as REF), if any."""
+    found = [image for image in store.images() if image.profile == ref and image.meta.get("method") == "import"]
+    return max(found, key=lambda image: image.built_ns) if found else None
+
+
+def imported_config(image: ImageRecord) -> SandboxConfig:
+    """An imported image's sandbox config: the defaults, with its OCI config's Env, WorkingDir
+    and User (checked at the import: ociimport.oci_settings); no package caches."""
+    settings = (image.meta.get("inputs") or {}).get("config") or {}
+    env = dict(item.split("=", 1) for item in settings.get("Env", []))
+    return SandboxConfig(hostname=hostname_for(image.profile), env=env, workdir=settings.get("WorkingDir"),
+                         user=settings.get("User"))
+
+
+def create_imported(store: Store, name: str, image: ImageRecord, options: SandboxConfig) -> SandboxRecord:
+    """A named sandbox over an imported image (no profile: :func:`imported_config`)."""
+    config = imported_config(image).merged(options)
+    return sandbox.create(store, name, image, None, config)
 
 
 def create_sandbox(store: Store, name: str, image: ImageRecord, profile: Profile,

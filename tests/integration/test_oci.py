@@ -1,0 +1,143 @@
+"""OCI export and import: the session's debian-bookworm image (with one setup layer that deletes a
+file, replaces a directory and hard-links a file: an overlayfs whiteout, an opaque directory,
+a hard link) written as an OCI image layout, read by skopeo and umoci, written again byte for
+byte, and imported back - from the layout, from an oci-archive, and through skopeo from a
+docker-archive - into a store of its own, where `run` and `create` use it.
+
+podman is not used: it cannot run containers on this machine (a hybrid cgroup hierarchy), and
+skopeo and umoci read the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, ConcurrentBuild, missing
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+PROFILE = "oci-whiteouts"
+STEP = ("rm /etc/debian_version && rm -rf /etc/apt/apt.conf.d && mkdir /etc/apt/apt.conf.d && "
+        "echo kept > /etc/apt/apt.conf.d/99oci && echo new > /etc/oci-added && ln /etc/oci-added /etc/oci-link")
+
+
+def need_tools() -> None:
+    for tool in ("skopeo", "umoci"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (make deps installs it)")
+
+
+@pytest.fixture(scope="module")
+def whiteouts(cli: CLI, bookworm: ConcurrentBuild) -> str:
+    """debian-bookworm and one setup layer with a whiteout, an opaque directory and a hard link."""
+    need_tools()
+    assert cli.configs is not None
+    (cli.configs / f"{PROFILE}.yaml").write_text(f"extends: {bookworm.profile}\nsetup:\n  - {json.dumps(STEP)}\n")
+    cli.ok("build", PROFILE)
+    return PROFILE
+
+
+def digests(layout: Path) -> dict[str, str]:
+    """Every file of a layout (or an archive) with its sha256."""
+    files = [layout] if layout.is_file() else sorted(path for path in layout.rglob("*") if path.is_file())
+    return {str(path.relative_to(layout.parent)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+
+
+def skopeo_inspect(reference: str) -> dict[str, object]:
+    found = subprocess.run(["skopeo", "inspect", reference], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    result: dict[str, object] = json.loads(found.stdout)
+    return result
+
+
+def test_export_is_an_oci_image_skopeo_and_umoci_read(cli: CLI, whiteouts: str, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    cli.ok("export", whiteouts, "-o", str(layout))
+    index = json.loads((layout / "index.json").read_text())
+    (descriptor,) = index["manifests"]
+    assert descriptor["annotations"]["org.opencontainers.image.ref.name"] == whiteouts
+    image = skopeo_inspect(f"oci:{layout}:{whiteouts}")
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
+    assert (image["Os"], image["Architecture"]) == ("linux", arch)
+    assert len(image["Layers"]) == 2  # type: ignore[arg-type]
+
+    bundle = tmp_path / "bundle"
+    unpack = subprocess.run(["umoci", "unpack", "--image", f"{layout}:{whiteouts}", str(bundle)],
+                            capture_output=True, text=True)
+    assert unpack.returncode == 0, unpack.stderr
+    rootfs = bundle / "rootfs"
+    assert (rootfs / "etc" / "os-release").read_text() == cli.ok("run", whiteouts, "cat", "/etc/os-release").out
+    assert not (rootfs / "etc" / "debian_version").exists()  # the whiteout
+    assert os.listdir(rootfs / "etc" / "apt" / "apt.conf.d") == ["99oci"]  # the opaque directory
+    assert os.stat(rootfs / "etc" / "oci-link").st_ino == os.stat(rootfs / "etc" / "oci-added").st_ino
+    mode = cli.ok("run", whiteouts, "stat", "-c", "%a %u:%g", "/usr/bin/passwd").out.split()
+    assert mode == [f"{os.stat(rootfs / 'usr/bin/passwd').st_mode & 0o7777:o}", "0:0"] and mode[0] == "4755"
+
+
+def test_exporting_twice_gives_the_same_digests(cli: CLI, whiteouts: str, tmp_path: Path) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        cli.ok("export", whiteouts, "-o", str(tmp_path / name / "layout"))
+        cli.ok("export", whiteouts, "-o", str(tmp_path / name / "image.tar"), "--format", "oci-archive")
+    assert digests(tmp_path / "first" / "layout") == digests(tmp_path / "second" / "layout")
+    assert digests(tmp_path / "first" / "image.tar") == digests(tmp_path / "second" / "image.tar")
+    again = cli("export", whiteouts, "-o", str(tmp_path / "first" / "layout"))
+    assert again.code == 125 and "exists already" in again.err, str(again)
+
+
+def test_an_imported_export_runs_and_exports_the_same_layers(cli: CLI, whiteouts: str, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    cli.ok("export", whiteouts, "-o", str(archive), "--format", "oci-archive")
+    other = CLI(tmp_path / "store")  # a store of its own: the session's keeps built images only
+    result = other.ok("import", str(archive), "--as", "copy", "--json")
+    (row,) = json.loads(result.out)
+    assert row["name"] == "copy" and row["new"] is True and len(row["layers"]) == 2
+    check = "test ! -e /etc/debian_version && ls /etc/apt/apt.conf.d && cat /etc/os-release"
+    assert other.ok("run", "copy", "sh", "-c", check).out == "99oci\n" + cli.ok("run", whiteouts, "cat",
+                                                                                 "/etc/os-release").out
+    assert other.ok("create", "copy", "--name", "box").out.strip() == "box"
+    assert other.ok("exec", "box", "cat", "/etc/oci-added").out == "new\n"
+    other.ok("rm", "box")
+    again = json.loads(other.ok("import", str(archive), "--as", "copy", "--json").out)[0]
+    assert again["new"] is False and again["key"] == row["key"]
+
+    other.ok("export", "copy", "-o", str(tmp_path / "re-exported"))
+    cli.ok("export", whiteouts, "-o", str(tmp_path / "exported"))
+    layers = [json.loads((tmp_path / name / "blobs" / "sha256" / manifest_digest(tmp_path / name)).read_text())
+              ["layers"] for name in ("exported", "re-exported")]
+    assert layers[0] == layers[1]  # the same bytes, layer for layer: nothing lost on the way
+    other.ok("rmi", "copy")
+
+
+def manifest_digest(layout: Path) -> str:
+    digest: str = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    return digest.removeprefix("sha256:")
+
+
+def test_import_through_skopeo_from_a_docker_archive(cli: CLI, whiteouts: str, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    cli.ok("export", whiteouts, "-o", str(layout))
+    docker = tmp_path / "docker.tar"
+    copied = subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{whiteouts}", f"docker-archive:{docker}"],
+                            capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    other = CLI(tmp_path / "store")
+    other.ok("import", f"docker-archive:{docker}", "--as", "from-docker")
+    assert other.ok("run", "from-docker", "cat", "/etc/oci-added").out == "new\n"
+    other.ok("rmi", "from-docker")
+    refused = other("import", f"docker-archive:{tmp_path / 'none.tar'}", "--as", "nothing")
+    assert refused.code == 125 and "skopeo cannot copy" in refused.err, str(refused)
+    assert refused.err.count("sandboxmgr: error:") == 1, str(refused)
+
+
+def test_an_import_never_takes_a_profiles_name(cli: CLI, whiteouts: str, tmp_path: Path) -> None:
+    cli.ok("export", whiteouts, "-o", str(tmp_path / "layout"))
+    result = cli("import", str(tmp_path / "layout"), "--as", "debian-bookworm")
+    assert result.code == 125 and "is a profile's name or alias" in result.err, str(result)
