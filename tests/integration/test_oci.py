@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,21 @@ def test_an_import_never_takes_a_profiles_name(cli: CLI, whiteouts: str, tmp_pat
     cli.ok("export", whiteouts, "-o", str(tmp_path / "layout"))
     result = cli("import", str(tmp_path / "layout"), "--as", "debian-bookworm")
     assert result.code == 125 and "is a profile's name or alias" in result.err, str(result)
+
+
+def test_ctrl_c_during_an_import_leaves_no_image_and_no_layer(cli: CLI, whiteouts: str, tmp_path: Path) -> None:
+    cli.ok("export", whiteouts, "-o", str(tmp_path / "layout"))
+    other = CLI(tmp_path / "store")
+    proc = subprocess.Popen(other.argv("import", str(tmp_path / "layout"), "--as", "cut"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "unpacking layer 1/2" in line:
+            break
+    time.sleep(0.5)  # into the bootstrap layer's files (a few seconds of them)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, rest
+    for top in ("images", "layers", "tmp"):
+        assert not os.listdir(other.store / top), f"{top}/ holds {os.listdir(other.store / top)}"
+    assert json.loads(other.ok("images", "--json").out) == []
