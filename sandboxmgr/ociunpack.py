@@ -85,7 +85,14 @@ class Unpacker:
     def unpack(self, stream: IO[bytes]) -> None:
         with tarfile.open(fileobj=stream, mode="r|", encoding=ENCODING, errors=ERRORS) as tar:
             for entry in tar:
-                self.entry(tar, entry)
+                try:
+                    self.entry(tar, entry)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or exc.errno is None:
+                        raise  # the store's own trouble (said as such), or the stream's
+                    raise self.refuse(entry.name, f"cannot be made: {exc.strerror}") from None
+                except (ValueError, OverflowError) as exc:  # a NUL in a name, an mtime of 1e30
+                    raise self.refuse(entry.name, f"is not a valid entry: {exc}") from None
         for parts, mtime in reversed(self.dirs):
             fd = self.open_dir(parts, "/".join(parts), create=False)
             try:

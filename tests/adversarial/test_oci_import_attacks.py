@@ -177,3 +177,16 @@ def test_a_layer_that_does_not_match_its_diff_id_is_refused(store_cli: CLI, tmp_
     layout.image([minimal_root()], config={"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}})
     refused(store_cli("import", str(layout.root), "--as", "hostile"), "does not match its diff_id")
     imported_nothing(store_cli)
+
+
+@pytest.mark.parametrize("oddity", ["nul-in-name", "nul-in-linkname", "huge-mtime", "long-name", "huge-owner"])
+def test_an_impossible_entry_is_one_line(store_cli: CLI, tmp_path: Path, outside: Path, oddity: str) -> None:
+    entry = {"nul-in-name": Entry("etc/a", pax={"path": "etc/a\0b"}),
+             "nul-in-linkname": Entry("etc/l", tarfile.SYMTYPE, pax={"linkpath": "/etc\0/x"}),
+             "huge-mtime": Entry("etc/old", pax={"mtime": "1e300"}),
+             "long-name": Entry("etc/" + "n" * 300),
+             "huge-owner": Entry("etc/owned", pax={"uid": str(1 << 40)})}[oddity]
+    result = attempt(store_cli, tmp_path, [[*minimal_root(), entry]])
+    refused(result, "layer 1: entry")
+    assert "internal error" not in result.err, str(result)
+    imported_nothing(store_cli)
