@@ -108,9 +108,12 @@ def _put_layer(layout: Path, diff: Path) -> Blob:
         compressed = _Hashing(handle)
         with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, compresslevel=GZIP_LEVEL, mtime=0) as zipped:
             plain = _Hashing(zipped)
-            sockets = write_layer(diff, plain)  # type: ignore[arg-type]
+            sockets, unnamable = write_layer(diff, plain)
     if sockets:
         warn(f"{diff}: {sockets} socket(s) left out (a tar cannot carry one)")
+    if unnamable:
+        warn(f"{diff}: {len(unnamable)} file(s) named .wh.* left out (OCI reads that name as a deletion): "
+             f"{', '.join(unnamable[:3])}")
     os.rename(partial, _blob_path(layout, compressed.digest))
     return Blob(compressed.digest, compressed.size, plain.digest)
 

@@ -19,7 +19,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sandboxmgr.errors import SandboxError
 
@@ -59,12 +59,13 @@ def _xattrs(path: Path) -> dict[str, bytes]:
 class LayerWriter:
     """Writes one diff as a tar into ``out`` (see the module's docstring)."""
 
-    def __init__(self, diff: Path, out: IO[bytes]) -> None:
+    def __init__(self, diff: Path, out: Any) -> None:
         self.diff = diff
         self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,  # noqa: SIM115
                                 encoding=ENCODING, errors=ERRORS)
         self.links: dict[tuple[int, int], str] = {}  # (dev, inode) -> the first name written
         self.sockets = 0
+        self.unnamable: list[str] = []
 
     def write(self) -> None:
         self._directory(self.diff, "")
@@ -90,7 +91,9 @@ class LayerWriter:
         if any(key in UNSUPPORTED_XATTRS for key in xattrs):
             raise SandboxError(f"{path} uses an overlayfs feature (redirect or metacopy) an OCI layer cannot carry",
                                hint="rebuild the image (sandboxmgr build --rebuild PROFILE), then export it")
-        if is_whiteout(info):
+        if name.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
+            self.unnamable.append(name)  # a file named .wh.X would be read as a whiteout of X
+        elif is_whiteout(info):
             head, _, base = name.rpartition("/")
             entry = self._info(f"{head}/{WHITEOUT_PREFIX}{base}" if head else WHITEOUT_PREFIX + base, info,
                                tarfile.REGTYPE)
@@ -144,8 +147,9 @@ class LayerWriter:
             self._add(entry, xattrs, handle)
 
 
-def write_layer(diff: Path, out: IO[bytes]) -> int:
-    """Write the tar of ``diff`` into ``out``; the number of sockets left out."""
+def write_layer(diff: Path, out: Any) -> tuple[int, list[str]]:
+    """Write the tar of ``diff`` into ``out``; the number of sockets left out, and the names
+    left out because OCI reserves them (``.wh.``)."""
     writer = LayerWriter(diff, out)
     writer.write()
-    return writer.sockets
+    return writer.sockets, writer.unnamable

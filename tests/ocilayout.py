@@ -87,3 +87,17 @@ def minimal_root() -> list[Entry]:
     """A layer a sandbox can start in: /bin/sh is the host's static busybox, added by the test."""
     return [Entry("bin/", tarfile.DIRTYPE, mode=0o755), Entry("etc/", tarfile.DIRTYPE, mode=0o755),
             Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n")]
+
+
+def busybox_image(busybox: bytes) -> list[list[Entry]]:
+    """Two layers a sandbox can run: a root with the host's static busybox as /bin/sh, a file
+    /gone and a directory /d (a, b); then a layer that whites out /gone, makes /d opaque and
+    adds /d/c - what `ls /d; test -e /gone` must show as overlayfs merges them."""
+    base = [Entry("bin/", tarfile.DIRTYPE, mode=0o755), Entry("bin/busybox", data=busybox, mode=0o755),
+            Entry("bin/sh", tarfile.SYMTYPE, linkname="busybox"), Entry("bin/ls", tarfile.SYMTYPE, linkname="busybox"),
+            Entry("bin/test", tarfile.SYMTYPE, linkname="busybox"), Entry("etc/", tarfile.DIRTYPE, mode=0o755),
+            Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n"), Entry("gone", data=b"x"),
+            Entry("d/", tarfile.DIRTYPE, mode=0o755), Entry("d/a", data=b"a"), Entry("d/b", data=b"b")]
+    upper = [Entry(".wh.gone"), Entry("d/", tarfile.DIRTYPE, mode=0o755), Entry("d/.wh..wh..opq"),
+             Entry("d/c", data=b"c")]
+    return [base, upper]

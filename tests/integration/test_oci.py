@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, ConcurrentBuild, missing
+from tests.ocilayout import Layout, busybox_image
+from tests.rootless import OrdinaryUser
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -161,3 +163,33 @@ def test_ctrl_c_during_an_import_leaves_no_image_and_no_layer(cli: CLI, whiteout
     for top in ("images", "layers", "tmp"):
         assert not os.listdir(other.store / top), f"{top}/ holds {os.listdir(other.store / top)}"
     assert json.loads(other.ok("images", "--json").out) == []
+
+
+BUSYBOX_CHECK = "ls /d; test -e /gone || echo gone"
+
+
+def busybox_layout(tmp_path: Path) -> Path:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        missing("busybox is not installed (make deps installs busybox-static)")
+        raise AssertionError
+    Layout(tmp_path / "layout").image(busybox_image(Path(busybox).read_bytes()))
+    return tmp_path / "layout"
+
+
+def test_whiteouts_of_an_imported_image_hide_what_they_hide(tmp_path: Path) -> None:
+    other = CLI(tmp_path / "store")
+    other.ok("import", str(busybox_layout(tmp_path)), "--as", "tiny-oci")
+    assert other.ok("run", "tiny-oci", "sh", "-c", BUSYBOX_CHECK).out == "c\ngone\n"
+
+
+def test_an_ordinary_user_imports_and_runs_an_image(rootless_user: OrdinaryUser, tmp_path: Path) -> None:
+    # In the user's user namespace: owners chown'd there, whiteouts made there, user.overlay.opaque.
+    layout = busybox_layout(tmp_path)
+    shutil.copytree(layout, rootless_user.home / "layout")
+    try:
+        rootless_user.ok("import", str(rootless_user.home / "layout"), "--as", "tiny-oci")
+        assert rootless_user.ok("run", "tiny-oci", "sh", "-c", BUSYBOX_CHECK).out == "c\ngone\n"
+        rootless_user.ok("rmi", "tiny-oci")
+    finally:
+        shutil.rmtree(rootless_user.home / "layout")
