@@ -235,11 +235,25 @@ def import_image(store: Store, source: str, name: str, progress: Progress) -> tu
         return store.publish_image(key, meta), True
 
 
+def layer_labels(config: dict[str, Any], count: int) -> list[str]:
+    """Each layer's label: ``oci layer N``, with what the image's history says made it (its
+    ``created_by``, printable characters only, cut at 60) when the history has one entry per layer."""
+    history = config.get("history") if isinstance(config.get("history"), list) else []
+    steps = [step for step in history or () if isinstance(step, dict) and not step.get("empty_layer")]
+    labels = []
+    for index in range(count):
+        said = steps[index].get("created_by") if len(steps) == count else None
+        text = "".join(c if c.isprintable() else "?" for c in said).strip() if isinstance(said, str) else ""
+        labels.append(f"oci layer {index + 1}" + (f": {text[:60]}" if text else ""))
+    return labels
+
+
 def _publish_layers(store: Store, name: str, plan: Plan, keys: list[str], made: dict[str, Path]) -> list[LayerRecord]:
     records = []
+    labels = layer_labels(plan.config, len(keys))
     for index, key in enumerate(keys):
         if key in made:
-            meta = {"key": key, "kind": "oci", "label": f"oci layer {index + 1}: {plan.layers[index][3][7:19]}",
+            meta = {"key": key, "kind": "oci", "label": labels[index],
                     "parent": keys[index - 1] if index else None, "profile": name, "created": now_iso(),
                     "build_seconds": 0, "size": tree_size(made[key] / "diff"), "diff_id": plan.layers[index][3]}
             store.publish_layer(made[key], key, meta)
