@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, ConcurrentBuild, missing
-from tests.ocilayout import Layout, busybox_image
+from tests.ocilayout import Entry, Layout, busybox_image
 from tests.rootless import OrdinaryUser
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
@@ -191,5 +191,10 @@ def test_an_ordinary_user_imports_and_runs_an_image(rootless_user: OrdinaryUser,
         rootless_user.ok("import", str(rootless_user.home / "layout"), "--as", "tiny-oci")
         assert rootless_user.ok("run", "tiny-oci", "sh", "-c", BUSYBOX_CHECK).out == "c\ngone\n"
         rootless_user.ok("rmi", "tiny-oci")
+        shutil.rmtree(rootless_user.home / "layout")
+        Layout(rootless_user.home / "layout").image([[Entry("owned", uid=200_000)]])
+        refused = rootless_user("import", str(rootless_user.home / "layout"), "--as", "beyond")
+        assert refused.code == 125 and "layer 1: entry owned cannot be made" in refused.err, str(refused)
+        assert refused.err.count("sandboxmgr: error:") == 1, str(refused)
     finally:
         shutil.rmtree(rootless_user.home / "layout")
