@@ -15,7 +15,9 @@ Every entry is made below the layer's directory and nowhere else, whatever the t
   (the store is root's alone); of the xattrs only ``security.capability`` is set (never
   overlayfs's own ``trusted.overlay.*``);
 - ``.wh.NAME`` becomes an overlayfs whiteout (a character device 0/0) unless this layer has
-  NAME itself; ``.wh..wh..opq`` makes its directory opaque; other ``.wh..wh.`` names are skipped.
+  NAME itself (a directory NAME of this layer, before or after it, is made opaque: the lower
+  one's files are gone); ``.wh..wh..opq`` makes its directory opaque; other ``.wh..wh.`` names
+  are skipped.
 
 A later entry replaces an earlier file of the same name (tar's rule); a file never replaces a
 directory (refused). The caller unpacks into the store's tmp/ and publishes only a complete,
@@ -152,15 +154,19 @@ class Unpacker:
 
     def directory(self, fd: int, parts: list[str], entry: tarfile.TarInfo) -> None:
         name = parts[-1]
+        replaced_whiteout = False
         try:
             info = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISDIR(info.st_mode):
+                replaced_whiteout = stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
                 os.unlink(name, dir_fd=fd)
                 os.mkdir(name, 0o700, dir_fd=fd)
         except FileNotFoundError:
             os.mkdir(name, 0o700, dir_fd=fd)
         made = os.open(name, DIRECTORY, dir_fd=fd)
         try:
+            if replaced_whiteout:  # .wh.NAME, then NAME/: the lower NAME is gone, this one is new
+                os.setxattr(made, self.opaque_xattr, b"y")
             os.fchown(made, entry.uid, entry.gid)
             os.fchmod(made, stat.S_IMODE(entry.mode))
             self.xattrs(made, entry)
@@ -223,13 +229,21 @@ class Unpacker:
             if hidden in ("", ".", ".."):
                 raise self.refuse(full, "whites out nothing a layer can have")
             try:
-                os.stat(hidden, dir_fd=fd, follow_symlinks=False)
-                return  # this layer's own entry of that name wins (image-spec)
+                info = os.stat(hidden, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
                 # Its owner and mtime are the .wh. file's: exported again, it is the same entry.
                 os.chown(hidden, entry.uid, entry.gid, dir_fd=fd, follow_symlinks=False)
                 os.utime(hidden, (entry.mtime, entry.mtime), dir_fd=fd, follow_symlinks=False)
+                return
+            # This layer's own entry of that name wins (image-spec); a directory of its own hides
+            # the lower one's contents, as a directory made anew would.
+            if stat.S_ISDIR(info.st_mode):
+                made = os.open(hidden, DIRECTORY, dir_fd=fd)
+                try:
+                    os.setxattr(made, self.opaque_xattr, b"y")
+                finally:
+                    os.close(made)
         finally:
             os.close(fd)
 

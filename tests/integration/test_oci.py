@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -198,3 +199,20 @@ def test_an_ordinary_user_imports_and_runs_an_image(rootless_user: OrdinaryUser,
         assert refused.err.count("sandboxmgr: error:") == 1, str(refused)
     finally:
         shutil.rmtree(rootless_user.home / "layout")
+
+
+@pytest.mark.parametrize("order", ["whiteout-first", "directory-first"])
+def test_a_directory_and_its_whiteout_in_one_layer_hide_the_lower_one(tmp_path: Path, order: str) -> None:
+    # image-spec: a whiteout applies to the lower layers only; this layer's own d/ stays, and
+    # the lower d/'s files are gone, whichever comes first in the tar.
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        missing("busybox is not installed (make deps installs busybox-static)")
+        raise AssertionError
+    base, _ = busybox_image(Path(busybox).read_bytes())
+    new = [Entry("d/", tarfile.DIRTYPE, mode=0o755), Entry("d/c", data=b"c")]
+    upper = [Entry(".wh.d"), *new] if order == "whiteout-first" else [*new, Entry(".wh.d")]
+    Layout(tmp_path / "layout").image([base, upper])
+    other = CLI(tmp_path / "store")
+    other.ok("import", str(tmp_path / "layout"), "--as", "replaced")
+    assert other.ok("run", "replaced", "ls", "/d").out == "c\n"
