@@ -13,7 +13,7 @@ package caches of its image, so "a sandbox's config from its profile" is here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from sandboxmgr import runcache, sandbox
@@ -50,10 +50,11 @@ def resolve_run(store: Store, ref: str, dirs: Sequence[Path], build: Build) -> t
     from sandboxmgr.errors import SandboxError
     from sandboxmgr.profile import ProfileRegistry
 
+    registry = ProfileRegistry(dirs)
     try:
-        loaded = ProfileRegistry(dirs).load(ref)
+        loaded = registry.load(ref)
     except SandboxError:
-        image = imported(store, ref)
+        image = imported(store, ref, registry.files())
         if image is None:
             raise
         return image, imported_config(image)  # not cached: a profile of that name, made later, wins
@@ -83,8 +84,11 @@ def profile_config(store: Store, profile: Profile, default_hostname: str) -> San
     )
 
 
-def imported(store: Store, ref: str) -> ImageRecord | None:
-    """The newest image imported as ``ref`` (sandboxmgr import SOURCE --as REF), if any."""
+def imported(store: Store, ref: str, profiles: Collection[str]) -> ImageRecord | None:
+    """The newest image imported as ``ref`` (sandboxmgr import SOURCE --as REF), if any, and
+    unless a profile file has that name (``profiles``: a broken one says its own error)."""
+    if ref in profiles:
+        return None
     found = [image for image in store.images() if image.profile == ref and image.meta.get("method") == "import"]
     return max(found, key=lambda image: image.built_ns) if found else None
 

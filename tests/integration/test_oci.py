@@ -216,3 +216,15 @@ def test_a_directory_and_its_whiteout_in_one_layer_hide_the_lower_one(tmp_path: 
     other = CLI(tmp_path / "store")
     other.ok("import", str(tmp_path / "layout"), "--as", "replaced")
     assert other.ok("run", "replaced", "ls", "/d").out == "c\n"
+
+
+def test_a_profile_made_later_under_an_imported_name_wins_even_broken(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    other = CLI(tmp_path / "store", configs)
+    other.ok("import", str(busybox_layout(tmp_path)), "--as", "later")
+    assert other.ok("run", "later", "sh", "-c", BUSYBOX_CHECK).out == "c\ngone\n"
+    (configs / "later.yaml").write_text("distro: [\n")  # a profile of that name, broken
+    for verb in (("run", "later", "true"), ("create", "later", "--name", "box")):
+        result = other(*verb)
+        assert result.code == 125 and "later.yaml" in result.err, str(result)
