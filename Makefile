@@ -12,9 +12,12 @@ BIN := $(VENV)/bin
 # qemu-user-static, binfmt-support, arch-test: foreign architectures (README, "Foreign architectures"):
 # qemu-user-static's handlers carry the F flag (the kernel opens qemu on the host, nothing of it goes
 # into a sandbox), binfmt-support registers them, arch-test is what mmdebstrap asks before --arch=arm64.
+# skopeo: `import` copies from docker-archive:, docker:// and the like with it, and the OCI tests read an
+# export with `skopeo inspect`; umoci: the tests unpack an export with `umoci unpack` (podman cannot run
+# containers on a hybrid cgroup host, as the test machines are: these two read the same files).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
   dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd \
-  qemu-user-static binfmt-support arch-test
+  qemu-user-static binfmt-support arch-test skopeo umoci
 # The handlers the tests run foreign images with. The packages register them at boot (binfmt-support's
 # service, or systemd-binfmt); where no service started (a container, policy-rc.d), deps registers the
 # package's own handler, saying so, as that service would: sandboxmgr itself never does.

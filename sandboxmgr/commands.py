@@ -37,6 +37,7 @@ PACKAGES = {
     "gpgv": "gpgv",
     "dnf": "dnf",
     "rpm": "rpm",
+    "skopeo": "skopeo",
 }
 
 __all__ = ["ProcessExecutionError", "capture", "require", "run"]

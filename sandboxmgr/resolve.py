@@ -13,7 +13,7 @@ package caches of its image, so "a sandbox's config from its profile" is here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from sandboxmgr import runcache, sandbox
@@ -47,9 +47,17 @@ def resolve_run(store: Store, ref: str, dirs: Sequence[Path], build: Build) -> t
     found = cached_run(store, ref, dirs)
     if found is not None:
         return found
+    from sandboxmgr.errors import SandboxError
     from sandboxmgr.profile import ProfileRegistry
 
-    loaded = ProfileRegistry(dirs).load(ref)
+    registry = ProfileRegistry(dirs)
+    try:
+        loaded = registry.load(ref)
+    except SandboxError:
+        image = imported(store, ref, registry.files())
+        if image is None:
+            raise
+        return image, imported_config(image)  # not cached: a profile of that name, made later, wins
     watched = runcache.fingerprints(ref, dirs, loaded.input_files())  # before the build: see there
     image = build(loaded)
     config = profile_config(store, loaded, hostname_for(loaded.name))
@@ -74,6 +82,30 @@ def profile_config(store: Store, profile: Profile, default_hostname: str) -> San
         seccomp=profile.seccomp,
         userns=profile.userns,
     )
+
+
+def imported(store: Store, ref: str, profiles: Collection[str]) -> ImageRecord | None:
+    """The newest image imported as ``ref`` (sandboxmgr import SOURCE --as REF), if any, and
+    unless a profile file has that name (``profiles``: a broken one says its own error)."""
+    if ref in profiles:
+        return None
+    found = [image for image in store.images() if image.profile == ref and image.meta.get("method") == "import"]
+    return max(found, key=lambda image: image.built_ns) if found else None
+
+
+def imported_config(image: ImageRecord) -> SandboxConfig:
+    """An imported image's sandbox config: the defaults, with its OCI config's Env, WorkingDir
+    and User (checked at the import: ociimport.oci_settings); no package caches."""
+    settings = (image.meta.get("inputs") or {}).get("config") or {}
+    env = dict(item.split("=", 1) for item in settings.get("Env", []))
+    return SandboxConfig(hostname=hostname_for(image.profile), env=env, workdir=settings.get("WorkingDir"),
+                         user=settings.get("User"))
+
+
+def create_imported(store: Store, name: str, image: ImageRecord, options: SandboxConfig) -> SandboxRecord:
+    """A named sandbox over an imported image (no profile: :func:`imported_config`)."""
+    config = imported_config(image).merged(options)
+    return sandbox.create(store, name, image, None, config)
 
 
 def create_sandbox(store: Store, name: str, image: ImageRecord, profile: Profile,

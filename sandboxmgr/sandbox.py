@@ -211,23 +211,24 @@ def using(store: Store, image: ImageRecord, caches: tuple[BindMount, ...] = ()) 
             lock.release()
 
 
-def create(store: Store, name: str, image: ImageRecord, profile: Profile, config: SandboxConfig) -> SandboxRecord:
+def create(store: Store, name: str, image: ImageRecord, profile: Profile | None,
+           config: SandboxConfig) -> SandboxRecord:
     """Make the named sandbox ``name`` over ``image``, saving ``config`` whole (resolve.create_sandbox
-    makes it from the profile and the command line)."""
+    makes it from the profile and the command line; an imported image has no ``profile``)."""
     meta = {
         "name": name,
-        "profile": profile.name,
-        "profile_path": str(profile.path),
+        "profile": profile.name if profile else image.profile,
+        "profile_path": str(profile.path) if profile else None,
         "image": image.key,
-        "distro": profile.distro,
-        "release": profile.release,
+        "distro": profile.distro if profile else image.meta.get("distro"),
+        "release": profile.release if profile else image.meta.get("release"),
         "created": now_iso(),
         "settings": config.to_json(),
     }
     # Holding the image, so a concurrent rmi either sees this sandbox or is refused.
     with using(store, image):
         if store.image(image.key) is None:
-            raise SandboxError(f"the image {image.key} of {profile.name} was removed meanwhile",
+            raise SandboxError(f"the image {image.key} of {meta['profile']} was removed meanwhile",
                                hint="run the command again: the image is built anew")
         return store.create_sandbox(name, meta)
 

@@ -63,7 +63,8 @@ for _command in (completion, images.profiles, images.build, images.images, image
                  sandboxes.create, sandboxes.exec_, sandboxes.shell, sandboxes.ls_, sandboxes.inspect, sandboxes.rm,
                  lifecycle.start, lifecycle.stop, lifecycle.restart, lifecycle.kill, lifecycle.logs,
                  lifecycle.wait, lifecycle.ps, lifecycle.top,
-                 jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df, locks.lock, locks.recreate):
+                 jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df, locks.lock, locks.recreate,
+                 images.export, images.import_):
     cli.add_command(_command)
 
 

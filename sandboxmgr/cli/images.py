@@ -1,7 +1,8 @@
-"""Verbs of profiles and images: profiles, build, images, rmi, prune."""
+"""Verbs of profiles and images: profiles, build, images, rmi, prune, df, export, import."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -149,3 +150,64 @@ def df(app: App, as_json: bool, verbose: bool) -> None:
         print_json(found)
         return
     ui.df_table(found, verbose)
+
+
+# --- OCI export and import --------------------------------------------------------------------
+
+
+@click.command(name="export")
+@click.argument("ref", metavar="IMAGE", shell_complete=complete_images)
+@click.option("-o", "--output", "dest", required=True, type=click.Path(path_type=Path),
+              help="Where to write it (must not exist).")
+@click.option("--format", "fmt", type=click.Choice(["oci-dir", "oci-archive"]), default="oci-dir", show_default=True,
+              help="An OCI image layout directory, or the same as one tar file.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@pass_app
+def export(app: App, ref: str, dest: Path, fmt: str, as_json: bool) -> None:
+    """Write the image of IMAGE (a profile, an imported name, or an image key) as an OCI image:
+    one layer per layer of the image, for skopeo, podman, buildah and umoci."""
+    from sandboxmgr.catalog import current, lookup
+    from sandboxmgr.ociexport import export as write
+
+    require_root(app, "export")
+    found = lookup(app.store, app.registry, ref)
+    if not found:
+        raise SandboxError(f"no image of {ref!r} in the store", hint="build it first, or see 'sandboxmgr images'")
+    keys = set(current(found, app.registry).values())
+    image = next(record for record in found if record.key in keys)
+    line = app.progress(f"export {image.profile}")
+    try:
+        written = write(app.store, image, dest, fmt, line)
+    finally:
+        line.done()
+    if as_json:
+        print_json([written])
+    elif not app.quiet:
+        click.echo(f"{image.profile}: image {image.key} written to {written['path']} ({fmt}, "
+                   f"{counted(written['layers'], 'layer')}, manifest {written['manifest']})")
+
+
+@click.command(name="import")
+@click.argument("source")
+@click.option("--as", "name", required=True, metavar="NAME", help="The name `run`, `create` and `rmi` take.")
+@click.option("--json", "as_json", is_flag=True, help="Print the image's record as JSON.")
+@pass_app
+def import_(app: App, source: str, name: str, as_json: bool) -> None:
+    """Import an OCI image as the image NAME: SOURCE is an OCI layout directory, an oci-archive,
+    or anything skopeo copies from (docker-archive:FILE, docker://REF)."""
+    from sandboxmgr.ociimport import check_image_name, import_image
+
+    check_image_name(name, {*app.registry.files(), *app.registry.aliases()})
+    require_root(app, "import")
+    line = app.progress(f"import {name}")
+    try:
+        record, new = import_image(app.store, source, name, line)
+    finally:
+        line.done()
+    if as_json:
+        print_json([{"key": record.key, "name": name, "new": new, "layers": record.layers,
+                    "size": record.meta.get("size"), "source": source,
+                    "manifest": record.meta["inputs"]["manifest"], "path": str(record.path)}])
+    elif not app.quiet:
+        click.echo(f"{name}: image {record.key} ({counted(len(record.layers), 'layer')}, "
+                   f"{format_bytes(record.meta.get('size'), decimal=True)})" + ("" if new else ", imported before"))

@@ -22,6 +22,7 @@ from sandboxmgr.ui import print_json
 
 if TYPE_CHECKING:
     from sandboxmgr.config import SandboxConfig
+    from sandboxmgr.store import SandboxRecord
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -98,16 +99,11 @@ def run(app: App, /, interactive: bool, tty: bool, name: str | None, detach: boo
                            hint="drop --name for a throw-away sandbox, or --rm to keep it")
     if name is None and not detach:
         return _run_ephemeral(app, profile, options)
-    import secrets
-
     from sandboxmgr.names import check_name
-    from sandboxmgr.resolve import create_sandbox
 
     if name is not None:
         check_name(name, "sandbox name")
-    loaded = app.registry.load(profile)
-    name = name or f"{loaded.name}-{secrets.token_hex(3)}"
-    record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
+    record = _create(app, profile, name, options)
     if detach:
         try:
             live.run_detached(app.store, record, options.argv)
@@ -149,23 +145,38 @@ def _run_ephemeral(app: App, ref: str, options: SandboxConfig) -> int:
 @pass_app
 def create(app: App, /, profile: str, name: str | None, **flags: Any) -> None:
     """Create a persistent sandbox over PROFILE's image; print its name."""
-    import secrets
-
     from sandboxmgr.config import parse_options
     from sandboxmgr.names import check_name
-    from sandboxmgr.resolve import create_sandbox
 
     require_root(app, "create")
     if name is not None:
         check_name(name, "sandbox name")
     options = parse_options((), False, **flags)
-    loaded = app.registry.load(profile)
+    if name is not None and (app.store.sandboxes_dir / name).exists():
+        raise SandboxError(f"a sandbox named {name!r} already exists",
+                           hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
+    click.echo(_create(app, profile, name, options).name)
+
+
+def _create(app: App, ref: str, name: str | None, options: SandboxConfig) -> SandboxRecord:
+    """A named sandbox over the image of the profile ``ref`` (built when needed), or over the
+    image imported as ``ref`` when no profile has that name (sandboxmgr import)."""
+    import secrets
+
+    from sandboxmgr.resolve import create_imported, create_sandbox, imported
+
+    try:
+        loaded = app.registry.load(ref)
+    except SandboxError:
+        image = imported(app.store, ref, app.registry.files())
+        if image is None:
+            raise
+        return create_imported(app.store, name or f"{ref}-{secrets.token_hex(3)}", image, options)
     name = name or f"{loaded.name}-{secrets.token_hex(3)}"
     if (app.store.sandboxes_dir / name).exists():
         raise SandboxError(f"a sandbox named {name!r} already exists",
                            hint=f"pick another --name, or remove it: sandboxmgr rm {name}")
-    record = create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
-    click.echo(record.name)
+    return create_sandbox(app.store, name, app.image_for(loaded), loaded, options)
 
 
 @click.command(name="exec", cls=CommandVerb, context_settings=COMMAND_SETTINGS)

@@ -94,3 +94,14 @@ def test_every_json_shape_is_the_documented_one(cli: CLI, bookworm: ConcurrentBu
     assert result.code == 1, str(result)
     check(json.loads(result.out), documented("### Doctor's findings"))
     cli.ok("doctor", "--fix")
+
+
+def test_export_and_import_json_shapes_are_the_documented_ones(cli: CLI, bookworm: ConcurrentBuild,
+                                                               tmp_path: Path) -> None:
+    exported = json.loads(cli.ok("export", bookworm.profile, "-o", str(tmp_path / "layout"), "--json").out)
+    check(exported, documented("#### `export --json`"))
+    other = CLI(tmp_path / "store")  # the session's store keeps built images only
+    imported = json.loads(other.ok("import", str(tmp_path / "layout"), "--as", "shapes", "--json").out)
+    check(imported, documented("#### `import --json`"))
+    check(json.loads(other.ok("images", "--json").out), documented("#### `images --json`"))
+    other.ok("rmi", "shapes")

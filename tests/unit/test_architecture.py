@@ -20,6 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "jobs": ("matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol",
              "rpmsource", "rpmpackage", "rpmpkgtest", "locking"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
+               "ocilayer", "ociexport", "ocisource", "ociunpack", "ociimport",
                "usage", "pkgcache", "df", "locked", "dpkgstatus"),
     "sandboxes": ("sandbox", "config", "idmap", "live", "monitor", "join", "enter", "pid1", "execute", "mounts",
                   "mountexec", "tty", "users", "seccomp", "spec", "supervise", "ticket",
