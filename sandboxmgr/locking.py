@@ -10,6 +10,10 @@ with a comment saying so, and the image is built with the others.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,7 @@ from sandboxmgr.store import ImageRecord, Store
 
 Build = Callable[[Profile], ImageRecord]
 _MARK = "# Made by sandboxmgr recreate"
+_OTHER_NAME = "choose another name with --as, or another place with -o"
 
 
 def require_debian(profile: Profile, what: str) -> None:
@@ -62,18 +67,49 @@ def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], 
     lines = [f"{_MARK} from {shown(report.name)}: the versions it names, pinned.",
              *(f"# The archive lacks {pin}: not pinned." for pin in lacking),
              *(f"# {pin}: another architecture; not pinned." for pin in foreign),
-             f"extends: {base}",
-             f"description: {shown(report.name)} recreated over {base}",
+             # Quoted: a report's file name ("bug: 12.txt", "*x") or a profile's path is text, never YAML.
+             f"extends: {json.dumps(base)}",
+             f"description: {json.dumps(f'{shown(report.name)} recreated over {base}')}",
              "packages:" if pins else "packages: []",
              *(f"  - '{pin}'" for pin in pins)]
     return "\n".join(lines) + "\n"
 
 
 def _write(path: Path, text: str) -> None:
-    if path.exists() and not path.read_text(errors="replace").startswith(_MARK):
-        raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten",
-                           hint="choose another name with --as, or another place with -o")
-    path.write_text(text)
+    """``text`` as the file ``path``, unless something recreate did not write is there. Neither a
+    symlink (a dangling one would make root create its target) nor a FIFO or a device is read or
+    written through: the directory may be anyone's (/tmp), and the report came from anywhere."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except OSError as exc:
+        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+        raise SandboxError(f"{shown(path)} {what}; not overwritten", hint=_OTHER_NAME) from None
+    if fd != -1:
+        with os.fdopen(fd, "rb") as handle:
+            ours = stat.S_ISREG(os.fstat(fd).st_mode) and handle.read(len(_MARK)) == _MARK.encode()
+        if not ours:
+            raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten",
+                               hint=_OTHER_NAME)
+    write_file(path, text, _OTHER_NAME)
+
+
+def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
+    """``text`` as the file ``path``, whole or not at all: written to a new file of a name no one
+    can guess (never through a symlink planted there), then renamed over ``path``."""
+    temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise SandboxError(f"cannot write {shown(path)}: {exc.strerror}", hint=hint) from None
 
 
 def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str | None, out: Path | None,

@@ -1,0 +1,266 @@
+"""An attacker's review of lock files (lockfile.py, dpkgstatus.py, locked.py, locking.py).
+
+A lock file, a bug report and its file name are hostile input; an image's layers were
+written by build steps that ran as root inside. Each test names the hole it proves, and
+fails on the lock branch as it was (a52feab):
+
+- a lock file of a few hundred bytes (YAML aliases, a "billion laughs") made the error
+  message that quotes a bad value exponential in size and time; a deeply nested one was
+  an internal RecursionError;
+- a version ending in '-' passed the check: apt-get install reads ``NAME=VERSION-`` as
+  "remove NAME", so a lock (or a report) could turn the lock layer's install into a removal;
+- ``lock: FIFO`` (or /dev/zero) hung every verb that computes the image key (``profiles``,
+  ``run``, ``build``): the key read the lock unbounded, before the bounded reader ran;
+- the package database was taken from "the topmost layer that has the file", blind to
+  overlayfs: a setup step's ``rm`` (a whiteout) or ``rm -rf /var/lib/dpkg; mkdir`` (an
+  opaque directory) let ``lock`` and the post-build check read a lower layer's database,
+  which the image no longer has - the check passed while the image held other versions;
+- a dpkg status line was split with str.splitlines(), which also ends a line at \\f, \\x1c,
+  \\x85, \\u2028...: a field's value written before ``Version:`` (a package's Maintainer)
+  made a ``Version:`` line of its own, and the lock lied about the version;
+- recreate wrote the report's file name into the profile as bare YAML (``bug: 12.txt``
+  broke it), followed a dangling symlink at ./NAME.yaml (root created its target), and
+  blocked forever reading a FIFO there; ``lock -o``'s temporary file had a fixed name and
+  was written through a symlink planted at it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr import dpkgstatus, lockfile
+from sandboxmgr.errors import BuildError, ProfileError, SandboxError
+from sandboxmgr.lockfile import Lock, Package
+from tests.conftest import need_root
+
+pytestmark = pytest.mark.adversarial
+
+HEADER = ("lock_format: 1\nprofile: p\nimage: 0123\ndistro: debian\nrelease: bookworm\narch: amd64\n"
+          "mirror: http://deb.debian.org/debian\n")
+STANZA = "Package: {}\nStatus: install ok installed\nMaintainer: {}\nArchitecture: all\nVersion: {}\n"
+
+
+def a_lock(*packages: Package) -> Lock:
+    return Lock(profile="p", image="0123", distro="debian", release="bookworm", arch="amd64",
+                mirror="http://deb.debian.org/debian", archive_date=None,
+                packages=packages or (Package("sbm-hello", "all", "1.0"),))
+
+
+def in_thread(call: Callable[[], object], unblock: Path | None = None) -> list[object]:
+    """What ``call`` returned or raised, if it ended within 5 seconds (else []); a FIFO
+    ``unblock`` is opened for writing afterwards, so a reader blocked on it ends."""
+    result: list[object] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except Exception as exc:  # the test looks at what it was
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    done = list(result)
+    if thread.is_alive() and unblock is not None:
+        os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+    return done
+
+
+# --- the lock file as input ------------------------------------------------------------
+
+
+def test_an_alias_bomb_in_a_lock_file_is_one_short_line() -> None:
+    # 23 anchors, each a list of the one before twice: 2**23 leaves when printed.
+    chain = ", ".join(["&b0 [x, x]"] + [f"&b{i} [*b{i - 1}, *b{i - 1}]" for i in range(1, 23)])
+    text = f"lock_format: 1\nmirror: [{chain}]\npackages:\n- {{name: *b22, version: '1', arch: all}}\n"
+    assert len(text) < 1000
+    started = time.monotonic()
+    with pytest.raises(ProfileError) as raised:
+        lockfile.parse(Path("p.lock"), text)
+    assert time.monotonic() - started < 1
+    assert raised.value.message == "p.lock: packages[0].name a list is not a valid package name"
+    bomb = f"lock_format: [{chain}, *b22]\npackages: []\n"
+    with pytest.raises(ProfileError, match=r"^p\.lock: lock_format a list is not 1$"):
+        lockfile.parse(Path("p.lock"), bomb)
+
+
+def test_a_deeply_nested_lock_file_is_one_line_not_an_internal_error() -> None:
+    with pytest.raises(ProfileError, match=r"p\.lock: not a lock file \(YAML nested too deep\)"):
+        lockfile.parse(Path("p.lock"), "lock_format: 1\npackages: " + "[" * 100_000 + "]" * 100_000 + "\n")
+
+
+@pytest.mark.parametrize("version", ["2.36-", "1:2.36-9-", "1.0:x-"])
+def test_a_version_apt_would_read_as_remove_is_refused(version: str) -> None:
+    # apt-get install 'libc6=2.36-' removes libc6; dpkg itself refuses an empty revision.
+    text = HEADER + f"packages:\n- {{name: libc6, version: '{version}', arch: amd64}}\n"
+    with pytest.raises(ProfileError, match=r"packages\[0\]\.version .* is not a valid package version"):
+        lockfile.parse(Path("p.lock"), text)
+    from sandboxmgr import reports
+
+    with pytest.raises(SandboxError, match="names no installed package versions"):
+        reports.parse(f"ii  libc6  {version}\n")
+
+
+def test_lock_format_true_is_not_format_1() -> None:
+    text = HEADER.replace("lock_format: 1", "lock_format: true") + "packages:\n- {name: a, version: '1', arch: all}\n"
+    with pytest.raises(ProfileError, match="lock_format True is not 1"):
+        lockfile.parse(Path("p.lock"), text)
+
+
+def test_a_lock_that_is_a_fifo_never_hangs_the_image_key(tmp_path: Path) -> None:
+    from sandboxmgr.identity import image_key
+    from sandboxmgr.locations import shipped_configs_dir
+    from sandboxmgr.profile import ProfileRegistry
+
+    os.mkfifo(tmp_path / "p.lock")
+    (tmp_path / "keyring.gpg").write_bytes(b"fixed\n")
+    (tmp_path / "locked.yaml").write_text(
+        f"extends: debian-bookworm\narch: amd64\nbootstrap: {{keyring: {tmp_path / 'keyring.gpg'}}}\nlock: p.lock\n")
+    profile = ProfileRegistry([shipped_configs_dir(), tmp_path]).load("locked")
+    # `sandboxmgr profiles` computes every profile's key: one FIFO blocked it for good.
+    done = in_thread(lambda: image_key(profile), unblock=tmp_path / "p.lock")
+    assert done and isinstance(done[0], str), done
+
+
+# --- the layers' package database --------------------------------------------------------
+
+
+def layer(tmp_path: Path, name: str) -> Path:
+    diff = tmp_path / name / "diff"
+    diff.mkdir(parents=True)
+    return diff
+
+
+def with_status(diff: Path, *stanzas: str) -> Path:
+    (diff / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+    (diff / "var/lib/dpkg/status").write_text("\n".join(stanzas))
+    return diff
+
+
+def whiteout(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))  # S_IFCHR 0/0: what overlayfs writes for rm
+
+
+def test_a_deleted_package_database_is_not_read_from_a_lower_layer(tmp_path: Path) -> None:
+    need_root()
+    lower = with_status(layer(tmp_path, "lower"), STANZA.format("sbm-hello", "m", "1.0"))
+    assert dpkgstatus.installed([lower]) == [Package("sbm-hello", "all", "1.0")]
+    for where in ("var/lib/dpkg/status", "var/lib/dpkg", "var"):  # rm of the file, or a directory above it
+        upper = layer(tmp_path, f"upper-{where.count('/')}")
+        whiteout(upper / where)
+        with pytest.raises(BuildError, match="the image has no dpkg database"):
+            dpkgstatus.installed([lower, upper])
+    # A file where the directory was hides it as well.
+    upper = layer(tmp_path, "file")
+    (upper / "var/lib").mkdir(parents=True)
+    (upper / "var/lib/dpkg").write_text("not a directory\n")
+    with pytest.raises(BuildError, match="the image has no dpkg database"):
+        dpkgstatus.installed([lower, upper])
+
+
+def test_an_opaque_directory_hides_a_lower_layers_database(tmp_path: Path) -> None:
+    need_root()
+    lower = with_status(layer(tmp_path, "lower"), STANZA.format("sbm-hello", "m", "1.0"))
+    # rm -rf /var/lib/dpkg; mkdir /var/lib/dpkg: overlayfs makes the new directory opaque.
+    upper = layer(tmp_path, "upper")
+    (upper / "var/lib/dpkg").mkdir(parents=True)
+    os.setxattr(upper / "var/lib/dpkg", "trusted.overlay.opaque", b"y")
+    with pytest.raises(BuildError, match="the image has no dpkg database"):
+        dpkgstatus.installed([lower, upper])
+    # The check after a locked build: versions changed, the database removed - it must not pass.
+    from sandboxmgr.lockfile import differences
+
+    with_status(upper, STANZA.format("sbm-hello", "m", "2.0"))
+    assert differences(a_lock(), dpkgstatus.installed([lower, upper])) is not None
+    # An opaque directory higher up hides it too; the layer's own database is read.
+    top = layer(tmp_path, "top")
+    (top / "var").mkdir()
+    os.setxattr(top / "var", "trusted.overlay.opaque", b"y")
+    with pytest.raises(BuildError, match="the image has no dpkg database"):
+        dpkgstatus.installed([lower, upper, top])
+
+
+def test_a_field_value_cannot_make_a_version_line_of_its_own(tmp_path: Path) -> None:
+    # dpkg writes Maintainer: before Version:, and ends a line at \n only.
+    for separator in ("\x0c", "\x1c", "\x85", "\u2028", "\r", "\x0b"):
+        text = STANZA.format("sbm-hello", f"Mallory <m@example.org>{separator}Version: 9.9", "1.0")
+        assert dpkgstatus.parse_status(text) == [Package("sbm-hello", "all", "1.0")], repr(separator)
+    need_root()
+    diff = with_status(layer(tmp_path, "l"), STANZA.format("sbm-hello", "M\u2028Version: 9.9", "1.0"))
+    assert dpkgstatus.installed([diff]) == [Package("sbm-hello", "all", "1.0")]
+
+
+# --- recreate and lock -o -------------------------------------------------------------------
+
+
+def recreate_in(tmp_path: Path, report: Path, name: str | None = None) -> object:
+    from sandboxmgr.locations import shipped_configs_dir
+    from sandboxmgr.locking import recreate
+    from sandboxmgr.profile import Profile, ProfileRegistry
+    from sandboxmgr.store import ImageRecord
+
+    def build(profile: Profile) -> ImageRecord:
+        return ImageRecord("0123", tmp_path, {})
+
+    return recreate(ProfileRegistry([shipped_configs_dir()]), report, "debian-bookworm", name, None, build)
+
+
+def test_a_reports_file_name_is_text_in_the_recreated_profile(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr.locking import Recreated
+
+    monkeypatch.chdir(tmp_path)
+    for number, name in enumerate(("bug: 12.txt", "*x", "[a] #b", "{setup: [x]}")):
+        report = tmp_path / name
+        report.write_text("ii  libc6  2.36-9\n")
+        done = recreate_in(tmp_path, report, f"r{number}")
+        assert isinstance(done, Recreated)
+        assert done.profile.description == f"{name} recreated over debian-bookworm"
+        assert done.profile.packages == ("libc6=2.36-9",) and done.profile.setup == ()
+
+
+def test_recreate_never_writes_through_a_symlink_or_reads_a_fifo(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / "report.txt"
+    report.write_text("ii  libc6  2.36-9\n")
+    # A dangling symlink planted where recreate writes (a shared directory): root made its target.
+    (tmp_path / "elsewhere").mkdir()
+    victim = tmp_path / "elsewhere" / "victim"
+    (tmp_path / "debian-bookworm-report.yaml").symlink_to(victim)
+    with pytest.raises(SandboxError, match=r"debian-bookworm-report\.yaml is a symlink; not overwritten"):
+        recreate_in(tmp_path, report)
+    assert not victim.exists()
+    # A FIFO there: recreate read it to see whether it wrote it, and blocked for good.
+    os.mkfifo(tmp_path / "fifo.yaml")
+    done = in_thread(lambda: recreate_in(tmp_path, report, "fifo"), unblock=tmp_path / "fifo.yaml")
+    assert done and isinstance(done[0], SandboxError), done
+    assert "fifo.yaml exists and was not made by recreate" in str(done[0])
+
+
+def test_lock_output_is_never_written_through_a_planted_symlink(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sandboxmgr import locking
+    from sandboxmgr.cli import cli
+    from sandboxmgr.cli.app import App
+
+    monkeypatch.setattr(App, "image_for", lambda self, profile: None)
+    monkeypatch.setattr(locking, "take", lambda store, profile, record: a_lock())
+    monkeypatch.chdir(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / ".out.lock.tmp").symlink_to(victim)  # the temporary name lock -o used, always the same
+    result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "lock", "debian-bookworm", "-o", "out.lock"])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious\n"
+    assert lockfile.load(tmp_path / "out.lock") == a_lock()
