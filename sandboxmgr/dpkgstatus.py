@@ -25,6 +25,11 @@ LISTS = "var/lib/apt/lists"
 MAX_STATUS = 64 << 20
 MAX_RELEASE = 1 << 20
 _DATE_RE = re.compile(r"^Date: *(.+?) *$", re.MULTILINE)
+# The states in which a package's files are in the image (dpkg-query -W lists them): not only
+# "installed" - a step's 'dpkg --unpack' of another version is no less there for not being
+# configured. Not "not-installed", nor "config-files" (removed: only its conffiles are left).
+_PRESENT = frozenset({"installed", "unpacked", "half-configured", "half-installed", "triggers-awaited",
+                      "triggers-pending"})
 
 
 def _in_layer(layer: Path, parts: list[str]) -> tuple[int | None, bool]:
@@ -104,8 +109,8 @@ def _regular(layer: Path, path: str, fd: int, limit: int) -> bytes:
 
 
 def parse_status(text: str) -> list[Package]:
-    """The installed packages of a dpkg status file, sorted; stanzas that are not installed,
-    or whose fields are not valid, are left out (dpkg-query -W lists neither)."""
+    """The packages of a dpkg status file whose files are in the image, sorted; stanzas of
+    packages not installed (or only their conffiles), or whose fields are not valid, are left out."""
     found = []
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -119,7 +124,7 @@ def parse_status(text: str) -> list[Package]:
             fields.setdefault(key.strip().lower(), value.strip())
         name, version, arch = fields.get("package", ""), fields.get("version", ""), fields.get("architecture", "")
         state = fields.get("status", "").split()
-        if len(state) != 3 or state[2] != "installed":
+        if len(state) != 3 or state[2] not in _PRESENT:
             continue
         if NAME_RE.fullmatch(name) and VERSION_RE.fullmatch(version) and ARCH_RE.fullmatch(arch):
             found.append(Package(name, arch, version))

@@ -15,6 +15,8 @@ fails on the lock branch as it was (a52feab):
   overlayfs: a setup step's ``rm`` (a whiteout) or ``rm -rf /var/lib/dpkg; mkdir`` (an
   opaque directory) let ``lock`` and the post-build check read a lower layer's database,
   which the image no longer has - the check passed while the image held other versions;
+- a package a step left "unpacked" (dpkg --unpack, never configured) was invisible to the
+  post-build check, though its files are in the image: only "installed" counted;
 - a dpkg status line was split with str.splitlines(), which also ends a line at \\f, \\x1c,
   \\x85, \\u2028...: a field's value written before ``Version:`` (a package's Maintainer)
   made a ``Version:`` line of its own, and the lock lied about the version;
@@ -196,6 +198,19 @@ def test_a_field_value_cannot_make_a_version_line_of_its_own(tmp_path: Path) -> 
     need_root()
     diff = with_status(layer(tmp_path, "l"), STANZA.format("sbm-hello", "M\u2028Version: 9.9", "1.0"))
     assert dpkgstatus.installed([diff]) == [Package("sbm-hello", "all", "1.0")]
+
+
+def test_a_package_dpkg_only_unpacked_is_not_invisible_to_the_check() -> None:
+    # A setup step's 'dpkg --unpack other.deb' (no configure): its files are in the image.
+    unpacked = STANZA.format("sbm-hello", "m", "1.0") + "\n" + STANZA.format("other", "m", "6.6").replace(
+        "install ok installed", "install ok unpacked")
+    found = dpkgstatus.parse_status(unpacked)
+    assert Package("other", "all", "6.6") in found
+    assert "installed but not locked: other=6.6" in (lockfile.differences(a_lock(), found) or "")
+    # Removed with only its conffiles left, or never installed: not there.
+    for state in ("deinstall ok config-files", "purge ok not-installed"):
+        gone = STANZA.format("other", "m", "6.6").replace("install ok installed", state)
+        assert dpkgstatus.parse_status(gone) == []
 
 
 # --- recreate and lock -o -------------------------------------------------------------------
