@@ -100,11 +100,12 @@ def snapshot_stamp(date: str | None) -> str | None:
         return None
     try:
         when = parsedate_to_datetime(date)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        # A lock's date is the user's text: 'Fri, 31 Dec 9999 23:59:59 -2359' overflows in UTC.
+        return datetime.strftime(when.astimezone(UTC), "%Y%m%dT%H%M%SZ")
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return datetime.strftime(when.astimezone(UTC), "%Y%m%dT%H%M%SZ")
 
 
 def dump(lock: Lock) -> str:

@@ -9,6 +9,8 @@ fails on the lock branch as it was (a52feab):
   an internal RecursionError;
 - a version ending in '-' passed the check: apt-get install reads ``NAME=VERSION-`` as
   "remove NAME", so a lock (or a report) could turn the lock layer's install into a removal;
+- a lock's ``archive_date`` out of range ('Fri, 31 Dec 9999 23:59:59 -2359') made the hint of
+  the missing-versions error an internal OverflowError;
 - ``lock: FIFO`` (or /dev/zero) hung every verb that computes the image key (``profiles``,
   ``run``, ``build``): the key read the lock unbounded, before the bounded reader ran;
 - the package database was taken from "the topmost layer that has the file", blind to
@@ -43,7 +45,7 @@ from tests.conftest import need_root
 
 pytestmark = pytest.mark.adversarial
 
-HEADER = ("lock_format: 1\nprofile: p\nimage: 0123\ndistro: debian\nrelease: bookworm\narch: amd64\n"
+HEADER = ("lock_format: 1\nprofile: p\nimage: '0123'\ndistro: debian\nrelease: bookworm\narch: amd64\n"
           "mirror: http://deb.debian.org/debian\n")
 STANZA = "Package: {}\nStatus: install ok installed\nMaintainer: {}\nArchitecture: all\nVersion: {}\n"
 
@@ -114,6 +116,14 @@ def test_lock_format_true_is_not_format_1() -> None:
     text = HEADER.replace("lock_format: 1", "lock_format: true") + "packages:\n- {name: a, version: '1', arch: all}\n"
     with pytest.raises(ProfileError, match="lock_format True is not 1"):
         lockfile.parse(Path("p.lock"), text)
+
+
+@pytest.mark.parametrize("date", ["Fri, 31 Dec 9999 23:59:59 -2359", "Sat, 10 Feb 2024 09:50:14 +99999999999999999999"])
+def test_a_locks_date_out_of_range_leaves_the_missing_versions_line_one_line(date: str) -> None:
+    # The hint of "the archive lacks ..." is made from the lock's archive_date: it overflowed.
+    lock = lockfile.parse(Path("p.lock"), HEADER + f"archive_date: '{date}'\npackages:\n"
+                          "- {name: a, version: '1', arch: all}\n")
+    assert "e.g. https://snapshot.debian.org/archive/debian/YYYYMMDDTHHMMSSZ/" in lock.snapshot_hint()
 
 
 def test_a_lock_that_is_a_fifo_never_hangs_the_image_key(tmp_path: Path) -> None:
