@@ -22,6 +22,8 @@ fails on the lock branch as it was (a52feab):
 - a dpkg status line was split with str.splitlines(), which also ends a line at \\f, \\x1c,
   \\x85, \\u2028...: a field's value written before ``Version:`` (a package's Maintainer)
   made a ``Version:`` line of its own, and the lock lied about the version;
+- apt's log holds what maintainer scripts print: a line of theirs named any "missing version"
+  (a terminal escape sequence in the error line, a pin recreate would drop);
 - recreate wrote the report's file name into the profile as bare YAML (``bug: 12.txt``
   broke it), followed a dangling symlink at ./NAME.yaml (root created its target), and
   blocked forever reading a FIFO there; ``lock -o``'s temporary file had a fixed name and
@@ -221,6 +223,16 @@ def test_a_package_dpkg_only_unpacked_is_not_invisible_to_the_check() -> None:
     for state in ("deinstall ok config-files", "purge ok not-installed"):
         gone = STANZA.format("other", "m", "6.6").replace("install ok installed", state)
         assert dpkgstatus.parse_status(gone) == []
+
+
+def test_a_maintainer_scripts_output_cannot_name_missing_versions() -> None:
+    from sandboxmgr.builders import missing_pins
+
+    # Anything in the packages' output reaches apt's log: only the pins asked for are named.
+    log = ("E: Version '\x1b]0;owned\x07' for 'x' was not found\nE: Version '2.36-9' for 'libc6' was not found\n"
+           "E: Version '9' for 'sbm-hello' was not found\nE: Version '2.36-9' for 'libc6:i386' was not found\n")
+    assert missing_pins(log, ("libc6=2.36-9", "sbm-hello=1.0", "libc6:i386=2.36-9")) == [
+        "libc6=2.36-9", "libc6:i386=2.36-9"]
 
 
 # --- recreate and lock -o -------------------------------------------------------------------
