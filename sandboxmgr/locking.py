@@ -97,8 +97,17 @@ def _write(path: Path, text: str) -> None:
 
 def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
     """``text`` as the file ``path``, whole or not at all: written to a new file of a name no one
-    can guess (never through a symlink planted there), then renamed over ``path``."""
+    can guess (never through a symlink planted there), then renamed over ``path`` - only over a
+    regular file: a rename over ``-o /dev/stdout`` (a symlink) or a device would replace the host's."""
     temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise SandboxError(f"{shown(path)} is not a regular file; not replaced",
+                               hint=f"{hint}; without -o, lock prints the lock file")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SandboxError(f"cannot write {shown(path)}: {exc.strerror}", hint=hint) from None
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:

@@ -24,6 +24,8 @@ fails on the lock branch as it was (a52feab):
   made a ``Version:`` line of its own, and the lock lied about the version;
 - apt's log holds what maintainer scripts print: a line of theirs named any "missing version"
   (a terminal escape sequence in the error line, a pin recreate would drop);
+- ``lock -o /dev/stdout`` renamed a regular file over the host's /dev/stdout (a symlink), as it
+  would over any device or FIFO named;
 - recreate wrote the report's file name into the profile as bare YAML (``bug: 12.txt``
   broke it), followed a dangling symlink at ./NAME.yaml (root created its target), and
   blocked forever reading a FIFO there; ``lock -o``'s temporary file had a fixed name and
@@ -301,3 +303,24 @@ def test_lock_output_is_never_written_through_a_planted_symlink(tmp_path: Path,
     assert result.exit_code == 0, result.output
     assert victim.read_text() == "precious\n"
     assert lockfile.load(tmp_path / "out.lock") == a_lock()
+
+
+def test_lock_output_never_replaces_a_symlink_or_a_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sandboxmgr import locking
+    from sandboxmgr.cli import cli
+    from sandboxmgr.cli.app import App
+
+    monkeypatch.setattr(App, "image_for", lambda self, profile: None)
+    monkeypatch.setattr(locking, "take", lambda store, profile, record: a_lock())
+    # 'lock p -o /dev/stdout' renamed a regular file over the host's /dev/stdout; here, a copy of it.
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    os.mkfifo(tmp_path / "fifo")
+    for target in (stdout, tmp_path / "fifo"):
+        result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "lock", "debian-bookworm",
+                                          "-o", str(target)])
+        assert result.exit_code != 0 and "is not a regular file; not replaced" in str(result.exception), result
+    assert stdout.is_symlink() and os.readlink(stdout) == "/proc/self/fd/1"
+    assert (tmp_path / "fifo").is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "stdout"]
