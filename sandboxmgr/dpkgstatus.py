@@ -16,7 +16,7 @@ import re
 import stat
 from pathlib import Path
 
-from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.errors import BuildError, SandboxError, shown
 from sandboxmgr.inroot import open_in_root
 from sandboxmgr.lockfile import ARCH_RE, NAME_RE, VERSION_RE, Package
 
@@ -110,7 +110,8 @@ def _regular(layer: Path, path: str, fd: int, limit: int) -> bytes:
 
 def parse_status(text: str) -> list[Package]:
     """The packages of a dpkg status file whose files are in the image, sorted; stanzas of
-    packages not installed (or only their conffiles), or whose fields are not valid, are left out."""
+    packages not installed (or only their conffiles) are left out; SandboxError for a package
+    whose name, version or architecture is not one a lock can hold."""
     found = []
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -126,9 +127,19 @@ def parse_status(text: str) -> list[Package]:
         state = fields.get("status", "").split()
         if len(state) != 3 or state[2] not in _PRESENT:
             continue
-        if NAME_RE.fullmatch(name) and VERSION_RE.fullmatch(version) and ARCH_RE.fullmatch(arch):
-            found.append(Package(name, arch, version))
+        if not (NAME_RE.fullmatch(name) and VERSION_RE.fullmatch(version) and ARCH_RE.fullmatch(arch)):
+            # Never skipped: a package the lock cannot name would be in the image and in no lock,
+            # and the check after a locked build would not see it either.
+            raise SandboxError(f"the dpkg database has {_short(name)} {_short(version)} ({_short(arch)}), "
+                               "a name, version or architecture a lock file cannot hold",
+                               hint="lock files take Debian's names and versions (at most 200 characters): "
+                                    "remove that package from the image")
+        found.append(Package(name, arch, version))
     return sorted(found)
+
+
+def _short(value: str) -> str:
+    return shown(value if len(value) <= 60 else value[:60] + "...")
 
 
 def installed(layers: list[Path]) -> list[Package]:

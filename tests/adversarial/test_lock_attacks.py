@@ -19,6 +19,8 @@ fails on the lock branch as it was (a52feab):
   which the image no longer has - the check passed while the image held other versions;
 - a package a step left "unpacked" (dpkg --unpack, never configured) was invisible to the
   post-build check, though its files are in the image: only "installed" counted;
+- a package whose name or version the lock's rules refuse (dpkg takes a version of any length)
+  was skipped without a word: in the image, in no lock, and out of the check's sight;
 - a dpkg status line was split with str.splitlines(), which also ends a line at \\f, \\x1c,
   \\x85, \\u2028...: a field's value written before ``Version:`` (a package's Maintainer)
   made a ``Version:`` line of its own, and the lock lied about the version;
@@ -235,6 +237,15 @@ def test_a_maintainer_scripts_output_cannot_name_missing_versions() -> None:
            "E: Version '9' for 'sbm-hello' was not found\nE: Version '2.36-9' for 'libc6:i386' was not found\n")
     assert missing_pins(log, ("libc6=2.36-9", "sbm-hello=1.0", "libc6:i386=2.36-9")) == [
         "libc6=2.36-9", "libc6:i386=2.36-9"]
+
+
+def test_a_package_a_lock_cannot_name_is_never_skipped_in_silence() -> None:
+    # dpkg takes a version of any length (a third-party repository's): skipped, it was in the
+    # image, in no lock, and out of the check's sight.
+    long = STANZA.format("sbm-hello", "m", "1.0") + "\n" + STANZA.format("other", "m", "1." + "0" * 300)
+    with pytest.raises(SandboxError, match=r"the dpkg database has other 1\.0+\.\.\. \(all\), a name, version"):
+        dpkgstatus.parse_status(long)
+    assert dpkgstatus.parse_status(long.replace("install ok installed", "purge ok not-installed")) == []
 
 
 # --- recreate and lock -o -------------------------------------------------------------------
