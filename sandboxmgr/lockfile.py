@@ -187,18 +187,31 @@ def parse(path: Path, text: str) -> Lock:
                 archive_date=_text(path, data, "archive_date", optional=True), packages=tuple(packages))
 
 
+def regular_bytes(path: Path, limit: int, follow: bool = True) -> tuple[int, bytes | None]:
+    """(``path``'s st_mode, at most ``limit`` + 1 of its bytes, or None when it is not a regular
+    file); OSError as open(2) gives it. Anything but a regular file is never opened, only looked
+    at: opening a device acts (a watchdog is armed, a tape rewinds) and wakes a FIFO's writer.
+    ``follow=False``: a symlink is not followed, and its mode is S_IFLNK."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return mode, None
+        with open(f"/proc/self/fd/{fd}", "rb") as handle:
+            return mode, handle.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
 def read_bytes(path: Path) -> bytes:
     """The lock file's bytes, at most MAX_BYTES; ProfileError when it cannot be read."""
     try:
-        # Not blocking on a FIFO, and only a regular file is read.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise _problem(path, "not a regular file")
-            data = handle.read(MAX_BYTES + 1)
+        _mode, data = regular_bytes(path, MAX_BYTES)
     except OSError as exc:
         raise ProfileError(f"cannot read the lock file {shown(path)}: {exc.strerror}",
                            hint="make it with 'sandboxmgr lock PROFILE -o FILE', or fix 'lock:'") from None
+    if data is None:
+        raise _problem(path, "not a regular file")
     if len(data) > MAX_BYTES:
         raise _problem(path, f"larger than {MAX_BYTES >> 20} MiB")
     return data

@@ -10,7 +10,6 @@ with a comment saying so, and the image is built with the others.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -21,7 +20,7 @@ from pathlib import Path
 from sandboxmgr import dpkgstatus, reports
 from sandboxmgr.builders import MissingVersions
 from sandboxmgr.errors import SandboxError, shown, warn
-from sandboxmgr.lockfile import Lock
+from sandboxmgr.lockfile import Lock, regular_bytes
 from sandboxmgr.names import check_name
 from sandboxmgr.profile import Profile, ProfileRegistry, is_path_ref
 from sandboxmgr.store import ImageRecord, Store
@@ -80,18 +79,16 @@ def _write(path: Path, text: str) -> None:
     symlink (a dangling one would make root create its target) nor a FIFO or a device is read or
     written through: the directory may be anyone's (/tmp), and the report came from anywhere."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        mode, data = regular_bytes(path, len(_MARK), follow=False)
     except FileNotFoundError:
-        fd = -1
+        mode, data = 0, None
     except OSError as exc:
-        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
-        raise SandboxError(f"{shown(path)} {what}; not overwritten", hint=_OTHER_NAME) from None
-    if fd != -1:
-        with os.fdopen(fd, "rb") as handle:
-            ours = stat.S_ISREG(os.fstat(fd).st_mode) and handle.read(len(_MARK)) == _MARK.encode()
-        if not ours:
-            raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten",
-                               hint=_OTHER_NAME)
+        raise SandboxError(f"{shown(path)} cannot be read ({exc.strerror}); not overwritten",
+                           hint=_OTHER_NAME) from None
+    if stat.S_ISLNK(mode):
+        raise SandboxError(f"{shown(path)} is a symlink; not overwritten", hint=_OTHER_NAME)
+    if mode and (data is None or not data.startswith(_MARK.encode())):
+        raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten", hint=_OTHER_NAME)
     write_file(path, text, _OTHER_NAME)
 
 

@@ -13,6 +13,9 @@ fails on the lock branch as it was (a52feab):
   the missing-versions error an internal OverflowError;
 - ``lock: FIFO`` (or /dev/zero) hung every verb that computes the image key (``profiles``,
   ``run``, ``build``): the key read the lock unbounded, before the bounded reader ran;
+- a lock (``lock: /dev/watchdog``, in an untrusted project's profile too), a report, or what is at
+  recreate's ./NAME.yaml was opened before it was found not to be a regular file: opening a
+  device acts (a watchdog is armed and reboots the host, a tape rewinds);
 - the package database was taken from "the topmost layer that has the file", blind to
   overlayfs: a setup step's ``rm`` (a whiteout) or ``rm -rf /var/lib/dpkg; mkdir`` (an
   opaque directory) let ``lock`` and the post-build check read a lower layer's database,
@@ -36,6 +39,7 @@ fails on the lock branch as it was (a52feab):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -145,6 +149,44 @@ def test_a_lock_that_is_a_fifo_never_hangs_the_image_key(tmp_path: Path) -> None
     # `sandboxmgr profiles` computes every profile's key: one FIFO blocked it for good.
     done = in_thread(lambda: image_key(profile), unblock=tmp_path / "p.lock")
     assert done and isinstance(done[0], str), done
+
+
+def opens(fifo: Path, call: Callable[[], object]) -> bool:
+    """Whether ``call`` opens ``fifo``: a writer blocked in open(2) wakes only when a reader
+    opens it - as a watchdog device arms, or a tape rewinds, when it is opened."""
+    woke = threading.Event()
+
+    def writer() -> None:
+        os.close(os.open(fifo, os.O_WRONLY))
+        woke.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    time.sleep(0.3)  # the writer is blocked in open(2) now
+    with contextlib.suppress(SandboxError):
+        call()
+    opened = woke.wait(1)
+    if not opened:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+        woke.wait(5)
+    return opened
+
+
+def test_a_lock_or_a_report_that_is_not_a_regular_file_is_never_opened(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxmgr import reports
+    from sandboxmgr.identity import lock_digest
+
+    # An untrusted project's profile may say 'lock: /dev/watchdog': every verb computing its key read it.
+    fifo = tmp_path / "device"
+    os.mkfifo(fifo)
+    assert not opens(fifo, lambda: lockfile.load(fifo))
+    assert not opens(fifo, lambda: lock_digest(str(fifo)))
+    assert not opens(fifo, lambda: reports.read_report(fifo))
+    monkeypatch.chdir(tmp_path)
+    report = tmp_path / "report.txt"
+    report.write_text("ii  libc6  2.36-9\n")
+    os.rename(fifo, tmp_path / "device.yaml")
+    assert not opens(tmp_path / "device.yaml", lambda: recreate_in(tmp_path, report, "device"))
 
 
 # --- the layers' package database --------------------------------------------------------
