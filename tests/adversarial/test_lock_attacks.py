@@ -16,6 +16,9 @@ fails on the lock branch as it was (a52feab):
 - a lock (``lock: /dev/watchdog``, in an untrusted project's profile too), a report, or what is at
   recreate's ./NAME.yaml was opened before it was found not to be a regular file: opening a
   device acts (a watchdog is armed and reboots the host, a tape rewinds);
+- an untrusted project's profile could name any host file as its lock (``lock: /root/x.yaml``):
+  the host read it as root and quoted its first keys in errors, though the project rules say
+  a host file read for a project (bootstrap.keyring, a seccomp path) needs trust;
 - the package database was taken from "the topmost layer that has the file", blind to
   overlayfs: a setup step's ``rm`` (a whiteout) or ``rm -rf /var/lib/dpkg; mkdir`` (an
   opaque directory) let ``lock`` and the post-build check read a lower layer's database,
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +55,7 @@ import pytest
 from sandboxmgr import dpkgstatus, lockfile
 from sandboxmgr.errors import BuildError, ProfileError, SandboxError
 from sandboxmgr.lockfile import Lock, Package
-from tests.conftest import need_root
+from tests.conftest import CLI, need_root
 
 pytestmark = pytest.mark.adversarial
 
@@ -187,6 +191,45 @@ def test_a_lock_or_a_report_that_is_not_a_regular_file_is_never_opened(tmp_path:
     report.write_text("ii  libc6  2.36-9\n")
     os.rename(fifo, tmp_path / "device.yaml")
     assert not opens(tmp_path / "device.yaml", lambda: recreate_in(tmp_path, report, "device"))
+
+
+def test_an_untrusted_project_cannot_make_the_host_read_a_file_outside_it_as_a_lock(tmp_path: Path) -> None:
+    from sandboxmgr import trust
+    from sandboxmgr.locations import shipped_configs_dir
+    from sandboxmgr.profile import ProfileRegistry
+    from sandboxmgr.project import entries, expand, load_project
+
+    # The host reads the lock as root, and a bad one's error quotes its first keys: a project
+    # cloned from elsewhere must not choose a host file for that without trust (as bootstrap.keyring).
+    project = tmp_path / "project"
+    (project / "locks").mkdir(parents=True)
+    (project / "locks" / "in.lock").write_text("x: 1\n")
+    (tmp_path / "host-secret.yaml").write_text("token: hunter2\n")
+    (project / "locks" / "link.lock").symlink_to(tmp_path / "host-secret.yaml")
+    (project / "sandboxmgr.yaml").write_text(
+        "inline:\n"
+        "  inside: {extends: debian-bookworm, lock: locks/in.lock}\n"
+        f"  outside: {{extends: debian-bookworm, lock: {tmp_path / 'host-secret.yaml'}}}\n"
+        "  link: {extends: debian-bookworm, lock: locks/link.lock}\n"
+        "  up: {extends: debian-bookworm, lock: ../host-secret.yaml}\n")
+    registry = ProfileRegistry([shipped_configs_dir()])
+    loaded = load_project(project, registry)
+    listed = [name for name in expand(loaded.profiles, loaded, registry) if name not in loaded.inline]
+    found, _ = trust.findings(loaded.raw, loaded.inline, [e.profile for e in entries(listed, loaded, registry)],
+                              registry)
+    assert sorted(f.key for f in found) == ["inline.link.lock", "inline.outside.lock", "inline.up.lock"], found
+    # End to end: matrix refuses before anything is read or built, one line and the hint.
+    need_root()
+    (project / "sandboxmgr.yaml").write_text(
+        f"profiles: [outside]\ncommand: 'true'\ninline:\n  outside:\n    extends: debian-bookworm\n"
+        f"    lock: {tmp_path / 'host-secret.yaml'}\n")
+    cli = CLI(tmp_path / "store")
+    proc = subprocess.run(cli.argv("matrix", "-C", str(project)), capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL, cwd=project)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 125 and len(lines) == 2, proc
+    assert lines[0].startswith(f"sandboxmgr: error: {project / 'sandboxmgr.yaml'}:6: inline.outside.lock: ")
+    assert "not trusted" in lines[0] and "hunter2" not in proc.stderr + proc.stdout, proc
 
 
 # --- the layers' package database --------------------------------------------------------
