@@ -15,7 +15,7 @@ fails on the lock branch as it was (a52feab):
   ``run``, ``build``): the key read the lock unbounded, before the bounded reader ran;
 - a lock (``lock: /dev/watchdog``, in an untrusted project's profile too), a report, or what is at
   recreate's ./NAME.yaml was opened before it was found not to be a regular file: opening a
-  device acts (a watchdog is armed and reboots the host, a tape rewinds);
+  device acts (a watchdog is armed, and reboots the host unless fed; a tape rewinds);
 - an untrusted project's profile could name any host file as its lock (``lock: /root/x.yaml``):
   the host read it as root and quoted its first keys in errors, though the project rules say
   a host file read for a project (bootstrap.keyring, a seccomp path) needs trust;
