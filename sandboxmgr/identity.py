@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr import distros
+from sandboxmgr import distros, lockfile
+from sandboxmgr.errors import ProfileError
 from sandboxmgr.names import BUILD_FORMAT
 from sandboxmgr.profile import Profile
 
@@ -58,10 +59,12 @@ def file_digest(path: Path) -> str:
 
 
 def lock_digest(path: str) -> str:
-    """The sha256 of a lock file's bytes (``missing:PATH`` when it cannot be read: the build says why)."""
+    """The sha256 of a lock file's bytes (``missing:PATH`` when it cannot be read: the build says why).
+    Read as the build reads it (lockfile.read_bytes): bounded, a regular file only - every verb that
+    computes a key (``profiles``, ``run``) reads it, and ``lock: /dev/zero`` or a FIFO must not hang them."""
     try:
-        return file_digest(Path(path))
-    except OSError:
+        return hashlib.sha256(lockfile.read_bytes(Path(path))).hexdigest()
+    except ProfileError:
         return "missing:" + path
 
 

@@ -39,7 +39,10 @@ MAX_BYTES = 8 << 20
 MAX_PACKAGES = 50_000
 # Debian policy 5.6.1 (names), 5.6.12 (versions: [epoch:]upstream[-revision]); arch names.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,199}\Z")
-VERSION_RE = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~_-]{0,199}(?::[A-Za-z0-9.+~_-]+)*\Z")
+# Never ending in '-' (an empty revision, which dpkg refuses): apt-get install reads a trailing
+# '-' of NAME=VERSION as "remove NAME", so a lock or a report could turn an install into a removal.
+VERSION_RE = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9](?:[A-Za-z0-9.+~_-]{0,198}[A-Za-z0-9.+~_])?"
+                        r"(?::[A-Za-z0-9.+~_-]*[A-Za-z0-9.+~_])*\Z")
 ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
 _KEYS = ("lock_format", "profile", "image", "distro", "release", "arch", "mirror", "archive_date", "packages")
 
@@ -97,11 +100,12 @@ def snapshot_stamp(date: str | None) -> str | None:
         return None
     try:
         when = parsedate_to_datetime(date)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        # A lock's date is the user's text: 'Fri, 31 Dec 9999 23:59:59 -2359' overflows in UTC.
+        return datetime.strftime(when.astimezone(UTC), "%Y%m%dT%H%M%SZ")
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return datetime.strftime(when.astimezone(UTC), "%Y%m%dT%H%M%SZ")
 
 
 def dump(lock: Lock) -> str:
@@ -109,6 +113,15 @@ def dump(lock: Lock) -> str:
     header = (f"# sandboxmgr lock file of profile {lock.profile} (image {lock.image}).\n"
               "# A profile's 'lock: FILE' builds exactly these versions; see README, \"Lock files\".\n")
     return header + yaml.safe_dump(lock.as_dict(), sort_keys=False, default_flow_style=None, width=1 << 16)
+
+
+def _quoted(value: object) -> str:
+    """A value of the file in a message: a scalar quoted (the first 100 characters), a collection
+    named only - an alias bomb's text is exponential in the file's size, and is never built."""
+    if isinstance(value, (list, dict)):
+        return f"a {'list' if isinstance(value, list) else 'map'}"
+    text = str(value)
+    return shown(text if len(text) <= 100 else text[:100] + "...")
 
 
 def _problem(path: Path, what: str) -> ProfileError:
@@ -123,7 +136,7 @@ def _text(path: Path, data: dict[str, Any], key: str, pattern: re.Pattern[str] |
     if not isinstance(value, str) or not value or len(value) > 4096 or not value.isprintable():
         raise _problem(path, f"{key} must be a line of text")
     if pattern is not None and not pattern.fullmatch(value):
-        raise _problem(path, f"{key} {shown(value)} is not valid")
+        raise _problem(path, f"{key} {_quoted(value)} is not valid")
     return value
 
 
@@ -136,7 +149,7 @@ def _package(path: Path, index: int, item: Any) -> Package:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = values[key] = str(value)  # a version YAML read as a number: 1.0 (written quoted)
         if not isinstance(value, str) or not pattern.fullmatch(value):
-            raise _problem(path, f"packages[{index}].{key} {shown(value)} is not a valid package {key}")
+            raise _problem(path, f"packages[{index}].{key} {_quoted(value)} is not a valid package {key}")
     return Package(values["name"], values["arch"], values["version"])
 
 
@@ -148,13 +161,15 @@ def parse(path: Path, text: str) -> Lock:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise _problem(path, f"not valid YAML{where}") from None
+    except RecursionError:  # [[[[... nested deeper than the parser's recursion goes
+        raise _problem(path, "not a lock file (YAML nested too deep)") from None
     if not isinstance(data, dict):
         raise _problem(path, "not a lock file (a YAML map is expected)")
     unknown = sorted(str(key) for key in data if key not in _KEYS)
     if unknown:
-        raise _problem(path, f"unknown key {shown(unknown[0])}")
-    if data.get("lock_format") != LOCK_FORMAT:
-        raise _problem(path, f"lock_format {shown(data.get('lock_format'))} is not {LOCK_FORMAT}")
+        raise _problem(path, f"unknown key {_quoted(unknown[0])}")
+    if type(data.get("lock_format")) is not int or data.get("lock_format") != LOCK_FORMAT:  # not true, not 1.0
+        raise _problem(path, f"lock_format {_quoted(data.get('lock_format'))} is not {LOCK_FORMAT}")
     items = data.get("packages")
     if not isinstance(items, list) or not items:
         raise _problem(path, "packages must be a non-empty list")
@@ -172,18 +187,31 @@ def parse(path: Path, text: str) -> Lock:
                 archive_date=_text(path, data, "archive_date", optional=True), packages=tuple(packages))
 
 
+def regular_bytes(path: Path, limit: int, follow: bool = True) -> tuple[int, bytes | None]:
+    """(``path``'s st_mode, at most ``limit`` + 1 of its bytes, or None when it is not a regular
+    file); OSError as open(2) gives it. Anything but a regular file is never opened, only looked
+    at: opening a device acts (a watchdog is armed, a tape rewinds) and wakes a FIFO's writer.
+    ``follow=False``: a symlink is not followed, and its mode is S_IFLNK."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return mode, None
+        with open(f"/proc/self/fd/{fd}", "rb") as handle:
+            return mode, handle.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
 def read_bytes(path: Path) -> bytes:
     """The lock file's bytes, at most MAX_BYTES; ProfileError when it cannot be read."""
     try:
-        # Not blocking on a FIFO, and only a regular file is read.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise _problem(path, "not a regular file")
-            data = handle.read(MAX_BYTES + 1)
+        _mode, data = regular_bytes(path, MAX_BYTES)
     except OSError as exc:
         raise ProfileError(f"cannot read the lock file {shown(path)}: {exc.strerror}",
                            hint="make it with 'sandboxmgr lock PROFILE -o FILE', or fix 'lock:'") from None
+    if data is None:
+        raise _problem(path, "not a regular file")
     if len(data) > MAX_BYTES:
         raise _problem(path, f"larger than {MAX_BYTES >> 20} MiB")
     return data

@@ -10,6 +10,9 @@ with a comment saying so, and the image is built with the others.
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +20,14 @@ from pathlib import Path
 from sandboxmgr import dpkgstatus, reports
 from sandboxmgr.builders import MissingVersions
 from sandboxmgr.errors import SandboxError, shown, warn
-from sandboxmgr.lockfile import Lock
+from sandboxmgr.lockfile import Lock, regular_bytes
 from sandboxmgr.names import check_name
 from sandboxmgr.profile import Profile, ProfileRegistry, is_path_ref
 from sandboxmgr.store import ImageRecord, Store
 
 Build = Callable[[Profile], ImageRecord]
 _MARK = "# Made by sandboxmgr recreate"
+_OTHER_NAME = "choose another name with --as, or another place with -o"
 
 
 def require_debian(profile: Profile, what: str) -> None:
@@ -62,18 +66,56 @@ def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], 
     lines = [f"{_MARK} from {shown(report.name)}: the versions it names, pinned.",
              *(f"# The archive lacks {pin}: not pinned." for pin in lacking),
              *(f"# {pin}: another architecture; not pinned." for pin in foreign),
-             f"extends: {base}",
-             f"description: {shown(report.name)} recreated over {base}",
+             # Quoted: a report's file name ("bug: 12.txt", "*x") or a profile's path is text, never YAML.
+             f"extends: {json.dumps(base)}",
+             f"description: {json.dumps(f'{shown(report.name)} recreated over {base}')}",
              "packages:" if pins else "packages: []",
              *(f"  - '{pin}'" for pin in pins)]
     return "\n".join(lines) + "\n"
 
 
 def _write(path: Path, text: str) -> None:
-    if path.exists() and not path.read_text(errors="replace").startswith(_MARK):
-        raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten",
-                           hint="choose another name with --as, or another place with -o")
-    path.write_text(text)
+    """``text`` as the file ``path``, unless something recreate did not write is there. Neither a
+    symlink (a dangling one would make root create its target) nor a FIFO or a device is read or
+    written through: the directory may be anyone's (/tmp), and the report came from anywhere."""
+    try:
+        mode, data = regular_bytes(path, len(_MARK), follow=False)
+    except FileNotFoundError:
+        mode, data = 0, None
+    except OSError as exc:
+        raise SandboxError(f"{shown(path)} cannot be read ({exc.strerror}); not overwritten",
+                           hint=_OTHER_NAME) from None
+    if stat.S_ISLNK(mode):
+        raise SandboxError(f"{shown(path)} is a symlink; not overwritten", hint=_OTHER_NAME)
+    if mode and (data is None or not data.startswith(_MARK.encode())):
+        raise SandboxError(f"{shown(path)} exists and was not made by recreate; not overwritten", hint=_OTHER_NAME)
+    write_file(path, text, _OTHER_NAME)
+
+
+def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
+    """``text`` as the file ``path``, whole or not at all: written to a new file of a name no one
+    can guess (never through a symlink planted there), then renamed over ``path`` - only over a
+    regular file: a rename over ``-o /dev/stdout`` (a symlink) or a device would replace the host's."""
+    temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise SandboxError(f"{shown(path)} is not a regular file; not replaced",
+                               hint=f"{hint}; without -o, lock prints the lock file")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SandboxError(f"cannot write {shown(path)}: {exc.strerror}", hint=hint) from None
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise SandboxError(f"cannot write {shown(path)}: {exc.strerror}", hint=hint) from None
 
 
 def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str | None, out: Path | None,

@@ -16,13 +16,11 @@ refusal is one line.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 
 from sandboxmgr.errors import SandboxError, shown
-from sandboxmgr.lockfile import ARCH_RE, NAME_RE, VERSION_RE, Package
+from sandboxmgr.lockfile import ARCH_RE, NAME_RE, VERSION_RE, Package, regular_bytes
 
 MAX_BYTES = 1 << 20
 MAX_LINE = 1000
@@ -38,13 +36,11 @@ _HINT = "give reportbug's report, 'dpkg -l' or 'dpkg-query -W' output"
 def read_report(path: Path) -> str:
     """A report file's text (at most MAX_BYTES); SandboxError, one line, otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise SandboxError(f"{shown(path)}: not a regular file", hint=_HINT)
-            data = handle.read(MAX_BYTES + 1)
+        _mode, data = regular_bytes(path, MAX_BYTES)  # a device or a FIFO is never opened
     except OSError as exc:
         raise SandboxError(f"cannot read the report {shown(path)}: {exc.strerror}", hint=_HINT) from None
+    if data is None:
+        raise SandboxError(f"{shown(path)}: not a regular file", hint=_HINT)
     if len(data) > MAX_BYTES:
         raise SandboxError(f"{shown(path)}: larger than {MAX_BYTES >> 10} KiB; not a bug report",
                            hint="keep the report's package lists only")

@@ -30,6 +30,8 @@ The keys, and why each needs trust:
   bootstrap (a ``file://`` key is also a host file read).
 * ``repositories[].gpgcheck: false`` - the host's dnf installs unsigned
   packages, whatever the network or the mirror serves.
+* ``lock`` naming a file outside the project (a symlink out of it included) - a
+  host file the host reads as root for the project, its first keys quoted in errors.
 * ``seccomp`` other than ``default`` - the system call filter: ``unconfined``
   gives the project's command user namespaces and root's user keyring, a path
   names a host file the host reads as the filter.
@@ -119,6 +121,19 @@ def scan(raw: Raw) -> list[Finding]:
     return found
 
 
+def outside_lock(raw: Raw, root: Path | None) -> list[Finding]:
+    """``lock:`` naming a file outside ``root`` (the project's directory; else the profile file's own)."""
+    value = raw.data.get("lock")
+    if not isinstance(value, str):
+        return []
+    path = Path(value).expanduser()
+    top = os.path.realpath(root if root is not None else raw.path.parent)
+    if os.path.commonpath([os.path.realpath(raw.path.parent / path), top]) == top:
+        return []
+    return [Finding(raw.path, raw.line(("lock",)), ".".join((*raw.prefix, "lock")),
+                    "a host file outside the project, which the host reads as the lock file")]
+
+
 def key_files(raw: Raw) -> list[Path]:
     """The key files a profile names (``bootstrap.keyring``, ``file://`` gpgkeys): trusting the
     profile's file means trusting their bytes too, as they are when it is trusted."""
@@ -184,7 +199,7 @@ def findings(project_raw: Raw | None, inline: dict[str, Profile], others: Iterab
             parts = [raw.part(("inline", name), bodies[name]) for name in inline
                      if isinstance(bodies, dict) and isinstance(bodies.get(name), dict)]
         for part in parts:
-            result += scan(part)
+            result += scan(part) + outside_lock(part, project_path.parent if project_path is not None else None)
             for key_file in key_files(part):
                 try:
                     digests[key_file] = hashlib.sha256(key_file.read_bytes()).hexdigest()

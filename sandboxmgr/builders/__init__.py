@@ -134,8 +134,10 @@ def missing_pins(log: str, packages: Sequence[str]) -> list[str]:
     """The pinned packages (``name=version``) apt's output (``log``) says the archive lacks: the version,
     or the package altogether."""
     pins = {package.partition("=")[0]: package for package in packages if "=" in package}
-    found = [f"{name}={version}" for version, name
-             in re.findall(r"Version '([^'\s]+)' for '([^'\s]+)' was not found", log)]
+    # Only pins asked for: the log also holds what maintainer scripts print, and a line of theirs
+    # could name anything (a terminal's escape sequence) in the error, or make recreate drop a pin.
+    found = [pin for version, name in re.findall(r"Version '([^'\s]+)' for '([^'\s]+)' was not found", log)
+             if (pin := f"{name}={version}") in pins.values()]
     found += [pins[name] for name in re.findall(r"Unable to locate package (\S+)", log) if name in pins]
     return list(dict.fromkeys(found))
 

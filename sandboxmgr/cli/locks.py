@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from sandboxmgr.cli.app import App, complete_profiles, pass_app, require_root
-from sandboxmgr.errors import SandboxError, counted, shown
+from sandboxmgr.errors import counted, shown
 from sandboxmgr.ui import print_json
 
 
@@ -22,7 +21,7 @@ def lock(app: App, profile: str, output: Path | None, as_json: bool) -> None:
     """Write the lock file of PROFILE's image (built first if needed): every installed
     package with its exact version and architecture."""
     from sandboxmgr import lockfile
-    from sandboxmgr.locking import require_debian, take
+    from sandboxmgr.locking import require_debian, take, write_file
 
     loaded = app.registry.load(profile)
     require_debian(loaded, "locking")
@@ -33,13 +32,7 @@ def lock(app: App, profile: str, output: Path | None, as_json: bool) -> None:
         if not as_json:
             click.echo(lockfile.dump(taken), nl=False)
         return
-    temporary = output.with_name(f".{output.name}.tmp")
-    try:
-        temporary.write_text(lockfile.dump(taken))
-        os.replace(temporary, output)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise SandboxError(f"cannot write {shown(output)}: {exc.strerror}", hint="choose another -o") from None
+    write_file(output, lockfile.dump(taken))  # never through a symlink planted at a temporary name
     if not app.quiet and not as_json:
         click.echo(f"{loaded.name}: locked {counted(len(taken.packages), 'package')} of image {taken.image} "
                    f"in {shown(output)}", err=True)

@@ -203,7 +203,7 @@ def test_recreate_writes_the_pins_and_drops_what_the_archive_lacks(tmp_path: Pat
                      ("libc6=2.36-9+deb12u4", "sbm-hello=1.0")]
     assert (done.lacking, done.foreign) == (["debconf=1.5.82"], ["libfoo:i386=1.0"])
     text = done.path.read_text()
-    assert "# The archive lacks debconf=1.5.82: not pinned.\n" in text and "extends: debian-bookworm\n" in text
+    assert "# The archive lacks debconf=1.5.82: not pinned.\n" in text and 'extends: "debian-bookworm"\n' in text
     # Written again by recreate: fine; a file of the user's own: never overwritten.
     recreate(ProfileRegistry([shipped_configs_dir()]), report, "debian-bookworm", None, None, build)
     (tmp_path / "mine.yaml").write_text("extends: debian-bookworm\n")
