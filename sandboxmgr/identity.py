@@ -15,6 +15,7 @@ which stays pure data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import dataclass
@@ -53,9 +54,19 @@ def digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 
+_MAX_DIGESTED = 16 << 20  # a keyring or a repository's GPG key: kilobytes
+
+
 def file_digest(path: Path) -> str:
-    """The sha256 of a file's bytes; raises OSError."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The sha256 of a regular file's bytes; OSError otherwise. Every verb that computes a key
+    (``profiles``, ``run``) reads the profile's keyring: ``keyring: /dev/zero`` or a FIFO must
+    neither hang them nor be opened (lockfile.regular_bytes), a huge file never read whole."""
+    _mode, data = lockfile.regular_bytes(path, _MAX_DIGESTED)
+    if data is None:
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if len(data) > _MAX_DIGESTED:
+        raise OSError(errno.EFBIG, f"larger than {_MAX_DIGESTED >> 20} MiB", str(path))
+    return hashlib.sha256(data).hexdigest()
 
 
 def lock_digest(path: str) -> str:

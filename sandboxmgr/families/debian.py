@@ -43,7 +43,8 @@ def _check_common(profile: Profile, tool: str) -> None:
     keyring = Path(profile.bootstrap.keyring)
     if not keyring.is_file():
         raise SandboxError(
-            f"the archive keyring {keyring} does not exist, so signatures cannot be checked",
+            f"the archive keyring {keyring} {'is not a regular file' if keyring.exists() else 'does not exist'}, "
+            "so signatures cannot be checked",
             hint=f"install {distro.keyring_package}, or set bootstrap.keyring in {profile.path}",
         )
     distro.check_arch(profile)

@@ -61,3 +61,26 @@ def test_image_key_of_a_custom_rpm_distro_that_bootstraps_its_packages(tmp_path:
     profile = ProfileRegistry([tmp_path]).load("tiny")
     assert [layer.kind for layer in layers(profile)] == ["bootstrap"]
     assert image_key(profile) == "c7543ff4c8b8e822f275"
+
+
+def test_a_keyring_that_is_a_fifo_or_a_device_is_never_opened_for_the_image_key(tmp_path: Path) -> None:
+    """Every verb that computes a key (profiles, run) digests the keyring: a FIFO would hang it
+    (opening one blocks until a writer comes) and /dev/zero would never end."""
+    import hashlib
+    import os
+
+    from sandboxmgr.identity import file_digest
+
+    fifo = tmp_path / "keyring.gpg"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(OSError, match="not a regular file"):
+            file_digest(path)
+    big = tmp_path / "big.gpg"
+    with open(big, "wb") as handle:
+        handle.truncate((16 << 20) + 1)  # sparse
+    with pytest.raises(OSError, match="larger than 16 MiB"):
+        file_digest(big)
+    small = tmp_path / "small.gpg"
+    small.write_bytes(b"key")
+    assert file_digest(small) == hashlib.sha256(b"key").hexdigest()
