@@ -96,6 +96,8 @@ def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
     """``text`` as the file ``path``, whole or not at all: written to a new file of a name no one
     can guess (never through a symlink planted there), then renamed over ``path`` - only over a
     regular file: a rename over ``-o /dev/stdout`` (a symlink) or a device would replace the host's."""
+    if path.name in ("", ".."):
+        raise SandboxError(f"-o {shown(path)} is not a file name", hint=hint)  # "" reads as "."
     temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):

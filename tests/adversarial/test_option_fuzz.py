@@ -14,6 +14,7 @@ from files, which test_fuzz.py throws at the profile loader.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,16 @@ import pytest
 
 from sandboxmgr.cli import cli as group
 from tests.conftest import CLI, ConcurrentBuild
+from tests.ocilayout import Layout, minimal_root
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.root, pytest.mark.network]
 
 VALUES = {"empty": "", "huge": "x" * 100_000, "relative": "rel/../ative", "newline": "a\nb"}
 SANDBOX = "fuzzed"  # a named sandbox that exec and shell are given
+EXPORTED = "exported"  # where export writes when its -o is not the option under test (the case's cwd)
+IMPORTED = "fuzz-imported"
+LAYOUT = "layout"  # a small OCI layout in the project directory, for import
+REPORT = "report.txt"  # a bug report naming no version, for recreate (nothing is built)
 LONGEST_LINE = 600
 
 
@@ -64,9 +70,13 @@ def argv_for(verb: str, option: str, value: str, profile: str, project: Path) ->
         return [option, value, "profiles"]
     rest = {"run": [profile, "true"], "create": [profile, "--name", "fuzz-created"], "exec": [SANDBOX, "true"],
             "shell": [SANDBOX], "matrix": ["-C", str(project)], "inspect": [profile], "stop": [SANDBOX],
-            "restart": [SANDBOX], "kill": [SANDBOX], "logs": [SANDBOX]}[verb]
-    if verb == "matrix" and option == "-C":
-        rest = []
+            "restart": [SANDBOX], "kill": [SANDBOX], "logs": [SANDBOX], "lock": [profile],
+            "export": [profile, "-o", EXPORTED], "import": [str(project / LAYOUT), "--as", IMPORTED],
+            "recreate": [str(project / REPORT), "-p", profile]}[verb]
+    # The option under test is one the verb needs: the rest without it (and its value).
+    if option in rest:
+        at = rest.index(option)
+        rest = rest[:at] + rest[at + 2:]
     return [verb, option, value, *rest]
 
 
@@ -102,10 +112,14 @@ def fuzz_env(cli: CLI, bookworm: ConcurrentBuild,
     cwd = tmp_path_factory.mktemp("fuzz-cwd")
     project = tmp_path_factory.mktemp("fuzz-project")
     (project / "sandboxmgr.yaml").write_text(f"profiles: [{bookworm.profile}]\ncommand: 'true'\n")
+    Layout(project / LAYOUT).image([minimal_root()])
+    (project / REPORT).write_text("nothing to see\n")
     cli.ok("create", bookworm.profile, "--name", SANDBOX)
     yield cwd, project
-    # No case left a sandbox behind (a matrix's, a run's) or removed the one it was given.
+    # No case left a sandbox behind (a matrix's, a run's) or removed the one it was given, nor an image
+    # of an odd name (import --as).
     assert {row["name"] for row in json.loads(cli.ok("ls", "--json").out)} == {SANDBOX}
+    assert IMPORTED not in cli.ok("images").out
     cli.ok("rm", SANDBOX)
 
 
@@ -119,7 +133,12 @@ def run(cli: CLI, argv: list[str], cwd: Path, fast: bool = False) -> subprocess.
 def after_each(cli: CLI, cwd: Path, verb: str) -> None:
     if verb == "create" and (cli.store / "sandboxes" / "fuzz-created").exists():
         cli.ok("rm", "fuzz-created")
-    for entry in cwd.iterdir():  # matrix --junit FILE is the only thing a case may write here
+    # What a case may write here: matrix --junit FILE and lock -o FILE (relative and newline values),
+    # an export's layout (its -o, or EXPORTED).
+    for entry in cwd.iterdir():
+        if verb == "export" and entry.name in ("ative", "a\nb", EXPORTED) and entry.is_dir():
+            shutil.rmtree(entry)
+            continue
         assert entry.name in ("ative", "a\nb") and entry.is_file(), entry
         entry.unlink()
 

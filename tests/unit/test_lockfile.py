@@ -193,3 +193,13 @@ def test_a_runs_cached_answer_is_dropped_when_the_lock_file_changes(tmp_path: Pa
     # run's cache (runcache.py) watches a profile's input files: the lock is one of them.
     assert tmp_path / "locks" / "p.lock" in registry.load("locked").input_files()
     assert tmp_path / "locks" / "p.lock" not in registry.load("p").input_files()
+
+
+@pytest.mark.parametrize("value", ["", "..", "/"])
+def test_an_output_that_names_no_file_is_one_line(value: str) -> None:
+    """``lock -o ''`` was an internal error (pathlib's with_name on '.')."""
+    from sandboxmgr.errors import SandboxError
+    from sandboxmgr.locking import write_file
+
+    with pytest.raises(SandboxError, match="is not a file name"):
+        write_file(Path(value), "text")
