@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sandboxmgr.errors import SandboxError, shown
+from sandboxmgr.ociunpack import Bounded
 
 MAX_DOCUMENT = 4 << 20  # index, manifest, config: a few KiB in practice
 MAX_ARCHIVE_ENTRIES = 100_000
@@ -153,7 +154,7 @@ class ArchiveLayout(Layout):
 
     def __init__(self, path: Path) -> None:
         try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
+            self.tar = tarfile.open(path, "r:", tarinfo=Bounded)  # noqa: SIM115 - closed by close()
         except (tarfile.TarError, OSError) as exc:
             raise SandboxError(f"{shown(str(path))} is not an OCI archive (a tar): {exc}", hint=HINT) from None
         self.files: dict[str, tarfile.TarInfo] = {}
