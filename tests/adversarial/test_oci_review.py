@@ -113,3 +113,44 @@ def test_a_layer_of_many_entries_does_not_grow_the_memory(tmp_path: Path, kind: 
         tracemalloc.stop()
     assert os.listdir(tmp_path / "diff") == ["x"]
     assert peak < 4 << 20, f"unpacking 40000 copies of one entry took {peak} bytes at its peak"
+
+
+@pytest.mark.parametrize("fmt", ["oci-dir", "oci-archive"])
+def test_an_export_never_writes_through_a_name_planted_beside_dest(tmp_path: Path, fmt: str) -> None:
+    # DEST's directory may be another user's to write (a shared project directory): the export's
+    # temporary names were known beforehand (.DEST.partial-PID, -layout), and root's tar went
+    # through a symlink planted there, onto any file of the host (here a canary).
+    need_root()
+    from sandboxmgr.ociexport import export
+    from sandboxmgr.store import Store
+
+    cli = CLI(tmp_path / "store")
+    Layout(tmp_path / "layout").image([minimal_root()])
+    cli.ok("import", str(tmp_path / "layout"), "--as", "plain")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "file").write_text("host canary\n")
+    for suffix in ("", "-layout"):
+        (shared / f".out.partial-{os.getpid()}{suffix}").symlink_to(canary / "file" if suffix == "" and
+                                                                       fmt == "oci-archive" else canary)
+    store = Store(cli.store)
+    (image,) = store.images()
+    written = export(store, image, shared / "out", fmt, lambda _line: None)
+    assert written["path"] == str(shared / "out")
+    assert sorted(os.listdir(canary)) == ["file"] and (canary / "file").read_text() == "host canary\n"
+    assert (shared / "out").is_dir() == (fmt == "oci-dir") and not (shared / "out").is_symlink()
+    assert sorted(name for name in os.listdir(shared) if name != "out") == sorted(
+        f".out.partial-{os.getpid()}{suffix}" for suffix in ("", "-layout")), "a leftover, or a planted link removed"
+
+
+def test_an_export_into_the_store_is_refused(tmp_path: Path) -> None:
+    need_root()
+    cli = CLI(tmp_path / "store")
+    Layout(tmp_path / "layout").image([minimal_root()])
+    cli.ok("import", str(tmp_path / "layout"), "--as", "plain")
+    (layer,) = (cli.store / "layers").iterdir()
+    result = cli("export", "plain", "-o", str(layer / "diff" / "etc" / "exported"))
+    refused(result, "is inside the store")
+    assert sorted(os.listdir(layer / "diff" / "etc")) == ["passwd"]
