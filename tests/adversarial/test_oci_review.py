@@ -154,3 +154,19 @@ def test_an_export_into_the_store_is_refused(tmp_path: Path) -> None:
     result = cli("export", "plain", "-o", str(layer / "diff" / "etc" / "exported"))
     refused(result, "is inside the store")
     assert sorted(os.listdir(layer / "diff" / "etc")) == ["passwd"]
+
+
+@pytest.mark.parametrize("verb", ["run", "create"])
+def test_an_alias_made_later_under_an_imported_name_wins_even_broken(tmp_path: Path, verb: str) -> None:
+    # As a profile file of that name does (test_oci.py): the user's alias names their profile,
+    # whose error they must see - the imported image ran instead.
+    need_root()
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    cli = CLI(tmp_path / "store", configs)
+    Layout(tmp_path / "layout").image([minimal_root()])
+    cli.ok("import", str(tmp_path / "layout"), "--as", "later")
+    (configs / "mine.yaml").write_text("aliases: [later]\ndistro: no-such-distro\nrelease: x\n")
+    result = cli(*(("create", "later", "--name", "box") if verb == "create" else ("run", "later", "true")))
+    assert result.code == 125 and "mine.yaml" in result.err, str(result)
+    assert not (cli.store / "sandboxes" / "box").exists()
