@@ -191,10 +191,15 @@ def open_source(source: str, scratch: Path, progress: Any) -> Layout:
     if is_transport(source):
         from sandboxmgr import commands
 
-        layout = scratch / "skopeo"
+        layout, big_files = scratch / "skopeo", scratch / "skopeo-tmp"
+        big_files.mkdir()
         progress(f"skopeo copy {source}")
         try:
-            commands.run(["skopeo", "copy", "--quiet", source, f"oci:{layout}:import"], on_line=progress)
+            # --tmpdir: skopeo's own copies (a docker-archive's decompressed tar, a docker-daemon
+            # image: the image's size) went to /var/tmp, outside the store's disk and tmp/, and
+            # stayed there after a kill.
+            commands.run(["skopeo", "--tmpdir", str(big_files), "copy", "--quiet", source, f"oci:{layout}:import"],
+                         on_line=progress)
         except commands.ProcessExecutionError as exc:
             last = ((exc.stdout or "").strip().splitlines() or ["no output"])[-1]
             said = re.search(r'msg="(.*)"', last)  # logrus's line: level=fatal msg="..."
