@@ -136,16 +136,22 @@ class DirectoryLayout(Layout):
                 following = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = following
-            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+            # Looked at before it is opened: opening a device node is an act of its own (a
+            # watchdog starts, a tape rewinds, a tty becomes ours), even if nothing is read.
+            seen = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(seen.st_mode):
+                raise invalid(f"{name} in {shown(str(self.root))} is not a regular file")
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                              dir_fd=fd)
         except OSError as exc:
             reason = "is a symlink" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
             raise invalid(f"{name} in {shown(str(self.root))}: {reason}") from None
         finally:
             os.close(fd)
         info = os.fstat(file_fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (seen.st_dev, seen.st_ino):
             os.close(file_fd)
-            raise invalid(f"{name} in {shown(str(self.root))} is not a regular file")
+            raise invalid(f"{name} in {shown(str(self.root))} is not a regular file (or changed while read)")
         return os.fdopen(file_fd, "rb"), info.st_size
 
 

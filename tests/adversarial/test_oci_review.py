@@ -7,10 +7,13 @@ Each hostile tar is refused in one line (exit 125) and leaves nothing in the sto
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import stat
 import tarfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,39 @@ def test_an_alias_made_later_under_an_imported_name_wins_even_broken(tmp_path: P
     result = cli(*(("create", "later", "--name", "box") if verb == "create" else ("run", "later", "true")))
     assert result.code == 125 and "mine.yaml" in result.err, str(result)
     assert not (cli.store / "sandboxes" / "box").exists()
+
+
+def opened(path: Path, action: Callable[[], object]) -> bool:
+    """Whether ``action`` opens ``path`` (inotify's IN_OPEN, which a device node reports too)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    watcher = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert watcher >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.inotify_add_watch(watcher, os.fsencode(path), 0x20) >= 0, os.strerror(ctypes.get_errno())
+        action()
+        try:
+            return bool(os.read(watcher, 4096))
+        except BlockingIOError:
+            return False
+    finally:
+        os.close(watcher)
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_layout_s_device_node_or_fifo_is_never_opened(tmp_path: Path, kind: str) -> None:
+    # A layout directory is someone else's (unpacked by root from their tar, say): its
+    # index.json a device node was opened (O_NONBLOCK, then refused as not a regular file) - an
+    # act of its own for a watchdog, a tape or a tty. Now it is looked at first, never opened.
+    need_root()
+    cli = CLI(tmp_path / "store")
+    Layout(tmp_path / "layout").image([minimal_root()])
+    index = tmp_path / "layout" / "index.json"
+    index.unlink()
+    if kind == "device":
+        os.mknod(index, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers: harmless if opened
+    else:
+        os.mkfifo(index, 0o600)
+    results: list[Result] = []
+    assert not opened(index, lambda: results.append(cli("import", str(tmp_path / "layout"), "--as", "hostile")))
+    refused(results[0], "index.json")
+    imported_nothing(cli)
