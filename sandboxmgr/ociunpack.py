@@ -77,8 +77,8 @@ class Bounded(tarfile.TarInfo):
         finally:
             tar.bounded_chain = chain  # type: ignore[attr-defined]
 
-    def _proc_gnusparse_00(self, *args: object) -> None:
-        raise HostileTar(f"{shown(self.name)} is a sparse file (an image's layer has none)")
+    def _proc_gnusparse_00(self, following: tarfile.TarInfo, *_args: object) -> None:
+        raise HostileTar(f"{shown(following.name)} is a sparse file (an image's layer has none)")
 
     _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
