@@ -140,7 +140,8 @@ class DirectoryLayout(Layout):
             # watchdog starts, a tape rewinds, a tty becomes ours), even if nothing is read.
             seen = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISREG(seen.st_mode):
-                raise invalid(f"{name} in {shown(str(self.root))} is not a regular file")
+                what = "is a symlink" if stat.S_ISLNK(seen.st_mode) else "is not a regular file"
+                raise invalid(f"{name} in {shown(str(self.root))} {what}")
             file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
                               dir_fd=fd)
         except OSError as exc:
