@@ -13,7 +13,9 @@ layers' own (when they were built), never the export's; gzip headers carry no na
 Exporting an image twice gives the same bytes, so the same digests.
 
 Nothing half-written is left at DEST: the layout is made beside it under a temporary name
-and renamed into place when complete (an interrupted export removes it).
+and renamed into place when complete (an interrupted export removes it). That name is a fresh
+one, made with O_EXCL (mkdtemp, mkstemp): DEST's directory may be someone else's to write, and
+a symlink planted at a name known beforehand would have had root's tar written through it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import json
 import os
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,11 +174,12 @@ def write_layout(store: Store, image: ImageRecord, layout: Path, progress: Progr
     return descriptor
 
 
-def _archive(layout: Path, out: Path, mtime: int) -> None:
-    """``layout`` as a tar (an oci-archive): sorted entries, 0:0, fixed modes and mtime."""
+def _archive(layout: Path, out: int, mtime: int) -> None:
+    """``layout`` as a tar (an oci-archive) into the descriptor ``out``: sorted entries, 0:0,
+    fixed modes and mtime."""
     names = ["oci-layout", "index.json", "blobs", "blobs/sha256",
              *(f"blobs/sha256/{name}" for name in sorted(os.listdir(layout / "blobs" / "sha256")))]
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+    with os.fdopen(out, "wb") as handle, tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in names:
             path = layout / name
             entry = tarfile.TarInfo(name)
@@ -185,8 +189,19 @@ def _archive(layout: Path, out: Path, mtime: int) -> None:
                 tar.addfile(entry)
                 continue
             entry.mode, entry.size = 0o644, path.stat().st_size
-            with open(path, "rb") as handle:
-                tar.addfile(entry, handle)
+            with open(path, "rb") as blob:
+                tar.addfile(entry, blob)
+
+
+def _check_dest(store: Store, dest: Path) -> None:
+    if os.path.lexists(dest):
+        raise SandboxError(f"{shown(str(dest))} exists already", hint="remove it, or give another -o path")
+    if not dest.parent.is_dir():
+        raise SandboxError(f"{shown(str(dest.parent))} is not a directory", hint="create it first")
+    parent, root = os.path.realpath(dest.parent), os.path.realpath(store.root)
+    if parent == root or parent.startswith(root + os.sep):
+        raise SandboxError(f"{shown(str(dest))} is inside the store {store.root}",
+                           hint="give a path outside the store (the store's trees are its own)")
 
 
 def export(store: Store, image: ImageRecord, dest: Path, fmt: str, progress: Progress) -> dict[str, Any]:
@@ -194,24 +209,27 @@ def export(store: Store, image: ImageRecord, dest: Path, fmt: str, progress: Pro
     from sandboxmgr.sandbox import using
 
     dest = Path(os.path.abspath(dest))
-    if os.path.lexists(dest):
-        raise SandboxError(f"{shown(str(dest))} exists already", hint="remove it, or give another -o path")
-    if not dest.parent.is_dir():
-        raise SandboxError(f"{shown(str(dest.parent))} is not a directory", hint="create it first")
-    partial = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    _check_dest(store, dest)
+    made: list[Path] = []  # removed unless renamed into place: only what this export made
     try:
         with using(store, image):  # rmi refuses meanwhile, as for a running sandbox
             if store.image(image.key) is None:
                 raise SandboxError(f"image {image.key} was removed meanwhile", hint="see 'sandboxmgr images'")
-            layout = partial if fmt == "oci-dir" else partial.with_name(partial.name + "-layout")
+            layout = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+            made.append(layout)
+            os.chmod(layout, 0o755)  # noqa: S103 - as mkdir made it before: an export is for others to read
             descriptor = write_layout(store, image, layout, progress)
+            partial = layout
             if fmt == "oci-archive":
-                _archive(layout, partial, int(image.built_ns // 1_000_000_000))
-                remove_tree(layout)
+                out, name = tempfile.mkstemp(prefix=f".{dest.name}.partial-", dir=dest.parent)
+                partial = Path(name)
+                made.append(partial)
+                os.fchmod(out, 0o644)
+                _archive(layout, out, int(image.built_ns // 1_000_000_000))
             os.rename(partial, dest)
+            made.remove(partial)
     finally:
-        for leftover in (partial, partial.with_name(partial.name + "-layout")):
-            if os.path.lexists(leftover):
-                remove_tree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+        for leftover in made:
+            remove_tree(leftover)
     return {"image": image.key, "profile": image.profile, "format": fmt, "path": str(dest),
             "manifest": descriptor["digest"], "layers": len(image.layers)}

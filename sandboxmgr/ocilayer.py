@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,12 +69,19 @@ class LayerWriter:
         self.unnamable: list[str] = []
 
     def write(self) -> None:
-        self._directory(self.diff, "")
+        # Depth first, without a recursion: a tree deeper than Python's 1000 frames is exported too.
+        stack = [self._below(self.diff, "")]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+            elif self._entry(*item):
+                stack.append(self._below(item[0], item[1] + "/"))
         self.tar.close()
 
-    def _directory(self, path: Path, prefix: str) -> None:
-        for name in sorted(os.listdir(path), key=os.fsencode):
-            self._entry(path / name, prefix + name)
+    @staticmethod
+    def _below(path: Path, prefix: str) -> Iterator[tuple[Path, str]]:
+        return iter([(path / name, prefix + name) for name in sorted(os.listdir(path), key=os.fsencode)])
 
     def _info(self, name: str, info: os.stat_result, kind: bytes) -> tarfile.TarInfo:
         entry = tarfile.TarInfo(name)
@@ -84,7 +92,8 @@ class LayerWriter:
         entry.mtime = int(info.st_mtime)
         return entry
 
-    def _entry(self, path: Path, name: str) -> None:
+    def _entry(self, path: Path, name: str) -> bool:
+        """Write the entry of ``path``; whether it is a directory whose entries come next."""
         info = os.lstat(path)
         mode = info.st_mode
         xattrs = _xattrs(path) if not stat.S_ISLNK(mode) else {}
@@ -105,7 +114,7 @@ class LayerWriter:
                 opaque = self._info(f"{name}/{OPAQUE}", info, tarfile.REGTYPE)
                 opaque.mode = 0
                 self.tar.addfile(opaque)
-            self._directory(path, name + "/")
+            return True
         elif stat.S_ISREG(mode):
             self._file(path, name, info, xattrs)
         elif stat.S_ISLNK(mode):
@@ -120,6 +129,7 @@ class LayerWriter:
             self._add(self._info(name, info, tarfile.FIFOTYPE), xattrs)
         else:
             self.sockets += 1  # a tar cannot carry a socket (as docker and podman leave them)
+        return False
 
     def _add(self, entry: tarfile.TarInfo, xattrs: dict[str, bytes], data: IO[bytes] | None = None) -> None:
         carried = {PAX_XATTR + key: value.decode(ENCODING, ERRORS) for key, value in sorted(xattrs.items())

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sandboxmgr.errors import SandboxError, shown
+from sandboxmgr.ociunpack import Bounded
 
 MAX_DOCUMENT = 4 << 20  # index, manifest, config: a few KiB in practice
 MAX_ARCHIVE_ENTRIES = 100_000
@@ -135,16 +136,23 @@ class DirectoryLayout(Layout):
                 following = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = following
-            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+            # Looked at before it is opened: opening a device node is an act of its own (a
+            # watchdog starts, a tape rewinds, a tty becomes ours), even if nothing is read.
+            seen = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(seen.st_mode):
+                what = "is a symlink" if stat.S_ISLNK(seen.st_mode) else "is not a regular file"
+                raise invalid(f"{name} in {shown(str(self.root))} {what}")
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                              dir_fd=fd)
         except OSError as exc:
             reason = "is a symlink" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
             raise invalid(f"{name} in {shown(str(self.root))}: {reason}") from None
         finally:
             os.close(fd)
         info = os.fstat(file_fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (seen.st_dev, seen.st_ino):
             os.close(file_fd)
-            raise invalid(f"{name} in {shown(str(self.root))} is not a regular file")
+            raise invalid(f"{name} in {shown(str(self.root))} is not a regular file (or changed while read)")
         return os.fdopen(file_fd, "rb"), info.st_size
 
 
@@ -153,7 +161,7 @@ class ArchiveLayout(Layout):
 
     def __init__(self, path: Path) -> None:
         try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
+            self.tar = tarfile.open(path, "r:", tarinfo=Bounded)  # noqa: SIM115 - closed by close()
         except (tarfile.TarError, OSError) as exc:
             raise SandboxError(f"{shown(str(path))} is not an OCI archive (a tar): {exc}", hint=HINT) from None
         self.files: dict[str, tarfile.TarInfo] = {}
@@ -190,10 +198,15 @@ def open_source(source: str, scratch: Path, progress: Any) -> Layout:
     if is_transport(source):
         from sandboxmgr import commands
 
-        layout = scratch / "skopeo"
+        layout, big_files = scratch / "skopeo", scratch / "skopeo-tmp"
+        big_files.mkdir()
         progress(f"skopeo copy {source}")
         try:
-            commands.run(["skopeo", "copy", "--quiet", source, f"oci:{layout}:import"], on_line=progress)
+            # --tmpdir: skopeo's own copies (a docker-archive's decompressed tar, a docker-daemon
+            # image: the image's size) went to /var/tmp, outside the store's disk and tmp/, and
+            # stayed there after a kill.
+            commands.run(["skopeo", "--tmpdir", str(big_files), "copy", "--quiet", source, f"oci:{layout}:import"],
+                         on_line=progress)
         except commands.ProcessExecutionError as exc:
             last = ((exc.stdout or "").strip().splitlines() or ["no output"])[-1]
             said = re.search(r'msg="(.*)"', last)  # logrus's line: level=fatal msg="..."

@@ -20,7 +20,11 @@ Every entry is made below the layer's directory and nowhere else, whatever the t
   are skipped.
 
 A later entry replaces an earlier file of the same name (tar's rule); a file never replaces a
-directory (refused). The caller unpacks into the store's tmp/ and publishes only a complete,
+directory (refused). The tar itself is read with bounds (:class:`Bounded`): a PAX header or a GNU
+long name over 1 MiB, a chain of more than 8 of them before one entry, a sparse file, or a name of
+more than 256 components refuses the image, in one line - each would otherwise cost memory, a
+Python recursion, or a tree the store's removal and export cannot walk. Nothing of the stream is
+kept in memory once its entry is made. The caller unpacks into the store's tmp/ and publishes only a complete,
 verified layer.
 """
 
@@ -38,8 +42,45 @@ from sandboxmgr.ocilayer import CARRIED_XATTRS, ENCODING, ERRORS, OPAQUE, PAX_XA
 
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "no change" to chown
+MAX_HEADER = 1 << 20  # a PAX header or a GNU long name: a few hundred bytes in practice
+MAX_CHAIN = 8  # PAX and GNU headers before one entry (tarfile reads each with a recursion)
+MAX_DEPTH = 256  # components of a name: real images stay below 100
+SPECIAL = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+           tarfile.GNUTYPE_LONGLINK)
 CHUNK = 1 << 20
 HINT = "the image was not imported; nothing of it is in the store"
+
+
+class HostileTar(tarfile.TarError):
+    """A tar an image has no business with (see :class:`Bounded`); said as an invalid tar."""
+
+
+class Bounded(tarfile.TarInfo):
+    """A tar header, read with bounds: tarfile reads a PAX header or a GNU long name whole into
+    memory (a gzip layer of 8 MB holds one of 8 GB), follows a chain of them with a recursion
+    (2000 of them: RecursionError), and reads a sparse file's map without a limit and writes
+    its holes out whole. Each of those refuses the image instead."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise HostileTar(f"{shown(self.name)} is a sparse file (an image's layer has none)")
+        if self.type not in SPECIAL:
+            return super()._proc_member(tar)  # type: ignore[misc, no-any-return]
+        if self.size > MAX_HEADER:
+            raise HostileTar(f"a PAX header or GNU long name of {self.size} bytes, more than {MAX_HEADER}")
+        chain = getattr(tar, "bounded_chain", 0)
+        if chain >= MAX_CHAIN:
+            raise HostileTar(f"more than {MAX_CHAIN} PAX headers or GNU long names before one entry")
+        tar.bounded_chain = chain + 1  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(tar)  # type: ignore[misc, no-any-return]
+        finally:
+            tar.bounded_chain = chain  # type: ignore[attr-defined]
+
+    def _proc_gnusparse_00(self, following: tarfile.TarInfo, *_args: object) -> None:
+        raise HostileTar(f"{shown(following.name)} is a sparse file (an image's layer has none)")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
 
 class Unpacker:
@@ -47,7 +88,8 @@ class Unpacker:
         self.label = label
         self.opaque_xattr = opaque_xattr
         self.root_fd = os.open(diff, DIRECTORY)
-        self.dirs: list[tuple[list[str], int]] = []  # their mtimes are set last (entries change them)
+        # Their mtimes are set last (entries change them); one per directory, however often named.
+        self.dirs: dict[tuple[str, ...], int] = {}
         self.devices = 0
 
     def refuse(self, name: str, why: str) -> SandboxError:
@@ -59,6 +101,8 @@ class Unpacker:
         parts = [part for part in name.split("/") if part not in ("", ".")]
         if ".." in parts:
             raise self.refuse(name, "leaves the layer (..)")
+        if len(parts) > MAX_DEPTH:
+            raise self.refuse(name[:80] + "...", f"is {len(parts)} directories deep, more than {MAX_DEPTH}")
         return parts
 
     def open_dir(self, parts: list[str], name: str, create: bool = True) -> int:
@@ -85,8 +129,10 @@ class Unpacker:
         return fd
 
     def unpack(self, stream: IO[bytes]) -> None:
-        with tarfile.open(fileobj=stream, mode="r|", encoding=ENCODING, errors=ERRORS) as tar:
-            for entry in tar:
+        with tarfile.open(fileobj=stream, mode="r|", encoding=ENCODING, errors=ERRORS, tarinfo=Bounded) as tar:
+            while (entry := tar.next()) is not None:
+                # tarfile keeps every entry it read: a layer of millions of them, all in memory.
+                tar.members.clear()  # type: ignore[attr-defined]
                 try:
                     self.entry(tar, entry)
                 except OSError as exc:
@@ -95,7 +141,8 @@ class Unpacker:
                     raise self.refuse(entry.name, f"cannot be made: {exc.strerror}") from None
                 except (ValueError, OverflowError) as exc:  # a NUL in a name, an mtime of 1e30
                     raise self.refuse(entry.name, f"is not a valid entry: {exc}") from None
-        for parts, mtime in reversed(self.dirs):
+        for path, mtime in self.dirs.items():
+            parts = list(path)
             fd = self.open_dir(parts, "/".join(parts), create=False)
             try:
                 os.utime(fd, (mtime, mtime))
@@ -172,7 +219,7 @@ class Unpacker:
             self.xattrs(made, entry)
         finally:
             os.close(made)
-        self.dirs.append((parts, int(entry.mtime)))
+        self.dirs[tuple(parts)] = int(entry.mtime)
 
     def file(self, fd: int, name: str, entry: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         made = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)

@@ -78,9 +78,15 @@ def detach_mounts(paths: Iterable[Path]) -> None:
             )
 
 
-def _remove_contents(dir_fd: int, device: int, where: str, keep_dirs: bool = False) -> None:
+DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _clear_files(dir_fd: int, device: int, where: str) -> list[str]:
+    """Unlink the files of ``dir_fd`` (symlinks included); its directories' names, checked to be
+    on ``device``."""
     with os.scandir(dir_fd) as entries:
         names = [entry.name for entry in entries]
+    directories = []
     for name in names:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISDIR(info.st_mode):
@@ -91,13 +97,43 @@ def _remove_contents(dir_fd: int, device: int, where: str, keep_dirs: bool = Fal
                 f"refusing to delete {where}/{name}: it is on another filesystem",
                 hint="something is mounted there; unmount it and try again",
             )
-        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            _remove_contents(child, device, f"{where}/{name}", keep_dirs)
-        finally:
-            os.close(child)
-        if not keep_dirs:
-            os.rmdir(name, dir_fd=dir_fd)
+        directories.append(name)
+    return directories
+
+
+def _remove_contents(top_fd: int, device: int, where: str, keep_dirs: bool = False) -> None:
+    """Empty the tree of ``top_fd`` without a recursion and with one descriptor open at a time:
+    a sandbox can write a tree thousands of directories deep (Python's recursion stops at
+    1000, the descriptors at 1024). Up is "..", checked to be the directory come down from."""
+    fd = os.dup(top_fd)
+    # Per level below the top: the parent's (st_dev, st_ino), its directories still to do, this name.
+    stack: list[tuple[tuple[int, int], list[str], str]] = []
+    try:
+        pending = _clear_files(fd, device, where)
+        while True:
+            if pending:
+                name = pending.pop()
+                child = os.open(name, DIRECTORY, dir_fd=fd)
+                info = os.fstat(fd)
+                stack.append(((info.st_dev, info.st_ino), pending, name))
+                os.close(fd)
+                fd, where = child, f"{where}/{name}"
+                pending = _clear_files(fd, device, where)
+                continue
+            if not stack:
+                return
+            identity, pending, name = stack.pop()
+            parent = os.open("..", DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, where = parent, where.rpartition("/")[0]
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != identity:
+                raise UnsafeRemovalError(f"refusing to go on deleting {where}: {name} was moved meanwhile",
+                                         hint="nothing outside it was deleted; try again")
+            if not keep_dirs:
+                os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def tree_size(path: Path) -> int:

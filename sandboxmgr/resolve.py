@@ -54,7 +54,7 @@ def resolve_run(store: Store, ref: str, dirs: Sequence[Path], build: Build) -> t
     try:
         loaded = registry.load(ref)
     except SandboxError:
-        image = imported(store, ref, registry.files())
+        image = imported(store, ref, {*registry.files(), *registry.aliases()})
         if image is None:
             raise
         return image, imported_config(image)  # not cached: a profile of that name, made later, wins
@@ -86,7 +86,8 @@ def profile_config(store: Store, profile: Profile, default_hostname: str) -> San
 
 def imported(store: Store, ref: str, profiles: Collection[str]) -> ImageRecord | None:
     """The newest image imported as ``ref`` (sandboxmgr import SOURCE --as REF), if any, and
-    unless a profile file has that name (``profiles``: a broken one says its own error)."""
+    unless a profile file or alias has that name (``profiles``: a broken one says its own error,
+    an alias made later included)."""
     if ref in profiles:
         return None
     found = [image for image in store.images() if image.profile == ref and image.meta.get("method") == "import"]

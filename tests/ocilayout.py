@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,10 @@ class Layout:
         (self.root / "blobs" / "sha256" / digest(data)[7:]).write_bytes(data)
         return {"digest": digest(data), "size": len(data)}
 
-    def image(self, layers: list[list[Entry]], config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write an image of ``layers`` (gzip'd) and its index; the manifest's descriptor."""
-        tars = [layer_tar(entries) for entries in layers]
+    def image(self, layers: Sequence[list[Entry] | bytes], config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write an image of ``layers`` (gzip'd; each a list of entries or a tar's own bytes) and
+        its index; the manifest's descriptor."""
+        tars = [entries if isinstance(entries, bytes) else layer_tar(entries) for entries in layers]
         descriptors = [self.blob(gzip.compress(tar, mtime=0)) | {"mediaType": MEDIA + "layer.v1.tar+gzip"}
                        for tar in tars]
         settings = {"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/bin:/bin"]},

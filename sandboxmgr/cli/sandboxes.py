@@ -168,7 +168,7 @@ def _create(app: App, ref: str, name: str | None, options: SandboxConfig) -> San
     try:
         loaded = app.registry.load(ref)
     except SandboxError:
-        image = imported(app.store, ref, app.registry.files())
+        image = imported(app.store, ref, {*app.registry.files(), *app.registry.aliases()})
         if image is None:
             raise
         return create_imported(app.store, name or f"{ref}-{secrets.token_hex(3)}", image, options)

@@ -53,3 +53,15 @@ def test_a_file_named_like_a_whiteout_is_left_out_and_said(tmp_path: Path) -> No
     assert unnamable == ["etc/.wh.a"]
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert ".wh." not in " ".join(tar.getnames())
+
+
+def test_a_tree_deeper_than_python_s_recursion_is_exported(tmp_path: Path) -> None:
+    # Two frames a level: 600 levels was a RecursionError ('internal error' from export). 600
+    # stays within what pytest's own clean-up of tmp_path can remove.
+    diff = tmp_path / "diff"
+    (diff / "/".join(["d"] * 600)).mkdir(parents=True)
+    (diff / "/".join(["d"] * 600) / "f").write_text("deep")
+    data, _ = tar_of(diff)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert len(names) == 601 and names[-1] == "/".join(["d"] * 600) + "/f"
