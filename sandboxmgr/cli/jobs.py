@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandboxmgr import ui
+from sandboxmgr.cli import farm as farm_cli
 from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, complete_profiles, pass_app, require_root
 from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.locations import default_store
@@ -84,10 +85,14 @@ def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
 @click.option("--trust", "trust_files", is_flag=True,
               help="Trust the project's files for this run: let them set host mounts, bootstrap arguments, "
                    "keys and local repositories (see 'sandboxmgr trust').")
+@click.option("--farm", "farm_url", metavar="URL", envvar="SANDBOXMGR_FARM",
+              help="Run the jobs on the farm's workers (redis://:PASSWORD@HOST:PORT/N): see 'sandboxmgr farm'.")
+@farm_cli.queue_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fail_fast: bool, keep_failed: bool,
-           junit_path: str | None, as_json: bool, trust_files: bool, command: tuple[str, ...]) -> int:
+           junit_path: str | None, as_json: bool, trust_files: bool, farm_url: str | None, queue: str,
+           command: tuple[str, ...]) -> int:
     """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
 
     Exit status 0 only if it passed in every profile, 1 if it failed in any.
@@ -102,10 +107,17 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
         command = command[1:]
     project, selected, command = project_file.prepare(app.store, app.registry, Path(project_dir).resolve(), patterns,
                                                  command, trust_files)
-    project_file.build_images(selected, app.image_for)
     logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
-                          MatrixView(app.quiet))
+    if farm_url:
+        if keep_failed:
+            raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'matrix --farm' does not do",
+                               hint="run without --keep-failed; the log of each job comes back")
+        results = farm_cli.run_matrix(farm_url, queue, project, selected, command, jobs, fail_fast, logs,
+                                      MatrixView(app.quiet))
+    else:
+        project_file.build_images(selected, app.image_for)
+        results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
+                              MatrixView(app.quiet))
     if junit_path:
         Path(junit_path).write_text(matrix_.junit(results, project, command))
     if as_json:
