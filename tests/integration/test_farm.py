@@ -1,0 +1,208 @@
+"""`sandboxmgr farm worker` and `matrix --farm`: a redis-server on a free loopback port, two worker
+processes with their own stores and profile directories, a caller with a third."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, ConcurrentBuild, missing
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+CHECK = """\
+. /etc/os-release
+echo "ok on $ID $GREETING"
+if [ -n "$BROKEN" ]; then echo "broken on purpose"; exit 5; fi
+"""
+# A second profile over the same image (its layers are the session's debian-bookworm's).
+OTHER = ("farm-broken", "extends: debian-bookworm\nenv: {BROKEN: '1'}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server on loopback, with a password, killed at the end."""
+    if shutil.which("redis-server") is None:
+        missing("no redis-server (make deps installs it)")
+    port, password = free_port(), os.urandom(8).hex()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
+                             "--save", "", "--appendonly", "no"], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield f"redis://:{password}@127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def own_store(root: Path, session_store: Path) -> CLI:
+    """A store and profile directory of its own, its images those of the session (hard links: cheap)."""
+    store, configs = root / "store", root / "configs"
+    store.mkdir(parents=True)
+    configs.mkdir()
+    for part in ("layers", "images"):
+        subprocess.run(["cp", "-al", str(session_store / part), str(store / part)], check=True)
+    (configs / f"{OTHER[0]}.yaml").write_text(OTHER[1])
+    return CLI(store, configs)
+
+
+@dataclass
+class Worker:
+    cli: CLI
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def said(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
+def start_worker(root: Path, session_store: Path, url: str, *options: str) -> Worker:
+    cli = own_store(root, session_store)
+    log = root / "worker.log"
+    proc = subprocess.Popen(cli.argv("farm", "worker", "--broker", url, *options), stdin=subprocess.DEVNULL,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while "taking jobs" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return Worker(cli, proc, log)
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory, broker: str, bookworm: ConcurrentBuild,
+            cli: CLI) -> Iterator[list[Worker]]:
+    started = [start_worker(tmp_path_factory.mktemp(f"worker{n}"), cli.store, broker) for n in (1, 2)]
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def caller(tmp_path_factory: pytest.TempPathFactory, cli: CLI, bookworm: ConcurrentBuild) -> CLI:
+    return own_store(tmp_path_factory.mktemp("caller"), cli.store)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("farmproject")
+    (root / "check.sh").write_text(CHECK)
+    (root / "sandboxmgr.yaml").write_text(
+        f"profiles: [debian-bookworm, {OTHER[0]}]\ncommand: sh check.sh\nenv: {{GREETING: hello}}\n")
+    return root
+
+
+def test_a_matrix_on_the_farm_reports_as_a_local_one(workers: list[Worker], caller: CLI, broker: str,
+                                                    project: Path, tmp_path: Path) -> None:
+    farmed = caller("matrix", "-C", str(project), "-j", "2", "--json", "--junit", str(tmp_path / "farm.xml"),
+                    "--farm", broker, timeout=300)
+    local = caller("matrix", "-C", str(project), "-j", "2", "--json", timeout=300)
+    assert (farmed.code, local.code) == (1, 1), f"{farmed}\n{local}"
+    remote_results, local_results = json.loads(farmed.out), json.loads(local.out)
+    shape = [(r["name"], r["status"], r["exit_code"], sorted(r)) for r in local_results]
+    assert [(r["name"], r["status"], r["exit_code"], sorted(r)) for r in remote_results] == shape
+    assert shape[1][1:3] == ("failed", 5)  # the failing command's status came back
+    broken = remote_results[1]
+    assert broken["reason"] == "broken on purpose"
+    assert Path(broken["log"]).read_text() == "ok on debian hello\nbroken on purpose\n"
+    assert "[farm-broken] failed" in farmed.err  # the live view's lines, as local
+    # Each worker took one of the two jobs, in its own store.
+    for worker in workers:
+        assert worker.said().count("sh check.sh") == 1, worker.said()
+        assert any((worker.cli.store / "logs" / "farm").rglob("*.log"))
+    (case_ok, case_failed) = ElementTree.parse(tmp_path / "farm.xml").getroot().iter("testcase")
+    assert case_ok.find("failure") is None
+    failure = case_failed.find("failure")
+    assert failure is not None and failure.get("type") == "exit-status" and "broken on purpose" in (failure.text or "")
+
+
+def test_a_hostile_message_is_refused_in_one_line_and_the_worker_goes_on(workers: list[Worker], caller: CLI,
+                                                                        broker: str, project: Path) -> None:
+    import pickle
+
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    client.lpush("sandboxmgr:farm:queue:default", pickle.dumps({"id": "x"}))
+    client.lpush("sandboxmgr:farm:queue:default", json.dumps({"v": 1, "id": "0" * 32, "kind": "matrix",
+                                                               "profile": "/etc/passwd"}).encode())
+    deadline = time.monotonic() + 10
+    while sum(w.said().count("refused a message") for w in workers) < 2:
+        assert time.monotonic() < deadline, [w.said() for w in workers]
+        time.sleep(0.2)
+    said = "".join(w.said() for w in workers)
+    assert "refused a message: message is not JSON" in said
+    assert "refused a message: message fields are wrong" in said
+    result = caller("matrix", "-C", str(project), "-p", "debian-bookworm", "--farm", broker, timeout=300)
+    assert result.code == 0, str(result)
+
+
+def run_until_taken(caller: CLI, project: Path, broker: str, workers: list[Worker], marker: str,
+                    *options: str) -> subprocess.Popen[str]:
+    proc = caller.popen("matrix", "-C", str(project), "-p", "debian-bookworm", "--farm", broker, *options,
+                        "--", "sh", "-c", f"echo {marker}; sleep 300")
+    deadline = time.monotonic() + 120
+    while not any(marker in w.said() for w in workers):
+        assert proc.poll() is None and time.monotonic() < deadline, [w.said() for w in workers]
+        time.sleep(0.2)
+    time.sleep(2)  # the sandbox's command has started
+    return proc
+
+
+def test_ctrl_c_of_the_caller_cancels_the_job_on_its_worker(workers: list[Worker], caller: CLI, broker: str,
+                                                           project: Path) -> None:
+    proc = run_until_taken(caller, project, broker, workers, "cancel-me")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "cancelled" in out
+    # The worker stopped it: both are free for the next jobs at once.
+    result = caller("matrix", "-C", str(project), "-j", "2", "--farm", broker, timeout=120)
+    assert result.code == 1 and "exit 5" in result.err, str(result)
+    assert subprocess.run(["pgrep", "-f", "echo cancel-me; sleep"], capture_output=True).returncode == 1
+
+
+def test_a_worker_killed_mid_job_fails_the_job_in_one_line(tmp_path: Path, cli: CLI, bookworm: ConcurrentBuild,
+                                                           broker: str, caller: CLI, project: Path) -> None:
+    worker = start_worker(tmp_path / "doomed", cli.store, broker, "--queue", "doomed")
+    try:
+        proc = run_until_taken(caller, project, broker, [worker], "kill-my-worker", "--queue", "doomed")
+        worker.proc.kill()  # SIGKILL: no goodbye on the broker
+        out, err = proc.communicate(timeout=60)
+    finally:
+        worker.stop()
+    assert proc.returncode == 1, err
+    lines = [line for line in out.splitlines() if "stopped answering mid-job" in line]
+    assert len(lines) == 1, out
+    deadline = time.monotonic() + 30  # the job's own process stops its sandbox after its slot died
+    while subprocess.run(["pgrep", "-f", "echo kill-my-worker; sleep"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the killed worker's job still runs"
+        time.sleep(0.5)
