@@ -163,6 +163,10 @@ def serve(url: str, queue: str, concurrency: int, run: Callable[[dict[str, Any]]
             try:
                 _slot(url, queue, f"{socket.gethostname()}-{os.getpid()}-{number}", run, say, reports)
                 status = 0
+            except SandboxError as exc:
+                say(f"farm worker: slot {number} stopped: {exc.message}")
+            except Exception as exc:  # the broker went away mid-command, most often
+                say(f"farm worker: slot {number} stopped: {exc!r}")
             finally:
                 os._exit(status)
         slots[pid] = number
@@ -219,6 +223,12 @@ def _take(client: Any, raw: bytes, slot: str, run: Callable[[dict[str, Any]], di
         job = farmjob.parse_job(raw)
     except farmjob.MessageError as exc:
         say(f"farm worker {slot}: refused a message: {exc.message}")
+        job_id = farmjob.job_id_of(raw)
+        if job_id is not None:  # its caller, if it is one, hears why instead of waiting
+            reply = PREFIX + "reply:" + job_id
+            client.rpush(reply, farmjob.make_result("failed", None, f"refused by farm worker {slot}: {exc.message}",
+                                                    b"", slot))
+            client.expire(reply, REPLY_TTL)
         return
     reply = PREFIX + "reply:" + job["id"]
     if client.exists(PREFIX + "cancel:" + job["id"]):

@@ -80,6 +80,18 @@ def parse_job(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def job_id_of(raw: bytes) -> str | None:
+    """The id of a refused message, to tell its caller why - if it has a well-formed one."""
+    if len(raw) > MESSAGE_CAP:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    found = data.get("id") if isinstance(data, dict) else None
+    return found if isinstance(found, str) and ID_RE.fullmatch(found) else None
+
+
 def _text(value: Any, cap: int) -> bool:
     return isinstance(value, str) and len(value) <= cap and "\0" not in value
 

@@ -53,6 +53,7 @@ def worker(app: App, broker: str, concurrency: int, queue: str) -> int:
 
     require_root(app, "farm worker")
     store, registry = app.store, app.registry
+    store.ensure()  # logs/ 0700 before the worker's reports go there
 
     def say(line: str) -> None:
         if not app.quiet:

@@ -112,6 +112,7 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
         if keep_failed:
             raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'matrix --farm' does not do",
                                hint="run without --keep-failed; the log of each job comes back")
+        app.store.ensure()  # logs/ 0700, as a local run's image step leaves it
         results = farm_cli.run_matrix(farm_url, queue, project, selected, command, jobs, fail_fast, logs,
                                       MatrixView(app.quiet))
     else:

@@ -161,6 +161,9 @@ def test_a_hostile_message_is_refused_in_one_line_and_the_worker_goes_on(workers
     said = "".join(w.said() for w in workers)
     assert "refused a message: message is not JSON" in said
     assert "refused a message: message fields are wrong" in said
+    # The refused message's caller (its id is well formed) hears why instead of waiting.
+    reply = client.blpop(["sandboxmgr:farm:reply:" + "0" * 32], timeout=10)
+    assert reply is not None and b"refused by farm worker" in reply[1]
     result = caller("matrix", "-C", str(project), "-p", "debian-bookworm", "--farm", broker, timeout=300)
     assert result.code == 0, str(result)
 

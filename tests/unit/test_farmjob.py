@@ -142,3 +142,10 @@ def test_a_result_carries_the_log_s_tail_within_the_cap(monkeypatch: pytest.Monk
 def test_messages_name_the_broker_without_its_password() -> None:
     assert redacted("redis://:s3cret@127.0.0.1:6390/2") == "redis://127.0.0.1:6390/2"
     assert "s3cret" not in redacted("rediss://user:s3cret@farm.example:6380/0")
+
+
+def test_a_refused_message_s_caller_is_told_only_through_a_well_formed_id() -> None:
+    assert farmjob.job_id_of(json.dumps(good(profile="/etc/passwd")).encode()) == JOB_ID
+    for raw in (pickle.dumps({"id": JOB_ID}), json.dumps(good(id="../../x")).encode(), b"[]",
+                json.dumps(good(id=JOB_ID + "\n")).encode()):
+        assert farmjob.job_id_of(raw) is None
