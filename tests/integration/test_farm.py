@@ -209,3 +209,29 @@ def test_a_worker_killed_mid_job_fails_the_job_in_one_line(tmp_path: Path, cli: 
     while subprocess.run(["pgrep", "-f", "echo kill-my-worker; sleep"], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "the killed worker's job still runs"
         time.sleep(0.5)
+
+
+def test_a_profile_the_worker_does_not_have_fails_its_job_with_the_worker_s_reason(
+        workers: list[Worker], caller: CLI, broker: str, project: Path) -> None:
+    # The caller's profile directory has it; no worker's has: a worker runs only its own profiles.
+    (Path(str(caller.configs)) / "caller-only.yaml").write_text("extends: debian-bookworm\n")
+    result = caller("matrix", "-C", str(project), "-p", "caller-only", "--json", "--farm", broker, timeout=120)
+    assert result.code == 1, str(result)
+    (entry,) = json.loads(result.out)
+    assert (entry["status"], entry["exit_code"]) == ("failed", 125)
+    assert entry["reason"] == "this farm worker has no profile 'caller-only' in its profile directories"
+
+
+def test_ctrl_c_takes_a_job_no_worker_took_back_off_the_queue(caller: CLI, broker: str, project: Path) -> None:
+    import redis
+
+    proc = caller.popen("matrix", "-C", str(project), "-p", "debian-bookworm", "--farm", broker, "--queue", "nobody")
+    client = redis.Redis.from_url(broker)
+    deadline = time.monotonic() + 30
+    while not client.llen("sandboxmgr:farm:queue:nobody"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert client.llen("sandboxmgr:farm:queue:nobody") == 0
