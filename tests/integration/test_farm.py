@@ -235,3 +235,24 @@ def test_ctrl_c_takes_a_job_no_worker_took_back_off_the_queue(caller: CLI, broke
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert client.llen("sandboxmgr:farm:queue:nobody") == 0
+
+
+def test_with_farm_every_profile_is_out_at_once_by_default(tmp_path: Path, cli: CLI, bookworm: ConcurrentBuild,
+                                                           broker: str, caller: CLI, project: Path) -> None:
+    """Not -j CPUs (2 here): a farm's width is its workers', so 3 entries go to a 3-slot worker at once."""
+    worker = start_worker(tmp_path / "wide", cli.store, broker, "--queue", "wide", "--concurrency", "3")
+    third = "extends: debian-bookworm\n"
+    for configs in (Path(str(caller.configs)), Path(str(worker.cli.configs))):
+        (configs / "farm-third.yaml").write_text(third)
+    try:
+        proc = caller.popen("matrix", "-C", str(project), "-p", "debian-bookworm", "-p", OTHER[0], "-p", "farm-third",
+                            "--farm", broker, "--queue", "wide", "--", "sh", "-c", "echo wide-job; sleep 300")
+        deadline = time.monotonic() + 60
+        while worker.said().count("wide-job") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, worker.said()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 130
+    finally:
+        worker.stop()
