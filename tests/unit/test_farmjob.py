@@ -149,3 +149,15 @@ def test_a_refused_message_s_caller_is_told_only_through_a_well_formed_id() -> N
     for raw in (pickle.dumps({"id": JOB_ID}), json.dumps(good(id="../../x")).encode(), b"[]",
                 json.dumps(good(id=JOB_ID + "\n")).encode()):
         assert farmjob.job_id_of(raw) is None
+
+
+@pytest.mark.parametrize("queue", ["a:b", "../x", "", "x" * 65, "-dash", "q*"])
+def test_a_queue_name_that_could_reach_other_keys_is_refused(queue: str) -> None:
+    import click
+
+    from sandboxmgr.cli.farm import check_queue
+
+    context, option = click.Context(click.Command("x")), click.Option(["--queue"])
+    with pytest.raises(click.BadParameter):
+        check_queue(context, option, queue)
+    assert check_queue(context, option, "arm64.builds_1") == "arm64.builds_1"
