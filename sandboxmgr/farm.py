@@ -248,20 +248,24 @@ def _supervise(client: Any, job: dict[str, Any], slot: str, run: Callable[[dict[
     own stop) stops it."""
     report = reports / f"{job['id']}.json"
     pid = fork_job(lambda: run(job), report)
-    told = False
+    why = ""  # "cancelled" (its caller), "stopped" (this worker)
     while True:
         client.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL)
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
             break
-        if not told and (stopping() or client.exists(PREFIX + "cancel:" + job["id"])):
-            os.kill(pid, signal.SIGTERM)
-            told = True
+        if not why:
+            why = "stopped" if stopping() else "cancelled" if client.exists(PREFIX + "cancel:" + job["id"]) else ""
+            if why:
+                os.kill(pid, signal.SIGTERM)
         time.sleep(TICK)
     data = read_report(report)
+    if why == "stopped":  # not the caller's doing: a failure it should hear of, not a cancel
+        return {"status": "failed", "exit_code": None, "log": data["log"].encode() if data else b"",
+                "reason": f"farm worker {slot} was stopped mid-job: run it again"}
     if data is None:
-        return {"status": "cancelled" if told else "failed", "exit_code": None, "log": b"",
-                "reason": "cancelled" if told else f"the job's process on {slot} ended without a result"}
+        return {"status": "cancelled" if why else "failed", "exit_code": None, "log": b"",
+                "reason": "cancelled" if why else f"the job's process on {slot} ended without a result"}
     data["log"] = data["log"].encode()
     return data
 

@@ -256,3 +256,20 @@ def test_with_farm_every_profile_is_out_at_once_by_default(tmp_path: Path, cli: 
         assert proc.returncode == 130
     finally:
         worker.stop()
+
+
+def test_a_worker_stopped_mid_job_fails_the_job_rather_than_cancelling_it(
+        tmp_path: Path, cli: CLI, bookworm: ConcurrentBuild, broker: str, caller: CLI, project: Path) -> None:
+    """SIGTERM to a worker (its service stopped): it stops its job's sandbox and says so; the
+    caller, who cancelled nothing, sees a failure (exit 1), not an interruption (130)."""
+    worker = start_worker(tmp_path / "stopped", cli.store, broker, "--queue", "stopped")
+    try:
+        proc = run_until_taken(caller, project, broker, [worker], "stop-my-worker", "--queue", "stopped")
+        worker.proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        assert worker.proc.wait(timeout=60) == 0
+    finally:
+        worker.stop()
+    assert proc.returncode == 1, err
+    assert len([line for line in out.splitlines() if "was stopped mid-job: run it again" in line]) == 1, out
+    assert subprocess.run(["pgrep", "-f", "echo stop-my-worker; sleep"], capture_output=True).returncode == 1
