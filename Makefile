@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 # containers on a hybrid cgroup host, as the test machines are: these two read the same files).
 APT_PACKAGES := debootstrap mmdebstrap debian-archive-keyring gpgv util-linux python3-venv libseccomp2 \
   dnf rpm createrepo-c busybox-static gnupg gcc libc6-dev mount procps dpkg-dev make uidmap passwd \
-  qemu-user-static binfmt-support arch-test skopeo umoci
+  qemu-user-static binfmt-support arch-test skopeo umoci redis-server
 # The handlers the tests run foreign images with. The packages register them at boot (binfmt-support's
 # service, or systemd-binfmt); where no service started (a container, policy-rc.d), deps registers the
 # package's own handler, saying so, as that service would: sandboxmgr itself never does.

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from sandboxmgr.cli import images, jobs, lifecycle, locks, sandboxes
+from sandboxmgr.cli import farm, images, jobs, lifecycle, locks, sandboxes
 from sandboxmgr.cli.app import App
 from sandboxmgr.errors import EXIT_MANAGER
 
@@ -64,7 +64,7 @@ for _command in (completion, images.profiles, images.build, images.images, image
                  lifecycle.start, lifecycle.stop, lifecycle.restart, lifecycle.kill, lifecycle.logs,
                  lifecycle.wait, lifecycle.ps, lifecycle.top,
                  jobs.doctor, jobs.matrix, jobs.trust_, jobs.package, images.df, locks.lock, locks.recreate,
-                 images.export, images.import_):
+                 images.export, images.import_, farm.farm):
     cli.add_command(_command)
 
 

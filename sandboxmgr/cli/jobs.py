@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sandboxmgr import ui
+from sandboxmgr.cli import farm as farm_cli
 from sandboxmgr.cli.app import COMMAND_SETTINGS, App, CommandVerb, complete_profiles, pass_app, require_root
 from sandboxmgr.errors import SandboxError, counted
 from sandboxmgr.locations import default_store
@@ -73,7 +74,7 @@ def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
 @click.command(cls=CommandVerb, context_settings=COMMAND_SETTINGS)
 @click.option("-p", "--profile", "patterns", multiple=True, metavar="PROFILE",
               help="A profile, alias, path or glob (ubuntu-*); repeatable. Default: the project file's list.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="CPUs",
+@click.option("-j", "--jobs", type=click.IntRange(min=1), show_default="CPUs; with --farm, every profile",
               help="How many profiles run at once.")
 @click.option("-C", "--project", "project_dir", type=click.Path(file_okay=False, exists=True), default=".",
               help="The project directory (with its sandboxmgr.yaml); shown at /src, copy-on-write.")
@@ -84,10 +85,14 @@ def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
 @click.option("--trust", "trust_files", is_flag=True,
               help="Trust the project's files for this run: let them set host mounts, bootstrap arguments, "
                    "keys and local repositories (see 'sandboxmgr trust').")
+@click.option("--farm", "farm_url", metavar="URL", envvar="SANDBOXMGR_FARM",
+              help="Run the jobs on the farm's workers (redis://:PASSWORD@HOST:PORT/N): see 'sandboxmgr farm'.")
+@farm_cli.queue_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
-def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fail_fast: bool, keep_failed: bool,
-           junit_path: str | None, as_json: bool, trust_files: bool, command: tuple[str, ...]) -> int:
+def matrix(app: App, patterns: tuple[str, ...], jobs: int | None, project_dir: str, fail_fast: bool, keep_failed: bool,
+           junit_path: str | None, as_json: bool, trust_files: bool, farm_url: str | None, queue: str,
+           command: tuple[str, ...]) -> int:
     """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
 
     Exit status 0 only if it passed in every profile, 1 if it failed in any.
@@ -102,10 +107,18 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int, project_dir: str, fai
         command = command[1:]
     project, selected, command = project_file.prepare(app.store, app.registry, Path(project_dir).resolve(), patterns,
                                                  command, trust_files)
-    project_file.build_images(selected, app.image_for)
     logs = app.store.logs_dir / "matrix" / f"{project.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = matrix_.run(app.store, project, selected, command, jobs, fail_fast, keep_failed, logs,
-                          MatrixView(app.quiet))
+    if farm_url:
+        if keep_failed:
+            raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'matrix --farm' does not do",
+                               hint="run without --keep-failed; the log of each job comes back")
+        app.store.ensure()  # logs/ 0700, as a local run's image step leaves it
+        results = farm_cli.run_matrix(farm_url, queue, project, selected, command, jobs or len(selected), fail_fast,
+                                      logs, MatrixView(app.quiet))
+    else:
+        project_file.build_images(selected, app.image_for)
+        results = matrix_.run(app.store, project, selected, command, jobs or os.cpu_count() or 1, fail_fast,
+                              keep_failed, logs, MatrixView(app.quiet))
     if junit_path:
         Path(junit_path).write_text(matrix_.junit(results, project, command))
     if as_json:

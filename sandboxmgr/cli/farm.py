@@ -1,0 +1,77 @@
+"""The farm's verbs: ``farm worker``, and the --farm half of ``matrix``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from sandboxmgr.cli.app import App, pass_app, require_root
+from sandboxmgr.errors import SandboxError
+
+if TYPE_CHECKING:
+    from sandboxmgr.matrix import Result
+    from sandboxmgr.project import Entry, Project
+
+QUEUE_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+def check_queue(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    import re
+
+    if not re.fullmatch(QUEUE_RE, value):
+        raise click.BadParameter("a queue is a name of letters, digits, '.', '_' and '-' (at most 64)")
+    return value
+
+
+queue_option = click.option("--queue", default="default", show_default=True, callback=check_queue,
+                            help="The broker's queue: workers of one kind of machine share one.")
+
+
+@click.group()
+def farm() -> None:
+    """Run matrix jobs on many machines: workers take them from a Redis broker.
+
+    Whoever can reach the broker can run builds on the workers (as root, in sandboxes):
+    give it a password (redis://:PASSWORD@HOST:PORT/0) and keep it on loopback or behind TLS
+    (rediss://). See the README's Farm section.
+    """
+
+
+@farm.command()
+@click.option("--broker", required=True, envvar="SANDBOXMGR_FARM", metavar="URL",
+              help="redis://:PASSWORD@HOST:PORT/N (or rediss:// for TLS); also SANDBOXMGR_FARM.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many jobs this worker runs at once.")
+@queue_option
+@pass_app
+def worker(app: App, broker: str, concurrency: int, queue: str) -> int:
+    """Take jobs from the broker until SIGTERM or Ctrl-C, and run each in this worker's store,
+    with this worker's own profile of the name the job gives (images built or reused here)."""
+    from sandboxmgr import farm as farm_
+
+    require_root(app, "farm worker")
+    store, registry = app.store, app.registry
+    store.ensure()  # logs/ 0700 before the worker's reports go there
+
+    def say(line: str) -> None:
+        if not app.quiet:
+            click.echo(line, err=True)
+
+    return farm_.serve(broker, queue, concurrency, lambda job: farm_.run_matrix_job(store, registry, job), say,
+                       store.logs_dir / "farm")
+
+
+def run_matrix(url: str, queue: str, project: Project, selected: list[Entry], command: tuple[str, ...],
+               jobs: int, fail_fast: bool, logs: Path, view: Any) -> list[Result]:
+    """``matrix --farm``: the entries to the farm's workers, each by its profile's name."""
+    from sandboxmgr import farm as farm_
+
+    if project.prepare or project.inline:
+        raise SandboxError("the project's file has 'prepare:' or 'inline:' profiles, which a farm does not run yet",
+                           hint="run this matrix without --farm, or move the steps into the workers' profiles")
+    prefix = f"{project.slug}."
+    entries = [(entry.name, entry.profile.name.removeprefix(prefix)) for entry in selected]
+    return farm_.submit(url, queue, entries, project.root, command, dict(project.env), project.workdir, logs,
+                        jobs, fail_fast, view)

@@ -1,0 +1,303 @@
+"""A farm: matrix jobs run by worker machines that take them from a Redis broker.
+
+The queue is ours, on plain redis-py (README, "Farm"): a job message goes onto the list
+``sandboxmgr:farm:queue:NAME``; a worker's slot moves it atomically (BLMOVE) to its own
+``taken:SLOT`` list, says ``started`` on the job's reply list, refreshes ``alive:SLOT`` (a key
+that expires after :data:`HEARTBEAT_TTL` seconds) while the job runs, and pushes the result.
+The caller waits for that result in a process of its own per job (runner.fork_job), so the
+runner's -j, --fail-fast, signals, live view and reports work as for a local matrix. A slot
+whose heartbeat runs out mid-job fails the job with one line; Ctrl-C sets the job's ``cancel``
+key, which a slot checks before it starts a job and every half second while it runs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sandboxmgr import farmjob
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+from sandboxmgr.matrix import Result
+from sandboxmgr.runner import SIGNALS, Stopped, fork_job, read_report
+
+if TYPE_CHECKING:
+    from sandboxmgr.profile import ProfileRegistry
+    from sandboxmgr.store import Store
+
+PREFIX = "sandboxmgr:farm:"
+HEARTBEAT_TTL = 3  # seconds without a heartbeat before a slot counts as dead
+TICK = 0.5
+REPLY_TTL = 3600
+CANCEL_WAIT = 15.0  # how long a cancelled caller waits for the worker to stop the job
+
+
+def redacted(url: str) -> str:
+    """The broker's address without its password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
+def connect(url: str) -> Any:
+    """A client of the broker at ``url`` (redis:// or rediss://, TLS), checked with a PING."""
+    import redis
+
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SandboxError(f"the broker {url!r} is not a redis://, rediss:// or unix:// URL",
+                           hint="give --farm redis://:PASSWORD@HOST:PORT/0")
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise SandboxError(f"cannot reach the farm's broker {redacted(url)}: {exc}",
+                           hint="is its redis-server running, and the URL's password right?") from None
+    return client
+
+
+# --- the caller ---------------------------------------------------------------------------------
+
+
+class FarmJob:
+    """One matrix entry sent to the farm (runner.Job): a local process hands it to the broker,
+    waits for its result, and reports it as a local worker would."""
+
+    def __init__(self, url: str, queue: str, message: bytes, job_id: str, result: Result, report: Path) -> None:
+        self.url, self.queue, self.message, self.job_id = url, queue, message, job_id
+        self.result, self.report = result, report
+
+    def start(self) -> int:
+        return fork_job(self._wait_for_result, self.report)
+
+    def _wait_for_result(self) -> dict[str, Any]:
+        client = connect(self.url)
+        reply = PREFIX + "reply:" + self.job_id
+        worker = None
+        try:
+            client.lpush(PREFIX + "queue:" + self.queue, self.message)
+            while True:
+                popped = client.blpop([reply], timeout=1)
+                if popped is not None:
+                    data = farmjob.parse_reply(popped[1])
+                    if data["event"] == "done":
+                        return data
+                    worker = data["worker"]
+                elif worker is not None and not client.exists(PREFIX + "alive:" + worker):
+                    return {"status": "failed", "exit_code": None, "log": "", "worker": worker,
+                            "reason": f"farm worker {worker} stopped answering mid-job "
+                                      f"(no heartbeat for {HEARTBEAT_TTL}s): the job is lost, run it again"}
+        except Stopped:
+            self._cancel(worker)
+            raise
+
+    def _cancel(self, worker: str | None) -> None:
+        """Take the job back from the queue, or tell its worker to stop it and wait (bounded) until it has."""
+        client = connect(self.url)  # afresh: the signal may have cut the other one mid-reply
+        client.set(PREFIX + "cancel:" + self.job_id, "1", ex=REPLY_TTL)
+        if client.lrem(PREFIX + "queue:" + self.queue, 1, self.message):
+            return
+        deadline = time.monotonic() + CANCEL_WAIT
+        while time.monotonic() < deadline:
+            popped = client.blpop([PREFIX + "reply:" + self.job_id], timeout=1)
+            if popped is not None and farmjob.parse_reply(popped[1])["event"] == "done":
+                return
+            if worker is not None and not client.exists(PREFIX + "alive:" + worker):
+                return
+
+    def finish(self, status: int, stopped: bool) -> None:
+        result = self.result
+        data = read_report(self.report)
+        if data is None:
+            result.status = "cancelled" if stopped else "failed"
+            if result.status == "failed":
+                result.reason = "the farm job's waiter ended without a result (see the messages above)"
+            return
+        assert result.log is not None
+        result.log.write_text(data["log"])
+        result.exit_code = data["exit_code"]
+        result.status = data["status"]
+        result.reason = data["reason"]
+        if result.status == "failed" and data["exit_code"] is None:
+            result.exit_code = EXIT_MANAGER  # lost or refused: no command status
+
+
+def submit(url: str, queue: str, entries: list[tuple[str, str]], project_root: Path, command: tuple[str, ...],
+           env: dict[str, str], workdir: str, logs: Path, jobs: int, fail_fast: bool,
+           view: Callable[[list[Any]], None]) -> list[Result]:
+    """Run ``command`` for every (entry name, profile name) on the farm; the results, as matrix.run's."""
+    from sandboxmgr.runner import run_jobs
+
+    connect(url)  # a wrong URL or password is said once, before any job starts
+    source = farmjob.pack(project_root)
+    logs.mkdir(parents=True, exist_ok=True)
+    work = []
+    for name, profile in entries:
+        job_id = os.urandom(16).hex()
+        message = farmjob.make_job(job_id, profile, command, env, workdir, source)
+        result = Result(name, profile, log=logs / f"{name}.log")
+        work.append(FarmJob(url, queue, message, job_id, result, logs / f".{name}.farm.json"))
+    run_jobs(work, jobs, fail_fast, view)
+    return [job.result for job in work]
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+
+def serve(url: str, queue: str, concurrency: int, run: Callable[[dict[str, Any]], dict[str, Any]],
+          say: Callable[[str], None], reports: Path) -> int:
+    """Take jobs from ``queue`` until a signal, ``concurrency`` at once (a slot process each);
+    ``run`` does one job in a forked process and returns its result's fields (written to ``reports``)."""
+    connect(url)
+    reports.mkdir(parents=True, exist_ok=True)
+    slots = {}
+    for number in range(concurrency):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - a slot
+            status = 1
+            try:
+                _slot(url, queue, f"{socket.gethostname()}-{os.getpid()}-{number}", run, say, reports)
+                status = 0
+            except SandboxError as exc:
+                say(f"farm worker: slot {number} stopped: {exc.message}")
+            except Exception as exc:  # the broker went away mid-command, most often
+                say(f"farm worker: slot {number} stopped: {exc!r}")
+            finally:
+                os._exit(status)
+        slots[pid] = number
+    say(f"farm worker: {concurrency} slot(s) taking jobs from {redacted(url)} queue {queue!r}")
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in slots:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
+    try:
+        while slots:
+            with contextlib.suppress(ChildProcessError, InterruptedError):
+                pid, _ = os.waitpid(-1, 0)
+                slots.pop(pid, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else 1
+
+
+def _slot(url: str, queue: str, slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],
+          say: Callable[[str], None], reports: Path) -> None:  # pragma: no cover - a slot
+    from sandboxmgr import linux
+
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker's death is its slots'
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in SIGNALS:
+        signal.signal(sig, stop)
+    client = connect(url)
+    taken = PREFIX + "taken:" + slot
+    while not stopping:
+        client.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL)
+        with contextlib.suppress(InterruptedError):
+            raw = client.blmove(PREFIX + "queue:" + queue, taken, 1, "RIGHT", "LEFT")
+            if raw is not None:
+                _take(client, raw, slot, run, say, lambda: stopping, reports)
+                client.lrem(taken, 1, raw)
+    client.delete(PREFIX + "alive:" + slot)
+
+
+def _take(client: Any, raw: bytes, slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],
+          say: Callable[[str], None], stopping: Callable[[], bool], reports: Path) -> None:  # pragma: no cover - a slot
+    try:
+        job = farmjob.parse_job(raw)
+    except farmjob.MessageError as exc:
+        say(f"farm worker {slot}: refused a message: {exc.message}")
+        job_id = farmjob.job_id_of(raw)
+        if job_id is not None:  # its caller, if it is one, hears why instead of waiting
+            reply = PREFIX + "reply:" + job_id
+            client.rpush(reply, farmjob.make_result("failed", None, f"refused by farm worker {slot}: {exc.message}",
+                                                    b"", slot))
+            client.expire(reply, REPLY_TTL)
+        return
+    reply = PREFIX + "reply:" + job["id"]
+    if client.exists(PREFIX + "cancel:" + job["id"]):
+        client.rpush(reply, farmjob.make_result("cancelled", None, "cancelled before it started", b"", slot))
+    else:
+        client.rpush(reply, farmjob.started(slot))
+        say(f"farm worker {slot}: {job['profile']}: {' '.join(job['command'])[:80]}")
+        outcome = _supervise(client, job, slot, run, stopping, reports)
+        client.rpush(reply, farmjob.make_result(outcome["status"], outcome["exit_code"], outcome["reason"],
+                                                outcome["log"], slot))
+    client.expire(reply, REPLY_TTL)
+
+
+def _supervise(client: Any, job: dict[str, Any], slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],
+               stopping: Callable[[], bool], reports: Path) -> dict[str, Any]:  # pragma: no cover - a slot
+    """``run(job)`` in a forked process; meanwhile the heartbeat, and a cancel (or the worker's
+    own stop) stops it."""
+    report = reports / f"{job['id']}.json"
+    pid = fork_job(lambda: run(job), report)
+    why = ""  # "cancelled" (its caller), "stopped" (this worker)
+    while True:
+        client.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if not why:
+            why = "stopped" if stopping() else "cancelled" if client.exists(PREFIX + "cancel:" + job["id"]) else ""
+            if why:
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(TICK)
+    data = read_report(report)
+    if why == "stopped":  # not the caller's doing: a failure it should hear of, not a cancel
+        return {"status": "failed", "exit_code": None, "log": data["log"].encode() if data else b"",
+                "reason": f"farm worker {slot} was stopped mid-job: run it again"}
+    if data is None:
+        return {"status": "cancelled" if why else "failed", "exit_code": None, "log": b"",
+                "reason": "cancelled" if why else f"the job's process on {slot} ended without a result"}
+    data["log"] = data["log"].encode()
+    return data
+
+
+def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any]) -> dict[str, Any]:
+    """One matrix entry from a checked job message, in this worker's store, with its own profile."""
+    from sandboxmgr import images, matrix
+    from sandboxmgr import project as project_file
+
+    name = job["profile"]
+    if name not in registry.files() and name not in registry.aliases():
+        return _refused(f"this farm worker has no profile {name!r} in its profile directories")
+    try:
+        with store.temporary("farm") as tmp:
+            root = tmp / "src"
+            root.mkdir()
+            farmjob.unpack(job["source"], root)
+            project = project_file.Project(path=None, root=root, command=tuple(job["command"]),
+                                           workdir=job["workdir"], env=dict(job["env"]))
+            (entry,) = project_file.entries([name], project, registry)
+            images.ensure_image(store, entry.profile, lambda _message: None)
+            logs = store.logs_dir / "farm" / job["id"]
+            (result,) = matrix.run(store, project, [entry], project.command, 1, False, False, logs,
+                                   lambda _results: None)
+    except SandboxError as exc:
+        return _refused(exc.message)
+    log = b""
+    if result.log is not None and result.log.is_file():
+        log = result.log.read_bytes()[-farmjob.LOG_CAP:]
+    return {"status": result.status, "exit_code": result.exit_code, "reason": result.reason,
+            "log": log.decode(errors="replace")}
+
+
+def _refused(reason: str) -> dict[str, Any]:
+    return {"status": "failed", "exit_code": None, "reason": reason, "log": f"sandboxmgr farm: {reason}\n"}

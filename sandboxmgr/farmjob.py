@@ -1,0 +1,192 @@
+"""What travels through a farm's broker, and the checks a worker makes before it believes any of it.
+
+A job message is JSON (never pickle: a message must not be able to run code where it is read)
+with exactly these fields: ``v`` (1), ``id`` (32 hex digits), ``kind`` (``matrix``), ``profile``
+(a profile NAME, looked up in the worker's own profile directories, never a path or an inline
+profile), ``command`` (argv), ``env``, ``workdir`` and ``source`` (the project directory as a
+gzip'd tar, base64, at most :data:`SOURCE_CAP` bytes). Anything else - an unknown field, a
+wrong type, a size over its cap, a link or device in the tar - refuses the message whole.
+
+A result message carries back the status, the exit code, the one-line reason and the tail of
+the log (at most :data:`LOG_CAP` bytes: the full log stays in the worker's store).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.names import NAME_RE
+
+VERSION = 1
+MESSAGE_CAP = 12 * 1024 * 1024  # a whole job message, before it is parsed
+SOURCE_CAP = 8 * 1024 * 1024  # the project's tar.gz as sent
+UNPACKED_CAP = 256 * 1024 * 1024  # the project once unpacked
+MEMBERS_CAP = 20_000
+LOG_CAP = 1024 * 1024
+JOB_FIELDS = frozenset({"v", "id", "kind", "profile", "command", "env", "workdir", "source"})
+KINDS = ("matrix",)
+ID_RE = re.compile(r"[0-9a-f]{32}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+STATUSES = ("passed", "failed", "cancelled")
+
+
+class MessageError(SandboxError):
+    """A broker message that is not a job this worker takes (or not a result this caller reads)."""
+
+
+def make_job(job_id: str, profile: str, command: tuple[str, ...], env: dict[str, str], workdir: str,
+             source: bytes) -> bytes:
+    """A job message (checked as a worker would: a caller learns of a cap before the broker does)."""
+    message = json.dumps({"v": VERSION, "id": job_id, "kind": "matrix", "profile": profile,
+                          "command": list(command), "env": env, "workdir": workdir,
+                          "source": base64.b64encode(source).decode()}).encode()
+    parse_job(message)
+    return message
+
+
+def parse_job(raw: bytes) -> dict[str, Any]:
+    """The job in ``raw``, every field checked; MessageError names the first that is wrong."""
+    if len(raw) > MESSAGE_CAP:
+        raise MessageError(f"message of {len(raw)} bytes, over the cap of {MESSAGE_CAP}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("message is not a JSON object")
+    if set(data) != JOB_FIELDS:
+        extra, lacking = sorted(set(data) - JOB_FIELDS), sorted(JOB_FIELDS - set(data))
+        raise MessageError(f"message fields are wrong (unknown: {extra}, missing: {lacking})")
+    if data["v"] != VERSION:
+        raise MessageError(f"message version {data['v']!r} is not {VERSION}")
+    if not isinstance(data["id"], str) or not ID_RE.fullmatch(data["id"]):
+        raise MessageError("id is not 32 hex digits")
+    if data["kind"] not in KINDS:
+        raise MessageError(f"kind {data['kind']!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(data["profile"], str) or not NAME_RE.fullmatch(data["profile"]):
+        raise MessageError("profile is not a profile name")
+    _check_command(data["command"])
+    _check_env(data["env"])
+    _check_workdir(data["workdir"])
+    data["source"] = _decode_source(data["source"])
+    return data
+
+
+def job_id_of(raw: bytes) -> str | None:
+    """The id of a refused message, to tell its caller why - if it has a well-formed one."""
+    if len(raw) > MESSAGE_CAP:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    found = data.get("id") if isinstance(data, dict) else None
+    return found if isinstance(found, str) and ID_RE.fullmatch(found) else None
+
+
+def _text(value: Any, cap: int) -> bool:
+    return isinstance(value, str) and len(value) <= cap and "\0" not in value
+
+
+def _check_command(command: Any) -> None:
+    if not isinstance(command, list) or not 1 <= len(command) <= 256 or not all(_text(a, 4096) for a in command):
+        raise MessageError("command is not a list of 1 to 256 strings (each at most 4096 characters, no NUL)")
+
+
+def _check_env(env: Any) -> None:
+    if not isinstance(env, dict) or len(env) > 256:
+        raise MessageError("env is not a mapping of at most 256 variables")
+    for name, value in env.items():
+        if not ENV_NAME_RE.fullmatch(name) or not _text(value, 65536):
+            raise MessageError(f"env variable {name[:40]!r} is not NAME=text")
+
+
+def _check_workdir(workdir: Any) -> None:
+    if not _text(workdir, 256) or not workdir.startswith("/") or ".." in workdir.split("/"):
+        raise MessageError("workdir is not an absolute path inside the sandbox")
+
+
+def _decode_source(source: Any) -> bytes:
+    if not isinstance(source, str) or len(source) > SOURCE_CAP * 4 // 3 + 4:
+        raise MessageError(f"source is not a string of at most {SOURCE_CAP} bytes (base64)")
+    try:
+        return base64.b64decode(source, validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError("source is not base64") from None
+
+
+# --- the project's files ------------------------------------------------------------------------
+
+
+def pack(root: Path) -> bytes:
+    """``root``'s files as a gzip'd tar, refused over :data:`SOURCE_CAP` (before it is sent)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(root, arcname=".")
+    data = buffer.getvalue()
+    if len(data) > SOURCE_CAP:
+        raise SandboxError(f"the project {root} packs to {len(data)} bytes, over the farm's cap of {SOURCE_CAP}",
+                           hint="leave build products and large files out of the project directory, "
+                                "or run the matrix without --farm")
+    return data
+
+
+def unpack(source: bytes, dest: Path) -> None:
+    """The project into ``dest``: regular files and directories only, inside ``dest``, within the caps."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(source), mode="r:gz") as tar:
+            members, total = [], 0
+            for member in tar:
+                if not (member.isfile() or member.isdir()):
+                    raise MessageError(f"source holds {member.name[:80]!r}, neither a file nor a directory")
+                if member.name.startswith("/") or ".." in Path(member.name).parts:
+                    raise MessageError(f"source holds {member.name[:80]!r}, outside the project")
+                total += member.size
+                members.append(member)
+                if total > UNPACKED_CAP or len(members) > MEMBERS_CAP:
+                    raise MessageError(f"source unpacks to more than {UNPACKED_CAP} bytes or {MEMBERS_CAP} files")
+            # The 'data' filter refuses absolute names, '..', and modes beyond the owner's rwx.
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise MessageError(f"source is not a project archive: {exc}") from None
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+def started(worker: str) -> bytes:
+    return json.dumps({"event": "started", "worker": worker}).encode()
+
+
+def make_result(status: str, exit_code: int | None, reason: str, log: bytes, worker: str) -> bytes:
+    text = log[-LOG_CAP:].decode(errors="replace").replace("\0", "\ufffd")
+    return json.dumps({"event": "done", "status": status, "exit_code": exit_code, "reason": reason[:200],
+                       "log": text, "worker": worker}).encode()
+
+
+def parse_reply(raw: bytes) -> dict[str, Any]:
+    """A worker's reply (``started`` or ``done``), its fields checked."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MessageError("a farm reply is not JSON") from None
+    if not isinstance(data, dict) or not _text(data.get("worker"), 256):
+        raise MessageError("a farm reply names no worker")
+    if data.get("event") == "started":
+        return data
+    if data.get("event") != "done" or data.get("status") not in STATUSES:
+        raise MessageError("a farm reply is neither 'started' nor a result")
+    code = data.get("exit_code")
+    if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
+        raise MessageError("a farm result's exit code is not a number")
+    if not _text(data.get("reason"), 200) or not _text(data.get("log"), 2 * LOG_CAP):
+        raise MessageError("a farm result's reason or log is not text")
+    return data
