@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
-    from sandboxmgr.store import ImageRecord, Store
+    from sandboxmgr.store import ImageRecord, LayerRecord, Store
 
 
 def newest(images: Iterable[ImageRecord]) -> dict[str, ImageRecord]:
@@ -112,6 +112,18 @@ def listing(store: Store, registry: ProfileRegistry) -> list[dict[str, Any]]:
         meta["layers"] = [_layer_row(store, key, users[key] - {record.profile}) for key in record.layers]
         rows.append(meta)
     return rows
+
+
+def image_layers(store: Store, record: ImageRecord) -> list[LayerRecord]:
+    """The layers of ``record``, bottom first; one line if one is missing (lock, export)."""
+    found = []
+    for key in record.layers:
+        layer = store.layer(key)
+        if layer is None:
+            raise SandboxError(f"layer {key} of image {record.key} ({record.profile}) is missing from the store",
+                               hint=f"rebuild it: sandboxmgr build --rebuild {record.profile}")
+        found.append(layer)
+    return found
 
 
 def _layer_paths(store: Store, record: ImageRecord) -> list[Path]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sandboxmgr import dpkgstatus, reports
 from sandboxmgr.builders import MissingVersions
+from sandboxmgr.catalog import image_layers
 from sandboxmgr.errors import SandboxError, shown, warn
 from sandboxmgr.lockfile import Lock, regular_bytes
 from sandboxmgr.names import check_name
@@ -39,13 +40,7 @@ def require_debian(profile: Profile, what: str) -> None:
 def take(store: Store, profile: Profile, record: ImageRecord) -> Lock:
     """The lock of ``record``, an image of ``profile``."""
     require_debian(profile, "locking")
-    layers = []
-    for key in record.layers:
-        layer = store.layer(key)
-        if layer is None:
-            raise SandboxError(f"layer {key} of image {record.key} is missing",
-                               hint=f"build it again: sandboxmgr build {profile.name}")
-        layers.append(layer.diff)
+    layers = [layer.diff for layer in image_layers(store, record)]
     mirror = profile.bootstrap.mirror
     return Lock(profile=profile.name, image=record.key, distro=profile.distro, release=profile.release,
                 arch=profile.arch, mirror=mirror, archive_date=dpkgstatus.archive_date(layers, mirror, profile.release),

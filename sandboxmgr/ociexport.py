@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandboxmgr.catalog import image_layers
 from sandboxmgr.errors import SandboxError, shown, warn
 from sandboxmgr.ocilayer import write_layer
 from sandboxmgr.removal import remove_tree
@@ -121,17 +122,6 @@ def _put_layer(layout: Path, diff: Path) -> Blob:
     return Blob(compressed.digest, compressed.size, plain.digest)
 
 
-def _layer_records(store: Store, image: ImageRecord) -> list[Any]:
-    found = []
-    for key in image.layers:
-        layer = store.layer(key)
-        if layer is None:
-            raise SandboxError(f"layer {key} of image {image.key} ({image.profile}) is missing from the store",
-                               hint=f"rebuild it: sandboxmgr build --rebuild {image.profile}")
-        found.append(layer)
-    return found
-
-
 def _config(image: ImageRecord, layers: list[Any], blobs: list[Blob]) -> dict[str, Any]:
     imported = image.meta.get("method") == "import"
     settings = (image.meta.get("inputs") or {}).get("config") or {} if imported else {}  # ociimport.py
@@ -154,7 +144,7 @@ def _config(image: ImageRecord, layers: list[Any], blobs: list[Blob]) -> dict[st
 def write_layout(store: Store, image: ImageRecord, layout: Path, progress: Progress) -> dict[str, Any]:
     """The OCI layout of ``image`` in the empty directory ``layout``; its index's descriptor."""
     (layout / "blobs" / "sha256").mkdir(parents=True)
-    layers = _layer_records(store, image)
+    layers = image_layers(store, image)
     blobs = []
     for number, layer in enumerate(layers, 1):
         progress(f"layer {number}/{len(layers)}: {layer.meta.get('label', layer.key)}")
