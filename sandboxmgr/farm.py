@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sandboxmgr import farmjob
-from sandboxmgr.errors import EXIT_MANAGER, SandboxError
+from sandboxmgr.errors import EXIT_MANAGER, SandboxError, shown
 from sandboxmgr.matrix import Result
 from sandboxmgr.runner import SIGNALS, Stopped, fork_job, read_report
 
@@ -40,17 +40,25 @@ CANCEL_WAIT = 15.0  # how long a cancelled caller waits for the worker to stop t
 
 def redacted(url: str) -> str:
     """The broker's address without its password, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port  # .port raises for one that is not a number
+    except ValueError:
+        return "(a URL that cannot be read)"
+    return shown(f"{parts.scheme}://{host}{':' + str(port) if port else ''}{parts.path}")
 
 
 def connect(url: str) -> Any:
     """A client of the broker at ``url`` (redis:// or rediss://, TLS), checked with a PING."""
     import redis
 
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise SandboxError(f"the broker {url!r} is not a redis://, rediss:// or unix:// URL",
+    try:
+        scheme, _port = urlsplit(url).scheme, urlsplit(url).port
+    except ValueError as exc:  # never the URL itself in the line: it holds the password
+        raise SandboxError(f"the broker's URL cannot be read ({exc})",
+                           hint="give --farm redis://:PASSWORD@HOST:PORT/0") from None
+    if scheme not in ("redis", "rediss", "unix"):
+        raise SandboxError(f"the broker {redacted(url)} is not a redis://, rediss:// or unix:// URL",
                            hint="give --farm redis://:PASSWORD@HOST:PORT/0")
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
@@ -235,11 +243,17 @@ def _take(client: Any, raw: bytes, slot: str, run: Callable[[dict[str, Any]], di
         client.rpush(reply, farmjob.make_result("cancelled", None, "cancelled before it started", b"", slot))
     else:
         client.rpush(reply, farmjob.started(slot))
-        say(f"farm worker {slot}: {job['profile']}: {' '.join(job['command'])[:80]}")
+        say(f"farm worker {slot}: {job_line(job)}")
         outcome = _supervise(client, job, slot, run, stopping, reports)
         client.rpush(reply, farmjob.make_result(outcome["status"], outcome["exit_code"], outcome["reason"],
                                                 outcome["log"], slot))
     client.expire(reply, REPLY_TTL)
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """A job as its worker prints it: its caller's command may hold terminal escapes."""
+    line = f"{job['profile']}: {' '.join(job['command'])[:80]}"
+    return "".join(char if char.isprintable() else "?" for char in line)
 
 
 def _supervise(client: Any, job: dict[str, Any], slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],

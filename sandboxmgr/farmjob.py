@@ -24,6 +24,7 @@ from typing import Any
 
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.names import NAME_RE
+from sandboxmgr.ociunpack import Bounded
 
 VERSION = 1
 MESSAGE_CAP = 12 * 1024 * 1024  # a whole job message, before it is parsed
@@ -31,6 +32,8 @@ SOURCE_CAP = 8 * 1024 * 1024  # the project's tar.gz as sent
 UNPACKED_CAP = 256 * 1024 * 1024  # the project once unpacked
 MEMBERS_CAP = 20_000
 LOG_CAP = 1024 * 1024
+REPLY_CAP = 14 * LOG_CAP  # a whole reply, before it is parsed: its log's tail, JSON-escaped (\uXXXX: 6 per byte)
+WORKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")  # a slot's name: HOST-PID-NUMBER
 JOB_FIELDS = frozenset({"v", "id", "kind", "profile", "command", "env", "workdir", "source"})
 KINDS = ("matrix",)
 ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -52,14 +55,22 @@ def make_job(job_id: str, profile: str, command: tuple[str, ...], env: dict[str,
     return message
 
 
+def _loads(raw: bytes, what: str) -> Any:
+    """``raw`` as JSON; MessageError when it is not (json recurses: a message nested 100000
+    deep is a RecursionError, which stopped the slot that read it)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError(f"{what} is not JSON: nested too deep") from None
+
+
 def parse_job(raw: bytes) -> dict[str, Any]:
     """The job in ``raw``, every field checked; MessageError names the first that is wrong."""
     if len(raw) > MESSAGE_CAP:
         raise MessageError(f"message of {len(raw)} bytes, over the cap of {MESSAGE_CAP}")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError(f"message is not JSON: {exc}") from None
+    data = _loads(raw, "message")
     if not isinstance(data, dict):
         raise MessageError("message is not a JSON object")
     if set(data) != JOB_FIELDS:
@@ -85,8 +96,8 @@ def job_id_of(raw: bytes) -> str | None:
     if len(raw) > MESSAGE_CAP:
         return None
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = _loads(raw, "message")
+    except MessageError:
         return None
     found = data.get("id") if isinstance(data, dict) else None
     return found if isinstance(found, str) and ID_RE.fullmatch(found) else None
@@ -142,7 +153,8 @@ def pack(root: Path) -> bytes:
 def unpack(source: bytes, dest: Path) -> None:
     """The project into ``dest``: regular files and directories only, inside ``dest``, within the caps."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(source), mode="r:gz") as tar:
+        # Bounded: a PAX header or GNU long name is not read whole, a chain of them is no recursion.
+        with tarfile.open(fileobj=io.BytesIO(source), mode="r:gz", tarinfo=Bounded) as tar:
             members, total = [], 0
             for member in tar:
                 if not (member.isfile() or member.isdir()):
@@ -155,7 +167,7 @@ def unpack(source: bytes, dest: Path) -> None:
                     raise MessageError(f"source unpacks to more than {UNPACKED_CAP} bytes or {MEMBERS_CAP} files")
             # The 'data' filter refuses absolute names, '..', and modes beyond the owner's rwx.
             tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError) as exc:  # Bounded's refusals are TarErrors
         raise MessageError(f"source is not a project archive: {exc}") from None
 
 
@@ -168,25 +180,30 @@ def started(worker: str) -> bytes:
 
 def make_result(status: str, exit_code: int | None, reason: str, log: bytes, worker: str) -> bytes:
     text = log[-LOG_CAP:].decode(errors="replace").replace("\0", "\ufffd")
-    return json.dumps({"event": "done", "status": status, "exit_code": exit_code, "reason": reason[:200],
+    reason = "".join(char if char.isprintable() else "?" for char in reason[:200])  # the caller prints it
+    return json.dumps({"event": "done", "status": status, "exit_code": exit_code, "reason": reason,
                        "log": text, "worker": worker}).encode()
 
 
 def parse_reply(raw: bytes) -> dict[str, Any]:
-    """A worker's reply (``started`` or ``done``), its fields checked."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise MessageError("a farm reply is not JSON") from None
-    if not isinstance(data, dict) or not _text(data.get("worker"), 256):
+    """A worker's reply (``started`` or ``done``), its fields checked. What the caller prints (the
+    worker's name, the reason) is printable text: a control character there is a terminal escape."""
+    if len(raw) > REPLY_CAP:
+        raise MessageError(f"a farm reply of {len(raw)} bytes, over the cap of {REPLY_CAP}")
+    data = _loads(raw, "a farm reply")
+    if not isinstance(data, dict) or not isinstance(data.get("worker"), str) \
+            or not WORKER_RE.fullmatch(data["worker"]):
         raise MessageError("a farm reply names no worker")
     if data.get("event") == "started":
         return data
     if data.get("event") != "done" or data.get("status") not in STATUSES:
         raise MessageError("a farm reply is neither 'started' nor a result")
     code = data.get("exit_code")
-    if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
-        raise MessageError("a farm result's exit code is not a number")
-    if not _text(data.get("reason"), 200) or not _text(data.get("log"), 2 * LOG_CAP):
+    if code is not None and (not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255):
+        raise MessageError("a farm result's exit code is not one of a process (0 to 255)")
+    if data["status"] == "passed" and code != 0:
+        raise MessageError("a farm result passed with an exit code that is not 0")
+    reason = data.get("reason")
+    if not _text(reason, 200) or not str(reason).isprintable() or not _text(data.get("log"), 2 * LOG_CAP):
         raise MessageError("a farm result's reason or log is not text")
     return data

@@ -1,0 +1,131 @@
+"""The farm's review (issue farm-review): a hostile project, a hostile worker's reply, a hostile
+broker URL. Each case is a unit of farmjob's or farm's checks (no broker, no image): the caller
+and the worker meet a message only through them."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr import farm, farmjob
+from sandboxmgr.errors import SandboxError
+from sandboxmgr.farmjob import MessageError
+
+JOB_ID = "0123456789abcdef0123456789abcdef"
+
+
+def project_tar(*members: tuple[tarfile.TarInfo, bytes], pax: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT, pax_headers=pax or {}) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def a_file(name: str, data: bytes = b"x", **pax: str) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.pax_headers = pax
+    return info, data
+
+
+def pax_chain(count: int) -> bytes:
+    """``count`` PAX headers before one file (tarfile reads each with a recursion)."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    record = b"18 comment=hello\n"
+    header.size = len(record)
+    block = header.tobuf(tarfile.USTAR_FORMAT) + record + b"\0" * (512 - len(record))
+    body = block * count + a_file("a")[0].tobuf(tarfile.USTAR_FORMAT) + b"x" + b"\0" * 511 + b"\0" * 1024
+    return gzip.compress(body)
+
+
+def test_a_project_with_a_huge_pax_header_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    """A PAX header of 4 MiB (tarfile reads it into memory whole: 8 GB from an 8 MB gzip) refuses the job."""
+    source = project_tar(a_file("a", comment="y" * (4 << 20)))
+    assert len(source) < farmjob.SOURCE_CAP
+    with pytest.raises(MessageError, match="PAX header"):
+        farmjob.unpack(source, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_project_with_a_chain_of_pax_headers_is_refused_in_one_line(tmp_path: Path) -> None:
+    """2000 PAX headers before one entry: tarfile's recursion was a RecursionError, which killed the worker's slot."""
+    with pytest.raises(MessageError, match="PAX headers"):
+        farmjob.unpack(pax_chain(2000), tmp_path)
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 100_000])
+def test_a_deeply_nested_message_is_refused_not_a_crash_of_the_worker(raw: bytes) -> None:
+    """json.loads recurses: a message nested 100000 deep was a RecursionError in the slot, which stopped it
+    (one message per slot stopped a whole farm) and left the message on its taken list."""
+    with pytest.raises(MessageError, match="nested too deep"):
+        farmjob.parse_job(raw)
+    assert farmjob.job_id_of(raw) is None
+
+
+def test_a_deeply_nested_reply_is_refused_not_an_internal_error() -> None:
+    with pytest.raises(MessageError):
+        farmjob.parse_reply(b"[" * 100_000)
+
+
+def done(**changes: object) -> bytes:
+    reply = {"event": "done", "status": "failed", "exit_code": 1, "reason": "it failed", "log": "", "worker": "w-1-0"}
+    reply.update(changes)
+    return json.dumps(reply).encode()
+
+
+@pytest.mark.parametrize("reply", [
+    done(reason="\x1b]0;owned\x07\x1b[2J"),
+    done(worker="w\x1b[31m"),
+    done(worker="w 1"),
+    done(exit_code=10**30),
+    done(exit_code=-1),
+    done(status="passed", exit_code=3),
+    json.dumps({"event": "started", "worker": "\x1b[2Jw"}).encode(),
+], ids=["escape-in-reason", "escape-in-worker", "space-in-worker", "huge-exit", "negative-exit", "passed-nonzero",
+        "escape-in-started"])
+def test_a_reply_a_caller_would_print_or_count_wrongly_is_refused(reply: bytes) -> None:
+    """A worker's reason and name reach the caller's terminal (the live view, the summary, a reason
+    line): control characters there are terminal escapes; an exit code is one of a process's."""
+    with pytest.raises(MessageError):
+        farmjob.parse_reply(reply)
+
+
+def test_a_reply_over_its_cap_is_refused_before_it_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 20 MiB (or 1 GB) reply was parsed whole (json.loads: several times its size) before its cap."""
+    loads = json.loads
+    parsed: list[int] = []
+
+    def counting(raw: bytes | str) -> object:
+        parsed.append(len(raw))
+        return loads(raw)
+
+    monkeypatch.setattr(json, "loads", counting)
+    with pytest.raises(MessageError):
+        farmjob.parse_reply(done(log="x" * (20 * farmjob.LOG_CAP)))
+    assert parsed == []
+
+
+@pytest.mark.parametrize("url", ["http://:s3cret@broker:6379/0", "redis://:s3cret@broker:port/0",
+                                 "redis://:s3cret@[broker/0"])
+def test_a_broker_url_that_is_wrong_is_one_line_without_its_password(url: str) -> None:
+    """The wrong-scheme line printed the whole URL with its password; a port that is not a number
+    made redacted() raise (ValueError, an internal error) while saying so."""
+    with pytest.raises(SandboxError) as caught:
+        farm.connect(url)
+    assert "s3cret" not in caught.value.message
+    assert "s3cret" not in farm.redacted(url)
+
+
+def test_a_job_s_command_is_shown_on_the_worker_without_its_escapes() -> None:
+    """The worker printed a job's command as sent: a hostile caller's escapes reached the worker's terminal."""
+    shown = farm.job_line({"profile": "debian-bookworm", "command": ["sh", "-c", "\x1b]0;owned\x07echo"]})
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert shown.isprintable()
+
