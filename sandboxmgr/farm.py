@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from sandboxmgr import farmjob
 from sandboxmgr.errors import EXIT_MANAGER, SandboxError, shown
@@ -53,10 +53,13 @@ def connect(url: str) -> Any:
     import redis
 
     try:
-        scheme, _port = urlsplit(url).scheme, urlsplit(url).port
+        scheme, _port, query = urlsplit(url).scheme, urlsplit(url).port, parse_qs(urlsplit(url).query)
     except ValueError as exc:  # never the URL itself in the line: it holds the password
         raise SandboxError(f"the broker's URL cannot be read ({exc})",
                            hint="give --farm redis://:PASSWORD@HOST:PORT/0") from None
+    if set(query) - {"db"}:  # redis-py makes the rest its client's options (ssl_cert_reqs=none: no TLS checks)
+        raise SandboxError(f"the broker's URL has a query other than ?db=N: {shown(sorted(query))}",
+                           hint="give --farm redis://:PASSWORD@HOST:PORT/0 (rediss:// for TLS, checked)")
     if scheme not in ("redis", "rediss", "unix"):
         raise SandboxError(f"the broker {redacted(url)} is not a redis://, rediss:// or unix:// URL",
                            hint="give --farm redis://:PASSWORD@HOST:PORT/0")
@@ -308,7 +311,9 @@ def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any])
         return _refused(exc.message)
     log = b""
     if result.log is not None and result.log.is_file():
-        log = result.log.read_bytes()[-farmjob.LOG_CAP:]
+        with result.log.open("rb") as file:  # its tail only: a hostile build's log is as large as it likes
+            file.seek(max(0, os.fstat(file.fileno()).st_size - farmjob.LOG_CAP))
+            log = file.read(farmjob.LOG_CAP)
     return {"status": result.status, "exit_code": result.exit_code, "reason": result.reason,
             "log": log.decode(errors="replace")}
 

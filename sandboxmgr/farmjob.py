@@ -104,7 +104,14 @@ def job_id_of(raw: bytes) -> str | None:
 
 
 def _text(value: Any, cap: int) -> bool:
-    return isinstance(value, str) and len(value) <= cap and "\0" not in value
+    """A string within ``cap``, without NUL, that can be written out (JSON carries lone surrogates)."""
+    if not isinstance(value, str) or len(value) > cap or "\0" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_command(command: Any) -> None:

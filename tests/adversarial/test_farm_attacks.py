@@ -129,3 +129,58 @@ def test_a_job_s_command_is_shown_on_the_worker_without_its_escapes() -> None:
     assert "\x1b" not in shown and "\x07" not in shown
     assert shown.isprintable()
 
+
+
+def test_a_reply_whose_log_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    """JSON carries a lone surrogate (\\ud800): the caller's write of the log was a UnicodeEncodeError,
+    an internal error of the caller's waiter, from a worker's reply."""
+    with pytest.raises(MessageError):
+        farmjob.parse_reply(done(log="before \ud800 after"))
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0?foo=bar", "redis://127.0.0.1:1/0?connection_class=x",
+                                 "rediss://127.0.0.1:1/0?ssl_cert_reqs=none"])
+def test_a_broker_url_s_query_reaches_no_client_option(url: str) -> None:
+    """redis-py passes a URL's query to its connection as keyword arguments: an unknown one was a
+    TypeError (an internal error), and ssl_cert_reqs=none turned a rediss:// URL's TLS checks off."""
+    with pytest.raises(SandboxError, match="query"):
+        farm.connect(url)
+
+
+def test_a_worker_reads_only_the_tail_of_a_job_s_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile build's log is as large as it likes: the worker (root) read it whole into memory
+    to send its last MiB."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from sandboxmgr import images, matrix
+    from sandboxmgr import project as project_file
+    from sandboxmgr.matrix import Result
+
+    log = tmp_path / "big.log"
+    with log.open("wb") as out:
+        out.truncate(64 << 20)
+        out.seek(0, 2)
+        out.write(b"the end\n")
+
+    @contextmanager
+    def temporary(_purpose: str):  # type: ignore[no-untyped-def]
+        (tmp_path / "tmp").mkdir()
+        yield tmp_path / "tmp"
+
+    store = SimpleNamespace(temporary=temporary, logs_dir=tmp_path / "logs")
+    registry = SimpleNamespace(files=lambda: ["p"], aliases=lambda: [])
+    monkeypatch.setattr(project_file, "entries", lambda *_args: [SimpleNamespace(profile=None)])
+    monkeypatch.setattr(images, "ensure_image", lambda *_args: None)
+    monkeypatch.setattr(matrix, "run", lambda *_args: [Result("p", "p", status="failed", exit_code=1, log=log)])
+    whole = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        assert self != log, "the whole log was read"
+        return whole(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    job = farmjob.parse_job(farmjob.make_job(JOB_ID, "p", ("true",), {}, "/src", project_tar(a_file("a"))))
+    outcome = farm.run_matrix_job(store, registry, job)  # type: ignore[arg-type]
+    assert len(outcome["log"]) == farmjob.LOG_CAP
+    assert outcome["log"].endswith("the end\n")
