@@ -154,13 +154,15 @@ def test_a_hostile_message_is_refused_in_one_line_and_the_worker_goes_on(workers
     client.lpush("sandboxmgr:farm:queue:default", pickle.dumps({"id": "x"}))
     client.lpush("sandboxmgr:farm:queue:default", json.dumps({"v": 1, "id": "0" * 32, "kind": "matrix",
                                                                "profile": "/etc/passwd"}).encode())
+    client.lpush("sandboxmgr:farm:queue:default", b"[" * 100_000)  # a RecursionError stopped its slot
     deadline = time.monotonic() + 10
-    while sum(w.said().count("refused a message") for w in workers) < 2:
+    while sum(w.said().count("refused a message") for w in workers) < 3:
         assert time.monotonic() < deadline, [w.said() for w in workers]
         time.sleep(0.2)
     said = "".join(w.said() for w in workers)
     assert "refused a message: message is not JSON" in said
     assert "refused a message: message fields are wrong" in said
+    assert "refused a message: message is not JSON: nested too deep" in said and "stopped" not in said
     # The refused message's caller (its id is well formed) hears why instead of waiting.
     reply = client.blpop(["sandboxmgr:farm:reply:" + "0" * 32], timeout=10)
     assert reply is not None and b"refused by farm worker" in reply[1]
