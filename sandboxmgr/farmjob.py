@@ -24,7 +24,7 @@ from typing import Any
 
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.names import NAME_RE
-from sandboxmgr.ociunpack import Bounded
+from sandboxmgr.ociunpack import MAX_DEPTH, Bounded
 
 VERSION = 1
 MESSAGE_CAP = 12 * 1024 * 1024  # a whole job message, before it is parsed
@@ -77,11 +77,11 @@ def parse_job(raw: bytes) -> dict[str, Any]:
         extra, lacking = sorted(set(data) - JOB_FIELDS), sorted(JOB_FIELDS - set(data))
         raise MessageError(f"message fields are wrong (unknown: {extra}, missing: {lacking})")
     if data["v"] != VERSION:
-        raise MessageError(f"message version {data['v']!r} is not {VERSION}")
+        raise MessageError(f"message version {repr(data['v'])[:40]} is not {VERSION}")
     if not isinstance(data["id"], str) or not ID_RE.fullmatch(data["id"]):
         raise MessageError("id is not 32 hex digits")
     if data["kind"] not in KINDS:
-        raise MessageError(f"kind {data['kind']!r} is not one of {', '.join(KINDS)}")
+        raise MessageError(f"kind {repr(data['kind'])[:40]} is not one of {', '.join(KINDS)}")
     if not isinstance(data["profile"], str) or not NAME_RE.fullmatch(data["profile"]):
         raise MessageError("profile is not a profile name")
     _check_command(data["command"])
@@ -168,6 +168,8 @@ def unpack(source: bytes, dest: Path) -> None:
                     raise MessageError(f"source holds {member.name[:80]!r}, neither a file nor a directory")
                 if member.name.startswith("/") or ".." in Path(member.name).parts:
                     raise MessageError(f"source holds {member.name[:80]!r}, outside the project")
+                if len(Path(member.name).parts) > MAX_DEPTH:  # tarfile's os.makedirs recurses
+                    raise MessageError(f"source holds {member.name[:80]!r}..., more than {MAX_DEPTH} levels deep")
                 total += member.size
                 members.append(member)
                 if total > UNPACKED_CAP or len(members) > MEMBERS_CAP:

@@ -184,3 +184,22 @@ def test_a_worker_reads_only_the_tail_of_a_job_s_log(tmp_path: Path, monkeypatch
     outcome = farm.run_matrix_job(store, registry, job)  # type: ignore[arg-type]
     assert len(outcome["log"]) == farmjob.LOG_CAP
     assert outcome["log"].endswith("the end\n")
+
+
+def test_a_project_with_a_name_too_deep_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A member 2000 levels deep (4000 characters, under PATH_MAX): tarfile makes its directories with
+    os.makedirs, a recursion - a RecursionError that stopped the worker's slot."""
+    with pytest.raises(MessageError, match="levels deep"):
+        farmjob.unpack(project_tar(a_file("a/" * 2000 + "f")), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["v", "kind"])
+def test_a_refusal_quotes_a_hostile_field_s_value_shortly(field: str) -> None:
+    """A refusal quoted a wrong version or kind whole: 10 MB of it on one line of the worker's output."""
+    message = {"v": 1, "id": JOB_ID, "kind": "matrix", "profile": "p", "command": ["true"], "env": {},
+               "workdir": "/src", "source": ""}
+    message[field] = "x" * (10 << 20)
+    with pytest.raises(MessageError) as caught:
+        farmjob.parse_job(json.dumps(message).encode())
+    assert len(caught.value.message) < 200
