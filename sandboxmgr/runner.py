@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import time
@@ -271,6 +272,14 @@ def tail(path: Path | None, lines: int) -> str:
 # --- reports ------------------------------------------------------------------------------------
 
 
+# What XML 1.0 has no place for: a build's colours (ESC) in a log's tail made a report no reader takes.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    return NOT_XML.sub("?", text)
+
+
 def junit(results: Sequence[Outcome], suite_name: str, classname: str, output: Callable[[Any], str],
           cause: str | None = None) -> str:
     """JUnit XML, as GitLab, Jenkins and GitHub read it: one testcase per profile; a failure's
@@ -292,12 +301,12 @@ def junit(results: Sequence[Outcome], suite_name: str, classname: str, output: C
             if cause:
                 properties = ElementTree.SubElement(case, "properties")
                 ElementTree.SubElement(properties, "property", {"name": cause, "value": kind})
-            failure = ElementTree.SubElement(case, "failure", {"message": message, "type": kind})
-            failure.text = tail(result.log_path, 50)
+            failure = ElementTree.SubElement(case, "failure", {"message": xml_text(message), "type": kind})
+            failure.text = xml_text(tail(result.log_path, 50))
         elif result.status == "cancelled":
             ElementTree.SubElement(case, "skipped", {"message": "cancelled"})
         out = ElementTree.SubElement(case, "system-out")
-        out.text = output(result)
+        out.text = xml_text(output(result))
     suites = ElementTree.Element("testsuites")
     suites.append(suite)
     return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -203,3 +203,19 @@ def test_a_refusal_quotes_a_hostile_field_s_value_shortly(field: str) -> None:
     with pytest.raises(MessageError) as caught:
         farmjob.parse_job(json.dumps(message).encode())
     assert len(caught.value.message) < 200
+
+
+def test_a_junit_report_of_a_log_with_escapes_is_well_formed_xml(tmp_path: Path) -> None:
+    """A build's colours (ESC) or a NUL in its log's tail made the --junit report XML no reader takes
+    (ElementTree writes them as they are; XML 1.0 has no such characters): from a farm, any worker's build."""
+    from xml.etree import ElementTree
+
+    from sandboxmgr.matrix import Result, junit
+    from sandboxmgr.project import Project
+
+    log = tmp_path / "b.log"
+    log.write_bytes(b"\x1b[31mFAIL\x1b[0m \x00 \x07 end\n")
+    results = [Result("b", "p.b", "failed", 2, duration=1.0, log=log, reason="boom")]
+    report = junit(results, Project(path=None, root=tmp_path), ("make", "check"))
+    failure = ElementTree.fromstring(report.split("?>", 1)[1]).find(".//failure")
+    assert failure is not None and failure.text is not None and "FAIL" in failure.text and "end" in failure.text
