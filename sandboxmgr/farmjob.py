@@ -17,6 +17,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -145,16 +146,46 @@ def _decode_source(source: Any) -> bytes:
 
 
 def pack(root: Path) -> bytes:
-    """``root``'s files as a gzip'd tar, refused over :data:`SOURCE_CAP` (before it is sent)."""
+    """``root``'s files as a gzip'd tar, refused over :data:`SOURCE_CAP` (before it is sent), or
+    when the worker would refuse it (over :data:`UNPACKED_CAP` or :data:`MEMBERS_CAP`, deeper than
+    :data:`MAX_DEPTH`) before it is read whole: a checkout is walked with a stack (tarfile's add
+    recurses: 1100 levels were a RecursionError) and a huge (sparse) file is never compressed."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(root, arcname=".")
+    total = members = 0
+    try:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            stack = [(str(root), ".", 0)]
+            while stack:
+                path, name, depth = stack.pop()
+                if depth > MAX_DEPTH:
+                    raise _too_large(root, f"holds {name[:80]!r}..., more than {MAX_DEPTH} levels deep")
+                info = tar.gettarinfo(path, arcname=name)
+                if info is None:  # a socket: tarfile's add leaves it out too
+                    continue
+                total, members = total + (info.size if info.isreg() else 0), members + 1
+                if total > UNPACKED_CAP or members > MEMBERS_CAP:
+                    raise _too_large(root, f"holds more than {UNPACKED_CAP} bytes or {MEMBERS_CAP} files")
+                if info.isreg():
+                    with open(path, "rb") as file:
+                        tar.addfile(info, file)
+                else:
+                    tar.addfile(info)
+                if info.isdir():
+                    names = sorted(os.listdir(path), reverse=True)  # popped in tarfile's order
+                    stack.extend((os.path.join(path, n), os.path.join(name, n), depth + 1) for n in names)
+    except OSError as exc:
+        raise SandboxError(f"cannot pack the project {root}: {exc}",
+                           hint="check the project directory's files can be read") from None
     data = buffer.getvalue()
     if len(data) > SOURCE_CAP:
-        raise SandboxError(f"the project {root} packs to {len(data)} bytes, over the farm's cap of {SOURCE_CAP}",
-                           hint="leave build products and large files out of the project directory, "
-                                "or run the matrix without --farm")
+        raise _too_large(root, f"packs to {len(data)} bytes, over the farm's cap of {SOURCE_CAP}")
     return data
+
+
+def _too_large(root: Path, what: str) -> SandboxError:
+    return SandboxError(f"the project {root} {what}",
+                        hint="leave build products and large files out of the project directory, "
+                             "or run the matrix without --farm")
 
 
 def unpack(source: bytes, dest: Path) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -219,3 +221,45 @@ def test_a_junit_report_of_a_log_with_escapes_is_well_formed_xml(tmp_path: Path)
     report = junit(results, Project(path=None, root=tmp_path), ("make", "check"))
     failure = ElementTree.fromstring(report.split("?>", 1)[1]).find(".//failure")
     assert failure is not None and failure.text is not None and "FAIL" in failure.text and "end" in failure.text
+
+
+def test_a_checkout_too_deep_to_pack_is_one_line_on_the_caller(tmp_path: Path) -> None:
+    """tarfile's add recurses per level: a project 1100 levels deep was a RecursionError in 'matrix --farm'."""
+    deep = tmp_path / "project"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    for _level in range(1100):
+        os.mkdir("a", dir_fd=fd)
+        fd, above = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+        os.close(above)
+    os.close(fd)
+    try:
+        with pytest.raises(SandboxError, match="levels deep"):
+            farmjob.pack(deep)
+    finally:  # pytest's clean-up (shutil.rmtree) recurses too
+        subprocess.run(["rm", "-rf", "--one-file-system", str(deep)], check=True)
+
+
+def test_a_huge_sparse_file_is_refused_before_it_is_compressed(tmp_path: Path) -> None:
+    """A 300 MiB sparse file gzips to under the 8 MiB cap: it was compressed whole and sent, for the
+    worker to refuse; the caller refuses what the worker would, before it reads it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    with (project / "hole").open("wb") as out:
+        out.truncate(300 << 20)
+    with pytest.raises(SandboxError, match="more than"):
+        farmjob.pack(project)
+
+
+def test_a_packed_project_unpacks_as_it_was(tmp_path: Path) -> None:
+    """pack walks the project itself now: the same names, in tarfile's order, and a worker unpacks them."""
+    project = tmp_path / "project"
+    (project / "sub" / "deeper").mkdir(parents=True)
+    (project / "top.txt").write_text("top")
+    (project / "sub" / "deeper" / "f").write_text("f")
+    with tarfile.open(fileobj=io.BytesIO(farmjob.pack(project)), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert names == [".", "./sub", "./sub/deeper", "./sub/deeper/f", "./top.txt"]
+    (tmp_path / "out").mkdir()
+    farmjob.unpack(farmjob.pack(project), tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "deeper" / "f").read_text() == "f"
