@@ -152,25 +152,32 @@ def refuse_unsafe_parents(store_root: str) -> None:
 
     if userns.entered():  # an ordinary user in its namespace: its own home is its to change
         return
-    real = os.path.realpath(store_root)
-    parent = os.path.dirname(real)
-    while True:
-        try:
-            info = os.stat(parent)
-        except OSError:
-            info = None  # not there yet (a store to create): makedirs will make it root's, 0755
-        if info is not None and (info.st_uid != 0 or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX)):
-            who = f"uid {info.st_uid} owns" if info.st_uid != 0 else \
-                f"{'every user' if info.st_mode & 0o002 else 'its group'} may write"
-            raise SandboxError(
-                f"root's store {shown(store_root)} is below {shown(parent)}, which {who}: whoever can rename "
-                "entries there could put a symlink in the store's place, and root would write and remove "
-                "where it points",
-                hint=f"use a store in a directory only root can change (--store {INSTALLED_STORE}, or "
-                     f"SANDBOXMGR_STORE), or make {shown(parent)} root's and not writable by others")
-        if parent == "/":
-            return
-        parent = os.path.dirname(parent)
+    # The directories above the path as given and above where it leads: a link anywhere on the
+    # way (the store itself, /home/alice/store -> /var/lib/x) is its directory's owner's to repoint.
+    for path in dict.fromkeys((os.path.abspath(store_root), os.path.realpath(store_root))):
+        parent = os.path.dirname(path)
+        while True:
+            _refuse_unsafe_parent(store_root, parent)
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+
+
+def _refuse_unsafe_parent(store_root: str, parent: str) -> None:
+    try:
+        info = os.stat(parent)
+    except OSError:
+        return  # not there yet (a store to create): makedirs will make it root's, 0755
+    if info.st_uid == 0 and not (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+        return
+    who = f"uid {info.st_uid} owns" if info.st_uid != 0 else \
+        f"{'every user' if info.st_mode & 0o002 else 'its group'} may write"
+    raise SandboxError(
+        f"root's store {shown(store_root)} is below {shown(parent)}, which {who}: whoever can rename "
+        "entries there could put a symlink in the store's place, and root would write and remove "
+        "where it points",
+        hint=f"use a store in a directory only root can change (--store {INSTALLED_STORE}, or "
+             f"SANDBOXMGR_STORE), or make {shown(parent)} root's and not writable by others")
 
 
 def create_private(root: Path, directories: Sequence[str]) -> None:

@@ -124,3 +124,17 @@ def test_a_sticky_shared_directory_above_a_store_of_roots_is_accepted(tmp_path: 
     store = Store(shared / "store")
     store.ensure()
     assert mode(store.root) == 0o700
+
+
+def test_a_store_that_is_a_link_in_a_users_directory_is_refused_wherever_it_points(tmp_path: Path) -> None:
+    """/home/alice/store -> a directory of root's: alice may repoint the link at /etc at any time."""
+    need_root()
+    alice = tmp_path / "alice"
+    alice.mkdir()
+    os.chown(alice, 65534, 65534)
+    (tmp_path / "roots").mkdir()
+    (alice / "store").symlink_to(tmp_path / "roots")
+    with pytest.raises(SandboxError) as info:
+        Store(alice / "store").ensure()
+    assert f"is below {alice}, which uid 65534 owns" in info.value.message, info.value.message
+    assert list((tmp_path / "roots").iterdir()) == []
