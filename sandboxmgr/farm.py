@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import time
@@ -194,8 +195,15 @@ def serve(url: str, queue: str, concurrency: int, run: Callable[[dict[str, Any]]
     previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
     try:
         while slots:
-            with contextlib.suppress(ChildProcessError, InterruptedError):
-                pid, _ = os.waitpid(-1, 0)
+            # Polled, as runner.run_jobs does: a SIGTERM due just before a blocking waitpid would
+            # wait with it until a slot ended - for a worker's slots, maybe never.
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                select.select([], [], [], 0.25)
+            else:
                 slots.pop(pid, None)
     finally:
         for sig, handler in previous.items():
