@@ -86,12 +86,22 @@ def parse_platform(text: str | None) -> Platform | None:
     return Platform(oci_architecture(arch), variant or _VARIANT_OF.get(arch))
 
 
+_NAME = re.compile(r"[a-z0-9_]{1,32}")  # OCI's architectures and variants; nothing a terminal acts on
+
+
+def _named(arch: Any, variant: Any) -> Platform | None:
+    """A platform an index or a config names (someone else's words), or None when it names none
+    this import can compare or print."""
+    if not isinstance(arch, str) or not _NAME.fullmatch(arch):
+        return None
+    return Platform(arch, variant if isinstance(variant, str) and _NAME.fullmatch(variant) else None)
+
+
 def _platform(entry: dict[str, Any]) -> Platform | None:
     said = entry.get("platform")
-    if not isinstance(said, dict) or said.get("os") != "linux" or not isinstance(said.get("architecture"), str):
+    if not isinstance(said, dict) or said.get("os") != "linux":
         return None
-    variant = said.get("variant")
-    return Platform(said["architecture"], variant if isinstance(variant, str) and variant else None)
+    return _named(said.get("architecture"), said.get("variant"))
 
 
 def _pick(manifests: list[Any], wanted: Platform | None, where: str) -> dict[str, Any]:
@@ -107,12 +117,17 @@ def _pick(manifests: list[Any], wanted: Platform | None, where: str) -> dict[str
             and found.architecture == target.architecture and target.variant in (None, found.variant)]
     if len(fits) == 1:
         return fits[0]
-    offered = sorted({str(found) for entry in manifests if (found := _platform(entry)) is not None})
     if not fits:
-        raise SandboxError(f"the image has no {target} version (it has: {', '.join(offered) or 'none named'})",
+        offered = sorted({str(found) for entry in manifests if (found := _platform(entry)) is not None})
+        raise SandboxError(f"the image has no {target} version (it has: {_listed(offered) or 'none named'})",
                            hint=f"import one it has: {PLATFORM_HINT}")
-    raise SandboxError(f"the image has {len(fits)} {target} versions ({', '.join(str(_platform(e)) for e in fits)})",
+    raise SandboxError(f"the image has {len(fits)} {target} versions ({_listed([str(_platform(e)) for e in fits])})",
                        hint=f"choose one: {PLATFORM_HINT}")
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """An index's platforms for one line: an index may name thousands."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _choose(layout: Layout, wanted: Platform | None) -> dict[str, Any]:
@@ -171,12 +186,20 @@ def _check_platform(config: dict[str, Any], wanted: Platform | None) -> None:
     """The config says what its programs are for: an index (or a single image) that claimed
     another platform is not believed."""
     arch, variant = config.get("architecture"), config.get("variant")
-    if wanted is None or not isinstance(arch, str):
+    if wanted is None or arch is None:
         return
-    if arch != wanted.architecture or (wanted.variant and isinstance(variant, str) and variant != wanted.variant):
-        found = Platform(arch, variant if isinstance(variant, str) and variant else None)
+    found = _named(arch, variant)
+    if found is None:
+        raise invalid("the config's architecture is not an architecture's name")
+    if found.architecture != wanted.architecture or (wanted.variant and found.variant not in (None, wanted.variant)):
         raise SandboxError(f"the image chosen for {wanted} is for {found} (its config says so)",
                            hint=f"import the platform it is for: --platform {found}")
+
+
+def _arch_of(config: dict[str, Any]) -> str:
+    """The architecture to record (`images` prints it): the config's, when it is a name."""
+    found = _named(config.get("architecture"), None)
+    return found.architecture if found is not None else ""
 
 
 def oci_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +328,7 @@ def import_image(store: Store, source: str, name: str, progress: Progress,
             made[keys[-1]] = scratch / keys[-1]
         records = _publish_layers(store, name, plan, keys, made)
         meta = {"key": key, "profile": name, "profile_path": None, "description": f"imported from {source}",
-                "distro": "oci", "release": "", "arch": str(plan.config.get("architecture", "")),
+                "distro": "oci", "release": "", "arch": _arch_of(plan.config),
                 "method": "import", "built_at": now_iso(), "built_ns": time.time_ns(),
                 "build_seconds": round(time.monotonic() - started, 1), "layers": keys,
                 "size": sum(int(r.meta.get("size", 0)) for r in records),

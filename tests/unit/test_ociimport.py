@@ -135,3 +135,24 @@ def test_a_single_image_for_another_platform_is_imported_as_it_is_unless_another
     with pytest.raises(SandboxError) as caught:
         read_plan(DirectoryLayout(layout.root), Platform("amd64"))
     assert str(caught.value) == "the image chosen for linux/amd64 is for linux/arm64 (its config says so)"
+
+
+def test_an_index_s_platform_names_reach_no_terminal_and_no_line_grows_with_them(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    image = layout.image([[Entry("a", data=b"a")]])
+    named = [image | {"platform": {"os": "linux", "architecture": f"arch{number}"}} for number in range(5000)]
+    hostile = [image | {"platform": {"os": "linux", "architecture": "arm64\x1b]0;owned\x07", "variant": "\x1b[2J"}}]
+    layout.index(hostile + named)
+    with pytest.raises(SandboxError) as caught:
+        read_plan(DirectoryLayout(layout.root), Platform("s390x"))
+    assert str(caught.value) == ("the image has no linux/s390x version (it has: linux/arch0, linux/arch1, "
+                                 "linux/arch10, linux/arch100, linux/arch1000, linux/arch1001, linux/arch1002, "
+                                 "linux/arch1003 and 4992 more)")
+
+
+def test_a_config_s_architecture_that_is_no_name_is_refused_when_a_platform_is_asked(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.image([[Entry("a", data=b"a")]], config={"architecture": "amd64\x1b[2J"})
+    with pytest.raises(SandboxError) as caught:
+        read_plan(DirectoryLayout(layout.root), Platform("amd64"))
+    assert str(caught.value) == "not a valid OCI image: the config's architecture is not an architecture's name"
