@@ -1,0 +1,42 @@
+"""An attacker's review of the lead's changes of this session: the rootless entry in two steps
+(userns.begin/Pending.finish), the bounded reads of user-named files (linux.regular_bytes),
+and ``import --platform``. Each test names the hole it proves, and fails on main as it was
+(7709217):
+
+- matrix's one-line reason of a failed job read the job's whole log into memory to find its
+  last line: the command is the project's and prints as much as it likes (a log of 64 GiB, a
+  sparse file here, was an internal MemoryError at the end of the matrix);
+- ``package build`` read the build's .changes (the build's own file, copied out of its
+  sandbox) whole to check its Files field: the same MemoryError, where a source tree's control
+  files are read bounded (1 MiB);
+- ``package test`` read the build's source-tree.tar.gz (the build user's tar, made in the
+  sandbox) with tarfile's own headers: a chain of 2000 PAX headers was a RecursionError, an
+  internal error (and a PAX header of gigabytes is read whole), where every other hostile tar
+  is read with ociunpack's Bounded headers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxmgr import matrix
+
+pytestmark = pytest.mark.adversarial
+
+HUGE = 64 << 30  # sparse: no disk, and more than this machine's memory
+
+
+def sparse(path: Path, size: int = HUGE, end: bytes = b"") -> Path:
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        handle.seek(size)
+        handle.write(end)
+    return path
+
+
+def test_a_failed_jobs_reason_reads_the_tail_of_its_log_not_the_whole(tmp_path: Path) -> None:
+    log = sparse(tmp_path / "job.log", end=b"\nthe last line\n")
+    result = matrix.Result("job", "debian-bookworm", status="failed", exit_code=1, log=log)
+    assert matrix._reason(result) == "the last line"
