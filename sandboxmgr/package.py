@@ -360,9 +360,9 @@ def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:
 
 def _files_field(changes: Path) -> list[str]:
     """The lines of a .changes file's ``Files`` field: ``md5 size section priority name``."""
-    from sandboxmgr.pkgsource import paragraphs
+    from sandboxmgr.pkgsource import paragraphs, read_control
 
-    fields = (paragraphs(changes.read_text(errors="replace"), str(changes)) or [{}])[0]
+    fields = (paragraphs(read_control(changes), str(changes)) or [{}])[0]  # bounded: the build's file
     return [line for line in fields.get("Files", "").splitlines() if len(line.split()) == 5]
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import matrix
+from sandboxmgr import matrix, package
+from sandboxmgr.errors import SandboxError
 
 pytestmark = pytest.mark.adversarial
 
@@ -40,3 +41,9 @@ def test_a_failed_jobs_reason_reads_the_tail_of_its_log_not_the_whole(tmp_path: 
     log = sparse(tmp_path / "job.log", end=b"\nthe last line\n")
     result = matrix.Result("job", "debian-bookworm", status="failed", exit_code=1, log=log)
     assert matrix._reason(result) == "the last line"
+
+
+def test_the_builds_changes_file_is_read_bounded(tmp_path: Path) -> None:
+    changes = sparse(tmp_path / "hello_1.0_amd64.changes", end=b"\nFiles:\n x 1 misc optional hello.deb\n")
+    with pytest.raises(SandboxError, match="larger than"):
+        package._files_field(changes)
