@@ -17,11 +17,13 @@ and ``import --platform``. Each test names the hole it proves, and fails on main
 
 from __future__ import annotations
 
+import gzip
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from sandboxmgr import matrix, package
+from sandboxmgr import matrix, package, testcontrol
 from sandboxmgr.errors import SandboxError
 
 pytestmark = pytest.mark.adversarial
@@ -47,3 +49,22 @@ def test_the_builds_changes_file_is_read_bounded(tmp_path: Path) -> None:
     changes = sparse(tmp_path / "hello_1.0_amd64.changes", end=b"\nFiles:\n x 1 misc optional hello.deb\n")
     with pytest.raises(SandboxError, match="larger than"):
         package._files_field(changes)
+
+
+def pax_chain(count: int, last: str) -> bytes:
+    """``count`` PAX headers before one file ``last`` (tarfile reads each with a recursion)."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    record = b"18 comment=hello\n"
+    header.size = len(record)
+    block = header.tobuf(tarfile.USTAR_FORMAT) + record + b"\0" * (512 - len(record))
+    member = tarfile.TarInfo(last)
+    member.size = 1
+    return gzip.compress(block * count + member.tobuf(tarfile.USTAR_FORMAT) + b"x" + b"\0" * 511 + b"\0" * 1024)
+
+
+def test_the_builds_source_tree_tar_is_read_with_bounded_headers(tmp_path: Path) -> None:
+    tarball = tmp_path / "source-tree.tar.gz"
+    tarball.write_bytes(pax_chain(2000, "hello-1.0/debian/tests/control"))
+    with pytest.raises(SandboxError, match="PAX headers"):
+        testcontrol.read_tests(tarball)
