@@ -12,12 +12,17 @@ and ``import --platform``. Each test names the hole it proves, and fails on main
 - ``package test`` read the build's source-tree.tar.gz (the build user's tar, made in the
   sandbox) with tarfile's own headers: a chain of 2000 PAX headers was a RecursionError, an
   internal error (and a PAX header of gigabytes is read whole), where every other hostile tar
-  is read with ociunpack's Bounded headers.
+  is read with ociunpack's Bounded headers;
+- linux.regular_bytes opened any file that said it was regular: a repository's symlink to a
+  kernel's file (``sandboxmgr.yaml -> /proc/kmsg``, a tracefs trace_pipe; git stores symlinks,
+  not FIFOs) blocked ``run ./p.yaml`` or ``matrix`` forever, or read away the kernel's
+  messages another reader waits for.
 """
 
 from __future__ import annotations
 
 import gzip
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -25,6 +30,7 @@ import pytest
 
 from sandboxmgr import matrix, package, testcontrol
 from sandboxmgr.errors import SandboxError
+from tests.conftest import CLI, missing
 
 pytestmark = pytest.mark.adversarial
 
@@ -68,3 +74,21 @@ def test_the_builds_source_tree_tar_is_read_with_bounded_headers(tmp_path: Path)
     tarball.write_bytes(pax_chain(2000, "hello-1.0/debian/tests/control"))
     with pytest.raises(SandboxError, match="PAX headers"):
         testcontrol.read_tests(tarball)
+
+
+def test_a_link_to_a_kernels_file_is_not_read_as_a_profile(tmp_path: Path) -> None:
+    if "tracefs" not in Path("/proc/filesystems").read_text():
+        missing("this kernel has no tracefs (its trace_pipe is a regular file whose read blocks)")
+    tracefs = tmp_path / "tracefs"
+    tracefs.mkdir()
+    (tmp_path / "p.yaml").symlink_to(tracefs / "trace_pipe")
+    # tracefs is mounted in a mount namespace of the command's own, gone with it.
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tracefs nodev "$0" && exec "$@"',
+            str(tracefs), *CLI(tmp_path / "store").argv("run", str(tmp_path / "p.yaml"), "--", "true")]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("run ./p.yaml blocked reading the kernel's trace_pipe through the link")
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 125 and len(lines) == 2, proc.stderr
+    assert "cannot read profile " in lines[0] and lines[0].endswith("trace_pipe: not a regular file"), proc.stderr
