@@ -370,3 +370,25 @@ def regular_bytes(path: str | Path, limit: int, follow: bool = True) -> tuple[in
             return mode, handle.read(limit + 1)
     finally:
         os.close(fd)
+
+
+def copy_holes_kept(source: int, target: int) -> None:
+    """``source``'s bytes into ``target`` (both at offset 0), its holes left holes: a sparse
+    file a sandbox made (a "package" of 1 TB that costs it nothing) costs the copy no more."""
+    size, position = os.fstat(source).st_size, 0
+    while position < size:
+        try:
+            start = os.lseek(source, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                raise
+            break
+        end = min(os.lseek(source, start, os.SEEK_HOLE), size)
+        os.lseek(target, start, os.SEEK_SET)
+        while start < end:
+            chunk = os.pread(source, min(1 << 20, end - start), start)
+            if not chunk:
+                break
+            start += os.write(target, chunk)
+        position = end
+    os.ftruncate(target, size)

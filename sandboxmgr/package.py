@@ -42,6 +42,7 @@ from typing import Any
 
 from sandboxmgr import live
 from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.linux import copy_holes_kept
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.pkgsource import BUILD_USER, Source, build_deps_step, unsatisfiable
 from sandboxmgr.profile import Profile
@@ -379,8 +380,7 @@ def copy_out(directory: int, name: str, target: Path) -> bool:
             target.unlink()  # a product of an earlier build, or a link someone left there
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as copy:
-            while chunk := source.read(1 << 20):
-                copy.write(chunk)
+            copy_holes_kept(source.fileno(), copy.fileno())  # a sparse file of the build's stays one
     return True
 
 

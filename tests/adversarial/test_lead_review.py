@@ -16,12 +16,16 @@ and ``import --platform``. Each test names the hole it proves, and fails on main
 - linux.regular_bytes opened any file that said it was regular: a repository's symlink to a
   kernel's file (``sandboxmgr.yaml -> /proc/kmsg``, a tracefs trace_pipe; git stores symlinks,
   not FIFOs) blocked ``run ./p.yaml`` or ``matrix`` forever, or read away the kernel's
-  messages another reader waits for.
+  messages another reader waits for;
+- ``package build`` copied the build's products out of its sandbox byte by byte: a sparse
+  "package" (a terabyte that costs the sandbox nothing) was written out whole, and filled the
+  host's disk under the results directory.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -92,3 +96,22 @@ def test_a_link_to_a_kernels_file_is_not_read_as_a_profile(tmp_path: Path) -> No
     lines = proc.stderr.splitlines()
     assert proc.returncode == 125 and len(lines) == 2, proc.stderr
     assert "cannot read profile " in lines[0] and lines[0].endswith("trace_pipe: not a regular file"), proc.stderr
+
+
+def test_a_builds_sparse_product_is_copied_out_with_its_holes(tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    size = 256 << 20  # with the fix, 1 TB costs the same; without it, this much is written
+    sparse(build / "hello_1.0_amd64.deb", size - 5, end=b"tail\n")
+    directory = os.open(build, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert package.copy_out(directory, "hello_1.0_amd64.deb", tmp_path / "hello_1.0_amd64.deb")
+    finally:
+        os.close(directory)
+    copied = os.stat(tmp_path / "hello_1.0_amd64.deb")
+    assert copied.st_size == size
+    assert copied.st_blocks * 512 < 1 << 20, f"{copied.st_blocks * 512} bytes written for a sparse file"
+    with open(tmp_path / "hello_1.0_amd64.deb", "rb") as copy:
+        assert copy.read(4096) == b"\0" * 4096
+        copy.seek(size - 5)
+        assert copy.read() == b"tail\n"
