@@ -19,7 +19,10 @@ and ``import --platform``. Each test names the hole it proves, and fails on main
   messages another reader waits for;
 - ``package build`` copied the build's products out of its sandbox byte by byte: a sparse
   "package" (a terabyte that costs the sandbox nothing) was written out whole, and filled the
-  host's disk under the results directory.
+  host's disk under the results directory;
+- an untrusted project's profile files are read only from the project (registry.confine), but
+  its sandboxmgr.yaml itself was read wherever it leads: a checkout's ``sandboxmgr.yaml ->
+  /root/x.yaml`` printed the root-only file's keys as "unknown key" lines (a CI's public log).
 """
 
 from __future__ import annotations
@@ -115,3 +118,16 @@ def test_a_builds_sparse_product_is_copied_out_with_its_holes(tmp_path: Path) ->
         assert copy.read(4096) == b"\0" * 4096
         copy.seek(size - 5)
         assert copy.read() == b"tail\n"
+
+
+def test_an_untrusted_projects_file_linked_out_of_the_project_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "root-only.yaml"
+    secret.write_text("db_password_hunter2: yes\n")
+    secret.chmod(0o600)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "sandboxmgr.yaml").symlink_to(secret)
+    result = CLI(tmp_path / "store")("matrix", "-C", str(project), timeout=60)
+    assert "hunter2" not in result.err + result.out, str(result)
+    lines = result.err.splitlines()
+    assert result.code == 125 and len(lines) == 2 and "a link out of the project" in lines[0], str(result)
