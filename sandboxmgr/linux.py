@@ -347,7 +347,7 @@ _KERNEL_FILESYSTEMS = frozenset({0x9FA0, 0x62656572, 0x64626720, 0x74726163, 0x7
                                  0x6165676C, 0xCAFE4A11, 0x27E0EB, 0x63677270})
 
 
-def _kernel_file(fd: int) -> bool:
+def kernel_file(fd: int) -> bool:
     """Whether ``fd`` is on one of the kernel's own filesystems (fstatfs's f_type)."""
     statfs = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes; f_type first, its low half here
     _check(_libc.fstatfs(ctypes.c_int(fd), statfs), "fstatfs")
@@ -364,7 +364,7 @@ def regular_bytes(path: str | Path, limit: int, follow: bool = True) -> tuple[in
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode) or _kernel_file(fd):
+        if not stat.S_ISREG(mode) or kernel_file(fd):
             return mode, None
         with open(f"/proc/self/fd/{fd}", "rb") as handle:
             return mode, handle.read(limit + 1)

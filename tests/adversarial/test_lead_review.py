@@ -22,7 +22,10 @@ and ``import --platform``. Each test names the hole it proves, and fails on main
   host's disk under the results directory;
 - an untrusted project's profile files are read only from the project (registry.confine), but
   its sandboxmgr.yaml itself was read wherever it leads: a checkout's ``sandboxmgr.yaml ->
-  /root/x.yaml`` printed the root-only file's keys as "unknown key" lines (a CI's public log).
+  /root/x.yaml`` printed the root-only file's keys as "unknown key" lines (a CI's public log);
+- ``import FILE`` checked that FILE is a file (is_file), then let tarfile open it by name: a
+  FIFO put in its place after the check blocked the import (and a link to /proc/kmsg, a
+  kernel's file tarfile can seek, would read away the kernel's messages).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -83,22 +87,41 @@ def test_the_builds_source_tree_tar_is_read_with_bounded_headers(tmp_path: Path)
         testcontrol.read_tests(tarball)
 
 
-def test_a_link_to_a_kernels_file_is_not_read_as_a_profile(tmp_path: Path) -> None:
+def with_tracefs(tmp_path: Path, link: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sandboxmgr ARGS`` where ``link`` is a symlink to a tracefs trace_pipe (a regular file
+    whose read blocks), tracefs mounted in a mount namespace of the command's own, gone with it."""
     if "tracefs" not in Path("/proc/filesystems").read_text():
         missing("this kernel has no tracefs (its trace_pipe is a regular file whose read blocks)")
     tracefs = tmp_path / "tracefs"
     tracefs.mkdir()
-    (tmp_path / "p.yaml").symlink_to(tracefs / "trace_pipe")
-    # tracefs is mounted in a mount namespace of the command's own, gone with it.
+    (tmp_path / link).symlink_to(tracefs / "trace_pipe")
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tracefs nodev "$0" && exec "$@"',
-            str(tracefs), *CLI(tmp_path / "store").argv("run", str(tmp_path / "p.yaml"), "--", "true")]
+            str(tracefs), *CLI(tmp_path / "store").argv(*args)]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        pytest.fail("run ./p.yaml blocked reading the kernel's trace_pipe through the link")
+        pytest.fail(f"sandboxmgr {args[0]} blocked reading the kernel's trace_pipe through the link")
+
+
+def test_a_link_to_a_kernels_file_is_not_read_as_a_profile(tmp_path: Path) -> None:
+    proc = with_tracefs(tmp_path, "p.yaml", "run", str(tmp_path / "p.yaml"), "--", "true")
     lines = proc.stderr.splitlines()
     assert proc.returncode == 125 and len(lines) == 2, proc.stderr
     assert "cannot read profile " in lines[0] and lines[0].endswith("trace_pipe: not a regular file"), proc.stderr
+
+
+def test_what_replaced_an_oci_archive_after_its_check_is_not_opened(tmp_path: Path) -> None:
+    # open_source's is_file() said "a file"; by the time the archive is opened, a FIFO is there.
+    os.mkfifo(tmp_path / "image.tar")
+    code = ("import sys; from pathlib import Path; from sandboxmgr.ocisource import ArchiveLayout; "
+            "from sandboxmgr.errors import SandboxError\n"
+            "try:\n    ArchiveLayout(Path(sys.argv[1]))\nexcept SandboxError as exc:\n    print(exc.message)")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "image.tar")], capture_output=True,
+                              text=True, timeout=20, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the archive's FIFO was opened: the import blocked")
+    assert proc.stdout.strip().endswith("image.tar is not a regular file"), proc.stdout + proc.stderr
 
 
 def test_a_builds_sparse_product_is_copied_out_with_its_holes(tmp_path: Path) -> None:
