@@ -342,17 +342,53 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, request)
 
 
+# proc, sysfs, debugfs, tracefs, securityfs, configfs, efivarfs, pstore, bpf, cgroup, cgroup2.
+_KERNEL_FILESYSTEMS = frozenset({0x9FA0, 0x62656572, 0x64626720, 0x74726163, 0x73636673, 0x62656570, 0xDE5E81E4,
+                                 0x6165676C, 0xCAFE4A11, 0x27E0EB, 0x63677270})
+
+
+def kernel_file(fd: int) -> bool:
+    """Whether ``fd`` is on one of the kernel's own filesystems (fstatfs's f_type)."""
+    statfs = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes; f_type first, its low half here
+    _check(_libc.fstatfs(ctypes.c_int(fd), statfs), "fstatfs")
+    return ctypes.c_uint32.from_buffer(statfs).value in _KERNEL_FILESYSTEMS
+
+
 def regular_bytes(path: str | Path, limit: int, follow: bool = True) -> tuple[int, bytes | None]:
     """(``path``'s st_mode, at most ``limit`` + 1 of its bytes, or None when it is not a regular
     file); OSError as open(2) gives it. Anything but a regular file is never opened, only looked
     at: opening a device acts (a watchdog is armed, a tape rewinds) and wakes a FIFO's writer.
+    Nor is a kernel's file (/proc, /sys...), regular as it looks: a repository's symlink to
+    /proc/kmsg or a trace_pipe blocked the read, or took the messages another reader waits for.
     ``follow=False``: a symlink is not followed, and its mode is S_IFLNK."""
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(mode) or kernel_file(fd):
             return mode, None
         with open(f"/proc/self/fd/{fd}", "rb") as handle:
             return mode, handle.read(limit + 1)
     finally:
         os.close(fd)
+
+
+def copy_holes_kept(source: int, target: int) -> None:
+    """``source``'s bytes into ``target`` (both at offset 0), its holes left holes: a sparse
+    file a sandbox made (a "package" of 1 TB that costs it nothing) costs the copy no more."""
+    size, position = os.fstat(source).st_size, 0
+    while position < size:
+        try:
+            start = os.lseek(source, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                raise
+            break
+        end = min(os.lseek(source, start, os.SEEK_HOLE), size)
+        os.lseek(target, start, os.SEEK_SET)
+        while start < end:
+            chunk = os.pread(source, min(1 << 20, end - start), start)
+            if not chunk:
+                break
+            start += os.write(target, chunk)
+        position = end
+    os.ftruncate(target, size)

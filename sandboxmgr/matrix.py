@@ -27,7 +27,7 @@ from sandboxmgr.errors import SandboxError, warn
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.pid1 import exit_status
 from sandboxmgr.project import Entry, Project
-from sandboxmgr.runner import View, run_jobs, spawn
+from sandboxmgr.runner import View, run_jobs, spawn, tail
 from sandboxmgr.runner import junit as runner_junit
 from sandboxmgr.store import Store
 
@@ -118,12 +118,8 @@ def run(store: Store, project: Project, selected: list[Entry], command: tuple[st
 
 def _reason(result: Result) -> str:
     """The last line the failed command printed, as the summary's one-line reason."""
-    if result.log is None:
-        return ""
-    try:
-        lines = [line for line in result.log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
+    # The log's tail only: the command is the project's, and its output as long as it likes.
+    lines = [line for line in tail(result.log, 20).splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
 
 

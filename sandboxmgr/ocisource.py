@@ -21,6 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
+from sandboxmgr import linux
 from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.ociunpack import Bounded
 
@@ -160,9 +161,11 @@ class ArchiveLayout(Layout):
     """An oci-archive: a tar of a layout, read in place (its regular files by name)."""
 
     def __init__(self, path: Path) -> None:
+        self.handle = _regular(path)
         try:
-            self.tar = tarfile.open(path, "r:", tarinfo=Bounded)  # noqa: SIM115 - closed by close()
+            self.tar = tarfile.open(fileobj=self.handle, mode="r:", tarinfo=Bounded)  # noqa: SIM115 - closed by close()
         except (tarfile.TarError, OSError) as exc:
+            self.handle.close()
             raise SandboxError(f"{shown(str(path))} is not an OCI archive (a tar): {exc}", hint=HINT) from None
         self.files: dict[str, tarfile.TarInfo] = {}
         try:
@@ -172,10 +175,10 @@ class ArchiveLayout(Layout):
                 if entry.isreg():
                     self.files[os.path.normpath(entry.name.lstrip("/"))] = entry
         except tarfile.TarError as exc:
-            self.tar.close()
+            self.close()
             raise SandboxError(f"{shown(str(path))} is not a valid tar: {exc}", hint=HINT) from None
         except SandboxError:
-            self.tar.close()
+            self.close()
             raise
 
     def open_file(self, name: str) -> tuple[IO[bytes], int]:
@@ -187,6 +190,22 @@ class ArchiveLayout(Layout):
 
     def close(self) -> None:
         self.tar.close()
+        self.handle.close()
+
+
+def _regular(path: Path) -> IO[bytes]:
+    """The archive, opened only when it is a regular file (between is_file() and here, anything
+    may take its place) and not a kernel's (a link to /proc/kmsg or a trace_pipe blocked the read)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or linux.kernel_file(fd):
+                raise SandboxError(f"{shown(str(path))} is not a regular file", hint=HINT)
+            return open(f"/proc/self/fd/{fd}", "rb")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise SandboxError(f"cannot read {shown(str(path))}: {exc.strerror}", hint=HINT) from None
 
 
 def is_transport(source: str) -> bool:

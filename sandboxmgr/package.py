@@ -42,6 +42,7 @@ from typing import Any
 
 from sandboxmgr import live
 from sandboxmgr.errors import BuildError, SandboxError
+from sandboxmgr.linux import copy_holes_kept
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.pkgsource import BUILD_USER, Source, build_deps_step, unsatisfiable
 from sandboxmgr.profile import Profile
@@ -360,9 +361,9 @@ def _collect(record: SandboxRecord, out: Path, result: PackageResult) -> None:
 
 def _files_field(changes: Path) -> list[str]:
     """The lines of a .changes file's ``Files`` field: ``md5 size section priority name``."""
-    from sandboxmgr.pkgsource import paragraphs
+    from sandboxmgr.pkgsource import paragraphs, read_control
 
-    fields = (paragraphs(changes.read_text(errors="replace"), str(changes)) or [{}])[0]
+    fields = (paragraphs(read_control(changes), str(changes)) or [{}])[0]  # bounded: the build's file
     return [line for line in fields.get("Files", "").splitlines() if len(line.split()) == 5]
 
 
@@ -379,8 +380,7 @@ def copy_out(directory: int, name: str, target: Path) -> bool:
             target.unlink()  # a product of an earlier build, or a link someone left there
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as copy:
-            while chunk := source.read(1 << 20):
-                copy.write(chunk)
+            copy_holes_kept(source.fileno(), copy.fileno())  # a sparse file of the build's stays one
     return True
 
 

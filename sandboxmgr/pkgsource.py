@@ -85,7 +85,8 @@ def paragraphs(text: str, where: str) -> list[dict[str, str]]:
     return found
 
 
-def _read(path: Path) -> str:
+def read_control(path: Path) -> str:
+    """A control file's text (a source's, a build's .changes): a regular file, at most 1 MiB."""
     try:
         _mode, read = regular_bytes(path, _BIGGEST)  # a FIFO or a device in a source tree is never opened
     except OSError as exc:
@@ -127,8 +128,8 @@ def read_source(path: Path) -> Source:
         if not control.is_file():
             raise SourceError(f"{path} has no debian/control",
                               hint="give a Debian source tree (with debian/), a .dsc, a .spec or a .src.rpm")
-        source = paragraphs(_read(control), str(control))[:1] or [{}]
-        changelog = _read(path / "debian" / "changelog").lstrip()
+        source = paragraphs(read_control(control), str(control))[:1] or [{}]
+        changelog = read_control(path / "debian" / "changelog").lstrip()
         head = _CHANGELOG_RE.match(changelog)
         if head is None:
             raise SourceError(f"{path / 'debian' / 'changelog'}: the first line is not 'name (version) ...'",
@@ -136,7 +137,7 @@ def read_source(path: Path) -> Source:
         name, version = _checked(head.group(1), head.group(2), str(path / "debian" / "changelog"))
         return Source("debian", path, name, version, _deps(source[0], str(control)))
     if path.suffix == ".dsc" and path.is_file():
-        fields = (paragraphs(_read(path), str(path)) or [{}])[0]
+        fields = (paragraphs(read_control(path), str(path)) or [{}])[0]
         name, version = _checked(fields.get("Source", ""), fields.get("Version", ""), str(path))
         return Source("debian", path, name, version, _deps(fields, str(path)))
     if path.suffix in (".spec", ".rpm") or (path.is_dir() and any(path.glob("*.spec"))):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ def load_project(root: Path, registry: ProfileRegistry) -> Project:
     path = root / PROJECT_FILE
     if not path.is_file():
         return Project(path=None, root=root)
+    top = os.path.realpath(root)
+    if registry.confine is not None and os.path.commonpath([os.path.realpath(path), top]) != top:
+        # A link to a host file (a checkout's sandboxmgr.yaml -> /root/x.yaml): its keys were printed.
+        raise ProfileError(f"{path}: a link out of the project; the project file is not trusted to name a host file",
+                           hint="make it a file of the project, or trust it: sandboxmgr trust DIR (matrix --trust)")
     raw = read(path)
     data = raw.data
     check_keys(raw, data, (), PROJECT_KEYS)
