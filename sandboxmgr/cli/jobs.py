@@ -88,11 +88,12 @@ def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
 @click.option("--farm", "farm_url", metavar="URL", envvar="SANDBOXMGR_FARM",
               help="Run the jobs on the farm's workers (redis://:PASSWORD@HOST:PORT/N): see 'sandboxmgr farm'.")
 @farm_cli.queue_option
+@farm_cli.farm_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def matrix(app: App, patterns: tuple[str, ...], jobs: int | None, project_dir: str, fail_fast: bool, keep_failed: bool,
            junit_path: str | None, as_json: bool, trust_files: bool, farm_url: str | None, queue: str,
-           command: tuple[str, ...]) -> int:
+           farm_timeout: float, farm_job_timeout: float, farm_retries: int, command: tuple[str, ...]) -> int:
     """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
 
     Exit status 0 only if it passed in every profile, 1 if it failed in any.
@@ -113,8 +114,11 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int | None, project_dir: s
             raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'matrix --farm' does not do",
                                hint="run without --keep-failed; the log of each job comes back")
         app.store.ensure()  # logs/ 0700, as a local run's image step leaves it
+        from sandboxmgr.farmreap import Limits
+
+        limits = Limits(farm_timeout, farm_job_timeout, farm_retries)
         results = farm_cli.run_matrix(farm_url, queue, project, selected, command, jobs or len(selected), fail_fast,
-                                      logs, MatrixView(app.quiet))
+                                      logs, MatrixView(app.quiet), limits)
     else:
         project_file.build_images(selected, app.image_for)
         results = matrix_.run(app.store, project, selected, command, jobs or os.cpu_count() or 1, fail_fast,
