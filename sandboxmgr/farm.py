@@ -84,7 +84,7 @@ def serve(url: str, queue: str, concurrency: int, run: Run, say: Callable[[str],
     ``keep`` newest stay), and returns its result's fields."""
     connect(url)
     reports.mkdir(parents=True, exist_ok=True)
-    farmreap.prune(reports, keep, everything=True)  # no slot runs yet: a killed one's are done with
+    farmreap.prune(reports, keep)  # a killed worker's too: nothing holds their lock
     slots = {}
     for number in range(concurrency):
         pid = os.fork()
@@ -191,12 +191,9 @@ def _supervise(client: Any, job: dict[str, Any], slot: str, run: Run, stopping: 
                reports: Path) -> dict[str, Any]:  # pragma: no cover - a slot
     """``run(job)`` in a forked process, in a directory of its own; meanwhile the heartbeat, and a
     cancel (or the worker's own stop) stops it."""
-    where = farmreap.job_dir(reports, job["id"])
-    try:
+    with farmreap.job_dir(reports, job["id"]) as where:
         return _watch(client, job, slot, fork_job(lambda: run(job, where), where / "report.json"), stopping,
                       where / "report.json")
-    finally:
-        farmreap.finished(where)
 
 
 def _watch(client: Any, job: dict[str, Any], slot: str, pid: int, stopping: Callable[[], bool],

@@ -12,7 +12,9 @@ retries allowed, leaves it out, and the caller fails the job naming the dead wor
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,43 +60,52 @@ def reap(client: Any, slot: str, queue: str, message: bytes, job_id: str, retrie
 
 # --- a worker's job directories -----------------------------------------------------------------
 
-FINISHED = ".finished"  # in a job's directory once its slot is done with it: it may be pruned
 
-
-def job_dir(jobs: Path, job_id: str) -> Path:
-    """A directory of its own for one run of job ``job_id``: a second run of the same id on this
-    worker (a retry, a replayed message) gets ``ID.2``, never the first one's files."""
+@contextlib.contextmanager
+def job_dir(jobs: Path, job_id: str) -> Iterator[Path]:
+    """A directory of its own for one run of job ``job_id``, locked (flock) while it runs: a second
+    run of the same id on this worker (a retry, a replayed message) gets ``ID.2``, never the first
+    one's files, and :func:`prune` never takes a directory in use (a forked job process holds the
+    lock too, until it ends)."""
     for attempt in range(1, 1000):
         path = jobs / (job_id if attempt == 1 else f"{job_id}.{attempt}")
         try:
             path.mkdir(mode=0o700)
         except FileExistsError:
             continue
-        return path
+        handle = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield path
+        finally:
+            os.close(handle)
+        return
     raise SandboxError(f"job {job_id} has run 999 times on this worker", hint="prune STORE/logs/farm/")
 
 
-def finished(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        (path / FINISHED).touch()
-
-
-def prune(jobs: Path, keep: int, everything: bool = False) -> list[Path]:
-    """Remove all but the ``keep`` newest finished job directories (``everything``: unfinished
-    ones too, when no slot runs: a killed slot's); what was removed. Never through a mount."""
+def prune(jobs: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest job directories no job runs in (a killed worker's are
+    done with: nothing holds their lock); what was removed. Never through a mount or a link."""
     from sandboxmgr.removal import remove_tree
 
     found = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(jobs):
-            if entry.is_dir(follow_symlinks=False) and (everything or os.path.lexists(Path(entry.path, FINISHED))):
+            if entry.is_dir(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
     removed = []
     for _mtime, name in sorted(found, reverse=True)[keep:]:
         try:
-            remove_tree(jobs / name)
-        except (OSError, SandboxError):  # another slot's prune removed it first, most often
+            handle = os.open(jobs / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # another slot's prune removed it first
             continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a job runs in it
+            remove_tree(jobs / name)
+        except (OSError, SandboxError):
+            continue
+        finally:
+            os.close(handle)
         removed.append(jobs / name)
     return removed

@@ -4,6 +4,7 @@ workers here are the test's own hands on the broker); a worker's job directories
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -201,29 +202,28 @@ def test_a_job_lost_past_its_retries_fails_in_one_line_naming_the_dead_worker(cl
 
 
 def test_a_job_id_run_twice_on_one_worker_gets_a_directory_of_its_own(tmp_path: Path) -> None:
-    first, second = farmreap.job_dir(tmp_path, "c" * 32), farmreap.job_dir(tmp_path, "c" * 32)
-    assert (first.name, second.name) == ("c" * 32, "c" * 32 + ".2")
+    with farmreap.job_dir(tmp_path, "c" * 32) as first, farmreap.job_dir(tmp_path, "c" * 32) as second:
+        assert (first.name, second.name) == ("c" * 32, "c" * 32 + ".2")
 
 
-def test_a_worker_keeps_its_newest_finished_job_directories_only(tmp_path: Path) -> None:
+def test_a_worker_keeps_its_newest_job_directories_and_never_one_a_job_runs_in(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_text("x")
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     made = []
-    for number in range(5):
-        path = farmreap.job_dir(jobs, f"{number:032x}")
-        (path / "e.log").write_text("log")
-        (path / "escape").symlink_to(outside)  # a job's directory is a build's: never followed
-        if number != 0:
-            farmreap.finished(path)
-        os.utime(path, (1000 + number, 1000 + number))
-        made.append(path)
-    (jobs / "link").symlink_to(outside)
-    removed = farmreap.prune(jobs, 2)
-    assert sorted(removed) == made[1:3]
-    assert sorted(p.name for p in jobs.iterdir()) == sorted([made[0].name, made[3].name, made[4].name, "link"])
-    assert (outside / "precious").read_text() == "x"
-    assert sorted(farmreap.prune(jobs, 0, everything=True)) == [made[0], made[3], made[4]]  # a killed slot's too
-    assert sorted(p.name for p in jobs.iterdir()) == ["link"] and (outside / "precious").exists()
+    with contextlib.ExitStack() as running:
+        for number in range(5):
+            path = running.enter_context(farmreap.job_dir(jobs, f"{number:032x}")) if number == 0 else \
+                jobs / f"{number:032x}"
+            path.mkdir(exist_ok=True)
+            (path / "e.log").write_text("log")
+            (path / "escape").symlink_to(outside)  # a job's directory is a build's: never followed
+            os.utime(path, (1000 + number, 1000 + number))
+            made.append(path)
+        (jobs / "link").symlink_to(outside)
+        assert sorted(farmreap.prune(jobs, 2)) == made[1:3]  # made[0], the oldest, runs still
+        assert sorted(p.name for p in jobs.iterdir()) == sorted([made[0].name, made[3].name, made[4].name, "link"])
+    assert sorted(farmreap.prune(jobs, 0)) == [made[0], made[3], made[4]]  # its job ended (or its slot was killed)
+    assert sorted(p.name for p in jobs.iterdir()) == ["link"] and (outside / "precious").read_text() == "x"
