@@ -7,12 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +18,8 @@ from sandboxmgr import farmcall, farmjob, farmreap
 from sandboxmgr.farmcall import FarmJob
 from sandboxmgr.farmreap import ALIVE, GONE, PREFIX, Limits
 from sandboxmgr.matrix import Result
-from tests.conftest import missing
 
 QUEUE = PREFIX + "queue:unit"
-
-
-@pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None:
-        missing("no redis-server (make deps installs it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tmp_path_factory.mktemp("redis") / "redis.log"
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "unit",
-                             "--save", "", "--appendonly", "no"], stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield f"redis://:unit@127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-def client(url: str) -> Any:
-    import redis
-
-    found = redis.Redis.from_url(url)
-    found.flushdb()
-    return found
 
 
 def a_job(tmp_path: Path, url: str, limits: Limits) -> FarmJob:
