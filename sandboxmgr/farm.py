@@ -177,7 +177,7 @@ def _take(client: Any, raw: bytes, slot: str, run: Run,
         say(f"farm worker {slot}: {job_line(job)}")
         outcome = _supervise(client, job, slot, run, stopping, reports)
         client.rpush(reply, farmjob.make_result(outcome["status"], outcome["exit_code"], outcome["reason"],
-                                                outcome["log"], slot))
+                                                outcome["log"], slot, outcome.get("extra")))
     client.expire(reply, REPLY_TTL)
 
 
@@ -192,8 +192,13 @@ def _supervise(client: Any, job: dict[str, Any], slot: str, run: Run, stopping: 
     """``run(job)`` in a forked process, in a directory of its own; meanwhile the heartbeat, and a
     cancel (or the worker's own stop) stops it."""
     with farmreap.job_dir(reports, job["id"]) as where:
-        return _watch(client, job, slot, fork_job(lambda: run(job, where), where / "report.json"), stopping,
-                      where / "report.json")
+        outcome = _watch(client, job, slot, fork_job(lambda: run(job, where), where / "report.json"), stopping,
+                         where / "report.json")
+        if job["kind"] == "package":  # its files go to the broker while its directory is locked
+            from sandboxmgr.farmpackage import reply_extra
+
+            outcome["extra"] = reply_extra(client, job["id"], outcome)
+        return outcome
 
 
 def _watch(client: Any, job: dict[str, Any], slot: str, pid: int, stopping: Callable[[], bool],

@@ -27,7 +27,7 @@ class FarmJob:
     waits for its result (bounded: :class:`~sandboxmgr.farmreap.Limits`), and reports it as a
     local worker would."""
 
-    def __init__(self, url: str, queue: str, message: bytes, job_id: str, result: Result, report: Path,
+    def __init__(self, url: str, queue: str, message: bytes, job_id: str, result: Any, report: Path,
                  limits: Limits) -> None:
         self.url, self.queue, self.message, self.job_id = url, queue, message, job_id
         self.result, self.report, self.limits = result, report, limits
@@ -37,6 +37,13 @@ class FarmJob:
 
     def _wait_for_result(self) -> dict[str, Any]:
         client = connect(self.url)
+        return self.received(client, self._wait(client))
+
+    def received(self, _client: Any, data: dict[str, Any]) -> dict[str, Any]:
+        """What the waiter reports of the job's end (a package build's receives its files here)."""
+        return data
+
+    def _wait(self, client: Any) -> dict[str, Any]:
         reply, limits = PREFIX + "reply:" + self.job_id, self.limits
         worker: str | None = None
         queued, running = time.monotonic(), None  # since when it waits in the queue, runs on a worker
@@ -112,7 +119,7 @@ class FarmJob:
         result.reason = data["reason"]
         result.stage = data.get("stage")
         if data["lost"] and result.stage != "lost":  # a lost one's reason says it already
-            result.reason = _retried(result.reason, data["lost"])
+            result.reason = retried(result.reason, data["lost"])
         if result.status == "failed" and data["exit_code"] is None:
             result.exit_code = EXIT_MANAGER  # lost or refused: no command status
 
@@ -124,7 +131,7 @@ def _lost(worker: str, lost: list[str], retries: int) -> dict[str, Any]:
                       f"the job was lost {runs} time{'s' if runs > 1 else ''} (--farm-retries {retries}): run it again"}
 
 
-def _retried(reason: str, lost: list[str]) -> str:
+def retried(reason: str, lost: list[str]) -> str:
     said = f"retried {len(lost)} time{'s' if len(lost) > 1 else ''}: farm worker {', '.join(lost)} stopped answering"
     return f"{reason} ({said})" if reason else said
 

@@ -14,6 +14,9 @@ from sandboxmgr.errors import SandboxError
 if TYPE_CHECKING:
     from sandboxmgr.farmreap import Limits
     from sandboxmgr.matrix import Result
+    from sandboxmgr.package import PackageResult
+    from sandboxmgr.pkgsource import Source
+    from sandboxmgr.profile import Profile
     from sandboxmgr.project import Entry, Project
 
 QUEUE_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -63,8 +66,14 @@ def worker(app: App, broker: str, concurrency: int, queue: str, keep_logs: int) 
         if not app.quiet:
             click.echo(line, err=True)
 
-    return farm_.serve(broker, queue, concurrency, lambda job, logs: farm_.run_matrix_job(store, registry, job, logs),
-                       say, store.logs_dir / "farm", keep_logs)
+    def run(job: dict[str, Any], logs: Path) -> dict[str, Any]:
+        if job["kind"] == "package":
+            from sandboxmgr.farmpackage import run_package_job
+
+            return run_package_job(store, registry, job, logs)
+        return farm_.run_matrix_job(store, registry, job, logs)
+
+    return farm_.serve(broker, queue, concurrency, run, say, store.logs_dir / "farm", keep_logs)
 
 
 def farm_options(verb: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,3 +103,19 @@ def run_matrix(url: str, queue: str, project: Project, selected: list[Entry], co
     entries = [(entry.name, entry.profile.name.removeprefix(prefix)) for entry in selected]
     return farmcall.submit(url, queue, entries, project.root, command, dict(project.env), project.workdir, logs,
                            jobs, fail_fast, view, limits)
+
+
+def run_package(url: str, queue: str, source: Source, results: Path, profiles: list[tuple[str, Profile]],
+                build_type: str, network: str, timeout: float | None, build_jobs: int | None, keep_failed: bool,
+                jobs: int, fail_fast: bool, view: Any, limits: Limits) -> list[PackageResult]:
+    """``package build --farm``: the source to the farm's workers, each by its profile's name."""
+    import os
+
+    from sandboxmgr import farmpackage
+
+    if keep_failed:
+        raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'package build --farm' does not do",
+                           hint="run without --keep-failed; the log and results of each build come back")
+    build = {"build_type": build_type, "network": network, "timeout": timeout, "build_jobs": build_jobs,
+             "deb_build_options": os.environ.get("DEB_BUILD_OPTIONS")}
+    return farmpackage.submit(url, queue, source, results, profiles, build, jobs, fail_fast, view, limits)

@@ -339,3 +339,33 @@ def test_a_job_past_its_deadline_is_stopped_on_its_worker(workers: list[Worker],
     assert (entry["status"], entry["stage"]) == ("failed", "timeout"), entry
     assert entry["reason"].startswith("the job ran longer than 5 s on farm worker ")
     assert subprocess.run(["pgrep", "-f", "echo too-long; sleep"], capture_output=True).returncode == 1
+
+
+def test_a_package_build_on_the_farm_reports_as_a_local_one(workers: list[Worker], caller: CLI, broker: str,
+                                                            tmp_path: Path) -> None:
+    """package build --farm: each worker builds with its own profile and store; the results come back
+    into --results DIR/PROFILE/, and the report (JSON, JUnit, exit status) is a local build's."""
+    from tests.integration.test_package import source
+
+    for name, build, code in (("sm-farmed", "true", 0), ("sm-farm-broken", "false", 1)):
+        tree = source(tmp_path, name, build=build)
+        rows = []
+        for where, farm in (("farm", ("--farm", broker)), ("local", ())):
+            result = caller("package", "build", str(tree), "-p", "debian-bookworm", "--results", str(tmp_path / where),
+                            "--json", "--junit", str(tmp_path / f"{where}.xml"), *farm, timeout=900)
+            assert result.code == code, str(result)
+            (row,) = json.loads(result.out)
+            rows.append(row)
+        farmed, local = rows
+        for row in rows:
+            row.pop("duration")
+            for key in ("results", "log"):
+                row[key] = str(Path(row[key]).relative_to(tmp_path / ("farm" if row is farmed else "local")))
+        assert farmed == local, (farmed, local)
+        out, here = tmp_path / "farm" / "debian-bookworm", tmp_path / "local" / "debian-bookworm"
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in here.iterdir())
+        if code == 0:
+            assert (out / f"{name}_1.0-1_amd64.deb").stat().st_size > 0
+        types = [[f.get("type") for f in ElementTree.parse(tmp_path / f"{where}.xml").getroot().iter("failure")]
+                 for where in ("farm", "local")]
+        assert types[0] == types[1] == ([] if code == 0 else ["build"])

@@ -5,6 +5,7 @@ caller made (farmresults.py), against a real redis-server on loopback."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,40 @@ def test_forged_bytes_are_refused_unread_or_removed_and_a_planted_link_is_not_fo
     assert farmresults.receive(client, JOB, [entry("a.deb", b"y" * 10)], dest) == ["a.deb"]
     assert (dest / "a.deb").read_bytes() == b"y" * 10 and not (dest / "a.deb").is_symlink()
     assert outside.read_bytes() == b"precious"
+
+
+def test_a_forged_worker_s_package_reply_writes_nothing_outside_results_profile(client: Any, url: str,
+                                                                                tmp_path: Path) -> None:
+    """Anyone with the broker's password can answer a package build as a worker: its files named
+    ../ or absolute are refused whole, the build fails at stage results, nothing is written."""
+    import threading
+
+    from sandboxmgr import farmjob
+    from sandboxmgr.farmpackage import PackageFarmJob
+    from sandboxmgr.farmreap import Limits
+    from sandboxmgr.package import PackageResult
+
+    (tmp_path / "src" / "debian").mkdir(parents=True)
+    dest = tmp_path / "results" / "debian-bookworm"
+    dest.mkdir(parents=True)
+    build = {"path": ".", "build_type": "binary", "network": "none", "timeout": None, "build_jobs": None,
+             "deb_build_options": None}
+    message = farmjob.make_package_job(JOB, "debian-bookworm", build, farmjob.pack(tmp_path / "src"))
+    job = PackageFarmJob(url, "forged", message, JOB, PackageResult("debian-bookworm", "debian-bookworm"), dest,
+                         Limits(queue_timeout=30, job_timeout=30, retries=0))
+
+    def forger() -> None:
+        raw = client.blmove("sandboxmgr:farm:queue:forged", "sandboxmgr:farm:taken:forger-1", 10, "RIGHT", "LEFT")
+        assert raw is not None
+        client.set(f"sandboxmgr:farm:files:{JOB}:0", b"owned\n")
+        files = [entry("../../escaped.deb", b"owned\n")]
+        client.rpush(f"sandboxmgr:farm:reply:{JOB}", farmjob.make_result(
+            "passed", 0, "", b"", "forger-1", {"package": {"stage": None, "packages": []}, "files": files}))
+
+    threading.Thread(target=forger, daemon=True).start()
+    job.report.write_text(json.dumps(job._wait_for_result()))
+    job.finish(0, False)
+    assert (job.result.status, job.result.stage) == ("failed", "results")
+    assert "is not a result's" in job.result.reason
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "src" not in p.parts) == [
+        "results", "results/debian-bookworm", "results/debian-bookworm/build.log"]
