@@ -36,7 +36,7 @@ queue_option = click.option("--queue", default="default", show_default=True, cal
 
 @click.group()
 def farm() -> None:
-    """Run matrix jobs on many machines: workers take them from a Redis broker.
+    """Run matrix jobs and package builds on many machines: workers take them from a Redis broker.
 
     Whoever can reach the broker can run builds on the workers (as root, in sandboxes):
     give it a password (redis://:PASSWORD@HOST:PORT/0) and keep it on loopback or behind TLS
@@ -54,8 +54,9 @@ def farm() -> None:
               help="How many finished jobs' directories (their logs) stay in STORE/logs/farm/.")
 @pass_app
 def worker(app: App, broker: str, concurrency: int, queue: str, keep_logs: int) -> int:
-    """Take jobs from the broker until SIGTERM or Ctrl-C, and run each in this worker's store,
-    with this worker's own profile of the name the job gives (images built or reused here)."""
+    """Take jobs (matrix entries, package builds) from the broker until SIGTERM or Ctrl-C, and run
+    each in this worker's store, with this worker's own profile of the name the job gives (images
+    built or reused here)."""
     from sandboxmgr import farm as farm_
 
     require_root(app, "farm worker")
