@@ -86,28 +86,31 @@ def try_run(argv: Sequence[str]) -> int | None:
     from pathlib import Path
 
     from sandboxmgr.locations import default_store, profile_dirs, refuse_others
-    from sandboxmgr.userns import enter
+    from sandboxmgr.userns import begin
 
     store_path = Path(args.store) if args.store else default_store()
     refuse_others(store_path)
     # An ordinary user's (nothing for root); exec into a running sandbox takes its namespace.
-    enter(store_path / "sandboxes" / args.ref if args.verb == "exec" and "/" not in args.ref else None)
+    # Its map is written while the modules below are imported (no file made, no owner read).
+    pending = begin(store_path / "sandboxes" / args.ref if args.verb == "exec" and "/" not in args.ref else None)
     from sandboxmgr import config
     from sandboxmgr.store import Store
 
+    if args.verb == "exec":
+        from sandboxmgr import live  # before gc is on again: importing it would set off collections
+    else:
+        from sandboxmgr import sandbox
+        from sandboxmgr.resolve import cached_run
+    if pending is not None:
+        pending.finish()
     store = Store(store_path)
     options = config.options(argv=args.command, tty=config.shell_tty(args.tty, args.command))
     if args.verb == "exec":
         # A named sandbox keeps its config: nothing of its profile is needed.
-        from sandboxmgr import live  # before gc is on again: importing it would set off collections
-
         store.clean_leftovers()
         _collect_from_now_on()
         _say_path("fast")
         return live.run_in(store, store.sandbox(args.ref), options)
-    from sandboxmgr import sandbox
-    from sandboxmgr.resolve import cached_run
-
     found = cached_run(store, args.ref, profile_dirs(()))
     if found is None:
         return None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxmgr import distros, lockfile
+from sandboxmgr import distros, linux, lockfile
 from sandboxmgr.errors import ProfileError
 from sandboxmgr.names import BUILD_FORMAT
 from sandboxmgr.profile import Profile
@@ -60,8 +60,8 @@ _MAX_DIGESTED = 16 << 20  # a keyring or a repository's GPG key: kilobytes
 def file_digest(path: Path) -> str:
     """The sha256 of a regular file's bytes; OSError otherwise. Every verb that computes a key
     (``profiles``, ``run``) reads the profile's keyring: ``keyring: /dev/zero`` or a FIFO must
-    neither hang them nor be opened (lockfile.regular_bytes), a huge file never read whole."""
-    _mode, data = lockfile.regular_bytes(path, _MAX_DIGESTED)
+    neither hang them nor be opened (linux.regular_bytes), a huge file never read whole."""
+    _mode, data = linux.regular_bytes(path, _MAX_DIGESTED)
     if data is None:
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     if len(data) > _MAX_DIGESTED:

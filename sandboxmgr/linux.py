@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
@@ -339,3 +340,19 @@ def loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH14x", b"lo", _IFF_UP | _IFF_LOOPBACK | _IFF_RUNNING)
         fcntl.ioctl(sock, _SIOCSIFFLAGS, request)
+
+
+def regular_bytes(path: str | Path, limit: int, follow: bool = True) -> tuple[int, bytes | None]:
+    """(``path``'s st_mode, at most ``limit`` + 1 of its bytes, or None when it is not a regular
+    file); OSError as open(2) gives it. Anything but a regular file is never opened, only looked
+    at: opening a device acts (a watchdog is armed, a tape rewinds) and wakes a FIFO's writer.
+    ``follow=False``: a symlink is not followed, and its mode is S_IFLNK."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return mode, None
+        with open(f"/proc/self/fd/{fd}", "rb") as handle:
+            return mode, handle.read(limit + 1)
+    finally:
+        os.close(fd)

@@ -21,9 +21,7 @@ count, every name, version and arch checked against Debian's rules, one-line err
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -33,6 +31,7 @@ from typing import Any
 import yaml
 
 from sandboxmgr.errors import ProfileError, counted, shown
+from sandboxmgr.linux import regular_bytes
 
 LOCK_FORMAT = 1
 MAX_BYTES = 8 << 20
@@ -185,22 +184,6 @@ def parse(path: Path, text: str) -> Lock:
                 distro=_text(path, data, "distro"), release=_text(path, data, "release"),
                 arch=_text(path, data, "arch", ARCH_RE), mirror=_text(path, data, "mirror"),
                 archive_date=_text(path, data, "archive_date", optional=True), packages=tuple(packages))
-
-
-def regular_bytes(path: Path, limit: int, follow: bool = True) -> tuple[int, bytes | None]:
-    """(``path``'s st_mode, at most ``limit`` + 1 of its bytes, or None when it is not a regular
-    file); OSError as open(2) gives it. Anything but a regular file is never opened, only looked
-    at: opening a device acts (a watchdog is armed, a tape rewinds) and wakes a FIFO's writer.
-    ``follow=False``: a symlink is not followed, and its mode is S_IFLNK."""
-    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            return mode, None
-        with open(f"/proc/self/fd/{fd}", "rb") as handle:
-            return mode, handle.read(limit + 1)
-    finally:
-        os.close(fd)
 
 
 def read_bytes(path: Path) -> bytes:

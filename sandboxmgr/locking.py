@@ -21,7 +21,8 @@ from sandboxmgr import dpkgstatus, reports
 from sandboxmgr.builders import MissingVersions
 from sandboxmgr.catalog import image_layers
 from sandboxmgr.errors import SandboxError, shown, warn
-from sandboxmgr.lockfile import Lock, regular_bytes
+from sandboxmgr.linux import regular_bytes
+from sandboxmgr.lockfile import Lock
 from sandboxmgr.names import check_name
 from sandboxmgr.profile import Profile, ProfileRegistry, is_path_ref
 from sandboxmgr.store import ImageRecord, Store

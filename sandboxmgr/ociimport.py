@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import platform
+import re
 import tarfile
 import time
 import zlib
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr.errors import SandboxError, counted, shown, warn
-from sandboxmgr.ociexport import MEDIA_INDEX, MEDIA_LAYER, MEDIA_MANIFEST, canonical, oci_architecture
+from sandboxmgr.ociexport import ARCHITECTURES, MEDIA_INDEX, MEDIA_LAYER, MEDIA_MANIFEST, canonical, oci_architecture
 from sandboxmgr.ocisource import Layout, descriptor, invalid, open_source
 from sandboxmgr.ociunpack import unpack_layer
 from sandboxmgr.removal import tree_size
@@ -52,33 +53,108 @@ class Plan:
     config: dict[str, Any]
 
 
-def _choose(layout: Layout, depth: int = 0) -> dict[str, Any]:
-    """The one manifest descriptor of the index (or of the index it names)."""
-    index = layout.document("index.json") if depth == 0 else {}
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list) or not manifests:
-        raise invalid("index.json names no manifest")
-    if len(manifests) > 1:
-        arch = oci_architecture(platform.machine())
-        mine = [m for m in manifests if isinstance(m, dict) and isinstance(m.get("platform"), dict)
-                and m["platform"].get("os") == "linux" and m["platform"].get("architecture") == arch]
-        if len(mine) != 1:
-            raise SandboxError(f"the index names {len(manifests)} images", hint="copy the one to import first: "
-                               "skopeo copy oci:DIR:REF oci:NEWDIR, then import NEWDIR")
-        manifests = mine
-    chosen: dict[str, Any] = manifests[0] if isinstance(manifests[0], dict) else {}
-    return chosen
+@dataclass(frozen=True)
+class Platform:
+    """An image's platform as an OCI index names it: linux, an architecture (OCI's names:
+    amd64, arm64, arm, 386, ppc64le...) and a variant (v7) or None."""
+
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return f"linux/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
 
 
-def read_plan(layout: Layout) -> Plan:
-    """The image's manifest digest, its layers and its config, checked."""
+PLATFORM_HINT = "--platform linux/ARCH[/VARIANT] (linux/arm64, linux/arm/v7; Debian's names work: arm64, armhf)"
+_VARIANT_OF = {"armhf": "v7", "armel": "v5"}  # Debian's ports of arm, as OCI's variants
+_VARIANT = re.compile(r"v[0-9]{1,2}")
+
+
+def parse_platform(text: str | None) -> Platform | None:
+    """``[linux/]ARCH[/VARIANT]``, ARCH in OCI's or a family's naming (arm64, aarch64, armhf)."""
+    if text is None:
+        return None
+    parts = text.split("/")
+    if len(parts) > 1 and parts[0] not in ARCHITECTURES and parts[0] not in ARCHITECTURES.values():
+        if parts[0] != "linux":
+            raise SandboxError(f"--platform {shown(text)}: only linux images run here", hint=PLATFORM_HINT)
+        parts = parts[1:]
+    arch, variant = parts[0], parts[1] if len(parts) > 1 else None
+    if len(parts) > 2 or (arch not in ARCHITECTURES and arch not in ARCHITECTURES.values()) or \
+            (variant is not None and not _VARIANT.fullmatch(variant)):
+        raise SandboxError(f"--platform {shown(text)}: not a platform this import knows", hint=PLATFORM_HINT)
+    return Platform(oci_architecture(arch), variant or _VARIANT_OF.get(arch))
+
+
+_NAME = re.compile(r"[a-z0-9_]{1,32}")  # OCI's architectures and variants; nothing a terminal acts on
+
+
+def _named(arch: Any, variant: Any) -> Platform | None:
+    """A platform an index or a config names (someone else's words), or None when it names none
+    this import can compare or print."""
+    if not isinstance(arch, str) or not _NAME.fullmatch(arch):
+        return None
+    return Platform(arch, variant if isinstance(variant, str) and _NAME.fullmatch(variant) else None)
+
+
+def _platform(entry: dict[str, Any]) -> Platform | None:
+    said = entry.get("platform")
+    if not isinstance(said, dict) or said.get("os") != "linux":
+        return None
+    return _named(said.get("architecture"), said.get("variant"))
+
+
+def _pick(manifests: list[Any], wanted: Platform | None, where: str) -> dict[str, Any]:
+    """The entry of an index's ``manifests`` to import: its only one when it names no platform,
+    else the one for ``wanted`` (default: this machine's architecture, any variant)."""
+    if not manifests or not all(isinstance(entry, dict) for entry in manifests):
+        raise invalid(f"{where} names no manifest" if not manifests else f"an entry of {where} is not a descriptor")
+    if len(manifests) == 1 and (wanted is None or _platform(manifests[0]) is None):
+        chosen: dict[str, Any] = manifests[0]  # one image: its config says what it is for (checked later)
+        return chosen
+    target = wanted or Platform(oci_architecture(platform.machine()))
+    fits: list[dict[str, Any]] = [entry for entry in manifests if (found := _platform(entry)) is not None
+            and found.architecture == target.architecture and target.variant in (None, found.variant)]
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        offered = sorted({str(found) for entry in manifests if (found := _platform(entry)) is not None})
+        raise SandboxError(f"the image has no {target} version (it has: {_listed(offered) or 'none named'})",
+                           hint=f"import one it has: {PLATFORM_HINT}")
+    raise SandboxError(f"the image has {len(fits)} {target} versions ({_listed([str(_platform(e)) for e in fits])})",
+                       hint=f"choose one: {PLATFORM_HINT}")
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """An index's platforms for one line: an index may name thousands."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _choose(layout: Layout, wanted: Platform | None) -> dict[str, Any]:
+    """The manifest descriptor to import: from index.json, through at most one nested index
+    (what skopeo and docker write for a multi-platform image)."""
+    index, where = layout.document("index.json"), "index.json"
+    for depth in range(2):
+        manifests = index.get("manifests")
+        chosen = _pick(manifests if isinstance(manifests, list) else [], wanted, where)
+        if chosen.get("mediaType") not in (MEDIA_INDEX, DOCKER_LIST):
+            return chosen
+        if depth:
+            break
+        _, _, index = layout.blob_document(chosen, "index")
+        where = "the image's index"
+    raise invalid("an index names an index that names an index")
+
+
+def read_plan(layout: Layout, wanted: Platform | None = None) -> Plan:
+    """The image's manifest digest, its layers and its config, checked; ``wanted``: the platform
+    to take of a multi-platform image (default: this machine's)."""
     layout_file = layout.document("oci-layout")
     if layout_file.get("imageLayoutVersion") != "1.0.0":
         raise invalid("oci-layout is not imageLayoutVersion 1.0.0")
-    media, digest, manifest = layout.blob_document(_choose(layout), "manifest")
+    media, digest, manifest = layout.blob_document(_choose(layout, wanted), "manifest")
     if media in (MEDIA_INDEX, DOCKER_LIST) or manifest.get("mediaType") in (MEDIA_INDEX, DOCKER_LIST):
-        raise SandboxError("the image is a multi-platform index", hint="copy one platform first: skopeo copy "
-                           "--override-arch ARCH SOURCE oci:DIR, then import DIR")
+        raise invalid("a manifest is an index its descriptor does not say it is")
     if manifest.get("schemaVersion") != 2 or manifest.get("mediaType", MEDIA_MANIFEST) not in (MEDIA_MANIFEST,
                                                                                               DOCKER_MANIFEST):
         raise invalid("the manifest is not an OCI image manifest (schemaVersion 2)")
@@ -89,6 +165,7 @@ def read_plan(layout: Layout) -> Plan:
         raise SandboxError(f"the image has {len(layers)} layers, more than {MAX_LAYERS}",
                            hint="squash it first (buildah commit --squash, podman build --squash)")
     _, _, config = layout.blob_document(manifest.get("config"), "config")
+    _check_platform(config, wanted)
     diff_ids = config["rootfs"].get("diff_ids") if isinstance(config.get("rootfs"), dict) else None
     if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
         raise invalid("the config's rootfs.diff_ids do not match the manifest's layers")
@@ -103,6 +180,26 @@ def read_plan(layout: Layout) -> Plan:
             raise invalid(f"diff_id {number} is not a sha256 digest")
         found.append((layer_media, layer_digest, size, diff_id))
     return Plan(digest, found, config)
+
+
+def _check_platform(config: dict[str, Any], wanted: Platform | None) -> None:
+    """The config says what its programs are for: an index (or a single image) that claimed
+    another platform is not believed."""
+    arch, variant = config.get("architecture"), config.get("variant")
+    if wanted is None or arch is None:
+        return
+    found = _named(arch, variant)
+    if found is None:
+        raise invalid("the config's architecture is not an architecture's name")
+    if found.architecture != wanted.architecture or (wanted.variant and found.variant not in (None, wanted.variant)):
+        raise SandboxError(f"the image chosen for {wanted} is for {found} (its config says so)",
+                           hint=f"import the platform it is for: --platform {found}")
+
+
+def _arch_of(config: dict[str, Any]) -> str:
+    """The architecture to record (`images` prints it): the config's, when it is a name."""
+    found = _named(config.get("architecture"), None)
+    return found.architecture if found is not None else ""
 
 
 def oci_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -197,13 +294,17 @@ def _locked(held: ExitStack, store: Store, kind: str, key: str, progress: Progre
     held.callback(lock.release)
 
 
-def import_image(store: Store, source: str, name: str, progress: Progress) -> tuple[ImageRecord, bool]:
-    """Import ``source`` as the image ``name``; the record, and whether it was new."""
+def import_image(store: Store, source: str, name: str, progress: Progress,
+                 wanted: Platform | None = None) -> tuple[ImageRecord, bool]:
+    """Import ``source`` (of a multi-platform image: the ``wanted`` platform's, default this
+    machine's) as the image ``name``; the record, and whether it was new."""
     store.ensure()
     with store.temporary("import") as scratch, ExitStack() as held:
-        layout = open_source(source, scratch, progress)
+        skopeo = ("--override-os", "linux", "--override-arch", wanted.architecture,
+                  *(("--override-variant", wanted.variant) if wanted.variant else ())) if wanted else ()
+        layout = open_source(source, scratch, progress, skopeo)
         held.callback(layout.close)
-        plan = read_plan(layout)
+        plan = read_plan(layout, wanted)
         settings = oci_settings(plan.config)
         key = image_key(plan.manifest, name)
         _locked(held, store, "image", key, progress)
@@ -227,7 +328,7 @@ def import_image(store: Store, source: str, name: str, progress: Progress) -> tu
             made[keys[-1]] = scratch / keys[-1]
         records = _publish_layers(store, name, plan, keys, made)
         meta = {"key": key, "profile": name, "profile_path": None, "description": f"imported from {source}",
-                "distro": "oci", "release": "", "arch": str(plan.config.get("architecture", "")),
+                "distro": "oci", "release": "", "arch": _arch_of(plan.config),
                 "method": "import", "built_at": now_iso(), "built_ns": time.time_ns(),
                 "build_seconds": round(time.monotonic() - started, 1), "layers": keys,
                 "size": sum(int(r.meta.get("size", 0)) for r in records),

@@ -193,8 +193,9 @@ def is_transport(source: str) -> bool:
     return source.startswith(TRANSPORTS)
 
 
-def open_source(source: str, scratch: Path, progress: Any) -> Layout:
-    """The layout ``source`` names; one skopeo copies into ``scratch`` for a transport."""
+def open_source(source: str, scratch: Path, progress: Any, skopeo_options: tuple[str, ...] = ()) -> Layout:
+    """The layout ``source`` names; one skopeo copies into ``scratch`` for a transport (with its
+    global ``skopeo_options``: the platform to take of a multi-platform image)."""
     if is_transport(source):
         from sandboxmgr import commands
 
@@ -205,8 +206,8 @@ def open_source(source: str, scratch: Path, progress: Any) -> Layout:
             # --tmpdir: skopeo's own copies (a docker-archive's decompressed tar, a docker-daemon
             # image: the image's size) went to /var/tmp, outside the store's disk and tmp/, and
             # stayed there after a kill.
-            commands.run(["skopeo", "--tmpdir", str(big_files), "copy", "--quiet", source, f"oci:{layout}:import"],
-                         on_line=progress)
+            commands.run(["skopeo", *skopeo_options, "--tmpdir", str(big_files), "copy", "--quiet", source,
+                          f"oci:{layout}:import"], on_line=progress)
         except commands.ProcessExecutionError as exc:
             last = ((exc.stdout or "").strip().splitlines() or ["no output"])[-1]
             said = re.search(r'msg="(.*)"', last)  # logrus's line: level=fatal msg="..."

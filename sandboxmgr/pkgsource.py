@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.linux import regular_bytes
 
 # The fields of a source that name what its build needs (Debian Policy 7.7).
 BUILD_DEP_FIELDS = ("Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep",
@@ -86,10 +87,12 @@ def paragraphs(text: str, where: str) -> list[dict[str, str]]:
 
 def _read(path: Path) -> str:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(_BIGGEST + 1)
+        _mode, read = regular_bytes(path, _BIGGEST)  # a FIFO or a device in a source tree is never opened
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}", hint="give a Debian source tree or a .dsc") from None
+    if read is None:
+        raise SourceError(f"cannot read {path}: not a regular file", hint="give a Debian source tree or a .dsc")
+    data = read
     if len(data) > _BIGGEST:
         raise SourceError(f"{path} is larger than {_BIGGEST} bytes", hint="is this really a control file?")
     return data.decode("utf-8", errors="replace")

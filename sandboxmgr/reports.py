@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 
 from sandboxmgr.errors import SandboxError, shown
-from sandboxmgr.lockfile import ARCH_RE, NAME_RE, VERSION_RE, Package, regular_bytes
+from sandboxmgr.linux import regular_bytes
+from sandboxmgr.lockfile import ARCH_RE, NAME_RE, VERSION_RE, Package
 
 MAX_BYTES = 1 << 20
 MAX_LINE = 1000

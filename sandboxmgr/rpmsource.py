@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxmgr.errors import warn
+from sandboxmgr.linux import regular_bytes
 from sandboxmgr.pkgsource import Source, SourceError
 
 _BIGGEST = 1 << 20  # bytes of a spec, of a header
@@ -77,10 +78,12 @@ def read_rpm_source(path: Path) -> Source:
 
 def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as handle:
-            return handle.read(_BIGGEST + 1)
+        _mode, data = regular_bytes(path, _BIGGEST)  # a FIFO or a device in a source tree is never opened
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}", hint=_HINT) from None
+    if data is None:
+        raise SourceError(f"cannot read {path}: not a regular file", hint=_HINT)
+    return data
 
 
 def _checked(name: str, version: str, where: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sandboxmgr.errors import ProfileError
+from sandboxmgr.linux import regular_bytes
 
 # Patterns end in \Z and are used with fullmatch: "$" would let a trailing newline through.
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -81,6 +82,7 @@ class Raw:
 
 
 MAX_NODES = 100_000
+MAX_PROFILE_BYTES = 4 << 20  # a project file with inline profiles included
 
 
 def _to_python(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...], raw: Raw) -> Any:
@@ -128,9 +130,18 @@ def _collection(loader: yaml.SafeLoader, node: yaml.Node, keys: tuple[str, ...],
 
 def read(path: Path) -> Raw:
     try:
-        content = path.read_bytes()
+        # A profile may be a project's file, from a repository: a FIFO there must not hang the
+        # command, nor /dev/zero fill its memory.
+        _mode, loaded = regular_bytes(path, MAX_PROFILE_BYTES)
     except OSError as exc:
         raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    if loaded is None:
+        raise ProfileError(f"cannot read profile {path}: not a regular file",
+                           hint="a profile is a YAML file (see configs/)")
+    if len(loaded) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"cannot read profile {path}: larger than {MAX_PROFILE_BYTES >> 20} MiB",
+                           hint="a profile is a few lines of YAML; a lock file (lock: FILE) holds the package list")
+    content = loaded
     # As read_text() would (the locale's encoding, universal newlines), from the bytes hashed.
     encoding = locale.getpreferredencoding(False)
     try:

@@ -28,6 +28,7 @@ import os
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.record import record
 
+MAX_PROFILE_BYTES = 4 << 20  # Docker's own profile is ~20 KB
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import cost (the fast path)
 if TYPE_CHECKING:
     from typing import Any
@@ -244,11 +245,18 @@ def load_profile(path: str, capabilities: frozenset[str] = frozenset()) -> Polic
     """
     import json
 
+    from sandboxmgr import linux
+
     try:
-        with open(path, "rb") as handle:
-            data = json.load(handle)
+        _mode, content = linux.regular_bytes(path, MAX_PROFILE_BYTES)
     except OSError as exc:
         raise _bad(path, f"cannot read it: {exc.strerror}") from None
+    if content is None:
+        raise _bad(path, "cannot read it: not a regular file")  # /dev/zero would never end, a FIFO hang
+    if len(content) > MAX_PROFILE_BYTES:
+        raise _bad(path, f"larger than {MAX_PROFILE_BYTES >> 20} MiB")
+    try:
+        data = json.loads(content)
     except ValueError as exc:
         raise _bad(path, f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):

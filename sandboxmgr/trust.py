@@ -46,7 +46,6 @@ host's network, the default) could not reach anyway.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.identity import file_digest
 from sandboxmgr.profile import Profile, ProfileRegistry
 from sandboxmgr.schema import Raw, read
 from sandboxmgr.store import Store, now_iso
@@ -202,7 +202,7 @@ def findings(project_raw: Raw | None, inline: dict[str, Profile], others: Iterab
             result += scan(part) + outside_lock(part, project_path.parent if project_path is not None else None)
             for key_file in key_files(part):
                 try:
-                    digests[key_file] = hashlib.sha256(key_file.read_bytes()).hexdigest()
+                    digests[key_file] = file_digest(key_file)  # bounded: a FIFO or /dev/zero is not read
                 except OSError:
                     continue  # preflight says it is missing
                 result.append(Finding(key_file, 1, key_file.name,
@@ -229,7 +229,7 @@ def trusted(store: Store) -> dict[str, str]:
 def trusted_as_is(store: Store, path: Path) -> bool:
     """Whether the file at ``path`` is trusted with the bytes it has now."""
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_digest(path)
     except OSError:
         return False
     return trusted(store).get(str(path)) == digest

@@ -107,9 +107,11 @@ def restriction() -> tuple[str, str, str] | None:
     if _read_int(MAX_USER_NAMESPACES) == 0:
         return ("user.max_user_namespaces", "user namespaces are turned off on this host (user.max_user_namespaces=0)",
                 "as root: sysctl -w user.max_user_namespaces=15000 (and in /etc/sysctl.d/ to keep it)")
-    from sandboxmgr import apparmor  # here: the fast path of root's run never needs it
+    if _read_int(APPARMOR_RESTRICT) != 1:
+        return None
+    from sandboxmgr import apparmor  # here: only where the restriction is on
 
-    if _read_int(APPARMOR_RESTRICT) == 1 and apparmor.label() in (None, "unconfined"):
+    if apparmor.label() in (None, "unconfined"):
         # Under a profile (sandboxmgr's own, or one that stacks on it) the profile decides:
         # its userns rule, or the attempt's refusal (_refused).
         return ("kernel.apparmor_restrict_unprivileged_userns",
@@ -164,10 +166,45 @@ def enter(running: Path | None = None) -> None:
     ``running``: the directory of a named sandbox a command is for; if it runs (live.py), its
     user namespace is entered instead of a new one - a command joins the sandbox's other
     namespaces from there, and from a sibling namespace it could not."""
+    pending = begin(running)
+    if pending is not None:
+        pending.finish()
+
+
+class Pending:
+    """A user namespace entered whose map the helper outside is still writing (milliseconds:
+    two setuid programs' start-up). Until :meth:`finish`, the manager's ids read as unmapped
+    inside: it may import modules and read files (the kernel still checks the user's own ids),
+    but must not create a file or compare an owner."""
+
+    def __init__(self, helper: int, report: int, uid: int, user: str) -> None:
+        self._helper, self._report, self._uid, self._user = helper, report, uid, user
+
+    def finish(self) -> None:
+        """Wait for the map; a one-line error if it could not be written."""
+        report = _read_all(self._report)
+        _, status = os.waitpid(self._helper, 0)
+        if status != 0 or report:
+            found = problems(self._uid)
+            if found:
+                raise SandboxError(found[0][1], hint=found[0][2])
+            raise SandboxError(f"cannot map {self._user}'s subordinate ids into its user namespace: "
+                               f"{report.strip() or 'the helper failed'}",
+                               hint=f"check {self._user}'s lines in {SUBUID} and {SUBGID}, and that newuidmap "
+                                    "is setuid root")
+        # The user's supplementary groups are not mapped (they would show as nogroup inside).
+        os.setgroups([])
+        os.environ[MARK] = "1"
+
+
+def begin(running: Path | None = None) -> Pending | None:
+    """:func:`enter` in two steps, so that the caller's imports overlap the helper's map: the
+    namespace is entered here, and the returned :class:`Pending` (None: nothing to wait for -
+    root, or a running sandbox's namespace joined) must be finished before the store is reached."""
     if os.geteuid() == 0:
-        return
+        return None
     if running is not None and _join_running(running):
-        return
+        return None
     uid, gid = os.getuid(), os.getgid()
     found = problems(uid)
     if found:
@@ -196,15 +233,7 @@ def enter(running: Path | None = None) -> None:
         os.close(report_read)
         raise _refused(exc) from None
     os.close(go_write)
-    report = _read_all(report_read)
-    _, status = os.waitpid(helper, 0)
-    if status != 0 or report:
-        raise SandboxError(f"cannot map {user}'s subordinate ids into its user namespace: "
-                           f"{report.strip() or 'the helper failed'}",
-                           hint=f"check {user}'s lines in {SUBUID} and {SUBGID}, and that newuidmap is setuid root")
-    # The user's supplementary groups are not mapped (they would show as nogroup inside).
-    os.setgroups([])
-    os.environ[MARK] = "1"
+    return Pending(helper, report_read, uid, user)
 
 
 def _join_running(sandbox: Path) -> bool:
@@ -281,14 +310,11 @@ def _write_maps(manager: int, maps: tuple[list[str], list[str]], go: int, report
     try:
         if os.read(go, 1):
             os._exit(1)  # the manager could not unshare
-        children = []
-        for program, triples in zip(MAP_TOOLS, maps, strict=True):
-            path = _find(program) or program
-            child = os.fork()  # both at once: each is a setuid program's start-up (milliseconds)
-            if child == 0:
-                os.dup2(report, 2)
-                os.execv(path, [program, str(manager), *triples])
-            children.append(child)
+        # Both at once, each a setuid program's start-up (milliseconds); spawned (vfork: no
+        # copy of this process's memory), their errors into the report.
+        children = [os.posix_spawn(_find(program) or program, [program, str(manager), *triples], os.environ,
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, report, 2)])
+                    for program, triples in zip(MAP_TOOLS, maps, strict=True)]
         failed = [os.waitpid(child, 0)[1] != 0 for child in children]
         os._exit(1 if any(failed) else 0)
     except BaseException:

@@ -190,23 +190,27 @@ def export(app: App, ref: str, dest: Path, fmt: str, as_json: bool) -> None:
 @click.command(name="import")
 @click.argument("source")
 @click.option("--as", "name", required=True, metavar="NAME", help="The name `run`, `create` and `rmi` take.")
+@click.option("--platform", "platform_", metavar="[linux/]ARCH[/VARIANT]",
+              help="Of a multi-platform image, the one to import (default: this machine's); another "
+                   "architecture's runs through qemu-user (README: Foreign architectures).")
 @click.option("--json", "as_json", is_flag=True, help="Print the image's record as JSON.")
 @pass_app
-def import_(app: App, source: str, name: str, as_json: bool) -> None:
+def import_(app: App, source: str, name: str, platform_: str | None, as_json: bool) -> None:
     """Import an OCI image as the image NAME: SOURCE is an OCI layout directory, an oci-archive,
     or anything skopeo copies from (docker-archive:FILE, docker://REF)."""
-    from sandboxmgr.ociimport import check_image_name, import_image
+    from sandboxmgr.ociimport import check_image_name, import_image, parse_platform
 
+    wanted = parse_platform(platform_)
     check_image_name(name, {*app.registry.files(), *app.registry.aliases()})
     require_root(app, "import")
     line = app.progress(f"import {name}")
     try:
-        record, new = import_image(app.store, source, name, line)
+        record, new = import_image(app.store, source, name, line, wanted)
     finally:
         line.done()
     if as_json:
         print_json([{"key": record.key, "name": name, "new": new, "layers": record.layers,
-                    "size": record.meta.get("size"), "source": source,
+                    "size": record.meta.get("size"), "source": source, "arch": record.meta.get("arch"),
                     "manifest": record.meta["inputs"]["manifest"], "path": str(record.path)}])
     elif not app.quiet:
         click.echo(f"{name}: image {record.key} ({counted(len(record.layers), 'layer')}, "

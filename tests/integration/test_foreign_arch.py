@@ -5,6 +5,7 @@ handlers are changed only by make deps, through the distribution's packages."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -69,3 +70,43 @@ def test_an_ordinary_user_builds_and_runs_it_rootless(rootless_user: OrdinaryUse
     user.ok("build", name, timeout=1500)
     result = user.ok("run", name, "--", "sh", "-c", "id -u; uname -m; touch /x")
     assert result.out == "0\naarch64\n"
+
+
+def multi_platform_layout(cli: CLI, images: dict[str, str], out: Path) -> Path:
+    """One layout holding the exports of ``images`` (OCI architecture -> profile), named by a
+    nested index as skopeo and docker write a multi-platform image."""
+    root = out / "multi"
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    entries = []
+    for arch, profile in images.items():
+        cli.ok("export", profile, "-o", str(out / arch))
+        for blob in (out / arch / "blobs" / "sha256").iterdir():
+            if not (root / "blobs" / "sha256" / blob.name).exists():  # a layer both share (none today)
+                os.link(blob, root / "blobs" / "sha256" / blob.name)
+        (manifest,) = json.loads((out / arch / "index.json").read_text())["manifests"]
+        entries.append({key: manifest[key] for key in ("mediaType", "digest", "size")}
+                       | {"platform": {"os": "linux", "architecture": arch}})
+    index = "application/vnd.oci.image.index.v1+json"
+    inner = json.dumps({"schemaVersion": 2, "mediaType": index, "manifests": entries}).encode()
+    name = hashlib.sha256(inner).hexdigest()
+    (root / "blobs" / "sha256" / name).write_bytes(inner)
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": index, "digest": "sha256:" + name, "size": len(inner)}]}))
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return root
+
+
+def test_a_multi_platform_image_imports_this_machines_platform_or_the_one_asked(
+        cli: CLI, bookworm: ConcurrentBuild, bookworm_arm64: str, tmp_path: Path) -> None:
+    layout = multi_platform_layout(cli, {"amd64": bookworm.profile, "arm64": bookworm_arm64}, tmp_path)
+    other = CLI(tmp_path / "store")
+    native = json.loads(other.ok("import", str(layout), "--as", "multi-native", "--json").out)[0]
+    arm = json.loads(other.ok("import", str(layout), "--as", "multi-arm", "--platform", "linux/arm64",
+                              "--json").out)[0]
+    assert (native["arch"], arm["arch"]) == ("amd64", "arm64")
+    assert other.ok("run", "multi-native", "--", "uname", "-m").out == "x86_64\n"
+    assert other.ok("run", "multi-arm", "--", "uname", "-m").out == "aarch64\n"
+    refused = other("import", str(layout), "--as", "multi-s390x", "--platform", "s390x")
+    assert refused.code == 125 and refused.err.splitlines()[0] == (
+        "sandboxmgr: error: the image has no linux/s390x version (it has: linux/amd64, linux/arm64)"), str(refused)
+    other.ok("rmi", "multi-native", "multi-arm")

@@ -31,3 +31,19 @@ def test_skopeo_keeps_its_temporary_files_in_the_import_s_scratch(tmp_path: Path
     assert argv[argv.index("copy") + 1:] == ["--quiet", "docker-archive:/nowhere/saved.tar.gz",
                                              f"oci:{tmp_path / 'skopeo'}:import"]
 
+
+
+def test_a_platform_asked_for_is_skopeo_s_to_take_of_a_multi_platform_source(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(commands, "run", lambda argv, **_kwargs: calls.append(argv))
+    from sandboxmgr import ociimport
+    from sandboxmgr.errors import SandboxError
+    from sandboxmgr.store import Store
+
+    with pytest.raises(SandboxError):  # skopeo did not run: there is no layout to read afterwards
+        ociimport.import_image(Store(tmp_path / "store"), "docker://example.org/x:1", "x", lambda _line: None,
+                               ociimport.Platform("arm", "v7"))
+    (argv,) = calls
+    assert argv[:argv.index("copy")][:7] == ["skopeo", "--override-os", "linux", "--override-arch", "arm",
+                                             "--override-variant", "v7"], argv

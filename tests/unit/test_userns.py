@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from sandboxmgr import userns
+from sandboxmgr.errors import SandboxError
 from tests.unit.conftest import made_up_host
 
 
@@ -84,3 +86,37 @@ def test_root_is_not_rootless_outside_a_namespace_of_ours(monkeypatch: pytest.Mo
     assert not userns.rootless()
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     assert userns.rootless()
+
+
+def _helper(message: bytes, status: int) -> tuple[int, int]:
+    """A stand-in for the helper outside: it writes ``message`` to the report and exits ``status``."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, message)
+        os._exit(status)
+    os.close(write)
+    return pid, read
+
+
+def test_a_map_the_helper_could_not_write_is_one_line_with_its_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(userns, "problems", lambda uid: [])
+    monkeypatch.delenv(userns.MARK, raising=False)
+    pid, report = _helper(b"newuidmap: write to uid_map failed: Operation not permitted\n", 1)
+    with pytest.raises(SandboxError) as caught:
+        userns.Pending(pid, report, 1000, "me").finish()
+    assert str(caught.value) == ("cannot map me's subordinate ids into its user namespace: "
+                                 "newuidmap: write to uid_map failed: Operation not permitted")
+    assert "newuidmap is setuid root" in (caught.value.hint or "")
+    assert userns.MARK not in os.environ
+
+
+def test_a_failed_map_names_what_the_host_lacks_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the host lacks (a range removed since the namespace was entered, say) explains a
+    failed map before the helper's own words do."""
+    monkeypatch.setattr(userns, "problems", lambda uid: [("/etc/subuid", f"uid {uid} has no range", "add one")])
+    pid, report = _helper(b"", 1)
+    with pytest.raises(SandboxError) as caught:
+        userns.Pending(pid, report, 1000, "me").finish()
+    assert (str(caught.value), caught.value.hint) == ("uid 1000 has no range", "add one")
