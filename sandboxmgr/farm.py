@@ -183,7 +183,7 @@ def _take(client: Any, raw: bytes, slot: str, run: Run,
 
 def job_line(job: dict[str, Any]) -> str:
     """A job as its worker prints it: its caller's command may hold terminal escapes."""
-    what = f"package build {job['build']['path']}" if job["kind"] == "package" else " ".join(job["command"])
+    what = f"package build {job['build']['path']}" if job.get("kind") == "package" else " ".join(job["command"])
     line = f"{job['profile']}: {what[:80]}"
     return "".join(char if char.isprintable() else "?" for char in line)
 
