@@ -198,7 +198,8 @@ def _supervise(client: Any, job: dict[str, Any], slot: str, run: Run, stopping: 
         if job["kind"] == "package":  # its files go to the broker while its directory is locked
             from sandboxmgr.farmpackage import reply_extra
 
-            outcome["extra"] = reply_extra(client, job["id"], outcome)
+            outcome["extra"] = reply_extra(client, job["id"], outcome,
+                                           lambda: client.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL))
         return outcome
 
 

@@ -72,14 +72,15 @@ def _refused(reason: str) -> dict[str, Any]:
             "package": {"stage": FARM_STAGE, "packages": []}, "files_dir": None}
 
 
-def reply_extra(client: Any, job_id: str, outcome: dict[str, Any]) -> dict[str, Any]:
-    """The slot's part: the build's files into the broker; the reply's ``package`` and ``files``."""
+def reply_extra(client: Any, job_id: str, outcome: dict[str, Any], beat: Callable[[], None]) -> dict[str, Any]:
+    """The slot's part: the build's files into the broker (``beat``: its heartbeat meanwhile);
+    the reply's ``package`` and ``files``."""
     package = outcome.pop("package", None) or {"stage": FARM_STAGE, "packages": []}
     files_dir = outcome.pop("files_dir", None)
     files: list[dict[str, Any]] = []
     if files_dir:
         try:
-            files = farmresults.send(client, job_id, Path(files_dir))
+            files = farmresults.send(client, job_id, Path(files_dir), beat)
         except farmjob.MessageError as exc:
             outcome.update(status="failed", exit_code=None, reason=exc.message)
             package = {"stage": "results", "packages": []}

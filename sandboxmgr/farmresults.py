@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.~_-]{0,199}\."
 FIELDS = frozenset({"name", "size", "sha256"})
 
 
-def send(client: Any, job_id: str, directory: Path) -> list[dict[str, Any]]:
+def send(client: Any, job_id: str, directory: Path, beat: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
     """``directory``'s result files into the broker (the worker's half); their manifest. A file
-    whose name is not a result's, or that is not a regular file, stays behind."""
+    whose name is not a result's, or that is not a regular file, stays behind. ``beat`` is called
+    between chunks: the slot's heartbeat (256 MiB take longer than its 3 s)."""
     names = sorted(name for name in os.listdir(directory) if NAME_RE.fullmatch(name))
     if len(names) > FILES_CAP:
         raise MessageError(f"the results are {len(names)} files, over the farm's cap of {FILES_CAP}")
@@ -67,6 +69,7 @@ def send(client: Any, job_id: str, directory: Path) -> list[dict[str, Any]]:
             while chunk := file.read(CHUNK):
                 digest.update(chunk)
                 client.append(key, chunk)
+                beat()
             client.expire(key, FILE_TTL)
         manifest.append({"name": name, "size": size, "sha256": digest.hexdigest()})
     return manifest

@@ -35,8 +35,10 @@ def test_a_build_s_results_travel_through_the_broker_and_only_they(client: Any, 
     (made / "link.deb").symlink_to("/etc/passwd")
     os.mkfifo(made / "fifo.deb")
     (made / "dir.deb").mkdir()
-    manifest = farmresults.send(client, JOB, made)
+    beats: list[None] = []
+    manifest = farmresults.send(client, JOB, made, lambda: beats.append(None))
     assert sorted(entry["name"] for entry in manifest) == sorted(wanted)
+    assert len(beats) >= 4  # the slot's heartbeat between chunks: the .deb's four, at least
     dest = tmp_path / "results" / "debian-bookworm"
     dest.mkdir(parents=True)
     assert sorted(farmresults.receive(client, JOB, manifest, dest)) == sorted(wanted)
