@@ -4,10 +4,9 @@ The queue is ours, on plain redis-py (README, "Farm"): a job message goes onto t
 ``sandboxmgr:farm:queue:NAME``; a worker's slot moves it atomically (BLMOVE) to its own
 ``taken:SLOT`` list, says ``started`` on the job's reply list, refreshes ``alive:SLOT`` (a key
 that expires after :data:`HEARTBEAT_TTL` seconds) while the job runs, and pushes the result.
-The caller waits for that result in a process of its own per job (runner.fork_job), so the
-runner's -j, --fail-fast, signals, live view and reports work as for a local matrix. A slot
-whose heartbeat runs out mid-job fails the job with one line; Ctrl-C sets the job's ``cancel``
-key, which a slot checks before it starts a job and every half second while it runs one.
+The caller is farmcall.py; what a dead slot or a finished job leaves, farmreap.py. Ctrl-C of
+a caller (or its deadline) sets the job's ``cancel`` key, which a slot checks before it starts
+a job and every half second while it runs one.
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from sandboxmgr import farmjob
-from sandboxmgr.errors import EXIT_MANAGER, SandboxError, shown
-from sandboxmgr.matrix import Result
-from sandboxmgr.runner import SIGNALS, Stopped, fork_job, read_report
+from sandboxmgr import farmjob, farmreap
+from sandboxmgr.errors import SandboxError, shown
+from sandboxmgr.runner import SIGNALS, fork_job, read_report
 
 if TYPE_CHECKING:
     from sandboxmgr.profile import ProfileRegistry
@@ -73,107 +71,27 @@ def connect(url: str) -> Any:
     return client
 
 
-# --- the caller ---------------------------------------------------------------------------------
-
-
-class FarmJob:
-    """One matrix entry sent to the farm (runner.Job): a local process hands it to the broker,
-    waits for its result, and reports it as a local worker would."""
-
-    def __init__(self, url: str, queue: str, message: bytes, job_id: str, result: Result, report: Path) -> None:
-        self.url, self.queue, self.message, self.job_id = url, queue, message, job_id
-        self.result, self.report = result, report
-
-    def start(self) -> int:
-        return fork_job(self._wait_for_result, self.report)
-
-    def _wait_for_result(self) -> dict[str, Any]:
-        client = connect(self.url)
-        reply = PREFIX + "reply:" + self.job_id
-        worker = None
-        try:
-            client.lpush(PREFIX + "queue:" + self.queue, self.message)
-            while True:
-                popped = client.blpop([reply], timeout=1)
-                if popped is not None:
-                    data = farmjob.parse_reply(popped[1])
-                    if data["event"] == "done":
-                        return data
-                    worker = data["worker"]
-                elif worker is not None and not client.exists(PREFIX + "alive:" + worker):
-                    return {"status": "failed", "exit_code": None, "log": "", "worker": worker,
-                            "reason": f"farm worker {worker} stopped answering mid-job "
-                                      f"(no heartbeat for {HEARTBEAT_TTL}s): the job is lost, run it again"}
-        except Stopped:
-            self._cancel(worker)
-            raise
-
-    def _cancel(self, worker: str | None) -> None:
-        """Take the job back from the queue, or tell its worker to stop it and wait (bounded) until it has."""
-        client = connect(self.url)  # afresh: the signal may have cut the other one mid-reply
-        client.set(PREFIX + "cancel:" + self.job_id, "1", ex=REPLY_TTL)
-        if client.lrem(PREFIX + "queue:" + self.queue, 1, self.message):
-            return
-        deadline = time.monotonic() + CANCEL_WAIT
-        while time.monotonic() < deadline:
-            popped = client.blpop([PREFIX + "reply:" + self.job_id], timeout=1)
-            if popped is not None and farmjob.parse_reply(popped[1])["event"] == "done":
-                return
-            if worker is not None and not client.exists(PREFIX + "alive:" + worker):
-                return
-
-    def finish(self, status: int, stopped: bool) -> None:
-        result = self.result
-        data = read_report(self.report)
-        if data is None:
-            result.status = "cancelled" if stopped else "failed"
-            if result.status == "failed":
-                result.reason = "the farm job's waiter ended without a result (see the messages above)"
-            return
-        assert result.log is not None
-        result.log.write_text(data["log"])
-        result.exit_code = data["exit_code"]
-        result.status = data["status"]
-        result.reason = data["reason"]
-        if result.status == "failed" and data["exit_code"] is None:
-            result.exit_code = EXIT_MANAGER  # lost or refused: no command status
-
-
-def submit(url: str, queue: str, entries: list[tuple[str, str]], project_root: Path, command: tuple[str, ...],
-           env: dict[str, str], workdir: str, logs: Path, jobs: int, fail_fast: bool,
-           view: Callable[[list[Any]], None]) -> list[Result]:
-    """Run ``command`` for every (entry name, profile name) on the farm; the results, as matrix.run's."""
-    from sandboxmgr.runner import run_jobs
-
-    connect(url)  # a wrong URL or password is said once, before any job starts
-    source = farmjob.pack(project_root)
-    logs.mkdir(parents=True, exist_ok=True)
-    work = []
-    for name, profile in entries:
-        job_id = os.urandom(16).hex()
-        message = farmjob.make_job(job_id, profile, command, env, workdir, source)
-        result = Result(name, profile, log=logs / f"{name}.log")
-        work.append(FarmJob(url, queue, message, job_id, result, logs / f".{name}.farm.json"))
-    run_jobs(work, jobs, fail_fast, view)
-    return [job.result for job in work]
-
-
 # --- the worker ---------------------------------------------------------------------------------
 
 
-def serve(url: str, queue: str, concurrency: int, run: Callable[[dict[str, Any]], dict[str, Any]],
-          say: Callable[[str], None], reports: Path) -> int:
+Run = Callable[[dict[str, Any], Path], dict[str, Any]]
+
+
+def serve(url: str, queue: str, concurrency: int, run: Run, say: Callable[[str], None], reports: Path,
+          keep: int) -> int:
     """Take jobs from ``queue`` until a signal, ``concurrency`` at once (a slot process each);
-    ``run`` does one job in a forked process and returns its result's fields (written to ``reports``)."""
+    ``run`` does one job in a forked process, in a directory of its own under ``reports`` (the
+    ``keep`` newest stay), and returns its result's fields."""
     connect(url)
     reports.mkdir(parents=True, exist_ok=True)
+    farmreap.prune(reports, keep)  # a killed worker's too: nothing holds their lock
     slots = {}
     for number in range(concurrency):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - a slot
             status = 1
             try:
-                _slot(url, queue, f"{socket.gethostname()}-{os.getpid()}-{number}", run, say, reports)
+                _slot(url, queue, f"{socket.gethostname()}-{os.getpid()}-{number}", run, say, reports, keep)
                 status = 0
             except SandboxError as exc:
                 say(f"farm worker: slot {number} stopped: {exc.message}")
@@ -211,8 +129,8 @@ def serve(url: str, queue: str, concurrency: int, run: Callable[[dict[str, Any]]
     return 0 if stopping else 1
 
 
-def _slot(url: str, queue: str, slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],
-          say: Callable[[str], None], reports: Path) -> None:  # pragma: no cover - a slot
+def _slot(url: str, queue: str, slot: str, run: Run, say: Callable[[str], None], reports: Path,
+          keep: int) -> None:  # pragma: no cover - a slot
     from sandboxmgr import linux
 
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker's death is its slots'
@@ -231,12 +149,14 @@ def _slot(url: str, queue: str, slot: str, run: Callable[[dict[str, Any]], dict[
         with contextlib.suppress(InterruptedError):
             raw = client.blmove(PREFIX + "queue:" + queue, taken, 1, "RIGHT", "LEFT")
             if raw is not None:
+                client.expire(taken, REPLY_TTL)  # a killed slot's list goes, reaped or not
                 _take(client, raw, slot, run, say, lambda: stopping, reports)
                 client.lrem(taken, 1, raw)
+                farmreap.prune(reports, keep)
     client.delete(PREFIX + "alive:" + slot)
 
 
-def _take(client: Any, raw: bytes, slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],
+def _take(client: Any, raw: bytes, slot: str, run: Run,
           say: Callable[[str], None], stopping: Callable[[], bool], reports: Path) -> None:  # pragma: no cover - a slot
     try:
         job = farmjob.parse_job(raw)
@@ -257,25 +177,39 @@ def _take(client: Any, raw: bytes, slot: str, run: Callable[[dict[str, Any]], di
         say(f"farm worker {slot}: {job_line(job)}")
         outcome = _supervise(client, job, slot, run, stopping, reports)
         client.rpush(reply, farmjob.make_result(outcome["status"], outcome["exit_code"], outcome["reason"],
-                                                outcome["log"], slot))
+                                                outcome["log"], slot, outcome.get("extra")))
     client.expire(reply, REPLY_TTL)
 
 
 def job_line(job: dict[str, Any]) -> str:
     """A job as its worker prints it: its caller's command may hold terminal escapes."""
-    line = f"{job['profile']}: {' '.join(job['command'])[:80]}"
+    what = f"package build {job['build']['path']}" if job.get("kind") == "package" else " ".join(job["command"])
+    line = f"{job['profile']}: {what[:80]}"
     return "".join(char if char.isprintable() else "?" for char in line)
 
 
-def _supervise(client: Any, job: dict[str, Any], slot: str, run: Callable[[dict[str, Any]], dict[str, Any]],
-               stopping: Callable[[], bool], reports: Path) -> dict[str, Any]:  # pragma: no cover - a slot
-    """``run(job)`` in a forked process; meanwhile the heartbeat, and a cancel (or the worker's
-    own stop) stops it."""
-    report = reports / f"{job['id']}.json"
-    pid = fork_job(lambda: run(job), report)
+def _supervise(client: Any, job: dict[str, Any], slot: str, run: Run, stopping: Callable[[], bool],
+               reports: Path) -> dict[str, Any]:  # pragma: no cover - a slot
+    """``run(job)`` in a forked process, in a directory of its own; meanwhile the heartbeat, and a
+    cancel (or the worker's own stop) stops it."""
+    with farmreap.job_dir(reports, job["id"]) as where:
+        outcome = _watch(client, job, slot, fork_job(lambda: run(job, where), where / "report.json"), stopping,
+                         where / "report.json")
+        if job["kind"] == "package":  # its files go to the broker while its directory is locked
+            from sandboxmgr.farmpackage import reply_extra
+
+            outcome["extra"] = reply_extra(client, job["id"], outcome,
+                                           lambda: client.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL))
+        return outcome
+
+
+def _watch(client: Any, job: dict[str, Any], slot: str, pid: int, stopping: Callable[[], bool],
+           report: Path) -> dict[str, Any]:  # pragma: no cover - a slot
     why = ""  # "cancelled" (its caller), "stopped" (this worker)
     while True:
-        client.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL)
+        with client.pipeline(transaction=False) as beat:
+            beat.set(PREFIX + "alive:" + slot, "1", ex=HEARTBEAT_TTL).expire(PREFIX + "taken:" + slot, REPLY_TTL)
+            beat.execute()
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
             break
@@ -295,8 +229,9 @@ def _supervise(client: Any, job: dict[str, Any], slot: str, run: Callable[[dict[
     return data
 
 
-def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any]) -> dict[str, Any]:
-    """One matrix entry from a checked job message, in this worker's store, with its own profile."""
+def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any], logs: Path) -> dict[str, Any]:
+    """One matrix entry from a checked job message, in this worker's store, with its own profile;
+    its log in ``logs``."""
     from sandboxmgr import images, matrix
     from sandboxmgr import project as project_file
 
@@ -312,7 +247,6 @@ def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any])
                                            workdir=job["workdir"], env=dict(job["env"]))
             (entry,) = project_file.entries([name], project, registry)
             images.ensure_image(store, entry.profile, lambda _message: None)
-            logs = store.logs_dir / "farm" / job["id"]
             (result,) = matrix.run(store, project, [entry], project.command, 1, False, False, logs,
                                    lambda _results: None)
     except SandboxError as exc:

@@ -36,7 +36,10 @@ LOG_CAP = 1024 * 1024
 REPLY_CAP = 14 * LOG_CAP  # a whole reply, before it is parsed: its log's tail, JSON-escaped (\uXXXX: 6 per byte)
 WORKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")  # a slot's name: HOST-PID-NUMBER
 JOB_FIELDS = frozenset({"v", "id", "kind", "profile", "command", "env", "workdir", "source"})
-KINDS = ("matrix",)
+PACKAGE_FIELDS = frozenset({"v", "id", "kind", "profile", "build", "source"})  # package build --farm
+BUILD_FIELDS = frozenset({"path", "build_type", "network", "timeout", "build_jobs", "deb_build_options"})
+BUILD_TYPES = ("binary", "any", "all", "source", "full")
+KINDS = ("matrix", "package")
 ID_RE = re.compile(r"[0-9a-f]{32}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 STATUSES = ("passed", "failed", "cancelled")
@@ -74,8 +77,9 @@ def parse_job(raw: bytes) -> dict[str, Any]:
     data = _loads(raw, "message")
     if not isinstance(data, dict):
         raise MessageError("message is not a JSON object")
-    if set(data) != JOB_FIELDS:
-        extra, lacking = sorted(set(data) - JOB_FIELDS), sorted(JOB_FIELDS - set(data))
+    fields = PACKAGE_FIELDS if data.get("kind") == "package" else JOB_FIELDS
+    if set(data) != fields:
+        extra, lacking = sorted(set(data) - fields), sorted(fields - set(data))
         raise MessageError(f"message fields are wrong (unknown: {extra}, missing: {lacking})")
     if data["v"] != VERSION:
         raise MessageError(f"message version {repr(data['v'])[:40]} is not {VERSION}")
@@ -85,11 +89,41 @@ def parse_job(raw: bytes) -> dict[str, Any]:
         raise MessageError(f"kind {repr(data['kind'])[:40]} is not one of {', '.join(KINDS)}")
     if not isinstance(data["profile"], str) or not NAME_RE.fullmatch(data["profile"]):
         raise MessageError("profile is not a profile name")
-    _check_command(data["command"])
-    _check_env(data["env"])
-    _check_workdir(data["workdir"])
+    if data["kind"] == "package":
+        _check_build(data["build"])
+    else:
+        _check_command(data["command"])
+        _check_env(data["env"])
+        _check_workdir(data["workdir"])
     data["source"] = _decode_source(data["source"])
     return data
+
+
+def make_package_job(job_id: str, profile: str, build: dict[str, Any], source: bytes) -> bytes:
+    """A package build's job message: ``build`` names the source in the tar (``path``: a .dsc's
+    name, or ``.`` for a tree) and package build's options."""
+    message = json.dumps({"v": VERSION, "id": job_id, "kind": "package", "profile": profile, "build": build,
+                          "source": base64.b64encode(source).decode()}).encode()
+    parse_job(message)
+    return message
+
+
+def _check_build(build: Any) -> None:
+    if not isinstance(build, dict) or set(build) != BUILD_FIELDS:
+        raise MessageError(f"build is not a mapping of {', '.join(sorted(BUILD_FIELDS))}")
+    path = build["path"]
+    if not isinstance(path, str) or not (path == "." or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+.~_-]{0,200}\.dsc", path)):
+        raise MessageError("build's path is not '.' or a .dsc's name")
+    if build["build_type"] not in BUILD_TYPES or build["network"] not in ("none", "host"):
+        raise MessageError("build's build_type or network is not one of package build's")
+    timeout, jobs, options = build["timeout"], build["build_jobs"], build["deb_build_options"]
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or not 0 < timeout <= 10 ** 7):
+        raise MessageError("build's timeout is not a number of seconds")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or not 0 <= jobs <= 4096):
+        raise MessageError("build's build_jobs is not 0 to 4096")
+    if options is not None and (not _text(options, 4096) or not options.isprintable()):
+        raise MessageError("build's deb_build_options is not a line of text")
 
 
 def job_id_of(raw: bytes) -> str | None:
@@ -218,11 +252,31 @@ def started(worker: str) -> bytes:
     return json.dumps({"event": "started", "worker": worker}).encode()
 
 
-def make_result(status: str, exit_code: int | None, reason: str, log: bytes, worker: str) -> bytes:
+def make_result(status: str, exit_code: int | None, reason: str, log: bytes, worker: str,
+                extra: dict[str, Any] | None = None) -> bytes:
+    """A ``done`` reply; ``extra``: a package build's ``package`` (its stage, the packages apt
+    could not install) and ``files`` (farmresults' manifest)."""
     text = log[-LOG_CAP:].decode(errors="replace").replace("\0", "\ufffd")
     reason = "".join(char if char.isprintable() else "?" for char in reason[:200])  # the caller prints it
     return json.dumps({"event": "done", "status": status, "exit_code": exit_code, "reason": reason,
-                       "log": text, "worker": worker}).encode()
+                       "log": text, "worker": worker, **(extra or {})}).encode()
+
+
+PACKAGE_STAGES = ("source", "build-deps", "build", "tests", "results", "timeout")  # package.STAGES
+
+
+def _check_package(data: dict[str, Any]) -> None:
+    """A package build's reply: its stage, the packages apt could not install (printed), the files."""
+    package = data.get("package")
+    if not isinstance(package, dict) or set(package) != {"stage", "packages"} \
+            or (package["stage"] is not None and package["stage"] not in PACKAGE_STAGES):
+        raise MessageError("a farm result's package build is not {stage, packages}")
+    names = package["packages"]
+    if not isinstance(names, list) or len(names) > 256 \
+            or not all(_text(name, 200) and name.isprintable() for name in names):
+        raise MessageError("a farm result's packages are not at most 256 names")
+    if not isinstance(data.get("files"), list):
+        raise MessageError("a farm result's files are not a list")
 
 
 def parse_reply(raw: bytes) -> dict[str, Any]:
@@ -246,4 +300,6 @@ def parse_reply(raw: bytes) -> dict[str, Any]:
     reason = data.get("reason")
     if not _text(reason, 200) or not str(reason).isprintable() or not _text(data.get("log"), 2 * LOG_CAP):
         raise MessageError("a farm result's reason or log is not text")
+    if "package" in data or "files" in data:
+        _check_package(data)
     return data

@@ -45,11 +45,13 @@ class Result:
     log: Path | None = None
     sandbox: str | None = None  # kept with --keep-failed
     reason: str = ""
+    stage: str | None = None  # a farm's: timeout (no worker took it, or it ran too long), lost (its worker died)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "profile": self.profile, "status": self.status, "exit_code": self.exit_code,
                 "duration": None if self.duration is None else round(self.duration, 2),
-                "log": str(self.log) if self.log else None, "sandbox": self.sandbox, "reason": self.reason}
+                "log": str(self.log) if self.log else None, "sandbox": self.sandbox, "reason": self.reason,
+                "stage": self.stage}
 
     @property
     def shown(self) -> str:
@@ -57,7 +59,7 @@ class Result:
 
     @property
     def failure(self) -> tuple[str, str]:
-        return "exit-status", f"exit code {self.exit_code}: {self.reason}"
+        return self.stage or "exit-status", f"exit code {self.exit_code}: {self.reason}"
 
     @property
     def log_path(self) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,11 @@ from sandboxmgr.cli.app import App, pass_app, require_root
 from sandboxmgr.errors import SandboxError
 
 if TYPE_CHECKING:
+    from sandboxmgr.farmreap import Limits
     from sandboxmgr.matrix import Result
+    from sandboxmgr.package import PackageResult
+    from sandboxmgr.pkgsource import Source
+    from sandboxmgr.profile import Profile
     from sandboxmgr.project import Entry, Project
 
 QUEUE_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -31,7 +36,7 @@ queue_option = click.option("--queue", default="default", show_default=True, cal
 
 @click.group()
 def farm() -> None:
-    """Run matrix jobs on many machines: workers take them from a Redis broker.
+    """Run matrix jobs and package builds on many machines: workers take them from a Redis broker.
 
     Whoever can reach the broker can run builds on the workers (as root, in sandboxes):
     give it a password (redis://:PASSWORD@HOST:PORT/0) and keep it on loopback or behind TLS
@@ -45,10 +50,13 @@ def farm() -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many jobs this worker runs at once.")
 @queue_option
+@click.option("--keep-logs", type=click.IntRange(min=0), default=100, show_default=True, metavar="N",
+              help="How many finished jobs' directories (their logs) stay in STORE/logs/farm/.")
 @pass_app
-def worker(app: App, broker: str, concurrency: int, queue: str) -> int:
-    """Take jobs from the broker until SIGTERM or Ctrl-C, and run each in this worker's store,
-    with this worker's own profile of the name the job gives (images built or reused here)."""
+def worker(app: App, broker: str, concurrency: int, queue: str, keep_logs: int) -> int:
+    """Take jobs (matrix entries, package builds) from the broker until SIGTERM or Ctrl-C, and run
+    each in this worker's store, with this worker's own profile of the name the job gives (images
+    built or reused here)."""
     from sandboxmgr import farm as farm_
 
     require_root(app, "farm worker")
@@ -59,19 +67,56 @@ def worker(app: App, broker: str, concurrency: int, queue: str) -> int:
         if not app.quiet:
             click.echo(line, err=True)
 
-    return farm_.serve(broker, queue, concurrency, lambda job: farm_.run_matrix_job(store, registry, job), say,
-                       store.logs_dir / "farm")
+    def run(job: dict[str, Any], logs: Path) -> dict[str, Any]:
+        if job["kind"] == "package":
+            from sandboxmgr.farmpackage import run_package_job
+
+            return run_package_job(store, registry, job, logs)
+        return farm_.run_matrix_job(store, registry, job, logs)
+
+    return farm_.serve(broker, queue, concurrency, run, say, store.logs_dir / "farm", keep_logs)
+
+
+def farm_options(verb: Callable[..., Any]) -> Callable[..., Any]:
+    """matrix's --farm bounds: how long a job may wait, run, and be lost."""
+    for option in reversed((
+        click.option("--farm-timeout", type=click.FloatRange(min=0, min_open=True), default=3600, metavar="SECONDS",
+                     show_default=True, help="With --farm: fail a job no worker took in this long (stage: timeout)."),
+        click.option("--farm-job-timeout", type=click.FloatRange(min=0, min_open=True), default=3600,
+                     metavar="SECONDS", show_default=True,
+                     help="With --farm: stop a job its worker has run this long (stage: timeout)."),
+        click.option("--farm-retries", type=click.IntRange(min=0, max=100), default=1, metavar="N", show_default=True,
+                     help="With --farm: run a job whose worker died again, at most N times (then stage: lost)."),
+    )):
+        verb = option(verb)
+    return verb
 
 
 def run_matrix(url: str, queue: str, project: Project, selected: list[Entry], command: tuple[str, ...],
-               jobs: int, fail_fast: bool, logs: Path, view: Any) -> list[Result]:
+               jobs: int, fail_fast: bool, logs: Path, view: Any, limits: Limits) -> list[Result]:
     """``matrix --farm``: the entries to the farm's workers, each by its profile's name."""
-    from sandboxmgr import farm as farm_
+    from sandboxmgr import farmcall
 
     if project.prepare or project.inline:
         raise SandboxError("the project's file has 'prepare:' or 'inline:' profiles, which a farm does not run yet",
                            hint="run this matrix without --farm, or move the steps into the workers' profiles")
     prefix = f"{project.slug}."
     entries = [(entry.name, entry.profile.name.removeprefix(prefix)) for entry in selected]
-    return farm_.submit(url, queue, entries, project.root, command, dict(project.env), project.workdir, logs,
-                        jobs, fail_fast, view)
+    return farmcall.submit(url, queue, entries, project.root, command, dict(project.env), project.workdir, logs,
+                           jobs, fail_fast, view, limits)
+
+
+def run_package(url: str, queue: str, source: Source, results: Path, profiles: list[tuple[str, Profile]],
+                build_type: str, network: str, timeout: float | None, build_jobs: int | None, keep_failed: bool,
+                jobs: int, fail_fast: bool, view: Any, limits: Limits) -> list[PackageResult]:
+    """``package build --farm``: the source to the farm's workers, each by its profile's name."""
+    import os
+
+    from sandboxmgr import farmpackage
+
+    if keep_failed:
+        raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'package build --farm' does not do",
+                           hint="run without --keep-failed; the log and results of each build come back")
+    build = {"build_type": build_type, "network": network, "timeout": timeout, "build_jobs": build_jobs,
+             "deb_build_options": os.environ.get("DEB_BUILD_OPTIONS")}
+    return farmpackage.submit(url, queue, source, results, profiles, build, jobs, fail_fast, view, limits)

@@ -88,11 +88,12 @@ def doctor(app: App, fix: bool, as_json: bool, apparmor_profile: bool) -> int:
 @click.option("--farm", "farm_url", metavar="URL", envvar="SANDBOXMGR_FARM",
               help="Run the jobs on the farm's workers (redis://:PASSWORD@HOST:PORT/N): see 'sandboxmgr farm'.")
 @farm_cli.queue_option
+@farm_cli.farm_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def matrix(app: App, patterns: tuple[str, ...], jobs: int | None, project_dir: str, fail_fast: bool, keep_failed: bool,
            junit_path: str | None, as_json: bool, trust_files: bool, farm_url: str | None, queue: str,
-           command: tuple[str, ...]) -> int:
+           farm_timeout: float, farm_job_timeout: float, farm_retries: int, command: tuple[str, ...]) -> int:
     """Run COMMAND (or the project file's) for a project in a fresh sandbox of each profile.
 
     Exit status 0 only if it passed in every profile, 1 if it failed in any.
@@ -113,8 +114,11 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int | None, project_dir: s
             raise SandboxError("--keep-failed keeps a sandbox on a farm's worker, which 'matrix --farm' does not do",
                                hint="run without --keep-failed; the log of each job comes back")
         app.store.ensure()  # logs/ 0700, as a local run's image step leaves it
+        from sandboxmgr.farmreap import Limits
+
+        limits = Limits(farm_timeout, farm_job_timeout, farm_retries)
         results = farm_cli.run_matrix(farm_url, queue, project, selected, command, jobs or len(selected), fail_fast,
-                                      logs, MatrixView(app.quiet))
+                                      logs, MatrixView(app.quiet), limits)
     else:
         project_file.build_images(selected, app.image_for)
         results = matrix_.run(app.store, project, selected, command, jobs or os.cpu_count() or 1, fail_fast,
@@ -227,10 +231,15 @@ def _profiles(app: App, names: tuple[str, ...]) -> list[tuple[str, Profile]]:
               help="Jobs in one build: DEB_BUILD_OPTIONS parallel=N, rpm's -jN [default: the CPUs shared among "
                    "the builds at once; 0: none given].")
 @job_options
+@click.option("--farm", "farm_url", metavar="URL", envvar="SANDBOXMGR_FARM",
+              help="Build on the farm's workers, each with its own profile of the name (see 'sandboxmgr farm').")
+@farm_cli.queue_option
+@farm_cli.farm_options
 @pass_app
 def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir: Path, build_type: str,
                   network: str, build_jobs: int | None, jobs: int, fail_fast: bool, keep_failed: bool,
-                  timeout: float | None, junit_path: Path | None, as_json: bool) -> int:
+                  timeout: float | None, junit_path: Path | None, as_json: bool, farm_url: str | None, queue: str,
+                  farm_timeout: float, farm_job_timeout: float, farm_retries: int) -> int:
     """Build SOURCE in a fresh sandbox of each profile: a Debian source tree or a .dsc, or a
     .src.rpm, a .spec with its sources beside it, or a directory holding one .spec.
 
@@ -241,6 +250,15 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
     from sandboxmgr.pkgsource import read_source
 
     require_root(app, "package build")
+    if farm_url:
+        from sandboxmgr.farmreap import Limits
+
+        results = farm_cli.run_package(farm_url, queue, read_source(source), results_dir.resolve(),
+                                       _profiles(app, profiles), build_type, network, timeout, build_jobs,
+                                       keep_failed, jobs, fail_fast, MatrixView(app.quiet),
+                                       Limits(farm_timeout, farm_job_timeout, farm_retries))
+        return _report(results, any(r.status == "cancelled" for r in results), fail_fast, junit_path, as_json,
+                       "package build")
     request = package_.BuildRequest(read_source(source), results_dir.resolve(), build_type, network, keep_failed,
                                     timeout, build_jobs, os.environ.get("DEB_BUILD_OPTIONS"))
     view = MatrixView(app.quiet)

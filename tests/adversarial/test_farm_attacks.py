@@ -183,7 +183,7 @@ def test_a_worker_reads_only_the_tail_of_a_job_s_log(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     job = farmjob.parse_job(farmjob.make_job(JOB_ID, "p", ("true",), {}, "/src", project_tar(a_file("a"))))
-    outcome = farm.run_matrix_job(store, registry, job)  # type: ignore[arg-type]
+    outcome = farm.run_matrix_job(store, registry, job, tmp_path / "logs")  # type: ignore[arg-type]
     assert len(outcome["log"]) == farmjob.LOG_CAP
     assert outcome["log"].endswith("the end\n")
 

@@ -199,14 +199,15 @@ def test_a_worker_killed_mid_job_fails_the_job_in_one_line(tmp_path: Path, cli: 
                                                            broker: str, caller: CLI, project: Path) -> None:
     worker = start_worker(tmp_path / "doomed", cli.store, broker, "--queue", "doomed")
     try:
-        proc = run_until_taken(caller, project, broker, [worker], "kill-my-worker", "--queue", "doomed")
+        proc = run_until_taken(caller, project, broker, [worker], "kill-my-worker", "--queue", "doomed",
+                               "--farm-retries", "0")
         worker.proc.kill()  # SIGKILL: no goodbye on the broker
         out, err = proc.communicate(timeout=60)
     finally:
         worker.stop()
     assert proc.returncode == 1, err
     lines = [line for line in out.splitlines() if "stopped answering mid-job" in line]
-    assert len(lines) == 1, out
+    assert len(lines) == 1 and "the job was lost 1 time (--farm-retries 0): run it again" in lines[0], out
     deadline = time.monotonic() + 30  # the job's own process stops its sandbox after its slot died
     while subprocess.run(["pgrep", "-f", "echo kill-my-worker; sleep"], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "the killed worker's job still runs"
@@ -275,3 +276,96 @@ def test_a_worker_stopped_mid_job_fails_the_job_rather_than_cancelling_it(
     assert proc.returncode == 1, err
     assert len([line for line in out.splitlines() if "was stopped mid-job: run it again" in line]) == 1, out
     assert subprocess.run(["pgrep", "-f", "echo stop-my-worker; sleep"], capture_output=True).returncode == 1
+
+
+def test_a_worker_killed_mid_job_has_its_job_run_again_by_another(tmp_path: Path, cli: CLI, bookworm: ConcurrentBuild,
+                                                                  broker: str, caller: CLI, project: Path) -> None:
+    """SIGKILL of a worker mid-job: its caller reaps the job (its heartbeat ran out) and puts it back on
+    the queue; a second worker runs it to the end, and the report says it was retried. That worker
+    keeps only its newest --keep-logs job directories."""
+    doomed = start_worker(tmp_path / "doomed", cli.store, broker, "--queue", "retry")
+    second = None
+    try:
+        command = "echo retry-me; sleep 3; echo finished"
+        proc = caller.popen("matrix", "-C", str(project), "-p", "debian-bookworm", "--json", "--farm", broker,
+                            "--queue", "retry", "--", "sh", "-c", command)
+        deadline = time.monotonic() + 120
+        while "retry-me" not in doomed.said():
+            assert proc.poll() is None and time.monotonic() < deadline, doomed.said()
+            time.sleep(0.2)
+        doomed.proc.kill()  # SIGKILL: no goodbye on the broker
+        second = start_worker(tmp_path / "second", cli.store, broker, "--queue", "retry", "--keep-logs", "1")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        (entry,) = json.loads(out)
+        assert (entry["status"], entry["exit_code"], entry["stage"]) == ("passed", 0, None)
+        slot = doomed.said().split("farm worker ", 1)[1].split(":")[0]  # the line of its job: "farm worker SLOT: ..."
+        assert entry["reason"] == f"retried 1 time: farm worker {slot} stopped answering", (entry, doomed.said())
+        assert Path(entry["log"]).read_text() == "retry-me\nfinished\n"
+        assert "retry-me" in second.said()
+        again = caller("matrix", "-C", str(project), "-p", "debian-bookworm", "--farm", broker, "--queue", "retry",
+                       timeout=120)
+        assert again.code == 0, str(again)
+        deadline = time.monotonic() + 10  # pruned by its slot once it has replied
+        while len(list((second.cli.store / "logs" / "farm").iterdir())) != 1:  # --keep-logs 1
+            assert time.monotonic() < deadline, list((second.cli.store / "logs" / "farm").iterdir())
+            time.sleep(0.2)
+    finally:
+        doomed.stop()
+        if second is not None:
+            second.stop()
+    assert subprocess.run(["pgrep", "-f", "echo retry-me; sleep"], capture_output=True).returncode == 1
+
+
+def test_a_job_no_worker_takes_fails_at_stage_timeout(caller: CLI, broker: str, project: Path, tmp_path: Path) -> None:
+    result = caller("matrix", "-C", str(project), "-p", "debian-bookworm", "--json", "--junit", str(tmp_path / "t.xml"),
+                    "--farm", broker, "--queue", "idle", "--farm-timeout", "2", timeout=60)
+    assert result.code == 1, str(result)
+    (entry,) = json.loads(result.out)
+    assert (entry["status"], entry["stage"], entry["exit_code"]) == ("failed", "timeout", 125)
+    assert entry["reason"] == ("no farm worker took the job in 2 s (queue 'idle', --farm-timeout): "
+                               "are its workers running?")
+    (case,) = ElementTree.parse(tmp_path / "t.xml").getroot().iter("testcase")
+    failure = case.find("failure")
+    assert failure is not None and failure.get("type") == "timeout"
+
+
+def test_a_job_past_its_deadline_is_stopped_on_its_worker(workers: list[Worker], caller: CLI, broker: str,
+                                                          project: Path) -> None:
+    result = caller("matrix", "-C", str(project), "-p", "debian-bookworm", "--json", "--farm", broker,
+                    "--farm-job-timeout", "5", "--", "sh", "-c", "echo too-long; sleep 300", timeout=120)
+    assert result.code == 1, str(result)
+    (entry,) = json.loads(result.out)
+    assert (entry["status"], entry["stage"]) == ("failed", "timeout"), entry
+    assert entry["reason"].startswith("the job ran longer than 5 s on farm worker ")
+    assert subprocess.run(["pgrep", "-f", "echo too-long; sleep"], capture_output=True).returncode == 1
+
+
+def test_a_package_build_on_the_farm_reports_as_a_local_one(workers: list[Worker], caller: CLI, broker: str,
+                                                            tmp_path: Path) -> None:
+    """package build --farm: each worker builds with its own profile and store; the results come back
+    into --results DIR/PROFILE/, and the report (JSON, JUnit, exit status) is a local build's."""
+    from tests.integration.test_package import source
+
+    for name, build, code in (("sm-farmed", "true", 0), ("sm-farm-broken", "false", 1)):
+        tree = source(tmp_path, name, build=build)
+        rows = []
+        for where, farm in (("farm", ("--farm", broker)), ("local", ())):
+            result = caller("package", "build", str(tree), "-p", "debian-bookworm", "--results", str(tmp_path / where),
+                            "--json", "--junit", str(tmp_path / f"{where}.xml"), *farm, timeout=900)
+            assert result.code == code, str(result)
+            (row,) = json.loads(result.out)
+            rows.append(row)
+        farmed, local = rows
+        for row in rows:
+            row.pop("duration")
+            for key in ("results", "log"):
+                row[key] = str(Path(row[key]).relative_to(tmp_path / ("farm" if row is farmed else "local")))
+        assert farmed == local, (farmed, local)
+        out, here = tmp_path / "farm" / "debian-bookworm", tmp_path / "local" / "debian-bookworm"
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in here.iterdir())
+        if code == 0:
+            assert (out / f"{name}_1.0-1_amd64.deb").stat().st_size > 0
+        types = [[f.get("type") for f in ElementTree.parse(tmp_path / f"{where}.xml").getroot().iter("failure")]
+                 for where in ("farm", "local")]
+        assert types[0] == types[1] == ([] if code == 0 else ["build"])

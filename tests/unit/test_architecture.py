@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sandboxmgr"
 # Top to bottom; a module may import its own layer and the ones below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "front": ("cli", "fastrun", "ui", "__main__"),
-    "jobs": ("farm", "farmjob", "matrix", "runner", "project", "trust", "doctor", "package", "pkgsource", "pkgtest",
-             "testcontrol", "rpmsource", "rpmpackage", "rpmpkgtest", "locking"),
+    "jobs": ("farm", "farmjob", "farmcall", "farmreap", "farmresults", "farmpackage", "matrix", "runner", "project",
+             "trust", "doctor", "package", "pkgsource", "pkgtest", "testcontrol", "rpmsource", "rpmpackage",
+             "rpmpkgtest", "locking"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "ocilayer", "ociexport", "ocisource", "ociunpack", "ociimport",
                "usage", "pkgcache", "df", "locked", "dpkgstatus"),

@@ -161,3 +161,33 @@ def test_a_queue_name_that_could_reach_other_keys_is_refused(queue: str) -> None
     with pytest.raises(click.BadParameter):
         check_queue(context, option, queue)
     assert check_queue(context, option, "arm64.builds_1") == "arm64.builds_1"
+
+
+BUILD = {"path": "hello_1.0-1.dsc", "build_type": "binary", "network": "none", "timeout": None, "build_jobs": None,
+         "deb_build_options": None}
+
+
+@pytest.mark.parametrize("change", [
+    {"path": "../hello.dsc"}, {"path": "sub/hello.dsc"}, {"path": ".hidden.dsc"}, {"path": "hello.sh"},
+    {"build_type": "evil"}, {"network": "all"}, {"timeout": True}, {"timeout": -1}, {"timeout": "1"},
+    {"build_jobs": 1.5}, {"build_jobs": 10 ** 6}, {"deb_build_options": "nocheck\n\x1b[2J"}, {"extra": 1},
+], ids=["dotdot", "separator", "dotfile", "suffix", "type", "network", "bool", "negative", "string", "float",
+        "many", "escape", "extra"])
+def test_a_package_job_s_build_is_checked_field_by_field(change: dict[str, Any]) -> None:
+    raw = json.dumps({"v": 1, "id": JOB_ID, "kind": "package", "profile": "debian-bookworm",
+                      "build": {**BUILD, **change}, "source": ""}).encode()
+    with pytest.raises(MessageError, match="build"):
+        parse_job(raw)
+    assert parse_job(farmjob.make_package_job(JOB_ID, "debian-bookworm", BUILD, b""))["build"] == BUILD
+
+
+@pytest.mark.parametrize("extra", [
+    {"package": {"stage": "pwned", "packages": []}, "files": []},
+    {"package": {"stage": None, "packages": ["\x1b]0;title\x07"]}, "files": []},
+    {"package": {"stage": None, "packages": [], "more": 1}, "files": []},
+    {"package": {"stage": None, "packages": []}, "files": {}},
+    {"files": []},
+], ids=["stage", "escape", "extra", "files", "no-package"])
+def test_a_package_reply_is_checked_before_it_is_reported(extra: dict[str, Any]) -> None:
+    with pytest.raises(MessageError):
+        parse_reply(farmjob.make_result("passed", 0, "", b"", "w-1", extra))
