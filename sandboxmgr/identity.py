@@ -124,9 +124,12 @@ def identify(profile: Profile) -> Identity:
     packages_in_bootstrap = distros.of(profile).packages_in_bootstrap(profile)
     if packages_in_bootstrap:
         base["packages"] = list(profile.packages)
+    lock_in_bootstrap = bool(profile.lock) and distros.of(profile).lock_in_bootstrap()
+    if lock_in_bootstrap:
+        base["lock"] = inputs["lock"]
     plan = [LayerPlan("bootstrap", digest({"layer": "bootstrap", **base}),
                       f"bootstrap {profile.distro} {profile.release} ({profile.bootstrap.method})")]
-    if profile.lock:
+    if profile.lock and not lock_in_bootstrap:
         # Every locked version, installed over the bootstrap before anything else (images.py).
         plan.append(LayerPlan("lock", digest({"parent": plan[-1].key, "lock": inputs["lock"]}),
                               f"lock: {Path(profile.lock).name}", step=inputs["lock"]))

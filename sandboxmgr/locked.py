@@ -1,11 +1,14 @@
 """Building from a lock file: a profile's ``lock: FILE`` (lockfile.py).
 
-The bootstrap runs as always; the layer above it (identity.py's "lock" layer) installs
-every locked package at its locked version with the target's apt, downgrades allowed;
-the profile's packages and setup steps follow. When every layer is built, the image's
-installed set (dpkgstatus.py) must equal the lock's, or there is no image: the record
-is never written. The lock is checked before anything is built - it must be readable,
-valid, and of the profile's distro, release and architecture.
+Debian family: the bootstrap runs as always; the layer above it (identity.py's "lock"
+layer) installs every locked package at its locked version with the target's apt,
+downgrades allowed. RPM family: the bootstrap itself (``dnf --installroot``) installs
+exactly the locked versions (``name-[epoch:]version-release.arch``) and nothing else
+(families/rpm.py), and there is no lock layer. The profile's packages (pinned to the
+lock's versions) and setup steps follow. When every layer is built, the image's
+installed set (dpkgstatus.py, rpmdb.py) must equal the lock's, or there is no image:
+the record is never written. The lock is checked before anything is built - it must be
+readable, valid, and of the profile's family, distro, release and architecture.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from sandboxmgr import dpkgstatus, lockfile
+from sandboxmgr import dpkgstatus, lockfile, rpmdb
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, MissingVersions
 from sandboxmgr.errors import BuildError, ProfileError, shown
 from sandboxmgr.identity import lock_digest
@@ -25,13 +28,10 @@ def load(profile: Profile) -> Lock:
     """The profile's lock, checked against the profile (ProfileError, one line, otherwise)."""
     assert profile.lock is not None
     path = Path(profile.lock)
-    if profile.family != "debian":
-        raise ProfileError(f"{profile.path}: lock files are not supported for the {profile.family} family yet",
-                           hint="remove 'lock:' (the Debian family has them; see README, \"Lock files\")")
     lock = lockfile.load(path)
     ours = (profile.distro, profile.release, profile.arch)
     theirs = (lock.distro, lock.release, lock.arch)
-    if ours != theirs:
+    if ours != theirs or profile.family != lock.family:
         raise ProfileError(f"{shown(path)} locks {' '.join(theirs)}, but profile {profile.name} is {' '.join(ours)}",
                            hint=f"lock this profile: sandboxmgr lock {profile.name} -o {shown(path)}")
     locked = {package.name for package in lock.packages}
@@ -75,9 +75,16 @@ def verify(profile: Profile, layers: list[Path]) -> None:
     """The built image has exactly the lock's packages, or BuildError. (The layer of ``package
     build``'s build dependencies is not the profile's: the caller leaves it out.)"""
     lock = load(profile)
-    difference = lockfile.differences(lock, dpkgstatus.installed(layers))
+    difference = lockfile.differences(lock, installed(profile, layers))
     if difference is not None:
         raise BuildError(f"the image of {profile.name} does not match {shown(profile.lock)}: {difference}; "
                          "no image was kept",
                          hint="packages or setup steps added since the lock was made? lock again: "
                               f"sandboxmgr lock {profile.name} -o FILE (without 'lock:' first)")
+
+
+def installed(profile: Profile, layers: list[Path]) -> list[lockfile.Package]:
+    """What the image made of ``layers`` has installed, read by its family's reader."""
+    if profile.family == "rpm":
+        return rpmdb.installed(layers, profile.bootstrap.rpmdb)
+    return dpkgstatus.installed(layers)
