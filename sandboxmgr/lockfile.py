@@ -51,7 +51,7 @@ VERSION_RE = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9](?:[A-Za-z0-9.+~_-]{0,198}[
 ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
 # RPM's: never starting with '-' (dnf would read an option), never a '-' in a version or release
 # (NAME-VERSION-RELEASE.ARCH is split at the last two), never a '.' in an arch.
-RPM_NAME_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,199}\Z")
+RPM_NAME_RE = re.compile(r"[A-Za-z0-9_+](?:[A-Za-z0-9._+-]{0,198}[A-Za-z0-9._+])?\Z")  # no '-' at its end
 RPM_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^]{0,127}\Z")
 RPM_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
 MAX_EPOCH = (1 << 32) - 1  # rpm's EPOCH tag is a 32-bit number
