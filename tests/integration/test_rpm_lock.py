@@ -6,6 +6,7 @@ One store for the module; each Tiny Distro build takes a second or two.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -125,3 +126,20 @@ def test_recreate_pins_the_versions_rpm_qa_and_dnf_list_name(locker: CLI, tmp_pa
     assert "bug1: image " in result.out and "2 versions pinned" in result.out
     assert "# The archive lacks tinydistro-busybox-7-1.x86_64: not pinned." in profile.read_text()
     assert locker.ok("run", str(profile), "--", "cat", GREETING_FILE).out.strip() == GREETING
+
+
+@pytest.mark.parametrize("plant,problem", [
+    # Root inside a build step is hostile: a symlink to a host file, garbage, a view for the table.
+    ("rm /var/lib/rpm/rpmdb.sqlite && ln -s /etc/shadow /var/lib/rpm/rpmdb.sqlite", "through a symlink"),
+    ("head -c 65536 /usr/bin/busybox > /var/lib/rpm/rpmdb.sqlite", "the rpmdb cannot be read"),
+    ("echo unfinished > /var/lib/rpm/rpmdb.sqlite-wal", "has writes not yet in it"),
+])
+def test_a_build_step_that_plants_a_hostile_rpmdb_makes_lock_one_line(locker: CLI, rpm_repo: RpmRepo, plant: str,
+                                                                       problem: str) -> None:
+    name = f"rl-plant-{hashlib.sha256(plant.encode()).hexdigest()[:8]}"
+    write(locker, name, tiny_profile(rpm_repo) + f"setup:\n  - {json.dumps(plant)}\n")
+    result = locker("lock", name)
+    assert result.code != 0 and "Traceback" not in result.err, str(result)
+    error, hint = result.err.strip().split("\n")[-2:]
+    assert error.startswith("sandboxmgr: error: ") and problem in error and hint.startswith("hint: "), str(result)
+
