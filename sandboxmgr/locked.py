@@ -55,13 +55,19 @@ def pinned(lock: Lock, packages: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(versions.get(_name(package), package) for package in packages)
 
 
+def unchanged(profile: Profile, key: str) -> None:
+    """BuildError when the lock's content is no longer the one of the layer's key (``key``, its
+    lock digest; "": a layer that installs no lock)."""
+    if key and profile.lock and lock_digest(profile.lock) != key:
+        raise BuildError(f"{shown(profile.lock)} changed while {profile.name} was built",
+                         hint="build again")
+
+
 def install(profile: Profile, builder: Builder, root: BuildRoot, context: BuildContext, key: str) -> None:
     """The lock layer: install every locked version into ``root``."""
     assert profile.lock is not None
     lock = load(profile)
-    if lock_digest(profile.lock) != key:
-        raise BuildError(f"{shown(profile.lock)} changed while {profile.name} was built",
-                         hint="build again")
+    unchanged(profile, key)
     context.progress(f"lock: installing {len(lock.packages)} locked versions from {shown(profile.lock)}")
     try:
         builder.install(replace(profile, packages=lock.pins()), root, context)

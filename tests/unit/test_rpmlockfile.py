@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from sandboxmgr.builders import MissingVersions
-from sandboxmgr.errors import ProfileError, SandboxError
+from sandboxmgr.errors import BuildError, ProfileError, SandboxError
 from sandboxmgr.families.rpm import bootstrap_packages, explain_failure
-from sandboxmgr.identity import identify
+from sandboxmgr.identity import identify, lock_digest
 from sandboxmgr.locations import shipped_configs_dir
 from sandboxmgr.locked import load as load_locked
+from sandboxmgr.locked import unchanged
 from sandboxmgr.lockfile import Lock, Package, differences, dump, parse, rpm_package
 from sandboxmgr.profile import ProfileRegistry
 from sandboxmgr.rpmreports import parse as parse_report
@@ -111,10 +112,14 @@ def test_a_locked_rpm_profile_bootstraps_exactly_the_lock_and_has_no_lock_layer(
     kinds = [layer.kind for layer in identify(locked).layers]
     assert kinds == ["bootstrap", "packages"]  # the lock is the bootstrap's: no layer of its own
     # ... and an input of the bootstrap layer: a changed lock is another bootstrap.
-    before = identify(locked).layers[0].key
-    assert before != identify(plain).layers[0].key
+    before, digest = identify(locked).layers[0].key, identify(locked).layers[0].step
+    assert before != identify(plain).layers[0].key and digest == lock_digest(str(tmp_path / "f.lock"))
+    unchanged(locked, digest)
     (tmp_path / "f.lock").write_text(dump(a_lock(*PACKAGES[:4])))
     assert identify(locked).layers[0].key != before
+    # A lock changed while the bootstrap installed it: its layer is not published under the old key.
+    with pytest.raises(BuildError, match=r"f\.lock changed while locked was built"):
+        unchanged(locked, digest)
 
 
 def test_a_lock_of_the_other_family_or_without_the_profiles_packages_is_refused(tmp_path: Path) -> None:
