@@ -79,6 +79,8 @@ GOOD = "name: a, epoch: 0, version: '1', release: '1', arch: noarch"
     (rpm_lock_text(GOOD.replace("release: '1'", "release: '1 x'")), "packages[0].release"),
     (rpm_lock_text(GOOD.replace("arch: noarch", "arch: x86.64")), "packages[0].arch x86.64"),
     (rpm_lock_text(f"{{{GOOD}}}, {{{GOOD}}}"), "package a-1-1.noarch is listed twice"),
+    (rpm_lock_text(GOOD.replace("name: a", 'name: "a\\0b"')), "packages[0].name"),
+    (rpm_lock_text(GOOD.replace("version: '1'", f"version: '{'1' * 129}'")), "packages[0].version"),
     ("lock_format: 1\nfamily: arch\npackages: []\n", "family arch is not debian or rpm"),
     ("lock_format: 1\nfamily: [rpm]\npackages: []\n", "family a list is not debian or rpm"),
 ])
@@ -210,3 +212,11 @@ def test_hostile_reports_are_bounded_and_cheap() -> None:
     assert time.monotonic() - started < 5
     with pytest.raises(SandboxError, match="names no installed"):
         parse_report("a" * 1001 + "-1-1.noarch\n")  # a line over MAX_LINE is not read
+
+
+def test_a_report_file_with_bytes_that_are_not_utf8_or_nul_keeps_its_good_rows(tmp_path: Path) -> None:
+    from sandboxmgr.reports import read_report
+
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"b\xffsh-5-3.x86_64\nzsh-5.9-1.x86_64\x00\n\x00\x00\xfe\nbash-5-3.x86_64\n")
+    assert nevras(read_report(report)) == ["bash-5-3.x86_64"]
