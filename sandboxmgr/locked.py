@@ -20,7 +20,7 @@ from sandboxmgr import dpkgstatus, lockfile, rpmdb
 from sandboxmgr.builders import BuildContext, Builder, BuildRoot, MissingVersions
 from sandboxmgr.errors import BuildError, ProfileError, shown
 from sandboxmgr.identity import lock_digest
-from sandboxmgr.lockfile import Lock
+from sandboxmgr.lockfile import RPM_NAME_RE, Lock
 from sandboxmgr.profile import Profile
 
 
@@ -29,17 +29,25 @@ def load(profile: Profile) -> Lock:
     assert profile.lock is not None
     path = Path(profile.lock)
     lock = lockfile.load(path)
-    ours = (profile.distro, profile.release, profile.arch)
-    theirs = (lock.distro, lock.release, lock.arch)
-    if ours != theirs or profile.family != lock.family:
+    ours: tuple[str, ...] = (profile.distro, profile.release, profile.arch)
+    theirs: tuple[str, ...] = (lock.distro, lock.release, lock.arch)
+    if profile.family != lock.family:
+        theirs = (f"{lock.family}-family", *theirs)
+        ours = (f"{profile.family}-family", *ours)
+    if ours != theirs:
         raise ProfileError(f"{shown(path)} locks {' '.join(theirs)}, but profile {profile.name} is {' '.join(ours)}",
                            hint=f"lock this profile: sandboxmgr lock {profile.name} -o {shown(path)}")
     locked = {package.name for package in lock.packages}
-    unlocked = [name for name in map(_name, profile.packages) if name not in locked]
-    if unlocked:
-        raise ProfileError(f"{profile.path}: {', '.join(unlocked)} of 'packages:' not in the lock "
-                           f"{shown(profile.lock)}",
-                           hint=f"lock again: remove 'lock:', then sandboxmgr lock {profile.name} -o FILE")
+    # An RPM bootstrap installs the lock instead of bootstrap.include: a name added there since
+    # would be left out without a word. (A capability - /bin/sh, dnf-command(x) - is no name.)
+    rpm = lock.family == "rpm"
+    include = [name for name in profile.bootstrap.include if rpm and RPM_NAME_RE.fullmatch(name)]
+    for key, names in (("packages", list(map(_name, profile.packages))), ("bootstrap.include", include)):
+        unlocked = [name for name in names if name not in locked]
+        if unlocked:
+            raise ProfileError(f"{profile.path}: {', '.join(unlocked)} of '{key}:' not in the lock "
+                               f"{shown(profile.lock)}",
+                               hint=f"lock again: remove 'lock:', then sandboxmgr lock {profile.name} -o FILE")
     return lock
 
 

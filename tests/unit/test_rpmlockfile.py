@@ -101,23 +101,27 @@ def test_an_install_only_package_at_two_versions_is_no_duplicate_and_differences
 
 def write_profiles(tmp_path: Path, lock_text: str) -> ProfileRegistry:
     (tmp_path / "f.lock").write_text(lock_text)
-    (tmp_path / "f.yaml").write_text("extends: fedora-44\npackages: [bash]\n")
+    # fedora-44's bootstrap.include is bash, coreutils and dnf; /bin/sh is a capability, no name.
+    (tmp_path / "f.yaml").write_text("extends: fedora-44\nbootstrap: {include: [/bin/sh]}\npackages: [bash]\n")
     (tmp_path / "locked.yaml").write_text("extends: f\nlock: f.lock\n")
     return ProfileRegistry([shipped_configs_dir(), tmp_path])
 
 
+INCLUDED = (rpm("coreutils", 0, "9.5", "1.fc44", "x86_64"), rpm("dnf", 0, "4.21", "1.fc44", "noarch"))
+
+
 def test_a_locked_rpm_profile_bootstraps_exactly_the_lock_and_has_no_lock_layer(tmp_path: Path) -> None:
-    registry = write_profiles(tmp_path, dump(a_lock()))
+    registry = write_profiles(tmp_path, dump(a_lock(*PACKAGES, *INCLUDED)))
     plain, locked = registry.load("f"), registry.load("locked")
-    assert bootstrap_packages(locked) == list(a_lock().pins())
-    assert bootstrap_packages(plain) == ["fedora-release", "bash", "coreutils", "dnf"]
+    assert bootstrap_packages(locked) == list(a_lock(*PACKAGES, *INCLUDED).pins())
+    assert bootstrap_packages(plain) == ["fedora-release", "bash", "coreutils", "dnf", "/bin/sh"]
     kinds = [layer.kind for layer in identify(locked).layers]
     assert kinds == ["bootstrap", "packages"]  # the lock is the bootstrap's: no layer of its own
     # ... and an input of the bootstrap layer: a changed lock is another bootstrap.
     before, digest = identify(locked).layers[0].key, identify(locked).layers[0].step
     assert before != identify(plain).layers[0].key and digest == lock_digest(str(tmp_path / "f.lock"))
     unchanged(locked, digest)
-    (tmp_path / "f.lock").write_text(dump(a_lock(*PACKAGES[:4])))
+    (tmp_path / "f.lock").write_text(dump(a_lock(*PACKAGES[:4], *INCLUDED)))
     assert identify(locked).layers[0].key != before
     # A lock changed while the bootstrap installed it: its layer is not published under the old key.
     with pytest.raises(BuildError, match=r"f\.lock changed while locked was built"):
@@ -130,10 +134,15 @@ def test_a_lock_of_the_other_family_or_without_the_profiles_packages_is_refused(
     # Distro, release and arch as the profile's; the family not.
     (tmp_path / "deb.lock").write_text(dump(Lock(**{**a_lock().__dict__, "distro": "debian", "release": "bookworm",
                                                     "arch": "amd64"})))
-    with pytest.raises(ProfileError, match="locks debian bookworm amd64, but profile deb is debian bookworm amd64"):
+    with pytest.raises(ProfileError, match="locks rpm-family debian bookworm amd64, but profile deb is "
+                                           "debian-family debian bookworm amd64"):
         load_locked(registry.load("deb"))
-    (tmp_path / "f.lock").write_text(dump(a_lock(PACKAGES[1])))  # a lock without the profile's bash
+    (tmp_path / "f.lock").write_text(dump(a_lock(PACKAGES[1], *INCLUDED)))  # a lock without the profile's bash
     with pytest.raises(ProfileError, match="bash of 'packages:' not in the lock"):
+        load_locked(ProfileRegistry(registry.dirs).load("locked"))
+    # fedora-44's bootstrap.include: the locked bootstrap would leave out what the lock lacks without a word.
+    (tmp_path / "f.lock").write_text(dump(a_lock(*PACKAGES, INCLUDED[1])))
+    with pytest.raises(ProfileError, match=r"coreutils of 'bootstrap\.include:' not in the lock"):
         load_locked(ProfileRegistry(registry.dirs).load("locked"))
 
 
