@@ -140,26 +140,36 @@ def read_database(data: bytes) -> list[Package]:
             kinds = connection.execute("SELECT type FROM sqlite_master WHERE name = 'Packages'").fetchall()
             if kinds != [("table",)]:
                 raise SandboxError("the rpmdb has no Packages table", hint=_REBUILD)
-            rows = connection.execute("SELECT blob FROM Packages LIMIT ?", (MAX_PACKAGES + 1,)).fetchall()
+            return sorted(_packages(connection.execute("SELECT blob FROM Packages"), len(data)))
         finally:
             connection.close()
     except (sqlite3.Error, MemoryError, OverflowError) as exc:
-        raise SandboxError(f"the rpmdb cannot be read ({_short(str(exc))})", hint=_REBUILD) from None
-    if len(rows) > MAX_PACKAGES:
-        raise SandboxError(f"the rpmdb has more than {MAX_PACKAGES} packages", hint=_REBUILD)
-    found = []
-    for number, (blob,) in enumerate(rows):
+        why = _short(str(exc) or type(exc).__name__)  # a MemoryError says nothing
+        raise SandboxError(f"the rpmdb cannot be read ({why})", hint=_REBUILD) from None
+
+
+def _packages(rows: sqlite3.Cursor, size: int) -> list[Package]:
+    """Each row's package, one row at a time: a value sqlite makes rather than reads (a generated
+    column's zeroblob) may be as large as MAX_BLOB in every row, so the bytes of all rows together are
+    bounded by the file's size, as an rpm-made table's are."""
+    found, total = [], 0
+    for number, (blob,) in enumerate(rows, 1):
+        if number > MAX_PACKAGES:
+            raise SandboxError(f"the rpmdb has more than {MAX_PACKAGES} packages", hint=_REBUILD)
         try:
             if not isinstance(blob, bytes):
                 raise HeaderError("not a blob")
+            total += len(blob)
+            if total > size:
+                raise HeaderError("the headers are larger than the database")
             package = package_of(blob)
         except (HeaderError, struct.error) as exc:
-            raise SandboxError(f"the rpmdb's header {number + 1} is not one rpm writes: {exc}",
+            raise SandboxError(f"the rpmdb's header {number} is not one rpm writes: {exc}",
                                hint="lock files take rpm's names and versions; remove that package, "
                                     "or build the image again (build --rebuild)") from None
         if package is not None:
             found.append(package)
-    return sorted(found)
+    return found
 
 
 def installed(layers: list[Path], rpmdb: str = PLACES[0]) -> list[Package]:

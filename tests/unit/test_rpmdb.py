@@ -156,13 +156,15 @@ def test_the_bounds_hold_without_sqlite(tmp_path: Path) -> None:
     ("CREATE VIEW Packages AS SELECT randomblob(10) AS blob", "no Packages table"),
     ("CREATE TABLE Other (blob BLOB)", "no Packages table"),
     ("CREATE TABLE Packages (x BLOB, blob BLOB AS (zeroblob(100000000)))", "cannot be read .*too big"),
+    # 16 MiB made in each of 2000 rows (32 GB held by a fetchall): bounded by the file's size, row by row.
+    ("CREATE TABLE Packages (x BLOB, blob BLOB AS (zeroblob(16000000)))", "larger than the database"),
 ])
 def test_a_database_that_is_not_rpms_is_one_line(tmp_path: Path, schema: str, problem: str) -> None:
     data = database(tmp_path / "db", [], schema=schema)
     if " AS (" in schema:  # a generated column: 100 MB per row (the length limit stops it), or an
         # extension loaded (trusted_schema off: no function that is not innocuous runs from a schema)
         connection = sqlite3.connect(tmp_path / "db")
-        connection.execute("INSERT INTO Packages (x) VALUES (x'00')")
+        connection.executemany("INSERT INTO Packages (x) VALUES (?)", [(b"",)] * 2000)
         connection.commit()
         connection.close()
         data = (tmp_path / "db").read_bytes()
@@ -192,6 +194,12 @@ def test_a_database_larger_than_the_bound_is_not_read(tmp_path: Path, monkeypatc
 
 def test_a_query_that_runs_too_long_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rpmdb, "MAX_STEPS", 1)
-    data = database(tmp_path / "db", [header(f"p{n}") for n in range(500)])
+    database(tmp_path / "db", [header()])
+    connection = sqlite3.connect(tmp_path / "db")  # a schema of 500 tables: one long step finds Packages
+    for n in range(500):
+        connection.execute(f"CREATE TABLE t{n} (x)")
+    connection.commit()
+    connection.close()
+    data = (tmp_path / "db").read_bytes()
     with pytest.raises(SandboxError, match=r"cannot be read .*interrupted"):
         rpmdb.read_database(data)
