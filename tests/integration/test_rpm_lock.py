@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import CLI, need_root
+from tests.integration.test_json_shapes import check, documented
 from tests.rpmrepo import GREETING, GREETING_2, RpmRepo, add_greeting_2, tiny_profile
 
 pytestmark = [pytest.mark.root]
@@ -80,6 +81,7 @@ def test_a_build_from_the_lock_installs_the_locked_version_though_a_newer_exists
     relocked = json.loads(locker.ok("lock", "rl-locked", "--json").out)
     assert relocked["packages"] == yaml.safe_load((configs(locker) / "old.lock").read_text())["packages"]
     newest = json.loads(locker.ok("lock", "rl-latest", "--json").out)
+    check([newest], documented("#### `lock --json` of an RPM-family image"))
     assert {"name": "tinydistro-greeting", "epoch": 1, "version": "2", "release": "1", "arch": "noarch"} in newest[
         "packages"]
     assert f"image {image['key']}" in locker.ok("build", "rl-locked").out  # the same lock, the same image
