@@ -58,9 +58,15 @@ class Recreated:
     foreign: list[str]
 
 
-def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], foreign: list[str]) -> str:
+def lacks(family: str) -> str:
+    """What lacks a version a report names: an RPM profile's repositories, a Debian one's archive."""
+    return "repositories lack" if family == "rpm" else "archive lacks"
+
+
+def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], foreign: list[str],
+                  base_family: str) -> str:
     lines = [f"{_MARK} from {shown(report.name)}: the versions it names, pinned.",
-             *(f"# The archive lacks {pin}: not pinned." for pin in lacking),
+             *(f"# The {lacks(base_family)} {pin}: not pinned." for pin in lacking),
              *(f"# {pin}: another architecture; not pinned." for pin in foreign),
              # Quoted: a report's file name ("bug: 12.txt", "*x") or a profile's path is text, never YAML.
              f"extends: {json.dumps(base)}",
@@ -132,7 +138,7 @@ def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str |
     foreign = [p.pin(base.arch) for p in packages if p not in native]
     pins, lacking = [p.pin(base.arch) for p in native], list[str]()
     for _attempt in range(2):
-        _write(path, _profile_text(base_text, report, pins, lacking, foreign))
+        _write(path, _profile_text(base_text, report, pins, lacking, foreign, base.family))
         # A registry of its own each time: a registry holds a file to what it read first.
         profile = ProfileRegistry(registry.dirs).load(str(path))
         try:
@@ -142,5 +148,5 @@ def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str |
                 raise
             lacking = [pin for pin in pins if pin in exc.missing]
             pins = [pin for pin in pins if pin not in exc.missing]
-            warn(f"the archive lacks {', '.join(lacking)}; building {name} without those pins")
+            warn(f"the {lacks(base.family)} {', '.join(lacking)}; building {name} without those pins")
     raise AssertionError("unreachable")
