@@ -92,6 +92,12 @@ class Distro:
         packages layer, and the packages are an input of the bootstrap layer)."""
         return False
 
+    def lock_in_bootstrap(self) -> bool:
+        """Whether the bootstrap installs a lock's versions itself (the RPM family's: dnf
+        --installroot takes exact versions): the lock is then an input of the bootstrap layer,
+        and there is no lock layer."""
+        return False
+
     # --- building (the family's module provides it) ---------------------------------------
 
     def build_inputs(self, profile: Profile) -> dict[str, Any]:

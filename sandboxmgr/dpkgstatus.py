@@ -78,7 +78,7 @@ def _opaque(fd: int) -> bool:
     return False
 
 
-def _open_regular(layers: list[Path], path: str, limit: int) -> bytes | None:
+def image_file(layers: list[Path], path: str, limit: int) -> bytes | None:
     """The bytes of regular file ``path`` as the image made of ``layers`` (bottom first) shows it:
     from the topmost layer that has it, None when the image has no such file (a whiteout or an
     opaque directory above hides a lower layer's); SandboxError for a symlink on the way,
@@ -144,7 +144,7 @@ def _short(value: str) -> str:
 
 def installed(layers: list[Path]) -> list[Package]:
     """The packages installed in the image made of ``layers`` (their diff directories, bottom first)."""
-    data = _open_regular(layers, STATUS, MAX_STATUS)
+    data = image_file(layers, STATUS, MAX_STATUS)
     if data is not None:
         return parse_status(data.decode(errors="replace"))
     raise BuildError("the image has no dpkg database (/var/lib/dpkg/status)",
@@ -184,7 +184,7 @@ def archive_date(layers: list[Path], mirror: str, release: str) -> str | None:
         # Under another name (a file:// mirror, a redirect): only when it is the one there is.
         names = [wanted, *(others if len(others) == 1 else [])]
         for name in dict.fromkeys(names):
-            data = _open_regular(layers, f"{LISTS}/{name}", MAX_RELEASE)
+            data = image_file(layers, f"{LISTS}/{name}", MAX_RELEASE)
             if data is None:
                 continue
             match = _DATE_RE.search(data.decode(errors="replace"))

@@ -36,7 +36,7 @@ class LayerPlan:
     kind: str  # "bootstrap", "lock", "packages" or "setup"
     key: str
     label: str
-    step: str = ""  # the shell step of a setup layer; a lock layer's lock digest
+    step: str = ""  # the shell step of a setup layer; a lock layer's (or a locked RPM bootstrap's) lock digest
     index: int = -1  # a setup layer's place in the profile's ``setup`` (0 for the first)
     packages: tuple[str, ...] = ()  # what a packages layer installs
 
@@ -124,9 +124,13 @@ def identify(profile: Profile) -> Identity:
     packages_in_bootstrap = distros.of(profile).packages_in_bootstrap(profile)
     if packages_in_bootstrap:
         base["packages"] = list(profile.packages)
+    lock_in_bootstrap = bool(profile.lock) and distros.of(profile).lock_in_bootstrap()
+    if lock_in_bootstrap:
+        base["lock"] = inputs["lock"]
     plan = [LayerPlan("bootstrap", digest({"layer": "bootstrap", **base}),
-                      f"bootstrap {profile.distro} {profile.release} ({profile.bootstrap.method})")]
-    if profile.lock:
+                      f"bootstrap {profile.distro} {profile.release} ({profile.bootstrap.method})",
+                      step=inputs["lock"] if lock_in_bootstrap else "")]  # the lock digest it installs
+    if profile.lock and not lock_in_bootstrap:
         # Every locked version, installed over the bootstrap before anything else (images.py).
         plan.append(LayerPlan("lock", digest({"parent": plan[-1].key, "lock": inputs["lock"]}),
                               f"lock: {Path(profile.lock).name}", step=inputs["lock"]))

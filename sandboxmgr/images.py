@@ -193,8 +193,7 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
         diff = tmp / "diff"
         state = None
         if step.kind == "bootstrap":
-            # Fingerprinted before the bootstrap, and again after it (_keep_root): a root
-            # is kept only if the index did not change in between.
+            # Fingerprinted before the bootstrap and after it (_keep_root): kept only if the index did not change.
             unreachable = None
             try:
                 state = rootcache.fingerprint(builder.index_state(profile))
@@ -221,6 +220,7 @@ def _build_layer(store: Store, profile: Profile, builder: Builder, step: LayerPl
                 if not _link_kept(offline, diff, "the build fails"):
                     raise
                 return _publish_layer(store, profile, step, parents, tmp, started, offline)
+            locked.unchanged(profile, step.step)  # a locked RPM bootstrap installed the lock of the layer's key
             root = BuildRoot(diff)
         else:
             for sub in ("diff", "work", "root"):

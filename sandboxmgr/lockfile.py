@@ -15,8 +15,13 @@
     packages:                     # sorted by name, then arch
     - {name: adduser, version: 3.134, arch: all}
 
+An RPM-family lock (Fedora, CentOS Stream, AlmaLinux, Rocky) says ``family: rpm``
+after ``lock_format``, its ``mirror`` is the first repository's URL, its ``archive_date``
+null, and each package is ``{name, epoch, version, release, arch}`` (``epoch`` a number,
+0 when the package has none); in memory its ``version`` is ``EPOCH:VERSION-RELEASE``.
+
 A lock file is a user's file, so it is read as hostile input: bounded in size and
-count, every name, version and arch checked against Debian's rules, one-line errors.
+count, every name, version and arch checked against its family's rules, one-line errors.
 """
 
 from __future__ import annotations
@@ -43,23 +48,56 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,199}\Z")
 VERSION_RE = re.compile(r"(?:[0-9]{1,9}:)?[A-Za-z0-9](?:[A-Za-z0-9.+~_-]{0,198}[A-Za-z0-9.+~_])?"
                         r"(?::[A-Za-z0-9.+~_-]*[A-Za-z0-9.+~_])*\Z")
 ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
-_KEYS = ("lock_format", "profile", "image", "distro", "release", "arch", "mirror", "archive_date", "packages")
+# RPM's: never starting with '-' (dnf would read an option), never a '-' in a version or release
+# (NAME-VERSION-RELEASE.ARCH is split at the last two), never a '.' in an arch.
+RPM_NAME_RE = re.compile(r"[A-Za-z0-9_+](?:[A-Za-z0-9._+-]{0,198}[A-Za-z0-9._+])?\Z")  # no '-' at its end
+RPM_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^]{0,127}\Z")
+RPM_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
+MAX_EPOCH = (1 << 32) - 1  # rpm's EPOCH tag is a 32-bit number
+_KEYS = ("lock_format", "family", "profile", "image", "distro", "release", "arch", "mirror", "archive_date",
+         "packages")
+_RPM_KEYS = ("name", "epoch", "version", "release", "arch")
 
 
 @dataclass(frozen=True, order=True)
 class Package:
     name: str
     arch: str
-    version: str
+    version: str  # an RPM package's: EPOCH:VERSION-RELEASE, the epoch always there (rpm_package)
+    family: str = "debian"
 
     def pin(self, native: str) -> str:
-        """apt's ``name=version`` (``name:arch=version`` for a foreign architecture)."""
+        """apt's ``name=version`` (``name:arch=version`` for a foreign architecture); dnf's
+        ``name-[epoch:]version-release.arch`` for an RPM package."""
+        if self.family == "rpm":
+            return self.nevra()
         if self.arch in (native, "all", ""):
             return f"{self.name}={self.version}"
         return f"{self.name}:{self.arch}={self.version}"
 
+    def nevra(self) -> str:
+        epoch, _, rest = self.version.partition(":")
+        return f"{self.name}-{'' if epoch == '0' else epoch + ':'}{rest}.{self.arch}"
+
     def shown(self) -> str:
+        if self.family == "rpm":
+            return self.nevra()
         return f"{self.name}={self.version}" + (f" ({self.arch})" if self.arch else "")
+
+    def rpm_fields(self) -> dict[str, Any]:
+        epoch, _, rest = self.version.partition(":")
+        version, _, release = rest.rpartition("-")
+        return {"name": self.name, "epoch": int(epoch), "version": version, "release": release, "arch": self.arch}
+
+
+def rpm_package(name: str, epoch: int | None, version: str, release: str, arch: str) -> Package | None:
+    """An RPM package (no epoch is epoch 0, as dnf compares them); None when a field is not one
+    rpm and a lock can hold."""
+    epoch = epoch or 0
+    if not (RPM_NAME_RE.fullmatch(name) and RPM_VERSION_RE.fullmatch(version)
+            and RPM_VERSION_RE.fullmatch(release) and RPM_ARCH_RE.fullmatch(arch) and 0 <= epoch <= MAX_EPOCH):
+        return None
+    return Package(name, arch, f"{epoch}:{version}-{release}", "rpm")
 
 
 @dataclass(frozen=True)
@@ -72,13 +110,17 @@ class Lock:
     mirror: str
     archive_date: str | None
     packages: tuple[Package, ...]
+    family: str = "debian"
 
     def as_dict(self) -> dict[str, Any]:
         """The documented shape, keys in their order (YAML and ``lock --json``)."""
+        rpm = self.family == "rpm"
         return {
-            "lock_format": LOCK_FORMAT, "profile": self.profile, "image": self.image, "distro": self.distro,
-            "release": self.release, "arch": self.arch, "mirror": self.mirror, "archive_date": self.archive_date,
-            "packages": [{"name": p.name, "version": p.version, "arch": p.arch} for p in self.packages],
+            "lock_format": LOCK_FORMAT, **({"family": "rpm"} if rpm else {}), "profile": self.profile,
+            "image": self.image, "distro": self.distro, "release": self.release, "arch": self.arch,
+            "mirror": self.mirror, "archive_date": self.archive_date,
+            "packages": [p.rpm_fields() if rpm else {"name": p.name, "version": p.version, "arch": p.arch}
+                         for p in self.packages],
         }
 
     def pins(self) -> tuple[str, ...]:
@@ -86,6 +128,9 @@ class Lock:
 
     def snapshot_hint(self) -> str:
         """Where an archive of the lock's date is, for a mirror that has moved on."""
+        if self.family == "rpm":
+            return ("point 'repositories:' at a repository that still holds these versions "
+                    "(the release's archive: a vault, or the build system's)")
         stamp = snapshot_stamp(self.archive_date) or "YYYYMMDDTHHMMSSZ"
         where = (f"https://snapshot.ubuntu.com/ubuntu/{stamp}/" if self.distro == "ubuntu"
                  else f"https://snapshot.debian.org/archive/{self.distro}/{stamp}/")
@@ -139,6 +184,26 @@ def _text(path: Path, data: dict[str, Any], key: str, pattern: re.Pattern[str] |
     return value
 
 
+def _rpm_package(path: Path, index: int, item: Any) -> Package:
+    if not isinstance(item, dict) or set(item) != set(_RPM_KEYS):
+        raise _problem(path, f"packages[{index}] must be a map of name, epoch, version, release and arch")
+    epoch = item["epoch"]
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:  # not true, not 1.0, not "1"
+        raise _problem(path, f"packages[{index}].epoch {_quoted(epoch)} is not a number from 0 to {MAX_EPOCH}")
+    values = {}
+    for key, pattern in (("name", RPM_NAME_RE), ("version", RPM_VERSION_RE), ("release", RPM_VERSION_RE),
+                         ("arch", RPM_ARCH_RE)):
+        value = item[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # a version YAML read as a number: 1.0 (written quoted)
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise _problem(path, f"packages[{index}].{key} {_quoted(value)} is not a valid package {key}")
+        values[key] = value
+    package = rpm_package(values["name"], epoch, values["version"], values["release"], values["arch"])
+    assert package is not None
+    return package
+
+
 def _package(path: Path, index: int, item: Any) -> Package:
     if not isinstance(item, dict) or set(item) != {"name", "version", "arch"}:
         raise _problem(path, f"packages[{index}] must be a map of name, version and arch")
@@ -169,21 +234,30 @@ def parse(path: Path, text: str) -> Lock:
         raise _problem(path, f"unknown key {_quoted(unknown[0])}")
     if type(data.get("lock_format")) is not int or data.get("lock_format") != LOCK_FORMAT:  # not true, not 1.0
         raise _problem(path, f"lock_format {_quoted(data.get('lock_format'))} is not {LOCK_FORMAT}")
+    family = data.get("family", "debian")
+    if family not in ("debian", "rpm"):
+        raise _problem(path, f"family {_quoted(family)} is not debian or rpm")
     items = data.get("packages")
     if not isinstance(items, list) or not items:
         raise _problem(path, "packages must be a non-empty list")
     if len(items) > MAX_PACKAGES:
         raise _problem(path, f"more than {MAX_PACKAGES} packages")
-    packages = sorted(_package(path, index, item) for index, item in enumerate(items))
-    seen: set[tuple[str, str]] = set()
+    reader = _rpm_package if family == "rpm" else _package
+    packages = sorted(reader(path, index, item) for index, item in enumerate(items))
+    seen: set[tuple[str, ...]] = set()
     for package in packages:
-        if (package.name, package.arch) in seen:
-            raise _problem(path, f"package {package.name} ({package.arch}) is listed twice")
-        seen.add((package.name, package.arch))
+        # RPM: one name and arch at two versions is an install-only package's (kernels), not a mistake.
+        key = (package.name, package.arch, package.version) if family == "rpm" else (package.name, package.arch)
+        if key in seen:
+            twice = package.shown() if family == "rpm" else f"{package.name} ({package.arch})"
+            raise _problem(path, f"package {twice} is listed twice")
+        seen.add(key)
     return Lock(profile=_text(path, data, "profile"), image=_text(path, data, "image"),
                 distro=_text(path, data, "distro"), release=_text(path, data, "release"),
-                arch=_text(path, data, "arch", ARCH_RE), mirror=_text(path, data, "mirror"),
-                archive_date=_text(path, data, "archive_date", optional=True), packages=tuple(packages))
+                arch=_text(path, data, "arch", RPM_ARCH_RE if family == "rpm" else ARCH_RE),
+                mirror=_text(path, data, "mirror"),
+                archive_date=_text(path, data, "archive_date", optional=True), packages=tuple(packages),
+                family=family)
 
 
 def read_bytes(path: Path) -> bytes:

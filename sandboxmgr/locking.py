@@ -1,11 +1,12 @@
 """``sandboxmgr lock`` and ``sandboxmgr recreate``: an image's exact package set, and a
 bug report's versions pinned.
 
-``lock`` reads a built image's installed packages (dpkgstatus.py: from its layers,
-read-only) into a lock file (lockfile.py). ``recreate`` writes a profile that extends
-the one named and pins every version a report names (reports.py), builds it, and
-says which of those versions the archive lacks: they are dropped from the profile,
-with a comment saying so, and the image is built with the others.
+``lock`` reads a built image's installed packages (dpkgstatus.py, rpmdb.py for the
+RPM family: from its layers, read-only) into a lock file (lockfile.py). ``recreate``
+writes a profile that extends the one named and pins every version a report names
+(reports.py, rpmreports.py), builds it, and says which of those versions the archive
+lacks: they are dropped from the profile, with a comment saying so, and the image is
+built with the others.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxmgr import dpkgstatus, reports
+from sandboxmgr import dpkgstatus, locked, reports, rpmreports
 from sandboxmgr.builders import MissingVersions
 from sandboxmgr.catalog import image_layers
 from sandboxmgr.errors import SandboxError, shown, warn
@@ -32,20 +33,20 @@ _MARK = "# Made by sandboxmgr recreate"
 _OTHER_NAME = "choose another name with --as, or another place with -o"
 
 
-def require_debian(profile: Profile, what: str) -> None:
-    if profile.family != "debian":
-        raise SandboxError(f"{what} of {profile.family}-family images is not supported yet ({profile.name})",
-                           hint="the Debian family (Debian, Ubuntu) has it; see README, \"Lock files\"")
-
-
 def take(store: Store, profile: Profile, record: ImageRecord) -> Lock:
     """The lock of ``record``, an image of ``profile``."""
-    require_debian(profile, "locking")
     layers = [layer.diff for layer in image_layers(store, record)]
+    packages = tuple(locked.installed(profile, layers))
+    if profile.family == "rpm":
+        repo = profile.repositories[0] if profile.repositories else None
+        urls = [*repo.baseurl, repo.metalink or "", repo.mirrorlist or ""] if repo is not None else []
+        return Lock(profile=profile.name, image=record.key, distro=profile.distro, release=profile.release,
+                    arch=profile.arch, mirror=next((url for url in urls if url), "none"), archive_date=None,
+                    packages=packages, family="rpm")
     mirror = profile.bootstrap.mirror
     return Lock(profile=profile.name, image=record.key, distro=profile.distro, release=profile.release,
                 arch=profile.arch, mirror=mirror, archive_date=dpkgstatus.archive_date(layers, mirror, profile.release),
-                packages=tuple(dpkgstatus.installed(layers)))
+                packages=packages)
 
 
 @dataclass
@@ -58,9 +59,15 @@ class Recreated:
     foreign: list[str]
 
 
-def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], foreign: list[str]) -> str:
+def lacks(family: str) -> str:
+    """What lacks a version a report names: an RPM profile's repositories, a Debian one's archive."""
+    return "repositories lack" if family == "rpm" else "archive lacks"
+
+
+def _profile_text(base: str, report: Path, pins: list[str], lacking: list[str], foreign: list[str],
+                  base_family: str) -> str:
     lines = [f"{_MARK} from {shown(report.name)}: the versions it names, pinned.",
-             *(f"# The archive lacks {pin}: not pinned." for pin in lacking),
+             *(f"# The {lacks(base_family)} {pin}: not pinned." for pin in lacking),
              *(f"# {pin}: another architecture; not pinned." for pin in foreign),
              # Quoted: a report's file name ("bug: 12.txt", "*x") or a profile's path is text, never YAML.
              f"extends: {json.dumps(base)}",
@@ -119,20 +126,20 @@ def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
 def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str | None, out: Path | None,
              build: Build) -> Recreated:
     """Write the recreated profile (``out``, else ./NAME.yaml), build it, report what was lacking."""
-    packages = reports.parse(reports.read_report(report), shown(report))
     base = registry.load(base_ref)
-    require_debian(base, "recreating a report")
+    parser = rpmreports.parse if base.family == "rpm" else reports.parse
+    packages = parser(reports.read_report(report), shown(report))
     name = name or (out.stem if out is not None else f"{base.name}-report")
     check_name(name, "profile name (--as)")
     path = (out or Path.cwd() / f"{name}.yaml").absolute()
     if path.stem != name or not is_path_ref(str(path)):
         raise SandboxError(f"-o {shown(out)} must be a file named {name}.yaml", hint="a profile's name is its file's")
     base_text = str(base.path) if is_path_ref(base_ref) else base.name
-    native = [p for p in packages if p.arch in ("", "all", base.arch)]
+    native = [p for p in packages if p.arch in ("", "all", "noarch", base.arch)]
     foreign = [p.pin(base.arch) for p in packages if p not in native]
     pins, lacking = [p.pin(base.arch) for p in native], list[str]()
     for _attempt in range(2):
-        _write(path, _profile_text(base_text, report, pins, lacking, foreign))
+        _write(path, _profile_text(base_text, report, pins, lacking, foreign, base.family))
         # A registry of its own each time: a registry holds a file to what it read first.
         profile = ProfileRegistry(registry.dirs).load(str(path))
         try:
@@ -142,5 +149,5 @@ def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str |
                 raise
             lacking = [pin for pin in pins if pin in exc.missing]
             pins = [pin for pin in pins if pin not in exc.missing]
-            warn(f"the archive lacks {', '.join(lacking)}; building {name} without those pins")
+            warn(f"the {lacks(base.family)} {', '.join(lacking)}; building {name} without those pins")
     raise AssertionError("unreachable")

@@ -541,3 +541,26 @@ def add_standin(repo: RpmRepo, workdir: Path, name: str, stage: Callable[[Path, 
     _sign([target / rpm.name for rpm in built], key, env)
     _run(["createrepo_c", "--quiet", "--no-database", str(target)], env)
     return target
+
+
+# --- two versions of one package: for lock files ------------------------------------------------
+
+GREETING_2 = "hello from the second version"
+
+
+def _no_files(root: Path, env: Mapping[str, str]) -> list[str]:
+    root.mkdir(parents=True)
+    return []
+
+
+def _greeting_2_spec(root: Path, listed: Sequence[str]) -> str:
+    """tinydistro-greeting 1:2-1: newer than 1-1 (and with an epoch), another greeting."""
+    spec = _greeting_spec().replace(f"Version: {VERSION}\n", "Epoch: 1\nVersion: 2\n").replace(GREETING, GREETING_2)
+    assert "Version: 2" in spec and GREETING_2 in spec
+    return spec
+
+
+def add_greeting_2(repo: RpmRepo, workdir: Path) -> Path:
+    """A copy of ``repo``'s signed repository that holds tinydistro-greeting at 1-1 and at
+    1:2-1, signed with the same key and indexed: a lock can pin the older one."""
+    return add_standin(repo, workdir, "tinydistro-greeting", _no_files, _greeting_2_spec)

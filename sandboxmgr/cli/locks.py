@@ -21,10 +21,9 @@ def lock(app: App, profile: str, output: Path | None, as_json: bool) -> None:
     """Write the lock file of PROFILE's image (built first if needed): every installed
     package with its exact version and architecture."""
     from sandboxmgr import lockfile
-    from sandboxmgr.locking import require_debian, take, write_file
+    from sandboxmgr.locking import take, write_file
 
     loaded = app.registry.load(profile)
-    require_debian(loaded, "locking")
     taken = take(app.store, loaded, app.image_for(loaded))
     if as_json:
         print_json(taken.as_dict())
@@ -48,7 +47,9 @@ def lock(app: App, profile: str, output: Path | None, as_json: bool) -> None:
 @pass_app
 def recreate(app: App, report: Path, base: str, name: str | None, output: Path | None) -> None:
     """Build an image with the package versions a bug report names (reportbug's text,
-    'dpkg -l' or 'dpkg-query -W' output) pinned, over PROFILE."""
+    'dpkg -l' or 'dpkg-query -W' output; 'rpm -qa' or 'dnf list installed' output for an
+    RPM-family PROFILE) pinned, over PROFILE."""
+    from sandboxmgr.locking import lacks
     from sandboxmgr.locking import recreate as recreate_
 
     require_root(app, "recreate")
@@ -58,6 +59,7 @@ def recreate(app: App, report: Path, base: str, name: str | None, output: Path |
     click.echo(f"{done.profile.name}: image {done.record.key}, {counted(len(done.pinned), 'version')} pinned "
                f"(profile {shown(done.path)})")
     if done.lacking:
-        click.echo(f"the archive lacks {counted(len(done.lacking), 'named version')}: {', '.join(done.lacking)}")
+        click.echo(f"the {lacks(done.profile.family)} {counted(len(done.lacking), 'named version')}: "
+                   f"{', '.join(done.lacking)}")
     if done.foreign:
         click.echo(f"not pinned (another architecture): {', '.join(done.foreign)}")

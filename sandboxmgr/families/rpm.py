@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from sandboxmgr import commands, distros
-from sandboxmgr.builders import BuildContext, Builder, BuildRoot
+from sandboxmgr.builders import BuildContext, Builder, BuildRoot, MissingVersions
 from sandboxmgr.builders.index import digest, fetch, package_version
 from sandboxmgr.builders.pkgprogress import DnfProgress
-from sandboxmgr.errors import BuildError, ProfileError, SandboxError
+from sandboxmgr.errors import BuildError, ProfileError, SandboxError, counted
 from sandboxmgr.identity import file_digest
 from sandboxmgr.mounts import BindMount, overlay_options
 from sandboxmgr.profile import Profile, Repository
 from sandboxmgr.removal import remove_tree
+from sandboxmgr.rpmreports import nevra
 from sandboxmgr.toolroot import ToolRoot
 
 # Where the repositories of the profile are written inside the root while it is
@@ -66,10 +67,19 @@ def dnf_options(profile: Profile) -> list[str]:
     return options + list(profile.bootstrap.extra_args)
 
 
-def explain_failure(log: str, profile: Profile, log_file: Path, step: str) -> BuildError:
+def explain_failure(log: str, profile: Profile, log_file: Path, step: str,
+                    packages: Sequence[str] = ()) -> BuildError:
     """One clear message for the usual ways dnf fails."""
     hint = f"full log: {log_file}"
     missing = re.findall(r"No match for argument: (\S+)", log)
+    # Versions asked for (a lock's, a report's: name-[epoch:]version-release.arch) the repositories
+    # lack. Only those asked for: a scriptlet's output could print any line.
+    versions = sorted({name for name in missing if name in packages and nevra(name) is not None})
+    if versions and len(versions) == len(set(missing)):
+        return _with_log(log_file, MissingVersions(
+            f"the repositories of {profile.name} lack {counted(len(versions), 'pinned version')}: "
+            f"{', '.join(versions[:5])}{f' and {len(versions) - 5} more' if len(versions) > 5 else ''}",
+            versions, hint=hint))
     if missing:
         return _with_log(log_file, BuildError(
             f"package {', '.join(sorted(set(missing)))} does not exist in the repositories of {profile.name}",
@@ -178,7 +188,7 @@ class DnfBuilder(Builder):
                              mounts=base + mounts, env={"HOME": str(work / "home"), "LC_ALL": "C.UTF-8"},
                              tool_root=ToolRoot(root.upper.parent, (installroot, work), readable_paths(profile)))
             except commands.ProcessExecutionError:
-                raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step) from None
+                raise explain_failure("\n".join(seen[-80:]), profile, context.log_file, step, packages) from None
 
         if not context.caches:
             run([], [])
@@ -202,9 +212,17 @@ class DnfBuilder(Builder):
         if not packages:
             raise BuildError(f"{profile.name} installs nothing: a custom RPM distro names its packages",
                              hint=f"add packages (the release package, a shell) to {profile.path}")
-        context.progress(f"bootstrap: host dnf installing {', '.join(packages)}")
+        shown_packages = f"the {len(packages)} versions of {profile.lock}" if profile.lock else ", ".join(packages)
+        context.progress(f"bootstrap: host dnf installing {shown_packages}")
         root = BuildRoot(rootfs)
-        self._host_dnf(profile, root, context, packages, "bootstrapping")
+        try:
+            self._host_dnf(profile, root, context, packages, "bootstrapping")
+        except MissingVersions as exc:
+            if not profile.lock:
+                raise
+            raise MissingVersions(f"{exc.message} (locked in {profile.lock})", exc.missing,
+                                  hint="point 'repositories:' at a repository that still holds these versions "
+                                       "(the release's archive: a vault, or the build system's)") from None
         if root.exists("/usr/bin/rpm"):
             # The target's own rpm rewrites the database in its own format and place.
             context.progress("bootstrap: rpm --rebuilddb with the target's rpm")
@@ -235,7 +253,8 @@ class DnfBuilder(Builder):
         before = context.log_size()
         if context.run_inside(root, argv, {"LC_ALL": "C.UTF-8"}, binds=binds,
                               on_line=DnfProgress(context.progress, "packages")) != 0:
-            raise explain_failure(context.log_since(before), profile, context.log_file, "installing packages into")
+            raise explain_failure(context.log_since(before), profile, context.log_file, "installing packages into",
+                                  packages)
 
     def finish(self, profile: Profile, root: BuildRoot, context: BuildContext) -> None:
         root.remove_build_file(f"{INSIDE_REPOS}/profile.repo")
@@ -251,7 +270,12 @@ class DnfBuilder(Builder):
 
 def bootstrap_packages(profile: Profile) -> list[str]:
     """What the host's dnf installs into the empty root: the release package and
-    bootstrap.include, or - a custom distro with neither - the profile's packages."""
+    bootstrap.include, or - a custom distro with neither - the profile's packages; with a
+    lock, every locked version (name-[epoch:]version-release.arch) and nothing else."""
+    if profile.lock:
+        from sandboxmgr import locked
+
+        return list(locked.load(profile).pins())
     if _rpm(profile).packages_in_bootstrap(profile):
         return list(profile.packages)
     return [p for p in (profile.release_package, *profile.bootstrap.include) if p]
@@ -302,6 +326,9 @@ class Rpm(distros.Distro):
         # A custom RPM distro with neither a release package nor bootstrap.include
         # bootstraps its packages themselves.
         return not self.release_package and not profile.bootstrap.include
+
+    def lock_in_bootstrap(self) -> bool:
+        return True
 
     def build_inputs(self, profile: Profile) -> dict[str, Any]:
         return {"rpm": {

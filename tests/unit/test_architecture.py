@@ -22,11 +22,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "rpmpkgtest", "locking"),
     "images": ("images", "identity", "catalog", "resolve", "rootcache", "runcache", "builders", "families",
                "ocilayer", "ociexport", "ocisource", "ociunpack", "ociimport",
-               "usage", "pkgcache", "df", "locked", "dpkgstatus"),
+               "usage", "pkgcache", "df", "locked", "dpkgstatus", "rpmdb"),
     "sandboxes": ("sandbox", "config", "idmap", "live", "monitor", "join", "enter", "pid1", "execute", "mounts",
                   "mountexec", "tty", "users", "seccomp", "spec", "supervise", "ticket",
                   "libseccomp", "cgroups", "runcgroup", "toolroot"),
-    "profiles": ("schema", "profilefields", "profile", "distros", "lockfile", "reports"),
+    "profiles": ("schema", "profilefields", "profile", "distros", "lockfile", "reports", "rpmreports"),
     "ground": ("store", "locks", "removal", "commands", "linux", "mountinfo", "inroot", "errors", "names", "progress",
                "record", "locations", "limits", "entry", "userns", "apparmor", "binfmt", "__init__"),
 }
