@@ -57,8 +57,9 @@ class FarmJob:
                     if data["event"] == "done":
                         return {**data, "lost": lost}
                     worker, running = data["worker"], running or time.monotonic()
-                    continue
-                if worker is not None and not client.exists(PREFIX + "alive:" + worker):
+                # Not `continue` after a reply: the clocks below are read after every one (a forger's
+                # stream of 'started' held the wait past its deadlines).
+                elif worker is not None and not client.exists(PREFIX + "alive:" + worker):
                     count = farmreap.reap(client, worker, self.queue, self.message, self.job_id, limits.retries)
                     if count > limits.retries:
                         return _lost(worker, lost, limits.retries)
