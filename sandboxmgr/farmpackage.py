@@ -10,14 +10,14 @@ back into the caller's ``--results DIR/PROFILE/``, and the caller reports them a
 from __future__ import annotations
 
 import os
-import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandboxmgr import farmjob, farmresults
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.farmcall import FarmJob, retried
 from sandboxmgr.farmreap import Limits
 from sandboxmgr.package import PackageResult
@@ -130,26 +130,56 @@ class PackageFarmJob(FarmJob):
 def pack_source(source: Source) -> tuple[bytes, str]:
     """The source as a farm job's tar, and its path in it: a tree whole (``.``), or a .dsc with the
     files its ``Files`` field names (beside it, as dpkg-source wants them)."""
-    from sandboxmgr.pkgsource import paragraphs
+    from sandboxmgr.pkgsource import paragraphs, read_control
 
     if source.family != "debian":
         raise SandboxError(f"{source.path}: a farm builds Debian sources only, not yet RPM ones",
                            hint="build it without --farm")
     if source.path.is_dir():
         return farmjob.pack(source.path), "."
-    fields = (paragraphs(source.path.read_text(errors="replace"), str(source.path)) or [{}])[0]
+    fields = (paragraphs(read_control(source.path), str(source.path)) or [{}])[0]
     names = [line.split()[-1] for line in fields.get("Files", "").splitlines() if len(line.split()) == 3]
     with tempfile.TemporaryDirectory(prefix="sandboxmgr-farm-") as tmp:
-        for name in [source.path.name, *names]:
-            if "/" in name or name.startswith("."):
-                raise SandboxError(f"{source.path}: its Files field names {name!r}, not a file beside it",
-                                   hint="give a .dsc whose files are beside it")
-            try:
-                shutil.copyfile(source.path.parent / name, Path(tmp) / name, follow_symlinks=True)
-            except OSError as exc:
-                raise SandboxError(f"cannot read {name} beside {source.path}: {exc.strerror}",
-                                   hint="a .dsc's files must be beside it") from None
+        directory = os.open(source.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            budget = farmjob.UNPACKED_CAP
+            for name in [source.path.name, *names]:
+                if "/" in name or "\0" in name or name.startswith("."):
+                    raise SandboxError(f"{source.path}: its Files field names {shown(name[:100])}, not a file "
+                                       "beside it", hint="give a .dsc whose files are beside it")
+                budget -= _copy_beside(directory, name, Path(tmp) / name, budget, source.path)
+        finally:
+            os.close(directory)
         return farmjob.pack(Path(tmp)), source.path.name
+
+
+def _copy_beside(directory: int, name: str, target: Path, budget: int, dsc: Path) -> int:
+    """``name`` of ``directory`` (beside ``dsc``) into ``target`` when it is a regular file itself,
+    never a link's target (a downloaded source's link to /etc/shadow was read by root and sent to
+    the broker; one to /dev/zero was read until the disk was full: a local build copies a link as a
+    link, into its sandbox); its size, refused over ``budget``."""
+    from sandboxmgr.linux import kernel_file
+
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    except OSError as exc:
+        raise SandboxError(f"cannot read {shown(name[:100])} beside {dsc}: {exc.strerror}",
+                           hint="a .dsc's files must be beside it") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or kernel_file(fd):
+            raise SandboxError(f"{dsc}: {shown(name[:100])} beside it is a link or not a regular file, which a farm "
+                               "does not send", hint="put the file itself beside the .dsc")
+        size = 0
+        with open(f"/proc/self/fd/{fd}", "rb") as file, open(target, "wb") as copy:
+            while chunk := file.read(farmresults.CHUNK):
+                size += len(chunk)
+                if size > budget:
+                    raise SandboxError(f"{dsc}: its files hold more than {farmjob.UNPACKED_CAP} bytes",
+                                       hint="build it without --farm")
+                copy.write(chunk)
+        return size
+    finally:
+        os.close(fd)
 
 
 def submit(url: str, queue: str, source: Source, results: Path, profiles: list[tuple[str, Profile]],

@@ -66,3 +66,62 @@ def test_a_forger_s_stream_of_replies_does_not_hold_a_caller_past_its_deadline(
     assert outcome, "the caller still waited 20 s past its 2 s deadlines"
     assert (outcome[0]["status"], outcome[0]["stage"]) == ("failed", "timeout"), outcome
     assert client.exists(PREFIX + "cancel:" + job.job_id)
+
+
+def a_dsc(directory: Path, *files: str) -> Path:
+    """A .dsc in ``directory`` whose Files field names ``files``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dsc = directory / "hello_1.0-1.dsc"
+    listed = "".join(f" 0123456789abcdef0123456789abcdef 1 {name}\n" for name in files)
+    dsc.write_text(f"Format: 3.0 (quilt)\nSource: hello\nVersion: 1.0-1\nFiles:\n{listed}")
+    return dsc
+
+
+def packed(tar: bytes) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:gz") as archive:
+        return {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["link-to-secret", "link-to-device", "device", "nul"])
+def test_a_dsc_s_files_that_are_links_or_devices_are_refused_not_read(tmp_path: Path, kind: str) -> None:
+    """Hole 2: pack_source copied each file a .dsc names with shutil.copyfile(follow_symlinks=True):
+    a downloaded source whose hello_1.0.orig.tar.gz is a link to /etc/shadow had root's secret read
+    and sent to the broker (a local build copies the link as a link, into its sandbox), a link to
+    /dev/zero was read until /tmp was full; a NUL in a name was a ValueError (an internal error)."""
+    from sandboxmgr.errors import SandboxError
+    from sandboxmgr.farmpackage import pack_source
+    from sandboxmgr.pkgsource import read_source
+
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    secret.chmod(0o600)
+    name = "hello_1.0.orig.tar.gz" if kind != "nul" else "hello_1.0.orig\0.tar.gz"
+    dsc = a_dsc(tmp_path / "downloads", name)
+    if kind == "link-to-secret":
+        (dsc.parent / name).symlink_to(secret)
+    elif kind == "link-to-device":
+        (dsc.parent / name).symlink_to("/dev/null")  # /dev/zero's case, that never ends
+    elif kind == "device":
+        os.mknod(dsc.parent / name, 0o600 | 0o020000, os.makedev(1, 3))  # a character device: /dev/null's
+    tar = b""
+    with pytest.raises(SandboxError) as caught:
+        tar, _path = pack_source(read_source(dsc))
+    assert b"secret" not in tar
+    assert "\n" not in caught.value.message and "hello_1.0.orig" in caught.value.message
+
+
+def test_a_dsc_with_its_files_beside_it_is_packed_whole(tmp_path: Path) -> None:
+    from sandboxmgr.farmpackage import pack_source
+    from sandboxmgr.pkgsource import read_source
+
+    dsc = a_dsc(tmp_path / "src", "hello_1.0.orig.tar.gz", "hello_1.0-1.debian.tar.xz")
+    (dsc.parent / "hello_1.0.orig.tar.gz").write_bytes(b"orig")
+    (dsc.parent / "hello_1.0-1.debian.tar.xz").write_bytes(b"debian")
+    (dsc.parent / "unrelated.txt").write_bytes(b"not sent")
+    tar, path = pack_source(read_source(dsc))
+    assert path == "hello_1.0-1.dsc"
+    assert packed(tar) == {"./hello_1.0-1.dsc": dsc.read_bytes(), "./hello_1.0.orig.tar.gz": b"orig",
+                           "./hello_1.0-1.debian.tar.xz": b"debian"}
