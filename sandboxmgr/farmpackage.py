@@ -108,7 +108,7 @@ class PackageFarmJob(FarmJob):
             stage = package["stage"] or FARM_STAGE
         try:
             farmresults.receive(client, self.job_id, data.get("files", []), self.dest)
-        except farmjob.MessageError as exc:  # a forged reply, most likely
+        except SandboxError as exc:  # a forged reply, most likely; or --results DIR/PROFILE cannot be written
             stage, reason = "results", exc.message
         if not (self.dest / "build.log").exists():
             (self.dest / "build.log").write_text(data["log"])

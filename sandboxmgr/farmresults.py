@@ -102,7 +102,11 @@ def receive(client: Any, job_id: str, manifest: Any, dest: Path) -> list[str]:
     the names written. A file whose bytes are not the manifest's is removed, and MessageError says
     why; the broker's copies are deleted either way."""
     entries = check_manifest(manifest)
-    directory = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        directory = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:  # a link put in its place, or removed while the job ran: an OSError was an internal error
+        raise SandboxError(f"cannot write the farm's results into {dest}: {exc.strerror}",
+                           hint="give --results a directory of your own, not a link") from None
     written: list[str] = []
     try:
         for index, entry in enumerate(entries):
@@ -117,7 +121,7 @@ def receive(client: Any, job_id: str, manifest: Any, dest: Path) -> list[str]:
 
 def _receive_one(client: Any, key: str, entry: dict[str, Any], directory: int) -> None:
     name = entry["name"]
-    if client.strlen(key) != entry["size"]:  # before a byte is read: a forged file may be 512 MB
+    if _strlen(client, key) != entry["size"]:  # before a byte is read: a forged file may be 512 MB
         raise MessageError(f"a farm result's {name} is not the size its manifest says")
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -131,7 +135,7 @@ def _receive_one(client: Any, key: str, entry: dict[str, Any], directory: int) -
     try:
         with os.fdopen(handle, "wb") as file:
             while size < entry["size"]:
-                chunk = client.getrange(key, size, min(size + CHUNK, entry["size"]) - 1) or b""
+                chunk = _getrange(client, key, size, min(size + CHUNK, entry["size"]) - 1)
                 if not chunk:
                     break
                 size += len(chunk)
@@ -143,3 +147,24 @@ def _receive_one(client: Any, key: str, entry: dict[str, Any], directory: int) -
         with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=directory)
         raise
+
+
+# A forger's key may be a list, a hash, a set (WRONGTYPE: redis' ResponseError) - even between two reads.
+
+
+def _strlen(client: Any, key: str) -> int | None:
+    from redis import ResponseError
+
+    try:
+        return int(client.strlen(key))
+    except ResponseError:
+        return None
+
+
+def _getrange(client: Any, key: str, start: int, end: int) -> bytes:
+    from redis import ResponseError
+
+    try:
+        return bytes(client.getrange(key, start, end) or b"")
+    except ResponseError:
+        return b""

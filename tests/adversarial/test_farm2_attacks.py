@@ -125,3 +125,45 @@ def test_a_dsc_with_its_files_beside_it_is_packed_whole(tmp_path: Path) -> None:
     assert path == "hello_1.0-1.dsc"
     assert packed(tar) == {"./hello_1.0-1.dsc": dsc.read_bytes(), "./hello_1.0.orig.tar.gz": b"orig",
                            "./hello_1.0-1.debian.tar.xz": b"debian"}
+
+
+def entry(name: str, data: bytes) -> dict[str, Any]:
+    import hashlib
+
+    return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize("kind", ["list", "hash", "set"])
+def test_a_forged_file_of_another_redis_type_is_refused_in_one_line(client: Any, tmp_path: Path,  # noqa: F811
+                                                                    kind: str) -> None:
+    """Hole 3: the caller asked the broker for a file's length (STRLEN) and bytes (GETRANGE): a forger's
+    files:JOB:0 made a list, a hash or a set was redis' ResponseError (WRONGTYPE), an internal error of
+    the caller's waiter, which ended without a result."""
+    from sandboxmgr import farmresults
+    from sandboxmgr.farmjob import MessageError
+
+    key = f"{PREFIX}files:{JOB}:0"
+    {"list": lambda: client.rpush(key, b"x"), "hash": lambda: client.hset(key, "a", b"x"),
+     "set": lambda: client.sadd(key, b"x")}[kind]()
+    dest = tmp_path / "results" / "p"
+    dest.mkdir(parents=True)
+    with pytest.raises(MessageError, match=r"hello_1\.0_amd64\.deb"):
+        farmresults.receive(client, JOB, [entry("hello_1.0_amd64.deb", b"x")], dest)
+    assert list(dest.iterdir()) == [] and not client.exists(key)
+
+
+def test_a_results_directory_replaced_by_a_link_is_one_line_and_not_followed(client: Any,  # noqa: F811
+                                                                             tmp_path: Path) -> None:
+    """Hole 3 too: --results DIR/PROFILE made a link (or removed) while the job ran was an OSError
+    (ELOOP), an internal error of the caller's waiter; the link is not followed."""
+    from sandboxmgr import farmresults
+    from sandboxmgr.errors import SandboxError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "p").symlink_to(elsewhere)
+    client.set(f"{PREFIX}files:{JOB}:0", b"x")
+    with pytest.raises(SandboxError, match="cannot write the farm's results"):
+        farmresults.receive(client, JOB, [entry("hello_1.0_amd64.deb", b"x")], tmp_path / "results" / "p")
+    assert list(elsewhere.iterdir()) == []
