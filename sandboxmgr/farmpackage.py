@@ -106,12 +106,13 @@ class PackageFarmJob(FarmJob):
         reason = data["reason"]
         if data["status"] == "failed" and stage is None:
             stage = package["stage"] or FARM_STAGE
+        written: list[str] = []
         try:
-            farmresults.receive(client, self.job_id, data.get("files", []), self.dest)
+            written = farmresults.receive(client, self.job_id, data.get("files", []), self.dest)
         except SandboxError as exc:  # a forged reply, most likely; or --results DIR/PROFILE cannot be written
             stage, reason = "results", exc.message
-        if not (self.dest / "build.log").exists():
-            (self.dest / "build.log").write_text(data["log"])
+        if "build.log" not in written:  # an earlier build's is not this one's; a link there is not followed
+            farmresults.write_log(self.dest, data["log"])
         if data["lost"] and stage != "lost":
             reason = retried(reason, data["lost"])
         return {"stage": stage, "reason": reason, "packages": package["packages"], "leftovers": [], "sandbox": None,

@@ -12,7 +12,7 @@ bound what one job may put in the broker's memory (:data:`TOTAL_CAP`).
 Anyone with the broker's password can pretend to be a worker: the caller believes nothing of a
 manifest beyond a checked name (no path separator, no dotfile, a known suffix), a size within
 the caps, and a digest the bytes must match; each file is written inside the results directory
-the caller made, by a descriptor of it, never through a link, and removed when it is wrong.
+the caller made, by a descriptor of it, never through a link, and all are removed when one is wrong.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def check_manifest(manifest: Any) -> list[dict[str, Any]]:
 
 def receive(client: Any, job_id: str, manifest: Any, dest: Path) -> list[str]:
     """The manifest's files from the broker into ``dest`` (the caller's half: it made ``dest``);
-    the names written. A file whose bytes are not the manifest's is removed, and MessageError says
-    why; the broker's copies are deleted either way."""
+    the names written. When a file's bytes are not the manifest's, MessageError says why and
+    none of the files is left; the broker's copies are deleted either way."""
     entries = check_manifest(manifest)
     try:
         directory = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -112,6 +112,11 @@ def receive(client: Any, job_id: str, manifest: Any, dest: Path) -> list[str]:
         for index, entry in enumerate(entries):
             _receive_one(client, f"{PREFIX}files:{job_id}:{index}", entry, directory)
             written.append(entry["name"])
+    except BaseException:  # none of a refused result stays: half a build's files look like a build's
+        for name in written:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=directory)
+        raise
     finally:
         os.close(directory)
         for index in range(len(entries)):
@@ -168,3 +173,22 @@ def _getrange(client: Any, key: str, start: int, end: int) -> bytes:
         return bytes(client.getrange(key, start, end) or b"")
     except ResponseError:
         return b""
+
+
+def write_log(dest: Path, text: str) -> None:
+    """``dest``/build.log: ``text``, in place of what is there (an earlier build's log, a link:
+    never followed)."""
+    try:
+        directory = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("build.log", dir_fd=directory)
+            handle = os.open("build.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise SandboxError(f"cannot write the farm build's log into {dest}: {exc.strerror}",
+                           hint="check the --results directory") from None
+    with os.fdopen(handle, "w") as file:
+        file.write(text)

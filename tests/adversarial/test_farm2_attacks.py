@@ -167,3 +167,44 @@ def test_a_results_directory_replaced_by_a_link_is_one_line_and_not_followed(cli
     with pytest.raises(SandboxError, match="cannot write the farm's results"):
         farmresults.receive(client, JOB, [entry("hello_1.0_amd64.deb", b"x")], tmp_path / "results" / "p")
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_result_refused_midway_leaves_none_of_its_files(client: Any, tmp_path: Path) -> None:  # noqa: F811
+    """Hole 4: the files received before a refused one stayed in --results DIR/PROFILE, a build's
+    half (a .deb without its .changes) beside an earlier build's, for package test to take."""
+    from sandboxmgr import farmresults
+    from sandboxmgr.farmjob import MessageError
+
+    dest = tmp_path / "results" / "p"
+    dest.mkdir(parents=True)
+    client.set(f"{PREFIX}files:{JOB}:0", b"good")
+    client.set(f"{PREFIX}files:{JOB}:1", b"evil")
+    manifest = [entry("hello_1.0_amd64.deb", b"good"), entry("hello_1.0_amd64.changes", b"good")]
+    with pytest.raises(MessageError, match="not the file its manifest describes"):
+        farmresults.receive(client, JOB, manifest, dest)
+    assert list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("there", ["dangling-link", "earlier-log"])
+def test_the_log_of_a_farm_build_is_its_own_and_never_written_through_a_link(client: Any, url: str,  # noqa: F811
+                                                                             tmp_path: Path, there: str) -> None:
+    """Hole 4 too: the caller wrote the reply's log to DIR/PROFILE/build.log unless something was
+    there - exists() is False for a dangling link, which write_text followed (root writing the
+    worker's text wherever the link led); an earlier build's log stayed as this one's."""
+    from sandboxmgr.farmpackage import PackageFarmJob
+    from sandboxmgr.package import PackageResult
+
+    dest = tmp_path / "results" / "p"
+    dest.mkdir(parents=True)
+    planted = tmp_path / "planted"
+    if there == "dangling-link":
+        (dest / "build.log").symlink_to(planted)
+    else:
+        (dest / "build.log").write_text("an earlier build's log\n")
+    job = PackageFarmJob(url, "attacks", b"", JOB, PackageResult("p", "p"), dest, Limits())
+    data = {"event": "done", "status": "failed", "exit_code": None, "reason": "refused", "log": "this build's log\n",
+            "worker": "w-1-0", "package": {"stage": "farm", "packages": []}, "files": [], "lost": []}
+    report = job.received(client, data)
+    assert report["stage"] == "farm"
+    assert not planted.exists()
+    assert not (dest / "build.log").is_symlink() and (dest / "build.log").read_text() == "this build's log\n"
