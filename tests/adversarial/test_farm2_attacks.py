@@ -202,8 +202,9 @@ def test_the_log_of_a_farm_build_is_its_own_and_never_written_through_a_link(cli
     else:
         (dest / "build.log").write_text("an earlier build's log\n")
     job = PackageFarmJob(url, "attacks", b"", JOB, PackageResult("p", "p"), dest, Limits())
-    data = {"event": "done", "status": "failed", "exit_code": None, "reason": "refused", "log": "this build's log\n",
-            "worker": "w-1-0", "package": {"stage": "farm", "packages": []}, "files": [], "lost": []}
+    data: dict[str, Any] = {"event": "done", "status": "failed", "exit_code": None, "reason": "refused",
+                            "log": "this build's log\n", "worker": "w-1-0",
+                            "package": {"stage": "farm", "packages": []}, "files": [], "lost": []}
     report = job.received(client, data)
     assert report["stage"] == "farm"
     assert not planted.exists()
