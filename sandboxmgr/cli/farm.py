@@ -22,6 +22,24 @@ if TYPE_CHECKING:
 QUEUE_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds above 0: click's FloatRange takes 'nan', which no deadline check (elapsed >
+    nan) ever passes - a wait without its bound."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return number
+
+
+SECONDS = Seconds(min=0, min_open=True)
+
+
 def check_queue(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     import re
 
@@ -80,9 +98,9 @@ def worker(app: App, broker: str, concurrency: int, queue: str, keep_logs: int) 
 def farm_options(verb: Callable[..., Any]) -> Callable[..., Any]:
     """matrix's --farm bounds: how long a job may wait, run, and be lost."""
     for option in reversed((
-        click.option("--farm-timeout", type=click.FloatRange(min=0, min_open=True), default=3600, metavar="SECONDS",
+        click.option("--farm-timeout", type=SECONDS, default=3600, metavar="SECONDS",
                      show_default=True, help="With --farm: fail a job no worker took in this long (stage: timeout)."),
-        click.option("--farm-job-timeout", type=click.FloatRange(min=0, min_open=True), default=3600,
+        click.option("--farm-job-timeout", type=SECONDS, default=3600,
                      metavar="SECONDS", show_default=True,
                      help="With --farm: stop a job its worker has run this long (stage: timeout)."),
         click.option("--farm-retries", type=click.IntRange(min=0, max=100), default=1, metavar="N", show_default=True,

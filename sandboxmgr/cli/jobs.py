@@ -184,7 +184,7 @@ def job_options(verb: Callable[..., Any]) -> Callable[..., Any]:
                      help="How many profiles run at once."),
         click.option("--fail-fast", is_flag=True, help="Stop at the first failure; the rest are cancelled."),
         click.option("--keep-failed", is_flag=True, help="Keep each failed profile's sandbox to step into it."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+        click.option("--timeout", type=farm_cli.SECONDS, metavar="SECONDS",
                      help="Kill a step that runs longer (stage: timeout)."),
         click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write JUnit XML here (a failure's type is its stage)."),

@@ -209,3 +209,23 @@ def test_the_log_of_a_farm_build_is_its_own_and_never_written_through_a_link(cli
     assert report["stage"] == "farm"
     assert not planted.exists()
     assert not (dest / "build.log").is_symlink() and (dest / "build.log").read_text() == "this build's log\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["matrix", "--farm", "redis://:x@127.0.0.1:1/0", "--farm-timeout", "nan", "--", "true"],
+    ["matrix", "--farm", "redis://:x@127.0.0.1:1/0", "--farm-job-timeout", "NaN", "--", "true"],
+    ["package", "build", ".", "-p", "debian-bookworm", "--farm", "redis://:x@127.0.0.1:1/0", "--farm-timeout", "nan"],
+    ["package", "build", ".", "-p", "debian-bookworm", "--timeout", "nan"],
+], ids=["farm-timeout", "farm-job-timeout", "package-build", "timeout"])
+def test_a_timeout_that_is_not_a_number_is_refused_not_an_endless_wait(argv: list[str], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hole 5: click's FloatRange takes 'nan' (no comparison refuses it): every deadline check
+    (elapsed > nan) was False, and the caller waited for ever - the bound the option promises, gone."""
+    from click.testing import CliRunner
+
+    from sandboxmgr.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # '.': no source, were the option taken
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    assert "not a number of seconds" in result.output
