@@ -33,7 +33,7 @@ class Seconds(click.FloatRange):
 
         number = super().convert(value, param, ctx)
         if math.isnan(number):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+            self.fail(f"{str(value).strip()[:40]!r} is not a number of seconds", param, ctx)
         return number
 
 
