@@ -76,7 +76,7 @@ class FarmJob:
                 if running is not None and elapsed > limits.job_timeout:
                     return self._timed_out(worker, f"the job ran longer than {limits.job_timeout:g} s on farm worker "
                                                    f"{worker} and was stopped (--farm-job-timeout)", lost)
-        except Stopped:
+        except (Stopped, farmjob.MessageError):  # a forged reply: the job must not run on for nobody
             self._cancel(worker)
             raise
 
@@ -98,7 +98,10 @@ class FarmJob:
         while time.monotonic() < deadline:
             popped = client.blpop([PREFIX + "reply:" + self.job_id], timeout=1)
             if popped is not None:
-                data = farmjob.parse_reply(popped[1])
+                try:
+                    data = farmjob.parse_reply(popped[1])
+                except farmjob.MessageError:  # a forger's: the worker's may follow
+                    continue
                 if data["event"] == "done":
                     return str(data["log"])
             if worker is not None and not client.exists(PREFIX + "alive:" + worker):

@@ -9,7 +9,9 @@ handed to package build may come from anyone. The holes found, each a test here:
 3. a forged worker's file of the wrong Redis type (a list) was an internal error of the caller;
 4. a result refused midway left the files received before it, beside an earlier build's, in
    --results DIR/PROFILE; the log was written through a link planted there;
-5. --farm-timeout nan (or --farm-job-timeout nan) never timed out.
+5. --farm-timeout nan (or --farm-job-timeout nan, --timeout nan) never timed out;
+6. a reply the caller could not read ended its wait and left the job on the queue, to run for
+   nobody; the same junk cut a cancel short.
 
 Each case runs against a real redis-server on loopback (no root, no images), or is a unit of the
 caller's own code.
@@ -229,3 +231,24 @@ def test_a_timeout_that_is_not_a_number_is_refused_not_an_endless_wait(argv: lis
     result = CliRunner().invoke(cli, argv)
     assert result.exit_code == 2, result.output
     assert "not a number of seconds" in result.output
+
+
+def test_a_forged_reply_the_caller_refuses_does_not_leave_its_job_to_run_for_nobody(
+        client: Any, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Hole 6: a reply the caller cannot read (anyone with the broker's password can push one) ended
+    its wait with the job still on the queue: a worker ran it later for nobody. And the same junk
+    met while cancelling cut the cancel short."""
+    from sandboxmgr.farmjob import MessageError
+
+    monkeypatch.setattr(farmcall, "CANCEL_WAIT", 1.0)
+    job = a_job(tmp_path, url, Limits(queue_timeout=30, job_timeout=30, retries=0))
+    client.rpush(PREFIX + "reply:" + job.job_id, b"junk", b"more junk")
+    with pytest.raises(MessageError):
+        job._wait_for_result()
+    assert client.exists(PREFIX + "cancel:" + job.job_id)
+    assert client.llen(PREFIX + "queue:attacks") == 0
+    # A job a worker runs: the caller's cancel reads past a forger's junk to the worker's last word.
+    client.set(PREFIX + "alive:w-1-0", "1", ex=30)
+    last = farmjob.make_result("cancelled", None, "", b"its log", "w-1-0")
+    client.rpush(PREFIX + "reply:" + job.job_id, b"junk", last)
+    assert job._cancel("w-1-0") == "its log"
