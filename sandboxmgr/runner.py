@@ -169,7 +169,10 @@ def fork_job(body: Callable[[], dict[str, Any]], report: Path) -> int:
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         outcome = body()
-        report.write_text(json.dumps(outcome))
+        # Made afresh, never through a link put in its place meanwhile (a --results DIR another can write).
+        handle = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(outcome))
         status = 0
     except Stopped:
         status = 130

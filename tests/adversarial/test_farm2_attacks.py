@@ -11,7 +11,9 @@ handed to package build may come from anyone. The holes found, each a test here:
    --results DIR/PROFILE; the log was written through a link planted there;
 5. --farm-timeout nan (or --farm-job-timeout nan, --timeout nan) never timed out;
 6. a reply the caller could not read ended its wait and left the job on the queue, to run for
-   nobody; the same junk cut a cancel short.
+   nobody; the same junk cut a cancel short;
+7. a job's report (--results DIR/PROFILE/.outcome.json) was written through a link planted in
+   its place while the job ran.
 
 Each case runs against a real redis-server on loopback (no root, no images), or is a unit of the
 caller's own code.
@@ -252,3 +254,23 @@ def test_a_forged_reply_the_caller_refuses_does_not_leave_its_job_to_run_for_nob
     last = farmjob.make_result("cancelled", None, "", b"its log", "w-1-0")
     client.rpush(PREFIX + "reply:" + job.job_id, b"junk", last)
     assert job._cancel("w-1-0") == "its log"
+
+
+def test_a_job_s_report_is_never_written_through_a_link_planted_in_its_place(tmp_path: Path) -> None:
+    """Hole 7: a job's report (``--results DIR/PROFILE/.outcome.json`` of package build, with --farm
+    or not) was removed before the job and written after it with write_text: a link planted there
+    meanwhile (a --results DIR another user can write) was followed, root writing wherever it led."""
+    from sandboxmgr.runner import fork_job, read_report
+
+    target = tmp_path / "target"
+    report = tmp_path / "results" / ".outcome.json"
+    report.parent.mkdir()
+
+    def body() -> dict[str, Any]:
+        report.symlink_to(target)  # the racer's link, in place before the job ends
+        return {"owned": True}
+
+    pid = fork_job(body, report)
+    os.waitpid(pid, 0)
+    assert not target.exists()
+    assert read_report(report) is None
