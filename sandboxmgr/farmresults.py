@@ -69,8 +69,8 @@ def send(client: Any, job_id: str, directory: Path, beat: Callable[[], None] = l
             while chunk := file.read(CHUNK):
                 digest.update(chunk)
                 client.append(key, chunk)
+                client.expire(key, FILE_TTL)  # from its first chunk: an upload cut midway goes too
                 beat()
-            client.expire(key, FILE_TTL)
         manifest.append({"name": name, "size": size, "sha256": digest.hexdigest()})
     return manifest
 

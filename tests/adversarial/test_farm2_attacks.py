@@ -13,7 +13,8 @@ handed to package build may come from anyone. The holes found, each a test here:
 6. a reply the caller could not read ended its wait and left the job on the queue, to run for
    nobody; the same junk cut a cancel short;
 7. a job's report (--results DIR/PROFILE/.outcome.json) was written through a link planted in
-   its place while the job ran.
+   its place while the job ran;
+8. a worker's file upload cut midway (the broker full) left its chunks in the broker for ever.
 
 Each case runs against a real redis-server on loopback (no root, no images), or is a unit of the
 caller's own code.
@@ -274,3 +275,32 @@ def test_a_job_s_report_is_never_written_through_a_link_planted_in_its_place(tmp
     os.waitpid(pid, 0)
     assert not target.exists()
     assert read_report(report) is None
+
+
+def test_a_file_whose_upload_breaks_midway_does_not_stay_in_the_broker_for_ever(client: Any,  # noqa: F811
+                                                                                tmp_path: Path) -> None:
+    """Hole 8: a worker's file got its expiry only once whole: an upload cut midway (the broker full,
+    'OOM command not allowed'; the connection lost) left its chunks in the broker's memory for ever."""
+    import redis
+
+    from sandboxmgr import farmresults
+
+    made = tmp_path / "worker"
+    made.mkdir()
+    (made / "hello_1.0_amd64.deb").write_bytes(b"x" * (3 * farmresults.CHUNK))
+    chunks: list[bytes] = []
+
+    class Full:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def append(self, key: str, chunk: bytes) -> Any:
+            if chunks:
+                raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+            chunks.append(chunk)
+            return client.append(key, chunk)
+
+    with pytest.raises(redis.ResponseError):
+        farmresults.send(Full(), JOB, made)
+    key = f"{PREFIX}files:{JOB}:0"
+    assert client.exists(key) and 0 < client.ttl(key) <= farmresults.FILE_TTL
