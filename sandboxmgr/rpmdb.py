@@ -13,7 +13,8 @@ inside, so they are hostile, and the reader is built for that:
   refused, not guessed at);
 * sqlite reads it with ``trusted_schema`` off (no function of a view, trigger or
   generated column runs), ``query_only``, cell size checks, a bounded value length and
-  a bounded number of steps; ``Packages`` must be a table;
+  a bounded number of steps; ``Packages`` must be a plain table (a virtual one would run
+  its module - fts, rtree - over the file);
 * each header blob is parsed by our own code with strict bounds: an index of at most
   MAX_TAGS entries inside the blob, each string NUL-terminated inside the data, the
   epoch a 4-byte-aligned number; every name, version, release and arch must be one a
@@ -25,6 +26,7 @@ Berkeley DB (EL 8, ``Packages``) and ndb (``Packages.db``) databases are not rea
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import struct
 from pathlib import Path
@@ -43,6 +45,7 @@ MAX_STEPS = 1_000_000  # progress handler calls, one per 1000 sqlite instruction
 NAME, VERSION, RELEASE, EPOCH, ARCH = 1000, 1001, 1002, 1003, 1022
 INT32, STRING = 4, 6
 _WANTED = {NAME: STRING, VERSION: STRING, RELEASE: STRING, EPOCH: INT32, ARCH: STRING}
+_TABLE_RE = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)  # not CREATE VIRTUAL TABLE
 _REBUILD = "the image was changed by a build step; build it again (build --rebuild)"
 
 
@@ -137,9 +140,12 @@ def read_database(data: bytes) -> list[Package]:
     try:
         connection = _connect(data)
         try:
-            kinds = connection.execute("SELECT type FROM sqlite_master WHERE name = 'Packages'").fetchall()
-            if kinds != [("table",)]:
+            kinds = connection.execute("SELECT type, sql FROM sqlite_master WHERE name = 'Packages'").fetchall()
+            if [kind for kind, _ in kinds] != ["table"]:
                 raise SandboxError("the rpmdb has no Packages table", hint=_REBUILD)
+            if not _TABLE_RE.match(str(kinds[0][1])):
+                # A virtual table is a "table" too: its module's code (fts, rtree) would run over the file.
+                raise SandboxError("the rpmdb's Packages is not a plain table", hint=_REBUILD)
             return sorted(_packages(connection.execute("SELECT blob FROM Packages"), len(data)))
         finally:
             connection.close()
