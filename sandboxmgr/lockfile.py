@@ -69,16 +69,18 @@ class Package:
 
     def pin(self, native: str) -> str:
         """apt's ``name=version`` (``name:arch=version`` for a foreign architecture); dnf's
-        ``name-[epoch:]version-release.arch`` for an RPM package."""
+        ``name-epoch:version-release.arch`` for an RPM package, the epoch always there: dnf reads
+        a NEVRA without one as any epoch, and installs the highest (foo-1-1 would be 1:1-1)."""
         if self.family == "rpm":
-            return self.nevra()
+            return self.nevra(always_epoch=True)
         if self.arch in (native, "all", ""):
             return f"{self.name}={self.version}"
         return f"{self.name}:{self.arch}={self.version}"
 
-    def nevra(self) -> str:
+    def nevra(self, always_epoch: bool = False) -> str:
+        """``name-[epoch:]version-release.arch``, as rpm -q prints it (no epoch 0 unless asked for)."""
         epoch, _, rest = self.version.partition(":")
-        return f"{self.name}-{'' if epoch == '0' else epoch + ':'}{rest}.{self.arch}"
+        return f"{self.name}-{'' if epoch == '0' and not always_epoch else epoch + ':'}{rest}.{self.arch}"
 
     def shown(self) -> str:
         if self.family == "rpm":

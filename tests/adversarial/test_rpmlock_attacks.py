@@ -8,16 +8,26 @@ branch as it was (fb0252c):
   is of type "table" in sqlite_master, so the reader ran sqlite's full-text (fts3/4/5) or
   rtree code over the hostile file's shadow tables - the code behind most of sqlite's
   memory-safety bugs with crafted databases - though rpm's table is a plain one;
+- a lock's pin of a package without an epoch was ``NAME-VERSION-RELEASE.ARCH``, and dnf reads a
+  NEVRA without an epoch as "any epoch": with ``foo`` 0:1-1 and 1:1-1 in the repository (an epoch
+  bumped to go back to an older upstream version, then forward again), ``dnf install
+  foo-1-1.noarch`` installs 1:1-1 - the locked build installed another version than the lock's,
+  and failed its post-build check for ever; a locked pin now says ``foo-0:1-1.noarch``;
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from sandboxmgr import rpmdb
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.lockfile import Lock, rpm_package
+from tests.conftest import missing, need_root
 from tests.unit.test_rpmdb import database
 
 pytestmark = pytest.mark.adversarial
@@ -36,3 +46,50 @@ def test_rpms_own_table_is_still_read(tmp_path: Path) -> None:
     schema = "CREATE TABLE IF NOT EXISTS 'Packages' (hnum INTEGER PRIMARY KEY AUTOINCREMENT,blob BLOB NOT NULL)"
     data = database(tmp_path / "db", [], schema=schema)
     assert rpmdb.read_database(data) == []
+
+
+def rpm_lock(*packages: tuple[str, int, str, str, str]) -> Lock:
+    made = [rpm_package(*package) for package in packages]
+    return Lock(profile="tiny", image="0" * 16, distro="tinydistro", release="1", arch="x86_64",
+                mirror="file:///repo", archive_date=None, packages=tuple(p for p in made if p is not None),
+                family="rpm")
+
+
+def two_epochs_repo(tmp_path: Path) -> Path:
+    """A repository holding foo at 0:1-1 and at 1:1-1 (noarch, no files)."""
+    for tool in ("rpmbuild", "createrepo_c", "dnf"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (make deps)")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "LC_ALL": "C"}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for epoch in (0, 1):
+        spec = tmp_path / f"foo{epoch}.spec"
+        spec.write_text(f"Name: foo\nEpoch: {epoch}\nVersion: 1\nRelease: 1\nSummary: foo\nLicense: MIT\n"
+                        "BuildArch: noarch\n%description\nfoo\n%files\n")
+        subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {tmp_path / f'top{epoch}'}",
+                        "--define", f"_rpmdir {tmp_path / f'out{epoch}'}", str(spec)],
+                       env=env, check=True, capture_output=True)
+        built = tmp_path / f"out{epoch}" / "noarch" / "foo-1-1.noarch.rpm"
+        built.rename(repo / f"foo-{epoch}.rpm")
+    subprocess.run(["createrepo_c", "-q", str(repo)], env=env, check=True, capture_output=True)
+    return repo
+
+
+def dnf_would_install(tmp_path: Path, repo: Path, pins: tuple[str, ...]) -> list[str]:
+    """The EVRs the host's dnf would install for ``pins`` (--assumeno: nothing is)."""
+    (tmp_path / "dnf.conf").write_text("[main]\nreposdir=/nonexistent\ngpgcheck=0\n")
+    argv = ["dnf", f"--installroot={tmp_path / 'root'}", f"--config={tmp_path / 'dnf.conf'}",
+            f"--setopt=cachedir={tmp_path / 'cache'}", "--releasever=1", f"--repofrompath=t,{repo.as_uri()}",
+            "--repo=t", "--assumeno", "install", *pins]
+    done = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                                       "HOME": str(tmp_path), "LC_ALL": "C"})
+    return re.findall(r"^ foo +noarch +(\S+) ", done.stdout, re.MULTILINE)
+
+
+def test_a_locked_version_without_an_epoch_is_the_one_dnf_installs(tmp_path: Path) -> None:
+    need_root()  # dnf --installroot
+    repo = two_epochs_repo(tmp_path)
+    assert dnf_would_install(tmp_path, repo, ("foo-1:1-1.noarch",)) == ["1:1-1"]  # the test can tell them apart
+    lock = rpm_lock(("foo", 0, "1", "1", "noarch"))
+    assert dnf_would_install(tmp_path, repo, lock.pins()) == ["1-1"]  # 0:1-1, as locked

@@ -111,7 +111,7 @@ def test_a_locked_version_the_repositories_lack_is_one_line_and_no_image(locker:
     assert result.code == 125, str(result)
     error, hint = result.err.strip().split("\n")[-2:]
     assert error == ("sandboxmgr: error: the repositories of rl-gone lack 1 pinned version: "
-                     f"tinydistro-greeting-3-1.noarch (locked in {configs(locker) / 'gone.lock'})")
+                     f"tinydistro-greeting-0:3-1.noarch (locked in {configs(locker) / 'gone.lock'})")
     assert hint.startswith("hint: point 'repositories:' at a repository that still holds these versions")
     assert images_of(locker, "rl-gone") == []
 
