@@ -95,8 +95,8 @@ def package_of(blob: bytes) -> Package | None:
     them as headers, no package installs them); HeaderError for one a lock cannot hold."""
     fields = header_fields(blob)
     name = fields.get(NAME)
-    if name == "gpg-pubkey":
-        return None
+    if name == "gpg-pubkey" and ARCH not in fields:
+        return None  # rpm writes a key's header without an arch: one with an arch is a package, and counts
     epoch = fields.get(EPOCH, 0)
     texts = [fields.get(tag) for tag in (NAME, VERSION, RELEASE, ARCH)]
     if not all(isinstance(text, str) for text in texts) or not isinstance(epoch, int):

@@ -13,6 +13,10 @@ branch as it was (fb0252c):
   bumped to go back to an older upstream version, then forward again), ``dnf install
   foo-1-1.noarch`` installs 1:1-1 - the locked build installed another version than the lock's,
   and failed its post-build check for ever; a locked pin now says ``foo-0:1-1.noarch``;
+- every header named ``gpg-pubkey`` was taken for an imported key and left out: a package of that
+  name (a repository's, or one a build step installed, with files and scriptlets) was in the
+  image, in no lock, and out of the post-build check's sight. rpm's key headers have no arch
+  (makePubkeyHeader writes none): a ``gpg-pubkey`` with one is a package;
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sandboxmgr import rpmdb
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.lockfile import Lock, rpm_package
 from tests.conftest import missing, need_root
-from tests.unit.test_rpmdb import database
+from tests.unit.test_rpmdb import database, header
 
 pytestmark = pytest.mark.adversarial
 
@@ -93,3 +97,9 @@ def test_a_locked_version_without_an_epoch_is_the_one_dnf_installs(tmp_path: Pat
     assert dnf_would_install(tmp_path, repo, ("foo-1:1-1.noarch",)) == ["1:1-1"]  # the test can tell them apart
     lock = rpm_lock(("foo", 0, "1", "1", "noarch"))
     assert dnf_would_install(tmp_path, repo, lock.pins()) == ["1-1"]  # 0:1-1, as locked
+
+
+def test_a_package_named_gpg_pubkey_is_not_hidden_as_an_imported_key(tmp_path: Path) -> None:
+    data = database(tmp_path / "db", [header(), header("gpg-pubkey", "1.0", "1", "x86_64")])
+    assert [p.nevra() for p in rpmdb.read_database(data)] == ["bash-5.2.15-3.fc38.x86_64",
+                                                             "gpg-pubkey-1.0-1.x86_64"]
