@@ -146,7 +146,8 @@ def read_database(data: bytes) -> list[Package]:
             if not _TABLE_RE.match(str(kinds[0][1])):
                 # A virtual table is a "table" too: its module's code (fts, rtree) would run over the file.
                 raise SandboxError("the rpmdb's Packages is not a plain table", hint=_REBUILD)
-            return sorted(_packages(connection.execute("SELECT blob FROM Packages"), len(data)))
+            # A header stored twice is one package (a lock lists each once, or is refused).
+            return sorted(set(_packages(connection.execute("SELECT blob FROM Packages"), len(data))))
         finally:
             connection.close()
     except (sqlite3.Error, MemoryError, OverflowError) as exc:

@@ -17,6 +17,8 @@ branch as it was (fb0252c):
   name (a repository's, or one a build step installed, with files and scriptlets) was in the
   image, in no lock, and out of the post-build check's sight. rpm's key headers have no arch
   (makePubkeyHeader writes none): a ``gpg-pubkey`` with one is a package;
+- a header stored twice (two rows of one NEVRA) was two packages: ``lock`` wrote a lock file
+  that lists it twice, which every build of it then refused ("listed twice");
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sandboxmgr import rpmdb
 from sandboxmgr.errors import SandboxError
-from sandboxmgr.lockfile import Lock, rpm_package
+from sandboxmgr.lockfile import Lock, dump, parse, rpm_package
 from tests.conftest import missing, need_root
 from tests.unit.test_rpmdb import database, header
 
@@ -103,3 +106,10 @@ def test_a_package_named_gpg_pubkey_is_not_hidden_as_an_imported_key(tmp_path: P
     data = database(tmp_path / "db", [header(), header("gpg-pubkey", "1.0", "1", "x86_64")])
     assert [p.nevra() for p in rpmdb.read_database(data)] == ["bash-5.2.15-3.fc38.x86_64",
                                                              "gpg-pubkey-1.0-1.x86_64"]
+
+
+def test_a_header_stored_twice_makes_a_lock_that_can_be_read_back(tmp_path: Path) -> None:
+    data = database(tmp_path / "db", [header(), header("zsh", "5.9", "1"), header()])
+    taken = replace(rpm_lock(), packages=tuple(rpmdb.read_database(data)))
+    assert parse(tmp_path / "x.lock", dump(taken)).packages == taken.packages
+    assert [p.name for p in taken.packages] == ["bash", "zsh"]
