@@ -53,7 +53,8 @@ ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
 # (NAME-VERSION-RELEASE.ARCH is split at the last two), never a '.' in an arch.
 RPM_NAME_RE = re.compile(r"[A-Za-z0-9_+](?:[A-Za-z0-9._+-]{0,198}[A-Za-z0-9._+])?\Z")  # no '-' at its end
 RPM_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^]{0,127}\Z")
-RPM_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
+# Never "rpm": dnf reads an argument ending in ".rpm" (the pin's end: .ARCH) as a file to install.
+RPM_ARCH_RE = re.compile(r"(?![Rr][Pp][Mm]\Z)[A-Za-z0-9_]{1,32}\Z")
 MAX_EPOCH = (1 << 32) - 1  # rpm's EPOCH tag is a 32-bit number
 _KEYS = ("lock_format", "family", "profile", "image", "distro", "release", "arch", "mirror", "archive_date",
          "packages")

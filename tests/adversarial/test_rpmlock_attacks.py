@@ -19,6 +19,11 @@ branch as it was (fb0252c):
   (makePubkeyHeader writes none): a ``gpg-pubkey`` with one is a package;
 - a header stored twice (two rows of one NEVRA) was two packages: ``lock`` wrote a lock file
   that lists it twice, which every build of it then refused ("listed twice");
+- an arch of ``rpm`` was a valid arch, and dnf reads an argument ending in ``.rpm`` as a file to
+  install, not a package of its repositories: a lock (from a bug report) naming
+  ``{name: foo, epoch: 0, version: '1', release: '1', arch: rpm}`` made the locked bootstrap's
+  ``dnf install`` install the file ``foo-0:1-1.rpm`` of its working directory, if there is one -
+  unsigned (dnf checks no local package's signature) and from no repository;
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from sandboxmgr import rpmdb
-from sandboxmgr.errors import SandboxError
+from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.lockfile import Lock, dump, parse, rpm_package
 from tests.conftest import missing, need_root
 from tests.unit.test_rpmdb import database, header
@@ -83,15 +88,15 @@ def two_epochs_repo(tmp_path: Path) -> Path:
     return repo
 
 
-def dnf_would_install(tmp_path: Path, repo: Path, pins: tuple[str, ...]) -> list[str]:
-    """The EVRs the host's dnf would install for ``pins`` (--assumeno: nothing is)."""
+def dnf_would_install(tmp_path: Path, repo: Path, pins: tuple[str, ...], cwd: Path | None = None) -> list[str]:
+    """The EVRs the host's dnf would install for ``pins`` (--assumeno: nothing is), run in ``cwd``."""
     (tmp_path / "dnf.conf").write_text("[main]\nreposdir=/nonexistent\ngpgcheck=0\n")
     argv = ["dnf", f"--installroot={tmp_path / 'root'}", f"--config={tmp_path / 'dnf.conf'}",
             f"--setopt=cachedir={tmp_path / 'cache'}", "--releasever=1", f"--repofrompath=t,{repo.as_uri()}",
             "--repo=t", "--assumeno", "install", *pins]
-    done = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                                                        "HOME": str(tmp_path), "LC_ALL": "C"})
-    return re.findall(r"^ foo +noarch +(\S+) ", done.stdout, re.MULTILINE)
+    return re.findall(r"^ foo +noarch +(\S+) +(?:t|@commandline) ", done.stdout, re.MULTILINE)
 
 
 def test_a_locked_version_without_an_epoch_is_the_one_dnf_installs(tmp_path: Path) -> None:
@@ -113,3 +118,16 @@ def test_a_header_stored_twice_makes_a_lock_that_can_be_read_back(tmp_path: Path
     taken = replace(rpm_lock(), packages=tuple(rpmdb.read_database(data)))
     assert parse(tmp_path / "x.lock", dump(taken)).packages == taken.packages
     assert [p.name for p in taken.packages] == ["bash", "zsh"]
+
+
+def test_an_arch_of_rpm_is_refused_dnf_would_install_a_file_instead(tmp_path: Path) -> None:
+    need_root()  # dnf --installroot
+    repo = two_epochs_repo(tmp_path)
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    (planted / "foo-0:1-1.rpm").write_bytes((repo / "foo-1.rpm").read_bytes())
+    assert dnf_would_install(tmp_path, repo, ("foo-0:1-1.rpm",), cwd=planted) == ["1:1-1"]  # the file's
+    assert rpm_package("foo", 0, "1", "1", "rpm") is None and rpm_package("foo", 0, "1", "1", "RPM") is None
+    text = dump(rpm_lock(("foo", 0, "1", "1", "noarch"))).replace("arch: noarch", "arch: rpm")
+    with pytest.raises(ProfileError, match=r"packages\[0\]\.arch rpm is not a valid package arch"):
+        parse(tmp_path / "x.lock", text)
