@@ -13,8 +13,9 @@ inside, so they are hostile, and the reader is built for that:
   refused, not guessed at);
 * sqlite reads it with ``trusted_schema`` off (no function of a view, trigger or
   generated column runs), ``query_only``, cell size checks, a bounded value length and
-  a bounded number of steps; ``Packages`` must be a plain table (a virtual one would run
-  its module - fts, rtree - over the file);
+  a bounded number of steps; ``Packages`` must be rpm's plain table of ``hnum`` and ``blob``
+  (a virtual one would run its module - fts, rtree - over the file; a generated column, an
+  expression of any cost in each step);
 * each header blob is parsed by our own code with strict bounds: an index of at most
   MAX_TAGS entries inside the blob, each string NUL-terminated inside the data, the
   epoch a 4-byte-aligned number; every name, version, release and arch must be one a
@@ -146,6 +147,12 @@ def read_database(data: bytes) -> list[Package]:
             if not _TABLE_RE.match(str(kinds[0][1])):
                 # A virtual table is a "table" too: its module's code (fts, rtree) would run over the file.
                 raise SandboxError("the rpmdb's Packages is not a plain table", hint=_REBUILD)
+            # (name, hidden) of each column: a generated one (hidden 2, 3) is an expression run on each
+            # row, and one instruction of the step budget may cost a 16 MB hex(zeroblob()) - seconds a row.
+            columns = [(row[1], row[6]) for row in connection.execute("PRAGMA table_xinfo(Packages)")]
+            if columns != [("hnum", 0), ("blob", 0)]:
+                raise SandboxError("the rpmdb's Packages is not rpm's table (hnum, blob; none generated)",
+                                   hint=_REBUILD)
             # A header stored twice is one package (a lock lists each once, or is refused).
             return sorted(set(_packages(connection.execute("SELECT blob FROM Packages"), len(data))))
         finally:
