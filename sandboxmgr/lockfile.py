@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -67,6 +67,8 @@ class Package:
     arch: str
     version: str  # an RPM package's: EPOCH:VERSION-RELEASE, the epoch always there (rpm_package)
     family: str = "debian"
+    # False for a report's rpm -qa line (rpm prints no epoch): its 0 stands for "not known".
+    epoch_known: bool = field(default=True, compare=False)
 
     def pin(self, native: str) -> str:
         """apt's ``name=version`` (``name:arch=version`` for a foreign architecture); dnf's

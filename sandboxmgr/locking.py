@@ -123,9 +123,9 @@ def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
 
 
 def _pin(package: Package, native: str) -> str:
-    """A report's version pinned: an RPM one as the report names it - rpm -qa prints no epoch, so
-    none is an epoch the report does not know, which dnf reads as any epoch (a lock's pins say 0)."""
-    return package.nevra() if package.family == "rpm" else package.pin(native)
+    """A report's version pinned; an RPM one with its epoch when the report gives it (dnf list's,
+    0 too), without when it does not (rpm -qa's): dnf reads a NEVRA without one as any epoch."""
+    return package.nevra(always_epoch=package.epoch_known) if package.family == "rpm" else package.pin(native)
 
 
 def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str | None, out: Path | None,

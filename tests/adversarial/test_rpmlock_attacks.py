@@ -30,6 +30,11 @@ branch as it was (fb0252c):
   8 KiB, and 2000 columns of 50,000 rows (a file of a few MB) are weeks of ``lock``, or of a
   locked build's post-build check, all inside the budget; rpm's table has exactly ``hnum`` and
   ``blob``, none generated, and anything else is refused before a row is read;
+- ``rpm -qa`` prints no epoch (rpm's ``%_query_all_fmt`` is ``%{nvra}``), so a report of one system
+  with its ``rpm -qa`` and its ``dnf list installed`` (which does print them) was refused for every
+  package with an epoch - "names perl-Errno.x86_64 at two versions, perl-Errno-1.38-512.fc44.x86_64
+  and perl-Errno-1:1.38-512.fc44.x86_64"; an epoch the report does not give is now unknown, and
+  one it gives (dnf list's, even 0) is pinned exactly.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxmgr import rpmdb
+from sandboxmgr import rpmdb, rpmreports
 from sandboxmgr.errors import ProfileError, SandboxError
 from sandboxmgr.lockfile import Lock, dump, parse, rpm_package
 from tests.conftest import missing, need_root
@@ -160,3 +165,27 @@ def test_generated_columns_cannot_make_each_step_cost_seconds(tmp_path: Path) ->
               "except errors.SandboxError as exc:\n    print(exc.message)\n")
     done = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, timeout=20)
     assert done.stdout.decode().strip() == "the rpmdb's Packages is not rpm's table (hnum, blob; none generated)"
+
+
+MIXED_REPORT = """$ rpm -qa
+perl-Errno-1.38-512.fc44.x86_64
+bash-5.2.26-3.fc44.x86_64
+zsh-5.9-14.fc44.x86_64
+$ dnf list installed
+Installed Packages
+perl-Errno.x86_64     1:1.38-512.fc44    @fedora
+bash.x86_64           5.2.26-3.fc44      @fedora
+"""
+
+
+def test_rpm_qa_and_dnf_list_of_one_system_are_one_report() -> None:
+    from sandboxmgr.locking import _pin
+
+    packages = rpmreports.parse(MIXED_REPORT)
+    # dnf list's epochs (0 too) pinned exactly; zsh's, which only rpm -qa names, left to dnf.
+    assert [_pin(p, "x86_64") for p in packages] == ["bash-0:5.2.26-3.fc44.x86_64",
+                                                      "perl-Errno-1:1.38-512.fc44.x86_64", "zsh-5.9-14.fc44.x86_64"]
+    with pytest.raises(SandboxError, match=r"names perl-Errno\.x86_64 at two versions"):
+        rpmreports.parse(MIXED_REPORT.replace("1:1.38-512", "1:1.38-513"))
+    with pytest.raises(SandboxError, match=r"names bash\.x86_64 at two versions"):
+        rpmreports.parse(MIXED_REPORT + "bash-1:5.2.26-3.fc44.x86_64\n")
