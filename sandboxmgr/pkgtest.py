@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sandboxmgr import live
 from sandboxmgr.errors import SandboxError
+from sandboxmgr.linux import regular_bytes
 from sandboxmgr.mounts import BindMount
 from sandboxmgr.package import SOURCE_TREE, PackageJob, PackageResult
 from sandboxmgr.pkgsource import unsatisfiable
@@ -114,6 +115,8 @@ def packages_for(name: str, profile: Profile, files: list[Path], results: Path |
                                hint=f"give {suffix} files to -p profiles of the {profile.family} family "
                                     "(one run per family)")
     found = [path.resolve() for path in files]
+    for path in found:
+        _check_package(path, suffix)
     origin = None
     if results is not None:
         origin = results / profile.name if (results / profile.name).is_dir() else results
@@ -127,6 +130,25 @@ def packages_for(name: str, profile: Profile, files: list[Path], results: Path |
     places = [origin] if origin else [path.parent for path in found]
     tree = next((place / SOURCE_TREE for place in places if (place / SOURCE_TREE).is_file()), None)
     return Packages(tuple(dict.fromkeys(found)), tree, origin)
+
+
+_MAGIC = {".deb": (b"!<arch>\n", "not an ar archive", "dpkg-deb --info"),
+          ".rpm": (b"\xed\xab\xee\xdb", "no RPM lead", "rpm -qip")}
+
+
+def _check_package(path: Path, suffix: str) -> None:
+    """A package file given by name is one, before a sandbox is made for it: a file that only
+    has the suffix was an install's puzzling failure in each sandbox ("the package lists or
+    status file could not be parsed")."""
+    magic, what, checker = _MAGIC[suffix]
+    try:
+        _mode, head = regular_bytes(path, len(magic))
+    except OSError as exc:
+        raise SandboxError(f"cannot read {path}: {exc.strerror}", hint=f"give {suffix} files") from None
+    if head is None or not head.startswith(magic):
+        why = "not a regular file" if head is None else what
+        raise SandboxError(f"{path} is not a {suffix} package ({why})",
+                           hint=f"give the {suffix} files package build made ({checker} FILE shows what one is)")
 
 
 def run_all(store: Store, request: TestRequest, profiles: list[tuple[str, Profile, Packages]],

@@ -136,6 +136,15 @@ class CLI:
         assert result.code == 0, str(result)
         return result
 
+    @property
+    def profiles(self) -> Path:
+        """The profile directory this CLI was given (--configs)."""
+        assert self.configs is not None
+        return self.configs
+
+    def write_profile(self, name: str, text: str) -> None:
+        (self.profiles / f"{name}.yaml").write_text(text)
+
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, text=True, env=self.env)

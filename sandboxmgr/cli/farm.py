@@ -110,6 +110,21 @@ def farm_options(verb: Callable[..., Any]) -> Callable[..., Any]:
     return verb
 
 
+FARM_ONLY = ("queue", "farm_timeout", "farm_job_timeout", "farm_retries")
+
+
+def refuse_farm_options_alone() -> None:
+    """``--queue`` or a ``--farm-*`` bound given without ``--farm`` (or SANDBOXMGR_FARM): a user
+    who typed one meant the farm, and the run would otherwise be local without a word."""
+    context = click.get_current_context()
+    for name in FARM_ONLY:
+        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            option = "--" + name.replace("_", "-")
+            raise SandboxError(f"{option} is for a run on the farm, and no --farm URL is given",
+                               hint="give --farm redis://:PASSWORD@HOST:PORT/N (or set SANDBOXMGR_FARM), "
+                                    f"or leave {option} out")
+
+
 def run_matrix(url: str, queue: str, project: Project, selected: list[Entry], command: tuple[str, ...],
                jobs: int, fail_fast: bool, logs: Path, view: Any, limits: Limits) -> list[Result]:
     """``matrix --farm``: the entries to the farm's workers, each by its profile's name."""

@@ -104,6 +104,8 @@ def matrix(app: App, patterns: tuple[str, ...], jobs: int | None, project_dir: s
     from sandboxmgr import project as project_file
 
     require_root(app, "matrix")
+    if not farm_url:
+        farm_cli.refuse_farm_options_alone()
     if command[:1] == ("--",):
         command = command[1:]
     project, selected, command = project_file.prepare(app.store, app.registry, Path(project_dir).resolve(), patterns,
@@ -250,6 +252,8 @@ def package_build(app: App, source: Path, profiles: tuple[str, ...], results_dir
     from sandboxmgr.pkgsource import read_source
 
     require_root(app, "package build")
+    if not farm_url:
+        farm_cli.refuse_farm_options_alone()
     if farm_url:
         from sandboxmgr.farmreap import Limits
 

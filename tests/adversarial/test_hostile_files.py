@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,23 @@ def test_a_source_trees_fifo_changelog_is_one_line_not_a_hang(tmp_path: Path) ->
     except subprocess.TimeoutExpired:
         pytest.fail("package build blocked on the source tree's FIFO")
     one_line(result, f"cannot read {source}/debian/changelog: not a regular file")
+
+
+@pytest.mark.parametrize(("name", "make", "why"), [
+    ("garbage.deb", lambda path: path.write_bytes(b"not a package\n"), "not an ar archive"),
+    ("fifo.deb", lambda path: os.mkfifo(path), "not a regular file"),
+    ("garbage.rpm", lambda path: path.write_bytes(b"!<arch>\n"), "no RPM lead"),
+])
+def test_package_test_of_a_file_that_is_no_package_is_one_line_before_any_sandbox(
+        tmp_path: Path, name: str, make: Callable[[Path], None], why: str) -> None:
+    """Before, a garbage .deb failed in each profile's sandbox with apt's puzzling "the package
+    lists or status file could not be parsed", and a FIFO one blocked it."""
+    package = tmp_path / name
+    make(package)
+    profile = "debian-bookworm" if name.endswith(".deb") else "fedora-44"
+    try:
+        result = CLI(tmp_path / "store")("package", "test", str(package), "-p", profile, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("package test blocked on the FIFO")
+    one_line(result, f"{package} is not a {package.suffix} package ({why})")
+    assert not (tmp_path / "store" / "images").exists() or not any((tmp_path / "store" / "images").iterdir())

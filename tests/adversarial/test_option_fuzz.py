@@ -34,30 +34,41 @@ EXPORTED = "exported"  # where export writes when its -o is not the option under
 IMPORTED = "fuzz-imported"
 LAYOUT = "layout"  # a small OCI layout in the project directory, for import
 REPORT = "report.txt"  # a bug report naming no version, for recreate (nothing is built)
+BAD_SOURCE = "badsrc"  # a Debian source tree whose changelog is no changelog, for package build
+BAD_DEB = "bad.deb"  # a file that is no package, for package test
+CLOSED_BROKER = "redis://127.0.0.1:1/0"  # nothing listens: farm worker ends at once
 LONGEST_LINE = 600
+
+
+def _commands() -> list[tuple[str, click.Command]]:
+    """Every verb, a group's subcommands as "GROUP SUB" (package build, farm worker)."""
+    context = click.Context(group)
+    found: list[tuple[str, click.Command]] = []
+    for verb in group.list_commands(context):
+        command = group.get_command(context, verb)
+        assert command is not None
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(context):
+                inner = command.get_command(context, sub)
+                assert inner is not None
+                found.append((f"{verb} {sub}", inner))
+        found.append((verb, command))
+    return found
 
 
 def _value_params() -> list[tuple[str, str]]:
     """(verb, option) for every option that takes a value, "" as the verb for the group's own."""
     found = [("", option.opts[0]) for option in group.params
              if isinstance(option, click.Option) and not option.is_flag]
-    context = click.Context(group)
-    for verb in group.list_commands(context):
-        command = group.get_command(context, verb)
-        assert command is not None
+    for verb, command in _commands():
         found += [(verb, p.opts[0]) for p in command.params if isinstance(p, click.Option) and not p.is_flag
                   and not p.hidden]
     return found
 
 
 def _arguments() -> list[tuple[str, str]]:
-    context = click.Context(group)
-    found = []
-    for verb in group.list_commands(context):
-        command = group.get_command(context, verb)
-        assert command is not None
-        found += [(verb, p.name or "") for p in command.params if isinstance(p, click.Argument)]
-    return found
+    return [(verb, p.name or "") for verb, command in _commands() for p in command.params
+            if isinstance(p, click.Argument)]
 
 
 OPTIONS = _value_params()
@@ -72,12 +83,17 @@ def argv_for(verb: str, option: str, value: str, profile: str, project: Path) ->
             "shell": [SANDBOX], "matrix": ["-C", str(project)], "inspect": [profile], "stop": [SANDBOX],
             "restart": [SANDBOX], "kill": [SANDBOX], "logs": [SANDBOX], "lock": [profile],
             "export": [profile, "-o", EXPORTED], "import": [str(project / LAYOUT), "--as", IMPORTED],
-            "recreate": [str(project / REPORT), "-p", profile]}[verb]
+            "recreate": [str(project / REPORT), "-p", profile],
+            # Inputs that fail fast (a source whose changelog is no changelog, a .deb that is no
+            # package, a broker on a closed port): what is fuzzed is how each option's value is taken.
+            "package build": [str(project / BAD_SOURCE), "-p", profile],
+            "package test": [str(project / BAD_DEB), "-p", profile],
+            "farm worker": ["--broker", CLOSED_BROKER]}[verb]
     # The option under test is one the verb needs: the rest without it (and its value).
     if option in rest:
         at = rest.index(option)
         rest = rest[:at] + rest[at + 2:]
-    return [verb, option, value, *rest]
+    return [*verb.split(" "), option, value, *rest]
 
 
 def argument_argv(verb: str, argument: str, value: str, profile: str) -> list[str]:
@@ -86,7 +102,9 @@ def argument_argv(verb: str, argument: str, value: str, profile: str) -> list[st
         ("create", "profile"): ["create", value], ("exec", "name"): ["exec", value, "true"],
         ("exec", "command"): ["exec", SANDBOX, value], ("shell", "name"): ["shell", value],
         ("matrix", "command"): ["matrix", "--", value],
-    }.get((verb, argument), [verb, value])
+        ("package build", "source"): ["package", "build", value, "-p", profile],
+        ("package test", "packages"): ["package", "test", value, "-p", profile],
+    }.get((verb, argument), [*verb.split(" "), value])
 
 
 def check(result: subprocess.CompletedProcess[str], case: str) -> None:
@@ -114,6 +132,10 @@ def fuzz_env(cli: CLI, bookworm: ConcurrentBuild,
     (project / "sandboxmgr.yaml").write_text(f"profiles: [{bookworm.profile}]\ncommand: 'true'\n")
     Layout(project / LAYOUT).image([minimal_root()])
     (project / REPORT).write_text("nothing to see\n")
+    (project / BAD_SOURCE / "debian").mkdir(parents=True)
+    (project / BAD_SOURCE / "debian" / "control").write_text("Source: bad\n\nPackage: bad\nArchitecture: all\n")
+    (project / BAD_SOURCE / "debian" / "changelog").write_text("not a changelog\n")
+    (project / BAD_DEB).write_text("not a package\n")
     cli.ok("create", bookworm.profile, "--name", SANDBOX)
     yield cwd, project
     # No case left a sandbox behind (a matrix's, a run's) or removed the one it was given, nor an image

@@ -38,21 +38,14 @@ def locker(tmp_path_factory: pytest.TempPathFactory, repo: AptRepo) -> CLI:
     top = tmp_path_factory.mktemp("lock")
     (top / "configs").mkdir()
     cli = CLI(top / "store", top / "configs")
-    write(cli, "lk-base", f"extends: debian-bookworm\nbootstrap:\n  method: mmdebstrap\n"
+    cli.write_profile("lk-base", f"extends: debian-bookworm\nbootstrap:\n  method: mmdebstrap\n"
                           f"  extra_args: [{json.dumps(repo.source_hook())}]\n")
-    write(cli, "lk-old", "extends: lk-base\npackages: [sbm-hello=1.0]\n")
+    cli.write_profile("lk-old", "extends: lk-base\npackages: [sbm-hello=1.0]\n")
     cli.ok("build", "lk-old")
-    cli.ok("lock", "lk-old", "-o", str(configs(cli) / "old.lock"))
+    cli.ok("lock", "lk-old", "-o", str(cli.profiles / "old.lock"))
     return cli
 
 
-def configs(cli: CLI) -> Path:
-    assert cli.configs is not None
-    return cli.configs
-
-
-def write(cli: CLI, name: str, text: str) -> None:
-    (configs(cli) / f"{name}.yaml").write_text(text)
 
 
 def locked_packages(path: Path) -> dict[str, str]:
@@ -64,7 +57,7 @@ def images_of(cli: CLI, profile: str) -> list[str]:
 
 
 def test_lock_lists_the_installed_version_and_what_dpkg_query_lists_inside(locker: CLI) -> None:
-    lock = yaml.safe_load((configs(locker) / "old.lock").read_text())
+    lock = yaml.safe_load((locker.profiles / "old.lock").read_text())
     assert lock["profile"] == "lk-old" and lock["image"] == images_of(locker, "lk-old")[0]
     assert (lock["distro"], lock["release"], lock["arch"], lock["mirror"]) == (
         "debian", "bookworm", "amd64", DEBIAN_MIRROR)
@@ -76,8 +69,8 @@ def test_lock_lists_the_installed_version_and_what_dpkg_query_lists_inside(locke
 
 
 def test_a_build_from_the_lock_installs_the_locked_version_though_a_newer_exists(locker: CLI) -> None:
-    write(locker, "lk-latest", "extends: lk-base\npackages: [sbm-hello]\n")
-    write(locker, "lk-locked", "extends: lk-base\npackages: [sbm-hello]\nlock: old.lock\n")
+    locker.write_profile("lk-latest", "extends: lk-base\npackages: [sbm-hello]\n")
+    locker.write_profile("lk-locked", "extends: lk-base\npackages: [sbm-hello]\nlock: old.lock\n")
     version = ["cat", "/usr/share/sbm-hello/version"]
     assert locker.ok("run", "lk-latest", "--", *version).out == "2.0\n"  # the archive's newest
     assert locker.ok("run", "lk-locked", "--", *version).out == "1.0\n"
@@ -89,27 +82,27 @@ def test_a_build_from_the_lock_installs_the_locked_version_though_a_newer_exists
 
 
 def test_a_locked_version_the_archive_lacks_fails_with_one_line_and_no_image(locker: CLI) -> None:
-    text = (configs(locker) / "old.lock").read_text()
+    text = (locker.profiles / "old.lock").read_text()
     assert "{name: sbm-hello, version: '1.0', arch: all}" in text
-    (configs(locker) / "gone.lock").write_text(text.replace("{name: sbm-hello, version: '1.0'",
+    (locker.profiles / "gone.lock").write_text(text.replace("{name: sbm-hello, version: '1.0'",
                                                             "{name: sbm-hello, version: '3.0'"))
-    write(locker, "lk-gone", "extends: lk-base\nlock: gone.lock\n")
+    locker.write_profile("lk-gone", "extends: lk-base\nlock: gone.lock\n")
     result = locker("build", "lk-gone")
     assert result.code == 125, str(result)
     error, hint = result.err.strip().split("\n")[-2:]
     assert error == (f"sandboxmgr: error: lk-gone: the archive ({DEBIAN_MIRROR}) lacks sbm-hello=3.0 "
-                     f"(locked in {configs(locker) / 'gone.lock'})")
+                     f"(locked in {locker.profiles / 'gone.lock'})")
     assert hint.startswith("hint: point bootstrap.mirror at an archive of the lock's date")
     assert "https://snapshot.debian.org/archive/debian/" in hint
     assert images_of(locker, "lk-gone") == []
 
 
 def test_an_image_that_differs_from_its_lock_is_refused_and_not_kept(locker: CLI) -> None:
-    lock = configs(locker) / "old.lock"
+    lock = locker.profiles / "old.lock"
     lines = [line for line in lock.read_text().splitlines(keepends=True) if "{name: tzdata," not in line]
     assert len(lines) == len(lock.read_text().splitlines()) - 1  # the bootstrap installs tzdata
-    (configs(locker) / "short.lock").write_text("".join(lines))
-    write(locker, "lk-short", "extends: lk-base\nlock: short.lock\n")
+    (locker.profiles / "short.lock").write_text("".join(lines))
+    locker.write_profile("lk-short", "extends: lk-base\nlock: short.lock\n")
     result = locker("build", "lk-short")
     assert result.code == 125, str(result)
     assert "the image of lk-short does not match" in result.err
@@ -118,7 +111,7 @@ def test_an_image_that_differs_from_its_lock_is_refused_and_not_kept(locker: CLI
 
 
 def test_recreate_pins_the_versions_a_reportbug_text_names(locker: CLI, tmp_path: Path) -> None:
-    base_files = locked_packages(configs(locker) / "old.lock")["base-files"]
+    base_files = locked_packages(locker.profiles / "old.lock")["base-files"]
     report = tmp_path / "report.txt"
     report.write_text("Package: sbm-hello\nVersion: 1.0\nSeverity: normal\n\nIt breaks.\n\n"
                       "-- System Information:\nDebian Release: 12.5\n\n"

@@ -132,11 +132,11 @@ def test_each_failure_of_a_package_test_names_its_stage(cli: CLI, bookworm: Conc
 
 def test_package_test_refuses_what_it_cannot_test(cli: CLI, tmp_path: Path) -> None:
     rpm = tmp_path / "x-1.0-1.x86_64.rpm"
-    rpm.write_bytes(b"")
+    rpm.write_bytes(b"\xed\xab\xee\xdb")  # an RPM lead: the family is what is refused
     empty = tmp_path / "empty"
     empty.mkdir()
     deb = tmp_path / "x_1.0_amd64.deb"
-    deb.write_bytes(b"")
+    deb.write_bytes(b"!<arch>\n")  # an ar archive: the family is what is refused
     text = tmp_path / "notes.txt"
     text.write_text("")
     for args, said in (((str(rpm),), f"debian-bookworm is a profile of the debian family and {rpm} is not a .deb"),

@@ -206,7 +206,7 @@ def test_the_sandboxs_dnf_imports_a_repositorys_key_and_refuses_a_package_it_did
 def test_package_test_refuses_packages_of_the_other_family(tiny: CLI, tmp_path: Path) -> None:
     package = rpm(tmp_path, "sm-family")
     deb = tmp_path / "x_1.0_amd64.deb"
-    deb.write_bytes(b"")
+    deb.write_bytes(b"!<arch>\n")  # an ar archive: the family is what is refused
     source = tmp_path / "x-1.0-1.src.rpm"
     source.write_bytes(b"")
     for args, said in (((str(package), "-p", "debian-bookworm"), "is not a .deb file"),

@@ -32,20 +32,13 @@ def locker(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> CLI:
     (top / "configs").mkdir()
     both = add_greeting_2(rpm_repo, top / "two-versions")
     cli = CLI(top / "store", top / "configs")
-    write(cli, "rl-old", tiny_profile(rpm_repo))
-    write(cli, "rl-latest", tiny_profile(rpm_repo, both))
+    cli.write_profile("rl-old", tiny_profile(rpm_repo))
+    cli.write_profile("rl-latest", tiny_profile(rpm_repo, both))
     cli.ok("build", "rl-old")
-    cli.ok("lock", "rl-old", "-o", str(configs(cli) / "old.lock"))
+    cli.ok("lock", "rl-old", "-o", str(cli.profiles / "old.lock"))
     return cli
 
 
-def configs(cli: CLI) -> Path:
-    assert cli.configs is not None
-    return cli.configs
-
-
-def write(cli: CLI, name: str, text: str) -> None:
-    (configs(cli) / f"{name}.yaml").write_text(text)
 
 
 def images_of(cli: CLI, profile: str) -> list[dict[str, object]]:
@@ -53,7 +46,7 @@ def images_of(cli: CLI, profile: str) -> list[dict[str, object]]:
 
 
 def test_lock_lists_what_the_images_rpmdb_lists(locker: CLI, tmp_path: Path) -> None:
-    lock = yaml.safe_load((configs(locker) / "old.lock").read_text())
+    lock = yaml.safe_load((locker.profiles / "old.lock").read_text())
     (image,) = images_of(locker, "rl-old")
     assert (lock["family"], lock["profile"], lock["image"], lock["distro"], lock["release"]) == (
         "rpm", "rl-old", image["key"], "tinydistro", "1")
@@ -73,13 +66,13 @@ def test_lock_lists_what_the_images_rpmdb_lists(locker: CLI, tmp_path: Path) -> 
 
 
 def test_a_build_from_the_lock_installs_the_locked_version_though_a_newer_exists(locker: CLI) -> None:
-    write(locker, "rl-locked", (configs(locker) / "rl-latest.yaml").read_text() + "lock: old.lock\n")
+    locker.write_profile("rl-locked", (locker.profiles / "rl-latest.yaml").read_text() + "lock: old.lock\n")
     assert locker.ok("run", "rl-latest", "--", "cat", GREETING_FILE).out.strip() == GREETING_2  # the newest
     assert locker.ok("run", "rl-locked", "--", "cat", GREETING_FILE).out.strip() == GREETING
     (image,) = images_of(locker, "rl-locked")
     assert [layer["kind"] for layer in image["layers"]] == ["bootstrap", "packages"]  # type: ignore[attr-defined]
     relocked = json.loads(locker.ok("lock", "rl-locked", "--json").out)
-    assert relocked["packages"] == yaml.safe_load((configs(locker) / "old.lock").read_text())["packages"]
+    assert relocked["packages"] == yaml.safe_load((locker.profiles / "old.lock").read_text())["packages"]
     newest = json.loads(locker.ok("lock", "rl-latest", "--json").out)
     check([newest], documented("#### `lock --json` of an RPM-family image"))
     assert {"name": "tinydistro-greeting", "epoch": 1, "version": "2", "release": "1", "arch": "noarch"} in newest[
@@ -88,12 +81,12 @@ def test_a_build_from_the_lock_installs_the_locked_version_though_a_newer_exists
 
 
 def test_an_image_that_differs_from_its_lock_is_refused_and_not_kept(locker: CLI) -> None:
-    lock = configs(locker) / "old.lock"
+    lock = locker.profiles / "old.lock"
     lines = [line for line in lock.read_text().splitlines(keepends=True) if "tinydistro-greeting" not in line]
     assert len(lines) == len(lock.read_text().splitlines()) - 1
-    (configs(locker) / "short.lock").write_text("".join(lines))
+    (locker.profiles / "short.lock").write_text("".join(lines))
     # tinydistro-hello needs a greeting: dnf takes the newest, which the lock does not have.
-    write(locker, "rl-short", (configs(locker) / "rl-latest.yaml").read_text() + "lock: short.lock\n")
+    locker.write_profile("rl-short", (locker.profiles / "rl-latest.yaml").read_text() + "lock: short.lock\n")
     result = locker("build", "rl-short")
     assert result.code == 125, str(result)
     assert ("the image of rl-short does not match" in result.err and "1 package installed but not locked: "
@@ -102,16 +95,16 @@ def test_an_image_that_differs_from_its_lock_is_refused_and_not_kept(locker: CLI
 
 
 def test_a_locked_version_the_repositories_lack_is_one_line_and_no_image(locker: CLI) -> None:
-    text = (configs(locker) / "old.lock").read_text()
+    text = (locker.profiles / "old.lock").read_text()
     old = "{name: tinydistro-greeting, epoch: 0, version: '1', release: '1'"
     assert old in text
-    (configs(locker) / "gone.lock").write_text(text.replace(old, old.replace("'1', release", "'3', release")))
-    write(locker, "rl-gone", (configs(locker) / "rl-latest.yaml").read_text() + "lock: gone.lock\n")
+    (locker.profiles / "gone.lock").write_text(text.replace(old, old.replace("'1', release", "'3', release")))
+    locker.write_profile("rl-gone", (locker.profiles / "rl-latest.yaml").read_text() + "lock: gone.lock\n")
     result = locker("build", "rl-gone")
     assert result.code == 125, str(result)
     error, hint = result.err.strip().split("\n")[-2:]
     assert error == ("sandboxmgr: error: the repositories of rl-gone lack 1 pinned version: "
-                     f"tinydistro-greeting-3-1.noarch (locked in {configs(locker) / 'gone.lock'})")
+                     f"tinydistro-greeting-0:3-1.noarch (locked in {locker.profiles / 'gone.lock'})")
     assert hint.startswith("hint: point 'repositories:' at a repository that still holds these versions")
     assert images_of(locker, "rl-gone") == []
 
@@ -124,9 +117,9 @@ def test_recreate_pins_the_versions_rpm_qa_and_dnf_list_name(locker: CLI, tmp_pa
     profile = tmp_path / "bug1.yaml"
     result = locker("recreate", str(report), "-p", "rl-latest", "--as", "bug1", "-o", str(profile))
     assert result.code == 0, str(result)
-    assert "the repositories lack 1 named version: tinydistro-busybox-7-1.x86_64" in result.out
+    assert "the repositories lack 1 named version: tinydistro-busybox-0:7-1.x86_64" in result.out
     assert "bug1: image " in result.out and "2 versions pinned" in result.out
-    assert "# The repositories lack tinydistro-busybox-7-1.x86_64: not pinned." in profile.read_text()
+    assert "# The repositories lack tinydistro-busybox-0:7-1.x86_64: not pinned." in profile.read_text()
     assert locker.ok("run", str(profile), "--", "cat", GREETING_FILE).out.strip() == GREETING
 
 
@@ -139,7 +132,7 @@ def test_recreate_pins_the_versions_rpm_qa_and_dnf_list_name(locker: CLI, tmp_pa
 def test_a_build_step_that_plants_a_hostile_rpmdb_makes_lock_one_line(locker: CLI, rpm_repo: RpmRepo, plant: str,
                                                                        problem: str) -> None:
     name = f"rl-plant-{hashlib.sha256(plant.encode()).hexdigest()[:8]}"
-    write(locker, name, tiny_profile(rpm_repo) + f"setup:\n  - {json.dumps(plant)}\n")
+    locker.write_profile(name, tiny_profile(rpm_repo) + f"setup:\n  - {json.dumps(plant)}\n")
     result = locker("lock", name)
     assert result.code != 0 and "Traceback" not in result.err, str(result)
     error, hint = result.err.strip().split("\n")[-2:]

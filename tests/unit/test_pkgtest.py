@@ -78,8 +78,8 @@ def test_the_packages_of_a_profile_are_of_its_family(tmp_path: Path) -> None:
     profile = tiny(tmp_path)
     deb = tmp_path / "x_1.0_amd64.deb"
     rpm = tmp_path / "x-1.0-1.noarch.rpm"
-    for path in (deb, rpm):
-        path.write_bytes(b"")
+    deb.write_bytes(b"!<arch>\n")
+    rpm.write_bytes(b"\xed\xab\xee\xdb")
     with pytest.raises(SandboxError) as refused:
         packages_for("tiny", profile, [rpm, deb], None)
     assert refused.value.message == f"tiny is a profile of the rpm family and {deb} is not a .rpm file"
