@@ -1,0 +1,91 @@
+"""Foreign architectures, the RPM family: Tiny Distro for aarch64 (tests/rpmarch.py: Debian's arm64
+busybox in the tests' own signed repository), built with the host's ``dnf --forcearch=aarch64``
+and run through qemu-user's binfmt_misc handler (README, "Foreign architectures"). Its busybox
+package's %post runs at install, in the build, as aarch64 code. Fedora's own aarch64 release is
+tested only where Fedora's mirrors answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CLI, need_fedora_mirrors
+from tests.rpmarch import EM_AARCH64, SCRIPTLET_RECORD, SETUP_RECORD, elf_machine, need_aarch64_handler, tiny_aarch64
+from tests.rpmrepo import GREETING, RpmRepo, tiny_profile
+
+pytestmark = [pytest.mark.root, pytest.mark.network]
+
+@pytest.fixture(scope="module")
+def arm(tmp_path_factory: pytest.TempPathFactory, rpm_repo: RpmRepo) -> CLI:
+    return tiny_aarch64(rpm_repo, tmp_path_factory.mktemp("tiny-aarch64"))
+
+
+def images(cli: CLI) -> dict[str, dict[str, Any]]:
+    return {i["profile"]: i for i in json.loads(cli.ok("images", "--json").out)}
+
+
+def test_an_aarch64_rpm_image_runs_aarch64_programs(arm: CLI) -> None:
+    assert arm.ok("run", "tiny-arm64", "--", "uname", "-m").out == "aarch64\n"
+    assert arm.ok("run", "tiny-arm64", "--", "tiny-hello").out == GREETING + "\n"
+    # Nothing of qemu inside: the F flag's interpreter is the host's.
+    assert arm.ok("run", "tiny-arm64", "--", "sh", "-c", "ls /usr/bin/qemu-* /usr/libexec/qemu-binfmt "
+                                                        "2>/dev/null | wc -l").out.strip() == "0"
+
+
+def test_the_scriptlets_and_the_setup_ran_as_aarch64_code(arm: CLI) -> None:
+    # %post ran in the bootstrap, by the host's rpm, chrooted: the root's shell is aarch64 code.
+    assert arm.ok("run", "tiny-arm64", "--", "cat", SCRIPTLET_RECORD, SETUP_RECORD).out == "aarch64\naarch64\n"
+
+
+def test_the_image_holds_aarch64_packages_and_programs(arm: CLI) -> None:
+    image = images(arm)["tiny-arm64"]
+    assert image["arch"] == "aarch64"
+    # The rpmdb, read on the host (rpmdb.py, through lock): busybox is the aarch64 build.
+    locked = json.loads(arm.ok("lock", "tiny-arm64", "--json").out)
+    assert locked["arch"] == "aarch64"
+    assert {p["name"]: p["arch"] for p in locked["packages"]} == {
+        "tinydistro-busybox": "aarch64", "tinydistro-filesystem": "noarch", "tinydistro-greeting": "noarch",
+        "tinydistro-hello": "noarch", "tinydistro-release": "noarch"}
+    (busybox,) = [Path(str(layer["path"])) / "diff/usr/bin/busybox" for layer in image["layers"]
+                  if (Path(str(layer["path"])) / "diff/usr/bin/busybox").is_file()]
+    assert elf_machine(busybox) == EM_AARCH64
+
+
+def test_arm64_and_aarch64_are_one_image_and_another_than_x86_64s(arm: CLI, rpm_repo: RpmRepo) -> None:
+    arm.ok("build", "tiny-aarch64")
+    configs = Path(str(images(arm)["tiny-arm64"]["profile_path"])).parent
+    (configs / "tiny-native.yaml").write_text(tiny_profile(rpm_repo) + f"setup: ['uname -m > {SETUP_RECORD}']\n")
+    arm.ok("build", "tiny-native")
+    layers = {name: [layer["path"] for layer in image["layers"]] for name, image in images(arm).items()}
+    assert layers["tiny-aarch64"] == layers["tiny-arm64"]  # the same layers (an image's key holds its profile's name)
+    assert not set(layers["tiny-native"]) & set(layers["tiny-arm64"])
+    found = images(arm)
+    assert (found["tiny-native"]["arch"], found["tiny-aarch64"]["arch"]) == ("x86_64", "aarch64")
+    assert arm.ok("run", "tiny-native", "--", "cat", SETUP_RECORD).out == "x86_64\n"
+
+
+def test_a_lock_of_the_aarch64_image_builds_it_again(arm: CLI, tmp_path: Path) -> None:
+    lock = tmp_path / "tiny.lock"
+    arm.ok("lock", "tiny-arm64", "-o", str(lock))
+    profile = Path(str(images(arm)["tiny-arm64"]["profile_path"]))
+    pinned = profile.parent / "tiny-locked.yaml"
+    pinned.write_text(profile.read_text() + f"lock: {lock}\n")
+    arm.ok("build", "tiny-locked")
+    assert arm.ok("run", "tiny-locked", "--", "sh", "-c", f"uname -m; cat {SCRIPTLET_RECORD}").out \
+        == "aarch64\naarch64\n"
+
+
+@pytest.mark.slow
+def test_fedora_for_aarch64_builds_and_runs(tmp_path: Path) -> None:
+    need_fedora_mirrors()
+    need_aarch64_handler()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "fedora-aarch64.yaml").write_text("extends: fedora-45\narch: aarch64\n")
+    cli = CLI(tmp_path / "store", tmp_path / "configs")
+    cli.ok("build", "fedora-aarch64")
+    assert cli.ok("run", "fedora-aarch64", "--", "uname", "-m").out == "aarch64\n"
+    assert cli.ok("run", "fedora-aarch64", "--", "rpm", "-q", "--qf", "%{ARCH}\\n", "bash").out == "aarch64\n"
+    assert images(cli)["fedora-aarch64"]["arch"] == "aarch64"
