@@ -97,6 +97,13 @@ def explain_failure(log: str, profile: Profile, log_file: Path, step: str,
         return _with_log(log_file, BuildError(
             f"package {', '.join(sorted(set(missing)))} does not exist in the repositories of {profile.name}",
             hint=f"fix the package names in {profile.path}; {hint}"))
+    # (A NEVRA's characters only: the log may hold anything a scriptlet printed.)
+    wrong_arch = sorted(set(re.findall(r"package ([\w.+~:^-]+) does not have a compatible architecture", log)))
+    if wrong_arch:
+        return BuildError(f"the repositories of {profile.name} offer no {profile.arch} build, only "
+                          f"{', '.join(wrong_arch[:3])}{' ...' if len(wrong_arch) > 3 else ''}",
+                          hint=f"point each baseurl in {profile.path} at the {profile.arch} repository ($basearch in "
+                               f"its URL is {profile.arch}), or set 'arch:' to one they have; {hint}")
     if re.search(r"is not signed|GPG check FAILED|public key .* is not installed|"
                  r"[Ss]ignature .*(invalid|not OK|bad)|NOKEY|BAD", log):
         return BuildError(f"a package signature did not verify while {step} {profile.name}",

@@ -78,6 +78,19 @@ def test_a_lock_of_the_aarch64_image_builds_it_again(arm: CLI, tmp_path: Path) -
         == "aarch64\naarch64\n"
 
 
+def test_a_repository_without_aarch64_builds_is_one_line(rpm_repo: RpmRepo, tmp_path: Path) -> None:
+    need_aarch64_handler()
+    (tmp_path / "configs").mkdir()
+    # The x86_64 Tiny Distro: its busybox has no aarch64 build.
+    (tmp_path / "configs" / "wrong.yaml").write_text(tiny_profile(rpm_repo) + "arch: aarch64\n")
+    refused = CLI(tmp_path / "store", tmp_path / "configs")("build", "wrong")
+    assert refused.code == 125, str(refused)
+    errors = [line for line in refused.err.splitlines() if not line.startswith("[")]
+    assert errors[0] == f"sandboxmgr: error: the repositories of wrong offer no aarch64 build, only " \
+                        f"tinydistro-busybox-1-1.{rpm_repo.arch}", str(refused)
+    assert errors[1].startswith("hint: point each baseurl in ") and len(errors) == 2, str(refused)
+
+
 @pytest.mark.slow
 def test_fedora_for_aarch64_builds_and_runs(tmp_path: Path) -> None:
     need_fedora_mirrors()

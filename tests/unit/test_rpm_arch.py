@@ -56,3 +56,16 @@ def test_the_host_dnf_forces_a_foreign_architecture_only(tmp_path: Path) -> None
         # Otherwise the same command line.
         assert argv == [a.replace("keepcache=True", "keepcache=False") for a in foreign
                         if not a.startswith("--forcearch")], argv
+
+
+def test_a_repository_without_the_architectures_builds_is_one_line_and_a_hint(tmp_path: Path) -> None:
+    from sandboxmgr.families.rpm import explain_failure
+
+    profile = load(tmp_path, FOREIGN)
+    log = (" Problem: conflicting requests\n"
+           f"  - package tiny-shell-1-1.{NATIVE} does not have a compatible architecture\n"
+           "  - package \x1b[2Jevil-1-1 does not have a compatible architecture\n")
+    failure = explain_failure(log, profile, tmp_path / "build.log", "bootstrapping", ["tiny-shell"])
+    assert failure.message == f"the repositories of p offer no {FOREIGN} build, only tiny-shell-1-1.{NATIVE}"
+    assert failure.hint is not None and f"at the {FOREIGN} repository" in failure.hint
+    assert str(tmp_path / "build.log") in failure.hint and "\x1b" not in failure.message + failure.hint
