@@ -7,14 +7,25 @@ tested only where Fedora's mirrors answer."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, need_fedora_mirrors
-from tests.rpmarch import EM_AARCH64, SCRIPTLET_RECORD, SETUP_RECORD, elf_machine, need_aarch64_handler, tiny_aarch64
-from tests.rpmrepo import GREETING, RpmRepo, tiny_profile
+from tests.conftest import CLI, DEBIAN_KEYRING, DEBIAN_MIRROR, need_fedora_mirrors, need_mirror
+from tests.rootless import OrdinaryUser
+from tests.rpmarch import (
+    EM_AARCH64,
+    SCRIPTLET_RECORD,
+    SETUP_RECORD,
+    add_aarch64,
+    elf_machine,
+    fetch_arm64_busybox,
+    need_aarch64_handler,
+    tiny_aarch64,
+)
+from tests.rpmrepo import GREETING, RpmRepo, build_repo, tiny_profile
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -89,6 +100,27 @@ def test_a_repository_without_aarch64_builds_is_one_line(rpm_repo: RpmRepo, tmp_
     assert errors[0] == f"sandboxmgr: error: the repositories of wrong offer no aarch64 build, only " \
                         f"tinydistro-busybox-1-1.{rpm_repo.arch}", str(refused)
     assert errors[1].startswith("hint: point each baseurl in ") and len(errors) == 2, str(refused)
+
+
+def test_an_ordinary_user_builds_and_runs_it_rootless(rootless_user: OrdinaryUser, rpm_repo: RpmRepo) -> None:
+    """In the user's own namespace: the host's dnf --forcearch, the scriptlet through qemu-user."""
+    need_aarch64_handler()
+    need_mirror(DEBIAN_MIRROR, "bookworm")
+    user, work = rootless_user, rootless_user.home / "rpmarch"
+    (work / "base").mkdir(parents=True)
+    repo = build_repo(work / "base")  # the user's own: the session's is in root's tmp
+    arm = add_aarch64(repo, fetch_arm64_busybox(DEBIAN_MIRROR, DEBIAN_KEYRING, work / "busybox"), work / "arm")
+    for top, dirs, files in os.walk(work):
+        for name in [top, *(os.path.join(top, entry) for entry in (*dirs, *files))]:
+            os.lchown(name, user.uid, user.gid)
+    user.profiles.mkdir(parents=True, exist_ok=True)
+    for path in (user.home / ".config", user.home / ".config" / "sandboxmgr", user.profiles):
+        os.chown(path, user.uid, user.gid)
+    (user.profiles / "tiny-arm.yaml").write_text(tiny_profile(repo, repo_dir=arm) + "arch: arm64\n")
+    user.ok("build", "tiny-arm", timeout=600)
+    out = user.ok("run", "tiny-arm", "--", "sh", "-c", f"id -u; uname -m; cat {SCRIPTLET_RECORD}").out
+    assert out == "0\naarch64\naarch64\n", out
+    user.ok("rmi", "tiny-arm")
 
 
 @pytest.mark.slow
