@@ -27,7 +27,7 @@ count, every name, version and arch checked against its family's rules, one-line
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -52,7 +52,8 @@ ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
 # (NAME-VERSION-RELEASE.ARCH is split at the last two), never a '.' in an arch.
 RPM_NAME_RE = re.compile(r"[A-Za-z0-9_+](?:[A-Za-z0-9._+-]{0,198}[A-Za-z0-9._+])?\Z")  # no '-' at its end
 RPM_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^]{0,127}\Z")
-RPM_ARCH_RE = re.compile(r"[A-Za-z0-9_]{1,32}\Z")
+# Never "rpm": dnf reads an argument ending in ".rpm" (the pin's end: .ARCH) as a file to install.
+RPM_ARCH_RE = re.compile(r"(?![Rr][Pp][Mm]\Z)[A-Za-z0-9_]{1,32}\Z")
 MAX_EPOCH = (1 << 32) - 1  # rpm's EPOCH tag is a 32-bit number
 _KEYS = ("lock_format", "family", "profile", "image", "distro", "release", "arch", "mirror", "archive_date",
          "packages")
@@ -65,19 +66,23 @@ class Package:
     arch: str
     version: str  # an RPM package's: EPOCH:VERSION-RELEASE, the epoch always there (rpm_package)
     family: str = "debian"
+    # False for a report's rpm -qa line (rpm prints no epoch): its 0 stands for "not known".
+    epoch_known: bool = field(default=True, compare=False)
 
     def pin(self, native: str) -> str:
         """apt's ``name=version`` (``name:arch=version`` for a foreign architecture); dnf's
-        ``name-[epoch:]version-release.arch`` for an RPM package."""
+        ``name-epoch:version-release.arch`` for an RPM package, the epoch always there: dnf reads
+        a NEVRA without one as any epoch, and installs the highest (foo-1-1 would be 1:1-1)."""
         if self.family == "rpm":
-            return self.nevra()
+            return self.nevra(always_epoch=True)
         if self.arch in (native, "all", ""):
             return f"{self.name}={self.version}"
         return f"{self.name}:{self.arch}={self.version}"
 
-    def nevra(self) -> str:
+    def nevra(self, always_epoch: bool = False) -> str:
+        """``name-[epoch:]version-release.arch``, as rpm -q prints it (no epoch 0 unless asked for)."""
         epoch, _, rest = self.version.partition(":")
-        return f"{self.name}-{'' if epoch == '0' else epoch + ':'}{rest}.{self.arch}"
+        return f"{self.name}-{'' if epoch == '0' and not always_epoch else epoch + ':'}{rest}.{self.arch}"
 
     def shown(self) -> str:
         if self.family == "rpm":

@@ -23,7 +23,7 @@ from sandboxmgr.builders import MissingVersions
 from sandboxmgr.catalog import image_layers
 from sandboxmgr.errors import SandboxError, shown, warn
 from sandboxmgr.linux import regular_bytes
-from sandboxmgr.lockfile import Lock
+from sandboxmgr.lockfile import Lock, Package
 from sandboxmgr.names import check_name
 from sandboxmgr.profile import Profile, ProfileRegistry, is_path_ref
 from sandboxmgr.store import ImageRecord, Store
@@ -123,6 +123,12 @@ def write_file(path: Path, text: str, hint: str = "choose another -o") -> None:
         raise SandboxError(f"cannot write {shown(path)}: {exc.strerror}", hint=hint) from None
 
 
+def _pin(package: Package, native: str) -> str:
+    """A report's version pinned; an RPM one with its epoch when the report gives it (dnf list's,
+    0 too), without when it does not (rpm -qa's): dnf reads a NEVRA without one as any epoch."""
+    return package.nevra(always_epoch=package.epoch_known) if package.family == "rpm" else package.pin(native)
+
+
 def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str | None, out: Path | None,
              build: Build) -> Recreated:
     """Write the recreated profile (``out``, else ./NAME.yaml), build it, report what was lacking."""
@@ -136,8 +142,8 @@ def recreate(registry: ProfileRegistry, report: Path, base_ref: str, name: str |
         raise SandboxError(f"-o {shown(out)} must be a file named {name}.yaml", hint="a profile's name is its file's")
     base_text = str(base.path) if is_path_ref(base_ref) else base.name
     native = [p for p in packages if p.arch in ("", "all", "noarch", base.arch)]
-    foreign = [p.pin(base.arch) for p in packages if p not in native]
-    pins, lacking = [p.pin(base.arch) for p in native], list[str]()
+    foreign = [_pin(p, base.arch) for p in packages if p not in native]
+    pins, lacking = [_pin(p, base.arch) for p in native], list[str]()
     for _attempt in range(2):
         _write(path, _profile_text(base_text, report, pins, lacking, foreign, base.family))
         # A registry of its own each time: a registry holds a file to what it read first.

@@ -13,7 +13,9 @@ inside, so they are hostile, and the reader is built for that:
   refused, not guessed at);
 * sqlite reads it with ``trusted_schema`` off (no function of a view, trigger or
   generated column runs), ``query_only``, cell size checks, a bounded value length and
-  a bounded number of steps; ``Packages`` must be a table;
+  a bounded number of steps; ``Packages`` must be rpm's plain table of ``hnum`` and ``blob``
+  (a virtual one would run its module - fts, rtree - over the file; a generated column, an
+  expression of any cost in each step);
 * each header blob is parsed by our own code with strict bounds: an index of at most
   MAX_TAGS entries inside the blob, each string NUL-terminated inside the data, the
   epoch a 4-byte-aligned number; every name, version, release and arch must be one a
@@ -25,6 +27,7 @@ Berkeley DB (EL 8, ``Packages``) and ndb (``Packages.db``) databases are not rea
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import struct
 from pathlib import Path
@@ -43,6 +46,7 @@ MAX_STEPS = 1_000_000  # progress handler calls, one per 1000 sqlite instruction
 NAME, VERSION, RELEASE, EPOCH, ARCH = 1000, 1001, 1002, 1003, 1022
 INT32, STRING = 4, 6
 _WANTED = {NAME: STRING, VERSION: STRING, RELEASE: STRING, EPOCH: INT32, ARCH: STRING}
+_TABLE_RE = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)  # not CREATE VIRTUAL TABLE
 _REBUILD = "the image was changed by a build step; build it again (build --rebuild)"
 
 
@@ -92,8 +96,8 @@ def package_of(blob: bytes) -> Package | None:
     them as headers, no package installs them); HeaderError for one a lock cannot hold."""
     fields = header_fields(blob)
     name = fields.get(NAME)
-    if name == "gpg-pubkey":
-        return None
+    if name == "gpg-pubkey" and ARCH not in fields:
+        return None  # rpm writes a key's header without an arch: one with an arch is a package, and counts
     epoch = fields.get(EPOCH, 0)
     texts = [fields.get(tag) for tag in (NAME, VERSION, RELEASE, ARCH)]
     if not all(isinstance(text, str) for text in texts) or not isinstance(epoch, int):
@@ -137,10 +141,20 @@ def read_database(data: bytes) -> list[Package]:
     try:
         connection = _connect(data)
         try:
-            kinds = connection.execute("SELECT type FROM sqlite_master WHERE name = 'Packages'").fetchall()
-            if kinds != [("table",)]:
+            kinds = connection.execute("SELECT type, sql FROM sqlite_master WHERE name = 'Packages'").fetchall()
+            if [kind for kind, _ in kinds] != ["table"]:
                 raise SandboxError("the rpmdb has no Packages table", hint=_REBUILD)
-            return sorted(_packages(connection.execute("SELECT blob FROM Packages"), len(data)))
+            if not _TABLE_RE.match(str(kinds[0][1])):
+                # A virtual table is a "table" too: its module's code (fts, rtree) would run over the file.
+                raise SandboxError("the rpmdb's Packages is not a plain table", hint=_REBUILD)
+            # (name, hidden) of each column: a generated one (hidden 2, 3) is an expression run on each
+            # row, and one instruction of the step budget may cost a 16 MB hex(zeroblob()) - seconds a row.
+            columns = [(row[1], row[6]) for row in connection.execute("PRAGMA table_xinfo(Packages)")]
+            if columns != [("hnum", 0), ("blob", 0)]:
+                raise SandboxError("the rpmdb's Packages is not rpm's table (hnum, blob; none generated)",
+                                   hint=_REBUILD)
+            # A header stored twice is one package (a lock lists each once, or is refused).
+            return sorted(set(_packages(connection.execute("SELECT blob FROM Packages"), len(data))))
         finally:
             connection.close()
     except (sqlite3.Error, MemoryError, OverflowError) as exc:

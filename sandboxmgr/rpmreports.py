@@ -20,6 +20,8 @@ pattern: a hostile line costs its length.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sandboxmgr.errors import SandboxError, shown
 from sandboxmgr.lockfile import MAX_EPOCH, Package, rpm_package
 from sandboxmgr.reports import MAX_LINE, MAX_VERSIONS
@@ -29,14 +31,14 @@ ARCHES = frozenset({"noarch", "x86_64", "x86_64_v2", "x86_64_v3", "x86_64_v4", "
 _HINT = "give 'rpm -qa' or 'dnf list installed' output"
 
 
-def _evr(text: str) -> tuple[int, str, str] | None:
-    """(epoch, version, release) of ``[EPOCH:]VERSION-RELEASE``, or None."""
+def _evr(text: str) -> tuple[int | None, str, str] | None:
+    """(epoch, None without one, version, release) of ``[EPOCH:]VERSION-RELEASE``, or None."""
     rest, dash, release = text.rpartition("-")
     if not dash:
         return None
     epoch_text, colon, version = rest.rpartition(":")
     if not colon:
-        return 0, rest, release
+        return None, rest, release
     if not (epoch_text.isascii() and epoch_text.isdigit() and len(epoch_text) <= 10):
         return None  # "-1", "1e3", "abc", ""
     epoch = int(epoch_text)
@@ -53,7 +55,9 @@ def nevra(word: str) -> Package | None:
     if not (dash and dash2):
         return None
     found = _evr(f"{version}-{release}")
-    return rpm_package(name, found[0], found[1], found[2], arch) if found else None
+    package = rpm_package(name, found[0], found[1], found[2], arch) if found else None
+    # rpm -qa prints no epoch (%{nvra}): none is one the line does not know, not 0.
+    return replace(package, epoch_known=False) if package and found and found[0] is None else package
 
 
 def list_row(words: list[str]) -> Package | None:
@@ -104,21 +108,29 @@ def _installonly(name: str) -> bool:
 
 def parse(text: str, source: str = "the report") -> list[Package]:
     """The package versions ``text`` names, sorted; SandboxError when it names none, names one
-    package at two versions, or names too many."""
+    package at two versions, or names too many. A line without an epoch (rpm -qa's) and one with
+    it (dnf list's) of the same version and release are one version, the epoch known."""
     lines = [line for line in text.split("\n") if len(line) <= MAX_LINE]
-    versions: dict[tuple[str, str], Package] = {}
-    kept: set[Package] = set()
+    first: dict[tuple[str, str], Package] = {}
+    kept: dict[tuple[str, str, str], Package] = {}  # by name, arch and VERSION-RELEASE
     for package in _rows([line.rstrip("\r") for line in lines]):
-        key = (package.name, package.arch)
-        known = versions.get(key)
-        if known is not None and known.version != package.version and not _installonly(package.name):
-            raise SandboxError(f"{source} names {package.name}.{package.arch} at two versions, "
-                               f"{shown(known.nevra())} and {shown(package.nevra())}",
-                               hint="keep the lists of one system only")
-        versions.setdefault(key, package)
-        kept.add(package)
+        key = (package.name, package.arch, package.version.partition(":")[2])
+        same, known = kept.get(key), first.setdefault(key[:2], package)
+        if same is not None:
+            if same.epoch_known and package.epoch_known and same.version != package.version:
+                raise _two(source, same, package)
+            if same.epoch_known or not package.epoch_known:
+                continue
+        elif known is not package and not _installonly(package.name):
+            raise _two(source, known, package)
+        kept[key] = package
         if len(kept) > MAX_VERSIONS:
             raise SandboxError(f"{source} names more than {MAX_VERSIONS} package versions", hint=_HINT)
     if not kept:
         raise SandboxError(f"{source} names no installed package versions", hint=_HINT)
-    return sorted(kept)
+    return sorted(kept.values())
+
+
+def _two(source: str, one: Package, other: Package) -> SandboxError:
+    return SandboxError(f"{source} names {other.name}.{other.arch} at two versions, "
+                        f"{shown(one.nevra())} and {shown(other.nevra())}", hint="keep the lists of one system only")

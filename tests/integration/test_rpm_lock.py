@@ -111,7 +111,7 @@ def test_a_locked_version_the_repositories_lack_is_one_line_and_no_image(locker:
     assert result.code == 125, str(result)
     error, hint = result.err.strip().split("\n")[-2:]
     assert error == ("sandboxmgr: error: the repositories of rl-gone lack 1 pinned version: "
-                     f"tinydistro-greeting-3-1.noarch (locked in {configs(locker) / 'gone.lock'})")
+                     f"tinydistro-greeting-0:3-1.noarch (locked in {configs(locker) / 'gone.lock'})")
     assert hint.startswith("hint: point 'repositories:' at a repository that still holds these versions")
     assert images_of(locker, "rl-gone") == []
 
@@ -124,9 +124,9 @@ def test_recreate_pins_the_versions_rpm_qa_and_dnf_list_name(locker: CLI, tmp_pa
     profile = tmp_path / "bug1.yaml"
     result = locker("recreate", str(report), "-p", "rl-latest", "--as", "bug1", "-o", str(profile))
     assert result.code == 0, str(result)
-    assert "the repositories lack 1 named version: tinydistro-busybox-7-1.x86_64" in result.out
+    assert "the repositories lack 1 named version: tinydistro-busybox-0:7-1.x86_64" in result.out
     assert "bug1: image " in result.out and "2 versions pinned" in result.out
-    assert "# The repositories lack tinydistro-busybox-7-1.x86_64: not pinned." in profile.read_text()
+    assert "# The repositories lack tinydistro-busybox-0:7-1.x86_64: not pinned." in profile.read_text()
     assert locker.ok("run", str(profile), "--", "cat", GREETING_FILE).out.strip() == GREETING
 
 
