@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,20 @@ def test_arm64_and_aarch64_are_one_image_and_another_than_x86_64s(arm: CLI, rpm_
     found = images(arm)
     assert (found["tiny-native"]["arch"], found["tiny-aarch64"]["arch"]) == ("x86_64", "aarch64")
     assert arm.ok("run", "tiny-native", "--", "cat", SETUP_RECORD).out == "x86_64\n"
+
+
+def test_a_matrix_runs_one_project_on_x86_64_and_aarch64_and_the_doctor_is_content(arm: CLI, rpm_repo: RpmRepo,
+                                                                                   tmp_path: Path) -> None:
+    configs = Path(str(images(arm)["tiny-arm64"]["profile_path"])).parent
+    (configs / "tiny-here.yaml").write_text(tiny_profile(rpm_repo))
+    (tmp_path / "sandboxmgr.yaml").write_text("profiles: [tiny-here, tiny-arm64]\ncommand: uname -m\n")
+    result = subprocess.run(arm.argv("matrix", "-C", str(tmp_path), "--json"), capture_output=True, text=True,
+                            timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    found = {r["name"]: (r["status"], Path(r["log"]).read_text()) for r in json.loads(result.stdout)}
+    assert found == {"tiny-here": ("passed", f"{rpm_repo.arch}\n"), "tiny-arm64": ("passed", "aarch64\n")}
+    findings = json.loads(arm("doctor", "--json").out)
+    assert not [f for f in findings if f["kind"] == "binfmt"], findings
 
 
 def test_a_lock_of_the_aarch64_image_builds_it_again(arm: CLI, tmp_path: Path) -> None:

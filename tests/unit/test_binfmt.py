@@ -163,3 +163,15 @@ def test_doctor_says_the_binfmt_fix_and_not_that_doctor_fix_cleans_it(tmp_path: 
     assert result.return_value == 1, result.output
     assert f"binfmt  qemu-{MACHINE}" in result.output and "fix: update-binfmts" in result.output
     assert "doctor --fix" not in result.output  # --fix registers no handler
+
+
+def test_debians_and_rpms_names_of_one_architecture_make_one_doctor_finding(tmp_path: Path) -> None:
+    from sandboxmgr.doctor import foreign_findings
+    from sandboxmgr.store import Store
+
+    store = Store(tmp_path / "store")
+    for key, profile, arch in (("a" * 20, "deb-arm", FOREIGN), ("b" * 20, "rpm-arm", MACHINE)):
+        store.publish_image(key, {"key": key, "profile": profile, "arch": arch, "layers": []})
+    (finding,) = foreign_findings(store, binfmt_misc(tmp_path, flags=None))
+    assert finding.what == f"qemu-{MACHINE}"
+    assert f"the {'/'.join(sorted((FOREIGN, MACHINE)))} images of deb-arm, rpm-arm cannot run" in finding.detail
