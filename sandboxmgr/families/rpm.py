@@ -334,6 +334,9 @@ class Rpm(distros.Distro):
                 f"{path}: bootstrap.{debian_only[0]} is a debootstrap/mmdebstrap setting, not a dnf one",
                 hint="dnf profiles list their repositories under 'repositories:'",
             )
+        if any(str(arg).startswith("--forcearch") for arg in boot.get("extra_args", ())):
+            raise ProfileError(f"{path}: bootstrap.extra_args may not name --forcearch",
+                               hint="set 'arch:' instead (sandboxmgr passes --forcearch for another architecture)")
         if not repositories:
             raise ProfileError(f"{path}: a dnf profile needs at least one repository",
                                hint="add 'repositories: [{name: ..., baseurl: ..., gpgkey: ...}]'")

@@ -69,3 +69,14 @@ def test_a_repository_without_the_architectures_builds_is_one_line_and_a_hint(tm
     assert failure.message == f"the repositories of p offer no {FOREIGN} build, only tiny-shell-1-1.{NATIVE}"
     assert failure.hint is not None and f"at the {FOREIGN} repository" in failure.hint
     assert str(tmp_path / "build.log") in failure.hint and "\x1b" not in failure.message + failure.hint
+
+
+def test_forcearch_in_extra_args_is_refused_for_arch(tmp_path: Path) -> None:
+    from sandboxmgr.errors import ProfileError
+
+    (tmp_path / "x.yaml").write_text(TINY.format(arch="").replace(
+        "include: [tiny-release]", "include: [tiny-release], extra_args: ['--forcearch=s390x']"))
+    with pytest.raises(ProfileError) as raised:
+        ProfileRegistry([tmp_path]).load("x")
+    assert raised.value.message.endswith("bootstrap.extra_args may not name --forcearch")
+    assert raised.value.hint is not None and "'arch:'" in raised.value.hint
