@@ -17,6 +17,7 @@ import lzma
 import shutil
 import subprocess
 import tempfile
+from functools import cache
 from pathlib import Path
 
 from sandboxmgr.builders import debindex
@@ -53,40 +54,48 @@ def elf_machine(path: Path) -> int:
     return int.from_bytes(header[18:20], "little")
 
 
-def packages_field(text: str, package: str, field: str) -> str:
-    """One field of ``package``'s stanza in a Debian Packages index."""
-    for stanza in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
-        if fields.get("Package") == package:
-            return fields[field]
-    raise RpmRepoError(f"the Packages index lists no {package}")
+def stanza(text: str, package: str) -> dict[str, str]:
+    """``package``'s stanza in a Debian Packages index, as fields."""
+    start = text.find(f"Package: {package}\n")
+    if start < 0 or (start and text[start - 1] != "\n"):
+        raise RpmRepoError(f"the Packages index lists no {package}")
+    lines = text[start:].split("\n\n", 1)[0].splitlines()
+    return dict(line.split(": ", 1) for line in lines if ": " in line and line[0] != " ")
+
+
+@cache
+def _busybox_deb(mirror: str, keyring: Path) -> bytes:
+    """The busybox-static .deb for arm64, checked against the archive's signature (once a session)."""
+    base = f"{mirror.rstrip('/')}/dists/{DEBIAN_RELEASE}"
+    inrelease = mirror_index.fetch(f"{base}/InRelease")
+    if inrelease is None:
+        raise RpmRepoError(f"{base}/InRelease: not served")
+    release = debindex.verify_release(inrelease, keyring)
+    sha256, size = debindex.release_hashes(release)[PACKAGES_INDEX]
+    # A mirror being updated may serve a plain path newer than its Release; by-hash paths never change.
+    by_hash = f"{base}/{PACKAGES_INDEX.rsplit('/', 1)[0]}/by-hash/SHA256/{sha256}"
+    data = mirror_index.fetch(by_hash, limit=size) if "\nAcquire-By-Hash: yes" in release else None
+    data = data or mirror_index.fetch(f"{base}/{PACKAGES_INDEX}", limit=size)
+    if data is None or hashlib.sha256(data).hexdigest() != sha256:
+        raise RpmRepoError(f"{base}/{PACKAGES_INDEX} is missing or does not match the signed InRelease")
+    fields = stanza(lzma.decompress(data).decode(errors="replace"), "busybox-static")
+    deb = mirror_index.fetch(f"{mirror.rstrip('/')}/{fields['Filename']}", limit=int(fields["Size"]))
+    if deb is None or hashlib.sha256(deb).hexdigest() != fields["SHA256"].lower():
+        raise RpmRepoError(f"{fields['Filename']} is missing or does not match its signed index")
+    return deb
 
 
 def fetch_arm64_busybox(mirror: str, keyring: Path, target: Path) -> Path:
     """Debian's arm64 busybox-static binary at ``target``, every byte checked against the
     archive's signature (see the module's docstring)."""
-    base = f"{mirror.rstrip('/')}/dists/{DEBIAN_RELEASE}"
-    inrelease = mirror_index.fetch(f"{base}/InRelease")
-    if inrelease is None:
-        raise RpmRepoError(f"{base}/InRelease: not served")
-    hashes = debindex.release_hashes(debindex.verify_release(inrelease, keyring))
-    sha256, size = hashes[PACKAGES_INDEX]
-    data = mirror_index.fetch(f"{base}/{PACKAGES_INDEX}", limit=size)
-    if data is None or hashlib.sha256(data).hexdigest() != sha256:
-        raise RpmRepoError(f"{base}/{PACKAGES_INDEX} is missing or does not match the signed InRelease")
-    text = lzma.decompress(data).decode(errors="replace")
-    filename = packages_field(text, "busybox-static", "Filename")
-    deb = mirror_index.fetch(f"{mirror.rstrip('/')}/{filename}", limit=int(packages_field(text, "busybox-static",
-                                                                                          "Size")))
-    if deb is None or hashlib.sha256(deb).hexdigest() != packages_field(text, "busybox-static", "SHA256").lower():
-        raise RpmRepoError(f"{filename} is missing or does not match its signed index")
+    deb = _busybox_deb(mirror, keyring)
     with tempfile.TemporaryDirectory(prefix="busybox-arm64-") as scratch:
         (Path(scratch) / "b.deb").write_bytes(deb)
         subprocess.run(["dpkg-deb", "-x", f"{scratch}/b.deb", f"{scratch}/x"], check=True, timeout=120,
                        capture_output=True, stdin=subprocess.DEVNULL)
         shutil.copy2(Path(scratch) / "x" / "bin" / "busybox", target)
     if elf_machine(target) != EM_AARCH64:
-        raise RpmRepoError(f"{filename}'s busybox is not aarch64 code")
+        raise RpmRepoError("busybox-static's busybox for arm64 is not aarch64 code")
     return target
 
 
