@@ -145,7 +145,8 @@ def test_fedora_for_aarch64_builds_and_runs(tmp_path: Path) -> None:
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "fedora-aarch64.yaml").write_text("extends: fedora-45\narch: aarch64\n")
     cli = CLI(tmp_path / "store", tmp_path / "configs")
-    cli.ok("build", "fedora-aarch64")
+    built = cli("build", "fedora-aarch64", timeout=1800)  # every scriptlet under qemu-user
+    assert built.code == 0, str(built)
     assert cli.ok("run", "fedora-aarch64", "--", "uname", "-m").out == "aarch64\n"
     assert cli.ok("run", "fedora-aarch64", "--", "rpm", "-q", "--qf", "%{ARCH}\\n", "bash").out == "aarch64\n"
     assert images(cli)["fedora-aarch64"]["arch"] == "aarch64"
