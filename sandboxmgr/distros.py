@@ -87,6 +87,11 @@ class Distro:
         """The host's architecture in the family's own naming (amd64 vs x86_64)."""
         return platform.machine()
 
+    def arch_name(self, arch: str) -> str:
+        """A profile's ``arch`` in the family's own naming: the RPM family takes Debian's
+        ``arm64`` as its ``aarch64``, so both spellings make one image."""
+        return arch
+
     def packages_in_bootstrap(self, profile: Profile) -> bool:
         """Whether the bootstrap installs ``profile.packages`` itself (then there is no
         packages layer, and the packages are an input of the bootstrap layer)."""

@@ -80,19 +80,20 @@ def foreign_findings(store: Store, binfmt_misc: Path | None = None) -> list[Find
     run now, naming the images' profiles and the fix (no repair: handlers are the host's)."""
     from sandboxmgr import binfmt
 
-    profiles: dict[str, set[str]] = {}
+    # By handler: Debian's arm64 and RPM's aarch64 images need the same one, and get one finding.
+    arches: dict[str, dict[str, set[str]]] = {}
     for image in store.images():
         arch = str(image.meta.get("arch", ""))
         if arch and binfmt.is_foreign(arch):
-            profiles.setdefault(arch, set()).add(image.profile)
+            arches.setdefault(binfmt.handler_name(arch), {}).setdefault(arch, set()).add(image.profile)
     findings = []
-    for arch, names in sorted(profiles.items()):
-        found = binfmt.problem(arch, binfmt_misc)
+    for handler, profiles in sorted(arches.items()):
+        found = binfmt.problem(min(profiles), binfmt_misc)
         if found is not None:
             line, fix = found
-            findings.append(Finding("binfmt", binfmt.handler_name(arch),
-                                    f"{line}: the {arch} images of {', '.join(sorted(names))} cannot run; "
-                                    f"fix: {fix}"))
+            names = sorted(set().union(*profiles.values()))
+            findings.append(Finding("binfmt", handler, f"{line}: the {'/'.join(sorted(profiles))} images of "
+                                                       f"{', '.join(names)} cannot run; fix: {fix}"))
     return findings
 
 

@@ -188,7 +188,7 @@ def _build(name: str, path: Path, fields: dict[str, Any], parents: tuple[str, ..
         for r in fields.get("repositories", ())
     )
     variant = distro.check(path, method, boot, repositories)  # the family's own refusals
-    arch = fields.get("arch") or distro.host_arch()
+    arch = distro.arch_name(fields["arch"]) if fields.get("arch") else distro.host_arch()
     bootstrap = Bootstrap(
         method=method,
         variant=variant,

@@ -378,6 +378,9 @@ class Debian(distros.Distro):
         machine = platform.machine()
         return _DEB_ARCH.get(machine, machine)
 
+    def arch_name(self, arch: str) -> str:
+        return _DEB_ARCH.get(arch, arch)  # aarch64 is arm64 here
+
     def builder(self, method: str) -> Builder:
         return _BUILDERS[method]
 

@@ -67,6 +67,19 @@ def dnf_options(profile: Profile) -> list[str]:
     return options + list(profile.bootstrap.extra_args)
 
 
+def host_dnf_argv(profile: Profile, installroot: Path, work: Path, keepcache: bool) -> list[str]:
+    """The host's dnf on ``installroot``, with nothing of the host's dnf setup (``work`` holds
+    ours). For another architecture, ``--forcearch`` (mock's way): dnf then takes that
+    architecture's packages, and rpm runs their scriptlets - the target's programs, in the
+    root - through qemu-user's binfmt_misc handler (check_arch made sure there is one)."""
+    argv = ["dnf", *dnf_options(profile), f"--installroot={installroot}", f"--config={work / 'dnf.conf'}",
+            "--noplugins", f"--setopt=reposdir={work / 'reposdir'}", f"--setopt=varsdir={work / 'varsdir'}",
+            f"--setopt=keepcache={keepcache}"]
+    if profile.arch != _rpm(profile).host_arch():
+        argv.append(f"--forcearch={profile.arch}")
+    return argv
+
+
 def explain_failure(log: str, profile: Profile, log_file: Path, step: str,
                     packages: Sequence[str] = ()) -> BuildError:
     """One clear message for the usual ways dnf fails."""
@@ -84,6 +97,13 @@ def explain_failure(log: str, profile: Profile, log_file: Path, step: str,
         return _with_log(log_file, BuildError(
             f"package {', '.join(sorted(set(missing)))} does not exist in the repositories of {profile.name}",
             hint=f"fix the package names in {profile.path}; {hint}"))
+    # (A NEVRA's characters only: the log may hold anything a scriptlet printed.)
+    wrong_arch = sorted(set(re.findall(r"package ([\w.+~:^-]+) does not have a compatible architecture", log)))
+    if wrong_arch:
+        return BuildError(f"the repositories of {profile.name} offer no {profile.arch} build, only "
+                          f"{', '.join(wrong_arch[:3])}{' ...' if len(wrong_arch) > 3 else ''}",
+                          hint=f"point each baseurl in {profile.path} at the {profile.arch} repository ($basearch in "
+                               f"its URL is {profile.arch}), or set 'arch:' to one they have; {hint}")
     if re.search(r"is not signed|GPG check FAILED|public key .* is not installed|"
                  r"[Ss]ignature .*(invalid|not OK|bad)|NOKEY|BAD", log):
         return BuildError(f"a package signature did not verify while {step} {profile.name}",
@@ -172,9 +192,7 @@ class DnfBuilder(Builder):
             assert root.mountpoint is not None
             installroot = root.mountpoint
             base.append(commands.PreMount("overlay", installroot, "overlay", root.overlay_options()))
-        argv = ["dnf", *dnf_options(profile), f"--installroot={installroot}", f"--config={work / 'dnf.conf'}",
-                "--noplugins", f"--setopt=reposdir={work / 'reposdir'}", f"--setopt=varsdir={work / 'varsdir'}",
-                f"--setopt=keepcache={bool(context.caches)}"]
+        argv = host_dnf_argv(profile, installroot, work, bool(context.caches))
         seen: list[str] = []
         counts = DnfProgress(context.progress, "bootstrap" if step == "bootstrapping" else "packages")
 
@@ -296,6 +314,8 @@ def _repository_input(repo: Repository) -> dict[str, Any]:
 
 
 _BUILDER = DnfBuilder()
+# Debian's (and OCI's) architecture names -> RPM's, which dnf's $basearch and --forcearch take.
+_RPM_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "armhf": "armv7hl", "i386": "i686"}
 
 
 @dataclass(frozen=True)
@@ -305,6 +325,7 @@ class Rpm(distros.Distro):
 
     family: str = "rpm"
     methods: tuple[str, ...] = ("dnf",)
+    foreign_arches: bool = True  # dnf --forcearch, then qemu-user's binfmt_misc handlers (binfmt.py)
 
     def check(self, path: Path, method: str, boot: Mapping[str, Any], repositories: Sequence[object]) -> str:
         debian_only = [key for key in ("variant", "mirror", "components", "keyring", "exclude") if key in boot]
@@ -313,6 +334,9 @@ class Rpm(distros.Distro):
                 f"{path}: bootstrap.{debian_only[0]} is a debootstrap/mmdebstrap setting, not a dnf one",
                 hint="dnf profiles list their repositories under 'repositories:'",
             )
+        if any(str(arg).startswith("--forcearch") for arg in boot.get("extra_args", ())):
+            raise ProfileError(f"{path}: bootstrap.extra_args may not name --forcearch",
+                               hint="set 'arch:' instead (sandboxmgr passes --forcearch for another architecture)")
         if not repositories:
             raise ProfileError(f"{path}: a dnf profile needs at least one repository",
                                hint="add 'repositories: [{name: ..., baseurl: ..., gpgkey: ...}]'")
@@ -321,6 +345,9 @@ class Rpm(distros.Distro):
     def host_arch(self) -> str:
         machine = platform.machine()
         return "i686" if machine in ("i386", "i586") else machine
+
+    def arch_name(self, arch: str) -> str:
+        return _RPM_ARCH.get(arch, arch)  # arm64 is aarch64 here
 
     def packages_in_bootstrap(self, profile: Profile) -> bool:
         # A custom RPM distro with neither a release package nor bootstrap.include

@@ -92,15 +92,23 @@ def test_a_debian_profile_for_a_foreign_architecture_builds_where_the_handler_is
     assert raised.value.hint is not None and "qemu-user-static" in raised.value.hint
 
 
-def test_the_rpm_family_still_refuses_a_foreign_architecture(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    profile = _profile(tmp_path, f"distro: tinydistro\nrelease: '1'\narch: {MACHINE}\nbootstrap: {{method: dnf}}\n"
-                                 "packages: [tiny-release]\n"
-                                 "repositories: [{name: r, baseurl: 'file:///srv/r', gpgcheck: false}]\n")
+RPM_FOREIGN = ("distro: tinydistro\nrelease: '1'\narch: {arch}\nbootstrap: {{method: dnf}}\n"
+               "packages: [tiny-release]\nrepositories: [{{name: r, baseurl: 'file:///srv/r', gpgcheck: false}}]\n")
+
+
+@pytest.mark.parametrize("spelled", [MACHINE, FOREIGN], ids=["rpm-name", "debian-name"])
+def test_an_rpm_profile_for_a_foreign_architecture_builds_where_the_handler_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelled: str) -> None:
+    profile = _profile(tmp_path, RPM_FOREIGN.format(arch=spelled))
+    assert profile.arch == MACHINE  # RPM's name, whichever the profile said
     monkeypatch.setattr(binfmt, "BINFMT_MISC", binfmt_misc(tmp_path))
-    with pytest.raises(SandboxError, match=f"is for {MACHINE}, but this machine is") as raised:
+    distros.of(profile).check_arch(profile)  # no error: the handler is there, with F
+    monkeypatch.setattr(binfmt, "BINFMT_MISC", binfmt_misc(tmp_path / "without-f", flags="P"))
+    with pytest.raises(SandboxError) as raised:
         distros.of(profile).check_arch(profile)
-    assert raised.value.hint is not None and "foreign architectures are not supported" in raised.value.hint
+    assert raised.value.message.startswith(f"profile p is for {MACHINE}, which this")
+    assert "lacks the F (fix-binary) flag" in raised.value.message and "\n" not in raised.value.message
+    assert raised.value.hint is not None and "qemu-user-static" in raised.value.hint
 
 
 def test_a_foreign_image_without_its_handler_does_not_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,3 +163,15 @@ def test_doctor_says_the_binfmt_fix_and_not_that_doctor_fix_cleans_it(tmp_path: 
     assert result.return_value == 1, result.output
     assert f"binfmt  qemu-{MACHINE}" in result.output and "fix: update-binfmts" in result.output
     assert "doctor --fix" not in result.output  # --fix registers no handler
+
+
+def test_debians_and_rpms_names_of_one_architecture_make_one_doctor_finding(tmp_path: Path) -> None:
+    from sandboxmgr.doctor import foreign_findings
+    from sandboxmgr.store import Store
+
+    store = Store(tmp_path / "store")
+    for key, profile, arch in (("a" * 20, "deb-arm", FOREIGN), ("b" * 20, "rpm-arm", MACHINE)):
+        store.publish_image(key, {"key": key, "profile": profile, "arch": arch, "layers": []})
+    (finding,) = foreign_findings(store, binfmt_misc(tmp_path, flags=None))
+    assert finding.what == f"qemu-{MACHINE}"
+    assert f"the {'/'.join(sorted((FOREIGN, MACHINE)))} images of deb-arm, rpm-arm cannot run" in finding.detail
