@@ -236,13 +236,8 @@ def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any],
     from sandboxmgr import project as project_file
 
     name = job["profile"]
-    if name not in registry.files() and name not in registry.aliases():
-        return _refused(f"this farm worker has no profile {name!r} in its profile directories")
     try:
-        with store.temporary("farm") as tmp:
-            root = tmp / "src"
-            root.mkdir()
-            farmjob.unpack(job["source"], root)
+        with farmjob.job_tree(store, registry, job) as root:
             project = project_file.Project(path=None, root=root, command=tuple(job["command"]),
                                            workdir=job["workdir"], env=dict(job["env"]))
             (entry,) = project_file.entries([name], project, registry)
@@ -251,13 +246,8 @@ def run_matrix_job(store: Store, registry: ProfileRegistry, job: dict[str, Any],
                                    lambda _results: None)
     except SandboxError as exc:
         return _refused(exc.message)
-    log = b""
-    if result.log is not None and result.log.is_file():
-        with result.log.open("rb") as file:  # its tail only: a hostile build's log is as large as it likes
-            file.seek(max(0, os.fstat(file.fileno()).st_size - farmjob.LOG_CAP))
-            log = file.read(farmjob.LOG_CAP)
     return {"status": result.status, "exit_code": result.exit_code, "reason": result.reason,
-            "log": log.decode(errors="replace")}
+            "log": farmjob.log_tail(result.log).decode(errors="replace")}
 
 
 def _refused(reason: str) -> dict[str, Any]:

@@ -20,12 +20,18 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxmgr.errors import SandboxError
 from sandboxmgr.names import NAME_RE
 from sandboxmgr.ociunpack import MAX_DEPTH, Bounded
+
+if TYPE_CHECKING:
+    from sandboxmgr.profile import ProfileRegistry
+    from sandboxmgr.store import Store
 
 VERSION = 1
 MESSAGE_CAP = 12 * 1024 * 1024  # a whole job message, before it is parsed
@@ -303,3 +309,29 @@ def parse_reply(raw: bytes) -> dict[str, Any]:
     if "package" in data or "files" in data:
         _check_package(data)
     return data
+
+
+# --- on the worker ------------------------------------------------------------------------------
+
+
+@contextmanager
+def job_tree(store: Store, registry: ProfileRegistry, job: dict[str, Any]) -> Iterator[Path]:
+    """The job's files unpacked in the worker's store (tmp/, removed afterwards), for a job whose
+    profile this worker has (its own of that name: SandboxError when it has none)."""
+    name = job["profile"]
+    if name not in registry.files() and name not in registry.aliases():
+        raise SandboxError(f"this farm worker has no profile {name!r} in its profile directories")
+    with store.temporary("farm") as tmp:
+        root = tmp / "src"
+        root.mkdir()
+        unpack(job["source"], root)
+        yield root
+
+
+def log_tail(path: Path | None) -> bytes:
+    """The last LOG_CAP bytes of a job's log (a hostile build's log is as large as it likes)."""
+    if path is None or not path.is_file():
+        return b""
+    with path.open("rb") as file:
+        file.seek(max(0, os.fstat(file.fileno()).st_size - LOG_CAP))
+        return file.read(LOG_CAP)

@@ -40,13 +40,8 @@ def run_package_job(store: Store, registry: ProfileRegistry, job: dict[str, Any]
     from sandboxmgr.pkgsource import read_source
 
     name, build = job["profile"], job["build"]
-    if name not in registry.files() and name not in registry.aliases():
-        return _refused(f"this farm worker has no profile {name!r} in its profile directories")
     try:
-        with store.temporary("farm") as tmp:
-            root = tmp / "src"
-            root.mkdir()
-            farmjob.unpack(job["source"], root)
+        with farmjob.job_tree(store, registry, job) as root:
             source = read_source(root / build["path"])
             profile = registry.load(name)
             request = package.BuildRequest(source, where / "results", build["build_type"], build["network"], False,
@@ -56,12 +51,7 @@ def run_package_job(store: Store, registry: ProfileRegistry, job: dict[str, Any]
                                           1, False, lambda _results: None)
     except SandboxError as exc:
         return _refused(exc.message)
-    log = Path(str(result.log))
-    text = ""
-    if log.is_file():
-        with log.open("rb") as file:  # its tail only: it comes back whole as a file
-            file.seek(max(0, os.fstat(file.fileno()).st_size - farmjob.LOG_CAP))
-            text = file.read(farmjob.LOG_CAP).decode(errors="replace")
+    text = farmjob.log_tail(Path(str(result.log)) if result.log else None).decode(errors="replace")
     status = "failed" if result.stage else "passed"
     return {"status": status, "exit_code": 0 if status == "passed" else None, "reason": result.reason, "log": text,
             "package": {"stage": result.stage, "packages": result.packages[:256]}, "files_dir": result.results}
