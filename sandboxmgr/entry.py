@@ -56,10 +56,22 @@ def exit_if_stopped() -> None:
     sys.exit(128 + _CAUGHT[0])
 
 
+def _unraisable(info: sys.UnraisableHookArgs) -> None:
+    """What :func:`_stop` raised where Python cannot raise it (a weakref callback, a __del__:
+    one of importlib's module locks, in an import) is not printed: Python would print
+    "Exception ignored in ..." and a traceback on the user's screen at a Ctrl-C. The signal is
+    recorded; raise_if_interrupted and exit_if_stopped act on it. Anything else is printed as
+    Python prints it."""
+    if _CAUGHT and isinstance(info.exc_value, (KeyboardInterrupt, SystemExit)):
+        return
+    sys.__unraisablehook__(info)
+
+
 def start() -> None:
     """Signals and umask, before anything else is done."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
+    sys.unraisablehook = _unraisable
     # Directories made in the store become directories of sandboxes and images (an
     # overlay takes a directory's mode from its upper one): a caller's umask of 077
     # would make / or /usr unreadable to users inside.

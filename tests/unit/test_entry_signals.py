@@ -36,10 +36,34 @@ def _swallowed(name: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_ctrl_c_python_swallowed_is_raised_again_before_a_command_starts() -> None:
     done = _swallowed("SIGINT")
-    assert "Exception ignored" in done.stderr, done.stderr  # the swallowing this guards against
-    assert done.stdout == "went on\n", done.stdout
-    assert "KeyboardInterrupt" in done.stderr.split("went on")[-1]
+    assert done.stdout == "went on\n", done.stdout  # the swallowing this guards against
+    assert "KeyboardInterrupt" in done.stderr
     assert done.returncode != 0
+
+
+def test_what_python_swallowed_is_not_printed_on_the_users_screen() -> None:
+    """Python prints "Exception ignored in <weakref callback>" and a traceback for what it
+    swallows: at a Ctrl-C during an import, that reached the user's terminal (CI's stochastic
+    Ctrl-C test saw it twice in 120 moments; the run still exited 130)."""
+    done = _swallowed("SIGINT")
+    assert "Exception ignored" not in done.stderr and "went on" in done.stdout, done.stderr
+    other = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import weakref
+        from sandboxmgr import entry
+
+        entry.start()
+
+        class Thing:
+            pass
+
+        def callback(_ref):
+            raise ValueError("a bug of ours")
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing
+    """)], capture_output=True, text=True, timeout=30)
+    assert "Exception ignored" in other.stderr and "ValueError: a bug of ours" in other.stderr, other.stderr
 
 
 def test_a_sigterm_python_swallowed_is_raised_again_as_exit_143() -> None:
